@@ -1,0 +1,222 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import Ajv, { ErrorObject, ValidateFunction } from 'ajv';
+import { IssueList } from './issues';
+import { closestMatch } from './suggest';
+
+/** schemas/ sits at the package root, two levels above both src/config and dist/config. */
+export const SCHEMA_PATH = path.resolve(__dirname, '..', '..', 'schemas', 'vm.schema.json');
+
+interface Compiled {
+  schema: Record<string, unknown>;
+  ajv: Ajv;
+  id: string;
+}
+let compiled: Compiled | undefined;
+
+export function loadSchema(): Record<string, unknown> {
+  return compile().schema;
+}
+
+function compile(): Compiled {
+  if (compiled) return compiled;
+  const schema = JSON.parse(fs.readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, unknown>;
+  const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true });
+  // An annotation for humans: what a string matching "pattern" looks like, used in error messages.
+  ajv.addKeyword({ keyword: 'x-pattern-hint', schemaType: 'string' });
+  ajv.addSchema(schema);
+  compiled = { schema, ajv, id: String(schema.$id) };
+  return compiled;
+}
+
+/**
+ * Validates a parsed value against the spec schema (or one of its definitions, e.g. "CpuConfig"
+ * for a CPU template file) and turns ajv's errors into issues that say what is wrong in words a
+ * user can act on.
+ */
+export function checkSchema(value: unknown, issues: IssueList, definition?: string): void {
+  const { ajv, id } = compile();
+  const validate = ajv.getSchema(definition ? `${id}#/definitions/${definition}` : id) as ValidateFunction;
+  if (validate(value)) return;
+  for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues);
+}
+
+function segments(instancePath: string): (string | number)[] {
+  if (instancePath === '') return [];
+  return instancePath
+    .slice(1)
+    .split('/')
+    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .map((s) => (/^(0|[1-9]\d*)$/.test(s) ? Number(s) : s));
+}
+
+function valueAt(root: unknown, path: (string | number)[]): unknown {
+  let v: unknown = root;
+  for (const p of path) v = (v as Record<string | number, unknown> | undefined)?.[p];
+  return v;
+}
+
+function jsonType(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'array';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'integer' : 'number';
+  return typeof v;
+}
+
+function typeMatches(schemaType: unknown, v: unknown): boolean {
+  if (schemaType === undefined) return true;
+  const types = Array.isArray(schemaType) ? schemaType : [schemaType];
+  const actual = jsonType(v);
+  return types.some((t) => t === actual || (t === 'number' && actual === 'integer'));
+}
+
+/**
+ * For oneOf/anyOf, ajv reports every branch's failures. Keep only the branch the user evidently
+ * meant (the first whose type matches the value); if none matches, keep one type error.
+ */
+function pruneAlternatives(errors: ErrorObject[], root: unknown): ErrorObject[] {
+  const definitions = (compile().schema.definitions ?? {}) as Record<string, Record<string, unknown>>;
+  const deref = (b: Record<string, unknown>) =>
+    typeof b.$ref === 'string' ? (definitions[b.$ref.replace('#/definitions/', '')] ?? b) : b;
+  const composite = errors.filter((e) => e.keyword === 'oneOf' || e.keyword === 'anyOf');
+  let result = errors;
+  for (const c of composite) {
+    const branches = (c.schema as Record<string, unknown>[]) ?? [];
+    const data = valueAt(root, segments(c.instancePath));
+    const chosen = branches.findIndex((b) => typeMatches(deref(b).type, data));
+    // An error belongs to branch k when ajv reports it under the branch's schema path, or, for a
+    // branch that is a $ref (whose errors ajv reports relative to the definition), when the schema
+    // object that failed lies inside the referenced definition.
+    const branchOf = (e: ErrorObject): number =>
+      branches.findIndex((b, k) => {
+        if (e.schemaPath.startsWith(`${c.schemaPath}/${k}/`)) return true;
+        return (
+          typeof b.$ref === 'string' &&
+          e.instancePath.startsWith(c.instancePath) &&
+          subschemas(deref(b)).has(e.parentSchema as object)
+        );
+      });
+    result = result.filter((e) => {
+      if (e === c) return chosen < 0;
+      const k = branchOf(e);
+      return k < 0 || k === chosen;
+    });
+  }
+  return result;
+}
+
+const subschemaCache = new WeakMap<object, Set<object>>();
+
+/** Every object nested in a schema, for identity tests against ajv's `parentSchema`. */
+function subschemas(schema: object): Set<object> {
+  let set = subschemaCache.get(schema);
+  if (set) return set;
+  const found = new Set<object>();
+  const walk = (v: unknown) => {
+    if (v === null || typeof v !== 'object' || found.has(v)) return;
+    found.add(v);
+    for (const child of Object.values(v)) walk(child);
+  };
+  walk(schema);
+  subschemaCache.set(schema, (set = found));
+  return set;
+}
+
+function describe(err: ErrorObject, issues: IssueList): void {
+  const at = segments(err.instancePath);
+  const data = err.data;
+  const parent = (err.parentSchema ?? {}) as Record<string, unknown>;
+  switch (err.keyword) {
+    case 'required': {
+      const name = (err.params as { missingProperty: string }).missingProperty;
+      const prop = ((parent.properties ?? {}) as Record<string, Record<string, unknown>>)[name] ?? {};
+      const example = Array.isArray(prop.examples) ? prop.examples[0] : undefined;
+      issues.error(
+        'required',
+        [...at, name],
+        `required property "${name}" is missing${at.length ? '' : ' at the top level'}`,
+        `add "${name}"${example !== undefined ? `, for example "${name}": ${JSON.stringify(example)}` : ''}`,
+      );
+      return;
+    }
+    case 'additionalProperties': {
+      const name = (err.params as { additionalProperty: string }).additionalProperty;
+      const known = Object.keys((parent.properties ?? {}) as object);
+      const guess = closestMatch(name, known);
+      const hint = guess ? `did you mean "${guess}"?` : `known properties here: ${known.join(', ')}`;
+      if (at.length === 0) {
+        // Firecracker ignores unknown top-level sections, so a config it accepts must still
+        // validate here; but nothing is ignored silently.
+        issues.warning('unknown-section', [name], `unknown top-level section "${name}" is ignored`, hint);
+      } else {
+        issues.error('unknown-property', [...at, name], `unknown property "${name}"`, hint);
+      }
+      return;
+    }
+    case 'type': {
+      const want = String((err.params as { type: string | string[] }).type).replace(/,/g, ' or ');
+      issues.error('type', at, `must be ${article(want)} ${want}, got ${describeValue(data)}`);
+      return;
+    }
+    case 'oneOf':
+    case 'anyOf': {
+      const definitions = (compile().schema.definitions ?? {}) as Record<string, Record<string, unknown>>;
+      const types = ((err.schema as Record<string, unknown>[]) ?? []).map((b) =>
+        String(b.type ?? (typeof b.$ref === 'string' ? definitions[b.$ref.replace('#/definitions/', '')]?.type : undefined) ?? 'value'),
+      );
+      const wanted = [...new Set(types)];
+      issues.error('type', at, `must be ${wanted.map((t) => `${article(t)} ${t}`).join(' or ')}, got ${describeValue(data)}`);
+      return;
+    }
+    case 'enum': {
+      const allowed = (err.params as { allowedValues: unknown[] }).allowedValues;
+      const guess = typeof data === 'string' ? closestMatch(data, allowed.map(String)) : undefined;
+      issues.error(
+        'enum',
+        at,
+        `must be one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}, got ${describeValue(data)}`,
+        guess ? `did you mean "${guess}"?` : undefined,
+      );
+      return;
+    }
+    case 'minimum':
+    case 'maximum':
+    case 'exclusiveMinimum':
+    case 'exclusiveMaximum': {
+      const p = err.params as { comparison: string; limit: number };
+      issues.error('range', at, `must be ${p.comparison} ${p.limit}, got ${describeValue(data)}`);
+      return;
+    }
+    case 'pattern': {
+      const hint = parent['x-pattern-hint'];
+      const expected = typeof hint === 'string' ? hint : `a string matching ${(err.params as { pattern: string }).pattern}`;
+      issues.error('format', at, `must be ${expected}, got ${describeValue(data)}`);
+      return;
+    }
+    case 'minLength': {
+      const limit = (err.params as { limit: number }).limit;
+      issues.error('length', at, limit === 1 ? 'must not be empty' : `must be at least ${limit} characters long`);
+      return;
+    }
+    case 'minItems': {
+      const limit = (err.params as { limit: number }).limit;
+      issues.error('length', at, `must list at least ${limit} item${limit === 1 ? '' : 's'}`);
+      return;
+    }
+    default:
+      issues.error(err.keyword, at, err.message ?? `fails schema keyword ${err.keyword}`);
+  }
+}
+
+function article(word: string): string {
+  return /^[aeiou]/.test(word) ? 'an' : 'a';
+}
+
+export function describeValue(v: unknown): string {
+  const t = jsonType(v);
+  if (t === 'object') return 'an object';
+  if (t === 'array') return 'an array';
+  if (t === 'null') return 'null';
+  const text = JSON.stringify(v);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}

@@ -1,0 +1,145 @@
+import { findNodeAtLocation, Node, parseTree, ParseError, printParseErrorCode } from 'jsonc-parser';
+import { SpecIssue } from './issues';
+
+/**
+ * A JSON document together with its source text, so any path into the value can be mapped back
+ * to a line and column for error messages.
+ */
+export class SpecSource {
+  private readonly lineStarts: number[];
+
+  private constructor(
+    readonly file: string,
+    readonly text: string,
+    readonly value: unknown,
+    private readonly tree: Node | undefined,
+  ) {
+    this.lineStarts = [0];
+    for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) === 10) this.lineStarts.push(i + 1);
+  }
+
+  /**
+   * Parses strict JSON (no comments, no trailing commas, as Firecracker requires). Returns the
+   * source, or the issues that make the text unusable: syntax errors, duplicate keys (which
+   * JSON.parse would silently resolve to the last one) and integers too large to hold exactly.
+   */
+  static parse(file: string, rawText: string): { source?: SpecSource; issues: SpecIssue[] } {
+    // A UTF-8 BOM is invisible in editors; accept it rather than fail at "line 1, column 1".
+    const text = rawText.charCodeAt(0) === 0xfeff ? rawText.slice(1) : rawText;
+    const errors: ParseError[] = [];
+    const tree = parseTree(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
+    const probe = new SpecSource(file, text, undefined, undefined);
+    const issues: SpecIssue[] = errors.map((e) => ({
+      severity: 'error',
+      code: 'json-syntax',
+      path: [],
+      file,
+      ...probe.position(e.offset),
+      message: `malformed JSON: ${describeParseError(printParseErrorCode(e.error))}`,
+      hint: 'fix the JSON syntax at this position (a spec is strict JSON: no comments, no trailing commas)',
+    }));
+    if (issues.length > 0 || tree === undefined) {
+      if (issues.length === 0) {
+        issues.push({ severity: 'error', code: 'json-syntax', path: [], file, line: 1, column: 1, message: 'the file is empty', hint: 'write a JSON object describing the microVM' });
+      }
+      return { issues };
+    }
+    checkTree(tree, text, [], (issue) => issues.push({ ...issue, file, ...probe.position(issue.offset) }));
+    if (issues.length > 0) return { issues };
+    // JSON.parse builds the value: it creates "__proto__" as an ordinary own key, never touching prototypes.
+    const value: unknown = JSON.parse(text);
+    return { source: new SpecSource(file, text, value, tree), issues };
+  }
+
+  /** 1-based line and column of a character offset. */
+  position(offset: number): { line: number; column: number } {
+    let lo = 0;
+    let hi = this.lineStarts.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.lineStarts[mid] <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    return { line: lo + 1, column: offset - this.lineStarts[lo] + 1 };
+  }
+
+  /**
+   * Where a path points in the text. For a property, `at: 'key'` gives the position of its key
+   * (best for "unknown property"); `at: 'value'` its value. A path that does not exist (a missing
+   * required property) maps to the nearest existing ancestor.
+   */
+  locate(path: readonly (string | number)[], at: 'key' | 'value' = 'value'): { line: number; column: number } {
+    if (!this.tree) return { line: 1, column: 1 };
+    for (let n = path.length; n >= 0; n--) {
+      const node = findNodeAtLocation(this.tree, path.slice(0, n) as (string | number)[]);
+      if (!node) continue;
+      const keyNode = node.parent?.type === 'property' ? node.parent.children?.[0] : undefined;
+      if (keyNode && (at === 'key' || n < path.length)) return this.position(keyNode.offset);
+      return this.position(node.offset);
+    }
+    return { line: 1, column: 1 };
+  }
+}
+
+type TreeIssue = Omit<SpecIssue, 'file' | 'line' | 'column'> & { offset: number };
+
+function checkTree(node: Node, text: string, path: (string | number)[], report: (i: TreeIssue) => void): void {
+  if (node.type === 'object') {
+    const seen = new Map<string, Node>();
+    for (const prop of node.children ?? []) {
+      const [keyNode, valueNode] = prop.children ?? [];
+      if (!keyNode) continue;
+      const key = String(keyNode.value);
+      const first = seen.get(key);
+      if (first) {
+        report({
+          severity: 'error',
+          code: 'duplicate-key',
+          path: [...path, key],
+          offset: keyNode.offset,
+          message: `key "${key}" appears twice in the same object`,
+          hint: 'keep one of them: JSON parsers disagree on which copy wins',
+        });
+      } else {
+        seen.set(key, keyNode);
+      }
+      if (valueNode) checkTree(valueNode, text, [...path, key], report);
+    }
+  } else if (node.type === 'array') {
+    (node.children ?? []).forEach((child, i) => checkTree(child, text, [...path, i], report));
+  } else if (node.type === 'number') {
+    const raw = text.slice(node.offset, node.offset + node.length);
+    if (/^-?\d+$/.test(raw) && !Number.isSafeInteger(Number(raw))) {
+      report({
+        severity: 'error',
+        code: 'integer-too-large',
+        path,
+        offset: node.offset,
+        message: `${raw} is larger than fc-run can represent exactly (2^53 - 1 = ${Number.MAX_SAFE_INTEGER})`,
+        hint: 'use a smaller value',
+      });
+    }
+  }
+}
+
+function describeParseError(code: string): string {
+  const words: Record<string, string> = {
+    InvalidSymbol: 'unexpected character',
+    InvalidNumberFormat: 'invalid number',
+    PropertyNameExpected: 'expected a property name in double quotes',
+    ValueExpected: 'expected a value',
+    ColonExpected: "expected ':'",
+    CommaExpected: "expected ','",
+    CloseBraceExpected: "expected '}'",
+    CloseBracketExpected: "expected ']'",
+    EndOfFileExpected: 'unexpected content after the end of the JSON value',
+    InvalidCommentToken: 'comments are not allowed in JSON',
+    UnexpectedEndOfComment: 'unterminated comment',
+    UnexpectedEndOfString: 'unterminated string',
+    UnexpectedEndOfNumber: 'unterminated number',
+    InvalidUnicode: 'invalid unicode escape',
+    InvalidEscapeCharacter: 'invalid escape character in string',
+    InvalidCharacter: 'invalid character in string (control characters must be escaped)',
+  };
+  return words[code] ?? code;
+}

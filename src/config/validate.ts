@@ -1,0 +1,99 @@
+import * as path from 'node:path';
+import { IssueList, SpecInvalidError, SpecIssue } from './issues';
+import { checkSchema } from './schema';
+import { checkRules } from './rules';
+import { resolveSpec } from './resolve';
+import { SpecSource } from './source';
+import { DEFAULT_MMDS_SIZE_LIMIT, ResolvedSpec } from './resolved';
+import type { VmSpec } from './vm-spec.generated';
+import { readText } from './read';
+
+export interface LoadOptions {
+  /** Do not require kernel, initrd, drive and template files to exist (validating stored specs in CI). */
+  skipFiles?: boolean;
+  /** A JSON file with the initial MMDS contents (`--metadata`). */
+  metadataFile?: string;
+  /** Largest MMDS contents accepted, in bytes of compact JSON. */
+  mmdsSizeLimit?: number;
+}
+
+export interface LoadedSpec {
+  spec: ResolvedSpec;
+  /** Everything suspicious that did not stop validation. */
+  warnings: SpecIssue[];
+}
+
+/** Reads, validates and resolves a spec file. Throws SpecInvalidError listing every problem found. */
+export function loadSpecFile(file: string, opts: LoadOptions = {}): LoadedSpec {
+  const abs = path.resolve(file);
+  return loadSpecText(abs, readText(abs, 'spec file'), opts);
+}
+
+
+/**
+ * Validates spec text. `file` is where it came from: relative paths in the spec resolve against
+ * its directory and errors carry its name and positions.
+ */
+export function loadSpecText(file: string, text: string, opts: LoadOptions = {}): LoadedSpec {
+  const parsed = SpecSource.parse(file, text);
+  if (!parsed.source) throw new SpecInvalidError(file, parsed.issues);
+  const source = parsed.source;
+  const issues = new IssueList();
+  // Issues from other files (a cpu-config template, --metadata) already carry their own positions.
+  const extra: SpecIssue[] = [];
+
+  checkSchema(source.value, issues);
+  const schemaOk = !issues.hasErrors;
+  let resolved: ResolvedSpec | undefined;
+  if (schemaOk) {
+    const spec = source.value as VmSpec;
+    const baseDir = path.dirname(file);
+    checkRules(spec, issues, { baseDir, skipFiles: opts.skipFiles ?? false });
+    const metadata = opts.metadataFile ? loadMetadata(opts.metadataFile, spec, issues, extra) : undefined;
+    if (!issues.hasErrors) {
+      resolved = resolveSpec(spec, { baseDir, specFile: file, metadata }, issues, extra);
+      resolved.ignoredSections = issues.items.filter((i) => i.code === 'unknown-section').map((i) => String(i.path[0]));
+      const limit = opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT;
+      if (resolved.mmds && resolved.mmds.sizeBytes > limit) {
+        issues.error(
+          'mmds-too-large',
+          spec.mmds !== undefined ? ['mmds'] : [],
+          `MMDS contents are ${resolved.mmds.sizeBytes} bytes (compact JSON); the limit is ${limit}`,
+          'shrink the metadata or raise the limit with --mmds-size-limit',
+        );
+      }
+    }
+  }
+
+  const all: SpecIssue[] = [
+    ...issues.items.map((i) => ({
+      ...i,
+      file,
+      ...source.locate(i.path, i.code === 'unknown-property' || i.code === 'unknown-section' ? 'key' : 'value'),
+    })),
+    ...extra,
+  ];
+  all.sort((a, b) => (a.file === b.file ? (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0) : 0));
+  if (!resolved || all.some((i) => i.severity === 'error')) throw new SpecInvalidError(file, all);
+  return { spec: resolved, warnings: all };
+}
+
+function loadMetadata(file: string, spec: VmSpec, issues: IssueList, extra: SpecIssue[]): { source: string; data: Record<string, unknown> } | undefined {
+  const abs = path.resolve(file);
+  if (spec.mmds !== undefined) {
+    issues.error('mmds-conflict', ['mmds'], `MMDS contents are given twice: in the spec's "mmds" key and in --metadata ${abs}`, 'keep one of them');
+    return undefined;
+  }
+  const parsed = SpecSource.parse(abs, readText(abs, 'metadata file'));
+  if (!parsed.source) {
+    extra.push(...parsed.issues);
+    return undefined;
+  }
+  const data = parsed.source.value;
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+    extra.push({ severity: 'error', code: 'type', path: [], file: abs, line: 1, column: 1, message: 'MMDS metadata must be a JSON object', hint: 'wrap the contents in { }' });
+    return undefined;
+  }
+  return { source: abs, data: data as Record<string, unknown> };
+}
+
