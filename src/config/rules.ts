@@ -33,7 +33,7 @@ export function resolvePath(baseDir: string, p: string): string {
 /** The rules JSON Schema cannot express. Runs only on specs that passed the schema. */
 export function checkRules(spec: VmSpec, issues: IssueList, ctx: RuleContext): void {
   checkMachine(spec, issues);
-  checkDrives(spec, issues);
+  checkDrives(spec, issues, ctx.baseDir);
   checkInterfaces(spec, issues);
   checkVsock(spec, issues);
   checkMmds(spec, issues);
@@ -95,7 +95,7 @@ function checkUnique<T>(
   });
 }
 
-function checkDrives(spec: VmSpec, issues: IssueList): void {
+function checkDrives(spec: VmSpec, issues: IssueList, baseDir: string): void {
   const drives = spec.drives ?? [];
   checkUnique(drives, (d) => d.drive_id, (i) => ['drives', i, 'drive_id'], issues, 'duplicate-id', 'drive_id');
 
@@ -137,11 +137,12 @@ function checkDrives(spec: VmSpec, issues: IssueList): void {
   const writers = new Map<string, number>();
   drives.forEach((d, i) => {
     if (!d.path_on_host || d.is_read_only) return;
-    const j = writers.get(d.path_on_host);
+    const file = resolvePath(baseDir, d.path_on_host);
+    const j = writers.get(file);
     if (j !== undefined) {
-      issues.warning('shared-writable-file', ['drives', i, 'path_on_host'], `drives "${drives[j].drive_id}" and "${d.drive_id}" both write to ${d.path_on_host}`, 'make one of them read-only or give each its own file');
+      issues.warning('shared-writable-file', ['drives', i, 'path_on_host'], `drives "${drives[j].drive_id}" and "${d.drive_id}" both write to ${file}`, 'make one of them read-only or give each its own file');
     } else {
-      writers.set(d.path_on_host, i);
+      writers.set(file, i);
     }
   });
 }

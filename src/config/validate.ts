@@ -21,6 +21,8 @@ export interface LoadedSpec {
   spec: ResolvedSpec;
   /** Everything suspicious that did not stop validation. */
   warnings: SpecIssue[];
+  /** Maps a path in the spec to its file position, for issues found after validation (planning). */
+  locate(issue: Omit<SpecIssue, 'file' | 'line' | 'column'>): SpecIssue;
 }
 
 /** Reads, validates and resolves a spec file. Throws SpecInvalidError listing every problem found. */
@@ -65,17 +67,15 @@ export function loadSpecText(file: string, text: string, opts: LoadOptions = {})
     }
   }
 
-  const all: SpecIssue[] = [
-    ...issues.items.map((i) => ({
-      ...i,
-      file,
-      ...source.locate(i.path, i.code === 'unknown-property' || i.code === 'unknown-section' ? 'key' : 'value'),
-    })),
-    ...extra,
-  ];
+  const locate = (i: Omit<SpecIssue, 'file' | 'line' | 'column'>): SpecIssue => ({
+    ...i,
+    file,
+    ...source.locate(i.path, i.code === 'unknown-property' || i.code === 'unknown-section' ? 'key' : 'value'),
+  });
+  const all: SpecIssue[] = [...issues.items.map(locate), ...extra];
   all.sort((a, b) => (a.file === b.file ? (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0) : 0));
   if (!resolved || all.some((i) => i.severity === 'error')) throw new SpecInvalidError(file, all);
-  return { spec: resolved, warnings: all };
+  return { spec: resolved, warnings: all, locate };
 }
 
 function loadMetadata(file: string, spec: VmSpec, issues: IssueList, extra: SpecIssue[]): { source: string; data: Record<string, unknown> } | undefined {

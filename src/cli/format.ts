@@ -1,0 +1,66 @@
+import * as path from 'node:path';
+import chalk, { Chalk } from 'chalk';
+import { pointer, SpecIssue } from '../config/issues';
+
+export type Painter = Chalk;
+
+/** Colors only when the stream is a terminal, unless NO_COLOR / FORCE_COLOR say otherwise. */
+export function painterFor(stream: NodeJS.WriteStream): Painter {
+  const forced = process.env.FORCE_COLOR !== undefined && process.env.FORCE_COLOR !== '0';
+  const level = process.env.NO_COLOR !== undefined ? 0 : forced || stream.isTTY ? 1 : 0;
+  return new chalk.Instance({ level: level as 0 | 1 });
+}
+
+/** A file name as the user would type it: relative to the working directory when that is shorter. */
+export function displayPath(file: string): string {
+  if (!path.isAbsolute(file)) return file;
+  const rel = path.relative(process.cwd(), file);
+  return rel.length < file.length && !rel.startsWith('..' + path.sep + '..') ? rel : file;
+}
+
+/** One issue as "file:line:col: error: /json/path: message", then an indented fix. */
+export function formatIssue(issue: SpecIssue, c: Painter): string {
+  const where = [issue.file ? displayPath(issue.file) : undefined, issue.line, issue.column].filter((x) => x !== undefined).join(':');
+  const sev = issue.severity === 'error' ? c.red.bold('error') : c.yellow.bold('warning');
+  const p = issue.path.length > 0 ? `${c.cyan(pointer(issue.path))}: ` : '';
+  let out = `${c.bold(where)}: ${sev}[${issue.code}]: ${p}${issue.message}`;
+  if (issue.hint) out += `\n    ${c.dim('fix:')} ${issue.hint}`;
+  return out;
+}
+
+/** Issues as machine-readable records. */
+export function issueJson(issue: SpecIssue): Record<string, unknown> {
+  return {
+    severity: issue.severity,
+    code: issue.code,
+    file: issue.file,
+    line: issue.line,
+    column: issue.column,
+    path: pointer(issue.path),
+    message: issue.message,
+    hint: issue.hint,
+  };
+}
+
+/** A plain text table with left-aligned columns. */
+export function table(header: string[], rows: string[][], c: Painter, indent = '  '): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => indent + cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i]))).join('  ');
+  return [c.dim(line(header)), ...rows.map(line)].join('\n');
+}
+
+export function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1 && v % 1024 === 0) {
+    v /= 1024;
+    u++;
+  }
+  if (u === 0 && n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${v} ${units[u]}`;
+}

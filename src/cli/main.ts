@@ -1,0 +1,184 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import yargs, { Argv } from 'yargs';
+import { loadSpecFile, LoadOptions } from '../config/validate';
+import { SpecInvalidError, SpecIssue } from '../config/issues';
+import { loadSchema } from '../config/schema';
+import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
+import { canonicalJson, planSpec } from '../boot';
+import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../errors';
+import { displayPath, formatIssue, issueJson, painterFor } from './format';
+import { renderPlan } from './plan-view';
+
+const VERSION: string = (JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+
+interface Io {
+  out: NodeJS.WriteStream;
+  err: NodeJS.WriteStream;
+}
+
+function write(stream: NodeJS.WriteStream, text: string): void {
+  stream.write(text.endsWith('\n') ? text : `${text}\n`);
+}
+
+/** Prints issues (warnings included) for a spec, to stderr. */
+function reportIssues(io: Io, issues: SpecIssue[]): void {
+  const c = painterFor(io.err);
+  for (const i of issues) write(io.err, formatIssue(i, c));
+}
+
+/** Turns a failure into its exit code after telling the user what happened. */
+function handleFailure(io: Io, err: unknown): number {
+  const c = painterFor(io.err);
+  if (err instanceof SpecInvalidError) {
+    reportIssues(io, err.issues);
+    const n = err.issues.filter((i) => i.severity === 'error').length;
+    write(io.err, c.red(`${displayPath(err.file)}: invalid spec (${n} error${n === 1 ? '' : 's'})`));
+    return err.exitCode;
+  }
+  if (err instanceof FcRunError) {
+    write(io.err, `${c.red.bold('fc-run:')} ${err.message}`);
+    return err.exitCode;
+  }
+  write(io.err, `${c.red.bold('fc-run: internal error:')} ${(err as Error)?.stack ?? String(err)}`);
+  return EXIT_FAILURE;
+}
+
+function loadOptions(argv: { 'skip-files'?: boolean; metadata?: string; 'mmds-size-limit'?: number }): LoadOptions {
+  return { skipFiles: argv['skip-files'], metadataFile: argv.metadata, mmdsSizeLimit: argv['mmds-size-limit'] };
+}
+
+function validateCommand(io: Io, files: string[], json: boolean, opts: LoadOptions): number {
+  const c = painterFor(io.out);
+  const results: Record<string, unknown>[] = [];
+  let invalid = false;
+  let failed = false;
+  for (const file of files) {
+    try {
+      const loaded = loadSpecFile(file, opts);
+      const warnings = loaded.warnings.filter((w) => w.severity === 'warning');
+      if (json) results.push({ file, valid: true, errors: [], warnings: warnings.map(issueJson) });
+      else {
+        write(io.out, `${c.green('ok')}    ${file}${warnings.length ? c.yellow(` (${warnings.length} warning${warnings.length === 1 ? '' : 's'})`) : ''}`);
+        reportIssues(io, warnings);
+      }
+    } catch (err) {
+      if (err instanceof SpecInvalidError) {
+        invalid = true;
+        const errors = err.issues.filter((i) => i.severity === 'error');
+        if (json) {
+          results.push({ file, valid: false, errors: errors.map(issueJson), warnings: err.issues.filter((i) => i.severity === 'warning').map(issueJson) });
+        } else {
+          write(io.out, `${c.red('FAIL')}  ${file} (${errors.length} error${errors.length === 1 ? '' : 's'})`);
+          reportIssues(io, err.issues);
+        }
+      } else if (err instanceof FcRunError) {
+        failed = true;
+        if (json) results.push({ file, valid: false, errors: [{ severity: 'error', code: err.code, file, message: err.message }], warnings: [] });
+        else write(io.out, `${c.red('FAIL')}  ${file}: ${err.message}`);
+      } else {
+        throw err;
+      }
+    }
+  }
+  if (json) write(io.out, JSON.stringify({ valid: !invalid && !failed, files: results }, null, 2));
+  return invalid ? EXIT_INVALID_SPEC : failed ? EXIT_FAILURE : EXIT_OK;
+}
+
+function planCommand(io: Io, file: string, json: boolean, opts: LoadOptions): number {
+  const planned = planSpec(loadSpecFile(file, opts));
+  reportIssues(io, planned.allWarnings.filter((w) => w.severity === 'warning'));
+  if (json) {
+    // Canonical key order, so the printed JSON hashes to the printed hash.
+    write(io.out, JSON.stringify({ hash: planned.hash, plan: JSON.parse(canonicalJson(planned.plan)) }, null, 2));
+  } else {
+    write(io.out, renderPlan(planned.plan, planned.hash, painterFor(io.out)));
+  }
+  return EXIT_OK;
+}
+
+function runCommand(io: Io, file: string, opts: LoadOptions): number {
+  const planned = planSpec(loadSpecFile(file, opts));
+  reportIssues(io, planned.allWarnings.filter((w) => w.severity === 'warning'));
+  throw new FcRunError(
+    'launch-not-built',
+    `the spec is valid and planned (sha256:${planned.hash.slice(0, 16)}), but launching microVMs on KVM is not built yet in this version of fc-run. ` +
+      `Inspect what launch would execute with: fc-run plan ${file}`,
+    EXIT_FAILURE,
+  );
+}
+
+const specOptions = (y: Argv) =>
+  y
+    .option('metadata', { type: 'string', describe: 'JSON file with the initial MMDS contents (instead of the spec\'s "mmds" key)', requiresArg: true })
+    .option('mmds-size-limit', { type: 'number', describe: 'Largest MMDS contents accepted, in bytes', default: DEFAULT_MMDS_SIZE_LIMIT, requiresArg: true });
+
+/** Runs the CLI and resolves to the process exit code. */
+export async function main(argv: string[], io: Io = { out: process.stdout, err: process.stderr }): Promise<number> {
+  let code = EXIT_OK;
+  const guard = (fn: () => number) => {
+    try {
+      code = fn();
+    } catch (err) {
+      code = handleFailure(io, err);
+    }
+  };
+  const parser = yargs(argv)
+    .scriptName('fc-run')
+    .usage('$0 <spec>\n\nfc-run launches one microVM from a JSON spec: validated against schemas/vm.schema.json, compiled into a boot plan, run on KVM.')
+    .command(
+      ['run <spec>', '$0 <spec>'],
+      'Launch the microVM the spec describes',
+      (y) =>
+        specOptions(y)
+          .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)', demandOption: true })
+          .example('$0 examples/hello.json', 'boot the bundled probe guest')
+          .example('$0 run vm.json --metadata meta.json', 'boot with MMDS contents from a file'),
+      (a) => guard(() => runCommand(io, a.spec as string, loadOptions(a))),
+    )
+    .command(
+      'validate <specs..>',
+      'Check specs against the schema and the semantic rules; one line per file',
+      (y) =>
+        specOptions(y)
+          .positional('specs', { type: 'string', array: true, describe: 'Spec files', demandOption: true })
+          .option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' })
+          .option('skip-files', { type: 'boolean', default: false, describe: 'Do not require kernel, initrd and drive files to exist' })
+          .example('$0 validate examples/*.json', 'validate every example')
+          .example('$0 validate --skip-files --json specs/*.json', 'CI check of stored specs whose artifacts live elsewhere'),
+      (a) => guard(() => validateCommand(io, a.specs as string[], a.json, loadOptions(a))),
+    )
+    .command(
+      'plan <spec>',
+      'Print the boot plan: memory map, devices with MMIO/IRQ, kernel command line, plan hash',
+      (y) =>
+        specOptions(y)
+          .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)', demandOption: true })
+          .option('json', { type: 'boolean', default: false, describe: 'Print the plan as JSON' })
+          .example('$0 plan examples/hello.json', 'tables for humans')
+          .example('$0 plan --json vm.json | jq .plan.cmdline', 'the command line the guest will get'),
+      (a) => guard(() => planCommand(io, a.spec as string, a.json, loadOptions(a))),
+    )
+    .command(
+      'schema',
+      'Print the JSON Schema of the spec (for editors and other tools)',
+      (y) => y.example('$0 schema > vm.schema.json', 'save the schema'),
+      () => guard(() => (write(io.out, JSON.stringify(loadSchema(), null, 2)), EXIT_OK)),
+    )
+    .epilogue('Exit status: 0 success, 2 invalid spec, 1 any other failure. Guest reboot or power-off also exits 0.')
+    .strict()
+    .demandCommand(1, 'Give a spec to run, or a command.')
+    .help()
+    .alias('h', 'help')
+    .version(VERSION)
+    .alias('V', 'version')
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .exitProcess(false)
+    .fail((msg, err) => {
+      if (err) throw err;
+      write(io.err, `fc-run: ${msg}\nRun "fc-run --help" for usage.`);
+      code = EXIT_FAILURE;
+    });
+  await parser.parseAsync();
+  return code;
+}
