@@ -116,7 +116,10 @@ const specOptions = (y: Argv) =>
 /** Runs the CLI and resolves to the process exit code. */
 export async function main(argv: string[], io: Io = { out: process.stdout, err: process.stderr }): Promise<number> {
   let code = EXIT_OK;
+  let usageError = false;
   const guard = (fn: () => number) => {
+    // With exitProcess(false) yargs may still call the handler after reporting a usage error.
+    if (usageError) return;
     try {
       code = fn();
     } catch (err) {
@@ -125,13 +128,13 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
   };
   const parser = yargs(argv)
     .scriptName('fc-run')
-    .usage('$0 <spec>\n\nfc-run launches one microVM from a JSON spec: validated against schemas/vm.schema.json, compiled into a boot plan, run on KVM.')
+    .usage('Usage: $0 <spec>  or  $0 <command> [options]\n\nfc-run launches one microVM from a JSON spec: validated against schemas/vm.schema.json, compiled into a boot plan, run on KVM.')
     .command(
       ['run <spec>', '$0 <spec>'],
       'Launch the microVM the spec describes',
       (y) =>
         specOptions(y)
-          .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)', demandOption: true })
+          .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)' })
           .example('$0 examples/hello.json', 'boot the bundled probe guest')
           .example('$0 run vm.json --metadata meta.json', 'boot with MMDS contents from a file'),
       (a) => guard(() => runCommand(io, a.spec as string, loadOptions(a))),
@@ -141,7 +144,7 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
       'Check specs against the schema and the semantic rules; one line per file',
       (y) =>
         specOptions(y)
-          .positional('specs', { type: 'string', array: true, describe: 'Spec files', demandOption: true })
+          .positional('specs', { type: 'string', array: true, describe: 'Spec files' })
           .option('json', { type: 'boolean', default: false, describe: 'Machine-readable output' })
           .option('skip-files', { type: 'boolean', default: false, describe: 'Do not require kernel, initrd and drive files to exist' })
           .example('$0 validate examples/*.json', 'validate every example')
@@ -153,7 +156,7 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
       'Print the boot plan: memory map, devices with MMIO/IRQ, kernel command line, plan hash',
       (y) =>
         specOptions(y)
-          .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)', demandOption: true })
+          .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)' })
           .option('json', { type: 'boolean', default: false, describe: 'Print the plan as JSON' })
           .example('$0 plan examples/hello.json', 'tables for humans')
           .example('$0 plan --json vm.json | jq .plan.cmdline', 'the command line the guest will get'),
@@ -167,7 +170,6 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
     )
     .epilogue('Exit status: 0 success, 2 invalid spec, 1 any other failure. Guest reboot or power-off also exits 0.')
     .strict()
-    .demandCommand(1, 'Give a spec to run, or a command.')
     .help()
     .alias('h', 'help')
     .version(VERSION)
@@ -176,9 +178,11 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
     .exitProcess(false)
     .fail((msg, err) => {
       if (err) throw err;
+      // yargs can report a second, derived failure after the first; the first is the real one.
+      if (usageError) return;
       write(io.err, `fc-run: ${msg}\nRun "fc-run --help" for usage.`);
-      code = EXIT_FAILURE;
+      usageError = true;
     });
   await parser.parseAsync();
-  return code;
+  return usageError ? EXIT_FAILURE : code;
 }

@@ -34,11 +34,11 @@ function compile(): Compiled {
  * for a CPU template file) and turns ajv's errors into issues that say what is wrong in words a
  * user can act on.
  */
-export function checkSchema(value: unknown, issues: IssueList, definition?: string): void {
+export function checkSchema(value: unknown, issues: IssueList, definition?: string, nulled: Set<string> = new Set()): void {
   const { ajv, id } = compile();
   const validate = ajv.getSchema(definition ? `${id}#/definitions/${definition}` : id) as ValidateFunction;
   if (validate(value)) return;
-  for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues);
+  for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues, nulled);
 }
 
 function segments(instancePath: string): (string | number)[] {
@@ -122,7 +122,7 @@ function subschemas(schema: object): Set<object> {
   return set;
 }
 
-function describe(err: ErrorObject, issues: IssueList): void {
+function describe(err: ErrorObject, issues: IssueList, nulled: Set<string>): void {
   const at = segments(err.instancePath);
   const data = err.data;
   const parent = (err.parentSchema ?? {}) as Record<string, unknown>;
@@ -131,6 +131,10 @@ function describe(err: ErrorObject, issues: IssueList): void {
       const name = (err.params as { missingProperty: string }).missingProperty;
       const prop = ((parent.properties ?? {}) as Record<string, Record<string, unknown>>)[name] ?? {};
       const example = Array.isArray(prop.examples) ? prop.examples[0] : undefined;
+      if (nulled.has(JSON.stringify([...at, name]))) {
+        issues.error('required', [...at, name], `required property "${name}" is null`, `give "${name}" a value`);
+        return;
+      }
       issues.error(
         'required',
         [...at, name],

@@ -26,6 +26,9 @@ export class SpecSource {
   static parse(file: string, rawText: string): { source?: SpecSource; issues: SpecIssue[] } {
     // A UTF-8 BOM is invisible in editors; accept it rather than fail at "line 1, column 1".
     const text = rawText.charCodeAt(0) === 0xfeff ? rawText.slice(1) : rawText;
+    if (text.trim() === '') {
+      return { issues: [{ severity: 'error', code: 'json-syntax', path: [], file, line: 1, column: 1, message: 'the file is empty', hint: 'write a JSON object describing the microVM' }] };
+    }
     const errors: ParseError[] = [];
     const tree = parseTree(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
     const probe = new SpecSource(file, text, undefined, undefined);
@@ -38,12 +41,7 @@ export class SpecSource {
       message: `malformed JSON: ${describeParseError(printParseErrorCode(e.error))}`,
       hint: 'fix the JSON syntax at this position (a spec is strict JSON: no comments, no trailing commas)',
     }));
-    if (issues.length > 0 || tree === undefined) {
-      if (issues.length === 0) {
-        issues.push({ severity: 'error', code: 'json-syntax', path: [], file, line: 1, column: 1, message: 'the file is empty', hint: 'write a JSON object describing the microVM' });
-      }
-      return { issues };
-    }
+    if (issues.length > 0 || tree === undefined) return { issues };
     checkTree(tree, text, [], (issue) => issues.push({ ...issue, file, ...probe.position(issue.offset) }));
     if (issues.length > 0) return { issues };
     // JSON.parse builds the value: it creates "__proto__" as an ordinary own key, never touching prototypes.

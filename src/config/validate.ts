@@ -44,11 +44,12 @@ export function loadSpecText(file: string, text: string, opts: LoadOptions = {})
   // Issues from other files (a cpu-config template, --metadata) already carry their own positions.
   const extra: SpecIssue[] = [];
 
-  checkSchema(source.value, issues);
+  const value = withoutNulls(source.value, []);
+  checkSchema(value.result, issues, undefined, value.nulled);
   const schemaOk = !issues.hasErrors;
   let resolved: ResolvedSpec | undefined;
   if (schemaOk) {
-    const spec = source.value as VmSpec;
+    const spec = value.result as VmSpec;
     const baseDir = path.dirname(file);
     checkRules(spec, issues, { baseDir, skipFiles: opts.skipFiles ?? false });
     const metadata = opts.metadataFile ? loadMetadata(opts.metadataFile, spec, issues, extra) : undefined;
@@ -76,6 +77,32 @@ export function loadSpecText(file: string, text: string, opts: LoadOptions = {})
   all.sort((a, b) => (a.file === b.file ? (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0) : 0));
   if (!resolved || all.some((i) => i.severity === 'error')) throw new SpecInvalidError(file, all);
   return { spec: resolved, warnings: all, locate };
+}
+
+/** Free-form data where null is a value, not "absent". */
+const FREE_FORM = new Set(['mmds']);
+
+/**
+ * Firecracker (serde) reads `"field": null` as "field absent", and its own example configs use
+ * that; so does fc-run, everywhere except inside free-form data such as the MMDS contents.
+ * Returns a copy without those members, and the paths that were null (for error messages).
+ */
+export function withoutNulls(value: unknown, at: (string | number)[]): { result: unknown; nulled: Set<string> } {
+  const nulled = new Set<string>();
+  const walk = (v: unknown, path: (string | number)[]): unknown => {
+    if (Array.isArray(v)) return v.map((item, i) => walk(item, [...path, i]));
+    if (v === null || typeof v !== 'object') return v;
+    const out: Record<string, unknown> = {};
+    for (const [k, item] of Object.entries(v)) {
+      if (item === null && !(path.length === 0 && FREE_FORM.has(k))) {
+        nulled.add(JSON.stringify([...path, k]));
+        continue;
+      }
+      out[k] = path.length === 0 && FREE_FORM.has(k) ? item : walk(item, [...path, k]);
+    }
+    return out;
+  };
+  return { result: walk(value, at), nulled };
 }
 
 function loadMetadata(file: string, spec: VmSpec, issues: IssueList, extra: SpecIssue[]): { source: string; data: Record<string, unknown> } | undefined {
