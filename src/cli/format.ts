@@ -11,11 +11,11 @@ export function painterFor(stream: NodeJS.WriteStream): Painter {
   return new chalk.Instance({ level: level as 0 | 1 });
 }
 
-/** A file name as the user would type it: relative to the working directory when that is shorter. */
+/** A file name as the user would type it: relative when it lies under the working directory. */
 export function displayPath(file: string): string {
   if (!path.isAbsolute(file)) return file;
   const rel = path.relative(process.cwd(), file);
-  return rel.length < file.length && !rel.startsWith('..' + path.sep + '..') ? rel : file;
+  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
 }
 
 /** One issue as "file:line:col: error: /json/path: message", then an indented fix. */

@@ -32,7 +32,8 @@ export class SpecSource {
     const errors: ParseError[] = [];
     const tree = parseTree(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
     const probe = new SpecSource(file, text, undefined, undefined);
-    const issues: SpecIssue[] = errors.map((e) => ({
+    // After the first syntax error the parser's recovery produces follow-on noise; report the first.
+    const issues: SpecIssue[] = errors.slice(0, 1).map((e) => ({
       severity: 'error',
       code: 'json-syntax',
       path: [],

@@ -13,6 +13,10 @@ describe('malformed JSON', () => {
     expect(issue.message).toMatch(/malformed JSON/);
   });
 
+  test('only the first syntax error is reported, not the parser\'s follow-on noise', () => {
+    expect(issuesOf(ws, '{\n  "boot-source": {,\n}')).toEqual([expect.objectContaining({ code: 'json-syntax', line: 2, column: 19 })]);
+  });
+
   test('comments are refused, as Firecracker refuses them', () => {
     const [issue] = issuesOf(ws, '{ // boot\n "boot-source": { "kernel_image_path": "vmlinux" } }');
     expect(issue).toMatchObject({ code: 'json-syntax', line: 1, column: 3 });
