@@ -6,6 +6,7 @@ import { SpecInvalidError, SpecIssue } from '../config/issues';
 import { loadSchema } from '../config/schema';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
 import { canonicalJson, planSpec } from '../boot';
+import { launch } from '../boot/launch';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../errors';
 import { displayPath, formatIssue, issueJson, painterFor } from './format';
 import { renderPlan } from './plan-view';
@@ -97,31 +98,55 @@ function planCommand(io: Io, file: string, json: boolean, opts: LoadOptions): nu
   return EXIT_OK;
 }
 
-function runCommand(io: Io, file: string, opts: LoadOptions): number {
-  const planned = planSpec(loadSpecFile(file, opts));
-  reportIssues(io, planned.allWarnings.filter((w) => w.severity === 'warning'));
-  throw new FcRunError(
-    'launch-not-built',
-    `the spec is valid and planned (sha256:${planned.hash.slice(0, 16)}), but launching microVMs on KVM is not built yet in this version of fc-run. ` +
-      `Inspect what launch would execute with: fc-run plan ${file}`,
-    EXIT_FAILURE,
-  );
+/** Opens where guest serial output goes: stdout, a file or FIFO, or nowhere. */
+function serialTarget(arg: string | undefined): number {
+  if (arg === undefined || arg === '-') return 1;
+  if (arg === 'none') return -1;
+  try {
+    return fs.openSync(arg, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_APPEND);
+  } catch (err) {
+    throw new FcRunError('serial-out', `cannot open --serial-out ${arg}: ${(err as NodeJS.ErrnoException).code}`);
+  }
 }
 
-const specOptions = (y: Argv) =>
+const STOP_WORDS: Record<string, string> = {
+  reset: 'the guest reset the machine',
+  shutdown: 'the guest powered off',
+  halt: 'the guest halted',
+};
+
+async function runCommand(io: Io, file: string, opts: LoadOptions & { serialOut?: string; startNs: bigint }): Promise<number> {
+  const planned = planSpec(loadSpecFile(file, opts));
+  reportIssues(io, planned.allWarnings.filter((w) => w.severity === 'warning'));
+  const result = await launch(planned.plan, { serialOutFd: serialTarget(opts.serialOut), startNs: opts.startNs });
+  const c = painterFor(io.err);
+  const boot = result.bootTimeNs !== undefined ? `, guest boot time ${(Number(result.bootTimeNs) / 1e6).toFixed(1)} ms` : '';
+  if (result.stop.reason in STOP_WORDS) {
+    write(io.err, c.dim(`fc-run: ${STOP_WORDS[result.stop.reason]}${boot}`));
+    return EXIT_OK;
+  }
+  write(io.err, `${c.red.bold('fc-run: the microVM failed:')} ${result.stop.detail}`);
+  if (result.stop.registers) write(io.err, result.stop.registers);
+  return EXIT_FAILURE;
+}
+
+const runOptions = <T>(y: Argv<T>) =>
+  y.option('serial-out', { type: 'string', describe: 'Where guest serial output goes: a file or named pipe, "none" to discard it (default: stdout)', requiresArg: true });
+
+const specOptions = <T>(y: Argv<T>) =>
   y
     .option('metadata', { type: 'string', describe: 'JSON file with the initial MMDS contents (instead of the spec\'s "mmds" key)', requiresArg: true })
     .option('mmds-size-limit', { type: 'number', describe: 'Largest MMDS contents accepted, in bytes', default: DEFAULT_MMDS_SIZE_LIMIT, requiresArg: true });
 
 /** Runs the CLI and resolves to the process exit code. */
-export async function main(argv: string[], io: Io = { out: process.stdout, err: process.stderr }): Promise<number> {
+export async function main(argv: string[], io: Io = { out: process.stdout, err: process.stderr }, startNs = process.hrtime.bigint()): Promise<number> {
   let code = EXIT_OK;
   let usageError = false;
-  const guard = (fn: () => number) => {
+  const guard = async (fn: () => number | Promise<number>) => {
     // With exitProcess(false) yargs may still call the handler after reporting a usage error.
     if (usageError) return;
     try {
-      code = fn();
+      code = await fn();
     } catch (err) {
       code = handleFailure(io, err);
     }
@@ -133,11 +158,12 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
       ['run <spec>', '$0 <spec>'],
       'Launch the microVM the spec describes',
       (y) =>
-        specOptions(y)
+        runOptions(specOptions(y))
           .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)' })
           .example('$0 examples/hello.json', 'boot the bundled probe guest')
+          .example('$0 vm.json --serial-out /tmp/vm.console', 'guest console to a file')
           .example('$0 run vm.json --metadata meta.json', 'boot with MMDS contents from a file'),
-      (a) => guard(() => runCommand(io, a.spec as string, loadOptions(a))),
+      (a) => guard(() => runCommand(io, a.spec as string, { ...loadOptions(a), serialOut: a['serial-out'], startNs })),
     )
     .command(
       'validate <specs..>',

@@ -128,11 +128,12 @@ describe('fc-run plan', () => {
 });
 
 describe('fc-run run', () => {
-  test('validates and plans, then refuses to launch with a clear message and exit 1', () => {
-    for (const args of [[good], ['run', good]]) {
+  test('a spec needing parts launch does not have yet is refused before anything starts, exit 1', () => {
+    const spec = ws.write('with-drive.json', { ...minimalSpec(), drives: [{ drive_id: 'd', path_on_host: 'data.ext4', is_root_device: false, is_read_only: true }] });
+    for (const args of [[spec], ['run', spec]]) {
       const r = fcRun(args);
       expect(r.code).toBe(1);
-      expect(r.err).toMatch(/launching microVMs on KVM is not built yet/);
+      expect(r.err).toMatch(/needs parts of launch that are not built yet: virtio devices \(block "d"\)/);
     }
   });
 

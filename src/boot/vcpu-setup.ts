@@ -1,0 +1,198 @@
+import type { CpuidEntry, Segment, Sregs, Vcpu } from '../kvm/kvm';
+import type { BootPlan } from './plan';
+import { GDT_LONG, GDT_PVH } from './structures';
+
+/**
+ * Per-vCPU configuration at boot: CPUID (normalized per vCPU), MSRs, FPU, LAPIC interrupt pins,
+ * and, on the boot processor, the registers the kernel's entry point expects. Application
+ * processors stay in KVM's wait-for-SIPI state: the guest brings them up with INIT/SIPI.
+ */
+
+const X86_CR0_PE = 0x1n;
+const X86_CR0_ET = 0x10n;
+const X86_CR0_PG = 0x80000000n;
+const X86_CR4_PAE = 0x20n;
+const EFER_LME = 0x100n;
+const EFER_LMA = 0x400n;
+
+/** Segment register contents for a GDT descriptor, as the CPU would load them. */
+function segmentFromGdt(entry: bigint, selector: number): Segment {
+  const base = ((entry >> 16n) & 0xffffffn) | (((entry >> 56n) & 0xffn) << 24n);
+  const limitRaw = Number((entry & 0xffffn) | (((entry >> 48n) & 0xfn) << 16n));
+  const g = Number((entry >> 55n) & 1n);
+  const type = Number((entry >> 40n) & 0xfn);
+  const present = Number((entry >> 47n) & 1n);
+  return {
+    base,
+    limit: g ? limitRaw * 4096 + 0xfff : limitRaw,
+    selector,
+    type,
+    present,
+    dpl: Number((entry >> 45n) & 3n),
+    db: Number((entry >> 54n) & 1n),
+    s: Number((entry >> 44n) & 1n),
+    l: Number((entry >> 53n) & 1n),
+    g,
+    avl: Number((entry >> 52n) & 1n),
+    unusable: present ? 0 : 1,
+    padding: 0,
+  };
+}
+
+export function bootSregs(current: Sregs, plan: BootPlan): Sregs {
+  const pvh = plan.kernel.entryMode === 'pvh32';
+  const gdt = pvh ? GDT_PVH : GDT_LONG;
+  const code = segmentFromGdt(gdt[1], 0x08);
+  const data = segmentFromGdt(gdt[2], 0x10);
+  const tss = segmentFromGdt(gdt[3], 0x18);
+  const s: Sregs = {
+    ...current,
+    cs: code,
+    ds: data,
+    es: data,
+    fs: data,
+    gs: data,
+    ss: data,
+    tr: tss,
+    gdt: { base: BigInt(plan.boot.gdt), limit: gdt.length * 8 - 1, padding: [0, 0, 0] },
+    idt: { base: BigInt(plan.boot.idt), limit: 7, padding: [0, 0, 0] },
+  };
+  if (pvh) {
+    s.cr0 = X86_CR0_PE | X86_CR0_ET;
+    s.cr4 = 0n;
+    s.efer = 0n;
+  } else {
+    s.cr0 = BigInt(current.cr0) | X86_CR0_PE | X86_CR0_PG | X86_CR0_ET;
+    s.cr3 = BigInt(plan.boot.pml4);
+    s.cr4 = BigInt(current.cr4) | X86_CR4_PAE;
+    s.efer = BigInt(current.efer) | EFER_LME | EFER_LMA;
+  }
+  return s;
+}
+
+/** MSRs Linux expects a boot loader to have left at known values. */
+export const BOOT_MSRS: { index: number; data: bigint; name: string }[] = [
+  { index: 0x174, data: 0n, name: 'IA32_SYSENTER_CS' },
+  { index: 0x175, data: 0n, name: 'IA32_SYSENTER_ESP' },
+  { index: 0x176, data: 0n, name: 'IA32_SYSENTER_EIP' },
+  { index: 0xc0000081, data: 0n, name: 'STAR' },
+  { index: 0xc0000082, data: 0n, name: 'LSTAR' },
+  { index: 0xc0000083, data: 0n, name: 'CSTAR' },
+  { index: 0xc0000084, data: 0n, name: 'SYSCALL_MASK' },
+  { index: 0xc0000102, data: 0n, name: 'KERNEL_GS_BASE' },
+  { index: 0x10, data: 0n, name: 'IA32_TSC' },
+  { index: 0x1a0, data: 1n, name: 'IA32_MISC_ENABLE (fast strings)' },
+];
+
+const HYPERVISOR_BIT = 1 << 31;
+const HTT_BIT = 1 << 28;
+
+function brandString(text: string): number[] {
+  const bytes = Buffer.alloc(48);
+  bytes.write(text.slice(0, 47), 'latin1');
+  const regs: number[] = [];
+  for (let i = 0; i < 12; i++) regs.push(bytes.readUInt32LE(i * 4));
+  return regs;
+}
+
+/**
+ * CPUID as one vCPU should see it: KVM's supported leaves, with the APIC id, the logical CPU
+ * count and topology of this VM, the hypervisor bit, and the KVM signature leaves.
+ */
+export function normalizeCpuid(supported: CpuidEntry[], cpuIndex: number, plan: BootPlan): CpuidEntry[] {
+  const count = plan.vcpus.count;
+  const threadsPerCore = plan.vcpus.smt && count > 1 ? 2 : 1;
+  const out = supported.map((e) => ({ ...e }));
+  const hostBrand = (() => {
+    const regs = [0x80000002, 0x80000003, 0x80000004].flatMap((f) => {
+      const e = out.find((x) => x.function === f);
+      return e ? [e.eax, e.ebx, e.ecx, e.edx] : [];
+    });
+    if (regs.length !== 12) return '';
+    const b = Buffer.alloc(48);
+    regs.forEach((r, i) => b.writeUInt32LE(r >>> 0, i * 4));
+    return b.toString('latin1').replace(/\0.*$/s, '').trim();
+  })();
+  for (const e of out) {
+    switch (e.function) {
+      case 0x1:
+        e.ebx = ((cpuIndex & 0xff) << 24) | ((count & 0xff) << 16) | (e.ebx & 0xffff);
+        e.ecx |= HYPERVISOR_BIT;
+        if (count > 1) e.edx |= HTT_BIT;
+        else e.edx &= ~HTT_BIT;
+        break;
+      case 0x4: {
+        // Deterministic cache parameters: cores per package in EAX[31:26], sharing in EAX[25:14].
+        const cacheLevel = (e.eax >>> 5) & 0x7;
+        const sharing = cacheLevel >= 3 ? count - 1 : threadsPerCore - 1;
+        e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((Math.ceil(count / threadsPerCore) - 1) & 0x3f) << 26);
+        break;
+      }
+      case 0xb: {
+        // Extended topology: level 0 = SMT, level 1 = core.
+        const shift0 = threadsPerCore === 2 ? 1 : 0;
+        const shift1 = Math.ceil(Math.log2(Math.max(count, 1)));
+        if (e.index === 0) {
+          e.eax = shift0;
+          e.ebx = threadsPerCore;
+          e.ecx = (1 << 8) | 0;
+        } else if (e.index === 1) {
+          e.eax = shift1;
+          e.ebx = count;
+          e.ecx = (2 << 8) | 1;
+        } else {
+          e.eax = 0;
+          e.ebx = 0;
+          e.ecx = e.index & 0xff;
+        }
+        e.edx = cpuIndex;
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  if (!out.some((e) => e.function === 0x40000000)) {
+    // "KVMKVMKVM\0\0\0", maximum hypervisor leaf 0x40000001.
+    out.push({ function: 0x40000000, index: 0, flags: 0, eax: 0x40000001, ebx: 0x4b4d564b, ecx: 0x564b4d56, edx: 0x4d });
+  }
+  const brand = brandString(hostBrand || 'fc-run virtual CPU');
+  [0x80000002, 0x80000003, 0x80000004].forEach((f, i) => {
+    const e = out.find((x) => x.function === f);
+    if (e) [e.eax, e.ebx, e.ecx, e.edx] = brand.slice(i * 4, i * 4 + 4);
+  });
+  return out;
+}
+
+const APIC_LVT0 = 0x350;
+const APIC_LVT1 = 0x360;
+const APIC_MODE_NMI = 0x4;
+const APIC_MODE_EXTINT = 0x7;
+
+/** LINT0 delivers the PIC's interrupts (ExtINT), LINT1 NMIs, as a PC's BIOS leaves them. */
+export function configureLapic(vcpu: Vcpu): void {
+  const state = vcpu.getLapic();
+  const set = (reg: number, mode: number) => state.writeUInt32LE((state.readUInt32LE(reg) & ~0x700) | (mode << 8), reg);
+  set(APIC_LVT0, APIC_MODE_EXTINT);
+  set(APIC_LVT1, APIC_MODE_NMI);
+  vcpu.setLapic(state);
+}
+
+/** Configures one vCPU for the plan; the boot processor also gets the entry registers. */
+export function configureVcpu(vcpu: Vcpu, plan: BootPlan, supportedCpuid: CpuidEntry[]): void {
+  vcpu.setCpuid(normalizeCpuid(supportedCpuid, vcpu.id, plan));
+  vcpu.setMsrs(BOOT_MSRS);
+  const fpu = vcpu.getFpu();
+  vcpu.setFpu({ ...fpu, fcw: 0x37f, mxcsr: 0x1f80 });
+  configureLapic(vcpu);
+  if (vcpu.id !== 0) return;
+  vcpu.setSregs(bootSregs(vcpu.getSregs(), plan));
+  const regs = vcpu.getRegs();
+  const zero = Object.fromEntries(Object.keys(regs).map((k) => [k, 0n])) as typeof regs;
+  if (plan.kernel.entryMode === 'pvh32') {
+    vcpu.setRegs({ ...zero, rflags: 2n, rip: BigInt(plan.kernel.entry), rbx: BigInt(plan.boot.pvhStartInfo) });
+  } else {
+    const sp = BigInt(plan.boot.stackPointer);
+    vcpu.setRegs({ ...zero, rflags: 2n, rip: BigInt(plan.kernel.entry), rsp: sp, rbp: sp, rsi: BigInt(plan.boot.zeroPage) });
+  }
+}

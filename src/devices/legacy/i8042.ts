@@ -1,0 +1,169 @@
+/**
+ * i8042 keyboard controller, reduced to what a microVM needs: the guest resets the machine with
+ * command 0xFE (Linux's reboot=k), and the host can send Ctrl-Alt-Del. Enough of the controller
+ * protocol (control byte, self tests, keyboard ACKs) answers Linux's probe. State is shared across
+ * vCPU threads like the UART's.
+ */
+
+export const I8042_DATA_OFFSET = 0; // port 0x60
+export const I8042_COMMAND_OFFSET = 4; // port 0x64
+
+const W = { CONTROL: 0, STATUS: 1, PENDING_CMD: 2, OUT_HEAD: 3, OUT_TAIL: 4, LOCK: 5 } as const;
+const WORDS = 8;
+const OUT_CAPACITY = 16;
+export const I8042_STATE_BYTES = WORDS * 4 + OUT_CAPACITY;
+
+const SB_OUT_FULL = 0x01;
+const SB_SYSTEM = 0x04;
+const SB_COMMAND = 0x08;
+const SB_KBD_ENABLED = 0x10;
+const CB_KBD_INT = 0x01;
+const CB_TRANSLATE = 0x40;
+
+const CMD = {
+  READ_CTR: 0x20,
+  WRITE_CTR: 0x60,
+  DISABLE_AUX: 0xa7,
+  ENABLE_AUX: 0xa8,
+  TEST_AUX: 0xa9,
+  SELF_TEST: 0xaa,
+  TEST_KBD: 0xab,
+  DISABLE_KBD: 0xad,
+  ENABLE_KBD: 0xae,
+  READ_OUTP: 0xd0,
+  WRITE_OUTP: 0xd1,
+  WRITE_AUX: 0xd4,
+  RESET_CPU: 0xfe,
+} as const;
+
+/** Set-2 make codes for Ctrl, Alt, Delete (Delete is an extended key). */
+const CTRL_ALT_DEL = [0x14, 0x11, 0xe0, 0x71];
+
+export interface I8042Sinks {
+  /** The guest asked the controller to pulse the CPU reset line. */
+  reset(): void;
+  /** Raise IRQ 1. */
+  interrupt(): void;
+}
+
+export class I8042 {
+  private readonly w: Int32Array;
+  private readonly out: Uint8Array;
+
+  constructor(
+    state: SharedArrayBuffer,
+    private readonly sinks: I8042Sinks,
+  ) {
+    this.w = new Int32Array(state, 0, WORDS);
+    this.out = new Uint8Array(state, WORDS * 4, OUT_CAPACITY);
+  }
+
+  static createState(): SharedArrayBuffer {
+    const sab = new SharedArrayBuffer(I8042_STATE_BYTES);
+    const w = new Int32Array(sab, 0, WORDS);
+    w[W.CONTROL] = CB_KBD_INT | CB_TRANSLATE;
+    w[W.STATUS] = SB_SYSTEM | SB_KBD_ENABLED;
+    return sab;
+  }
+
+  private withLock<T>(fn: () => T): T {
+    while (Atomics.compareExchange(this.w, W.LOCK, 0, 1) !== 0) {
+      // spin
+    }
+    try {
+      return fn();
+    } finally {
+      Atomics.store(this.w, W.LOCK, 0);
+    }
+  }
+
+  private count(): number {
+    return (this.w[W.OUT_TAIL] - this.w[W.OUT_HEAD] + OUT_CAPACITY) % OUT_CAPACITY;
+  }
+
+  /** Queues a byte for the guest; true when the keyboard interrupt should fire. */
+  private push(byte: number): boolean {
+    if (this.count() >= OUT_CAPACITY - 1) return false;
+    this.out[this.w[W.OUT_TAIL]] = byte;
+    this.w[W.OUT_TAIL] = (this.w[W.OUT_TAIL] + 1) % OUT_CAPACITY;
+    this.w[W.STATUS] |= SB_OUT_FULL;
+    return (this.w[W.CONTROL] & CB_KBD_INT) !== 0;
+  }
+
+  read(offset: number): number {
+    return this.withLock(() => {
+      if (offset === I8042_COMMAND_OFFSET) return this.w[W.STATUS];
+      if (offset !== I8042_DATA_OFFSET || this.count() === 0) return 0;
+      const b = this.out[this.w[W.OUT_HEAD]];
+      this.w[W.OUT_HEAD] = (this.w[W.OUT_HEAD] + 1) % OUT_CAPACITY;
+      if (this.count() === 0) this.w[W.STATUS] &= ~SB_OUT_FULL;
+      return b;
+    });
+  }
+
+  write(offset: number, value: number): void {
+    let reset = false;
+    const irq = this.withLock(() => {
+      if (offset === I8042_COMMAND_OFFSET) {
+        this.w[W.STATUS] |= SB_COMMAND;
+        switch (value) {
+          case CMD.READ_CTR:
+            return this.push(this.w[W.CONTROL]);
+          case CMD.WRITE_CTR:
+          case CMD.WRITE_OUTP:
+          case CMD.WRITE_AUX:
+            this.w[W.PENDING_CMD] = value;
+            return false;
+          case CMD.SELF_TEST:
+            return this.push(0x55);
+          case CMD.TEST_KBD:
+          case CMD.TEST_AUX:
+            return this.push(0x00);
+          case CMD.READ_OUTP:
+            return this.push(0x01);
+          case CMD.DISABLE_KBD:
+            this.w[W.STATUS] &= ~SB_KBD_ENABLED;
+            return false;
+          case CMD.ENABLE_KBD:
+            this.w[W.STATUS] |= SB_KBD_ENABLED;
+            return false;
+          case CMD.RESET_CPU:
+            reset = true;
+            return false;
+          default:
+            return false; // aux enable/disable and other commands need no answer
+        }
+      }
+      if (offset !== I8042_DATA_OFFSET) return false;
+      this.w[W.STATUS] &= ~SB_COMMAND;
+      const pending = this.w[W.PENDING_CMD];
+      this.w[W.PENDING_CMD] = 0;
+      switch (pending) {
+        case CMD.WRITE_CTR:
+          this.w[W.CONTROL] = value;
+          return false;
+        case CMD.WRITE_OUTP:
+          // Bit 0 of the output port is the CPU reset line (active low).
+          if (!(value & 1)) reset = true;
+          return false;
+        case CMD.WRITE_AUX:
+          return false; // no mouse: i8042.noaux is on Firecracker's command line
+        default:
+          // A keyboard command: acknowledge it (and pass the self test of 0xFF, reset).
+          {
+            const ack = this.push(0xfa);
+            const passed = value === 0xff ? this.push(0xaa) : false;
+            return ack || passed;
+          }
+      }
+    });
+    if (irq) this.sinks.interrupt();
+    if (reset) this.sinks.reset();
+  }
+
+  /** Presses Ctrl-Alt-Del on the guest's keyboard. */
+  sendCtrlAltDel(): void {
+    const irq = this.withLock(() => CTRL_ALT_DEL.map((b) => this.push(b)).some(Boolean));
+    if (irq) this.sinks.interrupt();
+  }
+}

@@ -1,0 +1,206 @@
+/**
+ * 8250/16550A UART (COM1), as Linux's 8250 driver and early console use it: transmit, receive
+ * through a small FIFO, the interrupt identification logic, divisor latch, scratch register and
+ * loopback mode (the driver's autoconfig tests it).
+ *
+ * The register state lives in a SharedArrayBuffer so every vCPU thread can run the device on its
+ * own exits and the VMM thread can feed received bytes, without a cross-thread round trip. A tiny
+ * spinlock serializes register updates (critical sections are a few instructions long).
+ */
+
+const REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10 } as const;
+const WORDS = 16;
+export const SERIAL_RX_CAPACITY = 1024;
+export const SERIAL_STATE_BYTES = WORDS * 4 + SERIAL_RX_CAPACITY;
+
+const IER_RDA = 0x01; // received data available interrupt
+const IER_THRE = 0x02; // transmitter holding register empty interrupt
+const IIR_NONE = 0x01;
+const IIR_THRE = 0x02;
+const IIR_RDA = 0x04;
+const IIR_FIFO = 0xc0;
+const LCR_DLAB = 0x80;
+const LSR_DR = 0x01;
+const LSR_THRE = 0x20;
+const LSR_TEMT = 0x40;
+const MCR_LOOP = 0x10;
+const MSR_DEFAULT = 0xb0; // DCD, DSR, CTS
+const FCR_ENABLE = 0x01;
+const FCR_CLEAR_RX = 0x02;
+
+export interface SerialSinks {
+  /** Bytes the guest transmits. */
+  out(byte: number): void;
+  /** Raise COM1's interrupt (edge). */
+  interrupt(): void;
+}
+
+export class Serial8250 {
+  private readonly w: Int32Array;
+  private readonly rx: Uint8Array;
+
+  /** `state` comes from Serial8250.createState(), shared by every thread that runs the device. */
+  constructor(
+    state: SharedArrayBuffer,
+    private readonly sinks: SerialSinks,
+  ) {
+    this.w = new Int32Array(state, 0, WORDS);
+    this.rx = new Uint8Array(state, WORDS * 4, SERIAL_RX_CAPACITY);
+  }
+
+  static createState(): SharedArrayBuffer {
+    const sab = new SharedArrayBuffer(SERIAL_STATE_BYTES);
+    const w = new Int32Array(sab, 0, WORDS);
+    w[REG.DLL] = 12; // 9600 baud, as firmware would leave it
+    w[REG.LCR] = 0x03; // 8N1
+    w[REG.MCR] = 0x08; // OUT2
+    return sab;
+  }
+
+  private lock(): void {
+    while (Atomics.compareExchange(this.w, REG.LOCK, 0, 1) !== 0) {
+      // spin: the holder is another vCPU inside a few-instruction critical section
+    }
+  }
+
+  private unlock(): void {
+    Atomics.store(this.w, REG.LOCK, 0);
+  }
+
+  private rxCount(): number {
+    return (this.w[REG.RX_TAIL] - this.w[REG.RX_HEAD] + SERIAL_RX_CAPACITY) % SERIAL_RX_CAPACITY;
+  }
+
+  private pushRx(byte: number): boolean {
+    if (this.rxCount() >= SERIAL_RX_CAPACITY - 1) return false;
+    this.rx[this.w[REG.RX_TAIL]] = byte;
+    this.w[REG.RX_TAIL] = (this.w[REG.RX_TAIL] + 1) % SERIAL_RX_CAPACITY;
+    return true;
+  }
+
+  /** Queues bytes for the guest to read; returns how many fit (the rest are the caller's to retry). */
+  enqueue(bytes: Uint8Array): number {
+    let n = 0;
+    this.lock();
+    try {
+      while (n < bytes.length && this.pushRx(bytes[n])) n++;
+    } finally {
+      this.unlock();
+    }
+    if (n > 0 && this.w[REG.IER] & IER_RDA) this.sinks.interrupt();
+    return n;
+  }
+
+  /** Room left in the receive FIFO. */
+  rxSpace(): number {
+    return SERIAL_RX_CAPACITY - 1 - this.rxCount();
+  }
+
+  read(offset: number): number {
+    let irq = false;
+    this.lock();
+    try {
+      const dlab = (this.w[REG.LCR] & LCR_DLAB) !== 0;
+      switch (offset) {
+        case 0: {
+          if (dlab) return this.w[REG.DLL];
+          if (this.rxCount() === 0) return 0;
+          const b = this.rx[this.w[REG.RX_HEAD]];
+          this.w[REG.RX_HEAD] = (this.w[REG.RX_HEAD] + 1) % SERIAL_RX_CAPACITY;
+          irq = this.rxCount() > 0 && (this.w[REG.IER] & IER_RDA) !== 0;
+          return b;
+        }
+        case 1:
+          return dlab ? this.w[REG.DLH] : this.w[REG.IER];
+        case 2: {
+          const fifo = this.w[REG.FCR] & FCR_ENABLE ? IIR_FIFO : 0;
+          if (this.w[REG.IER] & IER_RDA && this.rxCount() > 0) return IIR_RDA | fifo;
+          if (this.w[REG.IER] & IER_THRE && this.w[REG.THRE_PENDING]) {
+            this.w[REG.THRE_PENDING] = 0; // reading IIR acknowledges THRE
+            return IIR_THRE | fifo;
+          }
+          return IIR_NONE | fifo;
+        }
+        case 3:
+          return this.w[REG.LCR];
+        case 4:
+          return this.w[REG.MCR];
+        case 5:
+          return LSR_THRE | LSR_TEMT | (this.rxCount() > 0 ? LSR_DR : 0);
+        case 6: {
+          const mcr = this.w[REG.MCR];
+          if (!(mcr & MCR_LOOP)) return MSR_DEFAULT;
+          // Loopback: DTR→DSR, RTS→CTS, OUT1→RI, OUT2→DCD.
+          return ((mcr & 0x01) << 5) | ((mcr & 0x02) << 3) | ((mcr & 0x04) << 4) | ((mcr & 0x08) << 4);
+        }
+        case 7:
+          return this.w[REG.SCR];
+        default:
+          return 0xff;
+      }
+    } finally {
+      this.unlock();
+      if (irq) this.sinks.interrupt();
+    }
+  }
+
+  write(offset: number, value: number): void {
+    let irq = false;
+    let out = -1;
+    this.lock();
+    try {
+      const dlab = (this.w[REG.LCR] & LCR_DLAB) !== 0;
+      switch (offset) {
+        case 0:
+          if (dlab) {
+            this.w[REG.DLL] = value;
+            break;
+          }
+          if (this.w[REG.MCR] & MCR_LOOP) {
+            this.pushRx(value);
+            irq = (this.w[REG.IER] & IER_RDA) !== 0;
+          } else {
+            out = value;
+          }
+          this.w[REG.THRE_PENDING] = 1;
+          irq ||= (this.w[REG.IER] & IER_THRE) !== 0;
+          break;
+        case 1:
+          if (dlab) {
+            this.w[REG.DLH] = value;
+            break;
+          }
+          {
+            const before = this.w[REG.IER];
+            this.w[REG.IER] = value & 0x0f;
+            // Enabling THRE while the transmitter is empty raises the interrupt at once.
+            if (!(before & IER_THRE) && value & IER_THRE) {
+              this.w[REG.THRE_PENDING] = 1;
+              irq = true;
+            }
+            if (!(before & IER_RDA) && value & IER_RDA && this.rxCount() > 0) irq = true;
+          }
+          break;
+        case 2:
+          this.w[REG.FCR] = value;
+          if (value & FCR_CLEAR_RX) this.w[REG.RX_HEAD] = this.w[REG.RX_TAIL];
+          break;
+        case 3:
+          this.w[REG.LCR] = value;
+          break;
+        case 4:
+          this.w[REG.MCR] = value & 0x1f;
+          break;
+        case 7:
+          this.w[REG.SCR] = value;
+          break;
+        default:
+          break; // LSR and MSR are read-only
+      }
+    } finally {
+      this.unlock();
+    }
+    if (out >= 0) this.sinks.out(out);
+    if (irq) this.sinks.interrupt();
+  }
+}

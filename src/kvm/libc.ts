@@ -1,0 +1,107 @@
+import koffi from 'koffi';
+import * as os from 'node:os';
+import { FcRunError } from '../errors';
+
+/**
+ * The libc calls fc-run makes. koffi is the only FFI in the project and this folder the only place
+ * that uses it. ioctl is declared non-variadic per argument kind: on x86_64 System V the variadic
+ * and fixed calling conventions pass integer and pointer arguments identically.
+ */
+const libc = koffi.load('libc.so.6');
+
+export const sys = {
+  open: libc.func('int open(const char *path, int flags, int mode)'),
+  close: libc.func('int close(int fd)'),
+  ioctlInt: libc.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
+  ioctlPtr: libc.func('ioctl', 'int', ['int', 'unsigned long', 'void *']),
+  mmap: libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)'),
+  munmap: libc.func('int munmap(void *addr, size_t len)'),
+  madvise: libc.func('int madvise(void *addr, size_t len, int advice)'),
+  eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
+  write: libc.func('long write(int fd, const void *buf, size_t count)'),
+  read: libc.func('long read(int fd, void *buf, size_t count)'),
+  syscall3: libc.func('syscall', 'long', ['long', 'long', 'long', 'long']),
+  /** Identity on the address: turns an address (from another thread) back into a koffi pointer. */
+  pointerAt: libc.func('memcpy', 'void *', ['uintptr_t', 'uintptr_t', 'size_t']),
+};
+
+export const O_RDWR = 0o2;
+export const O_CLOEXEC = 0o2000000;
+export const O_NONBLOCK = 0o4000;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MAP_FAILED = -1n;
+export const MADV_DONTFORK = 10;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+
+export type Pointer = unknown;
+
+const SYS_gettid = 186;
+const SYS_tgkill = 234;
+
+/** The calling thread's kernel id. */
+export function gettid(): number {
+  return Number(sys.syscall3(SYS_gettid, 0, 0, 0));
+}
+
+/** Sends a signal to one thread of this process. */
+export function tgkill(tid: number, signal: number): void {
+  sys.syscall3(SYS_tgkill, process.pid, tid, signal);
+}
+
+export function errno(): number {
+  return koffi.errno();
+}
+
+/** "EINVAL (Invalid argument)" for an errno value. */
+export function errnoText(code: number): string {
+  const name = Object.entries(os.constants.errno).find(([, v]) => v === code)?.[0] ?? `errno ${code}`;
+  return `${name} (${describeErrno(code)})`;
+}
+
+function describeErrno(code: number): string {
+  const texts: Record<number, string> = {
+    1: 'Operation not permitted',
+    2: 'No such file or directory',
+    4: 'Interrupted system call',
+    9: 'Bad file descriptor',
+    12: 'Cannot allocate memory',
+    13: 'Permission denied',
+    14: 'Bad address',
+    16: 'Device or resource busy',
+    17: 'File exists',
+    19: 'No such device',
+    22: 'Invalid argument',
+    24: 'Too many open files',
+    25: 'Inappropriate ioctl for device',
+    95: 'Operation not supported',
+  };
+  return texts[code] ?? 'system error';
+}
+
+export class SyscallError extends FcRunError {
+  constructor(
+    readonly call: string,
+    readonly errnoValue: number,
+    context?: string,
+  ) {
+    super('syscall', `${call} failed: ${errnoText(errnoValue)}${context ? ` (${context})` : ''}`);
+  }
+}
+
+/** Address of a koffi pointer as a bigint, for handing to another thread. */
+export function addressOf(ptr: Pointer): bigint {
+  return koffi.address(ptr) as bigint;
+}
+
+/** An ArrayBuffer over native memory (no copy). */
+export function viewOf(ptr: Pointer, length: number): ArrayBuffer {
+  return koffi.view(ptr, length) as ArrayBuffer;
+}
+
+export { koffi };

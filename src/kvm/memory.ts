@@ -1,0 +1,161 @@
+import { FcRunError } from '../errors';
+import { addressOf, errno, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, sys, SyscallError, viewOf } from './libc';
+
+/** One contiguous range of guest RAM and where it lives in this process. */
+export interface RegionDescriptor {
+  guestAddr: number;
+  size: number;
+  /** Host virtual address of the mapping, valid in every thread of the process. */
+  hostAddr: bigint;
+}
+
+export class GuestMemoryError extends FcRunError {
+  constructor(message: string) {
+    super('guest-memory', message);
+  }
+}
+
+/**
+ * V8 caps a single ArrayBuffer well below large guest memories, so each region is viewed in
+ * chunks of this size. Accesses inside one chunk are zero-copy; the rare access that straddles
+ * two chunks is copied piecewise.
+ */
+const CHUNK = 1 << 30;
+
+interface Region extends RegionDescriptor {
+  chunks: Uint8Array[];
+}
+
+/**
+ * Guest RAM: anonymous MAP_NORESERVE mappings (the host commits pages only when the guest touches
+ * them, so memory can be overcommitted), split around the MMIO gap. Every access is checked to lie
+ * entirely inside one region: a guest-supplied address can never reach host memory outside it.
+ */
+export class GuestMemory {
+  private constructor(
+    private readonly regions: Region[],
+    private readonly owner: boolean,
+  ) {}
+
+  /** Maps fresh, zeroed memory for the given ranges. */
+  static allocate(ranges: { start: number; size: number }[]): GuestMemory {
+    const regions = ranges.map((r) => {
+      const ptr = sys.mmap(null, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      const hostAddr = addressOf(ptr);
+      if (hostAddr === 0xffffffffffffffffn) throw new SyscallError('mmap(guest memory)', errno(), `${r.size} bytes at guest 0x${r.start.toString(16)}`);
+      return { guestAddr: r.start, size: r.size, hostAddr, chunks: [] as Uint8Array[] };
+    });
+    const mem = new GuestMemory(regions, true);
+    mem.mapViews();
+    return mem;
+  }
+
+  /** Views memory another thread allocated (same process). */
+  static attach(descriptors: RegionDescriptor[]): GuestMemory {
+    const mem = new GuestMemory(descriptors.map((d) => ({ ...d, chunks: [] })), false);
+    mem.mapViews();
+    return mem;
+  }
+
+  private mapViews(): void {
+    for (const r of this.regions) {
+      for (let off = 0; off < r.size; off += CHUNK) {
+        const len = Math.min(CHUNK, r.size - off);
+        const addr = r.hostAddr + BigInt(off);
+        r.chunks.push(new Uint8Array(viewOf(sys.pointerAt(addr, addr, 0), len)));
+      }
+    }
+  }
+
+  describe(): RegionDescriptor[] {
+    return this.regions.map(({ guestAddr, size, hostAddr }) => ({ guestAddr, size, hostAddr }));
+  }
+
+  get totalSize(): number {
+    return this.regions.reduce((n, r) => n + r.size, 0);
+  }
+
+  private regionFor(gpa: number, len: number): Region {
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0) {
+      throw new GuestMemoryError(`invalid guest access: address ${gpa}, length ${len}`);
+    }
+    for (const r of this.regions) {
+      if (gpa >= r.guestAddr && gpa + len <= r.guestAddr + r.size) return r;
+    }
+    throw new GuestMemoryError(`guest access [0x${gpa.toString(16)}, 0x${(gpa + len).toString(16)}) is outside guest RAM`);
+  }
+
+  /** True when [gpa, gpa+len) lies inside one RAM region. */
+  contains(gpa: number, len: number): boolean {
+    try {
+      this.regionFor(gpa, len);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * A zero-copy view of [gpa, gpa+len) when it lies in one chunk; undefined when it straddles two
+   * (use read/write then). Throws when the range is not guest RAM.
+   */
+  view(gpa: number, len: number): Uint8Array | undefined {
+    const r = this.regionFor(gpa, len);
+    const off = gpa - r.guestAddr;
+    const chunk = Math.floor(off / CHUNK);
+    const inChunk = off - chunk * CHUNK;
+    if (inChunk + len > r.chunks[chunk].length) return undefined;
+    return r.chunks[chunk].subarray(inChunk, inChunk + len);
+  }
+
+  /** Copies guest memory into `dst`. */
+  read(gpa: number, dst: Uint8Array): void {
+    this.copy(gpa, dst.length, (chunk, at, done, n) => dst.set(chunk.subarray(at, at + n), done));
+  }
+
+  /** Copies `src` into guest memory. */
+  write(gpa: number, src: Uint8Array): void {
+    this.copy(gpa, src.length, (chunk, at, done, n) => chunk.set(src.subarray(done, done + n), at));
+  }
+
+  /** Zeroes [gpa, gpa+len). */
+  fill(gpa: number, len: number, value = 0): void {
+    this.copy(gpa, len, (chunk, at, _done, n) => chunk.fill(value, at, at + n));
+  }
+
+  private copy(gpa: number, len: number, step: (chunk: Uint8Array, at: number, done: number, n: number) => void): void {
+    const r = this.regionFor(gpa, len);
+    let off = gpa - r.guestAddr;
+    let done = 0;
+    while (done < len) {
+      const chunk = Math.floor(off / CHUNK);
+      const at = off - chunk * CHUNK;
+      const n = Math.min(len - done, CHUNK - at);
+      step(r.chunks[chunk], at, done, n);
+      done += n;
+      off += n;
+    }
+  }
+
+  readU32(gpa: number): number {
+    const b = Buffer.alloc(4);
+    this.read(gpa, b);
+    return b.readUInt32LE(0);
+  }
+
+  writeU64(gpa: number, v: bigint): void {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(v);
+    this.write(gpa, b);
+  }
+
+  /** Unmaps memory this instance allocated. Views become invalid. */
+  release(): void {
+    if (!this.owner) return;
+    for (const r of this.regions) {
+      const addr = r.hostAddr;
+      sys.munmap(sys.pointerAt(addr, addr, 0), r.size);
+      r.chunks = [];
+    }
+  }
+}

@@ -1,0 +1,147 @@
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { Vcpu, Vm } from '../kvm/kvm';
+import * as os from 'node:os';
+import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError, tgkill } from '../kvm/libc';
+import { KVM_RUN_OFFSETS } from '../kvm/structs';
+import { Serial8250 } from '../devices/legacy/serial';
+import { I8042 } from '../devices/legacy/i8042';
+import { Counters, createCounters, EXIT_REASON_SLOTS, SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuMessage } from './shared';
+import type { VcpuWorkerData } from './vcpu-worker';
+
+export interface MicroVmOptions {
+  /** fd guest serial output is written to; -1 discards it. */
+  serialOutFd: number;
+  ports: { serial: number; serialIrq: number; i8042: number; i8042Irq: number; bootTimer: number };
+  launchStartNs: bigint;
+}
+
+export interface RunResult {
+  stop: StopReport;
+  /** Nanoseconds from launch start to the guest's boot-complete signal, if it sent one. */
+  bootTimeNs?: bigint;
+  counters: ReturnType<Counters['snapshot']>;
+  exitsPerVcpu: number[][];
+}
+
+function eventfd(): number {
+  const fd = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) throw new SyscallError('eventfd', errno());
+  return fd;
+}
+
+/** Compiled worker script; tests running TypeScript sources still start the built worker. */
+const WORKER_SCRIPT = path.resolve(__dirname, '..', '..', 'dist', 'vmm', 'vcpu-worker.js');
+
+/**
+ * The running microVM on the VMM thread: owns the vCPU threads and the interrupt eventfds, and
+ * waits until a vCPU reports that the VM stopped.
+ */
+export class MicroVm {
+  private readonly shared: SharedState;
+  private readonly counters: Counters;
+  readonly serial: Serial8250;
+  readonly i8042: I8042;
+  private readonly serialIrqFd: number;
+  private readonly keyboardIrqFd: number;
+  private workers: Worker[] = [];
+
+  constructor(
+    vm: Vm,
+    private readonly vcpus: Vcpu[],
+    private readonly opts: MicroVmOptions,
+  ) {
+    this.shared = {
+      counters: createCounters(),
+      exits: new SharedArrayBuffer(vcpus.length * EXIT_REASON_SLOTS * 8),
+      serial: Serial8250.createState(),
+      i8042: I8042.createState(),
+      control: new SharedArrayBuffer(8),
+    };
+    this.counters = new Counters(this.shared.counters);
+    this.serialIrqFd = eventfd();
+    this.keyboardIrqFd = eventfd();
+    vm.registerIrqfd(this.serialIrqFd, opts.ports.serialIrq);
+    vm.registerIrqfd(this.keyboardIrqFd, opts.ports.i8042Irq);
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    const raise = (fd: number) => () => void sys.write(fd, one, 8);
+    this.serial = new Serial8250(this.shared.serial, { out: () => undefined, interrupt: raise(this.serialIrqFd) });
+    this.i8042 = new I8042(this.shared.i8042, { reset: () => undefined, interrupt: raise(this.keyboardIrqFd) });
+  }
+
+  /**
+   * Stops every vCPU: sets the stop word, sets immediate_exit in each kvm_run page (a thread about
+   * to enter KVM_RUN returns at once) and signals each thread (one inside KVM_RUN returns EINTR).
+   */
+  private kick(tids: Map<number, number>): void {
+    Atomics.store(new Int32Array(this.shared.control), 0, 1);
+    for (const v of this.vcpus) {
+      new Uint8Array(v.mapRun())[KVM_RUN_OFFSETS.immediate_exit] = 1;
+      const tid = tids.get(v.id);
+      if (tid !== undefined) tgkill(tid, os.constants.signals[VCPU_KICK_SIGNAL]);
+    }
+  }
+
+  /** Starts every vCPU and resolves when the VM has stopped and every vCPU thread has ended. */
+  run(): Promise<RunResult> {
+    const ignoreKick = () => undefined;
+    process.on(VCPU_KICK_SIGNAL, ignoreKick);
+    return new Promise((resolve, reject) => {
+      let bootTimeNs: bigint | undefined;
+      let stop: StopReport | undefined;
+      let running = this.vcpus.length;
+      const tids = new Map<number, number>();
+      let kickTimer: NodeJS.Timeout | undefined;
+      const settle = () => {
+        if (kickTimer) clearInterval(kickTimer);
+        process.off(VCPU_KICK_SIGNAL, ignoreKick);
+        resolve({ stop: stop!, bootTimeNs, counters: this.counters.snapshot(), exitsPerVcpu: this.exitCounts() });
+      };
+      const finish = (report: StopReport) => {
+        if (stop) return;
+        stop = report;
+        this.kick(tids);
+        // A signal can land just before a thread blocks; kicking again until all threads end is cheap.
+        kickTimer = setInterval(() => this.kick(tids), 20);
+      };
+      for (const vcpu of this.vcpus) {
+        const data: VcpuWorkerData = {
+          id: vcpu.id,
+          fd: vcpu.fd,
+          mmapSize: vcpu.mmapSize,
+          shared: this.shared,
+          serialOutFd: this.opts.serialOutFd,
+          serialIrqFd: this.serialIrqFd,
+          keyboardIrqFd: this.keyboardIrqFd,
+          launchStartNs: this.opts.launchStartNs.toString(),
+          ports: { serial: this.opts.ports.serial, i8042: this.opts.ports.i8042, bootTimer: this.opts.ports.bootTimer },
+        };
+        const w = new Worker(WORKER_SCRIPT, { workerData: data, name: `vcpu ${vcpu.id}` });
+        w.on('message', (m: VcpuMessage) => {
+          if (m.kind === 'ready') {
+            tids.set(m.vcpu, m.tid);
+            if (stop) this.kick(tids);
+          } else if (m.kind === 'boot-time') bootTimeNs ??= BigInt(m.ns);
+          else finish(m);
+        });
+        w.on('error', (err) => {
+          if (!stop) finish({ kind: 'stop', vcpu: vcpu.id, reason: 'vmm-error', detail: `vCPU ${vcpu.id} thread crashed: ${err.stack ?? err}` });
+        });
+        w.on('exit', () => {
+          running--;
+          if (running === 0) {
+            if (stop) settle();
+            else reject(new Error('every vCPU thread ended without reporting why the VM stopped'));
+          }
+        });
+        this.workers.push(w);
+      }
+    });
+  }
+
+  private exitCounts(): number[][] {
+    const all = new BigInt64Array(this.shared.exits);
+    return this.vcpus.map((_, i) => Array.from(all.subarray(i * EXIT_REASON_SLOTS, (i + 1) * EXIT_REASON_SLOTS), Number));
+  }
+}

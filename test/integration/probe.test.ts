@@ -1,0 +1,124 @@
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { buildElf } from '../helpers/images';
+import { Workspace } from '../helpers/specs';
+
+/**
+ * Boots real guests on /dev/kvm through the fc-run binary. On this project's machines KVM
+ * emulates guest code in software, so the guests are tiny: the probe (guest/probe) and a few
+ * hand-assembled ones. These tests skip only where /dev/kvm is absent.
+ */
+const ROOT = path.resolve(__dirname, '..', '..');
+const BIN = path.join(ROOT, 'bin', 'fc-run');
+const PROBE = path.join(ROOT, 'guest', 'probe', 'build', 'probe.elf');
+const hasKvm = fs.existsSync('/dev/kvm');
+const describeKvm = hasKvm ? describe : describe.skip;
+if (!hasKvm) console.warn('SKIPPED: KVM integration tests need /dev/kvm, which this host does not have');
+
+function fcRun(args: string[]) {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' }, timeout: 120_000 });
+  return { code: r.status, out: r.stdout.replace(/\r/g, ''), err: r.stderr };
+}
+
+interface ProbeReport {
+  ok: string[];
+  notOk: string[];
+  facts: Record<string, string[]>;
+}
+
+function parseProbe(out: string): ProbeReport {
+  const report: ProbeReport = { ok: [], notOk: [], facts: {} };
+  for (const line of out.split('\n')) {
+    let m;
+    if ((m = /^ok - (\S+)/.exec(line))) report.ok.push(m[1]);
+    else if ((m = /^not ok - (\S+)/.exec(line))) report.notOk.push(line);
+    else if ((m = /^# ([a-z0-9-]+): (.*)$/.exec(line))) (report.facts[m[1]] ??= []).push(m[2]);
+  }
+  return report;
+}
+
+let ws: Workspace;
+beforeAll(() => {
+  if (hasKvm && !fs.existsSync(PROBE)) throw new Error(`${PROBE} is missing: run \`npm run build:probe\` (npm test does)`);
+  ws = new Workspace();
+});
+afterAll(() => ws.remove());
+
+function probeSpec(name: string, machine: { vcpu_count: number; mem_size_mib: number }, bootArgs = 'console=ttyS0 reboot=k panic=1') {
+  return ws.write(name, { 'boot-source': { kernel_image_path: PROBE, boot_args: bootArgs }, 'machine-config': machine });
+}
+
+function plannedFacts(spec: string) {
+  const r = fcRun(['plan', '--json', spec]);
+  expect(r.code).toBe(0);
+  return JSON.parse(r.out).plan as { cmdline: string; memory: { e820: { start: number; size: number; type: string }[] } };
+}
+
+describeKvm('the probe guest on KVM', () => {
+  test.each([
+    ['1 vCPU, 64 MiB', { vcpu_count: 1, mem_size_mib: 64 }],
+    ['2 vCPUs, 4 GiB (RAM on both sides of the MMIO gap)', { vcpu_count: 2, mem_size_mib: 4096 }],
+  ])('%s: every check passes and the guest sees the planned command line and memory map', (_name, machine) => {
+    const spec = probeSpec(`probe-${machine.vcpu_count}-${machine.mem_size_mib}.json`, machine, 'console=ttyS0 reboot=k panic=1 probe.marker=42');
+    const plan = plannedFacts(spec);
+    const r = fcRun([spec]);
+    expect(r.err).toMatch(/the guest reset the machine/);
+    expect(r.code).toBe(0);
+    const report = parseProbe(r.out);
+    expect(report.notOk).toEqual([]);
+    expect(report.ok).toEqual(['cmdline', 'e820', 'memory', 'cpuid-hypervisor', 'kvm-clock']);
+    expect(report.facts.cmdline).toEqual([plan.cmdline]);
+    const hex = (n: number) => `0x${n.toString(16)}`;
+    expect(report.facts.e820).toEqual(plan.memory.e820.map((e) => `${hex(e.start)} ${hex(e.size)} ${e.type}`));
+    const ram = plan.memory.e820.filter((e) => e.type === 'ram').reduce((n, e) => n + e.size, 0);
+    expect(report.facts['ram-bytes']).toEqual([String(ram)]);
+    expect(report.facts.hypervisor).toEqual(['KVMKVMKVM']);
+  });
+
+  test('serial output can go to a file instead of stdout', () => {
+    const spec = probeSpec('probe-file.json', { vcpu_count: 1, mem_size_mib: 32 });
+    const console = path.join(ws.dir, 'console.txt');
+    const r = fcRun([spec, '--serial-out', console]);
+    expect(r.code).toBe(0);
+    expect(r.out).toBe('');
+    expect(fs.readFileSync(console, 'utf8')).toMatch(/# probe done: 0 failed/);
+  });
+
+  test('the boot timer port reports the guest boot time', () => {
+    const r = fcRun([probeSpec('probe-timer.json', { vcpu_count: 1, mem_size_mib: 32 })]);
+    expect(r.err).toMatch(/guest boot time \d+\.\d ms/);
+  });
+});
+
+/** A kernel made of a few instructions at 2 MiB, entered in long mode. */
+function tinyGuest(name: string, code: number[]): string {
+  return ws.write(name, buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from(code) }] }));
+}
+
+describeKvm('guest failures and odd accesses', () => {
+  test('a triple fault exits 1 with a register dump', () => {
+    const kernel = tinyGuest('ud2.elf', [0x0f, 0x0b]); // ud2 with an empty IDT: #UD → #GP → #DF → shutdown
+    const spec = ws.write('ud2.json', { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
+    const r = fcRun([spec]);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/the microVM failed: vCPU 0 triple-faulted/);
+    expect(r.err).toMatch(/rip=0x0000000000200000/);
+  });
+
+  test('unknown ports read as all ones and writes are dropped; the guest runs on', () => {
+    const kernel = tinyGuest('ports.elf', [
+      0xe4, 0x99, // in al, 0x99
+      0x3c, 0xff, // cmp al, 0xff
+      0x75, 0x06, // jne fail
+      0xe6, 0x99, // out 0x99, al
+      0xb0, 0xfe, // mov al, 0xfe
+      0xe6, 0x64, // out 0x64, al  (reset)
+      0x0f, 0x0b, // fail: ud2 (triple fault)
+    ]);
+    const spec = ws.write('ports.json', { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
+    const r = fcRun([spec]);
+    expect(r.err).toMatch(/the guest reset the machine/);
+    expect(r.code).toBe(0);
+  });
+});
