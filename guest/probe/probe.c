@@ -31,6 +31,37 @@ struct e820_entry {
     uint32_t type;
 } __attribute__((packed));
 
+/* hvm_start_info (PVH) and its memory map entries. */
+struct hvm_start_info {
+    uint32_t magic;
+    uint32_t version;
+    uint32_t flags;
+    uint32_t nr_modules;
+    uint64_t modlist_paddr;
+    uint64_t cmdline_paddr;
+    uint64_t rsdp_paddr;
+    uint64_t memmap_paddr;
+    uint32_t memmap_entries;
+    uint32_t reserved;
+} __attribute__((packed));
+
+struct hvm_memmap_entry {
+    uint64_t addr;
+    uint64_t size;
+    uint32_t type;
+    uint32_t reserved;
+} __attribute__((packed));
+
+#define MODE_LINUX64 0
+#define MODE_PVH 1
+#define XEN_HVM_START_MAGIC 0x336ec578u
+#define MAX_RANGES 32
+
+/* The memory map, whichever protocol delivered it. */
+static struct e820_entry ranges[MAX_RANGES];
+static int nranges;
+static const char *cmdline;
+
 struct pvclock_vcpu_time_info {
     uint32_t version;
     uint32_t pad0;
@@ -108,25 +139,51 @@ static int str_eq(const char *a, const char *b, int n) {
 
 /* ---- checks ---- */
 
-static void check_cmdline(const uint8_t *bp) {
-    uint32_t ptr = *(const uint32_t *)(bp + BP_CMD_LINE_PTR);
-    if (ptr == 0) {
-        not_ok("cmdline", "cmd_line_ptr is 0");
+/* Reads the command line and memory map from the zero page or hvm_start_info. */
+static int read_boot_info(const void *info, int mode) {
+    if (mode == MODE_PVH) {
+        const struct hvm_start_info *si = info;
+        puts_("# boot-protocol: pvh\n");
+        if (si->magic != XEN_HVM_START_MAGIC) {
+            not_ok("boot-info", "hvm_start_info magic is wrong");
+            return 0;
+        }
+        cmdline = (const char *)(uintptr_t)si->cmdline_paddr;
+        const struct hvm_memmap_entry *m = (const struct hvm_memmap_entry *)(uintptr_t)si->memmap_paddr;
+        for (uint32_t i = 0; i < si->memmap_entries && nranges < MAX_RANGES; i++, nranges++) {
+            ranges[nranges].addr = m[i].addr;
+            ranges[nranges].size = m[i].size;
+            ranges[nranges].type = m[i].type;
+        }
+    } else {
+        const uint8_t *bp = info;
+        puts_("# boot-protocol: linux64\n");
+        cmdline = (const char *)(uintptr_t)*(const uint32_t *)(bp + BP_CMD_LINE_PTR);
+        const struct e820_entry *e = (const struct e820_entry *)(bp + BP_E820_TABLE);
+        for (int i = 0; i < bp[BP_E820_ENTRIES] && nranges < MAX_RANGES; i++, nranges++) ranges[nranges] = e[i];
+    }
+    ok("boot-info");
+    return 1;
+}
+
+static void check_cmdline(void) {
+    if (cmdline == 0) {
+        not_ok("cmdline", "no command line pointer");
         return;
     }
     puts_("# cmdline: ");
-    puts_((const char *)(uintptr_t)ptr);
+    puts_(cmdline);
     puts_("\n");
     ok("cmdline");
 }
 
-static uint64_t check_e820(const uint8_t *bp) {
-    uint8_t n = bp[BP_E820_ENTRIES];
-    const struct e820_entry *e = (const struct e820_entry *)(bp + BP_E820_TABLE);
+static uint64_t check_e820(void) {
+    int n = nranges;
+    const struct e820_entry *e = ranges;
     uint64_t ram = 0, prev_end = 0;
     int sorted = 1;
-    if (n == 0 || n > 128) {
-        not_ok("e820", "no usable memory map in the zero page");
+    if (n == 0) {
+        not_ok("e820", "no memory map");
         return 0;
     }
     for (int i = 0; i < n; i++) {
@@ -150,9 +207,9 @@ static uint64_t check_e820(const uint8_t *bp) {
 }
 
 /* Writes a pattern at the start and end of every RAM range and reads it back. */
-static void check_memory(const uint8_t *bp) {
-    uint8_t n = bp[BP_E820_ENTRIES];
-    const struct e820_entry *e = (const struct e820_entry *)(bp + BP_E820_TABLE);
+static void check_memory(void) {
+    int n = nranges;
+    const struct e820_entry *e = ranges;
     for (int i = 0; i < n; i++) {
         if (e[i].type != 1 || e[i].addr < 0x100000 || e[i].addr + e[i].size > (1ull << 30)) continue;
         volatile uint64_t *last = (volatile uint64_t *)(uintptr_t)(e[i].addr + e[i].size - 8);
@@ -238,18 +295,232 @@ static void check_kvmclock(void) {
         ok("kvm-clock");
 }
 
+/* ---- paging: map the LAPIC/IOAPIC page range (3-4 GiB) uncached ---- */
+
+static uint64_t high_pd[512] __attribute__((aligned(4096)));
+
+static void map_mmio_gap(void) {
+    uint64_t cr3;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    uint64_t *pml4 = (uint64_t *)(uintptr_t)(cr3 & ~0xfffull);
+    uint64_t *pdpt = (uint64_t *)(uintptr_t)(pml4[0] & ~0xfffull);
+    for (uint64_t i = 0; i < 512; i++) high_pd[i] = (0xc0000000ull + (i << 21)) | 0x83 | 0x18; /* PWT|PCD */
+    pdpt[3] = (uint64_t)(uintptr_t)high_pd | 3;
+    __asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
+}
+
+#define LAPIC_BASE 0xfee00000ull
+#define LAPIC_ID 0x20
+#define LAPIC_EOI 0xb0
+#define LAPIC_SVR 0xf0
+#define LAPIC_ICR_LO 0x300
+#define LAPIC_ICR_HI 0x310
+#define IOAPIC_BASE 0xfec00000ull
+
+static inline uint32_t lapic_read(uint32_t reg) { return *(volatile uint32_t *)(uintptr_t)(LAPIC_BASE + reg); }
+static inline void lapic_write(uint32_t reg, uint32_t v) { *(volatile uint32_t *)(uintptr_t)(LAPIC_BASE + reg) = v; }
+static void ioapic_write(uint32_t reg, uint32_t v) {
+    *(volatile uint32_t *)(uintptr_t)IOAPIC_BASE = reg;
+    *(volatile uint32_t *)(uintptr_t)(IOAPIC_BASE + 0x10) = v;
+}
+
+static void spin(uint64_t n) {
+    for (volatile uint64_t i = 0; i < n; i++) __asm__ volatile("pause");
+}
+
+/* ---- interrupts ---- */
+
+struct idt_entry {
+    uint16_t off0;
+    uint16_t sel;
+    uint8_t ist;
+    uint8_t type;
+    uint16_t off1;
+    uint32_t off2;
+    uint32_t zero;
+} __attribute__((packed));
+
+static struct idt_entry idt[256] __attribute__((aligned(16)));
+static volatile uint32_t serial_irqs;
+struct interrupt_frame;
+
+#define SERIAL_VECTOR 0x24
+
+__attribute__((interrupt)) static void serial_isr(struct interrupt_frame *frame) {
+    (void)frame;
+    (void)inb(COM1 + 2); /* IIR: acknowledges the THRE interrupt */
+    serial_irqs++;
+    lapic_write(LAPIC_EOI, 0);
+}
+
+__attribute__((interrupt)) static void spurious_isr(struct interrupt_frame *frame) {
+    (void)frame;
+    lapic_write(LAPIC_EOI, 0);
+}
+
+static void set_gate(int vec, void (*fn)(struct interrupt_frame *)) {
+    uint64_t a = (uint64_t)(uintptr_t)fn;
+    uint16_t cs;
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    idt[vec] = (struct idt_entry){(uint16_t)a, cs, 0, 0x8e, (uint16_t)(a >> 16), (uint32_t)(a >> 32), 0};
+}
+
+static void load_idt(void) {
+    struct {
+        uint16_t limit;
+        uint64_t base;
+    } __attribute__((packed)) ptr = {sizeof(idt) - 1, (uint64_t)(uintptr_t)idt};
+    __asm__ volatile("lidt %0" : : "m"(ptr));
+}
+
+static void check_serial_irq(void) {
+    for (int v = 32; v < 256; v++) set_gate(v, spurious_isr);
+    set_gate(SERIAL_VECTOR, serial_isr);
+    load_idt();
+    outb(0x21, 0xff); /* mask the 8259 PICs: interrupts come through the IOAPIC */
+    outb(0xa1, 0xff);
+    lapic_write(LAPIC_SVR, 0x1ff);
+    uint32_t bsp = lapic_read(LAPIC_ID) >> 24;
+    ioapic_write(0x10 + 2 * 4 + 1, bsp << 24);
+    ioapic_write(0x10 + 2 * 4, SERIAL_VECTOR); /* fixed, physical, edge, active high, unmasked */
+    outb(COM1 + 4, 0x08);                      /* MCR: OUT2 gates the UART's interrupt line */
+    outb(COM1 + 1, 0x02);                      /* IER: transmitter holding register empty */
+    __asm__ volatile("sti");
+    for (int i = 0; i < 2000000 && serial_irqs == 0; i++) __asm__ volatile("pause");
+    __asm__ volatile("cli");
+    outb(COM1 + 1, 0x00);
+    ioapic_write(0x10 + 2 * 4, 0x10000 | SERIAL_VECTOR); /* mask again */
+    puts_("# serial-irqs: ");
+    put_dec(serial_irqs);
+    puts_("\n");
+    if (serial_irqs > 0)
+        ok("serial-irq");
+    else
+        not_ok("serial-irq", "enabling the THRE interrupt raised no interrupt on IOAPIC pin 4");
+}
+
+/* ---- SMP: every CPU in the MP table comes online ---- */
+
+#define TRAMPOLINE_BASE 0x10000
+extern char ap_trampoline[], ap_trampoline_end[], ap_trampoline_cr3[], ap_trampoline_entry[];
+extern void ap_entry64(void);
+
+static volatile uint32_t print_lock;
+static volatile uint32_t aps_online;
+static volatile uint8_t online[256];
+
+static void lock(volatile uint32_t *l) {
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) __asm__ volatile("pause");
+}
+static void unlock(volatile uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
+void ap_main(void) {
+    uint32_t r[4];
+    cpuid(1, 0, r);
+    uint32_t id = r[1] >> 24;
+    lock(&print_lock);
+    puts_("# cpu-online: ");
+    put_dec(id);
+    puts_("\n");
+    unlock(&print_lock);
+    online[id & 0xff] = 1;
+    __atomic_add_fetch(&aps_online, 1, __ATOMIC_SEQ_CST);
+}
+
+static int mp_checksum(const uint8_t *p, int len) {
+    uint8_t sum = 0;
+    for (int i = 0; i < len; i++) sum += p[i];
+    return sum == 0;
+}
+
+static const uint8_t *find_mp_floating_pointer(void) {
+    for (uintptr_t a = 0x9fc00; a < 0xa0000; a += 16)
+        if (str_eq((const char *)a, "_MP_", 4) && mp_checksum((const uint8_t *)a, 16)) return (const uint8_t *)a;
+    for (uintptr_t a = 0xf0000; a < 0x100000; a += 16)
+        if (str_eq((const char *)a, "_MP_", 4) && mp_checksum((const uint8_t *)a, 16)) return (const uint8_t *)a;
+    return 0;
+}
+
+static void check_smp(void) {
+    const uint8_t *fp = find_mp_floating_pointer();
+    if (!fp) {
+        not_ok("mptable", "no MP floating pointer structure");
+        return;
+    }
+    const uint8_t *cfg = (const uint8_t *)(uintptr_t)*(const uint32_t *)(fp + 4);
+    uint16_t len = *(const uint16_t *)(cfg + 4);
+    if (!str_eq((const char *)cfg, "PCMP", 4) || !mp_checksum(cfg, len)) {
+        not_ok("mptable", "bad MP configuration table");
+        return;
+    }
+    ok("mptable");
+    uint8_t ids[256];
+    int ncpus = 0;
+    for (const uint8_t *e = cfg + 44; e < cfg + len;) {
+        if (e[0] == 0) {
+            if (e[3] & 1) ids[ncpus++] = e[1];
+            e += 20;
+        } else {
+            e += 8;
+        }
+    }
+    puts_("# mptable-cpus: ");
+    put_dec((uint64_t)ncpus);
+    puts_("\n");
+
+    uint64_t cr3;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    uint8_t *dst = (uint8_t *)TRAMPOLINE_BASE;
+    for (char *p = ap_trampoline; p < ap_trampoline_end; p++) *dst++ = (uint8_t)*p;
+    *(uint32_t *)(uintptr_t)(TRAMPOLINE_BASE + (ap_trampoline_cr3 - ap_trampoline)) = (uint32_t)cr3;
+    *(uint64_t *)(uintptr_t)(TRAMPOLINE_BASE + (ap_trampoline_entry - ap_trampoline)) = (uint64_t)(uintptr_t)ap_entry64;
+
+    uint32_t bsp = lapic_read(LAPIC_ID) >> 24;
+    online[bsp & 0xff] = 1;
+    int aps = 0;
+    for (int i = 0; i < ncpus; i++) {
+        if (ids[i] == bsp) continue;
+        aps++;
+        lapic_write(LAPIC_ICR_HI, (uint32_t)ids[i] << 24);
+        lapic_write(LAPIC_ICR_LO, 0x00004500); /* INIT */
+        spin(10000);
+        for (int sipi = 0; sipi < 2; sipi++) {
+            lapic_write(LAPIC_ICR_HI, (uint32_t)ids[i] << 24);
+            lapic_write(LAPIC_ICR_LO, 0x00004600 | (TRAMPOLINE_BASE >> 12)); /* STARTUP */
+            spin(2000);
+        }
+    }
+    for (uint64_t i = 0; i < 200000000 && aps_online < (uint32_t)aps; i++) __asm__ volatile("pause");
+    int missing = 0;
+    for (int i = 0; i < ncpus; i++) missing += !online[ids[i]];
+    lock(&print_lock);
+    puts_("# cpus-online: ");
+    put_dec((uint64_t)(ncpus - missing));
+    puts_("\n");
+    unlock(&print_lock);
+    if (missing)
+        not_ok("smp", "a CPU listed in the MP table did not come online");
+    else
+        ok("smp");
+}
+
 static void reset(void) {
     outb(I8042_COMMAND, I8042_RESET);
 }
 
-void probe_main(const uint8_t *boot_params) {
+void probe_main(const void *boot_info, int mode) {
     outb(BOOT_TIMER_PORT, BOOT_TIMER_MAGIC);
     puts_("# fc-run probe guest\n");
-    check_cmdline(boot_params);
-    check_e820(boot_params);
-    check_memory(boot_params);
+    if (read_boot_info(boot_info, mode)) {
+        check_cmdline();
+        check_e820();
+        check_memory();
+    }
     check_hypervisor();
     check_kvmclock();
+    map_mmio_gap();
+    check_serial_irq();
+    check_smp();
     puts_("# probe done: ");
     put_dec((uint64_t)failures);
     puts_(" failed\n");

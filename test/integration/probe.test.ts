@@ -11,7 +11,9 @@ import { Workspace } from '../helpers/specs';
  */
 const ROOT = path.resolve(__dirname, '..', '..');
 const BIN = path.join(ROOT, 'bin', 'fc-run');
+/** The probe with the Xen PVH note (entered through PVH) and without it (Linux 64-bit boot protocol). */
 const PROBE = path.join(ROOT, 'guest', 'probe', 'build', 'probe.elf');
+const PROBE_LINUX64 = path.join(ROOT, 'guest', 'probe', 'build', 'probe-linux64.elf');
 const hasKvm = fs.existsSync('/dev/kvm');
 const describeKvm = hasKvm ? describe : describe.skip;
 if (!hasKvm) console.warn('SKIPPED: KVM integration tests need /dev/kvm, which this host does not have');
@@ -45,9 +47,11 @@ beforeAll(() => {
 });
 afterAll(() => ws.remove());
 
-function probeSpec(name: string, machine: { vcpu_count: number; mem_size_mib: number }, bootArgs = 'console=ttyS0 reboot=k panic=1') {
-  return ws.write(name, { 'boot-source': { kernel_image_path: PROBE, boot_args: bootArgs }, 'machine-config': machine });
+function probeSpec(name: string, machine: { vcpu_count: number; mem_size_mib: number }, bootArgs = 'console=ttyS0 reboot=k panic=1', kernel = PROBE) {
+  return ws.write(name, { 'boot-source': { kernel_image_path: kernel, boot_args: bootArgs }, 'machine-config': machine });
 }
+
+const ALL_CHECKS = ['boot-info', 'cmdline', 'e820', 'memory', 'cpuid-hypervisor', 'kvm-clock', 'serial-irq', 'mptable', 'smp'];
 
 function plannedFacts(spec: string) {
   const r = fcRun(['plan', '--json', spec]);
@@ -57,17 +61,23 @@ function plannedFacts(spec: string) {
 
 describeKvm('the probe guest on KVM', () => {
   test.each([
-    ['1 vCPU, 64 MiB', { vcpu_count: 1, mem_size_mib: 64 }],
-    ['2 vCPUs, 4 GiB (RAM on both sides of the MMIO gap)', { vcpu_count: 2, mem_size_mib: 4096 }],
-  ])('%s: every check passes and the guest sees the planned command line and memory map', (_name, machine) => {
-    const spec = probeSpec(`probe-${machine.vcpu_count}-${machine.mem_size_mib}.json`, machine, 'console=ttyS0 reboot=k panic=1 probe.marker=42');
+    ['PVH entry, 1 vCPU, 64 MiB', PROBE, 'pvh', { vcpu_count: 1, mem_size_mib: 64 }],
+    ['64-bit Linux entry, 1 vCPU, 64 MiB', PROBE_LINUX64, 'linux64', { vcpu_count: 1, mem_size_mib: 64 }],
+    ['PVH entry, 4 vCPUs, 4 GiB (RAM on both sides of the MMIO gap)', PROBE, 'pvh', { vcpu_count: 4, mem_size_mib: 4096 }],
+    ['64-bit Linux entry, 32 vCPUs (the maximum), 256 MiB', PROBE_LINUX64, 'linux64', { vcpu_count: 32, mem_size_mib: 256 }],
+  ])('%s: every check passes; the guest sees the planned command line, memory map and CPUs', (_name, kernel, protocol, machine) => {
+    const spec = probeSpec(`probe-${protocol}-${machine.vcpu_count}-${machine.mem_size_mib}.json`, machine, 'console=ttyS0 reboot=k panic=1 probe.marker=42', kernel);
     const plan = plannedFacts(spec);
     const r = fcRun([spec]);
     expect(r.err).toMatch(/the guest reset the machine/);
     expect(r.code).toBe(0);
     const report = parseProbe(r.out);
     expect(report.notOk).toEqual([]);
-    expect(report.ok).toEqual(['cmdline', 'e820', 'memory', 'cpuid-hypervisor', 'kvm-clock']);
+    expect(report.ok).toEqual(ALL_CHECKS);
+    expect(report.facts['boot-protocol']).toEqual([protocol]);
+    expect(report.facts['mptable-cpus']).toEqual([String(machine.vcpu_count)]);
+    expect(report.facts['cpus-online']).toEqual([String(machine.vcpu_count)]);
+    expect(new Set(report.facts['cpu-online'] ?? [])).toEqual(new Set(Array.from({ length: machine.vcpu_count - 1 }, (_, i) => String(i + 1))));
     expect(report.facts.cmdline).toEqual([plan.cmdline]);
     const hex = (n: number) => `0x${n.toString(16)}`;
     expect(report.facts.e820).toEqual(plan.memory.e820.map((e) => `${hex(e.start)} ${hex(e.size)} ${e.type}`));
