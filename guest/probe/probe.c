@@ -504,6 +504,39 @@ static void check_smp(void) {
         ok("smp");
 }
 
+/* With "probe.echo" on the command line: read one line typed on the console and echo it. */
+static int has_word(const char *hay, const char *word) {
+    for (const char *p = hay; p && *p; p++) {
+        int i = 0;
+        while (word[i] && p[i] == word[i]) i++;
+        if (!word[i] && (p[i] == 0 || p[i] == ' ') && (p == hay || p[-1] == ' ')) return 1;
+    }
+    return 0;
+}
+
+static void check_serial_rx(void) {
+    char line[64];
+    int n = 0;
+    puts_("# type a line: \n");
+    for (uint64_t spins = 0; spins < 4000000000ull && n < (int)sizeof(line) - 1; spins++) {
+        if (!(inb(COM1 + 5) & 1)) {
+            __asm__ volatile("pause");
+            continue;
+        }
+        char c = (char)inb(COM1);
+        if (c == '\r' || c == '\n') break;
+        line[n++] = c;
+    }
+    line[n] = 0;
+    puts_("# serial-rx: ");
+    puts_(line);
+    puts_("\n");
+    if (n > 0)
+        ok("serial-rx");
+    else
+        not_ok("serial-rx", "nothing arrived on the console");
+}
+
 static void reset(void) {
     outb(I8042_COMMAND, I8042_RESET);
 }
@@ -521,6 +554,7 @@ void probe_main(const void *boot_info, int mode) {
     map_mmio_gap();
     check_serial_irq();
     check_smp();
+    if (has_word(cmdline, "probe.echo")) check_serial_rx();
     puts_("# probe done: ");
     put_dec((uint64_t)failures);
     puts_(" failed\n");

@@ -15,6 +15,8 @@ export interface LaunchOptions {
   serialOutFd: number;
   /** process.hrtime.bigint() when fc-run started, for the boot time. */
   startNs: bigint;
+  /** Terminal whose keystrokes go to the guest's serial port. */
+  serialIn?: NodeJS.ReadStream;
 }
 
 export class LaunchRefused extends FcRunError {
@@ -67,6 +69,7 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
 
   const micro = new MicroVm(vm, vcpus, {
     serialOutFd: opts.serialOutFd,
+    serialIn: opts.serialIn,
     ports: {
       serial: plan.legacy.serial.port,
       serialIrq: plan.legacy.serial.irq,

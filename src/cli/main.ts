@@ -113,12 +113,16 @@ const STOP_WORDS: Record<string, string> = {
   reset: 'the guest reset the machine',
   shutdown: 'the guest powered off',
   halt: 'the guest halted',
+  stopped: 'stopped from the console',
 };
 
 async function runCommand(io: Io, file: string, opts: LoadOptions & { serialOut?: string; startNs: bigint }): Promise<number> {
   const planned = planSpec(loadSpecFile(file, opts));
   reportIssues(io, planned.allWarnings.filter((w) => w.severity === 'warning'));
-  const result = await launch(planned.plan, { serialOutFd: serialTarget(opts.serialOut), startNs: opts.startNs });
+  const serialOutFd = serialTarget(opts.serialOut);
+  // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
+  const serialIn = process.stdin.isTTY && serialOutFd === 1 ? process.stdin : undefined;
+  const result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn });
   const c = painterFor(io.err);
   const boot = result.bootTimeNs !== undefined ? `, guest boot time ${(Number(result.bootTimeNs) / 1e6).toFixed(1)} ms` : '';
   if (result.stop.reason in STOP_WORDS) {
@@ -194,7 +198,10 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
       (y) => y.example('$0 schema > vm.schema.json', 'save the schema'),
       () => guard(() => (write(io.out, JSON.stringify(loadSchema(), null, 2)), EXIT_OK)),
     )
-    .epilogue('Exit status: 0 success, 2 invalid spec, 1 any other failure. Guest reboot or power-off also exits 0.')
+    .epilogue(
+      'Exit status: 0 success, 2 invalid spec, 1 any other failure. Guest reboot or power-off also exits 0.\n' +
+        'In a terminal, keystrokes go to the guest console; Ctrl-A x stops the VM.',
+    )
     .strict()
     .help()
     .alias('h', 'help')

@@ -10,6 +10,8 @@ import { Counters, createCounters, EXIT_REASON_SLOTS, SharedState, StopReport, V
 import type { VcpuWorkerData } from './vcpu-worker';
 
 export interface MicroVmOptions {
+  /** A terminal to read guest serial input from (raw mode); Ctrl-A x stops the VM. */
+  serialIn?: NodeJS.ReadStream;
   /** fd guest serial output is written to; -1 discards it. */
   serialOutFd: number;
   ports: { serial: number; serialIrq: number; i8042: number; i8042Irq: number; bootTimer: number };
@@ -93,7 +95,11 @@ export class MicroVm {
       let running = this.vcpus.length;
       const tids = new Map<number, number>();
       let kickTimer: NodeJS.Timeout | undefined;
+      const detachInput = this.attachSerialInput(() =>
+        finish({ kind: 'stop', vcpu: -1, reason: 'stopped', detail: 'stopped from the console (Ctrl-A x)' }),
+      );
       const settle = () => {
+        detachInput();
         if (kickTimer) clearInterval(kickTimer);
         process.off(VCPU_KICK_SIGNAL, ignoreKick);
         resolve({ stop: stop!, bootTimeNs, counters: this.counters.snapshot(), exitsPerVcpu: this.exitCounts() });
@@ -138,6 +144,56 @@ export class MicroVm {
         this.workers.push(w);
       }
     });
+  }
+
+  /**
+   * Feeds terminal input to the UART. Bytes that do not fit the receive FIFO wait (stdin is
+   * paused) until the guest drains it, so nothing typed is lost. Ctrl-A x quits, Ctrl-A Ctrl-A
+   * sends a literal Ctrl-A.
+   */
+  private attachSerialInput(quit: () => void): () => void {
+    const input = this.opts.serialIn;
+    if (!input || !input.isTTY) return () => undefined;
+    input.setRawMode(true);
+    let pending = Buffer.alloc(0);
+    let escape = false;
+    let retry: NodeJS.Timeout | undefined;
+    const pump = () => {
+      retry = undefined;
+      const n = this.serial.enqueue(pending);
+      this.counters.add('serial_rx_bytes', n);
+      pending = pending.subarray(n);
+      if (pending.length > 0) {
+        input.pause();
+        retry = setTimeout(pump, 5);
+      } else {
+        input.resume();
+      }
+    };
+    const onData = (chunk: Buffer) => {
+      const keep: number[] = [];
+      for (const b of chunk) {
+        if (escape) {
+          escape = false;
+          if (b === 0x78 /* x */) return quit();
+          if (b === 0x01) keep.push(b);
+        } else if (b === 0x01) {
+          escape = true;
+        } else {
+          keep.push(b);
+        }
+      }
+      pending = Buffer.concat([pending, Buffer.from(keep)]);
+      if (!retry) pump();
+    };
+    input.on('data', onData);
+    input.resume();
+    return () => {
+      if (retry) clearTimeout(retry);
+      input.off('data', onData);
+      input.setRawMode(false);
+      input.pause();
+    };
   }
 
   private exitCounts(): number[][] {

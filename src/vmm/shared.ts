@@ -52,8 +52,8 @@ export class Counters {
 export interface StopReport {
   kind: 'stop';
   vcpu: number;
-  /** reset, shutdown and halt are the guest's own doing; the rest are failures. */
-  reason: 'reset' | 'shutdown' | 'halt' | 'triple-fault' | 'internal-error' | 'fail-entry' | 'unexpected-exit' | 'vmm-error';
+  /** reset, shutdown and halt are the guest's own doing, stopped the user's; the rest are failures. */
+  reason: 'reset' | 'shutdown' | 'halt' | 'stopped' | 'triple-fault' | 'internal-error' | 'fail-entry' | 'unexpected-exit' | 'vmm-error';
   detail: string;
   registers?: string;
 }

@@ -101,6 +101,33 @@ describeKvm('the probe guest on KVM', () => {
   });
 });
 
+describeKvm('the guest console in a terminal', () => {
+  const drive = (prompt: string, keys: string, spec: string) => {
+    const r = spawnSync('python3', [path.join(__dirname, '..', 'helpers', 'pty-drive.py'), prompt, keys, process.execPath, BIN, spec], {
+      encoding: 'utf8',
+      env: { ...process.env, NO_COLOR: '1' },
+      timeout: 120_000,
+    });
+    return { code: r.status, out: r.stdout.replace(/\r/g, '') };
+  };
+
+  test('keystrokes reach the guest serial port', () => {
+    const spec = probeSpec('probe-echo.json', { vcpu_count: 1, mem_size_mib: 32 }, 'console=ttyS0 probe.echo');
+    const r = drive('type a line', 'typed on the host\\r', spec);
+    expect(r.out).toContain('# serial-rx: typed on the host');
+    expect(r.out).toContain('ok - serial-rx');
+    expect(r.code).toBe(0);
+  });
+
+  test('Ctrl-A x stops the VM', () => {
+    const spec = probeSpec('probe-quit.json', { vcpu_count: 1, mem_size_mib: 32 }, 'console=ttyS0 probe.echo');
+    const r = drive('type a line', '\\x01x', spec);
+    expect(r.out).toContain('stopped from the console');
+    expect(r.out).not.toContain('# probe done');
+    expect(r.code).toBe(0);
+  });
+});
+
 /** A kernel made of a few instructions at 2 MiB, entered in long mode. */
 function tinyGuest(name: string, code: number[]): string {
   return ws.write(name, buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from(code) }] }));

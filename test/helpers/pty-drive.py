@@ -1,0 +1,26 @@
+"""Runs a command on a fresh pseudo-terminal, types KEYS once PROMPT appears, prints what the
+terminal showed and exits with the command's status. Usage: pty-drive.py PROMPT KEYS CMD...
+KEYS accepts Python escapes (\\r, \\x01)."""
+import os, pty, select, sys, time
+
+prompt, keys, cmd = sys.argv[1].encode(), sys.argv[2].encode().decode('unicode_escape').encode('latin1'), sys.argv[3:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(cmd[0], cmd)
+out, sent, deadline = b'', False, time.time() + 90
+while time.time() < deadline:
+    ready, _, _ = select.select([fd], [], [], 0.1)
+    if ready:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    if not sent and prompt in out:
+        os.write(fd, keys)
+        sent = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors='replace'))
+sys.exit(os.waitstatus_to_exitcode(status))

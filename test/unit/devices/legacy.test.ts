@@ -1,0 +1,123 @@
+import { Serial8250 } from '../../../src/devices/legacy/serial';
+import { I8042 } from '../../../src/devices/legacy/i8042';
+
+const THR = 0, IER = 1, IIR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
+
+function uart() {
+  const out: number[] = [];
+  let irqs = 0;
+  const dev = new Serial8250(Serial8250.createState(), { out: (b) => out.push(b), interrupt: () => irqs++ });
+  return { dev, out, irqs: () => irqs };
+}
+
+describe('8250 UART', () => {
+  test('transmitted bytes reach the sink; the transmitter always reads empty', () => {
+    const { dev, out } = uart();
+    for (const c of Buffer.from('hi\n')) dev.write(THR, c);
+    expect(Buffer.from(out).toString()).toBe('hi\n');
+    expect(dev.read(LSR) & 0x60).toBe(0x60);
+  });
+
+  test('enabling the THRE interrupt raises it at once; reading IIR acknowledges it', () => {
+    const { dev, irqs } = uart();
+    expect(dev.read(IIR) & 0x0f).toBe(0x01); // nothing pending
+    dev.write(IER, 0x02);
+    expect(irqs()).toBe(1);
+    expect(dev.read(IIR) & 0x0f).toBe(0x02);
+    expect(dev.read(IIR) & 0x0f).toBe(0x01);
+    dev.write(THR, 0x41);
+    expect(irqs()).toBe(2);
+  });
+
+  test('received bytes: data ready, RDA interrupt, read in order, FIFO bounded', () => {
+    const { dev, irqs } = uart();
+    dev.write(IER, 0x01);
+    expect(dev.enqueue(Buffer.from('ab'))).toBe(2);
+    expect(irqs()).toBe(1);
+    expect(dev.read(LSR) & 1).toBe(1);
+    expect(dev.read(IIR) & 0x0f).toBe(0x04);
+    expect(dev.read(THR)).toBe(0x61);
+    expect(dev.read(THR)).toBe(0x62);
+    expect(dev.read(LSR) & 1).toBe(0);
+    expect(dev.read(THR)).toBe(0); // empty FIFO reads 0, never throws
+    const big = Buffer.alloc(5000, 0x7a);
+    const taken = dev.enqueue(big);
+    expect(taken).toBeLessThan(5000);
+    expect(dev.rxSpace()).toBe(0);
+  });
+
+  test('divisor latch, scratch register and loopback as the Linux driver probes them', () => {
+    const { dev, out } = uart();
+    dev.write(LCR, 0x80);
+    dev.write(THR, 0x01);
+    dev.write(IER, 0x00);
+    expect([dev.read(THR), dev.read(IER)]).toEqual([0x01, 0x00]);
+    dev.write(LCR, 0x03);
+    dev.write(SCR, 0x5a);
+    expect(dev.read(SCR)).toBe(0x5a);
+    dev.write(MCR, 0x10 | 0x0a); // loopback, RTS, OUT2
+    expect(dev.read(MSR) & 0xf0).toBe(0x90); // CTS, DCD
+    dev.write(THR, 0x33);
+    expect(out).toEqual([]); // looped back, not transmitted
+    expect(dev.read(THR)).toBe(0x33);
+  });
+
+  test('state is shared: two device objects over one state see the same registers', () => {
+    const state = Serial8250.createState();
+    const a = new Serial8250(state, { out: () => undefined, interrupt: () => undefined });
+    const b = new Serial8250(state, { out: () => undefined, interrupt: () => undefined });
+    a.write(SCR, 0x42);
+    expect(b.read(SCR)).toBe(0x42);
+  });
+});
+
+function kbd() {
+  let resets = 0;
+  let irqs = 0;
+  const dev = new I8042(I8042.createState(), { reset: () => resets++, interrupt: () => irqs++ });
+  return { dev, resets: () => resets, irqs: () => irqs };
+}
+
+describe('i8042', () => {
+  test('command 0xFE resets the machine', () => {
+    const { dev, resets } = kbd();
+    dev.write(4, 0xfe);
+    expect(resets()).toBe(1);
+  });
+
+  test('clearing the reset line through the output port resets too', () => {
+    const { dev, resets } = kbd();
+    dev.write(4, 0xd1);
+    dev.write(0, 0xfe);
+    expect(resets()).toBe(1);
+  });
+
+  test('self test and control byte answer like a real controller', () => {
+    const { dev } = kbd();
+    dev.write(4, 0xaa);
+    expect(dev.read(4) & 1).toBe(1);
+    expect(dev.read(0)).toBe(0x55);
+    expect(dev.read(4) & 1).toBe(0);
+    dev.write(4, 0x60);
+    dev.write(0, 0x45);
+    dev.write(4, 0x20);
+    expect(dev.read(0)).toBe(0x45);
+  });
+
+  test('keyboard commands are acknowledged; Ctrl-Alt-Del queues scancodes and interrupts', () => {
+    const { dev, irqs } = kbd();
+    dev.write(0, 0xff);
+    expect([dev.read(0), dev.read(0)]).toEqual([0xfa, 0xaa]);
+    const before = irqs();
+    dev.sendCtrlAltDel();
+    expect(irqs()).toBeGreaterThan(before);
+    expect([dev.read(0), dev.read(0), dev.read(0), dev.read(0)]).toEqual([0x14, 0x11, 0xe0, 0x71]);
+  });
+
+  test('unknown commands and empty reads are harmless', () => {
+    const { dev, resets } = kbd();
+    dev.write(4, 0x12);
+    expect(dev.read(0)).toBe(0);
+    expect(resets()).toBe(0);
+  });
+});
