@@ -3,6 +3,7 @@ import { FcRunError } from '../errors';
 import { Kvm } from '../kvm/kvm';
 import { GuestMemory } from '../kvm/memory';
 import { MicroVm, RunResult } from '../vmm/microvm';
+export { prewarmVcpuThreads } from '../vmm/threads';
 import type { BootPlan } from './plan';
 import { prepareGuestMemory } from './structures';
 import { configureVcpu } from './vcpu-setup';

@@ -6,7 +6,7 @@ import { SpecInvalidError, SpecIssue } from '../config/issues';
 import { loadSchema } from '../config/schema';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
 import { canonicalJson, planSpec } from '../boot';
-import { launch } from '../boot/launch';
+import { launch, prewarmVcpuThreads } from '../boot/launch';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../errors';
 import { displayPath, formatIssue, issueJson, painterFor } from './format';
 import { renderPlan } from './plan-view';
@@ -117,6 +117,8 @@ const STOP_WORDS: Record<string, string> = {
 };
 
 async function runCommand(io: Io, file: string, opts: LoadOptions & { serialOut?: string; startNs: bigint }): Promise<number> {
+  // Every VM has a vCPU 0: its thread loads while the spec is validated and planned.
+  if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(1);
   const planned = planSpec(loadSpecFile(file, opts));
   reportIssues(io, planned.allWarnings.filter((w) => w.severity === 'warning'));
   const serialOutFd = serialTarget(opts.serialOut);

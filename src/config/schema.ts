@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import Ajv, { ErrorObject, ValidateFunction } from 'ajv';
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import { AJV_OPTIONS, CUSTOM_KEYWORDS } from './schema-options';
 import { IssueList } from './issues';
 import { closestMatch } from './suggest';
 
@@ -9,8 +10,8 @@ export const SCHEMA_PATH = path.resolve(__dirname, '..', '..', 'schemas', 'vm.sc
 
 interface Compiled {
   schema: Record<string, unknown>;
-  ajv: Ajv;
-  id: string;
+  /** Validator for the whole spec ("spec") or one definition (e.g. "CpuConfig"). */
+  validator(name: string): ValidateFunction;
 }
 let compiled: Compiled | undefined;
 
@@ -18,14 +19,25 @@ export function loadSchema(): Record<string, unknown> {
   return compile().schema;
 }
 
+/** Where `npm run build` puts the precompiled validators (next to this module in dist/). */
+const PRECOMPILED = path.join(__dirname, 'schema-validator.generated.js');
+
 function compile(): Compiled {
   if (compiled) return compiled;
   const schema = JSON.parse(fs.readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, unknown>;
-  const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true });
-  // An annotation for humans: what a string matching "pattern" looks like, used in error messages.
-  ajv.addKeyword({ keyword: 'x-pattern-hint', schemaType: 'string' });
+  if (fs.existsSync(PRECOMPILED)) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const validators = require(PRECOMPILED) as Record<string, ValidateFunction>;
+    compiled = { schema, validator: (name) => validators[name] };
+    return compiled;
+  }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const Ajv = (require('ajv') as typeof import('ajv')).default;
+  const ajv = new Ajv({ ...AJV_OPTIONS });
+  for (const k of CUSTOM_KEYWORDS) ajv.addKeyword(k);
   ajv.addSchema(schema);
-  compiled = { schema, ajv, id: String(schema.$id) };
+  const id = String(schema.$id);
+  compiled = { schema, validator: (name) => ajv.getSchema(name === 'spec' ? id : `${id}#/definitions/${name}`) as ValidateFunction };
   return compiled;
 }
 
@@ -35,8 +47,7 @@ function compile(): Compiled {
  * user can act on.
  */
 export function checkSchema(value: unknown, issues: IssueList, definition?: string, nulled: Set<string> = new Set()): void {
-  const { ajv, id } = compile();
-  const validate = ajv.getSchema(definition ? `${id}#/definitions/${definition}` : id) as ValidateFunction;
+  const validate = compile().validator(definition ?? 'spec');
   if (validate(value)) return;
   for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues, nulled);
 }
@@ -93,7 +104,7 @@ function pruneAlternatives(errors: ErrorObject[], root: unknown): ErrorObject[] 
         return (
           typeof b.$ref === 'string' &&
           e.instancePath.startsWith(c.instancePath) &&
-          subschemas(deref(b)).has(e.parentSchema as object)
+          subschemas(deref(b)).has(JSON.stringify(e.parentSchema))
         );
       });
     result = result.filter((e) => {
@@ -105,16 +116,19 @@ function pruneAlternatives(errors: ErrorObject[], root: unknown): ErrorObject[] 
   return result;
 }
 
-const subschemaCache = new WeakMap<object, Set<object>>();
+const subschemaCache = new WeakMap<object, Set<string>>();
 
-/** Every object nested in a schema, for identity tests against ajv's `parentSchema`. */
-function subschemas(schema: object): Set<object> {
+/**
+ * Every object nested in a schema, serialized, to test whether ajv's `parentSchema` lies inside
+ * it. By value, not identity: the precompiled validator carries its own copies of the schema.
+ */
+function subschemas(schema: object): Set<string> {
   let set = subschemaCache.get(schema);
   if (set) return set;
-  const found = new Set<object>();
+  const found = new Set<string>();
   const walk = (v: unknown) => {
-    if (v === null || typeof v !== 'object' || found.has(v)) return;
-    found.add(v);
+    if (v === null || typeof v !== 'object') return;
+    found.add(JSON.stringify(v));
     for (const child of Object.values(v)) walk(child);
   };
   walk(schema);

@@ -1,5 +1,4 @@
-import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { Vcpu, Vm } from '../kvm/kvm';
 import * as os from 'node:os';
 import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError, tgkill } from '../kvm/libc';
@@ -8,6 +7,7 @@ import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
 import { Counters, createCounters, EXIT_REASON_SLOTS, SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuMessage } from './shared';
 import type { VcpuWorkerData } from './vcpu-worker';
+import { takeVcpuThread } from './threads';
 
 export interface MicroVmOptions {
   /** A terminal to read guest serial input from (raw mode); Ctrl-A x stops the VM. */
@@ -31,9 +31,6 @@ function eventfd(): number {
   if (fd < 0) throw new SyscallError('eventfd', errno());
   return fd;
 }
-
-/** Compiled worker script; tests running TypeScript sources still start the built worker. */
-const WORKER_SCRIPT = path.resolve(__dirname, '..', '..', 'dist', 'vmm', 'vcpu-worker.js');
 
 /**
  * The running microVM on the VMM thread: owns the vCPU threads and the interrupt eventfds, and
@@ -123,7 +120,7 @@ export class MicroVm {
           launchStartNs: this.opts.launchStartNs.toString(),
           ports: { serial: this.opts.ports.serial, i8042: this.opts.ports.i8042, bootTimer: this.opts.ports.bootTimer },
         };
-        const w = new Worker(WORKER_SCRIPT, { workerData: data, name: `vcpu ${vcpu.id}` });
+        const w = takeVcpuThread();
         w.on('message', (m: VcpuMessage) => {
           if (m.kind === 'ready') {
             tids.set(m.vcpu, m.tid);
@@ -142,6 +139,7 @@ export class MicroVm {
           }
         });
         this.workers.push(w);
+        w.postMessage({ kind: 'start', data });
       }
     });
   }

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { Vcpu } from '../kvm/kvm';
 import { gettid } from '../kvm/libc';
 import {
@@ -35,172 +35,178 @@ export interface VcpuWorkerData {
   ports: { serial: number; i8042: number; bootTimer: number };
 }
 
-const data = workerData as VcpuWorkerData;
 const port = parentPort!;
-const vcpu = new Vcpu(data.id, data.fd, data.mmapSize);
-const counters = new Counters(data.shared.counters);
-const exits = new BigInt64Array(data.shared.exits, data.id * EXIT_REASON_SLOTS * 8, EXIT_REASON_SLOTS);
-const control = new Int32Array(data.shared.control);
-const one = Buffer.alloc(8);
-one.writeBigUInt64LE(1n);
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
-function signal(fd: number): void {
-  try {
-    fs.writeSync(fd, one);
-  } catch {
-    // The eventfd counter cannot overflow at this rate; a closed fd means the VM is stopping.
-  }
-}
+/** The thread starts idle (see threads.ts) and runs one vCPU once it is told which. */
+function start(data: VcpuWorkerData): void {
+  const vcpu = new Vcpu(data.id, data.fd, data.mmapSize);
+  const counters = new Counters(data.shared.counters);
+  const exits = new BigInt64Array(data.shared.exits, data.id * EXIT_REASON_SLOTS * 8, EXIT_REASON_SLOTS);
+  const control = new Int32Array(data.shared.control);
+  const one = Buffer.alloc(8);
+  one.writeBigUInt64LE(1n);
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
-/** Writes all of `buf`, waiting out EAGAIN on a non-blocking pipe rather than losing output. */
-function writeAll(fd: number, buf: Buffer): void {
-  let off = 0;
-  while (off < buf.length) {
+  function signal(fd: number): void {
     try {
-      off += fs.writeSync(fd, buf, off);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'EAGAIN') return; // reader gone (EPIPE): output is dropped, the guest runs on
-      Atomics.wait(sleeper, 0, 0, 1);
+      fs.writeSync(fd, one);
+    } catch {
+      // The eventfd counter cannot overflow at this rate; a closed fd means the VM is stopping.
     }
   }
-}
 
-let stopped = false;
-function stop(report: Omit<StopReport, 'kind' | 'vcpu'>): void {
-  if (stopped) return;
-  stopped = true;
-  Atomics.store(control, 0, 1);
-  port.postMessage({ kind: 'stop', vcpu: data.id, ...report } satisfies VcpuMessage);
-}
-
-const serial = new Serial8250(data.shared.serial, {
-  out: (b) => {
-    counters.add('serial_tx_bytes');
-    if (data.serialOutFd >= 0) writeAll(data.serialOutFd, Buffer.of(b));
-  },
-  interrupt: () => signal(data.serialIrqFd),
-});
-const i8042 = new I8042(data.shared.i8042, {
-  reset: () => {
-    counters.add('i8042_resets');
-    stop({ reason: 'reset', detail: 'the guest reset the machine through the i8042 controller' });
-  },
-  interrupt: () => signal(data.keyboardIrqFd),
-});
-
-const ALL_ONES = [0, 0xff, 0xffff, 0, 0xffffffff];
-
-function pioIn(portNum: number, size: number): number {
-  const { serial: com1, i8042: kbd } = data.ports;
-  if (portNum >= com1 && portNum < com1 + 8 && size === 1) return serial.read(portNum - com1);
-  if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.read(portNum - kbd);
-  counters.add('pio_unknown_reads');
-  return ALL_ONES[size] ?? 0xff;
-}
-
-function pioOut(portNum: number, size: number, value: number): void {
-  const { serial: com1, i8042: kbd, bootTimer } = data.ports;
-  if (portNum >= com1 && portNum < com1 + 8 && size === 1) return serial.write(portNum - com1, value);
-  if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.write(portNum - kbd, value);
-  if (portNum === bootTimer && value === 123) {
-    counters.add('boot_timer_writes');
-    const ns = process.hrtime.bigint() - BigInt(data.launchStartNs);
-    port.postMessage({ kind: 'boot-time', vcpu: data.id, ns: ns.toString() } satisfies VcpuMessage);
-    return;
+  /** Writes all of `buf`, waiting out EAGAIN on a non-blocking pipe rather than losing output. */
+  function writeAll(fd: number, buf: Buffer): void {
+    let off = 0;
+    while (off < buf.length) {
+      try {
+        off += fs.writeSync(fd, buf, off);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EAGAIN') return; // reader gone (EPIPE): output is dropped, the guest runs on
+        Atomics.wait(sleeper, 0, 0, 1);
+      }
+    }
   }
-  if (portNum === 0x80) return; // POST code / I/O delay port: writes are expected and meaningless
-  counters.add('pio_unknown_writes');
-}
 
-function registers(): string {
-  try {
-    return formatRegisters(vcpu.getRegs(), vcpu.getSregs());
-  } catch (err) {
-    return `(registers unavailable: ${(err as Error).message})`;
+  let stopped = false;
+  function stop(report: Omit<StopReport, 'kind' | 'vcpu'>): void {
+    if (stopped) return;
+    stopped = true;
+    Atomics.store(control, 0, 1);
+    port.postMessage({ kind: 'stop', vcpu: data.id, ...report } satisfies VcpuMessage);
   }
-}
 
-function loop(): void {
-  const page = vcpu.mapRun();
-  const run = new DataView(page);
-  const bytes = new Uint8Array(page);
-  const X = KVM_RUN_OFFSETS.exit;
-  while (!stopped) {
-    if (Atomics.load(control, 0) !== 0) return;
-    if (!vcpu.run()) continue; // EINTR: check the control word again
-    const reason = run.getUint32(KVM_RUN_OFFSETS.exit_reason, true);
-    if (reason < EXIT_REASON_SLOTS) Atomics.add(exits, reason, 1n);
-    switch (reason) {
-      case KVM_EXIT.IO: {
-        const direction = run.getUint8(X);
-        const size = run.getUint8(X + 1);
-        const portNum = run.getUint16(X + 2, true);
-        const count = run.getUint32(X + 4, true);
-        let off = Number(run.getBigUint64(X + 8, true));
-        if (off + size * count > page.byteLength || size === 0 || size > 4) {
-          stop({ reason: 'internal-error', detail: `malformed I/O exit from KVM (port 0x${portNum.toString(16)}, size ${size}, count ${count})`, registers: registers() });
+  const serial = new Serial8250(data.shared.serial, {
+    out: (b) => {
+      counters.add('serial_tx_bytes');
+      if (data.serialOutFd >= 0) writeAll(data.serialOutFd, Buffer.of(b));
+    },
+    interrupt: () => signal(data.serialIrqFd),
+  });
+  const i8042 = new I8042(data.shared.i8042, {
+    reset: () => {
+      counters.add('i8042_resets');
+      stop({ reason: 'reset', detail: 'the guest reset the machine through the i8042 controller' });
+    },
+    interrupt: () => signal(data.keyboardIrqFd),
+  });
+
+  const ALL_ONES = [0, 0xff, 0xffff, 0, 0xffffffff];
+
+  function pioIn(portNum: number, size: number): number {
+    const { serial: com1, i8042: kbd } = data.ports;
+    if (portNum >= com1 && portNum < com1 + 8 && size === 1) return serial.read(portNum - com1);
+    if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.read(portNum - kbd);
+    counters.add('pio_unknown_reads');
+    return ALL_ONES[size] ?? 0xff;
+  }
+
+  function pioOut(portNum: number, size: number, value: number): void {
+    const { serial: com1, i8042: kbd, bootTimer } = data.ports;
+    if (portNum >= com1 && portNum < com1 + 8 && size === 1) return serial.write(portNum - com1, value);
+    if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.write(portNum - kbd, value);
+    if (portNum === bootTimer && value === 123) {
+      counters.add('boot_timer_writes');
+      const ns = process.hrtime.bigint() - BigInt(data.launchStartNs);
+      port.postMessage({ kind: 'boot-time', vcpu: data.id, ns: ns.toString() } satisfies VcpuMessage);
+      return;
+    }
+    if (portNum === 0x80) return; // POST code / I/O delay port: writes are expected and meaningless
+    counters.add('pio_unknown_writes');
+  }
+
+  function registers(): string {
+    try {
+      return formatRegisters(vcpu.getRegs(), vcpu.getSregs());
+    } catch (err) {
+      return `(registers unavailable: ${(err as Error).message})`;
+    }
+  }
+
+  function loop(): void {
+    const page = vcpu.mapRun();
+    const run = new DataView(page);
+    const bytes = new Uint8Array(page);
+    const X = KVM_RUN_OFFSETS.exit;
+    while (!stopped) {
+      if (Atomics.load(control, 0) !== 0) return;
+      if (!vcpu.run()) continue; // EINTR: check the control word again
+      const reason = run.getUint32(KVM_RUN_OFFSETS.exit_reason, true);
+      if (reason < EXIT_REASON_SLOTS) Atomics.add(exits, reason, 1n);
+      switch (reason) {
+        case KVM_EXIT.IO: {
+          const direction = run.getUint8(X);
+          const size = run.getUint8(X + 1);
+          const portNum = run.getUint16(X + 2, true);
+          const count = run.getUint32(X + 4, true);
+          let off = Number(run.getBigUint64(X + 8, true));
+          if (off + size * count > page.byteLength || size === 0 || size > 4) {
+            stop({ reason: 'internal-error', detail: `malformed I/O exit from KVM (port 0x${portNum.toString(16)}, size ${size}, count ${count})`, registers: registers() });
+            break;
+          }
+          for (let i = 0; i < count; i++, off += size) {
+            if (direction === KVM_EXIT_IO_OUT) {
+              const v = size === 1 ? bytes[off] : size === 2 ? run.getUint16(off, true) : run.getUint32(off, true);
+              pioOut(portNum, size, v);
+            } else {
+              const v = pioIn(portNum, size);
+              if (size === 1) bytes[off] = v;
+              else if (size === 2) run.setUint16(off, v, true);
+              else run.setUint32(off, v >>> 0, true);
+            }
+          }
           break;
         }
-        for (let i = 0; i < count; i++, off += size) {
-          if (direction === KVM_EXIT_IO_OUT) {
-            const v = size === 1 ? bytes[off] : size === 2 ? run.getUint16(off, true) : run.getUint32(off, true);
-            pioOut(portNum, size, v);
-          } else {
-            const v = pioIn(portNum, size);
-            if (size === 1) bytes[off] = v;
-            else if (size === 2) run.setUint16(off, v, true);
-            else run.setUint32(off, v >>> 0, true);
+        case KVM_EXIT.MMIO: {
+          const len = run.getUint32(X + 16, true);
+          const isWrite = run.getUint8(X + 20) !== 0;
+          if (isWrite) counters.add('mmio_unknown_writes');
+          else {
+            counters.add('mmio_unknown_reads');
+            bytes.fill(0xff, X + 8, X + 8 + Math.min(len, 8));
           }
+          break;
         }
-        break;
-      }
-      case KVM_EXIT.MMIO: {
-        const len = run.getUint32(X + 16, true);
-        const isWrite = run.getUint8(X + 20) !== 0;
-        if (isWrite) counters.add('mmio_unknown_writes');
-        else {
-          counters.add('mmio_unknown_reads');
-          bytes.fill(0xff, X + 8, X + 8 + Math.min(len, 8));
+        case KVM_EXIT.HLT:
+          stop({ reason: 'halt', detail: `vCPU ${data.id} halted with interrupts it can never receive` });
+          break;
+        case KVM_EXIT.SHUTDOWN:
+          stop({ reason: 'triple-fault', detail: `vCPU ${data.id} triple-faulted (KVM_EXIT_SHUTDOWN)`, registers: registers() });
+          break;
+        case KVM_EXIT.SYSTEM_EVENT: {
+          const type = run.getUint32(X, true);
+          if (type === KVM_SYSTEM_EVENT_RESET) stop({ reason: 'reset', detail: 'the guest requested a reset' });
+          else if (type === KVM_SYSTEM_EVENT_SHUTDOWN) stop({ reason: 'shutdown', detail: 'the guest powered off' });
+          else stop({ reason: 'internal-error', detail: type === KVM_SYSTEM_EVENT_CRASH ? 'the guest reported a crash' : `system event ${type}`, registers: registers() });
+          break;
         }
-        break;
+        case KVM_EXIT.INTERNAL_ERROR: {
+          const sub = run.getUint32(X, true);
+          stop({ reason: 'internal-error', detail: `KVM internal error, suberror ${sub} on vCPU ${data.id}`, registers: registers() });
+          break;
+        }
+        case KVM_EXIT.FAIL_ENTRY: {
+          const why = run.getBigUint64(X, true);
+          stop({ reason: 'fail-entry', detail: `KVM could not enter the guest on vCPU ${data.id} (hardware reason 0x${why.toString(16)})`, registers: registers() });
+          break;
+        }
+        case KVM_EXIT.INTR:
+        case KVM_EXIT.IRQ_WINDOW_OPEN:
+          break;
+        default:
+          stop({ reason: 'unexpected-exit', detail: `unexpected KVM exit ${KVM_EXIT_NAMES[reason] ?? reason} on vCPU ${data.id}`, registers: registers() });
       }
-      case KVM_EXIT.HLT:
-        stop({ reason: 'halt', detail: `vCPU ${data.id} halted with interrupts it can never receive` });
-        break;
-      case KVM_EXIT.SHUTDOWN:
-        stop({ reason: 'triple-fault', detail: `vCPU ${data.id} triple-faulted (KVM_EXIT_SHUTDOWN)`, registers: registers() });
-        break;
-      case KVM_EXIT.SYSTEM_EVENT: {
-        const type = run.getUint32(X, true);
-        if (type === KVM_SYSTEM_EVENT_RESET) stop({ reason: 'reset', detail: 'the guest requested a reset' });
-        else if (type === KVM_SYSTEM_EVENT_SHUTDOWN) stop({ reason: 'shutdown', detail: 'the guest powered off' });
-        else stop({ reason: 'internal-error', detail: type === KVM_SYSTEM_EVENT_CRASH ? 'the guest reported a crash' : `system event ${type}`, registers: registers() });
-        break;
-      }
-      case KVM_EXIT.INTERNAL_ERROR: {
-        const sub = run.getUint32(X, true);
-        stop({ reason: 'internal-error', detail: `KVM internal error, suberror ${sub} on vCPU ${data.id}`, registers: registers() });
-        break;
-      }
-      case KVM_EXIT.FAIL_ENTRY: {
-        const why = run.getBigUint64(X, true);
-        stop({ reason: 'fail-entry', detail: `KVM could not enter the guest on vCPU ${data.id} (hardware reason 0x${why.toString(16)})`, registers: registers() });
-        break;
-      }
-      case KVM_EXIT.INTR:
-      case KVM_EXIT.IRQ_WINDOW_OPEN:
-        break;
-      default:
-        stop({ reason: 'unexpected-exit', detail: `unexpected KVM exit ${KVM_EXIT_NAMES[reason] ?? reason} on vCPU ${data.id}`, registers: registers() });
     }
   }
+
+  try {
+    port.postMessage({ kind: 'ready', vcpu: data.id, tid: gettid() } satisfies VcpuMessage);
+    loop();
+  } catch (err) {
+    stop({ reason: 'vmm-error', detail: `vCPU ${data.id} thread failed: ${(err as Error).stack ?? err}` });
+  }
+  port.close();
 }
 
-try {
-  port.postMessage({ kind: 'ready', vcpu: data.id, tid: gettid() } satisfies VcpuMessage);
-  loop();
-} catch (err) {
-  stop({ reason: 'vmm-error', detail: `vCPU ${data.id} thread failed: ${(err as Error).stack ?? err}` });
-}
+port.once('message', (m: { kind: 'start'; data: VcpuWorkerData }) => start(m.data));

@@ -71,6 +71,16 @@ describe('fc-run validate', () => {
     ]);
   });
 
+  test('the precompiled validator gives the same messages as the run-time one (one-of pruning included)', () => {
+    const file = ws.write('cpu7.json', { ...minimalSpec(), 'cpu-config': 7, 'machine-config': { vcpu_count: 1, mem_size_mib: 128, cpu_template: 'T2s' } });
+    const r = fcRun(['validate', '--json', file]);
+    const messages = JSON.parse(r.out).files[0].errors.map((e: { message: string; hint?: string }) => [e.message, e.hint]);
+    expect(messages).toEqual([
+      ['must be a string or an object, got 7', undefined],
+      [expect.stringMatching(/^must be one of "None", "C3"/), 'did you mean "T2S"?'],
+    ]);
+  });
+
   test('--skip-files validates specs whose artifacts live elsewhere', () => {
     const file = ws.write('elsewhere.json', { 'boot-source': { kernel_image_path: '/nonexistent/vmlinux' } });
     expect(fcRun(['validate', file]).code).toBe(2);
