@@ -1,0 +1,198 @@
+import type { GuestMemory } from '../../kvm/memory';
+
+/**
+ * A split virtqueue (virtio 1.x, section 2.7) read and written in guest memory. Every index,
+ * address and length comes from the guest, so every one is checked: a malformed chain raises
+ * QueueError for the device to fail the request (or mark itself broken), never touching memory
+ * outside guest RAM and never looping forever.
+ */
+
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+/** The largest queue the transport offers. */
+export const QUEUE_MAX_SIZE = 256;
+
+export class QueueError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'QueueError';
+  }
+}
+
+/** One buffer of a chain: guest address and length, and whether the device may write it. */
+export interface Segment {
+  addr: number;
+  len: number;
+  writable: boolean;
+}
+
+/** A descriptor chain popped from the available ring. */
+export interface Chain {
+  /** Head index, returned with the used element. */
+  head: number;
+  segments: Segment[];
+  /** Set when the chain is malformed: the device returns it unused and counts the error. */
+  error?: string;
+}
+
+export interface QueueConfig {
+  size: number;
+  descTable: number;
+  availRing: number;
+  usedRing: number;
+}
+
+export class VirtQueue {
+  private lastAvail = 0;
+  private usedIdx = 0;
+  /** Used index at the last interrupt decision, for VIRTIO_F_EVENT_IDX. */
+  private signalledUsed = 0;
+
+  constructor(
+    private readonly mem: GuestMemory,
+    readonly cfg: QueueConfig,
+    private readonly eventIdx: boolean,
+  ) {
+    const { size } = cfg;
+    if (size === 0 || size > QUEUE_MAX_SIZE || (size & (size - 1)) !== 0) throw new QueueError(`queue size ${size} is not a power of two up to ${QUEUE_MAX_SIZE}`);
+    if (cfg.descTable % 16 || cfg.availRing % 2 || cfg.usedRing % 4) throw new QueueError('queue areas are misaligned');
+    for (const [what, addr, len] of [
+      ['descriptor table', cfg.descTable, 16 * size],
+      ['available ring', cfg.availRing, 6 + 2 * size],
+      ['used ring', cfg.usedRing, 6 + 8 * size],
+    ] as const) {
+      if (!mem.contains(addr, len)) throw new QueueError(`${what} [0x${addr.toString(16)}, +${len}) is outside guest RAM`);
+    }
+  }
+
+  private u16(addr: number): number {
+    const v = this.mem.view(addr, 2);
+    return v ? v[0] | (v[1] << 8) : 0;
+  }
+
+  private setU16(addr: number, value: number): void {
+    this.mem.write(addr, Uint8Array.of(value & 0xff, (value >> 8) & 0xff));
+  }
+
+  private setU32(addr: number, value: number): void {
+    this.mem.write(addr, Uint8Array.of(value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff));
+  }
+
+  /** Number of chains the driver has made available and the device has not taken. */
+  pending(): number {
+    return (this.u16(this.cfg.availRing + 2) - this.lastAvail) & 0xffff;
+  }
+
+  /**
+   * Takes the next available chain, or undefined when there is none. A malformed chain comes back
+   * with `error` set. Throws QueueError when the ring itself is broken (more chains published
+   * than the queue holds, a head index out of range): the device must then be reset.
+   */
+  pop(): Chain | undefined {
+    const pending = this.pending();
+    if (pending === 0) return undefined;
+    if (pending > this.cfg.size) throw new QueueError(`available index moved by ${pending}, more than the queue size ${this.cfg.size}`);
+    const head = this.u16(this.cfg.availRing + 4 + 2 * (this.lastAvail % this.cfg.size));
+    if (head >= this.cfg.size) throw new QueueError(`available ring names descriptor ${head}, beyond the queue size ${this.cfg.size}`);
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    if (this.eventIdx) this.setU16(this.cfg.usedRing + 4 + 8 * this.cfg.size, this.lastAvail); // avail_event
+    try {
+      return { head, segments: this.walk(head) };
+    } catch (err) {
+      if (err instanceof QueueError) return { head, segments: [], error: err.message };
+      throw err;
+    }
+  }
+
+  /** The buffers of the chain starting at `head`, following NEXT links and indirect tables. */
+  private walk(head: number): Segment[] {
+    const desc = (table: number, count: number, i: number) => {
+      if (i >= count) throw new QueueError(`descriptor index ${i} is out of range (table of ${count})`);
+      const v = this.mem.view(table + 16 * i, 16);
+      if (!v) throw new QueueError('descriptor straddles guest memory chunks');
+      const dv = new DataView(v.buffer, v.byteOffset, 16);
+      return { addr: Number(dv.getBigUint64(0, true)), len: dv.getUint32(8, true), flags: dv.getUint16(12, true), next: dv.getUint16(14, true) };
+    };
+    const segments: Segment[] = [];
+    let table = this.cfg.descTable;
+    let count = this.cfg.size;
+    let i = head;
+    let steps = 0;
+    let indirect = false;
+    for (;;) {
+      const d = desc(table, count, i);
+      if (++steps > count) throw new QueueError('descriptor chain loops');
+      if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+        if (indirect) throw new QueueError('nested indirect descriptor table');
+        if (d.flags & VIRTQ_DESC_F_NEXT) throw new QueueError('indirect descriptor with NEXT set');
+        if (d.len === 0 || d.len % 16 !== 0) throw new QueueError(`indirect table length ${d.len} is not a multiple of 16`);
+        if (!this.mem.contains(d.addr, d.len)) throw new QueueError('indirect descriptor table is outside guest RAM');
+        table = d.addr;
+        count = d.len / 16;
+        i = 0;
+        steps = 0;
+        indirect = true;
+        continue;
+      }
+      if (!this.mem.contains(d.addr, d.len)) throw new QueueError(`buffer [0x${d.addr.toString(16)}, +${d.len}) is outside guest RAM`);
+      segments.push({ addr: d.addr, len: d.len, writable: (d.flags & VIRTQ_DESC_F_WRITE) !== 0 });
+      if (!(d.flags & VIRTQ_DESC_F_NEXT)) return segments;
+      i = d.next;
+    }
+  }
+
+  /** Puts a chain on the used ring with the number of bytes written into its buffers. */
+  push(head: number, written: number): void {
+    const slot = this.cfg.usedRing + 4 + 8 * (this.usedIdx % this.cfg.size);
+    this.setU32(slot, head);
+    this.setU32(slot + 4, written);
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    this.setU16(this.cfg.usedRing + 2, this.usedIdx);
+  }
+
+  /**
+   * Whether the driver wants an interrupt for what was pushed since the last call: with event
+   * index, when used_event falls in the newly used range; otherwise unless NO_INTERRUPT is set.
+   */
+  needsInterrupt(): boolean {
+    const old = this.signalledUsed;
+    const now = this.usedIdx;
+    this.signalledUsed = now;
+    if (old === now) return false;
+    if (this.eventIdx) {
+      const usedEvent = this.u16(this.cfg.availRing + 4 + 2 * this.cfg.size);
+      return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);
+    }
+    return (this.u16(this.cfg.availRing) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+}
+
+/** Copies a chain's readable bytes (up to `max`) into one buffer. */
+export function gather(mem: GuestMemory, segments: Segment[], max = Infinity): Buffer {
+  const parts: Buffer[] = [];
+  let total = 0;
+  for (const s of segments) {
+    if (s.writable || total >= max) continue;
+    const n = Math.min(s.len, max - total);
+    const b = Buffer.alloc(n);
+    mem.read(s.addr, b);
+    parts.push(b);
+    total += n;
+  }
+  return Buffer.concat(parts, total);
+}
+
+/** Copies `data` into a chain's writable buffers; returns the number of bytes written. */
+export function scatter(mem: GuestMemory, segments: Segment[], data: Uint8Array): number {
+  let off = 0;
+  for (const s of segments) {
+    if (!s.writable || off >= data.length) continue;
+    const n = Math.min(s.len, data.length - off);
+    mem.write(s.addr, data.subarray(off, off + n));
+    off += n;
+  }
+  return off;
+}
