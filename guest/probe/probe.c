@@ -504,6 +504,234 @@ static void check_smp(void) {
         ok("smp");
 }
 
+/* ---- virtio-mmio: a polled driver for block and entropy devices ---- */
+
+#define VIRTIO_MAGIC 0x74726976u
+#define VQ_SIZE 8
+#define VRING_DESC_F_NEXT 1
+#define VRING_DESC_F_WRITE 2
+
+struct vring_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+} __attribute__((packed));
+
+struct vq {
+    struct vring_desc desc[VQ_SIZE] __attribute__((aligned(16)));
+    uint16_t avail_flags, avail_idx, avail_ring[VQ_SIZE], used_event;
+    uint8_t pad[4096 - 16 * VQ_SIZE - 6 - 2 * VQ_SIZE];
+    volatile uint16_t used_flags, used_idx;
+    volatile struct {
+        uint32_t id, len;
+    } used_ring[VQ_SIZE];
+} __attribute__((aligned(4096)));
+
+static struct vq vqs[4];
+static int nvq;
+static uint8_t dma[4][4096] __attribute__((aligned(4096)));
+
+static inline uint32_t mmio_read(uint64_t base, uint32_t off) { return *(volatile uint32_t *)(uintptr_t)(base + off); }
+static inline void mmio_write(uint64_t base, uint32_t off, uint32_t v) { *(volatile uint32_t *)(uintptr_t)(base + off) = v; }
+
+static uint64_t parse_hex(const char **p) {
+    uint64_t v = 0;
+    for (;; (*p)++) {
+        char c = **p;
+        if (c >= '0' && c <= '9') v = v * 16 + (uint64_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') v = v * 16 + (uint64_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v = v * 16 + (uint64_t)(c - 'A' + 10);
+        else return v;
+    }
+}
+
+/* Initializes the device with queue 0; returns the queue, or 0 when the device refuses. */
+static struct vq *virtio_init(uint64_t base, uint64_t extra_features, uint64_t *offered) {
+    mmio_write(base, 0x70, 0);
+    mmio_write(base, 0x70, 1);
+    mmio_write(base, 0x70, 1 | 2);
+    mmio_write(base, 0x14, 0);
+    uint64_t f = mmio_read(base, 0x10);
+    mmio_write(base, 0x14, 1);
+    f |= (uint64_t)mmio_read(base, 0x10) << 32;
+    *offered = f;
+    uint64_t want = (1ull << 32) | (extra_features & f);
+    mmio_write(base, 0x24, 0);
+    mmio_write(base, 0x20, (uint32_t)want);
+    mmio_write(base, 0x24, 1);
+    mmio_write(base, 0x20, (uint32_t)(want >> 32));
+    mmio_write(base, 0x70, 1 | 2 | 8);
+    if (!(mmio_read(base, 0x70) & 8) || nvq >= 4) return 0;
+    struct vq *q = &vqs[nvq++];
+    mmio_write(base, 0x30, 0);
+    mmio_write(base, 0x38, VQ_SIZE);
+    mmio_write(base, 0x80, (uint32_t)(uintptr_t)q->desc);
+    mmio_write(base, 0x84, 0);
+    mmio_write(base, 0x90, (uint32_t)(uintptr_t)&q->avail_flags);
+    mmio_write(base, 0x94, 0);
+    mmio_write(base, 0xa0, (uint32_t)(uintptr_t)&q->used_flags);
+    mmio_write(base, 0xa4, 0);
+    mmio_write(base, 0x44, 1);
+    mmio_write(base, 0x70, 1 | 2 | 8 | 4);
+    return q;
+}
+
+/* Publishes the chain at descriptor 0, notifies and polls for its completion; returns used length or -1. */
+static int64_t virtio_submit(uint64_t base, struct vq *q) {
+    uint16_t before = q->used_idx;
+    q->avail_ring[q->avail_idx % VQ_SIZE] = 0;
+    __sync_synchronize();
+    q->avail_idx++;
+    __sync_synchronize();
+    mmio_write(base, 0x50, 0);
+    for (uint64_t i = 0; i < 100000000ull; i++) {
+        if (q->used_idx != before) {
+            __sync_synchronize();
+            uint32_t isr = mmio_read(base, 0x60);
+            mmio_write(base, 0x64, isr);
+            return q->used_ring[before % VQ_SIZE].len;
+        }
+        __asm__ volatile("pause");
+    }
+    return -1;
+}
+
+struct blk_hdr {
+    uint32_t type, reserved;
+    uint64_t sector;
+} __attribute__((packed));
+
+/* One virtio-blk request: header, optional data buffer, status. Returns the status byte or -1. */
+static int blk_request(uint64_t base, struct vq *q, uint32_t type, uint64_t sector, uint8_t *buf, uint32_t len, int device_writes) {
+    static struct blk_hdr hdr __attribute__((aligned(16)));
+    static volatile uint8_t status;
+    hdr.type = type;
+    hdr.reserved = 0;
+    hdr.sector = sector;
+    status = 0xee;
+    int n = 0;
+    q->desc[n] = (struct vring_desc){(uint64_t)(uintptr_t)&hdr, sizeof hdr, VRING_DESC_F_NEXT, 1};
+    n++;
+    if (len) {
+        q->desc[n] = (struct vring_desc){(uint64_t)(uintptr_t)buf, len, (uint16_t)(VRING_DESC_F_NEXT | (device_writes ? VRING_DESC_F_WRITE : 0)), (uint16_t)(n + 1)};
+        n++;
+    }
+    q->desc[n] = (struct vring_desc){(uint64_t)(uintptr_t)&status, 1, VRING_DESC_F_WRITE, 0};
+    if (virtio_submit(base, q) < 0) return -1;
+    return status;
+}
+
+static int mem_eq(const uint8_t *a, const uint8_t *b, int n) {
+    for (int i = 0; i < n; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
+static void check_block(uint64_t base) {
+    uint64_t offered;
+    struct vq *q = virtio_init(base, (1ull << 5) | (1ull << 9), &offered);
+    if (!q) {
+        not_ok("blk-init", "the device refused FEATURES_OK");
+        return;
+    }
+    int ro = (offered >> 5) & 1;
+    uint64_t capacity = (uint64_t)mmio_read(base, 0x100) | ((uint64_t)mmio_read(base, 0x104) << 32);
+    puts_("# blk-capacity-sectors: ");
+    put_dec(capacity);
+    puts_("\n");
+    uint8_t *buf = dma[0];
+    for (int i = 0; i < 21; i++) buf[i] = 0;
+    if (blk_request(base, q, 8, 0, buf, 20, 1) != 0) {
+        not_ok("blk-id", "GET_ID failed");
+    } else {
+        puts_("# blk-id: ");
+        puts_((const char *)buf);
+        puts_("\n");
+        ok("blk-id");
+    }
+    if (blk_request(base, q, 0, 0, buf, 512, 1) != 0) {
+        not_ok("blk-read", "reading sector 0 failed");
+    } else {
+        buf[32] = 0;
+        puts_("# blk-sector0: ");
+        puts_((const char *)buf);
+        puts_("\n");
+        ok("blk-read");
+    }
+    static const char msg[] = "written by the fc-run probe guest";
+    uint8_t *w = dma[1];
+    for (int i = 0; i < 512; i++) w[i] = (uint8_t)(i < (int)sizeof msg ? msg[i] : (i & 0xff));
+    int st = blk_request(base, q, 1, 1, w, 512, 0);
+    if (ro) {
+        if (st == 1)
+            ok("blk-ro-refused");
+        else
+            not_ok("blk-ro-refused", "a write to a read-only drive did not fail with IOERR");
+        return;
+    }
+    if (st != 0) {
+        not_ok("blk-write", "writing sector 1 failed");
+        return;
+    }
+    if (blk_request(base, q, 4, 0, 0, 0, 0) != 0) not_ok("blk-flush", "FLUSH failed");
+    else ok("blk-flush");
+    uint8_t *r = dma[2];
+    if (blk_request(base, q, 0, 1, r, 512, 1) != 0 || !mem_eq(r, w, 512))
+        not_ok("blk-write", "sector 1 did not read back what was written");
+    else
+        ok("blk-write");
+    if (blk_request(base, q, 0, capacity, r, 512, 1) == 1)
+        ok("blk-bounds");
+    else
+        not_ok("blk-bounds", "a read past the end of the disk did not fail with IOERR");
+}
+
+static void check_rng(uint64_t base) {
+    uint64_t offered;
+    struct vq *q = virtio_init(base, 0, &offered);
+    if (!q) {
+        not_ok("rng", "the device refused FEATURES_OK");
+        return;
+    }
+    uint8_t *buf = dma[3];
+    for (int i = 0; i < 64; i++) buf[i] = 0;
+    q->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)buf, 64, VRING_DESC_F_WRITE, 0};
+    int64_t got = virtio_submit(base, q);
+    int nonzero = 0;
+    for (int i = 0; i < 64; i++) nonzero += buf[i] != 0;
+    puts_("# rng-bytes: ");
+    put_dec((uint64_t)(got < 0 ? 0 : got));
+    puts_("\n");
+    if (got == 64 && nonzero > 32)
+        ok("rng");
+    else
+        not_ok("rng", "the entropy device returned no random bytes");
+}
+
+static void check_virtio(void) {
+    for (const char *p = cmdline; p && *p; p++) {
+        const char *key = "virtio_mmio.device=4K@0x";
+        int i = 0;
+        while (key[i] && p[i] == key[i]) i++;
+        if (key[i]) continue;
+        const char *q = p + i;
+        uint64_t base = parse_hex(&q);
+        if (mmio_read(base, 0) != VIRTIO_MAGIC || mmio_read(base, 4) != 2) {
+            not_ok("virtio-mmio", "no version 2 virtio-mmio device where the command line says");
+            continue;
+        }
+        uint32_t id = mmio_read(base, 8);
+        puts_("# virtio-device: ");
+        put_hex(base);
+        puts_(" id ");
+        put_dec(id);
+        puts_("\n");
+        if (id == 2) check_block(base);
+        else if (id == 4) check_rng(base);
+    }
+}
+
 /* With "probe.echo" on the command line: read one line typed on the console and echo it. */
 static int has_word(const char *hay, const char *word) {
     for (const char *p = hay; p && *p; p++) {
@@ -554,6 +782,7 @@ void probe_main(const void *boot_info, int mode) {
     map_mmio_gap();
     check_serial_irq();
     check_smp();
+    check_virtio();
     if (has_word(cmdline, "probe.echo")) check_serial_rx();
     puts_("# probe done: ");
     put_dec((uint64_t)failures);

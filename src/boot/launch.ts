@@ -3,6 +3,14 @@ import { FcRunError } from '../errors';
 import { Kvm } from '../kvm/kvm';
 import { GuestMemory } from '../kvm/memory';
 import { MicroVm, RunResult } from '../vmm/microvm';
+import type { Vm } from '../kvm/kvm';
+import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError } from '../kvm/libc';
+import { KVM_IOEVENTFD_FLAG_DATAMATCH } from '../kvm/ioctls';
+import { createMailboxes } from '../vmm/mmio-mailbox';
+import { startVmmThread, VmmThread } from '../vmm/vmm-thread';
+import type { VirtioDeviceSetup } from '../vmm/vmm-worker';
+import type { VirtioWindows } from '../vmm/vcpu-worker';
+import { MMIO } from '../devices/virtio/mmio';
 export { prewarmVcpuThreads } from '../vmm/threads';
 import type { BootPlan } from './plan';
 import { prepareGuestMemory } from './structures';
@@ -33,13 +41,55 @@ export class LaunchRefused extends FcRunError {
 /** What of a plan launch cannot execute yet; refused before anything is created. */
 export function unsupportedAtLaunch(plan: BootPlan): string[] {
   const out: string[] = [];
-  if (plan.devices.length > 0) out.push(`virtio devices (${plan.devices.map((d) => `${d.kind} "${d.id}"`).join(', ')})`);
+  const notYet = plan.devices.filter((d) => d.kind === 'net' || d.kind === 'vsock');
+  if (notYet.length > 0) out.push(`virtio devices (${notYet.map((d) => `${d.kind} "${d.id}"`).join(', ')})`);
+  const limited = plan.devices.filter((d) => ('rateLimiter' in d && d.rateLimiter) || ('rxRateLimiter' in d && d.rxRateLimiter) || ('txRateLimiter' in d && d.txRateLimiter));
+  if (limited.length > 0) out.push(`rate limiters (${limited.map((d) => `${d.kind} "${d.id}"`).join(', ')})`);
   if (plan.cpuTemplate.kind !== 'none') out.push(`CPU templates (${plan.cpuTemplate.kind})`);
   if (plan.mmds) out.push('MMDS');
   if (plan.logger) out.push('the logger section');
   if (plan.metrics) out.push('the metrics section');
   if (plan.vcpus.smt) out.push('SMT topology');
   return out;
+}
+
+function eventfd(): number {
+  const fd = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) throw new SyscallError('eventfd', errno());
+  return fd;
+}
+
+const QUEUES: Record<string, number> = { block: 1, entropy: 1, net: 2, vsock: 3 };
+
+/**
+ * Wires the plan's virtio devices: an irqfd per device (its IRQ), an ioeventfd per queue (a
+ * write of the queue index to QueueNotify signals it without a VM exit), then the VMM thread that
+ * owns the device models.
+ */
+async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan): Promise<{ windows: VirtioWindows; thread?: VmmThread }> {
+  const mailbox = createMailboxes(plan.vcpus.count);
+  const mailboxFd = eventfd();
+  const setups: VirtioDeviceSetup[] = [];
+  for (const d of plan.devices) {
+    const irqFd = eventfd();
+    vm.registerIrqfd(irqFd, d.irq);
+    const notifyFds = Array.from({ length: QUEUES[d.kind] }, (_, q) => {
+      const fd = eventfd();
+      vm.registerIoeventfd(fd, d.mmio.start + MMIO.QUEUE_NOTIFY, 4, KVM_IOEVENTFD_FLAG_DATAMATCH, q);
+      return fd;
+    });
+    const common = { index: d.index, id: d.id, irqFd, notifyFds, interruptStatus: new SharedArrayBuffer(4) };
+    if (d.kind === 'block') setups.push({ ...common, kind: 'block', path: d.path, readOnly: d.readOnly, cacheType: d.cacheType });
+    else if (d.kind === 'entropy') setups.push({ ...common, kind: 'entropy' });
+  }
+  const windows: VirtioWindows = {
+    windows: setups.map((s) => ({ base: plan.devices[s.index].mmio.start, size: plan.devices[s.index].mmio.size, index: s.index, interruptStatus: s.interruptStatus })),
+    mailbox,
+    mailboxFd,
+  };
+  if (setups.length === 0) return { windows };
+  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd() });
+  return { windows, thread };
 }
 
 /**
@@ -68,7 +118,10 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));
   for (const v of vcpus) configureVcpu(v, plan, cpuid);
 
+  const virtio = await startDevices(vm, mem, plan);
   const micro = new MicroVm(vm, vcpus, {
+    virtio: virtio.windows,
+    vmmThread: virtio.thread,
     serialOutFd: opts.serialOutFd,
     serialIn: opts.serialIn,
     ports: {

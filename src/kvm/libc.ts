@@ -21,6 +21,9 @@ export const sys = {
   write: libc.func('long write(int fd, const void *buf, size_t count)'),
   read: libc.func('long read(int fd, void *buf, size_t count)'),
   syscall3: libc.func('syscall', 'long', ['long', 'long', 'long', 'long']),
+  epollCreate1: libc.func('int epoll_create1(int flags)'),
+  epollCtl: libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)'),
+  epollWait: libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)'),
   /** Identity on the address: turns an address (from another thread) back into a koffi pointer. */
   pointerAt: libc.func('memcpy', 'void *', ['uintptr_t', 'uintptr_t', 'size_t']),
 };
@@ -37,6 +40,10 @@ export const MAP_NORESERVE = 0x4000;
 export const MAP_FAILED = -1n;
 export const MADV_DONTFORK = 10;
 export const EFD_CLOEXEC = 0o2000000;
+export const EPOLL_CLOEXEC = 0o2000000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EPOLLIN = 0x001;
 export const EFD_NONBLOCK = 0o4000;
 
 export type Pointer = unknown;

@@ -6,10 +6,13 @@ import { KVM_RUN_OFFSETS } from '../kvm/structs';
 import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
 import { Counters, createCounters, EXIT_REASON_SLOTS, SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuMessage } from './shared';
-import type { VcpuWorkerData } from './vcpu-worker';
+import type { VcpuWorkerData, VirtioWindows } from './vcpu-worker';
 import { takeVcpuThread } from './threads';
 
 export interface MicroVmOptions {
+  /** virtio-mmio windows, and the VMM thread that owns their devices. */
+  virtio: VirtioWindows;
+  vmmThread?: { stop(): void };
   /** A terminal to read guest serial input from (raw mode); Ctrl-A x stops the VM. */
   serialIn?: NodeJS.ReadStream;
   /** fd guest serial output is written to; -1 discards it. */
@@ -96,6 +99,7 @@ export class MicroVm {
         finish({ kind: 'stop', vcpu: -1, reason: 'stopped', detail: 'stopped from the console (Ctrl-A x)' }),
       );
       const settle = () => {
+        this.opts.vmmThread?.stop();
         detachInput();
         if (kickTimer) clearInterval(kickTimer);
         process.off(VCPU_KICK_SIGNAL, ignoreKick);
@@ -119,6 +123,7 @@ export class MicroVm {
           keyboardIrqFd: this.keyboardIrqFd,
           launchStartNs: this.opts.launchStartNs.toString(),
           ports: { serial: this.opts.ports.serial, i8042: this.opts.ports.i8042, bootTimer: this.opts.ports.bootTimer },
+          virtio: this.opts.virtio,
         };
         const w = takeVcpuThread();
         w.on('message', (m: VcpuMessage) => {

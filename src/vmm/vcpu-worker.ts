@@ -15,6 +15,8 @@ import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
 import { Counters, EXIT_REASON_SLOTS, SharedState, StopReport, VcpuMessage } from './shared';
 import { formatRegisters } from './registers';
+import { MailboxClient } from './mmio-mailbox';
+import { MMIO } from '../devices/virtio/mmio';
 
 /**
  * One vCPU thread: runs KVM_RUN in a loop and handles port and MMIO exits right here, with device
@@ -33,6 +35,14 @@ export interface VcpuWorkerData {
   /** process.hrtime.bigint() at launch start, as a string. */
   launchStartNs: string;
   ports: { serial: number; i8042: number; bootTimer: number };
+  virtio: VirtioWindows;
+}
+
+/** The virtio-mmio windows a vCPU dispatches to, and how it reaches their device models. */
+export interface VirtioWindows {
+  windows: { base: number; size: number; index: number; interruptStatus: SharedArrayBuffer }[];
+  mailbox: SharedArrayBuffer;
+  mailboxFd: number;
 }
 
 const port = parentPort!;
@@ -93,6 +103,27 @@ function start(data: VcpuWorkerData): void {
   });
 
   const ALL_ONES = [0, 0xff, 0xffff, 0, 0xffffffff];
+  const mailbox = new MailboxClient(data.virtio.mailbox, data.id, data.virtio.mailboxFd, () => stopped || Atomics.load(control, 0) !== 0);
+  const windows = data.virtio.windows.map((w) => ({ ...w, status: new Int32Array(w.interruptStatus) }));
+
+  /**
+   * A virtio-mmio register access. The interrupt status is shared memory, served here (it is
+   * read and acknowledged on every interrupt); everything else goes to the VMM thread.
+   */
+  function virtioAccess(addr: number, len: number, write: boolean, value: number): number | undefined {
+    for (const w of windows) {
+      if (addr < w.base || addr >= w.base + w.size) continue;
+      const offset = addr - w.base;
+      if (len > 4) return write ? 0 : 0xffffffff;
+      if (offset === MMIO.INTERRUPT_STATUS && !write && len === 4) return Atomics.load(w.status, 0);
+      if (offset === MMIO.INTERRUPT_ACK && write && len === 4) {
+        Atomics.and(w.status, 0, ~value);
+        return 0;
+      }
+      return mailbox.access(w.index, offset, len, write, value);
+    }
+    return undefined;
+  }
 
   function pioIn(portNum: number, size: number): number {
     const { serial: com1, i8042: kbd } = data.ports;
@@ -159,12 +190,17 @@ function start(data: VcpuWorkerData): void {
           break;
         }
         case KVM_EXIT.MMIO: {
-          const len = run.getUint32(X + 16, true);
+          const addr = Number(run.getBigUint64(X, true));
+          const len = Math.min(run.getUint32(X + 16, true), 8);
           const isWrite = run.getUint8(X + 20) !== 0;
-          if (isWrite) counters.add('mmio_unknown_writes');
-          else {
-            counters.add('mmio_unknown_reads');
-            bytes.fill(0xff, X + 8, X + 8 + Math.min(len, 8));
+          let value = 0;
+          if (isWrite) for (let i = Math.min(len, 4) - 1; i >= 0; i--) value = value * 256 + bytes[X + 8 + i];
+          const result = virtioAccess(addr, len, isWrite, value);
+          if (result === undefined) {
+            counters.add(isWrite ? 'mmio_unknown_writes' : 'mmio_unknown_reads');
+            if (!isWrite) bytes.fill(0xff, X + 8, X + 8 + len);
+          } else if (!isWrite) {
+            for (let i = 0; i < len; i++) bytes[X + 8 + i] = i < 4 ? (result >>> (8 * i)) & 0xff : 0;
           }
           break;
         }

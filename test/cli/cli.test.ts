@@ -139,12 +139,19 @@ describe('fc-run plan', () => {
 
 describe('fc-run run', () => {
   test('a spec needing parts launch does not have yet is refused before anything starts, exit 1', () => {
-    const spec = ws.write('with-drive.json', { ...minimalSpec(), drives: [{ drive_id: 'd', path_on_host: 'data.ext4', is_root_device: false, is_read_only: true }] });
+    const spec = ws.write('with-net.json', { ...minimalSpec(), 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap-nonexist0' }] });
     for (const args of [[spec], ['run', spec]]) {
       const r = fcRun(args);
       expect(r.code).toBe(1);
-      expect(r.err).toMatch(/needs parts of launch that are not built yet: virtio devices \(block "d"\)/);
+      expect(r.err).toMatch(/needs parts of launch that are not built yet: virtio devices \(net "eth0"\)/);
     }
+  });
+
+  test('a rate-limited drive is refused at launch until rate limiters are built', () => {
+    const spec = ws.write('limited.json', { ...minimalSpec(), drives: [{ drive_id: 'd', path_on_host: 'data.ext4', is_root_device: false, is_read_only: true, rate_limiter: { ops: { size: 10, refill_time: 100 } } }] });
+    const r = fcRun([spec]);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/not built yet: rate limiters \(block "d"\)/);
   });
 
   test('an invalid spec still exits 2', () => {

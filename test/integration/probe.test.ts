@@ -128,6 +128,63 @@ describeKvm('the guest console in a terminal', () => {
   });
 });
 
+describeKvm('virtio devices seen from the probe guest', () => {
+  function diskFile(name: string): string {
+    const content = Buffer.alloc(64 * 1024);
+    content.write('sector zero of the test disk....');
+    return ws.write(name, content);
+  }
+
+  test('block: GET_ID, read, write + flush land in the real file; out-of-range reads fail', () => {
+    const disk = diskFile('rw.img');
+    const spec = ws.write('virtio-rw.json', {
+      'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' },
+      'machine-config': { vcpu_count: 2, mem_size_mib: 64 },
+      drives: [{ drive_id: 'probe-disk', path_on_host: disk, is_root_device: false, is_read_only: false, cache_type: 'Writeback' }],
+      entropy: {},
+    });
+    const r = fcRun([spec]);
+    expect(r.code).toBe(0);
+    const report = parseProbe(r.out);
+    expect(report.notOk).toEqual([]);
+    expect(report.ok).toEqual([...ALL_CHECKS, 'blk-id', 'blk-read', 'blk-flush', 'blk-write', 'blk-bounds', 'rng']);
+    expect(report.facts['blk-id']).toEqual(['probe-disk']);
+    expect(report.facts['blk-sector0']).toEqual(['sector zero of the test disk....']);
+    expect(report.facts['blk-capacity-sectors']).toEqual(['128']);
+    expect(report.facts['rng-bytes']).toEqual(['64']);
+    const sector1 = fs.readFileSync(disk).subarray(512, 1024);
+    expect(sector1.toString('latin1', 0, 33)).toBe('written by the fc-run probe guest');
+  });
+
+  test('a read-only drive refuses the guest\'s write with an I/O error; the file is untouched', () => {
+    const disk = diskFile('ro.img');
+    const before = fs.readFileSync(disk);
+    const spec = ws.write('virtio-ro.json', {
+      'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' },
+      'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
+      drives: [{ drive_id: 'ro-disk', path_on_host: disk, is_root_device: true, is_read_only: true }],
+    });
+    const r = fcRun([spec]);
+    expect(r.code).toBe(0);
+    const report = parseProbe(r.out);
+    expect(report.notOk).toEqual([]);
+    expect(report.ok).toContain('blk-ro-refused');
+    expect(report.facts.cmdline[0]).toContain('root=/dev/vda ro');
+    expect(fs.readFileSync(disk).equals(before)).toBe(true);
+  });
+
+  test('a missing drive file is refused before anything starts', () => {
+    const spec = ws.write('virtio-gone.json', {
+      'boot-source': { kernel_image_path: PROBE },
+      drives: [{ drive_id: 'gone', path_on_host: path.join(ws.dir, 'no-such.img'), is_root_device: false, is_read_only: false }],
+    });
+    const r = fcRun(['run', spec]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/drive "gone" file does not exist/);
+    expect(r.out).toBe('');
+  });
+});
+
 /** A kernel made of a few instructions at 2 MiB, entered in long mode. */
 function tinyGuest(name: string, code: number[]): string {
   return ws.write(name, buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from(code) }] }));

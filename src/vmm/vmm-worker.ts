@@ -1,0 +1,90 @@
+import { parentPort, workerData } from 'node:worker_threads';
+import { GuestMemory, RegionDescriptor } from '../kvm/memory';
+import { BlockDevice } from '../devices/virtio/block';
+import { EntropyDevice } from '../devices/virtio/rng';
+import { VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
+import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
+import { serveMailboxes } from './mmio-mailbox';
+
+/**
+ * The VMM thread: owns every virtio device and runs the epoll loop over their fds (queue
+ * ioeventfds), the MMIO mailbox eventfd and a stop eventfd. Node's main thread stays free for the
+ * CLI, terminal input and (later) the API server.
+ */
+export type VirtioDeviceSetup = {
+  index: number;
+  id: string;
+  irqFd: number;
+  notifyFds: number[];
+  interruptStatus: SharedArrayBuffer;
+} & ({ kind: 'block'; path: string; readOnly: boolean; cacheType: 'Unsafe' | 'Writeback' } | { kind: 'entropy' });
+
+export interface VmmWorkerData {
+  memory: RegionDescriptor[];
+  devices: VirtioDeviceSetup[];
+  mailbox: SharedArrayBuffer;
+  mailboxFd: number;
+  stopFd: number;
+}
+
+export type VmmMessage = { kind: 'ready' } | { kind: 'error'; message: string } | { kind: 'stopped'; counters: Record<string, unknown> };
+
+const data = workerData as VmmWorkerData;
+const port = parentPort!;
+
+function build(): { transports: VirtioMmio[]; loop: EventLoop } {
+  const mem = GuestMemory.attach(data.memory);
+  const loop = new EventLoop();
+  const transports: VirtioMmio[] = [];
+  for (const d of data.devices) {
+    const holder: { t?: VirtioMmio } = {};
+    const malformed = () => holder.t?.countMalformedChain();
+    let backend: VirtioBackend;
+    if (d.kind === 'block') {
+      try {
+        backend = new BlockDevice(mem, { id: d.id, path: d.path, readOnly: d.readOnly, cacheType: d.cacheType, onMalformed: malformed });
+      } catch (err) {
+        throw new Error(`drive "${d.id}": cannot open ${d.path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      }
+    } else {
+      backend = new EntropyDevice(mem, malformed);
+    }
+    const t = new VirtioMmio(mem, backend, () => signalEventfd(d.irqFd), new Int32Array(d.interruptStatus));
+    holder.t = t;
+    transports[d.index] = t;
+    d.notifyFds.forEach((fd, q) =>
+      loop.add(fd, () => {
+        drainEventfd(fd);
+        t.queueNotified(q);
+      }),
+    );
+  }
+  loop.add(data.mailboxFd, () => {
+    drainEventfd(data.mailboxFd);
+    serveMailboxes(data.mailbox, (dev, offset, len, write, value) => {
+      const t = transports[dev];
+      if (!t) return 0xffffffff;
+      if (write) {
+        t.write(offset, len, value);
+        return 0;
+      }
+      return t.read(offset, len);
+    });
+  });
+  loop.add(data.stopFd, () => loop.stop());
+  return { transports, loop };
+}
+
+let built: ReturnType<typeof build>;
+try {
+  built = build();
+  port.postMessage({ kind: 'ready' } satisfies VmmMessage);
+} catch (err) {
+  port.postMessage({ kind: 'error', message: (err as Error).message } satisfies VmmMessage);
+  process.exit(0);
+}
+built!.loop.run();
+port.postMessage({
+  kind: 'stopped',
+  counters: Object.fromEntries(built!.transports.map((t, i) => [i, { transport: t.counters, device: (t.backend as unknown as { counters?: unknown }).counters }])),
+} satisfies VmmMessage);
