@@ -528,7 +528,7 @@ struct vq {
     } used_ring[VQ_SIZE];
 } __attribute__((aligned(4096)));
 
-static struct vq vqs[4];
+static struct vq vqs[6];
 static int nvq;
 static uint8_t dma[4][4096] __attribute__((aligned(4096)));
 
@@ -546,8 +546,8 @@ static uint64_t parse_hex(const char **p) {
     }
 }
 
-/* Initializes the device with queue 0; returns the queue, or 0 when the device refuses. */
-static struct vq *virtio_init(uint64_t base, uint64_t extra_features, uint64_t *offered) {
+/* Initializes the device with `nq` queues; returns the first, or 0 when the device refuses. */
+static struct vq *virtio_init_n(uint64_t base, uint64_t extra_features, uint64_t *offered, int nq) {
     mmio_write(base, 0x70, 0);
     mmio_write(base, 0x70, 1);
     mmio_write(base, 0x70, 1 | 2);
@@ -562,29 +562,37 @@ static struct vq *virtio_init(uint64_t base, uint64_t extra_features, uint64_t *
     mmio_write(base, 0x24, 1);
     mmio_write(base, 0x20, (uint32_t)(want >> 32));
     mmio_write(base, 0x70, 1 | 2 | 8);
-    if (!(mmio_read(base, 0x70) & 8) || nvq >= 4) return 0;
-    struct vq *q = &vqs[nvq++];
-    mmio_write(base, 0x30, 0);
-    mmio_write(base, 0x38, VQ_SIZE);
-    mmio_write(base, 0x80, (uint32_t)(uintptr_t)q->desc);
-    mmio_write(base, 0x84, 0);
-    mmio_write(base, 0x90, (uint32_t)(uintptr_t)&q->avail_flags);
-    mmio_write(base, 0x94, 0);
-    mmio_write(base, 0xa0, (uint32_t)(uintptr_t)&q->used_flags);
-    mmio_write(base, 0xa4, 0);
-    mmio_write(base, 0x44, 1);
+    if (!(mmio_read(base, 0x70) & 8) || nvq + nq > 6) return 0;
+    struct vq *first = &vqs[nvq];
+    for (int i = 0; i < nq; i++) {
+        struct vq *q = &vqs[nvq++];
+        mmio_write(base, 0x30, (uint32_t)i);
+        mmio_write(base, 0x38, VQ_SIZE);
+        mmio_write(base, 0x80, (uint32_t)(uintptr_t)q->desc);
+        mmio_write(base, 0x84, 0);
+        mmio_write(base, 0x90, (uint32_t)(uintptr_t)&q->avail_flags);
+        mmio_write(base, 0x94, 0);
+        mmio_write(base, 0xa0, (uint32_t)(uintptr_t)&q->used_flags);
+        mmio_write(base, 0xa4, 0);
+        mmio_write(base, 0x44, 1);
+    }
     mmio_write(base, 0x70, 1 | 2 | 8 | 4);
-    return q;
+    return first;
 }
 
-/* Publishes the chain at descriptor 0, notifies and polls for its completion; returns used length or -1. */
-static int64_t virtio_submit(uint64_t base, struct vq *q) {
+static struct vq *virtio_init(uint64_t base, uint64_t extra_features, uint64_t *offered) {
+    return virtio_init_n(base, extra_features, offered, 1);
+}
+
+/* Publishes the chain at descriptor 0 of queue `qi`, notifies and polls for its completion;
+   returns the used length or -1. */
+static int64_t virtio_submit_q(uint64_t base, struct vq *q, uint32_t qi) {
     uint16_t before = q->used_idx;
     q->avail_ring[q->avail_idx % VQ_SIZE] = 0;
     __sync_synchronize();
     q->avail_idx++;
     __sync_synchronize();
-    mmio_write(base, 0x50, 0);
+    mmio_write(base, 0x50, qi);
     for (uint64_t i = 0; i < 100000000ull; i++) {
         if (q->used_idx != before) {
             __sync_synchronize();
@@ -596,6 +604,8 @@ static int64_t virtio_submit(uint64_t base, struct vq *q) {
     }
     return -1;
 }
+
+static int64_t virtio_submit(uint64_t base, struct vq *q) { return virtio_submit_q(base, q, 0); }
 
 struct blk_hdr {
     uint32_t type, reserved;
@@ -709,6 +719,112 @@ static void check_rng(uint64_t base) {
         not_ok("rng", "the entropy device returned no random bytes");
 }
 
+/* Dotted-quad after `key` on the command line, as a big-endian 32-bit value; 0 when absent. */
+static uint32_t cmdline_ip(const char *key) {
+    for (const char *p = cmdline; p && *p; p++) {
+        int i = 0;
+        while (key[i] && p[i] == key[i]) i++;
+        if (key[i]) continue;
+        const char *q = p + i;
+        uint32_t ip = 0;
+        for (int part = 0; part < 4; part++) {
+            uint32_t v = 0;
+            while (*q >= '0' && *q <= '9') v = v * 10 + (uint32_t)(*q++ - '0');
+            ip = (ip << 8) | (v & 0xff);
+            if (*q == '.') q++;
+        }
+        return ip;
+    }
+    return 0;
+}
+
+static void put_mac(const uint8_t *m) {
+    static const char d[] = "0123456789abcdef";
+    char s[18];
+    for (int i = 0; i < 6; i++) {
+        s[3 * i] = d[m[i] >> 4];
+        s[3 * i + 1] = d[m[i] & 15];
+        s[3 * i + 2] = i < 5 ? ':' : 0;
+    }
+    puts_(s);
+}
+
+/* ARP for the peer given as probe.peer= through the NIC, from probe.ip=; expects the reply. */
+static void check_net(uint64_t base) {
+    uint64_t offered;
+    struct vq *rx = virtio_init_n(base, 1ull << 5, &offered, 2);
+    if (!rx) {
+        not_ok("net-init", "the device refused FEATURES_OK");
+        return;
+    }
+    struct vq *tx = rx + 1;
+    uint8_t mac[6];
+    for (int i = 0; i < 6; i++) mac[i] = (uint8_t)(*(volatile uint8_t *)(uintptr_t)(base + 0x100 + (uint64_t)i));
+    puts_("# net-mac: ");
+    put_mac(mac);
+    puts_("\n");
+    uint32_t me = cmdline_ip("probe.ip="), peer = cmdline_ip("probe.peer=");
+    if (!me || !peer) {
+        ok("net-init");
+        return;
+    }
+    /* One receive buffer (descriptor 0 of the RX queue). */
+    uint8_t *rbuf = dma[2];
+    for (int i = 0; i < 2048; i++) rbuf[i] = 0;
+    rx->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)rbuf, 2048, VRING_DESC_F_WRITE, 0};
+    uint16_t rx_before = rx->used_idx;
+    rx->avail_ring[rx->avail_idx % VQ_SIZE] = 0;
+    __sync_synchronize();
+    rx->avail_idx++;
+    __sync_synchronize();
+    mmio_write(base, 0x50, 0);
+    /* virtio-net header (12 bytes, zero) + Ethernet + ARP request. */
+    uint8_t *f = dma[1];
+    for (int i = 0; i < 12 + 42; i++) f[i] = 0;
+    uint8_t *e = f + 12;
+    for (int i = 0; i < 6; i++) e[i] = 0xff, e[6 + i] = mac[i];
+    e[12] = 0x08, e[13] = 0x06;
+    uint8_t *a = e + 14;
+    a[1] = 1, a[2] = 0x08, a[4] = 6, a[5] = 4, a[7] = 1;
+    for (int i = 0; i < 6; i++) a[8 + i] = mac[i];
+    for (int i = 0; i < 4; i++) a[14 + i] = (uint8_t)(me >> (24 - 8 * i)), a[24 + i] = (uint8_t)(peer >> (24 - 8 * i));
+    tx->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)f, 12 + 42, 0, 0};
+    if (virtio_submit_q(base, tx, 1) < 0) {
+        not_ok("net-tx", "the transmit queue did not complete");
+        return;
+    }
+    ok("net-tx");
+    int others = 0;
+    for (uint64_t i = 0; i < 400000000ull && others < 32; i++) {
+        if (rx->used_idx == rx_before) {
+            __asm__ volatile("pause");
+            continue;
+        }
+        __sync_synchronize();
+        rx_before++;
+        uint8_t *re = rbuf + 12;
+        uint8_t *ra = re + 14;
+        if (re[12] == 0x08 && re[13] == 0x06 && ra[7] == 2) {
+            puts_("# net-peer-mac: ");
+            put_mac(ra + 8);
+            puts_("\n");
+            puts_("# net-other-frames: ");
+            put_dec((uint64_t)others);
+            puts_("\n");
+            ok("net-arp");
+            return;
+        }
+        /* Something else (IPv6 neighbour discovery, say): give the buffer back and wait on. */
+        others++;
+        rx->avail_ring[rx->avail_idx % VQ_SIZE] = 0;
+        __sync_synchronize();
+        rx->avail_idx++;
+        __sync_synchronize();
+        mmio_write(base, 0x50, 0);
+    }
+    not_ok("net-arp", "no ARP reply arrived");
+}
+
 static void check_virtio(void) {
     for (const char *p = cmdline; p && *p; p++) {
         const char *key = "virtio_mmio.device=4K@0x";
@@ -729,6 +845,7 @@ static void check_virtio(void) {
         puts_("\n");
         if (id == 2) check_block(base);
         else if (id == 4) check_rng(base);
+        else if (id == 1) check_net(base);
     }
 }
 

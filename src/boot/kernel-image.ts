@@ -20,7 +20,8 @@ export interface KernelImage {
   /**
    * elf: 64-bit ELF (vmlinux) entered in long mode with a Linux zero page;
    * pvh: ELF carrying XEN_ELFNOTE_PHYS32_ENTRY, entered in 32-bit protected mode with hvm_start_info;
-   * bzimage: compressed kernel entered through the 64-bit boot protocol at load address + 0x200.
+   * bzimage: compressed kernel loaded at its preferred address and entered through the 64-bit boot
+   * protocol at load address + 0x200.
    */
   format: 'elf' | 'pvh' | 'bzimage';
   entry: number;
@@ -185,7 +186,11 @@ function inspectBzImage(file: string, fileSize: number, head: Buffer): KernelIma
   if (setupBytes >= fileSize) fail('bzImage is truncated: nothing follows the setup sectors');
   const pmSize = fileSize - setupBytes;
   const initSize = head.readUInt32LE(0x260);
-  const loadAddr = HIMEM_START;
+  // The 64-bit entry decompresses the kernel at its preferred address (LOAD_PHYSICAL_ADDR,
+  // 16 MiB by default) and needs init_size bytes from there; loading it there makes the region
+  // it occupies exactly [pref_address, pref_address + init_size).
+  const pref = Number(head.readBigUInt64LE(0x258));
+  const loadAddr = pref >= HIMEM_START && pref < 2 ** 32 ? pref : HIMEM_START;
   return {
     path: file,
     fileSize,

@@ -41,7 +41,7 @@ export class LaunchRefused extends FcRunError {
 /** What of a plan launch cannot execute yet; refused before anything is created. */
 export function unsupportedAtLaunch(plan: BootPlan): string[] {
   const out: string[] = [];
-  const notYet = plan.devices.filter((d) => d.kind === 'net' || d.kind === 'vsock');
+  const notYet = plan.devices.filter((d) => d.kind === 'vsock');
   if (notYet.length > 0) out.push(`virtio devices (${notYet.map((d) => `${d.kind} "${d.id}"`).join(', ')})`);
   const limited = plan.devices.filter((d) => ('rateLimiter' in d && d.rateLimiter) || ('rxRateLimiter' in d && d.rxRateLimiter) || ('txRateLimiter' in d && d.txRateLimiter));
   if (limited.length > 0) out.push(`rate limiters (${limited.map((d) => `${d.kind} "${d.id}"`).join(', ')})`);
@@ -80,6 +80,7 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan): Promise<{
     });
     const common = { index: d.index, id: d.id, irqFd, notifyFds, interruptStatus: new SharedArrayBuffer(4) };
     if (d.kind === 'block') setups.push({ ...common, kind: 'block', path: d.path, readOnly: d.readOnly, cacheType: d.cacheType });
+    else if (d.kind === 'net') setups.push({ ...common, kind: 'net', tap: d.tap, mac: d.guestMac, mtu: d.mtu });
     else if (d.kind === 'entropy') setups.push({ ...common, kind: 'entropy' });
   }
   const windows: VirtioWindows = {
@@ -112,7 +113,13 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
 
   const mem = GuestMemory.allocate(plan.memory.regions);
   mem.describe().forEach((r, slot) => vm.setUserMemoryRegion(slot, r.guestAddr, r.size, r.hostAddr));
-  prepareGuestMemory(mem, plan);
+  try {
+    prepareGuestMemory(mem, plan);
+  } catch (err) {
+    if (err instanceof FcRunError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    throw new FcRunError('kernel-load', `cannot load the kernel or initrd: ${e.code ? `${e.code} on ${e.path ?? 'a file'}` : e.message}`);
+  }
 
   const cpuid = kvm.supportedCpuid();
   const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { FcRunError } from '../errors';
 import type { GuestMemory } from '../kvm/memory';
 import type { BootPlan } from './plan';
 import * as L from './layout';
@@ -160,14 +161,18 @@ export function buildMpTable(vcpus: number, start: number): Buffer {
   ioapic[3] = 1;
   ioapic.writeUInt32LE(L.IOAPIC_ADDR, 4);
   entries.push(ioapic);
-  for (let irq = 0; irq < 24; irq++) {
+  // Pin 0 carries the 8259's ExtINT; ISA IRQ 0 (the PIT) arrives on pin 2, as KVM routes GSI 0
+  // and as PC firmware reports it; every other IRQ goes to the pin of its number.
+  const routes: [type: number, irq: number, pin: number][] = [[3, 0, 0], [0, 0, 2]];
+  for (let irq = 1; irq < 24; irq++) if (irq !== 2) routes.push([0, irq, irq]);
+  for (const [type, irq, pin] of routes) {
     const e = Buffer.alloc(8);
     e[0] = 3; // I/O interrupt assignment
-    e[1] = irq === 0 ? 3 : 0; // ExtINT for the PIC cascade, INT otherwise
+    e[1] = type; // 3 = ExtINT, 0 = INT
     e[4] = 0; // source bus
     e[5] = irq;
     e[6] = ioapicId;
-    e[7] = irq;
+    e[7] = pin;
     entries.push(e);
   }
   for (const [type, lint] of [[3, 0], [1, 1]] as const) {
@@ -210,7 +215,7 @@ function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fi
     const view = mem.view(seg.guestAddr + done, n);
     const target = view ?? Buffer.alloc(n);
     const got = fs.readSync(fd, target, 0, n, seg.fileOffset + done);
-    if (got !== n) throw new Error(`short read from the kernel image at offset ${seg.fileOffset + done}: the file changed after planning`);
+    if (got !== n) throw new FcRunError('kernel-load', `short read from the kernel image at offset ${seg.fileOffset + done}: the file changed after planning`);
     if (!view) mem.write(seg.guestAddr + done, target);
     done += n;
   }
@@ -230,7 +235,7 @@ export function prepareGuestMemory(mem: GuestMemory, plan: BootPlan): void {
   const fd = fs.openSync(plan.kernel.path, 'r');
   let setupHeader: Buffer | undefined;
   try {
-    if (fs.fstatSync(fd).size !== plan.kernel.fileSize) throw new Error(`kernel image ${plan.kernel.path} changed size since it was planned`);
+    if (fs.fstatSync(fd).size !== plan.kernel.fileSize) throw new FcRunError('kernel-load', `kernel image ${plan.kernel.path} changed size since it was planned`);
     for (const seg of plan.kernel.segments) loadSegment(fd, mem, seg);
     if (plan.kernel.format === 'bzimage') {
       const head = Buffer.alloc(0x280);

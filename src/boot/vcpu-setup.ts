@@ -1,5 +1,6 @@
 import type { CpuidEntry, Segment, Sregs, Vcpu } from '../kvm/kvm';
 import type { BootPlan } from './plan';
+import { KVM_CPUID_FLAG_SIGNIFCANT_INDEX } from '../kvm/ioctls';
 import { GDT_LONG, GDT_PVH } from './structures';
 
 /**
@@ -128,28 +129,26 @@ export function normalizeCpuid(supported: CpuidEntry[], cpuIndex: number, plan: 
         e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((Math.ceil(count / threadsPerCore) - 1) & 0x3f) << 26);
         break;
       }
-      case 0xb: {
-        // Extended topology: level 0 = SMT, level 1 = core.
-        const shift0 = threadsPerCore === 2 ? 1 : 0;
-        const shift1 = Math.ceil(Math.log2(Math.max(count, 1)));
-        if (e.index === 0) {
-          e.eax = shift0;
-          e.ebx = threadsPerCore;
-          e.ecx = (1 << 8) | 0;
-        } else if (e.index === 1) {
-          e.eax = shift1;
-          e.ebx = count;
-          e.ecx = (2 << 8) | 1;
-        } else {
-          e.eax = 0;
-          e.ebx = 0;
-          e.ecx = e.index & 0xff;
-        }
-        e.edx = cpuIndex;
-        break;
-      }
       default:
         break;
+    }
+  }
+  // Recent KVMs report leaf 0xb with subleaf 0 only (zeroed); the guest needs the core level
+  // (subleaf 1) and an invalid level to end the enumeration (subleaf 2).
+  if (out.some((e) => e.function === 0xb)) {
+    for (const index of [0, 1, 2]) {
+      if (out.some((e) => e.function === 0xb && e.index === index)) continue;
+      const e: CpuidEntry = { function: 0xb, index, flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX, eax: 0, ebx: 0, ecx: 0, edx: 0 };
+      out.push(e);
+    }
+    const shift0 = threadsPerCore === 2 ? 1 : 0;
+    const shift1 = Math.ceil(Math.log2(Math.max(count, 1)));
+    for (const e of out.filter((x) => x.function === 0xb)) {
+      e.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+      if (e.index === 0) [e.eax, e.ebx, e.ecx] = [shift0, threadsPerCore, (1 << 8) | 0];
+      else if (e.index === 1) [e.eax, e.ebx, e.ecx] = [shift1, count, (2 << 8) | 1];
+      else [e.eax, e.ebx, e.ecx] = [0, 0, e.index & 0xff];
+      e.edx = cpuIndex;
     }
   }
   if (!out.some((e) => e.function === 0x40000000)) {

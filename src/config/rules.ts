@@ -264,7 +264,7 @@ function checkOutputs(spec: VmSpec, issues: IssueList): void {
   }
 }
 
-function checkReadable(file: string, at: (string | number)[], what: string, issues: IssueList, baseDir: string, writable = false): void {
+function checkReadable(file: string, at: (string | number)[], what: string, issues: IssueList, baseDir: string, writable = false, blockDeviceOk = false): void {
   const abs = resolvePath(baseDir, file);
   const shown = abs === file ? abs : `${abs} (from "${file}", relative to ${baseDir})`;
   const skipHint = 'fix the path, or pass --skip-files to validate without the artifacts';
@@ -276,7 +276,7 @@ function checkReadable(file: string, at: (string | number)[], what: string, issu
     issues.error('file-missing', at, `${what} ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code})`}: ${shown}`, skipHint);
     return;
   }
-  if (!st.isFile() && !st.isBlockDevice()) {
+  if (!st.isFile() && !(blockDeviceOk && st.isBlockDevice())) {
     issues.error('file-not-regular', at, `${what} is not a regular file: ${shown}`, skipHint);
     return;
   }
@@ -297,7 +297,7 @@ function checkFiles(spec: VmSpec, issues: IssueList, baseDir: string): void {
   checkReadable(boot.kernel_image_path, ['boot-source', 'kernel_image_path'], 'kernel image', issues, baseDir);
   if (boot.initrd_path) checkReadable(boot.initrd_path, ['boot-source', 'initrd_path'], 'initrd', issues, baseDir);
   (spec.drives ?? []).forEach((d, i) => {
-    if (d.path_on_host) checkReadable(d.path_on_host, ['drives', i, 'path_on_host'], `drive "${d.drive_id}" file`, issues, baseDir, d.is_read_only === false);
+    if (d.path_on_host) checkReadable(d.path_on_host, ['drives', i, 'path_on_host'], `drive "${d.drive_id}" file`, issues, baseDir, d.is_read_only === false, true);
   });
   if (typeof spec['cpu-config'] === 'string') checkReadable(spec['cpu-config'], ['cpu-config'], 'CPU template file', issues, baseDir);
   if (spec.vsock) checkParentDir(spec.vsock.uds_path, ['vsock', 'uds_path'], 'the vsock socket', issues, baseDir);

@@ -41,8 +41,11 @@ export interface CpuidEntry {
 
 export type Regs = Record<'rax' | 'rbx' | 'rcx' | 'rdx' | 'rsi' | 'rdi' | 'rsp' | 'rbp' | 'r8' | 'r9' | 'r10' | 'r11' | 'r12' | 'r13' | 'r14' | 'r15' | 'rip' | 'rflags', bigint>;
 
+/** A 64-bit field as koffi decodes it: a number when it fits 2^53, a bigint otherwise. */
+export type U64 = number | bigint;
+
 export interface Segment {
-  base: bigint;
+  base: U64;
   limit: number;
   selector: number;
   type: number;
@@ -59,15 +62,15 @@ export interface Segment {
 
 export interface Sregs {
   cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment; tr: Segment; ldt: Segment;
-  gdt: { base: bigint; limit: number; padding: number[] };
-  idt: { base: bigint; limit: number; padding: number[] };
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apic_base: bigint;
-  interrupt_bitmap: bigint[];
+  gdt: { base: U64; limit: number; padding: number[] };
+  idt: { base: U64; limit: number; padding: number[] };
+  cr0: U64; cr2: U64; cr3: U64; cr4: U64; cr8: U64; efer: U64; apic_base: U64;
+  interrupt_bitmap: U64[];
 }
 
 export interface Fpu {
   fpr: number[]; fcw: number; fsw: number; ftwx: number; pad1: number; last_opcode: number;
-  last_ip: bigint; last_dp: bigint; xmm: number[]; mxcsr: number; pad2: number;
+  last_ip: U64; last_dp: U64; xmm: number[]; mxcsr: number; pad2: number;
 }
 
 /** koffi decodes 64-bit fields as numbers when they fit; normalize so callers always get bigint. */

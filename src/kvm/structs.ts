@@ -1,11 +1,24 @@
 import { koffi } from './libc';
 
 /**
+ * koffi registers struct names process-wide, and a module can be evaluated more than once in one
+ * process (test runners do), so a second declaration reuses the first.
+ */
+function struct(name: string, fields: Record<string, unknown>): unknown {
+  try {
+    return koffi.struct(name, fields as never);
+  } catch (err) {
+    if (!/Duplicate type name/.test((err as Error).message)) throw err;
+    return koffi.resolve(name);
+  }
+}
+
+/**
  * The KVM structures fc-run exchanges with the kernel, declared to koffi with the layouts of
  * <linux/kvm.h> and <asm/kvm.h> on x86_64 (test/unit/kvm-abi.test.ts checks every size and offset
  * against the C headers). Hot paths read kvm_run through a DataView instead of decoding it.
  */
-export const kvm_userspace_memory_region = koffi.struct('kvm_userspace_memory_region', {
+export const kvm_userspace_memory_region = struct('kvm_userspace_memory_region', {
   slot: 'uint32_t',
   flags: 'uint32_t',
   guest_phys_addr: 'uint64_t',
@@ -13,7 +26,7 @@ export const kvm_userspace_memory_region = koffi.struct('kvm_userspace_memory_re
   userspace_addr: 'uint64_t',
 });
 
-export const kvm_regs = koffi.struct('kvm_regs', {
+export const kvm_regs = struct('kvm_regs', {
   rax: 'uint64_t', rbx: 'uint64_t', rcx: 'uint64_t', rdx: 'uint64_t',
   rsi: 'uint64_t', rdi: 'uint64_t', rsp: 'uint64_t', rbp: 'uint64_t',
   r8: 'uint64_t', r9: 'uint64_t', r10: 'uint64_t', r11: 'uint64_t',
@@ -21,7 +34,7 @@ export const kvm_regs = koffi.struct('kvm_regs', {
   rip: 'uint64_t', rflags: 'uint64_t',
 });
 
-export const kvm_segment = koffi.struct('kvm_segment', {
+export const kvm_segment = struct('kvm_segment', {
   base: 'uint64_t',
   limit: 'uint32_t',
   selector: 'uint16_t',
@@ -37,13 +50,13 @@ export const kvm_segment = koffi.struct('kvm_segment', {
   padding: 'uint8_t',
 });
 
-export const kvm_dtable = koffi.struct('kvm_dtable', {
+export const kvm_dtable = struct('kvm_dtable', {
   base: 'uint64_t',
   limit: 'uint16_t',
   padding: koffi.array('uint16_t', 3),
 });
 
-export const kvm_sregs = koffi.struct('kvm_sregs', {
+export const kvm_sregs = struct('kvm_sregs', {
   cs: kvm_segment, ds: kvm_segment, es: kvm_segment, fs: kvm_segment,
   gs: kvm_segment, ss: kvm_segment, tr: kvm_segment, ldt: kvm_segment,
   gdt: kvm_dtable, idt: kvm_dtable,
@@ -53,7 +66,7 @@ export const kvm_sregs = koffi.struct('kvm_sregs', {
   interrupt_bitmap: koffi.array('uint64_t', 4),
 });
 
-export const kvm_fpu = koffi.struct('kvm_fpu', {
+export const kvm_fpu = struct('kvm_fpu', {
   fpr: koffi.array('uint8_t', 128),
   fcw: 'uint16_t',
   fsw: 'uint16_t',
@@ -67,16 +80,16 @@ export const kvm_fpu = koffi.struct('kvm_fpu', {
   pad2: 'uint32_t',
 });
 
-export const kvm_msr_entry = koffi.struct('kvm_msr_entry', {
+export const kvm_msr_entry = struct('kvm_msr_entry', {
   index: 'uint32_t',
   reserved: 'uint32_t',
   data: 'uint64_t',
 });
 
 /** Header of struct kvm_msrs; the entries follow it in the same buffer. */
-export const kvm_msrs = koffi.struct('kvm_msrs', { nmsrs: 'uint32_t', pad: 'uint32_t' });
+export const kvm_msrs = struct('kvm_msrs', { nmsrs: 'uint32_t', pad: 'uint32_t' });
 
-export const kvm_cpuid_entry2 = koffi.struct('kvm_cpuid_entry2', {
+export const kvm_cpuid_entry2 = struct('kvm_cpuid_entry2', {
   function: 'uint32_t',
   index: 'uint32_t',
   flags: 'uint32_t',
@@ -88,16 +101,16 @@ export const kvm_cpuid_entry2 = koffi.struct('kvm_cpuid_entry2', {
 });
 
 /** Header of struct kvm_cpuid2; the entries follow it in the same buffer. */
-export const kvm_cpuid2 = koffi.struct('kvm_cpuid2', { nent: 'uint32_t', padding: 'uint32_t' });
+export const kvm_cpuid2 = struct('kvm_cpuid2', { nent: 'uint32_t', padding: 'uint32_t' });
 
-export const kvm_lapic_state = koffi.struct('kvm_lapic_state', { regs: koffi.array('uint8_t', 1024) });
+export const kvm_lapic_state = struct('kvm_lapic_state', { regs: koffi.array('uint8_t', 1024) });
 
-export const kvm_pit_config = koffi.struct('kvm_pit_config', {
+export const kvm_pit_config = struct('kvm_pit_config', {
   flags: 'uint32_t',
   pad: koffi.array('uint32_t', 15),
 });
 
-export const kvm_irqfd = koffi.struct('kvm_irqfd', {
+export const kvm_irqfd = struct('kvm_irqfd', {
   fd: 'uint32_t',
   gsi: 'uint32_t',
   flags: 'uint32_t',
@@ -105,7 +118,7 @@ export const kvm_irqfd = koffi.struct('kvm_irqfd', {
   pad: koffi.array('uint8_t', 16),
 });
 
-export const kvm_ioeventfd = koffi.struct('kvm_ioeventfd', {
+export const kvm_ioeventfd = struct('kvm_ioeventfd', {
   datamatch: 'uint64_t',
   addr: 'uint64_t',
   len: 'uint32_t',
@@ -114,9 +127,9 @@ export const kvm_ioeventfd = koffi.struct('kvm_ioeventfd', {
   pad: koffi.array('uint8_t', 36),
 });
 
-export const kvm_irq_level = koffi.struct('kvm_irq_level', { irq: 'uint32_t', level: 'uint32_t' });
+export const kvm_irq_level = struct('kvm_irq_level', { irq: 'uint32_t', level: 'uint32_t' });
 
-export const kvm_mp_state = koffi.struct('kvm_mp_state', { mp_state: 'uint32_t' });
+export const kvm_mp_state = struct('kvm_mp_state', { mp_state: 'uint32_t' });
 
 /** Offsets into struct kvm_run (the vCPU's shared page) that the exit loop reads. */
 export const KVM_RUN_OFFSETS = {

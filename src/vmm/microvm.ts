@@ -1,4 +1,5 @@
 import type { Worker } from 'node:worker_threads';
+import { FcRunError } from '../errors';
 import type { Vcpu, Vm } from '../kvm/kvm';
 import * as os from 'node:os';
 import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError, tgkill } from '../kvm/libc';
@@ -98,11 +99,14 @@ export class MicroVm {
       const detachInput = this.attachSerialInput(() =>
         finish({ kind: 'stop', vcpu: -1, reason: 'stopped', detail: 'stopped from the console (Ctrl-A x)' }),
       );
-      const settle = () => {
+      const cleanup = () => {
         this.opts.vmmThread?.stop();
         detachInput();
         if (kickTimer) clearInterval(kickTimer);
         process.off(VCPU_KICK_SIGNAL, ignoreKick);
+      };
+      const settle = () => {
+        cleanup();
         resolve({ stop: stop!, bootTimeNs, counters: this.counters.snapshot(), exitsPerVcpu: this.exitCounts() });
       };
       const finish = (report: StopReport) => {
@@ -140,7 +144,10 @@ export class MicroVm {
           running--;
           if (running === 0) {
             if (stop) settle();
-            else reject(new Error('every vCPU thread ended without reporting why the VM stopped'));
+            else {
+              cleanup();
+              reject(new FcRunError('vcpu-threads', 'every vCPU thread ended without reporting why the VM stopped'));
+            }
           }
         });
         this.workers.push(w);

@@ -139,6 +139,8 @@ function start(data: VcpuWorkerData): void {
     if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.write(portNum - kbd, value);
     if (portNum === bootTimer && value === 123) {
       counters.add('boot_timer_writes');
+      // Report the first write only: a guest hammering the port must not flood the VMM thread.
+      if (Atomics.compareExchange(control, 1, 0, 1) !== 0) return;
       const ns = process.hrtime.bigint() - BigInt(data.launchStartNs);
       port.postMessage({ kind: 'boot-time', vcpu: data.id, ns: ns.toString() } satisfies VcpuMessage);
       return;

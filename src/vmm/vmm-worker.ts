@@ -2,6 +2,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { GuestMemory, RegionDescriptor } from '../kvm/memory';
 import { BlockDevice } from '../devices/virtio/block';
 import { EntropyDevice } from '../devices/virtio/rng';
+import { NetDevice } from '../devices/virtio/net';
+import { openTap } from '../kvm/tap';
 import { VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
 import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
 import { serveMailboxes } from './mmio-mailbox';
@@ -17,7 +19,11 @@ export type VirtioDeviceSetup = {
   irqFd: number;
   notifyFds: number[];
   interruptStatus: SharedArrayBuffer;
-} & ({ kind: 'block'; path: string; readOnly: boolean; cacheType: 'Unsafe' | 'Writeback' } | { kind: 'entropy' });
+} & (
+  | { kind: 'block'; path: string; readOnly: boolean; cacheType: 'Unsafe' | 'Writeback' }
+  | { kind: 'net'; tap: string; mac?: string; mtu?: number }
+  | { kind: 'entropy' }
+);
 
 export interface VmmWorkerData {
   memory: RegionDescriptor[];
@@ -46,6 +52,28 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
       } catch (err) {
         throw new Error(`drive "${d.id}": cannot open ${d.path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
       }
+    } else if (d.kind === 'net') {
+      let tapFd: number;
+      try {
+        tapFd = openTap(d.tap);
+      } catch (err) {
+        throw new Error(`network interface "${d.id}": ${(err as Error).message}`);
+      }
+      let watching = false;
+      const net: NetDevice = new NetDevice(mem, {
+        id: d.id,
+        tapFd,
+        mac: d.mac ? Uint8Array.from(d.mac.split(':').map((x) => parseInt(x, 16))) : undefined,
+        mtu: d.mtu,
+        onMalformed: malformed,
+        watchTap: (on) => {
+          if (on === watching) return;
+          watching = on;
+          if (on) loop.add(tapFd, () => net.onTapReadable());
+          else loop.remove(tapFd);
+        },
+      });
+      backend = net;
     } else {
       backend = new EntropyDevice(mem, malformed);
     }

@@ -139,11 +139,11 @@ describe('fc-run plan', () => {
 
 describe('fc-run run', () => {
   test('a spec needing parts launch does not have yet is refused before anything starts, exit 1', () => {
-    const spec = ws.write('with-net.json', { ...minimalSpec(), 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap-nonexist0' }] });
+    const spec = ws.write('with-vsock.json', { ...minimalSpec(), vsock: { guest_cid: 3, uds_path: 'v.sock' } });
     for (const args of [[spec], ['run', spec]]) {
       const r = fcRun(args);
       expect(r.code).toBe(1);
-      expect(r.err).toMatch(/needs parts of launch that are not built yet: virtio devices \(net "eth0"\)/);
+      expect(r.err).toMatch(/needs parts of launch that are not built yet: virtio devices \(vsock "vsock"\)/);
     }
   });
 

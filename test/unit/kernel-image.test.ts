@@ -67,12 +67,18 @@ describe('PVH', () => {
 });
 
 describe('bzImage', () => {
-  test('the protected-mode part loads at 1 MiB and is entered at +0x200', () => {
+  test('the protected-mode part loads at the preferred address, entered at +0x200, occupying init_size', () => {
     const img = inspect(buildBzImage({ setupSects: 4, initSize: 0x800000, initrdAddrMax: 0x37ffffff, cmdlineSize: 2047 }));
     expect(img.format).toBe('bzimage');
-    expect(img.entry).toBe(0x100200);
-    expect(img.segments).toEqual([{ fileOffset: 5 * 512, fileSize: 8192, memSize: 0x800000, guestAddr: 0x100000 }]);
+    expect(img.entry).toBe(0x1000200);
+    expect(img.segments).toEqual([{ fileOffset: 5 * 512, fileSize: 8192, memSize: 0x800000, guestAddr: 0x1000000 }]);
     expect(img.bzimage).toMatchObject({ protocolVersion: '2.15', setupSects: 4, initrdAddrMax: 0x37ffffff, cmdlineSize: 2047, canLoadInitrdAbove4G: true });
+  });
+
+  test('without a preferred address it loads at 1 MiB', () => {
+    const buf = buildBzImage();
+    buf.writeBigUInt64LE(0n, 0x258);
+    expect(inspect(buf)).toMatchObject({ entry: 0x100200, segments: [expect.objectContaining({ guestAddr: 0x100000 })] });
   });
 
   test('setup_sects 0 means 4', () => {

@@ -101,9 +101,21 @@ describe('kernel and initrd placement', () => {
 
   test("a bzImage's initrd stays below initrd_addr_max", () => {
     const p = plan({ 'boot-source': { kernel_image_path: 'bzImage', initrd_path: 'initrd.img' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 2048 } }).plan;
-    expect(p.kernel).toMatchObject({ format: 'bzimage', entry: 0x100200 });
+    expect(p.kernel).toMatchObject({ format: 'bzimage', entry: 0x1000200, end: 0x2000000 });
     expect(p.initrd!.guestAddr + p.initrd!.size).toBeLessThanOrEqual(0x38000000);
     expect(p.initrd!.guestAddr % 4096).toBe(0);
+  });
+
+  test("a bzImage's decompression area counts: too little memory is refused at plan time, not a triple fault", () => {
+    ws.write('big-bzImage', buildBzImage({ initSize: 0x11f8000 }));
+    const spec = { 'boot-source': { kernel_image_path: 'big-bzImage' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 24 } };
+    expect(planErrors(spec)).toEqual(['kernel-does-not-fit @ /machine-config/mem_size_mib']);
+  });
+
+  test('an initrd is never placed inside the area the bzImage decompresses into', () => {
+    ws.write('initrd-35m.img', Buffer.alloc(35 << 20));
+    const spec = { 'boot-source': { kernel_image_path: 'bzImage', initrd_path: 'initrd-35m.img' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } };
+    expect(planErrors(spec)).toEqual(['initrd-does-not-fit @ /boot-source/initrd_path']);
   });
 
   test('an initrd that does not fit is refused', () => {

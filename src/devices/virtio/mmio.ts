@@ -57,6 +57,8 @@ export interface VirtioBackend {
 
 /** How a device reaches the outside: raise its interrupt, and report malformed guest input. */
 export interface DeviceIo {
+  /** Feature bits the driver accepted. */
+  readonly features: bigint;
   /** Signals used buffers on the given queues, if the driver wants interrupts for them. */
   usedBuffers(queues: VirtQueue[]): void;
   /** The driver broke the queue protocol: the device stops until reset. */
@@ -127,6 +129,7 @@ export class VirtioMmio {
   }
 
   private readonly io: DeviceIo = {
+    features: 0n,
     usedBuffers: (queues) => {
       let signal = false;
       for (const q of queues) if (q.needsInterrupt()) signal = true;
@@ -290,6 +293,7 @@ export class VirtioMmio {
         return new VirtQueue(this.mem, { size: q.size, descTable: toNum(q.desc), availRing: toNum(q.driver), usedRing: toNum(q.device) }, eventIdx);
       });
       this.active = queues;
+      (this.io as { features: bigint }).features = this.driverFeatures;
       this.backend.activate(queues, this.io);
     } catch (err) {
       if (!(err instanceof QueueError)) throw err;

@@ -144,6 +144,11 @@ export class VirtQueue {
     }
   }
 
+  /** Gives back the chain just popped, untouched (the device could not use it yet). */
+  unpop(): void {
+    this.lastAvail = (this.lastAvail - 1) & 0xffff;
+  }
+
   /** Puts a chain on the used ring with the number of bytes written into its buffers. */
   push(head: number, written: number): void {
     const slot = this.cfg.usedRing + 4 + 8 * (this.usedIdx % this.cfg.size);

@@ -1,0 +1,205 @@
+import type { GuestMemory } from '../../kvm/memory';
+import { setTapOffload, tapRead, tapWrite, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_BYTES } from '../../kvm/tap';
+import { gather, scatter, VirtQueue } from './queue';
+import type { DeviceIo, VirtioBackend } from './mmio';
+
+export const VIRTIO_ID_NET = 1;
+export const NET_F = {
+  CSUM: 1n << 0n,
+  GUEST_CSUM: 1n << 1n,
+  MTU: 1n << 3n,
+  MAC: 1n << 5n,
+  GUEST_TSO4: 1n << 7n,
+  GUEST_TSO6: 1n << 8n,
+  HOST_TSO4: 1n << 11n,
+  HOST_TSO6: 1n << 12n,
+} as const;
+const RX = 0;
+const TX = 1;
+/** Largest frame with a GSO payload: 64 KiB plus Ethernet and virtio-net headers. */
+const MAX_FRAME = 65562;
+
+export interface NetCounters {
+  rxFrames: number;
+  rxBytes: number;
+  rxDropped: number;
+  txFrames: number;
+  txBytes: number;
+  txDropped: number;
+  invalidRequests: number;
+}
+
+export interface NetOptions {
+  id: string;
+  tapFd: number;
+  mac?: Uint8Array;
+  mtu?: number;
+  onMalformed?: () => void;
+  /** Start or stop watching the TAP for frames (stopped while the guest has no receive buffers). */
+  watchTap(on: boolean): void;
+  /**
+   * Where guest frames can be answered inside fc-run instead of reaching the TAP (the MMDS
+   * network stack plugs in here). Returns true when it consumed the frame.
+   */
+  intercept?: (frame: Buffer) => boolean;
+}
+
+/**
+ * virtio-net over a TAP device opened with IFF_VNET_HDR, so the virtio-net header (checksum and
+ * segmentation offloads) passes through unchanged. A frame that arrives while the guest has no
+ * receive buffers waits (the TAP stops being read) rather than being dropped; frames are dropped,
+ * and counted, only when they cannot fit the guest's buffers or the TAP refuses them.
+ */
+export class NetDevice implements VirtioBackend {
+  readonly deviceId = VIRTIO_ID_NET;
+  readonly queueCount = 2;
+  readonly features: bigint;
+  readonly counters: NetCounters = { rxFrames: 0, rxBytes: 0, rxDropped: 0, txFrames: 0, txBytes: 0, txDropped: 0, invalidRequests: 0 };
+  private readonly configSpace = Buffer.alloc(12);
+  private queues: VirtQueue[] | undefined;
+  private io: DeviceIo | undefined;
+  private readonly staging = Buffer.alloc(MAX_FRAME);
+  /** Length of a frame read from the TAP and not yet delivered (0: none). */
+  private pendingLen = 0;
+
+  constructor(
+    private readonly mem: GuestMemory,
+    private readonly opts: NetOptions,
+  ) {
+    let f = NET_F.CSUM | NET_F.GUEST_CSUM | NET_F.GUEST_TSO4 | NET_F.GUEST_TSO6 | NET_F.HOST_TSO4 | NET_F.HOST_TSO6;
+    if (opts.mac) {
+      f |= NET_F.MAC;
+      Buffer.from(opts.mac).copy(this.configSpace, 0);
+    }
+    if (opts.mtu) {
+      f |= NET_F.MTU;
+      this.configSpace.writeUInt16LE(opts.mtu, 10);
+    }
+    this.configSpace.writeUInt16LE(1, 8); // max_virtqueue_pairs
+    this.features = f;
+  }
+
+  config(): Uint8Array {
+    return this.configSpace;
+  }
+
+  activate(queues: VirtQueue[], io: DeviceIo): void {
+    this.queues = queues;
+    this.io = io;
+    let offload = 0;
+    if (io.features & NET_F.GUEST_CSUM) offload |= TUN_F_CSUM;
+    if (io.features & NET_F.GUEST_TSO4) offload |= TUN_F_TSO4;
+    if (io.features & NET_F.GUEST_TSO6) offload |= TUN_F_TSO6;
+    setTapOffload(this.opts.tapFd, offload);
+    this.opts.watchTap(true);
+  }
+
+  reset(): void {
+    this.queues = undefined;
+    this.io = undefined;
+    this.pendingLen = 0;
+    this.opts.watchTap(false);
+  }
+
+  notify(index: number): void {
+    if (!this.queues || !this.io) return;
+    if (index === TX) this.transmit();
+    else if (index === RX) {
+      // New receive buffers: deliver what waited, then take frames from the TAP again.
+      if (this.deliver()) this.opts.watchTap(true);
+    }
+  }
+
+  /** The TAP has frames: move as many as the guest has buffers for. */
+  onTapReadable(): void {
+    if (!this.queues) return;
+    this.deliver();
+  }
+
+  /** Delivers frames until the TAP is empty or the guest runs out of buffers; true if it may read on. */
+  private deliver(): boolean {
+    const rx = this.queues![RX];
+    let delivered = false;
+    let canRead = true;
+    try {
+      for (;;) {
+        if (this.pendingLen === 0) {
+          this.pendingLen = tapRead(this.opts.tapFd, this.staging);
+          if (this.pendingLen === 0) break;
+        }
+        const chain = rx.pop();
+        if (!chain) {
+          canRead = false; // keep the frame; stop reading until the guest adds buffers
+          this.opts.watchTap(false);
+          break;
+        }
+        if (chain.error) {
+          this.counters.invalidRequests++;
+          this.opts.onMalformed?.();
+          rx.push(chain.head, 0);
+          delivered = true;
+          continue;
+        }
+        const frame = this.staging.subarray(0, this.pendingLen);
+        const room = chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0);
+        if (room < frame.length) {
+          // The guest's buffers are too small for this frame: drop it, keep the buffers.
+          rx.unpop();
+          this.counters.rxDropped++;
+          this.pendingLen = 0;
+          continue;
+        }
+        frame.writeUInt16LE(1, 10); // num_buffers
+        rx.push(chain.head, scatter(this.mem, chain.segments, frame));
+        this.counters.rxFrames++;
+        this.counters.rxBytes += frame.length - VNET_HDR_BYTES;
+        this.pendingLen = 0;
+        delivered = true;
+      }
+    } catch (err) {
+      this.io!.fail((err as Error).message);
+      return false;
+    }
+    if (delivered) this.io!.usedBuffers([rx]);
+    return canRead;
+  }
+
+  /** Hands a frame to the TAP; false when it would not take it (full, or the interface is down). */
+  private send(frame: Buffer): boolean {
+    try {
+      return tapWrite(this.opts.tapFd, frame);
+    } catch {
+      return false;
+    }
+  }
+
+  private transmit(): void {
+    const tx = this.queues![TX];
+    try {
+      for (let chain = tx.pop(); chain; chain = tx.pop()) {
+        if (chain.error || chain.segments.some((s) => s.writable)) {
+          this.counters.invalidRequests++;
+          this.opts.onMalformed?.();
+          tx.push(chain.head, 0);
+          continue;
+        }
+        const frame = gather(this.mem, chain.segments, MAX_FRAME);
+        if (frame.length <= VNET_HDR_BYTES) {
+          this.counters.invalidRequests++;
+        } else if (this.opts.intercept?.(frame.subarray(VNET_HDR_BYTES))) {
+          this.counters.txFrames++;
+        } else if (this.send(frame)) {
+          this.counters.txFrames++;
+          this.counters.txBytes += frame.length - VNET_HDR_BYTES;
+        } else {
+          this.counters.txDropped++;
+        }
+        tx.push(chain.head, 0);
+      }
+    } catch (err) {
+      this.io!.fail((err as Error).message);
+      return;
+    }
+    this.io!.usedBuffers([tx]);
+  }
+}

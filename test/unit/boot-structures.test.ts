@@ -1,0 +1,87 @@
+import { buildMpTable, gdtEntry } from '../../src/boot/structures';
+import { normalizeCpuid } from '../../src/boot/vcpu-setup';
+import type { BootPlan } from '../../src/boot/plan';
+import type { CpuidEntry } from '../../src/kvm/kvm';
+
+const sum = (b: Buffer) => b.reduce((a, x) => (a + x) & 0xff, 0);
+
+describe('MP table', () => {
+  const table = buildMpTable(4, 0x9fc00);
+  const config = table.subarray(16);
+
+  test('floating pointer and configuration table carry valid checksums and point at each other', () => {
+    expect(table.toString('latin1', 0, 4)).toBe('_MP_');
+    expect(sum(table.subarray(0, 16))).toBe(0);
+    expect(table.readUInt32LE(4)).toBe(0x9fc10);
+    expect(config.toString('latin1', 0, 4)).toBe('PCMP');
+    expect(config.readUInt16LE(4)).toBe(config.length);
+    expect(sum(config)).toBe(0);
+  });
+
+  test('lists every CPU (the first as bootstrap) and routes ISA IRQ 0 to IOAPIC pin 2', () => {
+    const cpus: number[][] = [];
+    const irqs: number[][] = [];
+    for (let off = 44; off < config.length; ) {
+      const type = config[off];
+      if (type === 0) {
+        cpus.push([config[off + 1], config[off + 3]]);
+        off += 20;
+      } else {
+        if (type === 3) irqs.push([config[off + 1], config[off + 5], config[off + 7]]);
+        off += 8;
+      }
+    }
+    expect(cpus).toEqual([[0, 3], [1, 1], [2, 1], [3, 1]]);
+    expect(irqs).toContainEqual([3, 0, 0]); // ExtINT on pin 0
+    expect(irqs).toContainEqual([0, 0, 2]); // the PIT on pin 2
+    expect(irqs.filter(([, irq]) => irq === 2)).toEqual([]);
+    expect(irqs).toContainEqual([0, 23, 23]);
+  });
+});
+
+test('GDT entries encode like Linux GDT_ENTRY', () => {
+  expect(gdtEntry(0xa09b, 0, 0xfffff)).toBe(0x00af9b000000ffffn);
+  expect(gdtEntry(0xc093, 0, 0xfffff)).toBe(0x00cf93000000ffffn);
+});
+
+describe('CPUID normalization', () => {
+  const plan = { vcpus: { count: 4, smt: false } } as BootPlan;
+  // What a recent KVM reports: leaf 0xb with subleaf 0 only, zeroed.
+  const supported: CpuidEntry[] = [
+    { function: 0x1, index: 0, flags: 0, eax: 0x906ea, ebx: 0x00010800, ecx: 0, edx: 0 },
+    { function: 0xb, index: 0, flags: 1, eax: 0, ebx: 0, ecx: 0, edx: 0 },
+  ];
+
+  test('each vCPU sees its APIC id, the CPU count and the hypervisor bit', () => {
+    const leaf1 = normalizeCpuid(supported, 2, plan).find((e) => e.function === 1)!;
+    expect(leaf1.ebx >>> 24).toBe(2);
+    expect((leaf1.ebx >>> 16) & 0xff).toBe(4);
+    expect(leaf1.ebx & 0xffff).toBe(0x0800); // CLFLUSH size kept
+    expect(leaf1.ecx >>> 31).toBe(1);
+  });
+
+  test('leaf 0xb gets an SMT level, a core level and a terminating level', () => {
+    const b = normalizeCpuid(supported, 3, plan).filter((e) => e.function === 0xb).sort((x, y) => x.index - y.index);
+    expect(b.map((e) => [e.index, e.eax, e.ebx, (e.ecx >> 8) & 0xff, e.edx])).toEqual([
+      [0, 0, 1, 1, 3],
+      [1, 2, 4, 2, 3],
+      [2, 0, 0, 0, 3],
+    ]);
+    expect(b.every((e) => e.flags & 1)).toBe(true);
+  });
+
+  test('the KVM signature leaf is present', () => {
+    const sig = normalizeCpuid(supported, 0, plan).find((e) => e.function === 0x40000000)!;
+    const b = Buffer.alloc(12);
+    b.writeUInt32LE(sig.ebx, 0);
+    b.writeUInt32LE(sig.ecx, 4);
+    b.writeUInt32LE(sig.edx, 8);
+    expect(b.toString('latin1')).toBe('KVMKVMKVM\0\0\0');
+  });
+
+  test('the input is not modified', () => {
+    const copy = JSON.stringify(supported);
+    normalizeCpuid(supported, 1, plan);
+    expect(JSON.stringify(supported)).toBe(copy);
+  });
+});
