@@ -51,6 +51,11 @@ export class VirtQueue {
   /** Used index at the last interrupt decision, for VIRTIO_F_EVENT_IDX. */
   private signalledUsed = 0;
 
+  /** Zero-copy views of the three areas, fixed for the queue's life (checked at construction). */
+  private readonly descView: DataView | undefined;
+  private readonly availView: DataView | undefined;
+  private readonly usedView: DataView | undefined;
+
   constructor(
     private readonly mem: GuestMemory,
     readonly cfg: QueueConfig,
@@ -66,19 +71,44 @@ export class VirtQueue {
     ] as const) {
       if (!mem.contains(addr, len)) throw new QueueError(`${what} [0x${addr.toString(16)}, +${len}) is outside guest RAM`);
     }
+    const dv = (addr: number, len: number) => {
+      const v = mem.view(addr, len);
+      return v ? new DataView(v.buffer, v.byteOffset, len) : undefined;
+    };
+    this.descView = dv(cfg.descTable, 16 * size);
+    this.availView = dv(cfg.availRing, 6 + 2 * size);
+    this.usedView = dv(cfg.usedRing, 6 + 8 * size);
   }
 
+  /** Little-endian accessors: through the cached view when there is one, else piecewise. */
   private u16(addr: number): number {
-    const v = this.mem.view(addr, 2);
-    return v ? v[0] | (v[1] << 8) : 0;
+    const view = this.viewFor(addr, 2);
+    if (view) return view.dv.getUint16(view.at, true);
+    const b = new Uint8Array(2);
+    this.mem.read(addr, b);
+    return b[0] | (b[1] << 8);
   }
 
   private setU16(addr: number, value: number): void {
-    this.mem.write(addr, Uint8Array.of(value & 0xff, (value >> 8) & 0xff));
+    const view = this.viewFor(addr, 2);
+    if (view) view.dv.setUint16(view.at, value, true);
+    else this.mem.write(addr, Uint8Array.of(value & 0xff, (value >> 8) & 0xff));
   }
 
   private setU32(addr: number, value: number): void {
-    this.mem.write(addr, Uint8Array.of(value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff));
+    const view = this.viewFor(addr, 4);
+    if (view) view.dv.setUint32(view.at, value >>> 0, true);
+    else this.mem.write(addr, Uint8Array.of(value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff));
+  }
+
+  private viewFor(addr: number, len: number): { dv: DataView; at: number } | undefined {
+    for (const [dv, base] of [
+      [this.availView, this.cfg.availRing],
+      [this.usedView, this.cfg.usedRing],
+    ] as const) {
+      if (dv && addr >= base && addr + len <= base + dv.byteLength) return { dv, at: addr - base };
+    }
+    return undefined;
   }
 
   /** Number of chains the driver has made available and the device has not taken. */
@@ -111,10 +141,20 @@ export class VirtQueue {
   private walk(head: number): Segment[] {
     const desc = (table: number, count: number, i: number) => {
       if (i >= count) throw new QueueError(`descriptor index ${i} is out of range (table of ${count})`);
-      const v = this.mem.view(table + 16 * i, 16);
-      if (!v) throw new QueueError('descriptor straddles guest memory chunks');
-      const dv = new DataView(v.buffer, v.byteOffset, 16);
-      return { addr: Number(dv.getBigUint64(0, true)), len: dv.getUint32(8, true), flags: dv.getUint16(12, true), next: dv.getUint16(14, true) };
+      let dv: DataView;
+      let at: number;
+      if (table === this.cfg.descTable && this.descView) {
+        dv = this.descView;
+        at = 16 * i;
+      } else {
+        const v = this.mem.view(table + 16 * i, 16);
+        if (!v) throw new QueueError('descriptor straddles guest memory chunks');
+        dv = new DataView(v.buffer, v.byteOffset, 16);
+        at = 0;
+      }
+      const lo = dv.getUint32(at, true);
+      const hi = dv.getUint32(at + 4, true);
+      return { addr: hi * 2 ** 32 + lo, len: dv.getUint32(at + 8, true), flags: dv.getUint16(at + 12, true), next: dv.getUint16(at + 14, true) };
     };
     const segments: Segment[] = [];
     let table = this.cfg.descTable;
@@ -175,8 +215,17 @@ export class VirtQueue {
   }
 }
 
-/** Copies a chain's readable bytes (up to `max`) into one buffer. */
+/**
+ * A chain's readable bytes (up to `max`) as one buffer: a zero-copy view of guest memory when
+ * they lie in one buffer (use it before returning the chain to the guest), a copy otherwise.
+ */
 export function gather(mem: GuestMemory, segments: Segment[], max = Infinity): Buffer {
+  const readable = segments.filter((s) => !s.writable);
+  if (readable.length === 1) {
+    const n = Math.min(readable[0].len, max);
+    const v = mem.view(readable[0].addr, n);
+    if (v) return Buffer.from(v.buffer, v.byteOffset, n);
+  }
   const parts: Buffer[] = [];
   let total = 0;
   for (const s of segments) {
