@@ -825,6 +825,144 @@ static void check_net(uint64_t base) {
     not_ok("net-arp", "no ARP reply arrived");
 }
 
+/* ---- virtio-vsock: one connection each way ---- */
+
+struct vsock_hdr {
+    uint64_t src_cid, dst_cid;
+    uint32_t src_port, dst_port, len;
+    uint16_t type, op;
+    uint32_t flags, buf_alloc, fwd_cnt;
+} __attribute__((packed));
+
+#define VSOCK_RX_BUFS 4
+static uint8_t vsock_rx[VSOCK_RX_BUFS][2048] __attribute__((aligned(16)));
+static uint8_t vsock_tx[2048] __attribute__((aligned(16)));
+static uint64_t vsock_cid;
+static uint32_t vsock_fwd;
+
+static void vsock_post_rx(struct vq *rx, uint16_t id) {
+    rx->avail_ring[rx->avail_idx % VQ_SIZE] = id;
+    __sync_synchronize();
+    rx->avail_idx++;
+    __sync_synchronize();
+}
+
+static int vsock_send(uint64_t base, struct vq *tx, uint32_t sport, uint32_t dport, uint16_t op, uint32_t flags, const char *data, uint32_t len) {
+    struct vsock_hdr *h = (struct vsock_hdr *)vsock_tx;
+    *h = (struct vsock_hdr){vsock_cid, 2, sport, dport, len, 1, op, flags, 65536, vsock_fwd};
+    for (uint32_t i = 0; i < len; i++) vsock_tx[sizeof *h + i] = (uint8_t)data[i];
+    tx->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)vsock_tx, (uint32_t)sizeof *h + len, 0, 0};
+    return virtio_submit_q(base, tx, 1) >= 0;
+}
+
+/* Waits for the next packet on the RX queue (any op); copies it out and re-posts the buffer. */
+static int vsock_recv(uint64_t base, struct vq *rx, uint16_t *seen, struct vsock_hdr *h, char *data, uint32_t max) {
+    for (uint64_t i = 0; i < 3000000000ull; i++) {
+        if (rx->used_idx == *seen) {
+            __asm__ volatile("pause");
+            continue;
+        }
+        __sync_synchronize();
+        uint32_t id = rx->used_ring[*seen % VQ_SIZE].id;
+        (*seen)++;
+        if (id >= VSOCK_RX_BUFS) return 0;
+        const struct vsock_hdr *in = (const struct vsock_hdr *)vsock_rx[id];
+        *h = *in;
+        uint32_t n = in->len < max ? in->len : max;
+        for (uint32_t k = 0; k < n; k++) data[k] = (char)vsock_rx[id][sizeof *in + k];
+        data[n] = 0;
+        if (in->op == 5) vsock_fwd += in->len;
+        vsock_post_rx(rx, (uint16_t)id);
+        mmio_write(base, 0x50, 0);
+        uint32_t isr = mmio_read(base, 0x60);
+        mmio_write(base, 0x64, isr);
+        return 1;
+    }
+    return 0;
+}
+
+static void check_vsock(uint64_t base) {
+    uint64_t offered;
+    struct vq *rx = virtio_init_n(base, 0, &offered, 3);
+    if (!rx) {
+        not_ok("vsock-init", "the device refused FEATURES_OK");
+        return;
+    }
+    struct vq *tx = rx + 1;
+    vsock_cid = (uint64_t)mmio_read(base, 0x100) | ((uint64_t)mmio_read(base, 0x104) << 32);
+    puts_("# vsock-cid: ");
+    put_dec(vsock_cid);
+    puts_("\n");
+    for (uint16_t i = 0; i < VSOCK_RX_BUFS; i++) {
+        rx->desc[i] = (struct vring_desc){(uint64_t)(uintptr_t)vsock_rx[i], sizeof vsock_rx[i], VRING_DESC_F_WRITE, 0};
+        vsock_post_rx(rx, i);
+    }
+    mmio_write(base, 0x50, 0);
+    uint16_t seen = 0;
+    struct vsock_hdr h;
+    char data[256];
+    uint32_t host_port = 0;
+
+    /* Waits for a packet to guest port `port` with op `op`, noting a host REQUEST for port 5000
+       if one arrives meanwhile (the host may connect first). */
+#define VSOCK_WAIT(port, want_op)                                                      \
+    ({                                                                                 \
+        int found_ = 0, done_ = 0;                                                     \
+        for (int tries_ = 0; tries_ < 16 && !done_; tries_++) {                        \
+            if (!vsock_recv(base, rx, &seen, &h, data, 255)) break;                    \
+            if (h.op == 1 && h.dst_port == 5000) host_port = h.src_port;               \
+            if (h.dst_port == (port) && (h.op == (want_op) || h.op == 3)) {            \
+                found_ = h.op == (want_op);                                            \
+                done_ = 1;                                                             \
+            }                                                                          \
+        }                                                                              \
+        found_;                                                                        \
+    })
+
+    /* Guest-initiated: connect to host port 6000 from guest port 1234. */
+    vsock_send(base, tx, 1234, 6000, 1, 0, 0, 0);
+    if (!VSOCK_WAIT(1234, 2)) {
+        not_ok("vsock-guest-connect", "no RESPONSE to the guest's REQUEST for host port 6000");
+        return;
+    }
+    ok("vsock-guest-connect");
+    static const char hello[] = "hello host";
+    vsock_send(base, tx, 1234, 6000, 5, 0, hello, sizeof hello - 1);
+    if (!VSOCK_WAIT(1234, 5)) {
+        not_ok("vsock-guest-data", "no data came back from the host");
+        return;
+    }
+    puts_("# vsock-host-replied: ");
+    puts_(data);
+    puts_("\n");
+    ok("vsock-guest-data");
+    vsock_send(base, tx, 1234, 6000, 4, 3, 0, 0);
+
+    /* Host-initiated: wait for a REQUEST to guest port 5000 (unless it came already), answer,
+       echo what arrives. A new connection: its forwarded-byte count starts again. */
+    vsock_fwd = 0;
+    if (!host_port) VSOCK_WAIT(5000, 1);
+    if (!host_port) {
+        not_ok("vsock-host-connect", "no REQUEST from the host for guest port 5000");
+        return;
+    }
+    vsock_send(base, tx, 5000, host_port, 2, 0, 0, 0);
+    ok("vsock-host-connect");
+    if (!VSOCK_WAIT(5000, 5)) {
+        not_ok("vsock-host-data", "no data from the host");
+        return;
+    }
+    puts_("# vsock-host-said: ");
+    puts_(data);
+    puts_("\n");
+    char reply[256] = "pong:";
+    uint32_t n = 5;
+    for (uint32_t i = 0; data[i] && n < 250; i++) reply[n++] = data[i];
+    vsock_send(base, tx, 5000, host_port, 5, 0, reply, n);
+    ok("vsock-host-data");
+    vsock_send(base, tx, 5000, host_port, 4, 3, 0, 0);
+}
+
 static void check_virtio(void) {
     for (const char *p = cmdline; p && *p; p++) {
         const char *key = "virtio_mmio.device=4K@0x";
@@ -846,6 +984,7 @@ static void check_virtio(void) {
         if (id == 2) check_block(base);
         else if (id == 4) check_rng(base);
         else if (id == 1) check_net(base);
+        else if (id == 19) check_vsock(base);
     }
 }
 

@@ -41,8 +41,6 @@ export class LaunchRefused extends FcRunError {
 /** What of a plan launch cannot execute yet; refused before anything is created. */
 export function unsupportedAtLaunch(plan: BootPlan): string[] {
   const out: string[] = [];
-  const notYet = plan.devices.filter((d) => d.kind === 'vsock');
-  if (notYet.length > 0) out.push(`virtio devices (${notYet.map((d) => `${d.kind} "${d.id}"`).join(', ')})`);
   const limited = plan.devices.filter((d) => ('rateLimiter' in d && d.rateLimiter) || ('rxRateLimiter' in d && d.rxRateLimiter) || ('txRateLimiter' in d && d.txRateLimiter));
   if (limited.length > 0) out.push(`rate limiters (${limited.map((d) => `${d.kind} "${d.id}"`).join(', ')})`);
   if (plan.cpuTemplate.kind !== 'none') out.push(`CPU templates (${plan.cpuTemplate.kind})`);
@@ -81,7 +79,8 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan): Promise<{
     const common = { index: d.index, id: d.id, irqFd, notifyFds, interruptStatus: new SharedArrayBuffer(4) };
     if (d.kind === 'block') setups.push({ ...common, kind: 'block', path: d.path, readOnly: d.readOnly, cacheType: d.cacheType });
     else if (d.kind === 'net') setups.push({ ...common, kind: 'net', tap: d.tap, mac: d.guestMac, mtu: d.mtu });
-    else if (d.kind === 'entropy') setups.push({ ...common, kind: 'entropy' });
+    else if (d.kind === 'vsock') setups.push({ ...common, kind: 'vsock', guestCid: d.guestCid, udsPath: d.udsPath });
+    else setups.push({ ...common, kind: 'entropy' });
   }
   const windows: VirtioWindows = {
     windows: setups.map((s) => ({ base: plan.devices[s.index].mmio.start, size: plan.devices[s.index].mmio.size, index: s.index, interruptStatus: s.interruptStatus })),

@@ -21,6 +21,11 @@ export const sys = {
   write: libc.func('long write(int fd, const void *buf, size_t count)'),
   read: libc.func('long read(int fd, void *buf, size_t count)'),
   syscall3: libc.func('syscall', 'long', ['long', 'long', 'long', 'long']),
+  socket: libc.func('int socket(int domain, int type, int protocol)'),
+  bind: libc.func('int bind(int fd, const void *addr, unsigned int len)'),
+  listen: libc.func('int listen(int fd, int backlog)'),
+  accept4: libc.func('int accept4(int fd, void *addr, void *len, int flags)'),
+  connect: libc.func('int connect(int fd, const void *addr, unsigned int len)'),
   epollCreate1: libc.func('int epoll_create1(int flags)'),
   epollCtl: libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)'),
   epollWait: libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)'),
@@ -44,6 +49,14 @@ export const EPOLL_CLOEXEC = 0o2000000;
 export const EPOLL_CTL_ADD = 1;
 export const EPOLL_CTL_DEL = 2;
 export const EPOLLIN = 0x001;
+export const EPOLLOUT = 0x004;
+export const EPOLLERR = 0x008;
+export const EPOLLHUP = 0x010;
+export const EPOLL_CTL_MOD = 3;
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 
 export type Pointer = unknown;

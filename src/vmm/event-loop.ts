@@ -1,4 +1,4 @@
-import { EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLIN, errno, sys, SyscallError } from '../kvm/libc';
+import { EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD, EPOLLIN, errno, sys, SyscallError } from '../kvm/libc';
 
 /** struct epoll_event is packed on x86_64: u32 events, u64 data. */
 const EVENT_BYTES = 12;
@@ -11,7 +11,7 @@ const MAX_EVENTS = 64;
  */
 export class EventLoop {
   private readonly epfd: number;
-  private readonly handlers = new Map<number, () => void>();
+  private readonly handlers = new Map<number, (events: number) => void>();
   private readonly events = Buffer.alloc(EVENT_BYTES * MAX_EVENTS);
   private stopped = false;
 
@@ -20,13 +20,22 @@ export class EventLoop {
     if (this.epfd < 0) throw new SyscallError('epoll_create1', errno());
   }
 
-  /** Calls `handler` whenever `fd` is readable (level-triggered). */
-  add(fd: number, handler: () => void): void {
-    const ev = Buffer.alloc(EVENT_BYTES);
-    ev.writeUInt32LE(EPOLLIN, 0);
-    ev.writeBigUInt64LE(BigInt(fd), 4);
-    if (sys.epollCtl(this.epfd, EPOLL_CTL_ADD, fd, ev) < 0) throw new SyscallError('epoll_ctl(ADD)', errno(), `fd ${fd}`);
+  /** Calls `handler` with the ready events whenever `fd` has one of `events` (level-triggered). */
+  add(fd: number, handler: (events: number) => void, events = EPOLLIN): void {
+    if (sys.epollCtl(this.epfd, EPOLL_CTL_ADD, fd, this.event(fd, events)) < 0) throw new SyscallError('epoll_ctl(ADD)', errno(), `fd ${fd}`);
     this.handlers.set(fd, handler);
+  }
+
+  /** Changes which events of a watched fd matter. */
+  modify(fd: number, events: number): void {
+    if (sys.epollCtl(this.epfd, EPOLL_CTL_MOD, fd, this.event(fd, events)) < 0) throw new SyscallError('epoll_ctl(MOD)', errno(), `fd ${fd}`);
+  }
+
+  private event(fd: number, events: number): Buffer {
+    const ev = Buffer.alloc(EVENT_BYTES);
+    ev.writeUInt32LE(events, 0);
+    ev.writeBigUInt64LE(BigInt(fd), 4);
+    return ev;
   }
 
   remove(fd: number): void {
@@ -49,7 +58,7 @@ export class EventLoop {
       }
       for (let i = 0; i < n && !this.stopped; i++) {
         const fd = Number(this.events.readBigUInt64LE(i * EVENT_BYTES + 4));
-        this.handlers.get(fd)?.();
+        this.handlers.get(fd)?.(this.events.readUInt32LE(i * EVENT_BYTES));
       }
     }
   }

@@ -3,6 +3,7 @@ import { GuestMemory, RegionDescriptor } from '../kvm/memory';
 import { BlockDevice } from '../devices/virtio/block';
 import { EntropyDevice } from '../devices/virtio/rng';
 import { NetDevice } from '../devices/virtio/net';
+import { VsockDevice } from '../devices/virtio/vsock';
 import { openTap } from '../kvm/tap';
 import { VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
 import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
@@ -22,6 +23,7 @@ export type VirtioDeviceSetup = {
 } & (
   | { kind: 'block'; path: string; readOnly: boolean; cacheType: 'Unsafe' | 'Writeback' }
   | { kind: 'net'; tap: string; mac?: string; mtu?: number }
+  | { kind: 'vsock'; guestCid: number; udsPath: string }
   | { kind: 'entropy' }
 );
 
@@ -74,6 +76,12 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         },
       });
       backend = net;
+    } else if (d.kind === 'vsock') {
+      try {
+        backend = new VsockDevice(mem, { guestCid: d.guestCid, udsPath: d.udsPath, poller: loop, onMalformed: malformed });
+      } catch (err) {
+        throw new Error(`vsock: ${(err as Error).message}`);
+      }
     } else {
       backend = new EntropyDevice(mem, malformed);
     }

@@ -139,11 +139,11 @@ describe('fc-run plan', () => {
 
 describe('fc-run run', () => {
   test('a spec needing parts launch does not have yet is refused before anything starts, exit 1', () => {
-    const spec = ws.write('with-vsock.json', { ...minimalSpec(), vsock: { guest_cid: 3, uds_path: 'v.sock' } });
+    const spec = ws.write('with-template.json', { ...minimalSpec(), 'machine-config': { vcpu_count: 1, mem_size_mib: 128, cpu_template: 'T2' } });
     for (const args of [[spec], ['run', spec]]) {
       const r = fcRun(args);
       expect(r.code).toBe(1);
-      expect(r.err).toMatch(/needs parts of launch that are not built yet: virtio devices \(vsock "vsock"\)/);
+      expect(r.err).toMatch(/needs parts of launch that are not built yet: CPU templates \(static\)/);
     }
   });
 

@@ -1,0 +1,439 @@
+import * as fs from 'node:fs';
+import type { GuestMemory } from '../../kvm/memory';
+import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from '../../kvm/libc';
+import { acceptUnix, closeFd, connectUnix, listenUnix, readSome, writeSome } from '../../kvm/unix-socket';
+import { gather, scatter, VirtQueue } from './queue';
+import type { DeviceIo, VirtioBackend } from './mmio';
+
+export const VIRTIO_ID_VSOCK = 19;
+const RX = 0;
+const TX = 1;
+const HDR = 44;
+export const VSOCK_OP = { REQUEST: 1, RESPONSE: 2, RST: 3, SHUTDOWN: 4, RW: 5, CREDIT_UPDATE: 6, CREDIT_REQUEST: 7 } as const;
+const TYPE_STREAM = 1;
+const HOST_CID = 2;
+/** Receive buffer space fc-run advertises per connection (the guest may have this much in flight). */
+const BUF_ALLOC = 256 * 1024;
+const MAX_PAYLOAD = 64 * 1024;
+const CONNECT_LINE_MAX = 32;
+const FIRST_LOCAL_PORT = 1 << 30;
+
+/** What fc-run watches fds with; the VMM thread's EventLoop in production. */
+export interface Poller {
+  add(fd: number, handler: (events: number) => void, events?: number): void;
+  modify(fd: number, events: number): void;
+  remove(fd: number): void;
+}
+
+interface Packet {
+  srcPort: number;
+  dstPort: number;
+  op: number;
+  flags?: number;
+  fwdCnt?: number;
+  payload?: Buffer;
+}
+
+interface Connection {
+  hostPort: number;
+  guestPort: number;
+  fd: number;
+  established: boolean;
+  /** Host-initiated: waiting for the guest's RESPONSE before telling the host "OK". */
+  awaitingResponse: boolean;
+  peerBufAlloc: number;
+  peerFwdCnt: number;
+  /** Bytes sent to the guest. */
+  rxCnt: number;
+  /** Guest bytes written to the host socket. */
+  fwdCnt: number;
+  fwdCntAnnounced: number;
+  /** Guest bytes the host socket has not taken yet. */
+  pendingOut: Buffer[];
+  watching: number;
+}
+
+export interface VsockCounters {
+  connectionsOpened: number;
+  connectionsRefused: number;
+  resets: number;
+  txPackets: number;
+  rxPackets: number;
+  txBytes: number;
+  rxBytes: number;
+  invalidPackets: number;
+}
+
+export interface VsockOptions {
+  guestCid: number;
+  udsPath: string;
+  poller: Poller;
+  onMalformed?: () => void;
+}
+
+/**
+ * virtio-vsock with Firecracker's hybrid host side: the host reaches guest port P by connecting
+ * to `uds_path` and sending "CONNECT P\n" (answered "OK <host port>\n"); the guest reaches host
+ * port P through a Unix socket someone listens on at `<uds_path>_P`. Stream data is flow
+ * controlled by credit in both directions: fc-run sends the guest no more than it has room for,
+ * and advertises only what it has forwarded to the host socket.
+ */
+export class VsockDevice implements VirtioBackend {
+  readonly deviceId = VIRTIO_ID_VSOCK;
+  readonly queueCount = 3;
+  readonly features = 0n;
+  readonly counters: VsockCounters = { connectionsOpened: 0, connectionsRefused: 0, resets: 0, txPackets: 0, rxPackets: 0, txBytes: 0, rxBytes: 0, invalidPackets: 0 };
+  private readonly configSpace = Buffer.alloc(8);
+  private queues: VirtQueue[] | undefined;
+  private io: DeviceIo | undefined;
+  private readonly listener: number;
+  private readonly connections = new Map<string, Connection>();
+  /** Host sockets that have not sent their CONNECT line yet. */
+  private readonly handshakes = new Map<number, string>();
+  private readonly control: Packet[] = [];
+  private nextLocalPort = FIRST_LOCAL_PORT;
+  private readonly scratch = Buffer.alloc(MAX_PAYLOAD);
+
+  constructor(
+    private readonly mem: GuestMemory,
+    private readonly opts: VsockOptions,
+  ) {
+    this.configSpace.writeBigUInt64LE(BigInt(opts.guestCid));
+    try {
+      if (fs.statSync(opts.udsPath).isSocket()) fs.unlinkSync(opts.udsPath); // a stale socket from an earlier run
+    } catch {
+      // nothing there
+    }
+    this.listener = listenUnix(opts.udsPath);
+    opts.poller.add(this.listener, () => this.accept());
+  }
+
+  config(): Uint8Array {
+    return this.configSpace;
+  }
+
+  activate(queues: VirtQueue[], io: DeviceIo): void {
+    this.queues = queues;
+    this.io = io;
+    // Host connections that arrived before the guest's driver was ready ask again now.
+    this.control.length = 0;
+    for (const c of this.connections.values()) if (c.awaitingResponse) this.queueControl(c, VSOCK_OP.REQUEST);
+    this.flushRx();
+  }
+
+  /**
+   * The guest's driver reset the device: its connections are gone. Host connections still
+   * waiting for the guest to answer stay, and are offered again when the driver is back.
+   */
+  reset(): void {
+    for (const c of [...this.connections.values()]) if (!c.awaitingResponse) this.drop(c);
+    this.control.length = 0;
+    this.queues = undefined;
+    this.io = undefined;
+  }
+
+  notify(index: number): void {
+    if (!this.queues) return;
+    if (index === TX) this.processTx();
+    else if (index === RX) this.flushRx();
+  }
+
+  private key(hostPort: number, guestPort: number): string {
+    return `${hostPort}:${guestPort}`;
+  }
+
+  // ---- host side
+
+  private accept(): void {
+    for (let fd = acceptUnix(this.listener); fd >= 0; fd = acceptUnix(this.listener)) {
+      this.handshakes.set(fd, '');
+      this.opts.poller.add(fd, () => this.readConnectLine(fd));
+    }
+  }
+
+  private readConnectLine(fd: number): void {
+    const n = readSome(fd, this.scratch, CONNECT_LINE_MAX);
+    if (n === -1) return;
+    const line = (this.handshakes.get(fd) ?? '') + (n > 0 ? this.scratch.toString('latin1', 0, n) : '');
+    const end = line.indexOf('\n');
+    if (n <= 0 || (end < 0 && line.length >= CONNECT_LINE_MAX)) return this.closeHandshake(fd);
+    if (end < 0) {
+      this.handshakes.set(fd, line);
+      return;
+    }
+    const m = /^CONNECT (\d{1,10})$/.exec(line.slice(0, end).trim());
+    const port = m ? Number(m[1]) : NaN;
+    if (!m || port > 0xffffffff) return this.closeHandshake(fd);
+    this.handshakes.delete(fd);
+    this.opts.poller.remove(fd);
+    const hostPort = this.allocatePort(port);
+    const c = this.open(hostPort, port, fd, false);
+    c.awaitingResponse = true;
+    this.queueControl(c, VSOCK_OP.REQUEST);
+    this.flushRx();
+  }
+
+  private closeHandshake(fd: number): void {
+    this.handshakes.delete(fd);
+    this.opts.poller.remove(fd);
+    closeFd(fd);
+  }
+
+  private allocatePort(guestPort: number): number {
+    for (;;) {
+      const p = this.nextLocalPort;
+      this.nextLocalPort = this.nextLocalPort >= 0xfffffffe ? FIRST_LOCAL_PORT : this.nextLocalPort + 1;
+      if (!this.connections.has(this.key(p, guestPort))) return p;
+    }
+  }
+
+  private open(hostPort: number, guestPort: number, fd: number, established: boolean): Connection {
+    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, pendingOut: [], watching: 0 };
+    this.connections.set(this.key(hostPort, guestPort), c);
+    this.opts.poller.add(fd, (ev) => this.onSocket(c, ev), 0);
+    this.counters.connectionsOpened++;
+    return c;
+  }
+
+  private watch(c: Connection): void {
+    const want = (c.established && this.credit(c) > 0 ? EPOLLIN : 0) | (c.pendingOut.length > 0 ? EPOLLOUT : 0);
+    if (want !== c.watching) {
+      c.watching = want;
+      this.opts.poller.modify(c.fd, want);
+    }
+  }
+
+  /** Bytes the guest can still take. A guest claiming to have forwarded more than it was sent gets no extra room. */
+  private credit(c: Connection): number {
+    const inFlight = (c.rxCnt - c.peerFwdCnt) | 0;
+    return c.peerBufAlloc - Math.max(0, inFlight);
+  }
+
+  private drop(c: Connection): void {
+    if (!this.connections.delete(this.key(c.hostPort, c.guestPort))) return;
+    this.opts.poller.remove(c.fd);
+    closeFd(c.fd);
+  }
+
+  private resetConnection(c: Connection): void {
+    this.counters.resets++;
+    this.queueControl(c, VSOCK_OP.RST);
+    this.drop(c);
+  }
+
+  private onSocket(c: Connection, events: number): void {
+    const live = () => this.connections.has(this.key(c.hostPort, c.guestPort));
+    if (events & EPOLLERR) this.resetConnection(c);
+    if (live() && events & EPOLLOUT) this.flushOut(c);
+    if (live() && events & (EPOLLIN | EPOLLHUP)) this.readHost(c);
+    // A hang-up is reported whatever the interest: if the rest cannot be read now (no credit or no
+    // receive buffers), end the connection rather than spin on it.
+    if (live() && events & EPOLLHUP && c.watching !== EPOLLIN) {
+      this.queueControl(c, VSOCK_OP.SHUTDOWN, 3);
+      this.drop(c);
+    }
+    this.flushRx();
+  }
+
+  /** Moves host bytes to the guest while it has credit and receive buffers. */
+  private readHost(c: Connection): void {
+    const rx = this.queues?.[RX];
+    if (!rx) return;
+    while (this.credit(c) > 0) {
+      // Control packets go first, and without receive buffers nothing can move: stop watching the
+      // socket for input (a level-triggered fd would spin) until flushRx re-arms it.
+      const chain = this.control.length > 0 ? undefined : rx.pop();
+      if (!chain) {
+        c.watching = -1;
+        this.opts.poller.modify(c.fd, c.pendingOut.length > 0 ? EPOLLOUT : 0);
+        return;
+      }
+      const room = chain.error ? 0 : chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0) - HDR;
+      if (room <= 0) {
+        this.invalid();
+        rx.push(chain.head, 0);
+        continue;
+      }
+      const n = readSome(c.fd, this.scratch, Math.min(room, this.credit(c), MAX_PAYLOAD));
+      if (n === -1) {
+        rx.unpop();
+        break;
+      }
+      if (n <= 0) {
+        // End of stream or error from the host: tell the guest, and forget the connection.
+        rx.unpop();
+        if (n === 0) this.queueControl(c, VSOCK_OP.SHUTDOWN, 3);
+        else this.queueControl(c, VSOCK_OP.RST);
+        this.drop(c);
+        return;
+      }
+      rx.push(chain.head, scatter(this.mem, chain.segments, this.encode(c, { srcPort: c.hostPort, dstPort: c.guestPort, op: VSOCK_OP.RW, payload: this.scratch.subarray(0, n) })));
+      c.rxCnt = (c.rxCnt + n) >>> 0;
+      this.counters.rxPackets++;
+      this.counters.rxBytes += n;
+      this.io?.usedBuffers([rx]);
+    }
+    this.watch(c);
+  }
+
+  private flushOut(c: Connection): void {
+    while (c.pendingOut.length > 0) {
+      const head = c.pendingOut[0];
+      const n = writeSome(c.fd, head);
+      if (n < 0) return this.resetConnection(c);
+      if (n === 0) break;
+      c.fwdCnt = (c.fwdCnt + n) >>> 0;
+      if (n < head.length) c.pendingOut[0] = head.subarray(n);
+      else c.pendingOut.shift();
+    }
+    // Tell the guest about freed space before it runs out.
+    if (((c.fwdCnt - c.fwdCntAnnounced) >>> 0) >= BUF_ALLOC / 4) this.queueControl(c, VSOCK_OP.CREDIT_UPDATE);
+    this.watch(c);
+  }
+
+  // ---- guest side
+
+  private queueControl(c: Connection | { hostPort: number; guestPort: number }, op: number, flags = 0): void {
+    this.control.push({ srcPort: c.hostPort, dstPort: c.guestPort, op, flags, fwdCnt: 'fwdCnt' in c ? c.fwdCnt : 0 });
+  }
+
+  private encode(c: Connection | undefined, p: Packet): Buffer {
+    const len = p.payload?.length ?? 0;
+    const b = Buffer.alloc(HDR + len);
+    b.writeBigUInt64LE(BigInt(HOST_CID), 0);
+    b.writeBigUInt64LE(BigInt(this.opts.guestCid), 8);
+    b.writeUInt32LE(p.srcPort, 16);
+    b.writeUInt32LE(p.dstPort, 20);
+    b.writeUInt32LE(len, 24);
+    b.writeUInt16LE(TYPE_STREAM, 28);
+    b.writeUInt16LE(p.op, 30);
+    b.writeUInt32LE(p.flags ?? 0, 32);
+    b.writeUInt32LE(BUF_ALLOC, 36);
+    const fwd = c ? c.fwdCnt : (p.fwdCnt ?? 0);
+    b.writeUInt32LE(fwd, 40);
+    if (c) c.fwdCntAnnounced = fwd;
+    if (p.payload) p.payload.copy(b, HDR);
+    return b;
+  }
+
+  /** Delivers queued control packets, then lets connections with data read again. */
+  private flushRx(): void {
+    const rx = this.queues?.[RX];
+    if (!rx) return;
+    let used = false;
+    while (this.control.length > 0) {
+      const chain = rx.pop();
+      if (!chain) break;
+      const room = chain.error ? 0 : chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0);
+      if (room < HDR) {
+        this.invalid();
+        rx.push(chain.head, 0);
+        used = true;
+        continue;
+      }
+      const p = this.control.shift()!;
+      const c = this.connections.get(this.key(p.srcPort, p.dstPort));
+      rx.push(chain.head, scatter(this.mem, chain.segments, this.encode(c, p)));
+      this.counters.rxPackets++;
+      used = true;
+    }
+    if (used) this.io?.usedBuffers([rx]);
+    if (this.control.length === 0) for (const c of this.connections.values()) if (c.established) this.watch(c);
+  }
+
+  private invalid(): void {
+    this.counters.invalidPackets++;
+    this.opts.onMalformed?.();
+  }
+
+  private processTx(): void {
+    const tx = this.queues![TX];
+    try {
+      for (let chain = tx.pop(); chain; chain = tx.pop()) {
+        const bytes = chain.error ? Buffer.alloc(0) : gather(this.mem, chain.segments, HDR + MAX_PAYLOAD);
+        tx.push(chain.head, 0);
+        if (bytes.length < HDR) {
+          this.invalid();
+          continue;
+        }
+        this.handlePacket(Buffer.from(bytes));
+      }
+    } catch (err) {
+      this.io!.fail((err as Error).message);
+      return;
+    }
+    this.io!.usedBuffers([tx]);
+    this.flushRx();
+  }
+
+  private handlePacket(b: Buffer): void {
+    const srcCid = Number(b.readBigUInt64LE(0));
+    const dstCid = Number(b.readBigUInt64LE(8));
+    const guestPort = b.readUInt32LE(16);
+    const hostPort = b.readUInt32LE(20);
+    const len = b.readUInt32LE(24);
+    const type = b.readUInt16LE(28);
+    const op = b.readUInt16LE(30);
+    if (len > b.length - HDR || srcCid !== this.opts.guestCid || type !== TYPE_STREAM) return this.invalid();
+    this.counters.txPackets++;
+    const peer = { hostPort, guestPort };
+    if (dstCid !== HOST_CID) {
+      if (op !== VSOCK_OP.RST) this.queueControl(peer, VSOCK_OP.RST);
+      return;
+    }
+    const c = this.connections.get(this.key(hostPort, guestPort));
+    if (c) {
+      c.peerBufAlloc = b.readUInt32LE(36);
+      c.peerFwdCnt = b.readUInt32LE(40);
+    }
+    switch (op) {
+      case VSOCK_OP.REQUEST: {
+        if (c) return this.resetConnection(c);
+        const fd = connectUnix(`${this.opts.udsPath}_${hostPort}`);
+        if (fd < 0) {
+          this.counters.connectionsRefused++;
+          return this.queueControl(peer, VSOCK_OP.RST);
+        }
+        const n = this.open(hostPort, guestPort, fd, true);
+        n.peerBufAlloc = b.readUInt32LE(36);
+        n.peerFwdCnt = b.readUInt32LE(40);
+        this.queueControl(n, VSOCK_OP.RESPONSE);
+        return;
+      }
+      case VSOCK_OP.RESPONSE:
+        if (!c || !c.awaitingResponse) return this.queueControl(peer, VSOCK_OP.RST);
+        c.awaitingResponse = false;
+        c.established = true;
+        c.pendingOut.push(Buffer.from(`OK ${c.hostPort}\n`));
+        this.flushOut(c);
+        return;
+      case VSOCK_OP.RW: {
+        if (!c || !c.established) return this.queueControl(peer, VSOCK_OP.RST);
+        if (len === 0) return;
+        const data = Buffer.from(b.subarray(HDR, HDR + len));
+        this.counters.txBytes += len;
+        c.pendingOut.push(data);
+        this.flushOut(c);
+        return;
+      }
+      case VSOCK_OP.CREDIT_REQUEST:
+        if (c) this.queueControl(c, VSOCK_OP.CREDIT_UPDATE);
+        return;
+      case VSOCK_OP.CREDIT_UPDATE:
+        if (c) this.watch(c);
+        return;
+      case VSOCK_OP.SHUTDOWN:
+        if (c) {
+          this.queueControl(c, VSOCK_OP.RST);
+          this.drop(c);
+        }
+        return;
+      case VSOCK_OP.RST:
+        if (c) this.drop(c);
+        return;
+      default:
+        this.invalid();
+        if (c) this.resetConnection(c);
+    }
+  }
+}

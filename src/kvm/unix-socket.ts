@@ -1,0 +1,65 @@
+import { AF_UNIX, errno, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, sys, SyscallError } from './libc';
+
+/**
+ * Non-blocking Unix stream sockets by raw syscall, for the VMM thread: it waits in epoll_wait,
+ * so Node's own event loop (and its net module) never runs there.
+ */
+function sockaddr(path: string): Buffer {
+  const bytes = Buffer.from(path, 'utf8');
+  if (bytes.length > 107) throw new SyscallError('sockaddr_un', 36, `socket path is ${bytes.length} bytes, at most 107 fit`);
+  const addr = Buffer.alloc(110);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  bytes.copy(addr, 2);
+  return addr;
+}
+
+function newSocket(): number {
+  const fd = sys.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new SyscallError('socket(AF_UNIX)', errno());
+  return fd;
+}
+
+export function listenUnix(path: string): number {
+  const fd = newSocket();
+  if (sys.bind(fd, sockaddr(path), 110) < 0 || sys.listen(fd, 128) < 0) {
+    const e = errno();
+    sys.close(fd);
+    throw new SyscallError('bind/listen', e, `${path}${e === 98 ? ' is already in use (remove the stale socket file?)' : ''}`);
+  }
+  return fd;
+}
+
+/** Accepts one connection; -1 when none is pending. */
+export function acceptUnix(fd: number): number {
+  const c = sys.accept4(fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  return c < 0 ? -1 : c;
+}
+
+/** Connects to a listening socket; returns the fd, or the errno (negated) when nobody listens. */
+export function connectUnix(path: string): number {
+  const fd = newSocket();
+  if (sys.connect(fd, sockaddr(path), 110) < 0) {
+    const e = errno();
+    sys.close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+/** Reads what is there: bytes read, 0 at end of stream, -1 when nothing is waiting, -2 on error. */
+export function readSome(fd: number, buf: Buffer, len = buf.length): number {
+  const n = Number(sys.read(fd, buf, len));
+  if (n >= 0) return n;
+  return errno() === 11 ? -1 : -2;
+}
+
+/** Writes what the socket takes: bytes written (maybe 0), or -2 when the peer is gone. */
+export function writeSome(fd: number, buf: Uint8Array): number {
+  const n = Number(sys.write(fd, buf, buf.length));
+  if (n >= 0) return n;
+  return errno() === 11 ? 0 : -2;
+}
+
+export function closeFd(fd: number): void {
+  sys.close(fd);
+}
