@@ -12,7 +12,9 @@ import { Workspace } from '../helpers/specs';
  * and resets the VM (exit 0). On machines whose KVM emulates guest code in software (this
  * project's), the kernel stops at the documented point: right after mm_init prints "Memory:",
  * the emulator meets an instruction it cannot emulate and KVM reports an internal error, which
- * fc-run reports (exit 1, with registers). Everything before that point is asserted either way.
+ * fc-run reports (exit 1, with registers). Everything before that point is asserted either way;
+ * device probing (the "[vda]" line) happens after it, so it is asserted only where the kernel gets
+ * there.
  */
 const ROOT = path.resolve(__dirname, '..', '..');
 const BIN = path.join(ROOT, 'bin', 'fc-run');
@@ -39,6 +41,7 @@ describeKvm('a real Linux kernel boots through fc-run', () => {
     ['ELF vmlinux (PVH entry)', 'vmlinux', 'pvh'],
     ['bzImage (64-bit boot protocol)', 'bzImage', 'bzimage'],
   ])('%s: the kernel reports the planned memory map, command line, CPUs and console', (_name, image, format) => {
+    const disk = ws.write(`disk-${image}.img`, Buffer.alloc(8 << 20));
     const spec = ws.write(`linux-${image}.json`, {
       'boot-source': {
         kernel_image_path: path.join(BUILD, image),
@@ -46,6 +49,9 @@ describeKvm('a real Linux kernel boots through fc-run', () => {
         boot_args: 'console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=1',
       },
       'machine-config': { vcpu_count: 2, mem_size_mib: 256 },
+      drives: [{ drive_id: 'data', path_on_host: disk, is_root_device: false, is_read_only: true }],
+      vsock: { guest_cid: 3, uds_path: path.join(ws.dir, `linux-${image}.vsock`) },
+      entropy: {},
     });
     const planned = spawnSync(process.execPath, [BIN, 'plan', '--json', spec], { encoding: 'utf8' });
     expect(planned.status).toBe(0);
@@ -57,6 +63,8 @@ describeKvm('a real Linux kernel boots through fc-run', () => {
 
     expect(out).toMatch(/^Linux version 6\.1\./m);
     expect(out).toContain(`Command line: ${plan.cmdline}`);
+    // The kernel received one virtio_mmio.device= entry per device (block, vsock, entropy).
+    expect(plan.cmdline.match(/virtio_mmio\.device=4K@0x[0-9a-f]+:\d+/g)).toHaveLength(3);
     const e820 = [...out.matchAll(/^BIOS-e820: \[mem 0x([0-9a-f]+)-0x([0-9a-f]+)\] (\w+)/gm)].map((m) => ({
       start: parseInt(m[1], 16),
       size: parseInt(m[2], 16) - parseInt(m[1], 16) + 1,
@@ -77,6 +85,8 @@ describeKvm('a real Linux kernel boots through fc-run', () => {
 
     if (out.includes('fc-run-guest: init running')) {
       expect(out).toContain(`${plan.vcpus.count} cpus`);
+      // virtio-blk probed the drive: 8 MiB is 16384 sectors.
+      expect(out).toMatch(/virtio_blk virtio\d+: \[vda\] 16384 512-byte logical blocks/);
       expect(r.stderr).toMatch(/the guest reset the machine/);
       expect(r.status).toBe(0);
     } else {
