@@ -1,0 +1,137 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { GuestMemory } from '../../../src/kvm/memory';
+import { VirtioMmio } from '../../../src/devices/virtio/mmio';
+import { Poller, VSOCK_OP, VsockDevice } from '../../../src/devices/virtio/vsock';
+import { VIRTQ_DESC_F_WRITE } from '../../../src/devices/virtio/queue';
+import { TestDriver } from '../../helpers/virtio-driver';
+
+/** A poller that only records: the tests drive the device through its queues. */
+class RecordingPoller implements Poller {
+  readonly fds = new Map<number, number>();
+  add(fd: number, _h: (e: number) => void, events = 1): void {
+    this.fds.set(fd, events);
+  }
+  modify(fd: number, events: number): void {
+    this.fds.set(fd, events);
+  }
+  remove(fd: number): void {
+    this.fds.delete(fd);
+  }
+}
+
+const GUEST_CID = 7;
+let dir: string;
+let mem: GuestMemory;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-vsock-'));
+  mem = TestDriver.memory();
+});
+afterAll(() => {
+  mem.release();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function rig() {
+  const poller = new RecordingPoller();
+  const vsock = new VsockDevice(mem, { guestCid: GUEST_CID, udsPath: path.join(dir, `v${Math.random().toString(36).slice(2)}.sock`), poller });
+  const dev = new VirtioMmio(mem, vsock, () => undefined);
+  const drv = new TestDriver(mem, dev);
+  drv.init();
+  // Four receive buffers for packets fc-run sends the guest.
+  const rx = [0, 1, 2, 3].map((i) => {
+    const addr = drv.buffer(256);
+    drv.writeDesc(drv.desc(0), i, addr, 256, VIRTQ_DESC_F_WRITE, 0);
+    drv.publish(0, i);
+    return addr;
+  });
+  return { vsock, drv, rx, poller };
+}
+
+function packet(fields: { srcCid?: number; dstCid?: number; src?: number; dst?: number; op: number; type?: number; len?: number; payload?: Buffer }): Buffer {
+  const payload = fields.payload ?? Buffer.alloc(0);
+  const b = Buffer.alloc(44 + payload.length);
+  b.writeBigUInt64LE(BigInt(fields.srcCid ?? GUEST_CID), 0);
+  b.writeBigUInt64LE(BigInt(fields.dstCid ?? 2), 8);
+  b.writeUInt32LE(fields.src ?? 1000, 16);
+  b.writeUInt32LE(fields.dst ?? 2000, 20);
+  b.writeUInt32LE(fields.len ?? payload.length, 24);
+  b.writeUInt16LE(fields.type ?? 1, 28);
+  b.writeUInt16LE(fields.op, 30);
+  b.writeUInt32LE(65536, 36);
+  payload.copy(b, 44);
+  return b;
+}
+
+function send(drv: TestDriver, bytes: Buffer): void {
+  drv.submit(1, [{ addr: drv.buffer(bytes.length, bytes), len: bytes.length }], 0);
+}
+
+/** Ops of the packets fc-run delivered to the guest so far. */
+function received(drv: TestDriver, rx: number[]): number[] {
+  return drv.used(0).map(([head]) => {
+    const h = Buffer.alloc(44);
+    mem.read(rx[head], h);
+    return h.readUInt16LE(30);
+  });
+}
+
+describe('vsock: malformed and unexpected packets', () => {
+  test('a packet shorter than its header is counted and ignored', () => {
+    const { vsock, drv, rx } = rig();
+    send(drv, Buffer.alloc(20));
+    expect(vsock.counters.invalidPackets).toBe(1);
+    expect(received(drv, rx)).toEqual([]);
+  });
+
+  test('a length beyond the buffer, a wrong source CID or a non-stream type is refused', () => {
+    const { vsock, drv } = rig();
+    send(drv, packet({ op: VSOCK_OP.RW, len: 5000 }));
+    send(drv, packet({ op: VSOCK_OP.REQUEST, srcCid: 99 }));
+    send(drv, packet({ op: VSOCK_OP.REQUEST, type: 2 }));
+    expect(vsock.counters.invalidPackets).toBe(3);
+    expect(vsock.counters.connectionsOpened).toBe(0);
+  });
+
+  test('data for a connection that does not exist is answered with a reset', () => {
+    const { drv, rx } = rig();
+    send(drv, packet({ op: VSOCK_OP.RW, payload: Buffer.from('hello') }));
+    expect(received(drv, rx)).toEqual([VSOCK_OP.RST]);
+  });
+
+  test('a connection to a host port nobody listens on is reset and counted', () => {
+    const { vsock, drv, rx } = rig();
+    send(drv, packet({ op: VSOCK_OP.REQUEST, dst: 4242 }));
+    expect(received(drv, rx)).toEqual([VSOCK_OP.RST]);
+    expect(vsock.counters.connectionsRefused).toBe(1);
+  });
+
+  test('a packet for another CID is reset; an unknown op is counted', () => {
+    const { vsock, drv, rx } = rig();
+    send(drv, packet({ op: VSOCK_OP.REQUEST, dstCid: 12 }));
+    send(drv, packet({ op: 99 }));
+    expect(received(drv, rx)).toEqual([VSOCK_OP.RST]);
+    expect(vsock.counters.invalidPackets).toBe(1);
+  });
+
+  test('the guest reaching a listening host port gets RESPONSE, and its data arrives', async () => {
+    const { vsock, drv, rx, poller } = rig();
+    const net = await import('node:net');
+    const sockPath = (vsock as unknown as { opts: { udsPath: string } }).opts.udsPath;
+    let got = '';
+    const server = net.createServer((s) => s.on('data', (d) => (got += d)));
+    await new Promise<void>((r) => server.listen(`${sockPath}_2000`, r));
+    send(drv, packet({ op: VSOCK_OP.REQUEST }));
+    expect(received(drv, rx)).toEqual([VSOCK_OP.RESPONSE]);
+    send(drv, packet({ op: VSOCK_OP.RW, payload: Buffer.from('from the guest') }));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(got).toBe('from the guest');
+    expect(vsock.counters.txBytes).toBe(14);
+    // A reset from the guest closes the host socket and forgets the connection.
+    const watched = poller.fds.size;
+    send(drv, packet({ op: VSOCK_OP.RST }));
+    expect(poller.fds.size).toBe(watched - 1);
+    server.close();
+  });
+});
