@@ -12,7 +12,8 @@ import type { VirtioDeviceSetup } from '../vmm/vmm-worker';
 import type { VirtioWindows } from '../vmm/vcpu-worker';
 import { MMIO } from '../devices/virtio/mmio';
 export { prewarmVcpuThreads } from '../vmm/threads';
-import type { BootPlan } from './plan';
+import type { BootPlan, RateLimiterPlan } from './plan';
+import type { RateLimiterConfig } from '../limits/token-bucket';
 import { prepareGuestMemory } from './structures';
 import { configureVcpu } from './vcpu-setup';
 
@@ -41,14 +42,19 @@ export class LaunchRefused extends FcRunError {
 /** What of a plan launch cannot execute yet; refused before anything is created. */
 export function unsupportedAtLaunch(plan: BootPlan): string[] {
   const out: string[] = [];
-  const limited = plan.devices.filter((d) => ('rateLimiter' in d && d.rateLimiter) || ('rxRateLimiter' in d && d.rxRateLimiter) || ('txRateLimiter' in d && d.txRateLimiter));
-  if (limited.length > 0) out.push(`rate limiters (${limited.map((d) => `${d.kind} "${d.id}"`).join(', ')})`);
   if (plan.cpuTemplate.kind !== 'none') out.push(`CPU templates (${plan.cpuTemplate.kind})`);
   if (plan.mmds) out.push('MMDS');
   if (plan.logger) out.push('the logger section');
   if (plan.metrics) out.push('the metrics section');
   if (plan.vcpus.smt) out.push('SMT topology');
   return out;
+}
+
+/** The plan's bucket settings in the rate limiter's terms. */
+function limiterConfig(rl: RateLimiterPlan | undefined): RateLimiterConfig | undefined {
+  if (!rl) return undefined;
+  const bucket = (b: RateLimiterPlan['bandwidth']) => b && { size: b.size, one_time_burst: b.one_time_burst, refill_time: b.refill_time_ms };
+  return { bandwidth: bucket(rl.bandwidth), ops: bucket(rl.ops) };
 }
 
 function eventfd(): number {
@@ -77,10 +83,10 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan): Promise<{
       return fd;
     });
     const common = { index: d.index, id: d.id, irqFd, notifyFds, interruptStatus: new SharedArrayBuffer(4) };
-    if (d.kind === 'block') setups.push({ ...common, kind: 'block', path: d.path, readOnly: d.readOnly, cacheType: d.cacheType });
-    else if (d.kind === 'net') setups.push({ ...common, kind: 'net', tap: d.tap, mac: d.guestMac, mtu: d.mtu });
+    if (d.kind === 'block') setups.push({ ...common, kind: 'block', path: d.path, readOnly: d.readOnly, cacheType: d.cacheType, rateLimiter: limiterConfig(d.rateLimiter) });
+    else if (d.kind === 'net') setups.push({ ...common, kind: 'net', tap: d.tap, mac: d.guestMac, mtu: d.mtu, rxRateLimiter: limiterConfig(d.rxRateLimiter), txRateLimiter: limiterConfig(d.txRateLimiter) });
     else if (d.kind === 'vsock') setups.push({ ...common, kind: 'vsock', guestCid: d.guestCid, udsPath: d.udsPath });
-    else setups.push({ ...common, kind: 'entropy' });
+    else setups.push({ ...common, kind: 'entropy', rateLimiter: limiterConfig(d.rateLimiter) });
   }
   const windows: VirtioWindows = {
     windows: setups.map((s) => ({ base: plan.devices[s.index].mmio.start, size: plan.devices[s.index].mmio.size, index: s.index, interruptStatus: s.interruptStatus })),

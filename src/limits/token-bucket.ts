@@ -147,11 +147,11 @@ export class RateLimiter {
     return true;
   }
 
-  /** Milliseconds until a request of `bytes` could go (0 when now), for a timer. */
+  /** Milliseconds (fractional, nanosecond-exact) until a request of `bytes` could go; 0 when now. */
   blockedForMs(bytes: number): number {
     const a = this.bandwidth?.waitFor(BigInt(bytes)) ?? 0n;
     const o = this.ops?.waitFor(1n) ?? 0n;
     const ns = a > o ? a : o;
-    return Number((ns + 999_999n) / 1_000_000n);
+    return Number(ns) / 1e6;
   }
 }

@@ -5,6 +5,9 @@ import { EntropyDevice } from '../devices/virtio/rng';
 import { NetDevice } from '../devices/virtio/net';
 import { VsockDevice } from '../devices/virtio/vsock';
 import { openTap } from '../kvm/tap';
+import { TimerFd } from '../kvm/timerfd';
+import { Throttle } from '../limits/throttle';
+import type { RateLimiterConfig } from '../limits/token-bucket';
 import { VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
 import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
 import { serveMailboxes } from './mmio-mailbox';
@@ -21,10 +24,10 @@ export type VirtioDeviceSetup = {
   notifyFds: number[];
   interruptStatus: SharedArrayBuffer;
 } & (
-  | { kind: 'block'; path: string; readOnly: boolean; cacheType: 'Unsafe' | 'Writeback' }
-  | { kind: 'net'; tap: string; mac?: string; mtu?: number }
+  | { kind: 'block'; path: string; readOnly: boolean; cacheType: 'Unsafe' | 'Writeback'; rateLimiter?: RateLimiterConfig }
+  | { kind: 'net'; tap: string; mac?: string; mtu?: number; rxRateLimiter?: RateLimiterConfig; txRateLimiter?: RateLimiterConfig }
   | { kind: 'vsock'; guestCid: number; udsPath: string }
-  | { kind: 'entropy' }
+  | { kind: 'entropy'; rateLimiter?: RateLimiterConfig }
 );
 
 export interface VmmWorkerData {
@@ -44,13 +47,31 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   const mem = GuestMemory.attach(data.memory);
   const loop = new EventLoop();
   const transports: VirtioMmio[] = [];
+  /** A throttle whose timer is a timerfd in this loop, calling `resume` when it fires. */
+  const throttle = (config: RateLimiterConfig | undefined, resume: () => void): Throttle | undefined => {
+    if (!config) return undefined;
+    const timer = new TimerFd();
+    loop.add(timer.fd, () => {
+      timer.acknowledge();
+      resume();
+    });
+    return new Throttle(config, timer);
+  };
   for (const d of data.devices) {
     const holder: { t?: VirtioMmio } = {};
     const malformed = () => holder.t?.countMalformedChain();
     let backend: VirtioBackend;
     if (d.kind === 'block') {
       try {
-        backend = new BlockDevice(mem, { id: d.id, path: d.path, readOnly: d.readOnly, cacheType: d.cacheType, onMalformed: malformed });
+        const blk: BlockDevice = new BlockDevice(mem, {
+          id: d.id,
+          path: d.path,
+          readOnly: d.readOnly,
+          cacheType: d.cacheType,
+          onMalformed: malformed,
+          throttle: throttle(d.rateLimiter, () => blk.resume()),
+        });
+        backend = blk;
       } catch (err) {
         throw new Error(`drive "${d.id}": cannot open ${d.path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
       }
@@ -68,6 +89,8 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         mac: d.mac ? Uint8Array.from(d.mac.split(':').map((x) => parseInt(x, 16))) : undefined,
         mtu: d.mtu,
         onMalformed: malformed,
+        rxThrottle: throttle(d.rxRateLimiter, () => net.resume('rx')),
+        txThrottle: throttle(d.txRateLimiter, () => net.resume('tx')),
         watchTap: (on) => {
           if (on === watching) return;
           watching = on;
@@ -83,7 +106,8 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         throw new Error(`vsock: ${(err as Error).message}`);
       }
     } else {
-      backend = new EntropyDevice(mem, malformed);
+      const rng: EntropyDevice = new EntropyDevice(mem, malformed, throttle(d.rateLimiter, () => rng.resume()));
+      backend = rng;
     }
     const t = new VirtioMmio(mem, backend, () => signalEventfd(d.irqFd), new Int32Array(d.interruptStatus));
     holder.t = t;

@@ -147,13 +147,6 @@ describe('fc-run run', () => {
     }
   });
 
-  test('a rate-limited drive is refused at launch until rate limiters are built', () => {
-    const spec = ws.write('limited.json', { ...minimalSpec(), drives: [{ drive_id: 'd', path_on_host: 'data.ext4', is_root_device: false, is_read_only: true, rate_limiter: { ops: { size: 10, refill_time: 100 } } }] });
-    const r = fcRun([spec]);
-    expect(r.code).toBe(1);
-    expect(r.err).toMatch(/not built yet: rate limiters \(block "d"\)/);
-  });
-
   test('an invalid spec still exits 2', () => {
     expect(fcRun([bad]).code).toBe(2);
   });

@@ -173,6 +173,29 @@ describeKvm('virtio devices seen from the probe guest', () => {
     expect(fs.readFileSync(disk).equals(before)).toBe(true);
   });
 
+  test('the guest sees a drive\'s rate limit: its six block requests wait for the ops bucket', () => {
+    const spec = (name: string, limit?: object) =>
+      ws.write(name, {
+        'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' },
+        'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
+        drives: [{ drive_id: 'limited', path_on_host: diskFile(`${name}.img`), is_root_device: false, is_read_only: false, ...(limit ? { rate_limiter: limit } : {}) }],
+      });
+    const time = (file: string) => {
+      const t0 = Date.now();
+      const r = fcRun([file]);
+      expect(r.code).toBe(0);
+      expect(parseProbe(r.out).notOk).toEqual([]);
+      return (Date.now() - t0) / 1000;
+    };
+    const free = time(spec('unlimited.json'));
+    // Two requests per second with a full bucket of two: GET_ID and the first read go at once,
+    // the other four (write, flush, read back, out-of-range read) wait 0.5 s each.
+    const limited = time(spec('limited.json', { ops: { size: 2, refill_time: 1000 } }));
+    console.log(`probe block checks: ${free.toFixed(2)} s unlimited, ${limited.toFixed(2)} s at 2 ops/s`);
+    expect(limited - free).toBeGreaterThan(1.8);
+    expect(limited - free).toBeLessThan(4);
+  });
+
   test('a missing drive file is refused before anything starts', () => {
     const spec = ws.write('virtio-gone.json', {
       'boot-source': { kernel_image_path: PROBE },

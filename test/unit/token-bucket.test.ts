@@ -89,7 +89,7 @@ describe('rate limiter', () => {
     const start = t.clock();
     while (sent < 10_000_000) {
       if (rl.consume(4096)) sent += 4096;
-      else t.advanceNs(BigInt(rl.blockedForMs(4096)) * 1_000_000n);
+      else t.advanceNs(BigInt(Math.ceil(rl.blockedForMs(4096) * 1e6)));
     }
     const seconds = Number(t.clock() - start) / 1e9;
     // The first second's full bucket is the only excess over 1 MB/s.

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import type { GuestMemory } from '../../kvm/memory';
 import { Chain, scatter, VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
+import type { Throttle } from '../../limits/throttle';
 
 export const VIRTIO_ID_BLOCK = 2;
 export const VIRTIO_BLK_F_RO = 1n << 5n;
@@ -29,6 +30,13 @@ export interface BlockOptions {
   cacheType: 'Unsafe' | 'Writeback';
   /** Called for each malformed chain (the transport counts it). */
   onMalformed?: () => void;
+  /** The drive's rate limiter: bandwidth counts data bytes, ops counts requests. */
+  throttle?: Throttle;
+}
+
+/** Bytes a request moves: its buffers between the header and the status byte. */
+function dataBytes(chain: Chain): number {
+  return chain.segments.slice(1, -1).reduce((n, s) => n + s.len, 0);
 }
 
 /**
@@ -78,14 +86,27 @@ export class BlockDevice implements VirtioBackend {
 
   notify(): void {
     const q = this.queue;
-    if (!q || !this.io) return;
+    const throttle = this.opts.throttle;
+    if (!q || !this.io || throttle?.blocked) return; // a throttled device resumes from its timer
     try {
-      for (let chain = q.pop(); chain; chain = q.pop()) q.push(chain.head, this.handle(chain));
+      for (let chain = q.pop(); chain; chain = q.pop()) {
+        if (throttle && !chain.error && !throttle.admit(dataBytes(chain))) {
+          q.unpop(); // stays queued; resume() picks it up
+          break;
+        }
+        q.push(chain.head, this.handle(chain));
+      }
     } catch (err) {
       this.io.fail((err as Error).message);
       return;
     }
     this.io.usedBuffers([q]);
+  }
+
+  /** The rate limiter's timer fired. */
+  resume(): void {
+    this.opts.throttle?.expired();
+    this.notify();
   }
 
   /** Executes one request; returns the bytes written into guest buffers (data and status). */

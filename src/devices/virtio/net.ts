@@ -2,6 +2,7 @@ import type { GuestMemory } from '../../kvm/memory';
 import { setTapOffload, tapRead, tapWrite, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_BYTES } from '../../kvm/tap';
 import { gather, scatter, VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
+import type { Throttle } from '../../limits/throttle';
 
 export const VIRTIO_ID_NET = 1;
 export const NET_F = {
@@ -42,6 +43,9 @@ export interface NetOptions {
    * network stack plugs in here). Returns true when it consumed the frame.
    */
   intercept?: (frame: Buffer) => boolean;
+  /** Limits on what the guest receives and sends (frame bytes; one op per frame). */
+  rxThrottle?: Throttle;
+  txThrottle?: Throttle;
 }
 
 /**
@@ -61,6 +65,8 @@ export class NetDevice implements VirtioBackend {
   private readonly staging = Buffer.alloc(MAX_FRAME);
   /** Length of a frame read from the TAP and not yet delivered (0: none). */
   private pendingLen = 0;
+  /** Whether the rate limiter already charged the pending frame. */
+  private pendingCharged = false;
 
   constructor(
     private readonly mem: GuestMemory,
@@ -103,10 +109,22 @@ export class NetDevice implements VirtioBackend {
 
   notify(index: number): void {
     if (!this.queues || !this.io) return;
-    if (index === TX) this.transmit();
-    else if (index === RX) {
+    if (index === TX) {
+      if (!this.opts.txThrottle?.blocked) this.transmit();
+    } else if (index === RX && !this.opts.rxThrottle?.blocked) {
       // New receive buffers: deliver what waited, then take frames from the TAP again.
       if (this.deliver()) this.opts.watchTap(true);
+    }
+  }
+
+  /** A rate limiter's timer fired. */
+  resume(direction: 'rx' | 'tx'): void {
+    if (direction === 'tx') {
+      this.opts.txThrottle?.expired();
+      this.notify(TX);
+    } else {
+      this.opts.rxThrottle?.expired();
+      this.notify(RX);
     }
   }
 
@@ -125,7 +143,16 @@ export class NetDevice implements VirtioBackend {
       for (;;) {
         if (this.pendingLen === 0) {
           this.pendingLen = tapRead(this.opts.tapFd, this.staging);
+          this.pendingCharged = false;
           if (this.pendingLen === 0) break;
+        }
+        if (this.opts.rxThrottle && !this.pendingCharged) {
+          if (!this.opts.rxThrottle.admit(this.pendingLen - VNET_HDR_BYTES)) {
+            canRead = false; // keep the frame; the rate limiter's timer resumes delivery
+            this.opts.watchTap(false);
+            break;
+          }
+          this.pendingCharged = true;
         }
         const chain = rx.pop();
         if (!chain) {
@@ -177,6 +204,11 @@ export class NetDevice implements VirtioBackend {
     const tx = this.queues![TX];
     try {
       for (let chain = tx.pop(); chain; chain = tx.pop()) {
+        const bytes = chain.segments.reduce((n, s) => n + s.len, 0) - VNET_HDR_BYTES;
+        if (this.opts.txThrottle && !chain.error && !this.opts.txThrottle.admit(Math.max(0, bytes))) {
+          tx.unpop();
+          break;
+        }
         if (chain.error || chain.segments.some((s) => s.writable)) {
           this.counters.invalidRequests++;
           this.opts.onMalformed?.();

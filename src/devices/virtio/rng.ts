@@ -2,6 +2,7 @@ import { randomFillSync } from 'node:crypto';
 import type { GuestMemory } from '../../kvm/memory';
 import type { VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
+import type { Throttle } from '../../limits/throttle';
 
 export const VIRTIO_ID_ENTROPY = 4;
 /** Most bytes handed out per request; a larger buffer is filled up to this. */
@@ -19,7 +20,14 @@ export class EntropyDevice implements VirtioBackend {
   constructor(
     private readonly mem: GuestMemory,
     private readonly onMalformed?: () => void,
+    private readonly throttle?: Throttle,
   ) {}
+
+  /** The rate limiter's timer fired. */
+  resume(): void {
+    this.throttle?.expired();
+    this.notify();
+  }
 
   config(): Uint8Array {
     return new Uint8Array(0);
@@ -37,9 +45,14 @@ export class EntropyDevice implements VirtioBackend {
 
   notify(): void {
     const q = this.queue;
-    if (!q || !this.io) return;
+    if (!q || !this.io || this.throttle?.blocked) return;
     try {
       for (let chain = q.pop(); chain; chain = q.pop()) {
+        const want = Math.min(MAX_REQUEST, chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0));
+        if (this.throttle && !chain.error && !this.throttle.admit(want)) {
+          q.unpop();
+          break;
+        }
         if (chain.error) {
           this.counters.invalidRequests++;
           this.onMalformed?.();
