@@ -52,6 +52,20 @@ describeNet('virtio-net through a TAP device', () => {
     expect(Number(sysfs('statistics/rx_packets'))).toBeGreaterThan(rxBefore);
   });
 
+  test('a tx rate limit on the interface holds: achieved rate within 5 % of the configured one', () => {
+    // 20 KB per 100 ms = 200 KB/s; 1000-byte frames; the first 20 go at once (full bucket).
+    const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, path.join(__dirname, '..', 'helpers', 'net-rate.js'), TAP, '20000', '100', '120'], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.stderr).toBe('');
+    const m = JSON.parse(r.stdout) as { configured: number; achieved: number; immediate: number; sent: number; dropped: number; throttled: number };
+    console.log(`net tx limit: configured ${(m.configured / 1000).toFixed(1)} KB/s, achieved ${(m.achieved / 1000).toFixed(1)} KB/s`);
+    expect(m.immediate).toBe(20);
+    expect(m.sent).toBe(120);
+    expect(m.dropped).toBe(0);
+    expect(m.throttled).toBeGreaterThan(0);
+    expect(m.achieved / m.configured).toBeGreaterThan(0.95);
+    expect(m.achieved / m.configured).toBeLessThan(1.05);
+  });
+
   test('a TAP name that cannot be opened is a clear error before the guest starts', () => {
     const spec = ws.write('bad-tap.json', {
       'boot-source': { kernel_image_path: PROBE },
