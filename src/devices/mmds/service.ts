@@ -1,0 +1,176 @@
+import { randomBytes } from 'node:crypto';
+
+/**
+ * The microVM metadata service above the network: a JSON document, V2 session tokens, and the
+ * HTTP/1.1 requests a guest sends to 169.254.169.254. Pure and clock-injected; the network stack
+ * that carries these bytes over TCP sits below it.
+ */
+
+export type Clock = () => number; // milliseconds
+
+export interface MmdsOptions {
+  version: 'V1' | 'V2';
+  /** Answer in IMDS text format whatever the Accept header says. */
+  imdsCompat: boolean;
+  clock?: Clock;
+  /** Live tokens kept at most (the oldest is forgotten first), bounding memory a guest can use. */
+  maxTokens?: number;
+}
+
+export interface MmdsCounters {
+  requests: number;
+  badRequests: number;
+  tokensIssued: number;
+  noToken: number;
+  invalidToken: number;
+  notFound: number;
+}
+
+export const MAX_TTL_SECONDS = 21600;
+/** Largest request head (request line and headers) accepted. */
+export const MAX_REQUEST_BYTES = 4096;
+
+export interface HttpResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+const REASONS: Record<number, string> = {
+  200: 'OK',
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  413: 'Payload Too Large',
+  501: 'Not Implemented',
+};
+
+export function serializeResponse(r: HttpResponse): Buffer {
+  const body = Buffer.from(r.body, 'utf8');
+  const head = [`HTTP/1.1 ${r.status} ${REASONS[r.status] ?? ''}`.trimEnd()];
+  for (const [k, v] of Object.entries({ Server: 'fc-run-mmds', ...r.headers, 'Content-Length': String(body.length) })) head.push(`${k}: ${v}`);
+  return Buffer.concat([Buffer.from(head.join('\r\n') + '\r\n\r\n', 'latin1'), body]);
+}
+
+export interface HttpRequest {
+  method: string;
+  path: string;
+  headers: Map<string, string>;
+}
+
+export type ParseResult = { kind: 'incomplete' } | { kind: 'request'; request: HttpRequest; consumed: number } | { kind: 'error'; status: 400 | 413 };
+
+/** Parses one request from the start of `data`; bodies are not expected (Content-Length must be 0). */
+export function parseRequest(data: Buffer): ParseResult {
+  const end = data.indexOf('\r\n\r\n');
+  if (end < 0) return data.length > MAX_REQUEST_BYTES ? { kind: 'error', status: 413 } : { kind: 'incomplete' };
+  if (end > MAX_REQUEST_BYTES) return { kind: 'error', status: 413 };
+  const lines = data.toString('latin1', 0, end).split('\r\n');
+  const m = /^([A-Z]+) (\S+) HTTP\/1\.[01]$/.exec(lines[0]);
+  if (!m) return { kind: 'error', status: 400 };
+  const headers = new Map<string, string>();
+  for (const line of lines.slice(1)) {
+    const i = line.indexOf(':');
+    if (i <= 0) return { kind: 'error', status: 400 };
+    headers.set(line.slice(0, i).trim().toLowerCase(), line.slice(i + 1).trim());
+  }
+  const length = headers.get('content-length');
+  if (length !== undefined && !/^0+$/.test(length)) return { kind: 'error', status: 400 };
+  if (headers.has('transfer-encoding')) return { kind: 'error', status: 400 };
+  return { kind: 'request', request: { method: m[1], path: m[2].split('?')[0], headers }, consumed: end + 4 };
+}
+
+export class MmdsService {
+  private data: unknown = {};
+  private readonly tokens = new Map<string, number>();
+  readonly counters: MmdsCounters = { requests: 0, badRequests: 0, tokensIssued: 0, noToken: 0, invalidToken: 0, notFound: 0 };
+  private readonly clock: Clock;
+
+  constructor(private readonly opts: MmdsOptions) {
+    this.clock = opts.clock ?? Date.now;
+  }
+
+  /** Replaces the document (from the spec, --metadata, or later the API). */
+  setData(data: unknown): void {
+    this.data = data;
+  }
+
+  private issueToken(ttlSeconds: number): string {
+    const max = this.opts.maxTokens ?? 1024;
+    const now = this.clock();
+    for (const [t, exp] of this.tokens) if (exp <= now) this.tokens.delete(t);
+    while (this.tokens.size >= max) this.tokens.delete(this.tokens.keys().next().value!);
+    const token = randomBytes(32).toString('base64url');
+    this.tokens.set(token, now + ttlSeconds * 1000);
+    this.counters.tokensIssued++;
+    return token;
+  }
+
+  private tokenValid(token: string): boolean {
+    const exp = this.tokens.get(token);
+    if (exp === undefined) return false;
+    if (exp <= this.clock()) {
+      this.tokens.delete(token);
+      return false;
+    }
+    return true;
+  }
+
+  handle(req: HttpRequest): HttpResponse {
+    this.counters.requests++;
+    const allow = 'GET, PUT';
+    const text = (status: number, body = '') => ({ status, headers: { 'Content-Type': 'text/plain' }, body });
+    if (req.method === 'PUT') {
+      if (req.path !== '/latest/api/token') return { ...text(405), headers: { 'Content-Type': 'text/plain', Allow: 'GET' } };
+      if (req.headers.has('x-forwarded-for')) return this.bad('X-Forwarded-For is not allowed');
+      const ttlText = req.headers.get('x-metadata-token-ttl-seconds') ?? req.headers.get('x-aws-ec2-metadata-token-ttl-seconds');
+      const ttl = ttlText !== undefined && /^\d{1,6}$/.test(ttlText) ? Number(ttlText) : NaN;
+      if (!(ttl >= 1 && ttl <= MAX_TTL_SECONDS)) return this.bad(`the token TTL must be between 1 and ${MAX_TTL_SECONDS} seconds`);
+      return text(200, this.issueToken(ttl));
+    }
+    if (req.method !== 'GET') return { ...text(405), headers: { 'Content-Type': 'text/plain', Allow: allow } };
+    const token = req.headers.get('x-metadata-token') ?? req.headers.get('x-aws-ec2-metadata-token');
+    if (token === undefined) {
+      this.counters.noToken++;
+      if (this.opts.version === 'V2') return text(401, 'a session token is required: PUT /latest/api/token first');
+    } else if (!this.tokenValid(token)) {
+      this.counters.invalidToken++;
+      if (this.opts.version === 'V2') return text(401, 'the session token is invalid or expired');
+    }
+    const value = this.lookup(req.path);
+    if (value === undefined) {
+      this.counters.notFound++;
+      return text(404, 'not found');
+    }
+    const json = !this.opts.imdsCompat && /application\/json/i.test(req.headers.get('accept') ?? '');
+    if (json) return { status: 200, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(value) };
+    if (typeof value === 'string') return text(200, value);
+    if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      const lines = Object.entries(value).map(([k, v]) => (v !== null && typeof v === 'object' && !Array.isArray(v) ? `${k}/` : k));
+      return text(200, lines.join('\n'));
+    }
+    return text(501, 'this value has no IMDS text form; ask with Accept: application/json');
+  }
+
+  private bad(why: string): HttpResponse {
+    this.counters.badRequests++;
+    return { status: 400, headers: { 'Content-Type': 'text/plain' }, body: why };
+  }
+
+  /** The value at a URL path: "/latest/meta-data/ami-id"; a trailing slash is allowed. */
+  private lookup(urlPath: string): unknown {
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(urlPath);
+    } catch {
+      return undefined;
+    }
+    let v: unknown = this.data;
+    for (const part of decoded.split('/').filter((p) => p.length > 0)) {
+      if (v === null || typeof v !== 'object' || Array.isArray(v) || !Object.prototype.hasOwnProperty.call(v, part)) return undefined;
+      v = (v as Record<string, unknown>)[part];
+    }
+    return v;
+  }
+}
