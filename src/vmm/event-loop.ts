@@ -14,6 +14,8 @@ export class EventLoop {
   private readonly handlers = new Map<number, (events: number) => void>();
   private readonly events = Buffer.alloc(EVENT_BYTES * MAX_EVENTS);
   private stopped = false;
+  /** Told about errors that escaped a handler. */
+  onError?: (err: Error) => void;
 
   constructor() {
     this.epfd = sys.epollCreate1(EPOLL_CLOEXEC);
@@ -58,7 +60,13 @@ export class EventLoop {
       }
       for (let i = 0; i < n && !this.stopped; i++) {
         const fd = Number(this.events.readBigUInt64LE(i * EVENT_BYTES + 4));
-        this.handlers.get(fd)?.(this.events.readUInt32LE(i * EVENT_BYTES));
+        try {
+          this.handlers.get(fd)?.(this.events.readUInt32LE(i * EVENT_BYTES));
+        } catch (err) {
+          // Device entry points fail their device on error; anything that still escapes is a bug,
+          // reported without stopping the devices that are fine.
+          this.onError?.(err as Error);
+        }
       }
     }
   }

@@ -13,7 +13,7 @@ import { takeVcpuThread } from './threads';
 export interface MicroVmOptions {
   /** virtio-mmio windows, and the VMM thread that owns their devices. */
   virtio: VirtioWindows;
-  vmmThread?: { stop(): void };
+  vmmThread?: { stop(): void; onFailure(listener: (message: string) => void): void };
   /** A terminal to read guest serial input from (raw mode); Ctrl-A x stops the VM. */
   serialIn?: NodeJS.ReadStream;
   /** fd guest serial output is written to; -1 discards it. */
@@ -96,6 +96,7 @@ export class MicroVm {
       let running = this.vcpus.length;
       const tids = new Map<number, number>();
       let kickTimer: NodeJS.Timeout | undefined;
+      this.opts.vmmThread?.onFailure((message) => finish({ kind: 'stop', vcpu: -1, reason: 'vmm-error', detail: message }));
       const detachInput = this.attachSerialInput(() =>
         finish({ kind: 'stop', vcpu: -1, reason: 'stopped', detail: 'stopped from the console (Ctrl-A x)' }),
       );

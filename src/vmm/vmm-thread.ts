@@ -9,6 +9,8 @@ const SCRIPT = path.resolve(__dirname, '..', '..', 'dist', 'vmm', 'vmm-worker.js
 export interface VmmThread {
   /** Ends the VMM thread's loop. */
   stop(): void;
+  /** Called if the VMM thread fails or ends while the VM runs. */
+  onFailure(listener: (message: string) => void): void;
   /** Device counters, once the thread has stopped. */
   stopped: Promise<Record<string, unknown>>;
 }
@@ -19,12 +21,31 @@ export function startVmmThread(data: VmmWorkerData): Promise<VmmThread> {
     const w = new Worker(SCRIPT, { workerData: data, name: 'vmm' });
     let resolveStopped: (c: Record<string, unknown>) => void = () => undefined;
     const stopped = new Promise<Record<string, unknown>>((r) => (resolveStopped = r));
+    let ready = false;
+    let stopping = false;
+    const listeners: ((message: string) => void)[] = [];
+    const failed = (message: string) => {
+      if (!ready) reject(new FcRunError('device-setup', message));
+      else if (!stopping) for (const l of listeners) l(message);
+    };
     w.on('message', (m: VmmMessage) => {
-      if (m.kind === 'ready') resolve({ stop: () => signalEventfd(data.stopFd), stopped });
-      else if (m.kind === 'error') reject(new FcRunError('device-setup', m.message));
+      if (m.kind === 'ready') {
+        ready = true;
+        resolve({
+          stop: () => {
+            stopping = true;
+            signalEventfd(data.stopFd);
+          },
+          onFailure: (l) => listeners.push(l),
+          stopped,
+        });
+      } else if (m.kind === 'error') failed(m.message);
       else resolveStopped(m.counters);
     });
-    w.on('error', (err) => reject(new FcRunError('vmm-thread', `the VMM thread failed: ${err.stack ?? err}`)));
-    w.on('exit', () => resolveStopped({}));
+    w.on('error', (err) => failed(`the VMM thread failed: ${err.stack ?? err}`));
+    w.on('exit', () => {
+      failed('the VMM thread ended unexpectedly');
+      resolveStopped({});
+    });
   });
 }

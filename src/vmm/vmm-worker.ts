@@ -46,6 +46,7 @@ const port = parentPort!;
 function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   const mem = GuestMemory.attach(data.memory);
   const loop = new EventLoop();
+  loop.onError = (err) => port.postMessage({ kind: 'error', message: `VMM thread: ${err.stack ?? err.message}` } satisfies VmmMessage);
   const transports: VirtioMmio[] = [];
   /** A throttle whose timer is a timerfd in this loop, calling `resume` when it fires. */
   const throttle = (config: RateLimiterConfig | undefined, resume: () => void): Throttle | undefined => {

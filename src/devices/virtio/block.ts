@@ -11,6 +11,8 @@ export const BLK = { IN: 0, OUT: 1, FLUSH: 4, GET_ID: 8 } as const;
 export const BLK_S = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
 export const SECTOR = 512;
 export const VIRTIO_BLK_ID_BYTES = 20;
+/** Largest request served; larger ones fail with IOERR (no Linux guest sends them, a hostile one could stall the VMM). */
+export const MAX_REQUEST_BYTES = 16 << 20;
 
 export interface BlockCounters {
   reads: number;
@@ -171,6 +173,7 @@ export class BlockDevice implements VirtioBackend {
   /** Moves data between the file and guest buffers; throws on anything but a complete transfer. */
   private transfer(sector: number, segs: Chain['segments'], dir: 'read' | 'write'): number {
     const total = segs.reduce((n, s) => n + s.len, 0);
+    if (total > MAX_REQUEST_BYTES) throw new Error(`request of ${total} bytes is over the ${MAX_REQUEST_BYTES}-byte limit`);
     const start = sector * SECTOR;
     if (!Number.isSafeInteger(start) || start + total > this.capacityBytes) throw new Error('request beyond the end of the disk');
     let pos = start;

@@ -143,6 +143,12 @@ export class VirtioMmio {
     this.counters.deviceFailures++;
     this.lastFailure = reason;
     this.active = undefined;
+    // Quiesce the back end (stop watching its TAP or sockets) until the driver resets the device.
+    try {
+      this.backend.reset();
+    } catch {
+      // a back end failing to stop must not take the VMM thread with it
+    }
     if (this.status & STATUS.DRIVER_OK) {
       this.status |= STATUS.NEEDS_RESET;
       this.interrupt(INT_CONFIG);
@@ -243,7 +249,7 @@ export class VirtioMmio {
         return;
       }
       case MMIO.QUEUE_NOTIFY:
-        if (this.active && v < this.active.length) this.backend.notify(v);
+        if (this.active && v < this.active.length) this.guarded(() => this.backend.notify(v));
         else this.invalid(undefined);
         return;
       case MMIO.INTERRUPT_ACK:
@@ -296,14 +302,25 @@ export class VirtioMmio {
       (this.io as { features: bigint }).features = this.driverFeatures;
       this.backend.activate(queues, this.io);
     } catch (err) {
-      if (!(err instanceof QueueError)) throw err;
-      this.fail(`cannot activate: ${err.message}`);
+      this.fail(`cannot activate: ${err instanceof QueueError ? err.message : (err as Error).message}`);
     }
   }
 
   /** Notification that arrived through the queue's ioeventfd. */
   queueNotified(index: number): void {
-    if (this.active && index < this.active.length) this.backend.notify(index);
+    if (this.active && index < this.active.length) this.guarded(() => this.backend.notify(index));
+  }
+
+  /**
+   * Runs back-end work so that anything it throws (a broken ring, a host I/O error) fails this
+   * device, never the VMM thread.
+   */
+  guarded(work: () => void): void {
+    try {
+      work();
+    } catch (err) {
+      this.fail((err as Error).message);
+    }
   }
 
   private reset(): void {

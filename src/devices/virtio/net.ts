@@ -215,6 +215,12 @@ export class NetDevice implements VirtioBackend {
           tx.push(chain.head, 0);
           continue;
         }
+        if (bytes + VNET_HDR_BYTES > MAX_FRAME) {
+          // Larger than any frame with a 64 KiB GSO payload: dropped and counted, never truncated.
+          this.counters.txDropped++;
+          tx.push(chain.head, 0);
+          continue;
+        }
         const frame = gather(this.mem, chain.segments, MAX_FRAME);
         if (frame.length <= VNET_HDR_BYTES) {
           this.counters.invalidRequests++;

@@ -15,6 +15,12 @@ export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 /** The largest queue the transport offers. */
 export const QUEUE_MAX_SIZE = 256;
 
+const fenceWord = new Int32Array(new SharedArrayBuffer(4));
+/** A full memory barrier: V8 compiles Atomics read-modify-writes to locked instructions. */
+function fence(): void {
+  Atomics.add(fenceWord, 0, 0);
+}
+
 export class QueueError extends Error {
   constructor(message: string) {
     super(message);
@@ -128,7 +134,10 @@ export class VirtQueue {
     const head = this.u16(this.cfg.availRing + 4 + 2 * (this.lastAvail % this.cfg.size));
     if (head >= this.cfg.size) throw new QueueError(`available ring names descriptor ${head}, beyond the queue size ${this.cfg.size}`);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    if (this.eventIdx) this.setU16(this.cfg.usedRing + 4 + 8 * this.cfg.size, this.lastAvail); // avail_event
+    if (this.eventIdx) {
+      this.setU16(this.cfg.usedRing + 4 + 8 * this.cfg.size, this.lastAvail); // avail_event
+      fence(); // publish avail_event before the next look at avail.idx (a driver's kick depends on it)
+    }
     try {
       return { head, segments: this.walk(head) };
     } catch (err) {
@@ -169,6 +178,8 @@ export class VirtQueue {
         if (indirect) throw new QueueError('nested indirect descriptor table');
         if (d.flags & VIRTQ_DESC_F_NEXT) throw new QueueError('indirect descriptor with NEXT set');
         if (d.len === 0 || d.len % 16 !== 0) throw new QueueError(`indirect table length ${d.len} is not a multiple of 16`);
+        // A chain may not be longer than the queue (virtio 1.x, 2.7.5.3): this bounds the walk.
+        if (d.len / 16 > QUEUE_MAX_SIZE) throw new QueueError(`indirect table of ${d.len / 16} descriptors is longer than the queue allows`);
         if (!this.mem.contains(d.addr, d.len)) throw new QueueError('indirect descriptor table is outside guest RAM');
         table = d.addr;
         count = d.len / 16;
@@ -179,6 +190,7 @@ export class VirtQueue {
       }
       if (!this.mem.contains(d.addr, d.len)) throw new QueueError(`buffer [0x${d.addr.toString(16)}, +${d.len}) is outside guest RAM`);
       segments.push({ addr: d.addr, len: d.len, writable: (d.flags & VIRTQ_DESC_F_WRITE) !== 0 });
+      if (segments.length > QUEUE_MAX_SIZE) throw new QueueError('descriptor chain is longer than the queue allows');
       if (!(d.flags & VIRTQ_DESC_F_NEXT)) return segments;
       i = d.next;
     }
@@ -207,6 +219,7 @@ export class VirtQueue {
     const now = this.usedIdx;
     this.signalledUsed = now;
     if (old === now) return false;
+    fence(); // used.idx must be visible before used_event / flags are read (x86 reorders store→load)
     if (this.eventIdx) {
       const usedEvent = this.u16(this.cfg.availRing + 4 + 2 * this.cfg.size);
       return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);

@@ -16,6 +16,10 @@ const HOST_CID = 2;
 const BUF_ALLOC = 256 * 1024;
 const MAX_PAYLOAD = 64 * 1024;
 const CONNECT_LINE_MAX = 32;
+/** Most connections at once (each holds a host fd), as in Firecracker. */
+const MAX_CONNECTIONS = 1023;
+/** Most control packets waiting for receive buffers; past it, fc-run stops reading the guest's TX queue. */
+const MAX_CONTROL = 256;
 const FIRST_LOCAL_PORT = 1 << 30;
 
 /** What fc-run watches fds with; the VMM thread's EventLoop in production. */
@@ -48,6 +52,8 @@ interface Connection {
   /** Guest bytes written to the host socket. */
   fwdCnt: number;
   fwdCntAnnounced: number;
+  /** A CREDIT_UPDATE is already queued for this connection. */
+  creditUpdateQueued: boolean;
   /** Guest bytes the host socket has not taken yet. */
   pendingOut: Buffer[];
   watching: number;
@@ -92,6 +98,8 @@ export class VsockDevice implements VirtioBackend {
   private readonly handshakes = new Map<number, string>();
   private readonly control: Packet[] = [];
   private nextLocalPort = FIRST_LOCAL_PORT;
+  /** The guest has no receive buffers: sockets are not read until it adds some (no busy loop). */
+  private rxStarved = false;
   private readonly scratch = Buffer.alloc(MAX_PAYLOAD);
 
   constructor(
@@ -105,7 +113,7 @@ export class VsockDevice implements VirtioBackend {
       // nothing there
     }
     this.listener = listenUnix(opts.udsPath);
-    opts.poller.add(this.listener, () => this.accept());
+    opts.poller.add(this.listener, () => this.safely(() => this.accept()));
   }
 
   config(): Uint8Array {
@@ -128,6 +136,7 @@ export class VsockDevice implements VirtioBackend {
   reset(): void {
     for (const c of [...this.connections.values()]) if (!c.awaitingResponse) this.drop(c);
     this.control.length = 0;
+    this.rxStarved = false;
     this.queues = undefined;
     this.io = undefined;
   }
@@ -135,7 +144,21 @@ export class VsockDevice implements VirtioBackend {
   notify(index: number): void {
     if (!this.queues) return;
     if (index === TX) this.processTx();
-    else if (index === RX) this.flushRx();
+    else if (index === RX) {
+      this.rxStarved = false;
+      this.flushRx();
+      // TX may have stopped because control packets backed up; they moved, so go on.
+      if (this.control.length < MAX_CONTROL) this.processTx();
+    }
+  }
+
+  /** Socket events run outside the transport's guard: a broken ring found there fails the device. */
+  private safely(work: () => void): void {
+    try {
+      work();
+    } catch (err) {
+      this.io?.fail((err as Error).message);
+    }
   }
 
   private key(hostPort: number, guestPort: number): string {
@@ -146,8 +169,12 @@ export class VsockDevice implements VirtioBackend {
 
   private accept(): void {
     for (let fd = acceptUnix(this.listener); fd >= 0; fd = acceptUnix(this.listener)) {
+      if (this.connections.size + this.handshakes.size >= MAX_CONNECTIONS) {
+        closeFd(fd);
+        continue;
+      }
       this.handshakes.set(fd, '');
-      this.opts.poller.add(fd, () => this.readConnectLine(fd));
+      this.opts.poller.add(fd, () => this.safely(() => this.readConnectLine(fd)));
     }
   }
 
@@ -188,15 +215,15 @@ export class VsockDevice implements VirtioBackend {
   }
 
   private open(hostPort: number, guestPort: number, fd: number, established: boolean): Connection {
-    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, pendingOut: [], watching: 0 };
+    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, pendingOut: [], watching: 0 };
     this.connections.set(this.key(hostPort, guestPort), c);
-    this.opts.poller.add(fd, (ev) => this.onSocket(c, ev), 0);
+    this.opts.poller.add(fd, (ev) => this.safely(() => this.onSocket(c, ev)), 0);
     this.counters.connectionsOpened++;
     return c;
   }
 
   private watch(c: Connection): void {
-    const want = (c.established && this.credit(c) > 0 ? EPOLLIN : 0) | (c.pendingOut.length > 0 ? EPOLLOUT : 0);
+    const want = (c.established && !this.rxStarved && this.credit(c) > 0 ? EPOLLIN : 0) | (c.pendingOut.length > 0 ? EPOLLOUT : 0);
     if (want !== c.watching) {
       c.watching = want;
       this.opts.poller.modify(c.fd, want);
@@ -244,6 +271,7 @@ export class VsockDevice implements VirtioBackend {
       // socket for input (a level-triggered fd would spin) until flushRx re-arms it.
       const chain = this.control.length > 0 ? undefined : rx.pop();
       if (!chain) {
+        if (this.control.length === 0) this.rxStarved = true; // re-armed by the guest's next RX notify
         c.watching = -1;
         this.opts.poller.modify(c.fd, c.pendingOut.length > 0 ? EPOLLOUT : 0);
         return;
@@ -286,8 +314,11 @@ export class VsockDevice implements VirtioBackend {
       if (n < head.length) c.pendingOut[0] = head.subarray(n);
       else c.pendingOut.shift();
     }
-    // Tell the guest about freed space before it runs out.
-    if (((c.fwdCnt - c.fwdCntAnnounced) >>> 0) >= BUF_ALLOC / 4) this.queueControl(c, VSOCK_OP.CREDIT_UPDATE);
+    // Tell the guest about freed space before it runs out (once; the update carries the latest count).
+    if (!c.creditUpdateQueued && ((c.fwdCnt - c.fwdCntAnnounced) >>> 0) >= BUF_ALLOC / 4) {
+      c.creditUpdateQueued = true;
+      this.queueControl(c, VSOCK_OP.CREDIT_UPDATE);
+    }
     this.watch(c);
   }
 
@@ -311,7 +342,10 @@ export class VsockDevice implements VirtioBackend {
     b.writeUInt32LE(BUF_ALLOC, 36);
     const fwd = c ? c.fwdCnt : (p.fwdCnt ?? 0);
     b.writeUInt32LE(fwd, 40);
-    if (c) c.fwdCntAnnounced = fwd;
+    if (c) {
+      c.fwdCntAnnounced = fwd;
+      if (p.op === VSOCK_OP.CREDIT_UPDATE) c.creditUpdateQueued = false;
+    }
     if (p.payload) p.payload.copy(b, HDR);
     return b;
   }
@@ -323,7 +357,10 @@ export class VsockDevice implements VirtioBackend {
     let used = false;
     while (this.control.length > 0) {
       const chain = rx.pop();
-      if (!chain) break;
+      if (!chain) {
+        this.rxStarved = true;
+        break;
+      }
       const room = chain.error ? 0 : chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0);
       if (room < HDR) {
         this.invalid();
@@ -349,7 +386,8 @@ export class VsockDevice implements VirtioBackend {
   private processTx(): void {
     const tx = this.queues![TX];
     try {
-      for (let chain = tx.pop(); chain; chain = tx.pop()) {
+      // Backpressure: while replies wait for receive buffers, leave further requests in the queue.
+      for (let chain = this.control.length < MAX_CONTROL ? tx.pop() : undefined; chain; chain = this.control.length < MAX_CONTROL ? tx.pop() : undefined) {
         const bytes = chain.error ? Buffer.alloc(0) : gather(this.mem, chain.segments, HDR + MAX_PAYLOAD);
         tx.push(chain.head, 0);
         if (bytes.length < HDR) {
@@ -389,6 +427,10 @@ export class VsockDevice implements VirtioBackend {
     switch (op) {
       case VSOCK_OP.REQUEST: {
         if (c) return this.resetConnection(c);
+        if (this.connections.size + this.handshakes.size >= MAX_CONNECTIONS) {
+          this.counters.connectionsRefused++;
+          return this.queueControl(peer, VSOCK_OP.RST);
+        }
         const fd = connectUnix(`${this.opts.udsPath}_${hostPort}`);
         if (fd < 0) {
           this.counters.connectionsRefused++;
@@ -410,6 +452,12 @@ export class VsockDevice implements VirtioBackend {
       case VSOCK_OP.RW: {
         if (!c || !c.established) return this.queueControl(peer, VSOCK_OP.RST);
         if (len === 0) return;
+        const queued = c.pendingOut.reduce((n, x) => n + x.length, 0);
+        if (queued + len > BUF_ALLOC) {
+          // More than the credit fc-run gave: the guest ignored flow control.
+          this.invalid();
+          return this.resetConnection(c);
+        }
         const data = Buffer.from(b.subarray(HDR, HDR + len));
         this.counters.txBytes += len;
         c.pendingOut.push(data);
@@ -417,7 +465,10 @@ export class VsockDevice implements VirtioBackend {
         return;
       }
       case VSOCK_OP.CREDIT_REQUEST:
-        if (c) this.queueControl(c, VSOCK_OP.CREDIT_UPDATE);
+        if (c && !c.creditUpdateQueued) {
+          c.creditUpdateQueued = true;
+          this.queueControl(c, VSOCK_OP.CREDIT_UPDATE);
+        }
         return;
       case VSOCK_OP.CREDIT_UPDATE:
         if (c) this.watch(c);

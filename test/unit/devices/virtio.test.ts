@@ -299,6 +299,27 @@ describe('hostile descriptor chains', () => {
     expect(request(drv, BLK.GET_ID, 0, [{ len: 20, write: true }]).status).toBe(BLK_S.OK);
   });
 
+  test('an indirect table longer than a queue is refused at once (no walk over millions of entries)', () => {
+    const { drv, dev } = raw((d) => {
+      d.writeDesc(d.desc(0), 0, 0x100000, 16 * 4096, 4 /* INDIRECT */, 0);
+      d.publish(0, 0);
+    });
+    expect(drv.used(0)).toEqual([[0, 0]]);
+    expect(dev.counters.malformedChains).toBe(1);
+  });
+
+  test('a failed device quiesces its back end until the driver resets it', () => {
+    const { drv, dev, backend } = blockRig();
+    drv.init();
+    const reset = jest.spyOn(backend, 'reset');
+    const idx = Buffer.alloc(2);
+    idx.writeUInt16LE(1000);
+    drv.mem.write(drv.availRing(0) + 2, idx);
+    drv.set(MMIO.QUEUE_NOTIFY, 0);
+    expect(dev.isActive).toBe(false);
+    expect(reset).toHaveBeenCalled();
+  });
+
   test('queue rings outside guest RAM make activation fail', () => {
     const { drv, dev } = blockRig();
     drv.set(MMIO.STATUS, STATUS.ACKNOWLEDGE | STATUS.DRIVER);

@@ -115,6 +115,21 @@ describe('vsock: malformed and unexpected packets', () => {
     expect(vsock.counters.invalidPackets).toBe(1);
   });
 
+  test('a guest that sends past its credit to a host that does not read is reset; memory stays bounded', async () => {
+    const { vsock, drv, rx } = rig();
+    const net = await import('node:net');
+    const sockPath = (vsock as unknown as { opts: { udsPath: string } }).opts.udsPath;
+    const server = net.createServer((s) => s.pause()); // accepts, never reads
+    await new Promise<void>((r) => server.listen(`${sockPath}_2000`, r));
+    send(drv, packet({ op: VSOCK_OP.REQUEST }));
+    expect(received(drv, rx)).toEqual([VSOCK_OP.RESPONSE]);
+    for (let i = 0; i < 40 && vsock.counters.resets === 0; i++) send(drv, packet({ op: VSOCK_OP.RW, payload: Buffer.alloc(16 * 1024, 1) }));
+    expect(vsock.counters.resets).toBe(1);
+    expect(vsock.counters.invalidPackets).toBe(1);
+    expect(vsock.counters.txBytes).toBeLessThan(2 * 1024 * 1024);
+    server.close();
+  });
+
   test('the guest reaching a listening host port gets RESPONSE, and its data arrives', async () => {
     const { vsock, drv, rx, poller } = rig();
     const net = await import('node:net');
