@@ -54,6 +54,8 @@ interface Connection {
   fwdCntAnnounced: number;
   /** A CREDIT_UPDATE is already queued for this connection. */
   creditUpdateQueued: boolean;
+  /** Host bytes read before the connection was established (sent right after "CONNECT P\n"). */
+  early: Buffer;
   /** Guest bytes the host socket has not taken yet. */
   pendingOut: Buffer[];
   watching: number;
@@ -196,6 +198,7 @@ export class VsockDevice implements VirtioBackend {
     const hostPort = this.allocatePort(port);
     const c = this.open(hostPort, port, fd, false);
     c.awaitingResponse = true;
+    c.early = Buffer.from(line.slice(end + 1), 'latin1');
     this.queueControl(c, VSOCK_OP.REQUEST);
     this.flushRx();
   }
@@ -215,7 +218,7 @@ export class VsockDevice implements VirtioBackend {
   }
 
   private open(hostPort: number, guestPort: number, fd: number, established: boolean): Connection {
-    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, pendingOut: [], watching: 0 };
+    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, early: Buffer.alloc(0), pendingOut: [], watching: 0 };
     this.connections.set(this.key(hostPort, guestPort), c);
     this.opts.poller.add(fd, (ev) => this.safely(() => this.onSocket(c, ev)), 0);
     this.counters.connectionsOpened++;
@@ -282,7 +285,16 @@ export class VsockDevice implements VirtioBackend {
         rx.push(chain.head, 0);
         continue;
       }
-      const n = readSome(c.fd, this.scratch, Math.min(room, this.credit(c), MAX_PAYLOAD));
+      const max = Math.min(room, this.credit(c), MAX_PAYLOAD);
+      let n: number;
+      if (c.early.length > 0) {
+        // Bytes that came with the CONNECT line go first.
+        n = Math.min(max, c.early.length);
+        c.early.copy(this.scratch, 0, 0, n);
+        c.early = c.early.subarray(n);
+      } else {
+        n = readSome(c.fd, this.scratch, max);
+      }
       if (n === -1) {
         rx.unpop();
         break;
@@ -448,6 +460,7 @@ export class VsockDevice implements VirtioBackend {
         c.established = true;
         c.pendingOut.push(Buffer.from(`OK ${c.hostPort}\n`));
         this.flushOut(c);
+        if (c.early.length > 0) this.readHost(c);
         return;
       case VSOCK_OP.RW: {
         if (!c || !c.established) return this.queueControl(peer, VSOCK_OP.RST);
