@@ -8,6 +8,8 @@
 export const I8042_DATA_OFFSET = 0; // port 0x60
 export const I8042_COMMAND_OFFSET = 4; // port 0x64
 
+import { spinLock, spinUnlock } from './spinlock';
+
 const W = { CONTROL: 0, STATUS: 1, PENDING_CMD: 2, OUT_HEAD: 3, OUT_TAIL: 4, LOCK: 5 } as const;
 const WORDS = 8;
 const OUT_CAPACITY = 16;
@@ -67,13 +69,11 @@ export class I8042 {
   }
 
   private withLock<T>(fn: () => T): T {
-    while (Atomics.compareExchange(this.w, W.LOCK, 0, 1) !== 0) {
-      // spin
-    }
+    spinLock(this.w, W.LOCK);
     try {
       return fn();
     } finally {
-      Atomics.store(this.w, W.LOCK, 0);
+      spinUnlock(this.w, W.LOCK);
     }
   }
 

@@ -8,6 +8,8 @@
  * spinlock serializes register updates (critical sections are a few instructions long).
  */
 
+import { spinLock, spinUnlock } from './spinlock';
+
 const REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10 } as const;
 const WORDS = 16;
 export const SERIAL_RX_CAPACITY = 1024;
@@ -58,13 +60,11 @@ export class Serial8250 {
   }
 
   private lock(): void {
-    while (Atomics.compareExchange(this.w, REG.LOCK, 0, 1) !== 0) {
-      // spin: the holder is another vCPU inside a few-instruction critical section
-    }
+    spinLock(this.w, REG.LOCK);
   }
 
   private unlock(): void {
-    Atomics.store(this.w, REG.LOCK, 0);
+    spinUnlock(this.w, REG.LOCK);
   }
 
   private rxCount(): number {
