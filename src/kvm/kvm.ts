@@ -25,7 +25,6 @@ import {
   kvm_regs,
   kvm_sregs,
   kvm_userspace_memory_region,
-  kvm_irq_level,
   sizeOf,
 } from './structs';
 
@@ -195,9 +194,6 @@ export class Vm {
     ioctl(this.fd, 'IOEVENTFD', encode(kvm_ioeventfd, { datamatch, addr, len, fd: eventFd, flags, pad: new Array(36).fill(0) }), `at 0x${addr.toString(16)}`);
   }
 
-  setIrqLine(irq: number, level: 0 | 1): void {
-    ioctl(this.fd, 'IRQ_LINE', encode(kvm_irq_level, { irq, level }));
-  }
 
   createVcpu(id: number): Vcpu {
     const fd = ioctl(this.fd, 'CREATE_VCPU', id, `vCPU ${id}`);

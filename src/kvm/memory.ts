@@ -71,9 +71,6 @@ export class GuestMemory {
     return this.regions.map(({ guestAddr, size, hostAddr }) => ({ guestAddr, size, hostAddr }));
   }
 
-  get totalSize(): number {
-    return this.regions.reduce((n, r) => n + r.size, 0);
-  }
 
   private regionFor(gpa: number, len: number): Region {
     if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0) {
@@ -137,17 +134,7 @@ export class GuestMemory {
     }
   }
 
-  readU32(gpa: number): number {
-    const b = Buffer.alloc(4);
-    this.read(gpa, b);
-    return b.readUInt32LE(0);
-  }
 
-  writeU64(gpa: number, v: bigint): void {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(v);
-    this.write(gpa, b);
-  }
 
   /** Unmaps memory this instance allocated. Views become invalid. */
   release(): void {

@@ -49,6 +49,21 @@ afterEach(() => {
 });
 afterAll(() => ws.remove());
 
+/** Boots the probe with a vsock device at `uds`; its serial output collects in `output()`. */
+function bootWithVsock(name: string, uds: string, guestCid: number) {
+  const spec = ws.write(name, {
+    'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' },
+    'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
+    vsock: { guest_cid: guestCid, uds_path: uds },
+  });
+  const child = spawn(process.execPath, [BIN, spec], { env: { ...process.env, NO_COLOR: '1' } });
+  children.push(child);
+  let out = '';
+  child.stdout.on('data', (d) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.on('exit', r));
+  return { exited, output: () => out.replace(/\r/g, '') };
+}
+
 describeKvm('vsock through Unix sockets', () => {
   test('guest-initiated and host-initiated connections carry data both ways', async () => {
     const uds = path.join(ws.dir, 'v.sock');
@@ -60,16 +75,7 @@ describeKvm('vsock through Unix sockets', () => {
       });
     });
     await new Promise<void>((r) => server.listen(`${uds}_6000`, r));
-    const spec = ws.write('vsock.json', {
-      'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' },
-      'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
-      vsock: { guest_cid: 42, uds_path: uds },
-    });
-    const child = spawn(process.execPath, [BIN, spec], { env: { ...process.env, NO_COLOR: '1' } });
-    children.push(child);
-    let out = '';
-    child.stdout.on('data', (d) => (out += d.toString()));
-    const exited = new Promise<number | null>((r) => child.on('exit', r));
+    const { exited, output } = bootWithVsock('vsock.json', uds, 42);
 
     await waitFor(() => fs.existsSync(uds));
     const host = net.connect(uds);
@@ -81,7 +87,7 @@ describeKvm('vsock through Unix sockets', () => {
     const code = await exited;
     server.close();
 
-    const text = out.replace(/\r/g, '');
+    const text = output();
     expect(text).toContain('# vsock-cid: 42');
     expect(text).toContain('ok - vsock-guest-connect');
     expect(guestSaid).toBe('hello host');
@@ -95,16 +101,7 @@ describeKvm('vsock through Unix sockets', () => {
 
   test('a guest connecting to a port nobody listens on is reset, and a bad CONNECT line is closed', async () => {
     const uds = path.join(ws.dir, 'v2.sock');
-    const spec = ws.write('vsock2.json', {
-      'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' },
-      'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
-      vsock: { guest_cid: 3, uds_path: uds },
-    });
-    const child = spawn(process.execPath, [BIN, spec], { env: { ...process.env, NO_COLOR: '1' } });
-    children.push(child);
-    let out = '';
-    child.stdout.on('data', (d) => (out += d.toString()));
-    const exited = new Promise<number | null>((r) => child.on('exit', r));
+    const { exited, output } = bootWithVsock('vsock2.json', uds, 3);
     await waitFor(() => fs.existsSync(uds));
     const bad = net.connect(uds);
     bad.write('HELLO\n');
@@ -122,6 +119,6 @@ describeKvm('vsock through Unix sockets', () => {
     expect(closed).toBe(true);
     // Nothing listens on <uds>_6000, so the guest's REQUEST is answered with RST.
     await exited;
-    expect(out.replace(/\r/g, '')).toContain('not ok - vsock-guest-connect');
+    expect(output()).toContain('not ok - vsock-guest-connect');
   }, 120_000);
 });

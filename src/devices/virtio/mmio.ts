@@ -336,8 +336,4 @@ export class VirtioMmio {
     this.configGeneration++;
   }
 
-  /** Features both sides agreed on. */
-  get negotiated(): bigint {
-    return this.driverFeatures;
-  }
 }
