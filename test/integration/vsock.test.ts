@@ -79,13 +79,19 @@ describeKvm('vsock through Unix sockets', () => {
 
     await waitFor(() => fs.existsSync(uds));
     const host = net.connect(uds);
-    // "ping" travels in the same write as the CONNECT line: it must still reach the guest.
-    host.write('CONNECT 5000\nping');
-    // "OK <port>\n" and the guest's reply may arrive in one chunk or two: read the whole exchange.
-    const exchange = await readUntil(host, /^OK \d+\n[\s\S]*pong:ping/);
-    host.end();
+    let exchange: string;
+    try {
+      // "ping" travels in the same write as the CONNECT line: it must still reach the guest.
+      host.write('CONNECT 5000\nping');
+      // "OK <port>\n" and the guest's reply may arrive in one chunk or two: read the whole exchange.
+      exchange = await readUntil(host, /^OK \d+\n[\s\S]*pong:ping/).catch((err: Error) => {
+        throw new Error(`${err.message}\nguest serial output:\n${output()}`);
+      });
+    } finally {
+      host.destroy();
+      server.close();
+    }
     const code = await exited;
-    server.close();
 
     const text = output();
     expect(text).toContain('# vsock-cid: 42');
@@ -115,6 +121,7 @@ describeKvm('vsock through Unix sockets', () => {
       bad.on('close', done);
       bad.on('error', done);
     });
+    bad.destroy();
     console.log(`bad CONNECT closed after ${Date.now() - t0} ms`);
     expect(closed).toBe(true);
     // Nothing listens on <uds>_6000, so the guest's REQUEST is answered with RST.

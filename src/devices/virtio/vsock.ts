@@ -363,7 +363,7 @@ export class VsockDevice implements VirtioBackend {
   }
 
   /** Delivers queued control packets, then lets connections with data read again. */
-  private flushRx(): void {
+  private flushRx(again = false): void {
     const rx = this.queues?.[RX];
     if (!rx) return;
     let used = false;
@@ -387,7 +387,16 @@ export class VsockDevice implements VirtioBackend {
       used = true;
     }
     if (used) this.io?.usedBuffers([rx]);
-    if (this.control.length === 0) for (const c of this.connections.values()) if (c.established) this.watch(c);
+    if (this.control.length > 0) return;
+    for (const c of [...this.connections.values()]) {
+      if (!c.established) continue;
+      // Bytes that came with the CONNECT line are not in the socket any more: epoll would never
+      // report them, so they are moved here, as soon as receive buffers allow.
+      if (c.early.length > 0) this.readHost(c);
+      else this.watch(c);
+    }
+    // Reading may have ended a connection (a SHUTDOWN or RST to deliver): one more pass sends it.
+    if (this.control.length > 0 && !again) this.flushRx(true);
   }
 
   private invalid(): void {

@@ -10,8 +10,14 @@ import { TestDriver } from '../../helpers/virtio-driver';
 /** A poller that only records: the tests drive the device through its queues. */
 class RecordingPoller implements Poller {
   readonly fds = new Map<number, number>();
-  add(fd: number, _h: (e: number) => void, events = 1): void {
+  private readonly handlers = new Map<number, (e: number) => void>();
+  add(fd: number, h: (e: number) => void, events = 1): void {
     this.fds.set(fd, events);
+    this.handlers.set(fd, h);
+  }
+  /** Calls the handler of every fd watched for input, as an epoll loop would when data is there. */
+  pumpInput(): void {
+    for (const [fd, events] of [...this.fds]) if (events & 1) this.handlers.get(fd)?.(1);
   }
   modify(fd: number, events: number): void {
     this.fds.set(fd, events);
@@ -27,6 +33,11 @@ let mem: GuestMemory;
 beforeAll(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-vsock-'));
   mem = TestDriver.memory();
+});
+/** Sockets and servers a test opened: closed even when the test fails, so jest can exit. */
+const afterCleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const f of afterCleanup.splice(0)) f();
 });
 afterAll(() => {
   mem.release();
@@ -120,6 +131,7 @@ describe('vsock: malformed and unexpected packets', () => {
     const net = await import('node:net');
     const sockPath = (vsock as unknown as { opts: { udsPath: string } }).opts.udsPath;
     const server = net.createServer((s) => s.pause()); // accepts, never reads
+    afterCleanup.push(() => server.close());
     await new Promise<void>((r) => server.listen(`${sockPath}_2000`, r));
     send(drv, packet({ op: VSOCK_OP.REQUEST }));
     expect(received(drv, rx)).toEqual([VSOCK_OP.RESPONSE]);
@@ -127,7 +139,6 @@ describe('vsock: malformed and unexpected packets', () => {
     expect(vsock.counters.resets).toBe(1);
     expect(vsock.counters.invalidPackets).toBe(1);
     expect(vsock.counters.txBytes).toBeLessThan(2 * 1024 * 1024);
-    server.close();
   });
 
   test('the guest reaching a listening host port gets RESPONSE, and its data arrives', async () => {
@@ -136,6 +147,7 @@ describe('vsock: malformed and unexpected packets', () => {
     const sockPath = (vsock as unknown as { opts: { udsPath: string } }).opts.udsPath;
     let got = '';
     const server = net.createServer((s) => s.on('data', (d) => (got += d)));
+    afterCleanup.push(() => server.close());
     await new Promise<void>((r) => server.listen(`${sockPath}_2000`, r));
     send(drv, packet({ op: VSOCK_OP.REQUEST }));
     expect(received(drv, rx)).toEqual([VSOCK_OP.RESPONSE]);
@@ -147,6 +159,40 @@ describe('vsock: malformed and unexpected packets', () => {
     const watched = poller.fds.size;
     send(drv, packet({ op: VSOCK_OP.RST }));
     expect(poller.fds.size).toBe(watched - 1);
-    server.close();
+  });
+
+  test('bytes sent with the CONNECT line reach the guest even when its RESPONSE met queued control packets', async () => {
+    const { vsock, drv, rx, poller } = rig();
+    const net = await import('node:net');
+    const sockPath = (vsock as unknown as { opts: { udsPath: string } }).opts.udsPath;
+    const host = net.connect(sockPath);
+    let hostGot = '';
+    host.on('data', (d) => (hostGot += d));
+    await new Promise<void>((r) => host.once('connect', () => r()));
+    afterCleanup.push(() => host.destroy());
+    host.write('CONNECT 5000\nping');
+    await new Promise((r) => setTimeout(r, 50));
+    poller.pumpInput(); // accepts
+    poller.pumpInput(); // reads the CONNECT line (and "ping")
+    expect(received(drv, rx)).toEqual([VSOCK_OP.REQUEST]);
+    const hdr = Buffer.alloc(44);
+    mem.read(rx[0], hdr);
+    const hostPort = hdr.readUInt32LE(16);
+    // Three refused connections use up the remaining receive buffers; a fourth reset waits in the
+    // control queue when the guest's RESPONSE arrives.
+    for (const port of [1, 2, 3, 4]) send(drv, packet({ op: VSOCK_OP.REQUEST, src: 100 + port, dst: 9000 + port }));
+    expect(received(drv, rx)).toEqual([VSOCK_OP.RST, VSOCK_OP.RST, VSOCK_OP.RST]);
+    send(drv, packet({ op: VSOCK_OP.RESPONSE, src: 5000, dst: hostPort }));
+    // The guest gives its buffers back: the pending reset goes out, then the early bytes.
+    for (const i of [0, 1, 2, 3]) drv.publish(0, i);
+    drv.set(0x50, 0);
+    const got = drv.used(0).map(([head, len]) => {
+      const b = Buffer.alloc(len);
+      mem.read(rx[head], b);
+      return b.readUInt16LE(30) === VSOCK_OP.RW ? b.toString('latin1', 44) : b.readUInt16LE(30);
+    });
+    expect(got).toEqual([VSOCK_OP.RST, 'ping']);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(hostGot).toBe(`OK ${hostPort}\n`);
   });
 });
