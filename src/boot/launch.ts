@@ -27,6 +27,8 @@ export interface LaunchOptions {
   startNs: bigint;
   /** Terminal whose keystrokes go to the guest's serial port. */
   serialIn?: NodeJS.ReadStream;
+  /** The MMDS contents at start (the spec's "mmds" key or --metadata); empty when absent. */
+  mmdsData?: unknown;
 }
 
 export class LaunchRefused extends FcRunError {
@@ -43,7 +45,6 @@ export class LaunchRefused extends FcRunError {
 export function unsupportedAtLaunch(plan: BootPlan): string[] {
   const out: string[] = [];
   if (plan.cpuTemplate.kind !== 'none') out.push(`CPU templates (${plan.cpuTemplate.kind})`);
-  if (plan.mmds) out.push('MMDS');
   if (plan.logger) out.push('the logger section');
   if (plan.metrics) out.push('the metrics section');
   if (plan.vcpus.smt) out.push('SMT topology');
@@ -70,7 +71,7 @@ const QUEUES: Record<string, number> = { block: 1, entropy: 1, net: 2, vsock: 3 
  * write of the queue index to QueueNotify signals it without a VM exit), then the VMM thread that
  * owns the device models.
  */
-async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan): Promise<{ windows: VirtioWindows; thread?: VmmThread }> {
+async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: unknown): Promise<{ windows: VirtioWindows; thread?: VmmThread }> {
   const mailbox = createMailboxes(plan.vcpus.count);
   const mailboxFd = eventfd();
   const setups: VirtioDeviceSetup[] = [];
@@ -84,7 +85,7 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan): Promise<{
     });
     const common = { index: d.index, id: d.id, irqFd, notifyFds, interruptStatus: new SharedArrayBuffer(4) };
     if (d.kind === 'block') setups.push({ ...common, kind: 'block', path: d.path, readOnly: d.readOnly, cacheType: d.cacheType, rateLimiter: limiterConfig(d.rateLimiter) });
-    else if (d.kind === 'net') setups.push({ ...common, kind: 'net', tap: d.tap, mac: d.guestMac, mtu: d.mtu, rxRateLimiter: limiterConfig(d.rxRateLimiter), txRateLimiter: limiterConfig(d.txRateLimiter) });
+    else if (d.kind === 'net') setups.push({ ...common, kind: 'net', tap: d.tap, mac: d.guestMac, mtu: d.mtu, mmds: d.mmds, rxRateLimiter: limiterConfig(d.rxRateLimiter), txRateLimiter: limiterConfig(d.txRateLimiter) });
     else if (d.kind === 'vsock') setups.push({ ...common, kind: 'vsock', guestCid: d.guestCid, udsPath: d.udsPath });
     else setups.push({ ...common, kind: 'entropy', rateLimiter: limiterConfig(d.rateLimiter) });
   }
@@ -94,7 +95,8 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan): Promise<{
     mailboxFd,
   };
   if (setups.length === 0) return { windows };
-  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd() });
+  const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {} };
+  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds });
   return { windows, thread };
 }
 
@@ -130,7 +132,7 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));
   for (const v of vcpus) configureVcpu(v, plan, cpuid);
 
-  const virtio = await startDevices(vm, mem, plan);
+  const virtio = await startDevices(vm, mem, plan, opts.mmdsData);
   const micro = new MicroVm(vm, vcpus, {
     virtio: virtio.windows,
     vmmThread: virtio.thread,

@@ -119,12 +119,13 @@ const STOP_WORDS: Record<string, string> = {
 async function runCommand(io: Io, file: string, opts: LoadOptions & { serialOut?: string; startNs: bigint }): Promise<number> {
   // Every VM has a vCPU 0: its thread loads while the spec is validated and planned.
   if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(1);
-  const planned = planSpec(loadSpecFile(file, opts));
+  const loaded = loadSpecFile(file, opts);
+  const planned = planSpec(loaded);
   reportIssues(io, planned.allWarnings.filter((w) => w.severity === 'warning'));
   const serialOutFd = serialTarget(opts.serialOut);
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
   const serialIn = process.stdin.isTTY && serialOutFd === 1 ? process.stdin : undefined;
-  const result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn });
+  const result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data });
   const c = painterFor(io.err);
   const boot = result.bootTimeNs !== undefined ? `, guest boot time ${(Number(result.bootTimeNs) / 1e6).toFixed(1)} ms` : '';
   if (result.stop.reason in STOP_WORDS) {

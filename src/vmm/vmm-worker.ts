@@ -3,6 +3,8 @@ import { GuestMemory, RegionDescriptor } from '../kvm/memory';
 import { BlockDevice } from '../devices/virtio/block';
 import { EntropyDevice } from '../devices/virtio/rng';
 import { NetDevice } from '../devices/virtio/net';
+import { MmdsService } from '../devices/mmds/service';
+import { MmdsNetworkStack } from '../devices/mmds/stack';
 import { VsockDevice } from '../devices/virtio/vsock';
 import { openTap } from '../kvm/tap';
 import { TimerFd } from '../kvm/timerfd';
@@ -25,7 +27,7 @@ export type VirtioDeviceSetup = {
   interruptStatus: SharedArrayBuffer;
 } & (
   | { kind: 'block'; path: string; readOnly: boolean; cacheType: 'Unsafe' | 'Writeback'; rateLimiter?: RateLimiterConfig }
-  | { kind: 'net'; tap: string; mac?: string; mtu?: number; rxRateLimiter?: RateLimiterConfig; txRateLimiter?: RateLimiterConfig }
+  | { kind: 'net'; tap: string; mac?: string; mtu?: number; mmds: boolean; rxRateLimiter?: RateLimiterConfig; txRateLimiter?: RateLimiterConfig }
   | { kind: 'vsock'; guestCid: number; udsPath: string }
   | { kind: 'entropy'; rateLimiter?: RateLimiterConfig }
 );
@@ -36,6 +38,8 @@ export interface VmmWorkerData {
   mailbox: SharedArrayBuffer;
   mailboxFd: number;
   stopFd: number;
+  /** The metadata service: one store for the VM, a network stack on each interface it serves. */
+  mmds?: { version: 'V1' | 'V2'; ipv4Address: string; imdsCompat: boolean; data: unknown };
 }
 
 export type VmmMessage = { kind: 'ready' } | { kind: 'error'; message: string } | { kind: 'stopped'; counters: Record<string, unknown> };
@@ -48,6 +52,11 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   const loop = new EventLoop();
   loop.onError = (err) => port.postMessage({ kind: 'error', message: `VMM thread: ${err.stack ?? err.message}` } satisfies VmmMessage);
   const transports: VirtioMmio[] = [];
+  let mmds: MmdsService | undefined;
+  if (data.mmds) {
+    mmds = new MmdsService({ version: data.mmds.version, imdsCompat: data.mmds.imdsCompat });
+    mmds.setData(data.mmds.data ?? {});
+  }
   /** A throttle whose timer is a timerfd in this loop, calling `resume` when it fires. */
   const throttle = (config: RateLimiterConfig | undefined, resume: () => void): Throttle | undefined => {
     if (!config) return undefined;
@@ -92,6 +101,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         onMalformed: malformed,
         rxThrottle: throttle(d.rxRateLimiter, () => net.resume('rx')),
         txThrottle: throttle(d.txRateLimiter, () => net.resume('tx')),
+        local: d.mmds && mmds ? new MmdsNetworkStack({ ipv4: data.mmds!.ipv4Address, service: mmds }) : undefined,
         watchTap: (on) => {
           if (on === watching) return;
           watching = on;

@@ -27,8 +27,21 @@ export interface NetCounters {
   txFrames: number;
   txBytes: number;
   txDropped: number;
+  /** Frames the guest sent to the local endpoint (MMDS) rather than the TAP. */
+  localFrames: number;
   invalidRequests: number;
 }
+
+export interface LocalEndpoint {
+  /** A frame from the guest, without the virtio-net header; true when the endpoint took it. */
+  handleFrame(frame: Buffer, checksumPartial: boolean): boolean;
+  /** The next frame for the guest; the endpoint counts it as delivered. */
+  nextFrame(): Buffer | undefined;
+  hasOutput(): boolean;
+}
+
+/** virtio_net_hdr.flags: the checksum is only partial (the guest asked for checksum offload). */
+const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
 
 export interface NetOptions {
   id: string;
@@ -39,10 +52,11 @@ export interface NetOptions {
   /** Start or stop watching the TAP for frames (stopped while the guest has no receive buffers). */
   watchTap(on: boolean): void;
   /**
-   * Where guest frames can be answered inside fc-run instead of reaching the TAP (the MMDS
-   * network stack plugs in here). Returns true when it consumed the frame.
+   * A network endpoint inside fc-run (the MMDS network stack): it sees every frame the guest
+   * sends first and keeps those addressed to it, which never reach the TAP; its replies go to the
+   * guest ahead of frames from the TAP.
    */
-  intercept?: (frame: Buffer) => boolean;
+  local?: LocalEndpoint;
   /** Limits on what the guest receives and sends (frame bytes; one op per frame). */
   rxThrottle?: Throttle;
   txThrottle?: Throttle;
@@ -58,7 +72,7 @@ export class NetDevice implements VirtioBackend {
   readonly deviceId = VIRTIO_ID_NET;
   readonly queueCount = 2;
   readonly features: bigint;
-  readonly counters: NetCounters = { rxFrames: 0, rxBytes: 0, rxDropped: 0, txFrames: 0, txBytes: 0, txDropped: 0, invalidRequests: 0 };
+  readonly counters: NetCounters = { rxFrames: 0, rxBytes: 0, rxDropped: 0, txFrames: 0, txBytes: 0, txDropped: 0, localFrames: 0, invalidRequests: 0 };
   private readonly configSpace = Buffer.alloc(12);
   private queues: VirtQueue[] | undefined;
   private io: DeviceIo | undefined;
@@ -142,7 +156,14 @@ export class NetDevice implements VirtioBackend {
     try {
       for (;;) {
         if (this.pendingLen === 0) {
-          this.pendingLen = tapRead(this.opts.tapFd, this.staging);
+          const local = this.opts.local?.nextFrame();
+          if (local) {
+            this.staging.fill(0, 0, VNET_HDR_BYTES);
+            local.copy(this.staging, VNET_HDR_BYTES);
+            this.pendingLen = VNET_HDR_BYTES + local.length;
+          } else {
+            this.pendingLen = tapRead(this.opts.tapFd, this.staging);
+          }
           this.pendingCharged = false;
           if (this.pendingLen === 0) break;
         }
@@ -224,8 +245,8 @@ export class NetDevice implements VirtioBackend {
         const frame = gather(this.mem, chain.segments, MAX_FRAME);
         if (frame.length <= VNET_HDR_BYTES) {
           this.counters.invalidRequests++;
-        } else if (this.opts.intercept?.(frame.subarray(VNET_HDR_BYTES))) {
-          this.counters.txFrames++;
+        } else if (this.opts.local?.handleFrame(frame.subarray(VNET_HDR_BYTES), (frame[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0)) {
+          this.counters.localFrames++;
         } else if (this.send(frame)) {
           this.counters.txFrames++;
           this.counters.txBytes += frame.length - VNET_HDR_BYTES;
@@ -239,5 +260,7 @@ export class NetDevice implements VirtioBackend {
       return;
     }
     this.io!.usedBuffers([tx]);
+    // Replies from the local endpoint go out now, unless receiving is held back.
+    if (this.opts.local?.hasOutput() && !this.opts.rxThrottle?.blocked) this.deliver();
   }
 }
