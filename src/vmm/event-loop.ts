@@ -51,22 +51,25 @@ export class EventLoop {
 
   /** Waits and dispatches until stop() is called from a handler. */
   run(): void {
-    while (!this.stopped) {
-      const n = sys.epollWait(this.epfd, this.events, MAX_EVENTS, -1);
-      if (n < 0) {
-        const e = errno();
-        if (e === 4) continue; // EINTR
-        throw new SyscallError('epoll_wait', e);
-      }
-      for (let i = 0; i < n && !this.stopped; i++) {
-        const fd = Number(this.events.readBigUInt64LE(i * EVENT_BYTES + 4));
-        try {
-          this.handlers.get(fd)?.(this.events.readUInt32LE(i * EVENT_BYTES));
-        } catch (err) {
-          // Device entry points fail their device on error; anything that still escapes is a bug,
-          // reported without stopping the devices that are fine.
-          this.onError?.(err as Error);
-        }
+    while (!this.stopped) this.runOnce(-1);
+  }
+
+  /** One wait (up to `timeoutMs`, -1: no limit) and the dispatch of what it returned. */
+  runOnce(timeoutMs: number): void {
+    const n = sys.epollWait(this.epfd, this.events, MAX_EVENTS, timeoutMs);
+    if (n < 0) {
+      const e = errno();
+      if (e === 4) return; // EINTR
+      throw new SyscallError('epoll_wait', e);
+    }
+    for (let i = 0; i < n && !this.stopped; i++) {
+      const fd = Number(this.events.readBigUInt64LE(i * EVENT_BYTES + 4));
+      try {
+        this.handlers.get(fd)?.(this.events.readUInt32LE(i * EVENT_BYTES));
+      } catch (err) {
+        // Device entry points fail their device on error; anything that still escapes is a bug,
+        // reported without stopping the devices that are fine.
+        this.onError?.(err as Error);
       }
     }
   }

@@ -28,6 +28,8 @@ describeNet('virtio-net through a TAP device', () => {
     ip('tuntap', 'add', 'dev', TAP, 'mode', 'tap');
     ip('addr', 'add', '10.200.0.1/24', 'dev', TAP);
     ip('link', 'set', TAP, 'up');
+    // A neighbour on the TAP's subnet: what the host kernel sends it leaves through the TAP.
+    ip('neigh', 'add', '10.200.0.9', 'lladdr', '06:00:00:00:00:09', 'dev', TAP);
   });
   afterAll(() => {
     spawnSync('ip', ['netns', 'del', NS]);
@@ -60,6 +62,19 @@ describeNet('virtio-net through a TAP device', () => {
     console.log(`net tx limit: configured ${(m.configured / 1000).toFixed(1)} KB/s, achieved ${(m.achieved / 1000).toFixed(1)} KB/s`);
     expect(m.immediate).toBe(20);
     expect(m.sent).toBe(120);
+    expect(m.dropped).toBe(0);
+    expect(m.throttled).toBeGreaterThan(0);
+    expect(m.achieved / m.configured).toBeGreaterThan(0.95);
+    expect(m.achieved / m.configured).toBeLessThan(1.05);
+  });
+
+  test('an rx rate limit on the interface holds: frames from the host reach the guest within 5 % of the rate', () => {
+    const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, path.join(__dirname, '..', 'helpers', 'net-rate.js'), TAP, '20000', '100', '120', 'rx'], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.stderr).toBe('');
+    const m = JSON.parse(r.stdout) as { configured: number; achieved: number; received: number; rxBytes: number; dropped: number; throttled: number };
+    console.log(`net rx limit: configured ${(m.configured / 1000).toFixed(1)} KB/s, achieved ${(m.achieved / 1000).toFixed(1)} KB/s`);
+    expect(m.received).toBe(120);
+    expect(m.rxBytes).toBe(120 * 1000);
     expect(m.dropped).toBe(0);
     expect(m.throttled).toBeGreaterThan(0);
     expect(m.achieved / m.configured).toBeGreaterThan(0.95);
