@@ -74,6 +74,7 @@ struct pvclock_vcpu_time_info {
 } __attribute__((packed));
 
 static volatile struct pvclock_vcpu_time_info pvclock __attribute__((aligned(64)));
+static int kvmclock_ok; /* kvm-clock registered and seen advancing: waits are timed on it */
 static int failures;
 
 /* ---- serial output (polled) ---- */
@@ -135,6 +136,16 @@ static int str_eq(const char *a, const char *b, int n) {
     for (int i = 0; i < n; i++)
         if (a[i] != b[i]) return 0;
     return 1;
+}
+
+/* Whether `word` appears in `hay` as a whole space-separated word. */
+static int has_word(const char *hay, const char *word) {
+    for (const char *p = hay; p && *p; p++) {
+        int i = 0;
+        while (word[i] && p[i] == word[i]) i++;
+        if (!word[i] && (p[i] == 0 || p[i] == ' ') && (p == hay || p[-1] == ' ')) return 1;
+    }
+    return 0;
 }
 
 /* ---- checks ---- */
@@ -289,10 +300,12 @@ static void check_kvmclock(void) {
     puts_(" ");
     put_dec(t1);
     puts_("\n");
-    if (t1 <= t0)
+    if (t1 <= t0) {
         not_ok("kvm-clock", "kvm-clock did not advance");
-    else
+    } else {
+        kvmclock_ok = 1;
         ok("kvm-clock");
+    }
 }
 
 /* ---- paging: map the LAPIC/IOAPIC page range (3-4 GiB) uncached ---- */
@@ -749,80 +762,859 @@ static void put_mac(const uint8_t *m) {
     puts_(s);
 }
 
-/* ARP for the peer given as probe.peer= through the NIC, from probe.ip=; expects the reply. */
-static void check_net(uint64_t base) {
-    uint64_t offered;
-    struct vq *rx = virtio_init_n(base, 1ull << 5, &offered, 2);
-    if (!rx) {
-        not_ok("net-init", "the device refused FEATURES_OK");
-        return;
-    }
-    struct vq *tx = rx + 1;
+/* ---- bounded waits ---- */
+
+/*
+ * A deadline `ms` milliseconds away, measured on kvm-clock when check_kvmclock saw it advance
+ * (wall time, however fast the CPU or the emulator runs). Without kvm-clock, a count of polling
+ * turns stands in: generous on hardware, longer in wall time under a software emulator, but always
+ * finite.
+ */
+struct deadline {
+    uint64_t end_ns;
+    uint64_t turns_left;
+};
+
+static struct deadline deadline_in(uint32_t ms) {
+    struct deadline d = {0, (uint64_t)ms * 20000};
+    if (kvmclock_ok) d.end_ns = kvmclock_ns() + (uint64_t)ms * 1000000;
+    return d;
+}
+
+static int expired(struct deadline *d) {
+    if (kvmclock_ok) return kvmclock_ns() >= d->end_ns;
+    if (d->turns_left == 0) return 1;
+    d->turns_left--;
+    return 0;
+}
+
+/* ---- virtio-net: a polled NIC ---- */
+
+#define NET_HDR_BYTES 12   /* struct virtio_net_hdr with num_buffers (VIRTIO_F_VERSION_1), sent as zeros */
+#define NET_BUF_BYTES 2048 /* a whole Ethernet frame (1514 bytes) and the header fit one buffer */
+#define ETH_HDR 14
+#define ETHERTYPE_IPV4 0x0800
+#define ETHERTYPE_ARP 0x0806
+
+static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t get32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static inline void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8), p[1] = (uint8_t)v; }
+static inline void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)(v >> 16)), put16(p + 2, (uint16_t)v); }
+
+/*
+ * Every receive descriptor owns one buffer and stays posted: a frame is copied out of its buffer
+ * and the buffer goes straight back to the device, so a burst of segments queues in the ring (or,
+ * when the ring is full, in the device, which stops reading the TAP) rather than being dropped.
+ * No offloads are negotiated (only VERSION_1 and MAC), so frames arrive with complete checksums
+ * and must leave with them, and none is larger than an Ethernet frame.
+ */
+struct nic {
+    uint64_t base;
+    struct vq *rx, *tx;
+    uint16_t rx_seen;      /* receive used-ring entries consumed */
     uint8_t mac[6];
-    for (int i = 0; i < 6; i++) mac[i] = (uint8_t)(*(volatile uint8_t *)(uintptr_t)(base + 0x100 + (uint64_t)i));
-    puts_("# net-mac: ");
-    put_mac(mac);
-    puts_("\n");
-    uint32_t me = cmdline_ip("probe.ip="), peer = cmdline_ip("probe.peer=");
-    if (!me || !peer) {
-        ok("net-init");
-        return;
-    }
-    /* One receive buffer (descriptor 0 of the RX queue). */
-    uint8_t *rbuf = dma[2];
-    for (int i = 0; i < 2048; i++) rbuf[i] = 0;
-    rx->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)rbuf, 2048, VRING_DESC_F_WRITE, 0};
-    uint16_t rx_before = rx->used_idx;
-    rx->avail_ring[rx->avail_idx % VQ_SIZE] = 0;
+    uint32_t ip;           /* our address (probe.ip=), host byte order */
+    uint32_t other_frames; /* frames nobody was waiting for (IPv6 neighbour discovery, say) */
+};
+
+static uint8_t net_rx_bufs[VQ_SIZE][NET_BUF_BYTES] __attribute__((aligned(16)));
+static uint8_t net_tx_buf[NET_BUF_BYTES] __attribute__((aligned(16)));
+static uint8_t net_frame[NET_BUF_BYTES]; /* the frame nic_poll returned last */
+
+static void nic_post_rx(struct nic *n, uint16_t id) {
+    n->rx->desc[id] = (struct vring_desc){(uint64_t)(uintptr_t)net_rx_bufs[id], NET_BUF_BYTES, VRING_DESC_F_WRITE, 0};
+    n->rx->avail_ring[n->rx->avail_idx % VQ_SIZE] = id;
     __sync_synchronize();
-    rx->avail_idx++;
+    n->rx->avail_idx++;
     __sync_synchronize();
+}
+
+static int nic_open(struct nic *n, uint64_t base) {
+    uint64_t offered;
+    n->base = base;
+    n->rx = virtio_init_n(base, 1ull << 5, &offered, 2);
+    if (!n->rx) return 0;
+    n->tx = n->rx + 1;
+    n->rx_seen = n->rx->used_idx;
+    n->other_frames = 0;
+    for (int i = 0; i < 6; i++) n->mac[i] = (uint8_t)(*(volatile uint8_t *)(uintptr_t)(base + 0x100 + (uint64_t)i));
+    for (uint16_t i = 0; i < VQ_SIZE; i++) nic_post_rx(n, i);
     mmio_write(base, 0x50, 0);
-    /* virtio-net header (12 bytes, zero) + Ethernet + ARP request. */
-    uint8_t *f = dma[1];
-    for (int i = 0; i < 12 + 42; i++) f[i] = 0;
-    uint8_t *e = f + 12;
-    for (int i = 0; i < 6; i++) e[i] = 0xff, e[6 + i] = mac[i];
-    e[12] = 0x08, e[13] = 0x06;
-    uint8_t *a = e + 14;
-    a[1] = 1, a[2] = 0x08, a[4] = 6, a[5] = 4, a[7] = 1;
-    for (int i = 0; i < 6; i++) a[8 + i] = mac[i];
-    for (int i = 0; i < 4; i++) a[14 + i] = (uint8_t)(me >> (24 - 8 * i)), a[24 + i] = (uint8_t)(peer >> (24 - 8 * i));
-    tx->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)f, 12 + 42, 0, 0};
-    if (virtio_submit_q(base, tx, 1) < 0) {
+    return 1;
+}
+
+/* Sends the `len`-byte Ethernet frame built at net_tx_buf + NET_HDR_BYTES; waits for the device. */
+static int nic_send(struct nic *n, uint32_t len) {
+    for (int i = 0; i < NET_HDR_BYTES; i++) net_tx_buf[i] = 0;
+    n->tx->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)net_tx_buf, NET_HDR_BYTES + len, 0, 0};
+    return virtio_submit_q(n->base, n->tx, 1) >= 0;
+}
+
+static inline uint8_t *nic_tx_frame(void) { return net_tx_buf + NET_HDR_BYTES; }
+
+static int arp_send(struct nic *n, uint16_t op, const uint8_t *dst_mac, const uint8_t *target_mac, uint32_t target_ip) {
+    uint8_t *e = nic_tx_frame();
+    for (int i = 0; i < 6; i++) e[i] = dst_mac[i], e[6 + i] = n->mac[i];
+    put16(e + 12, ETHERTYPE_ARP);
+    uint8_t *a = e + ETH_HDR;
+    put16(a, 1);              /* hardware: Ethernet */
+    put16(a + 2, ETHERTYPE_IPV4);
+    a[4] = 6, a[5] = 4;
+    put16(a + 6, op);
+    for (int i = 0; i < 6; i++) a[8 + i] = n->mac[i], a[18 + i] = target_mac[i];
+    put32(a + 14, n->ip);
+    put32(a + 24, target_ip);
+    return nic_send(n, ETH_HDR + 28);
+}
+
+/* Answers an ARP request for our address (the host asks before it sends to us); 1 if it was one. */
+static int arp_answer(struct nic *n, const uint8_t *f, uint32_t len) {
+    const uint8_t *a = f + ETH_HDR;
+    if (len < ETH_HDR + 28 || get16(f + 12) != ETHERTYPE_ARP || get16(a + 6) != 1 || get32(a + 24) != n->ip) return 0;
+    uint8_t requester[6];
+    for (int i = 0; i < 6; i++) requester[i] = a[8 + i];
+    arp_send(n, 2, requester, requester, get32(a + 14));
+    return 1;
+}
+
+/* The next received frame, copied to net_frame: its length, or 0 when none is waiting. ARP
+   requests for our address are answered here and not returned. */
+static uint32_t nic_poll(struct nic *n) {
+    while (n->rx->used_idx != n->rx_seen) {
+        __sync_synchronize();
+        uint32_t id = n->rx->used_ring[n->rx_seen % VQ_SIZE].id;
+        uint32_t len = n->rx->used_ring[n->rx_seen % VQ_SIZE].len;
+        n->rx_seen++;
+        if (id >= VQ_SIZE) continue; /* not a buffer we posted: nothing to copy or give back */
+        len = len > NET_HDR_BYTES + ETH_HDR && len <= NET_BUF_BYTES ? len - NET_HDR_BYTES : 0;
+        for (uint32_t i = 0; i < len; i++) net_frame[i] = net_rx_bufs[id][NET_HDR_BYTES + i];
+        nic_post_rx(n, (uint16_t)id);
+        mmio_write(n->base, 0x50, 0);
+        mmio_write(n->base, 0x64, mmio_read(n->base, 0x60)); /* acknowledge the interrupt */
+        if (!len || arp_answer(n, net_frame, len)) continue;
+        return len;
+    }
+    return 0;
+}
+
+/* Resolves `ip` to a MAC address, asking once a second until `ms` pass. 1: resolved; 0: no reply;
+   -1: the first request did not leave (the transmit queue did not complete). */
+static int arp_resolve(struct nic *n, uint32_t ip, uint8_t mac[6], uint32_t ms) {
+    static const uint8_t broadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, unknown[6] = {0};
+    struct deadline give_up = deadline_in(ms);
+    for (int attempt = 0;; attempt++) {
+        if (!arp_send(n, 1, broadcast, unknown, ip) && attempt == 0) return -1;
+        struct deadline retry = deadline_in(1000);
+        while (!expired(&retry)) {
+            uint32_t len = nic_poll(n);
+            if (!len) {
+                if (expired(&give_up)) return 0;
+                __asm__ volatile("pause");
+                continue;
+            }
+            const uint8_t *a = net_frame + ETH_HDR;
+            if (len >= ETH_HDR + 28 && get16(net_frame + 12) == ETHERTYPE_ARP && get16(a + 6) == 2 && get32(a + 14) == ip) {
+                for (int i = 0; i < 6; i++) mac[i] = a[8 + i];
+                return 1;
+            }
+            n->other_frames++;
+        }
+        if (expired(&give_up)) return 0;
+    }
+}
+
+/* ARP for the peer given as probe.peer= through the NIC, from probe.ip=; expects the reply. */
+static void check_net_arp(struct nic *n, uint32_t peer) {
+    uint8_t peer_mac[6];
+    int r = arp_resolve(n, peer, peer_mac, 10000);
+    if (r < 0) {
         not_ok("net-tx", "the transmit queue did not complete");
         return;
     }
     ok("net-tx");
-    int others = 0;
-    for (uint64_t i = 0; i < 400000000ull && others < 32; i++) {
-        if (rx->used_idx == rx_before) {
-            __asm__ volatile("pause");
-            continue;
-        }
-        __sync_synchronize();
-        rx_before++;
-        uint8_t *re = rbuf + 12;
-        uint8_t *ra = re + 14;
-        if (re[12] == 0x08 && re[13] == 0x06 && ra[7] == 2) {
-            puts_("# net-peer-mac: ");
-            put_mac(ra + 8);
-            puts_("\n");
-            puts_("# net-other-frames: ");
-            put_dec((uint64_t)others);
-            puts_("\n");
-            ok("net-arp");
+    if (r == 0) {
+        not_ok("net-arp", "no ARP reply arrived");
+        return;
+    }
+    puts_("# net-peer-mac: ");
+    put_mac(peer_mac);
+    puts_("\n# net-other-frames: ");
+    put_dec(n->other_frames);
+    puts_("\n");
+    ok("net-arp");
+}
+
+/* ---- HTTP/1.1 responses, parsed as the bytes arrive ---- */
+
+#define HTTP_HEAD_MAX 1024
+#define HTTP_BODY_KEEP 256 /* the start of the body kept for the caller; the rest is counted only */
+
+struct http_resp {
+    char head[HTTP_HEAD_MAX + 1];
+    uint32_t head_len;
+    int head_done;
+    int status;
+    uint32_t content_length;
+    uint32_t body_len;              /* body bytes received */
+    char body[HTTP_BODY_KEEP + 1];  /* the first of them, NUL-terminated */
+    int complete;
+    const char *error;
+};
+
+static void http_reset(struct http_resp *r) {
+    r->head_len = 0;
+    r->head_done = 0;
+    r->status = 0;
+    r->content_length = 0;
+    r->body_len = 0;
+    r->body[0] = 0;
+    r->complete = 0;
+    r->error = 0;
+}
+
+static char lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c; }
+
+/* Whether the header line at `line` is named `name` (lower case); then *value is its value. */
+static int http_header_is(const char *line, const char *name, const char **value) {
+    int i = 0;
+    for (; name[i]; i++)
+        if (lower(line[i]) != name[i]) return 0;
+    if (line[i] != ':') return 0;
+    i++;
+    while (line[i] == ' ' || line[i] == '\t') i++;
+    *value = line + i;
+    return 1;
+}
+
+/* The head (status line and headers, ending in an empty line) is complete: read what frames the
+   body. Only Content-Length framing is understood, as MMDS uses. */
+static void http_parse_head(struct http_resp *r) {
+    const char *h = r->head;
+    if (!str_eq(h, "HTTP/1.", 7) || h[7] < '0' || h[7] > '9' || h[8] != ' ' || h[9] < '1' || h[9] > '5' || h[10] < '0' || h[10] > '9' ||
+        h[11] < '0' || h[11] > '9' || (h[12] != ' ' && h[12] != '\r')) {
+        r->error = "malformed HTTP status line";
+        return;
+    }
+    r->status = (h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0');
+    int has_length = 0;
+    for (const char *line = h; *line;) {
+        while (*line && *line != '\n') line++;
+        if (!*line) break;
+        line++;
+        const char *v;
+        if (http_header_is(line, "content-length", &v)) {
+            uint32_t n = 0;
+            int digits = 0;
+            for (; *v >= '0' && *v <= '9' && digits < 9; v++, digits++) n = n * 10 + (uint32_t)(*v - '0');
+            if (!digits || (*v != '\r' && *v != ' ')) {
+                r->error = "malformed Content-Length";
+                return;
+            }
+            r->content_length = n;
+            has_length = 1;
+        } else if (http_header_is(line, "transfer-encoding", &v)) {
+            r->error = "Transfer-Encoding is not supported (only Content-Length)";
             return;
         }
-        /* Something else (IPv6 neighbour discovery, say): give the buffer back and wait on. */
-        others++;
-        rx->avail_ring[rx->avail_idx % VQ_SIZE] = 0;
-        __sync_synchronize();
-        rx->avail_idx++;
-        __sync_synchronize();
-        mmio_write(base, 0x50, 0);
     }
-    not_ok("net-arp", "no ARP reply arrived");
+    if (r->status < 200) { /* an interim response (100 Continue): the real one follows */
+        r->head_len = 0;
+        return;
+    }
+    if (!has_length && r->status != 204 && r->status != 304) {
+        r->error = "response without Content-Length";
+        return;
+    }
+    r->head_done = 1;
+    if (r->content_length == 0) r->complete = 1;
+}
+
+static void http_feed(struct http_resp *r, const uint8_t *data, uint32_t len) {
+    for (uint32_t i = 0; i < len && !r->error; i++) {
+        char ch = (char)data[i];
+        if (r->complete) {
+            r->error = "bytes beyond the end of the response";
+        } else if (!r->head_done) {
+            if (r->head_len == HTTP_HEAD_MAX) {
+                r->error = "response head longer than 1024 bytes";
+                break;
+            }
+            r->head[r->head_len++] = ch;
+            r->head[r->head_len] = 0;
+            if (r->head_len >= 4 && str_eq(r->head + r->head_len - 4, "\r\n\r\n", 4)) http_parse_head(r);
+        } else {
+            if (r->body_len < HTTP_BODY_KEEP) r->body[r->body_len] = ch, r->body[r->body_len + 1] = 0;
+            if (++r->body_len == r->content_length) r->complete = 1;
+        }
+    }
+}
+
+/* ---- IPv4 and a TCP client connection ---- */
+
+static uint32_t csum_add(uint32_t sum, const uint8_t *p, uint32_t len) {
+    for (uint32_t i = 0; i + 1 < len; i += 2) sum += get16(p + i);
+    if (len & 1) sum += (uint32_t)p[len - 1] << 8;
+    return sum;
+}
+
+/* The Internet checksum: the one's complement of the folded sum. Over a received header that
+   includes its checksum field, it is 0 when the header is intact. */
+static uint16_t csum_fold(uint32_t sum) {
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+/* Sum of the TCP pseudo-header (addresses, protocol, TCP length). */
+static uint32_t tcp_pseudo_sum(uint32_t src, uint32_t dst, uint32_t tcp_len) {
+    return (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + 6 + tcp_len;
+}
+
+static inline int seq_lt(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
+static inline int seq_le(uint32_t a, uint32_t b) { return (int32_t)(a - b) <= 0; }
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_PSH 0x08
+#define TCP_ACK 0x10
+#define TCP_OUR_MSS 1460     /* what fits our 2048-byte receive buffers after all headers */
+#define TCP_WINDOW 8192      /* we consume in-order bytes as they arrive, so the window stays open */
+#define TCP_SNDBUF 1024      /* bytes sent and not yet acknowledged: one request */
+#define TCP_RTO_MS 1000      /* first retransmission timeout; doubles on each retry */
+#define TCP_MAX_RETRIES 5
+
+enum { TCP_SYN_SENT, TCP_ESTABLISHED };
+
+/*
+ * One client connection, driven by polling. Sends: one request at a time (at most TCP_SNDBUF
+ * bytes), kept until acknowledged and sent again from snd_una when the retransmission timer
+ * expires (go-back-N). Receives: in-order bytes only, each handed to `sink` once; a segment with
+ * nothing new (the peer retransmitted) is ACKed again and dropped, a segment ahead of rcv_nxt is
+ * dropped with a duplicate ACK, and the peer retransmits it in order. Options: MSS on our SYN; the
+ * peer's MSS read from its SYN-ACK; nothing else (no window scaling, timestamps or SACK). The peer's
+ * receive window is not tracked: one request of at most 1 KiB fits any window a server offers.
+ */
+struct tcp {
+    struct nic *nic;
+    uint8_t peer_mac[6];
+    uint32_t peer_ip;
+    uint16_t lport, rport;
+    int state;
+    uint32_t snd_una, snd_nxt, rcv_nxt;
+    uint32_t peer_mss;
+    uint8_t sndbuf[TCP_SNDBUF]; /* unacknowledged data, starting at sequence number snd_una */
+    uint32_t snd_len;
+    int fin_sent, fin_acked, peer_fin;
+    struct deadline rto;        /* when unacknowledged data (or SYN, or FIN) is sent again */
+    uint32_t rto_ms, retries;
+    struct http_resp *sink;     /* where received in-order bytes go (0: none are expected) */
+    const char *error;          /* why the connection failed; 0 while it works */
+    uint16_t ip_id;
+    uint32_t retransmits;       /* segments we sent again */
+    uint32_t dup_segments;      /* peer segments with nothing new, ACKed again and dropped */
+    uint32_t ooo_segments;      /* peer segments beyond rcv_nxt, dropped */
+    uint32_t bad_checksums;     /* frames for us dropped for a wrong IPv4 or TCP checksum */
+};
+
+/* Sends one segment: `len` data bytes at sequence number `seq`, acknowledging rcv_nxt. */
+static void tcp_segment(struct tcp *c, uint8_t flags, uint32_t seq, const uint8_t *data, uint32_t len) {
+    uint8_t *e = nic_tx_frame();
+    for (int i = 0; i < 6; i++) e[i] = c->peer_mac[i], e[6 + i] = c->nic->mac[i];
+    put16(e + 12, ETHERTYPE_IPV4);
+    uint32_t opt = (flags & TCP_SYN) ? 4 : 0;
+    uint32_t tcp_len = 20 + opt + len;
+    uint8_t *ip = e + ETH_HDR;
+    ip[0] = 0x45; /* version 4, 20-byte header */
+    ip[1] = 0;
+    put16(ip + 2, (uint16_t)(20 + tcp_len));
+    put16(ip + 4, c->ip_id++);
+    put16(ip + 6, 0x4000); /* don't fragment */
+    ip[8] = 64;            /* TTL */
+    ip[9] = 6;             /* TCP */
+    put16(ip + 10, 0);
+    put32(ip + 12, c->nic->ip);
+    put32(ip + 16, c->peer_ip);
+    put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+    uint8_t *t = ip + 20;
+    put16(t, c->lport);
+    put16(t + 2, c->rport);
+    put32(t + 4, seq);
+    put32(t + 8, (flags & TCP_ACK) ? c->rcv_nxt : 0);
+    t[12] = (uint8_t)(((20 + opt) / 4) << 4);
+    t[13] = flags;
+    put16(t + 14, TCP_WINDOW);
+    put16(t + 16, 0);
+    put16(t + 18, 0);
+    if (opt) { /* MSS option */
+        t[20] = 2;
+        t[21] = 4;
+        put16(t + 22, TCP_OUR_MSS);
+    }
+    for (uint32_t i = 0; i < len; i++) t[20 + opt + i] = data[i];
+    put16(t + 16, csum_fold(csum_add(tcp_pseudo_sum(c->nic->ip, c->peer_ip, tcp_len), t, tcp_len)));
+    nic_send(c->nic, ETH_HDR + 20 + tcp_len);
+}
+
+static void tcp_send_ack(struct tcp *c) { tcp_segment(c, TCP_ACK, c->snd_nxt, 0, 0); }
+
+/* Sends sndbuf[from..snd_len) (at sequence snd_una + from) in segments of at most the peer's MSS,
+   then the FIN if one is due. */
+static void tcp_send_from(struct tcp *c, uint32_t from) {
+    while (from < c->snd_len) {
+        uint32_t n = c->snd_len - from;
+        if (n > c->peer_mss) n = c->peer_mss;
+        tcp_segment(c, TCP_ACK | TCP_PSH, c->snd_una + from, c->sndbuf + from, n);
+        from += n;
+    }
+    if (c->fin_sent && !c->fin_acked) tcp_segment(c, TCP_FIN | TCP_ACK, c->snd_una + c->snd_len, 0, 0);
+}
+
+static int tcp_outstanding(const struct tcp *c) { return c->snd_una != c->snd_nxt; }
+
+static void tcp_arm_rto(struct tcp *c) { c->rto = deadline_in(c->rto_ms); }
+
+/* The retransmission timer expired: send everything unacknowledged again, backing off. */
+static void tcp_retransmit(struct tcp *c) {
+    if (c->retries++ >= TCP_MAX_RETRIES) {
+        c->error = c->state == TCP_SYN_SENT ? "no SYN-ACK: the peer never answered the SYN" : "the peer stopped acknowledging what we sent";
+        return;
+    }
+    c->retransmits++;
+    if (c->state == TCP_SYN_SENT)
+        tcp_segment(c, TCP_SYN, c->snd_una, 0, 0);
+    else
+        tcp_send_from(c, 0);
+    c->rto_ms *= 2;
+    tcp_arm_rto(c);
+}
+
+static void tcp_connect(struct tcp *c, struct nic *n, uint32_t peer_ip, uint16_t lport, uint16_t rport) {
+    c->nic = n;
+    c->peer_ip = peer_ip;
+    c->lport = lport;
+    c->rport = rport;
+    c->state = TCP_SYN_SENT;
+    uint32_t iss = (uint32_t)(rdtsc() >> 4); /* differs from boot to boot, as an ISN should */
+    c->snd_una = iss;
+    c->snd_nxt = iss + 1; /* the SYN takes one sequence number */
+    c->rcv_nxt = 0;
+    c->peer_mss = 536;   /* RFC 9293 default until the SYN-ACK says otherwise */
+    c->snd_len = 0;
+    c->fin_sent = c->fin_acked = c->peer_fin = 0;
+    c->sink = 0;
+    c->error = 0;
+    c->ip_id = (uint16_t)iss;
+    c->retransmits = c->dup_segments = c->ooo_segments = c->bad_checksums = 0;
+    c->rto_ms = TCP_RTO_MS;
+    c->retries = 0;
+    tcp_segment(c, TCP_SYN, iss, 0, 0);
+    tcp_arm_rto(c);
+}
+
+/* Queues and sends `len` bytes (all of them fit sndbuf, or the connection fails). */
+static void tcp_write(struct tcp *c, const char *data, uint32_t len) {
+    if (c->error) return;
+    if (c->fin_sent || c->snd_len + len > TCP_SNDBUF) {
+        c->error = "request larger than the send buffer";
+        return;
+    }
+    uint32_t from = c->snd_len;
+    for (uint32_t i = 0; i < len; i++) c->sndbuf[from + i] = (uint8_t)data[i];
+    c->snd_len += len;
+    c->snd_nxt += len;
+    if (from == 0) { /* nothing was outstanding: the timer starts afresh */
+        c->rto_ms = TCP_RTO_MS;
+        c->retries = 0;
+        tcp_arm_rto(c);
+    }
+    tcp_send_from(c, from);
+}
+
+static void tcp_close(struct tcp *c) {
+    if (c->error || c->fin_sent) return;
+    c->fin_sent = 1;
+    c->snd_nxt++;
+    if (c->snd_len == 0) {
+        c->rto_ms = TCP_RTO_MS;
+        c->retries = 0;
+        tcp_arm_rto(c);
+    }
+    tcp_segment(c, TCP_FIN | TCP_ACK, c->snd_nxt - 1, 0, 0);
+}
+
+/* The peer acknowledged up to `ack`: drop what it has from sndbuf. */
+static void tcp_acked(struct tcp *c, uint32_t ack) {
+    if (!seq_lt(c->snd_una, ack) || seq_lt(c->snd_nxt, ack)) return; /* old or impossible: ignore */
+    uint32_t n = ack - c->snd_una;
+    if (c->fin_sent && ack == c->snd_nxt) { /* the FIN's sequence number is not in sndbuf */
+        c->fin_acked = 1;
+        n--;
+    }
+    for (uint32_t i = n; i < c->snd_len; i++) c->sndbuf[i - n] = c->sndbuf[i];
+    c->snd_len -= n;
+    c->snd_una = ack;
+    c->rto_ms = TCP_RTO_MS; /* progress: a fresh timer for whatever is still outstanding */
+    c->retries = 0;
+    tcp_arm_rto(c);
+}
+
+/* MSS option of a SYN-ACK (options are the bytes between the fixed header and the data). */
+static void tcp_read_mss(struct tcp *c, const uint8_t *opt, uint32_t len) {
+    for (uint32_t i = 0; i < len;) {
+        if (opt[i] == 0) break;                  /* end of options */
+        if (opt[i] == 1) { i++; continue; }      /* no-op */
+        if (i + 1 >= len || opt[i + 1] < 2 || i + opt[i + 1] > len) break;
+        if (opt[i] == 2 && opt[i + 1] == 4) {
+            uint32_t mss = get16(opt + i + 2);
+            if (mss >= 64) c->peer_mss = mss; /* smaller ones would be absurd; keep the default */
+        }
+        i += opt[i + 1];
+    }
+}
+
+/* One received frame: ignored unless it is an intact segment of this connection. */
+static void tcp_input(struct tcp *c, const uint8_t *f, uint32_t len) {
+    const uint8_t *ip = f + ETH_HDR;
+    if (len < ETH_HDR + 20 || get16(f + 12) != ETHERTYPE_IPV4 || (ip[0] >> 4) != 4) goto other;
+    uint32_t ihl = (ip[0] & 15u) * 4, total = get16(ip + 2);
+    if (ihl < 20 || total < ihl + 20 || ETH_HDR + total > len) goto other;
+    if (ip[9] != 6 || get32(ip + 12) != c->peer_ip || get32(ip + 16) != c->nic->ip || (get16(ip + 6) & 0x3fff)) goto other;
+    const uint8_t *t = ip + ihl;
+    uint32_t tcp_len = total - ihl;
+    if (csum_fold(csum_add(0, ip, ihl)) != 0 ||
+        csum_fold(csum_add(tcp_pseudo_sum(c->peer_ip, c->nic->ip, tcp_len), t, tcp_len)) != 0) {
+        c->bad_checksums++;
+        return;
+    }
+    if (get16(t) != c->rport || get16(t + 2) != c->lport) goto other;
+    uint32_t doff = (uint32_t)(t[12] >> 4) * 4;
+    if (doff < 20 || doff > tcp_len) goto other;
+    uint32_t seq = get32(t + 4), ack = get32(t + 8);
+    uint8_t flags = t[13];
+    const uint8_t *data = t + doff;
+    uint32_t dlen = tcp_len - doff;
+
+    if (c->state == TCP_SYN_SENT) {
+        if (flags & TCP_RST) { /* acceptable only if it acknowledges our SYN */
+            if ((flags & TCP_ACK) && ack == c->snd_nxt) c->error = "connection refused (the peer answered the SYN with RST)";
+        } else if ((flags & (TCP_SYN | TCP_ACK | TCP_RST)) == (TCP_SYN | TCP_ACK) && ack == c->snd_nxt) {
+            tcp_read_mss(c, t + 20, doff - 20);
+            c->rcv_nxt = seq + 1;
+            c->snd_una = ack;
+            c->state = TCP_ESTABLISHED;
+            tcp_send_ack(c);
+        } else {
+            c->error = "unexpected segment while waiting for the SYN-ACK";
+        }
+        return;
+    }
+    if (flags & TCP_RST) {
+        /* Believed only at the sequence number we expect next (RFC 5961), so a stray one cannot
+           tear the connection down. */
+        if (seq == c->rcv_nxt) c->error = "the peer reset the connection";
+        return;
+    }
+    if (flags & TCP_SYN) {
+        /* The SYN-ACK again: our ACK of it was lost or late. */
+        if (seq + 1 == c->rcv_nxt) {
+            c->dup_segments++;
+            tcp_send_ack(c);
+        } else {
+            c->error = "unexpected SYN on an established connection";
+        }
+        return;
+    }
+    if (!(flags & TCP_ACK)) return; /* every segment after the handshake carries an ACK */
+    if (seq_lt(c->snd_nxt, ack)) {
+        c->error = "the peer acknowledged data we never sent";
+        return;
+    }
+    tcp_acked(c, ack);
+    if (dlen == 0 && !(flags & TCP_FIN)) return; /* a bare ACK: nothing to acknowledge back */
+    int32_t off = (int32_t)(c->rcv_nxt - seq);   /* bytes of this segment we already have */
+    if (off < 0) {
+        c->ooo_segments++; /* a gap before it: dropped; the duplicate ACK asks for the gap */
+        tcp_send_ack(c);
+        return;
+    }
+    uint32_t fresh = 0;
+    if ((uint32_t)off < dlen) {
+        fresh = dlen - (uint32_t)off;
+        c->rcv_nxt += fresh;
+        if (!c->sink) {
+            c->error = "data arrived while no response was awaited";
+        } else {
+            http_feed(c->sink, data + off, fresh);
+            if (c->sink->error) c->error = c->sink->error;
+        }
+    }
+    int fin = (flags & TCP_FIN) && !c->peer_fin && seq + dlen == c->rcv_nxt;
+    if (fin) { /* the FIN takes one sequence number */
+        c->peer_fin = 1;
+        c->rcv_nxt++;
+    }
+    if (!fresh && !fin) c->dup_segments++;
+    tcp_send_ack(c);
+    return;
+other:
+    c->nic->other_frames++;
+}
+
+/*
+ * Processes segments until `done`, a failure, or `ms` milliseconds; retransmits on the way.
+ * Returns 1 when done; otherwise c->error says why (`timeout` if the time ran out).
+ */
+static int tcp_wait(struct tcp *c, int (*done)(const struct tcp *), uint32_t ms, const char *timeout) {
+    struct deadline give_up = deadline_in(ms);
+    for (;;) {
+        if (c->error) return 0;
+        if (done(c)) return 1;
+        uint32_t len = nic_poll(c->nic);
+        if (len) {
+            tcp_input(c, net_frame, len);
+            continue;
+        }
+        if (tcp_outstanding(c) && expired(&c->rto)) tcp_retransmit(c);
+        if (!c->error && expired(&give_up)) c->error = timeout;
+        __asm__ volatile("pause");
+    }
+}
+
+/* ---- MMDS: token, then metadata, over one keep-alive connection ---- */
+
+/* A request under construction; too long a request is refused, never truncated. */
+struct strbuf {
+    char s[TCP_SNDBUF];
+    uint32_t len;
+    int overflow;
+};
+
+static void sb_puts(struct strbuf *b, const char *s) {
+    for (; *s; s++) {
+        if (b->len == sizeof b->s) {
+            b->overflow = 1;
+            return;
+        }
+        b->s[b->len++] = *s;
+    }
+}
+
+static void sb_put_ip(struct strbuf *b, uint32_t ip) {
+    for (int i = 0; i < 4; i++) {
+        char d[4];
+        uint32_t v = (ip >> (24 - 8 * i)) & 0xff;
+        int k = 0;
+        if (v >= 100) d[k++] = (char)('0' + v / 100);
+        if (v >= 10) d[k++] = (char)('0' + v / 10 % 10);
+        d[k++] = (char)('0' + v % 10);
+        d[k] = 0;
+        sb_puts(b, d);
+        if (i < 3) sb_puts(b, ".");
+    }
+}
+
+/* The value after `key` on the command line, up to the next space, into out (at most max - 1
+   characters); 0 when the key is absent or the value does not fit. */
+static int cmdline_value(const char *key, char *out, int max) {
+    for (const char *p = cmdline; p && *p; p++) {
+        if (p != cmdline && p[-1] != ' ') continue;
+        int i = 0;
+        while (key[i] && p[i] == key[i]) i++;
+        if (key[i]) continue;
+        int n = 0;
+        for (const char *v = p + i; *v && *v != ' '; v++) {
+            if (n == max - 1) return 0;
+            out[n++] = *v;
+        }
+        out[n] = 0;
+        return n > 0;
+    }
+    return 0;
+}
+
+/* Prints `n` bytes on one line: \r, \n, \t and \\ as those two-character escapes, other bytes
+   outside printable ASCII as \xHH. */
+static void put_escaped(const char *s, uint32_t n) {
+    static const char d[] = "0123456789abcdef";
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t ch = (uint8_t)s[i];
+        if (ch == '\r') puts_("\\r");
+        else if (ch == '\n') puts_("\\n");
+        else if (ch == '\t') puts_("\\t");
+        else if (ch == '\\') puts_("\\\\");
+        else if (ch < 0x20 || ch > 0x7e) {
+            serial_putc('\\'), serial_putc('x'), serial_putc(d[ch >> 4]), serial_putc(d[ch & 15]);
+        } else serial_putc((char)ch);
+    }
+}
+
+static int tcp_is_established(const struct tcp *c) { return c->state == TCP_ESTABLISHED; }
+static int tcp_response_done(const struct tcp *c) { return c->sink->complete || c->peer_fin; }
+static int tcp_is_closed(const struct tcp *c) { return c->peer_fin && c->fin_acked; }
+
+static void mmds_fail(const char *stage, const char *why) {
+    failures++;
+    puts_("not ok - mmds: ");
+    puts_(stage);
+    puts_(": ");
+    puts_(why);
+    puts_("\n");
+}
+
+/* Sends one request and reads its response into r; 0 (and not ok printed) on failure. */
+static int http_exchange(struct tcp *c, struct http_resp *r, const struct strbuf *req, const char *stage) {
+    if (req->overflow) {
+        mmds_fail(stage, "request longer than 1024 bytes");
+        return 0;
+    }
+    http_reset(r);
+    c->sink = r;
+    tcp_write(c, req->s, req->len);
+    tcp_wait(c, tcp_response_done, 20000, "timed out waiting for the response");
+    c->sink = 0;
+    if (!c->error && !r->complete) c->error = "the peer closed the connection before the response was complete";
+    if (c->error) {
+        mmds_fail(stage, c->error);
+        return 0;
+    }
+    return 1;
+}
+
+static void put_fact(const char *key, uint64_t v) {
+    puts_("# ");
+    puts_(key);
+    puts_(": ");
+    put_dec(v);
+    puts_("\n");
+}
+
+#define MMDS_PATH_MAX 200
+#define MMDS_TOKEN_MAX 200
+
+/*
+ * probe.mmds=<ipv4>: ARP for the MMDS address, connect to port 80, then on one connection:
+ *   PUT /latest/api/token (X-metadata-token-ttl-seconds: 60)   -> # mmds-token-status: <code>
+ *   GET <probe.mmds_path=, default /latest/meta-data/> with the token (and Accept:
+ *       application/json unless probe.mmds_accept=text)       -> # mmds-status, # mmds-body
+ *   GET of the same path without a token                      -> # mmds-notoken-status
+ * and close (FIN both ways). The body line holds the first 256 bytes, escaped (put_escaped);
+ * # mmds-body-length has the whole length. When the PUT does not answer 200 there is no token,
+ * and the first GET goes without one too (as an IMDSv1 client would). Status codes are reported,
+ * not judged: `ok - mmds` means every exchange completed.
+ */
+static void check_mmds(struct nic *n, uint32_t mmds_ip) {
+    static struct tcp c;
+    static struct http_resp r;
+    static struct strbuf req;
+    static char path[MMDS_PATH_MAX + 1], token[MMDS_TOKEN_MAX + 1];
+    if (!cmdline_value("probe.mmds_path=", path, sizeof path)) {
+        static const char dflt[] = "/latest/meta-data/";
+        for (uint32_t i = 0; i < sizeof dflt; i++) path[i] = dflt[i];
+    }
+    int json = !has_word(cmdline, "probe.mmds_accept=text");
+
+    int arp = arp_resolve(n, mmds_ip, c.peer_mac, 10000);
+    if (arp <= 0) {
+        mmds_fail("ARP", arp < 0 ? "the transmit queue did not complete" : "no ARP reply for the MMDS address");
+        return;
+    }
+    puts_("# mmds-mac: ");
+    put_mac(c.peer_mac);
+    puts_("\n");
+
+    uint16_t lport = (uint16_t)(40000 + (rdtsc() >> 8) % 20000);
+    tcp_connect(&c, n, mmds_ip, lport, 80);
+    if (!tcp_wait(&c, tcp_is_established, 20000, "timed out waiting for the SYN-ACK")) {
+        mmds_fail("connect", c.error);
+        return;
+    }
+    put_fact("mmds-local-port", lport);
+    put_fact("mmds-peer-mss", c.peer_mss);
+
+    req.len = 0, req.overflow = 0;
+    sb_puts(&req, "PUT /latest/api/token HTTP/1.1\r\nHost: ");
+    sb_put_ip(&req, mmds_ip);
+    sb_puts(&req, "\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n");
+    if (!http_exchange(&c, &r, &req, "PUT /latest/api/token")) return;
+    put_fact("mmds-token-status", (uint64_t)r.status);
+    token[0] = 0;
+    if (r.status == 200) {
+        uint32_t len = r.body_len;
+        while (len > 0 && (r.body[len - 1] == '\n' || r.body[len - 1] == '\r' || r.body[len - 1] == ' ')) len--;
+        if (len == 0 || len > MMDS_TOKEN_MAX || r.body_len > HTTP_BODY_KEEP) {
+            mmds_fail("PUT /latest/api/token", "the token is empty or longer than 200 bytes");
+            return;
+        }
+        for (uint32_t i = 0; i < len; i++) {
+            if (r.body[i] <= ' ' || r.body[i] > '~') {
+                mmds_fail("PUT /latest/api/token", "the token holds a byte that cannot go in a header");
+                return;
+            }
+            token[i] = r.body[i];
+        }
+        token[len] = 0;
+        put_fact("mmds-token-length", len);
+    }
+
+    for (int with_token = 1; with_token >= 0; with_token--) {
+        req.len = 0, req.overflow = 0;
+        sb_puts(&req, "GET ");
+        sb_puts(&req, path);
+        sb_puts(&req, " HTTP/1.1\r\nHost: ");
+        sb_put_ip(&req, mmds_ip);
+        sb_puts(&req, "\r\n");
+        if (json) sb_puts(&req, "Accept: application/json\r\n");
+        if (with_token && token[0]) {
+            sb_puts(&req, "X-metadata-token: ");
+            sb_puts(&req, token);
+            sb_puts(&req, "\r\n");
+        }
+        sb_puts(&req, "\r\n");
+        if (!http_exchange(&c, &r, &req, with_token ? "GET" : "GET without token")) return;
+        if (with_token) {
+            put_fact("mmds-status", (uint64_t)r.status);
+            puts_("# mmds-body: ");
+            put_escaped(r.body, r.body_len < HTTP_BODY_KEEP ? r.body_len : HTTP_BODY_KEEP);
+            puts_("\n");
+            put_fact("mmds-body-length", r.body_len);
+        } else {
+            put_fact("mmds-notoken-status", (uint64_t)r.status);
+        }
+    }
+
+    tcp_close(&c);
+    if (!tcp_wait(&c, tcp_is_closed, 20000, "timed out waiting for the peer's FIN and the ACK of ours")) {
+        mmds_fail("close", c.error);
+        return;
+    }
+    put_fact("mmds-retransmits", c.retransmits);
+    put_fact("mmds-dup-segments", c.dup_segments);
+    put_fact("mmds-ooo-segments", c.ooo_segments);
+    put_fact("mmds-bad-checksums", c.bad_checksums);
+    ok("mmds");
+}
+
+/*
+ * The NIC: its MAC, then with probe.ip= and probe.peer= an ARP round trip with the peer, and with
+ * probe.ip= and probe.mmds= the MMDS exchange (check_mmds).
+ */
+static void check_net(uint64_t base) {
+    static struct nic n;
+    if (!nic_open(&n, base)) {
+        not_ok("net-init", "the device refused FEATURES_OK");
+        return;
+    }
+    puts_("# net-mac: ");
+    put_mac(n.mac);
+    puts_("\n");
+    n.ip = cmdline_ip("probe.ip=");
+    uint32_t peer = cmdline_ip("probe.peer="), mmds = cmdline_ip("probe.mmds=");
+    if (!n.ip || (!peer && !mmds)) {
+        ok("net-init");
+        return;
+    }
+    if (peer) check_net_arp(&n, peer);
+    if (mmds) check_mmds(&n, mmds);
 }
 
 /* ---- virtio-vsock: one connection each way ---- */
@@ -989,15 +1781,6 @@ static void check_virtio(void) {
 }
 
 /* With "probe.echo" on the command line: read one line typed on the console and echo it. */
-static int has_word(const char *hay, const char *word) {
-    for (const char *p = hay; p && *p; p++) {
-        int i = 0;
-        while (word[i] && p[i] == word[i]) i++;
-        if (!word[i] && (p[i] == 0 || p[i] == ' ') && (p == hay || p[-1] == ' ')) return 1;
-    }
-    return 0;
-}
-
 static void check_serial_rx(void) {
     char line[64];
     int n = 0;
