@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { MonitorConfig, VmMonitor } from '../monitor/vm-monitor';
 import { FcRunError } from '../errors';
 import { Kvm } from '../kvm/kvm';
 import { GuestMemory } from '../kvm/memory';
@@ -29,6 +30,8 @@ export interface LaunchOptions {
   serialIn?: NodeJS.ReadStream;
   /** The MMDS contents at start (the spec's "mmds" key or --metadata); empty when absent. */
   mmdsData?: unknown;
+  /** Logs and metrics (made from the plan by the caller; launch starts it). */
+  monitor?: VmMonitor;
 }
 
 export class LaunchRefused extends FcRunError {
@@ -45,10 +48,13 @@ export class LaunchRefused extends FcRunError {
 export function unsupportedAtLaunch(plan: BootPlan): string[] {
   const out: string[] = [];
   if (plan.cpuTemplate.kind !== 'none') out.push(`CPU templates (${plan.cpuTemplate.kind})`);
-  if (plan.logger) out.push('the logger section');
-  if (plan.metrics) out.push('the metrics section');
   if (plan.vcpus.smt) out.push('SMT topology');
   return out;
+}
+
+/** The logs and metrics of a VM with this plan. */
+export function monitorFor(plan: BootPlan, config: MonitorConfig): VmMonitor {
+  return new VmMonitor(config, plan.vcpus.count, plan.devices, plan.mmds !== undefined);
 }
 
 /** The plan's bucket settings in the rate limiter's terms. */
@@ -71,7 +77,7 @@ const QUEUES: Record<string, number> = { block: 1, entropy: 1, net: 2, vsock: 3 
  * write of the queue index to QueueNotify signals it without a VM exit), then the VMM thread that
  * owns the device models.
  */
-async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: unknown): Promise<{ windows: VirtioWindows; thread?: VmmThread }> {
+async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: unknown, monitor: VmMonitor): Promise<{ windows: VirtioWindows; thread?: VmmThread }> {
   const mailbox = createMailboxes(plan.vcpus.count);
   const mailboxFd = eventfd();
   const setups: VirtioDeviceSetup[] = [];
@@ -96,7 +102,7 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: 
   };
   if (setups.length === 0) return { windows };
   const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {} };
-  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds });
+  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, ...monitor.shared() });
   return { windows, thread };
 }
 
@@ -132,7 +138,8 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));
   for (const v of vcpus) configureVcpu(v, plan, cpuid);
 
-  const virtio = await startDevices(vm, mem, plan, opts.mmdsData);
+  const monitor = opts.monitor ?? monitorFor(plan, {});
+  const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor);
   const micro = new MicroVm(vm, vcpus, {
     virtio: virtio.windows,
     vmmThread: virtio.thread,
@@ -146,6 +153,9 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
       bootTimer: plan.legacy.bootTimerPort,
     },
     launchStartNs: opts.startNs,
+    monitor,
   });
+  monitor.log.info('vmm', `running ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)`);
+  monitor.start();
   return micro.run();
 }

@@ -6,7 +6,9 @@ import { SpecInvalidError, SpecIssue } from '../config/issues';
 import { loadSchema } from '../config/schema';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
 import { canonicalJson, planSpec } from '../boot';
-import { launch, prewarmVcpuThreads } from '../boot/launch';
+import { launch, monitorFor, prewarmVcpuThreads } from '../boot/launch';
+import type { BootPlan } from '../boot';
+import type { MonitorConfig } from '../monitor/vm-monitor';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../errors';
 import { displayPath, formatIssue, issueJson, painterFor } from './format';
 import { renderPlan } from './plan-view';
@@ -116,7 +118,41 @@ const STOP_WORDS: Record<string, string> = {
   stopped: 'stopped from the console',
 };
 
-async function runCommand(io: Io, file: string, opts: LoadOptions & { serialOut?: string; startNs: bigint }): Promise<number> {
+interface MonitorFlags {
+  id?: string;
+  logPath?: string;
+  level?: string;
+  showLevel?: boolean;
+  showLogOrigin?: boolean;
+  metricsPath?: string;
+}
+
+/** Logs and metrics: the spec's sections, each setting overridden by its command-line flag. */
+function monitorConfig(plan: BootPlan, flags: MonitorFlags): MonitorConfig {
+  const spec = plan.logger;
+  const wantLog = spec !== undefined || flags.logPath !== undefined || flags.level !== undefined;
+  const interval = Number(process.env.FC_RUN_METRICS_INTERVAL_MS);
+  return {
+    instanceId: flags.id,
+    log: wantLog
+      ? {
+          path: flags.logPath !== undefined ? path.resolve(flags.logPath) : spec?.path,
+          level: flags.level ?? spec?.level ?? 'Info',
+          showLevel: flags.showLevel ?? spec?.showLevel ?? false,
+          showOrigin: flags.showLogOrigin ?? spec?.showOrigin ?? false,
+          module: spec?.module,
+        }
+      : undefined,
+    metrics:
+      flags.metricsPath !== undefined || plan.metrics
+        ? { path: flags.metricsPath !== undefined ? path.resolve(flags.metricsPath) : plan.metrics!.path, emitId: plan.metrics?.emitId ?? false, properties: plan.metrics?.properties }
+        : undefined,
+    // For tests of the periodic line; Firecracker's period (60 s) otherwise.
+    metricsIntervalMs: interval > 0 ? interval : undefined,
+  };
+}
+
+async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags & { serialOut?: string; startNs: bigint }): Promise<number> {
   // Every VM has a vCPU 0: its thread loads while the spec is validated and planned.
   if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(1);
   const loaded = loadSpecFile(file, opts);
@@ -125,7 +161,21 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & { serialOut?
   const serialOutFd = serialTarget(opts.serialOut);
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
   const serialIn = process.stdin.isTTY && serialOutFd === 1 ? process.stdin : undefined;
-  const result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data });
+  const monitor = monitorFor(planned.plan, monitorConfig(planned.plan, opts));
+  let result;
+  try {
+    result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data, monitor });
+  } catch (err) {
+    // Whatever failed, the metrics so far are flushed (reason "fatal") before fc-run exits.
+    monitor.fatal(`launch failed: ${(err as Error).message}`);
+    throw err;
+  }
+  if (result.stop.reason in STOP_WORDS) {
+    monitor.log.info('vmm', `the VM stopped: ${result.stop.detail}`);
+    monitor.stop();
+  } else {
+    monitor.fatal(`the microVM failed: ${result.stop.detail}`);
+  }
   const c = painterFor(io.err);
   const boot = result.bootTimeNs !== undefined ? `, guest boot time ${(Number(result.bootTimeNs) / 1e6).toFixed(1)} ms` : '';
   if (result.stop.reason in STOP_WORDS) {
@@ -138,7 +188,14 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & { serialOut?
 }
 
 const runOptions = <T>(y: Argv<T>) =>
-  y.option('serial-out', { type: 'string', describe: 'Where guest serial output goes: a file or named pipe, "none" to discard it (default: stdout)', requiresArg: true });
+  y
+    .option('serial-out', { type: 'string', describe: 'Where guest serial output goes: a file or named pipe, "none" to discard it (default: stdout)', requiresArg: true })
+    .option('id', { type: 'string', describe: 'The microVM id in log lines and metrics (default: anonymous-instance)', requiresArg: true })
+    .option('log-path', { type: 'string', describe: 'Log to this file or named pipe (overrides logger.log_path)', requiresArg: true })
+    .option('level', { type: 'string', describe: 'Log level: Error, Warning, Info, Debug, Trace or Off (overrides logger.level)', requiresArg: true })
+    .option('show-level', { type: 'boolean', describe: 'Show the level in log lines (overrides logger.show_level)' })
+    .option('show-log-origin', { type: 'boolean', describe: 'Show the source of log lines (overrides logger.show_log_origin)' })
+    .option('metrics-path', { type: 'string', describe: 'Write metrics (JSON lines) to this file or named pipe (overrides metrics.metrics_path)', requiresArg: true });
 
 const specOptions = <T>(y: Argv<T>) =>
   y
@@ -169,8 +226,22 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
           .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)' })
           .example('$0 examples/hello.json', 'boot the bundled probe guest')
           .example('$0 vm.json --serial-out /tmp/vm.console', 'guest console to a file')
-          .example('$0 run vm.json --metadata meta.json', 'boot with MMDS contents from a file'),
-      (a) => guard(() => runCommand(io, a.spec as string, { ...loadOptions(a), serialOut: a['serial-out'], startNs })),
+          .example('$0 run vm.json --metadata meta.json', 'boot with MMDS contents from a file')
+          .example('$0 vm.json --log-path vm.log --level Debug --metrics-path vm.metrics', 'logs and metrics to files (or named pipes)'),
+      (a) =>
+        guard(() =>
+          runCommand(io, a.spec as string, {
+            ...loadOptions(a),
+            serialOut: a['serial-out'],
+            startNs,
+            id: a.id,
+            logPath: a['log-path'],
+            level: a.level,
+            showLevel: a['show-level'],
+            showLogOrigin: a['show-log-origin'],
+            metricsPath: a['metrics-path'],
+          }),
+        ),
     )
     .command(
       'validate <specs..>',

@@ -6,7 +6,8 @@ import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError, tgkill } from '../
 import { KVM_RUN_OFFSETS } from '../kvm/structs';
 import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
-import { Counters, createCounters, EXIT_REASON_SLOTS, SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuMessage } from './shared';
+import { SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuMessage } from './shared';
+import type { VmMonitor } from '../monitor/vm-monitor';
 import type { VcpuWorkerData, VirtioWindows } from './vcpu-worker';
 import { takeVcpuThread } from './threads';
 
@@ -20,14 +21,13 @@ export interface MicroVmOptions {
   serialOutFd: number;
   ports: { serial: number; serialIrq: number; i8042: number; i8042Irq: number; bootTimer: number };
   launchStartNs: bigint;
+  monitor: VmMonitor;
 }
 
 export interface RunResult {
   stop: StopReport;
   /** Nanoseconds from launch start to the guest's boot-complete signal, if it sent one. */
   bootTimeNs?: bigint;
-  counters: ReturnType<Counters['snapshot']>;
-  exitsPerVcpu: number[][];
 }
 
 function eventfd(): number {
@@ -42,7 +42,6 @@ function eventfd(): number {
  */
 export class MicroVm {
   private readonly shared: SharedState;
-  private readonly counters: Counters;
   readonly serial: Serial8250;
   readonly i8042: I8042;
   private readonly serialIrqFd: number;
@@ -55,13 +54,10 @@ export class MicroVm {
     private readonly opts: MicroVmOptions,
   ) {
     this.shared = {
-      counters: createCounters(),
-      exits: new SharedArrayBuffer(vcpus.length * EXIT_REASON_SLOTS * 8),
       serial: Serial8250.createState(),
       i8042: I8042.createState(),
       control: new SharedArrayBuffer(8),
     };
-    this.counters = new Counters(this.shared.counters);
     this.serialIrqFd = eventfd();
     this.keyboardIrqFd = eventfd();
     vm.registerIrqfd(this.serialIrqFd, opts.ports.serialIrq);
@@ -108,7 +104,7 @@ export class MicroVm {
       };
       const settle = () => {
         cleanup();
-        resolve({ stop: stop!, bootTimeNs, counters: this.counters.snapshot(), exitsPerVcpu: this.exitCounts() });
+        resolve({ stop: stop!, bootTimeNs });
       };
       const finish = (report: StopReport) => {
         if (stop) return;
@@ -129,14 +125,21 @@ export class MicroVm {
           launchStartNs: this.opts.launchStartNs.toString(),
           ports: { serial: this.opts.ports.serial, i8042: this.opts.ports.i8042, bootTimer: this.opts.ports.bootTimer },
           virtio: this.opts.virtio,
+          ...this.opts.monitor.shared(),
         };
         const w = takeVcpuThread();
         w.on('message', (m: VcpuMessage) => {
           if (m.kind === 'ready') {
             tids.set(m.vcpu, m.tid);
             if (stop) this.kick(tids);
-          } else if (m.kind === 'boot-time') bootTimeNs ??= BigInt(m.ns);
-          else finish(m);
+          } else if (m.kind === 'boot-time') {
+            if (bootTimeNs === undefined) {
+              bootTimeNs = BigInt(m.ns);
+              const us = Number(bootTimeNs / 1000n);
+              this.opts.monitor.vmm.bootTimeUs = us;
+              this.opts.monitor.log.info('vmm', `Guest-boot-time = ${us} us ${Math.floor(us / 1000)} ms (written by vCPU ${m.vcpu})`);
+            }
+          } else finish(m);
         });
         w.on('error', (err) => {
           if (!stop) finish({ kind: 'stop', vcpu: vcpu.id, reason: 'vmm-error', detail: `vCPU ${vcpu.id} thread crashed: ${err.stack ?? err}` });
@@ -172,7 +175,7 @@ export class MicroVm {
     const pump = () => {
       retry = undefined;
       const n = this.serial.enqueue(pending);
-      this.counters.add('serial_rx_bytes', n);
+      this.opts.monitor.vmm.serialRxBytes += n;
       pending = pending.subarray(n);
       if (pending.length > 0) {
         input.pause();
@@ -205,10 +208,5 @@ export class MicroVm {
       input.setRawMode(false);
       input.pause();
     };
-  }
-
-  private exitCounts(): number[][] {
-    const all = new BigInt64Array(this.shared.exits);
-    return this.vcpus.map((_, i) => Array.from(all.subarray(i * EXIT_REASON_SLOTS, (i + 1) * EXIT_REASON_SLOTS), Number));
   }
 }

@@ -13,7 +13,10 @@ import {
 import { KVM_RUN_OFFSETS } from '../kvm/structs';
 import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
-import { Counters, EXIT_REASON_SLOTS, SharedState, StopReport, VcpuMessage } from './shared';
+import { SharedState, StopReport, VcpuMessage } from './shared';
+import { Logger, MetricsRegistry } from '../monitor';
+import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
+import { exitField, VCPU_FIELDS } from '../monitor/vm-metrics';
 import { formatRegisters } from './registers';
 import { MailboxClient } from './mmio-mailbox';
 import { MMIO } from '../devices/virtio/mmio';
@@ -36,6 +39,8 @@ export interface VcpuWorkerData {
   launchStartNs: string;
   ports: { serial: number; i8042: number; bootTimer: number };
   virtio: VirtioWindows;
+  metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
+  logger: SharedLoggerOptions;
 }
 
 /** The virtio-mmio windows a vCPU dispatches to, and how it reaches their device models. */
@@ -50,8 +55,9 @@ const port = parentPort!;
 /** The thread starts idle (see threads.ts) and runs one vCPU once it is told which. */
 function start(data: VcpuWorkerData): void {
   const vcpu = new Vcpu(data.id, data.fd, data.mmapSize);
-  const counters = new Counters(data.shared.counters);
-  const exits = new BigInt64Array(data.shared.exits, data.id * EXIT_REASON_SLOTS * 8, EXIT_REASON_SLOTS);
+  // This vCPU's metrics group: only this thread writes it.
+  const m = MetricsRegistry.attach(data.metrics.buffer, data.metrics.layout).group(`vcpu${data.id}`, VCPU_FIELDS);
+  const log = new Logger({ ...data.logger, thread: `vcpu ${data.id}` });
   const control = new Int32Array(data.shared.control);
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
@@ -84,19 +90,22 @@ function start(data: VcpuWorkerData): void {
     if (stopped) return;
     stopped = true;
     Atomics.store(control, 0, 1);
+    const failed = report.reason !== 'reset' && report.reason !== 'shutdown' && report.reason !== 'halt' && report.reason !== 'stopped';
+    if (failed) log.error('vmm/vcpu', `${report.detail}${report.registers ? `\n${report.registers}` : ''}`);
+    else log.info('vmm/vcpu', `vCPU ${data.id} stops the VM: ${report.reason}`);
     port.postMessage({ kind: 'stop', vcpu: data.id, ...report } satisfies VcpuMessage);
   }
 
   const serial = new Serial8250(data.shared.serial, {
     out: (b) => {
-      counters.add('serial_tx_bytes');
+      m.serialTxBytes++;
       if (data.serialOutFd >= 0) writeAll(data.serialOutFd, Buffer.of(b));
     },
     interrupt: () => signal(data.serialIrqFd),
   });
   const i8042 = new I8042(data.shared.i8042, {
     reset: () => {
-      counters.add('i8042_resets');
+      m.i8042Resets++;
       stop({ reason: 'reset', detail: 'the guest reset the machine through the i8042 controller' });
     },
     interrupt: () => signal(data.keyboardIrqFd),
@@ -120,6 +129,7 @@ function start(data: VcpuWorkerData): void {
         Atomics.and(w.status, 0, ~value);
         return 0;
       }
+      m.virtioRegisterAccesses++;
       return mailbox.access(w.index, offset, len, write, value);
     }
     return undefined;
@@ -129,7 +139,7 @@ function start(data: VcpuWorkerData): void {
     const { serial: com1, i8042: kbd } = data.ports;
     if (portNum >= com1 && portNum < com1 + 8 && size === 1) return serial.read(portNum - com1);
     if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.read(portNum - kbd);
-    counters.add('pio_unknown_reads');
+    m.pioUnknownReads++;
     return ALL_ONES[size] ?? 0xff;
   }
 
@@ -138,7 +148,7 @@ function start(data: VcpuWorkerData): void {
     if (portNum >= com1 && portNum < com1 + 8 && size === 1) return serial.write(portNum - com1, value);
     if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.write(portNum - kbd, value);
     if (portNum === bootTimer && value === 123) {
-      counters.add('boot_timer_writes');
+      m.bootTimerWrites++;
       // Report the first write only: a guest hammering the port must not flood the VMM thread.
       if (Atomics.compareExchange(control, 1, 0, 1) !== 0) return;
       const ns = process.hrtime.bigint() - BigInt(data.launchStartNs);
@@ -146,7 +156,7 @@ function start(data: VcpuWorkerData): void {
       return;
     }
     if (portNum === 0x80) return; // POST code / I/O delay port: writes are expected and meaningless
-    counters.add('pio_unknown_writes');
+    m.pioUnknownWrites++;
   }
 
   function registers(): string {
@@ -166,7 +176,7 @@ function start(data: VcpuWorkerData): void {
       if (Atomics.load(control, 0) !== 0) return;
       if (!vcpu.run()) continue; // EINTR: check the control word again
       const reason = run.getUint32(KVM_RUN_OFFSETS.exit_reason, true);
-      if (reason < EXIT_REASON_SLOTS) Atomics.add(exits, reason, 1n);
+      m[exitField(reason)]++;
       switch (reason) {
         case KVM_EXIT.IO: {
           const direction = run.getUint8(X);
@@ -199,7 +209,8 @@ function start(data: VcpuWorkerData): void {
           if (isWrite) for (let i = Math.min(len, 4) - 1; i >= 0; i--) value = value * 256 + bytes[X + 8 + i];
           const result = virtioAccess(addr, len, isWrite, value);
           if (result === undefined) {
-            counters.add(isWrite ? 'mmio_unknown_writes' : 'mmio_unknown_reads');
+            if (isWrite) m.mmioUnknownWrites++;
+            else m.mmioUnknownReads++;
             if (!isWrite) bytes.fill(0xff, X + 8, X + 8 + len);
           } else if (!isWrite) {
             for (let i = 0; i < len; i++) bytes[X + 8 + i] = i < 4 ? (result >>> (8 * i)) & 0xff : 0;

@@ -5,6 +5,9 @@ import { EntropyDevice } from '../devices/virtio/rng';
 import { NetDevice } from '../devices/virtio/net';
 import { MmdsService } from '../devices/mmds/service';
 import { MmdsNetworkStack } from '../devices/mmds/stack';
+import { Logger, MetricsRegistry } from '../monitor';
+import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
+import { deviceCounters, shareCounters } from '../monitor/vm-metrics';
 import { VsockDevice } from '../devices/virtio/vsock';
 import { openTap } from '../kvm/tap';
 import { TimerFd } from '../kvm/timerfd';
@@ -40,6 +43,9 @@ export interface VmmWorkerData {
   stopFd: number;
   /** The metadata service: one store for the VM, a network stack on each interface it serves. */
   mmds?: { version: 'V1' | 'V2'; ipv4Address: string; imdsCompat: boolean; data: unknown };
+  /** Shared metrics memory (device groups and `mmds` are this thread's to write). */
+  metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
+  logger: SharedLoggerOptions;
 }
 
 export type VmmMessage = { kind: 'ready' } | { kind: 'error'; message: string } | { kind: 'stopped'; counters: Record<string, unknown> };
@@ -47,8 +53,11 @@ export type VmmMessage = { kind: 'ready' } | { kind: 'error'; message: string } 
 const data = workerData as VmmWorkerData;
 const port = parentPort!;
 
+const log = new Logger({ ...data.logger, thread: 'vmm' });
+
 function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   const mem = GuestMemory.attach(data.memory);
+  const registry = MetricsRegistry.attach(data.metrics.buffer, data.metrics.layout);
   const loop = new EventLoop();
   loop.onError = (err) => port.postMessage({ kind: 'error', message: `VMM thread: ${err.stack ?? err.message}` } satisfies VmmMessage);
   const transports: VirtioMmio[] = [];
@@ -56,18 +65,22 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   if (data.mmds) {
     mmds = new MmdsService({ version: data.mmds.version, imdsCompat: data.mmds.imdsCompat });
     mmds.setData(data.mmds.data ?? {});
+    shareCounters(mmds, registry.group('mmds'));
   }
   /** A throttle whose timer is a timerfd in this loop, calling `resume` when it fires. */
-  const throttle = (config: RateLimiterConfig | undefined, resume: () => void): Throttle | undefined => {
+  const throttle = (config: RateLimiterConfig | undefined, resume: () => void, group: Record<string, number>, field = 'throttled'): Throttle | undefined => {
     if (!config) return undefined;
     const timer = new TimerFd();
     loop.add(timer.fd, () => {
       timer.acknowledge();
       resume();
     });
-    return new Throttle(config, timer);
+    const t = new Throttle(config, timer);
+    shareCounters(t.limiter, group, { throttled: field });
+    return t;
   };
   for (const d of data.devices) {
+    const metrics = deviceCounters(registry, d);
     const holder: { t?: VirtioMmio } = {};
     const malformed = () => holder.t?.countMalformedChain();
     let backend: VirtioBackend;
@@ -79,7 +92,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
           readOnly: d.readOnly,
           cacheType: d.cacheType,
           onMalformed: malformed,
-          throttle: throttle(d.rateLimiter, () => blk.resume()),
+          throttle: throttle(d.rateLimiter, () => blk.resume(), metrics),
         });
         backend = blk;
       } catch (err) {
@@ -99,9 +112,9 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         mac: d.mac ? Uint8Array.from(d.mac.split(':').map((x) => parseInt(x, 16))) : undefined,
         mtu: d.mtu,
         onMalformed: malformed,
-        rxThrottle: throttle(d.rxRateLimiter, () => net.resume('rx')),
-        txThrottle: throttle(d.txRateLimiter, () => net.resume('tx')),
-        local: d.mmds && mmds ? new MmdsNetworkStack({ ipv4: data.mmds!.ipv4Address, service: mmds }) : undefined,
+        rxThrottle: throttle(d.rxRateLimiter, () => net.resume('rx'), metrics, 'rxThrottled'),
+        txThrottle: throttle(d.txRateLimiter, () => net.resume('tx'), metrics, 'txThrottled'),
+        local: d.mmds && mmds ? mmdsStack(data.mmds!.ipv4Address, mmds, metrics) : undefined,
         watchTap: (on) => {
           if (on === watching) return;
           watching = on;
@@ -117,10 +130,17 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         throw new Error(`vsock: ${(err as Error).message}`);
       }
     } else {
-      const rng: EntropyDevice = new EntropyDevice(mem, malformed, throttle(d.rateLimiter, () => rng.resume()));
+      const rng: EntropyDevice = new EntropyDevice(mem, malformed, throttle(d.rateLimiter, () => rng.resume(), metrics));
       backend = rng;
     }
     const t = new VirtioMmio(mem, backend, () => signalEventfd(d.irqFd), new Int32Array(d.interruptStatus));
+    shareCounters(t, metrics);
+    shareCounters(backend as unknown as { counters: object }, metrics);
+    t.onFailure = (why) => log.error(`devices/${d.kind}`, `${d.kind} device "${d.id}" failed and needs a reset: ${why}`);
+    // The first malformed chain is worth a line; the rest are in the metrics.
+    t.onMalformedChain = () => {
+      if (t.counters.malformedChains === 1) log.warn(`devices/${d.kind}`, `${d.kind} device "${d.id}": the guest sent a malformed descriptor chain (counted in malformedChains from now on)`);
+    };
     holder.t = t;
     transports[d.index] = t;
     d.notifyFds.forEach((fd, q) =>
@@ -144,6 +164,14 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   });
   loop.add(data.stopFd, () => loop.stop());
   return { transports, loop };
+}
+
+/** An MMDS network stack whose counters live in its interface's metrics group. */
+function mmdsStack(ipv4: string, service: MmdsService, metrics: Record<string, number>): MmdsNetworkStack {
+  const stack = new MmdsNetworkStack({ ipv4, service });
+  const names = Object.fromEntries(Object.keys(stack.counters).map((k) => [k, `mmds${k[0].toUpperCase()}${k.slice(1)}`]));
+  shareCounters(stack, metrics, names);
+  return stack;
 }
 
 let built: ReturnType<typeof build>;

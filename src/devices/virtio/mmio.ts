@@ -142,6 +142,7 @@ export class VirtioMmio {
   fail(reason: string): void {
     this.counters.deviceFailures++;
     this.lastFailure = reason;
+    this.onFailure?.(reason);
     this.active = undefined;
     // Quiesce the back end (stop watching its TAP or sockets) until the driver resets the device.
     try {
@@ -155,9 +156,15 @@ export class VirtioMmio {
     }
   }
 
+  /** Told when the device fails (for the log). */
+  onFailure?: (reason: string) => void;
+  /** Told when a malformed chain is counted (for the log). */
+  onMalformedChain?: () => void;
+
   /** Malformed chains are counted by devices through this. */
   countMalformedChain(): void {
     this.counters.malformedChains++;
+    this.onMalformedChain?.();
   }
 
   read(offset: number, len: number): number {

@@ -1,0 +1,106 @@
+import * as fs from 'node:fs';
+import { ANONYMOUS_INSTANCE, createLostCounter, Logger, LogLevel, parseLogLevel } from './logger';
+import type { SharedLoggerOptions } from './logger';
+import { MetricsRegistry, MetricsWriter } from './metrics';
+import type { MetricsLayout } from './metrics';
+import { openSink } from './sink';
+import { MeteredDevice, VMM_FIELDS, vmMetricsLayout } from './vm-metrics';
+
+/** Where logs and metrics go, from the spec's `logger`/`metrics` sections and the CLI flags. */
+export interface MonitorConfig {
+  instanceId?: string;
+  /** No `path`: lines go to standard error. */
+  log?: { path?: string; level: string; showLevel: boolean; showOrigin: boolean; module?: string };
+  metrics?: { path: string; emitId: boolean; properties?: Record<string, string> };
+  /** Milliseconds between periodic metrics lines (Firecracker: 60 s). */
+  metricsIntervalMs?: number;
+}
+
+/**
+ * One microVM's logger and metrics: the main thread's logger, the shared metrics memory every
+ * thread counts into, and the writer that flushes it as JSON lines at start, periodically, at
+ * exit and on a fatal error.
+ */
+export class VmMonitor {
+  readonly log: Logger;
+  readonly registry: MetricsRegistry;
+  readonly vmm: Record<(typeof VMM_FIELDS)[number], number>;
+  private readonly writer: MetricsWriter | undefined;
+  private readonly fds: number[] = [];
+  private started = false;
+  private stopped = false;
+
+  constructor(
+    private readonly config: MonitorConfig,
+    vcpus: number,
+    devices: readonly MeteredDevice[],
+    mmds: boolean,
+  ) {
+    const instanceId = config.instanceId ?? ANONYMOUS_INSTANCE;
+    const lost = createLostCounter();
+    if (config.log) {
+      const fd = config.log.path ? openSink(config.log.path, 'log') : 2;
+      if (config.log.path) this.fds.push(fd);
+      this.log = new Logger({ fd, level: parseLogLevel(config.log.level), showLevel: config.log.showLevel, showOrigin: config.log.showOrigin, module: config.log.module, instanceId, lost, thread: 'main' });
+    } else {
+      this.log = new Logger({ fd: -1, level: LogLevel.Off, thread: 'main', instanceId, lost });
+    }
+    this.registry = MetricsRegistry.create(vmMetricsLayout(vcpus, devices, mmds));
+    this.vmm = this.registry.group('vmm', VMM_FIELDS);
+    if (config.metrics) {
+      const fd = openSink(config.metrics.path, 'metrics');
+      this.fds.push(fd);
+      const { emitId, properties } = config.metrics;
+      this.writer = new MetricsWriter({
+        fd,
+        registry: this.registry,
+        logLost: lost,
+        extra: () => ({ ...(emitId ? { id: instanceId } : {}), ...(properties && Object.keys(properties).length > 0 ? { properties } : {}) }),
+      });
+    }
+  }
+
+  /** What a worker thread needs to log and count. */
+  shared(): { logger: SharedLoggerOptions; metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout } } {
+    return { logger: this.log.shared(), metrics: this.registry.describe() };
+  }
+
+  /** The VM is about to run: the first metrics line, then one every interval. */
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.writer?.start(this.config.metricsIntervalMs ?? 60_000);
+  }
+
+  /** A metrics line now (the API's FlushMetrics will call this). */
+  flush(): boolean {
+    return this.writer?.flush('request') ?? false;
+  }
+
+  /** The last metrics line (reason "exit") and the files closed. Safe to call more than once. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.started) this.writer?.stop();
+    this.close();
+  }
+
+  /** Something fatal happened: say it in the log and flush the metrics (reason "fatal") before dying. */
+  fatal(message: string): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.log.error('vmm', message);
+    this.writer?.flush('fatal');
+    this.close();
+  }
+
+  private close(): void {
+    for (const fd of this.fds.splice(0)) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+  }
+}
