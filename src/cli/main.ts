@@ -179,7 +179,8 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
   const c = painterFor(io.err);
   const boot = result.bootTimeNs !== undefined ? `, guest boot time ${(Number(result.bootTimeNs) / 1e6).toFixed(1)} ms` : '';
   if (result.stop.reason in STOP_WORDS) {
-    write(io.err, c.dim(`fc-run: ${STOP_WORDS[result.stop.reason]}${boot}`));
+    const what = result.stop.reason === 'stopped' ? result.stop.detail : STOP_WORDS[result.stop.reason];
+    write(io.err, c.dim(`fc-run: ${what}${boot}`));
     return EXIT_OK;
   }
   write(io.err, `${c.red.bold('fc-run: the microVM failed:')} ${result.stop.detail}`);

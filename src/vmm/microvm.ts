@@ -96,7 +96,14 @@ export class MicroVm {
       const detachInput = this.attachSerialInput(() =>
         finish({ kind: 'stop', vcpu: -1, reason: 'stopped', detail: 'stopped from the console (Ctrl-A x)' }),
       );
+      // SIGTERM (and SIGINT, which a raw terminal sends to the guest instead) stop the VM the same
+      // way Ctrl-A x does, so logs and metrics get their last lines.
+      const onSignal = (sig: NodeJS.Signals) => finish({ kind: 'stop', vcpu: -1, reason: 'stopped', detail: `stopped by ${sig}` });
+      process.on('SIGTERM', onSignal);
+      process.on('SIGINT', onSignal);
       const cleanup = () => {
+        process.off('SIGTERM', onSignal);
+        process.off('SIGINT', onSignal);
         this.opts.vmmThread?.stop();
         detachInput();
         if (kickTimer) clearInterval(kickTimer);

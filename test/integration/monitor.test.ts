@@ -159,6 +159,31 @@ describeKvm('logs and metrics', () => {
     expect(median(times.pipe)).toBeLessThan(median(times.file) * 2);
   }, 120_000);
 
+  test('SIGTERM stops a running VM cleanly: the last metrics line and the log say so', async () => {
+    const kernel = ws.write('spin.elf', buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from([0xeb, 0xfe]) }] })); // jmp $
+    const spec = ws.write('spin.json', { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
+    const metricsPath = path.join(ws.dir, 'spin.metrics');
+    const logPath = path.join(ws.dir, 'spin.log');
+    const child = spawn(process.execPath, [BIN, spec, '--metrics-path', metricsPath, '--log-path', logPath], { env: { ...process.env, NO_COLOR: '1' } });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      const until = Date.now() + 30_000;
+      while (!(fs.existsSync(metricsPath) && fs.readFileSync(metricsPath, 'utf8').includes('"start"'))) {
+        if (Date.now() > until) throw new Error('the VM did not start');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+    }
+    expect(err).toMatch(/stopped by SIGTERM/);
+    expect(lines(metricsPath).map((l) => l.reason)).toEqual(['start', 'exit']);
+    expect(fs.readFileSync(logPath, 'utf8')).toMatch(/the VM stopped: stopped by SIGTERM/);
+  });
+
   test('a log or metrics path that cannot be opened is a clear error before the VM starts', () => {
     const spec = probeSpec('badpath.json');
     const r = run([spec, '--metrics-path', '/nonexistent-dir/vm.metrics']);
