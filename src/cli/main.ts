@@ -162,6 +162,13 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
   const serialIn = process.stdin.isTTY && serialOutFd === 1 ? process.stdin : undefined;
   const monitor = monitorFor(planned.plan, monitorConfig(planned.plan, opts));
+  // A bug that escapes every handler still leaves a log line and a last metrics line.
+  const onCrash = (err: Error) => {
+    monitor.fatal(`fc-run crashed: ${err.stack ?? err.message}`);
+    process.stderr.write(`fc-run crashed: ${err.stack ?? err.message}\n`);
+    process.exit(EXIT_FAILURE);
+  };
+  process.on('uncaughtException', onCrash);
   let result;
   try {
     result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data, monitor });
@@ -169,6 +176,8 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
     // Whatever failed, the metrics so far are flushed (reason "fatal") before fc-run exits.
     monitor.fatal(`launch failed: ${(err as Error).message}`);
     throw err;
+  } finally {
+    process.off('uncaughtException', onCrash);
   }
   if (result.stop.reason in STOP_WORDS) {
     monitor.log.info('vmm', `the VM stopped: ${result.stop.detail}`);

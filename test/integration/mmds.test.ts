@@ -43,7 +43,7 @@ describeNet('MMDS through virtio-net', () => {
       'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
       'network-interfaces': [{ iface_id: 'eth0', host_dev_name: TAP, guest_mac: '06:00:0a:ca:00:02' }],
       'mmds-config': { network_interfaces: ['eth0'], ...mmdsConfig },
-      mmds: CONTENTS,
+      ...(args.includes('--metadata') ? {} : { mmds: CONTENTS }),
     });
     const rxBefore = tapStat('rx_packets');
     const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, BIN, spec, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1' } });
@@ -69,8 +69,9 @@ describeNet('MMDS through virtio-net', () => {
     expect(last.net_eth0.localFrames).toBe(last.net_eth0.mmdsFramesIn);
   });
 
-  test('V1 at another address, IMDS text format: a directory lists its keys; no token needed', () => {
-    const r = boot('v1.json', { version: 'V1', ipv4_address: '169.254.170.2', imds_compat: true }, 'probe.mmds=169.254.170.2 probe.mmds_path=/latest/meta-data/');
+  test('V1 at another address, contents from --metadata, IMDS text format: a directory lists its keys; no token needed', () => {
+    const metadata = ws.write('meta.json', CONTENTS);
+    const r = boot('v1.json', { version: 'V1', ipv4_address: '169.254.170.2', imds_compat: true }, 'probe.mmds=169.254.170.2 probe.mmds_path=/latest/meta-data/', ['--metadata', metadata]);
     expect(r.out).toContain('# mmds-status: 200');
     expect(r.out).toContain('# mmds-body: ami-id\\ninstance-id\\ntags/');
     expect(r.out).toContain('# mmds-notoken-status: 200');
