@@ -1808,6 +1808,62 @@ static void reset(void) {
     outb(I8042_COMMAND, I8042_RESET);
 }
 
+/* Parses a number: hex with 0x, else decimal; stops at `stop` or the end. */
+static uint64_t parse_num(const char **p, char stop) {
+    uint64_t v = 0;
+    const char *s = *p;
+    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        s += 2;
+        for (; *s && *s != stop && *s != ','; s++) {
+            char c = *s;
+            v = v * 16 + (uint64_t)(c >= 'a' ? c - 'a' + 10 : c >= 'A' ? c - 'A' + 10 : c - '0');
+        }
+    } else {
+        for (; *s && *s != stop && *s != ','; s++) v = v * 10 + (uint64_t)(*s - '0');
+    }
+    *p = s;
+    return v;
+}
+
+/* For tests of CPU templates: probe.cpuid=LEAF[.SUBLEAF],... prints those CPUID leaves as the guest
+   sees them ("# cpuid-LEAF-SUBLEAF: eax ebx ecx edx"); probe.rdmsr=ADDR,... prints those MSRs
+   ("# msr-ADDR: value"; only MSRs the test knows KVM has: a missing one faults). */
+static void report_cpu(void) {
+    char list[128];
+    if (cmdline_value("probe.cpuid=", list, sizeof list)) {
+        for (const char *p = list; *p;) {
+            uint32_t leaf = (uint32_t)parse_num(&p, '.'), sub = 0, r[4];
+            if (*p == '.') {
+                p++;
+                sub = (uint32_t)parse_num(&p, ',');
+            }
+            if (*p == ',') p++;
+            cpuid(leaf, sub, r);
+            puts_("# cpuid-");
+            put_hex(leaf);
+            puts_("-");
+            put_hex(sub);
+            puts_(":");
+            for (int i = 0; i < 4; i++) {
+                puts_(" ");
+                put_hex(r[i]);
+            }
+            puts_("\n");
+        }
+    }
+    if (cmdline_value("probe.rdmsr=", list, sizeof list)) {
+        for (const char *p = list; *p;) {
+            uint32_t msr = (uint32_t)parse_num(&p, ',');
+            if (*p == ',') p++;
+            puts_("# msr-");
+            put_hex(msr);
+            puts_(": ");
+            put_hex(rdmsr(msr));
+            puts_("\n");
+        }
+    }
+}
+
 void probe_main(const void *boot_info, int mode) {
     outb(BOOT_TIMER_PORT, BOOT_TIMER_MAGIC);
     puts_("# fc-run probe guest\n");
@@ -1817,6 +1873,7 @@ void probe_main(const void *boot_info, int mode) {
         check_memory();
     }
     check_hypervisor();
+    report_cpu();
     check_kvmclock();
     map_mmio_gap();
     check_serial_irq();

@@ -47,7 +47,7 @@ export class LaunchRefused extends FcRunError {
 /** What of a plan launch cannot execute yet; refused before anything is created. */
 export function unsupportedAtLaunch(plan: BootPlan): string[] {
   const out: string[] = [];
-  if (plan.cpuTemplate.kind !== 'none') out.push(`CPU templates (${plan.cpuTemplate.kind})`);
+  if (plan.cpuTemplate.kind === 'static') out.push(`static CPU templates (${plan.cpuTemplate.name}; a custom template in "cpu-config" works)`);
   if (plan.vcpus.smt) out.push('SMT topology');
   return out;
 }

@@ -2,6 +2,7 @@ import type { CpuidEntry, Segment, Sregs, Vcpu } from '../kvm/kvm';
 import type { BootPlan } from './plan';
 import { KVM_CPUID_FLAG_SIGNIFCANT_INDEX } from '../kvm/ioctls';
 import { GDT_LONG, GDT_PVH } from './structures';
+import { FcRunError } from '../errors';
 
 /**
  * Per-vCPU configuration at boot: CPUID (normalized per vCPU), MSRs, FPU, LAPIC interrupt pins,
@@ -178,9 +179,54 @@ export function configureLapic(vcpu: Vcpu): void {
 }
 
 /** Configures one vCPU for the plan; the boot processor also gets the entry registers. */
+type CustomTemplate = Extract<BootPlan['cpuTemplate'], { kind: 'custom' }>;
+
+/** Forces the bits of `mask` to those of `value`, keeping the others. */
+export function applyFilter(current: bigint, filter: { mask: string; value: string }): bigint {
+  const mask = BigInt(filter.mask);
+  return (current & ~mask) | (BigInt(filter.value) & mask);
+}
+
+/**
+ * A custom CPU template's CPUID modifiers applied to the vCPU's normalized CPUID. A modifier for
+ * a leaf the CPUID does not have is an error: the template was written for another CPU.
+ */
+export function applyCpuidTemplate(entries: CpuidEntry[], modifiers: CustomTemplate['cpuid']): CpuidEntry[] {
+  const out = entries.map((e) => ({ ...e }));
+  for (const m of modifiers) {
+    const entry = out.find((e) => e.function === m.leaf && (!(e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) || e.index === m.subleaf));
+    if (!entry) {
+      const hex = (n: number) => `0x${n.toString(16)}`;
+      throw new FcRunError('cpu-template', `the CPU template modifies CPUID leaf ${hex(m.leaf)} subleaf ${hex(m.subleaf)}, which this host's KVM does not offer`);
+    }
+    entry[m.register] = Number(applyFilter(BigInt(entry[m.register] >>> 0), m.filter) & 0xffffffffn) >>> 0;
+  }
+  return out;
+}
+
+/** The template's MSR modifiers applied to the values KVM has after the boot MSRs are set. */
+function applyMsrTemplate(vcpu: Vcpu, modifiers: CustomTemplate['msr']): void {
+  if (modifiers.length === 0) return;
+  const addrs = modifiers.map((m) => m.addr);
+  let current: bigint[];
+  try {
+    current = vcpu.getMsrs(addrs);
+  } catch (err) {
+    throw new FcRunError('cpu-template', `the CPU template modifies an MSR KVM does not support: ${(err as Error).message}`);
+  }
+  try {
+    vcpu.setMsrs(modifiers.map((m, i) => ({ index: m.addr, data: applyFilter(current[i], m.filter) })));
+  } catch (err) {
+    throw new FcRunError('cpu-template', `KVM refused a value the CPU template sets: ${(err as Error).message}`);
+  }
+}
+
 export function configureVcpu(vcpu: Vcpu, plan: BootPlan, supportedCpuid: CpuidEntry[]): void {
-  vcpu.setCpuid(normalizeCpuid(supportedCpuid, vcpu.id, plan));
+  const tpl = plan.cpuTemplate.kind === 'custom' ? plan.cpuTemplate : undefined;
+  const cpuid = normalizeCpuid(supportedCpuid, vcpu.id, plan);
+  vcpu.setCpuid(tpl ? applyCpuidTemplate(cpuid, tpl.cpuid) : cpuid);
   vcpu.setMsrs(BOOT_MSRS);
+  if (tpl) applyMsrTemplate(vcpu, tpl.msr);
   const fpu = vcpu.getFpu();
   vcpu.setFpu({ ...fpu, fcw: 0x37f, mxcsr: 0x1f80 });
   configureLapic(vcpu);

@@ -48,6 +48,7 @@ export const KVM = {
   SET_REGS: iow(0x82, kvm_regs),
   GET_SREGS: ior(0x83, kvm_sregs),
   SET_SREGS: iow(0x84, kvm_sregs),
+  GET_MSRS: iowr(0x88, kvm_msrs),
   SET_MSRS: iow(0x89, kvm_msrs),
   GET_FPU: ior(0x8c, kvm_fpu),
   SET_FPU: iow(0x8d, kvm_fpu),

@@ -261,6 +261,17 @@ export class Vcpu {
     ioctl(this.fd, 'SET_FPU', encode(kvm_fpu, fpu));
   }
 
+  /** Reads MSRs; an MSR KVM does not know is an error naming it. */
+  getMsrs(indices: number[]): bigint[] {
+    const entrySize = sizeOf(kvm_msr_entry);
+    const buf = Buffer.alloc(sizeOf(kvm_msrs) + indices.length * entrySize);
+    buf.writeUInt32LE(indices.length, 0);
+    indices.forEach((index, i) => buf.writeUInt32LE(index, sizeOf(kvm_msrs) + i * entrySize));
+    const got = ioctl(this.fd, 'GET_MSRS', buf);
+    if (got !== indices.length) throw new SyscallError('ioctl(KVM_GET_MSRS)', 22, `read ${got} of ${indices.length} MSRs; MSR 0x${indices[got].toString(16)} is not supported by KVM`);
+    return indices.map((_, i) => buf.readBigUInt64LE(sizeOf(kvm_msrs) + i * entrySize + 8));
+  }
+
   setMsrs(entries: { index: number; data: bigint }[]): void {
     const entrySize = sizeOf(kvm_msr_entry);
     const buf = Buffer.alloc(sizeOf(kvm_msrs) + entries.length * entrySize);

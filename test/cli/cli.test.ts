@@ -143,7 +143,7 @@ describe('fc-run run', () => {
     for (const args of [[spec], ['run', spec]]) {
       const r = fcRun(args);
       expect(r.code).toBe(1);
-      expect(r.err).toMatch(/needs parts of launch that are not built yet: CPU templates \(static\)/);
+      expect(r.err).toMatch(/needs parts of launch that are not built yet: static CPU templates \(T2; a custom template in "cpu-config" works\)/);
     }
   });
 

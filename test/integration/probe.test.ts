@@ -213,6 +213,47 @@ function tinyGuest(name: string, code: number[]): string {
   return ws.write(name, buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from(code) }] }));
 }
 
+describeKvm('custom CPU templates', () => {
+  // On this project's build machines KVM is emulated and the guest sees the host's standard CPUID
+  // leaves whatever KVM_SET_CPUID2 says; the KVM leaves (0x4000_0000…) and MSRs do follow it, so
+  // the template here changes those. (The standard-leaf logic is unit-tested.)
+  const bootWith = (name: string, cpuConfig?: unknown) =>
+    fcRun([
+      ws.write(name, {
+        'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0 probe.cpuid=0x40000001 probe.rdmsr=0x1a0' },
+        'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
+        ...(cpuConfig ? { 'cpu-config': cpuConfig } : {}),
+      }),
+    ]);
+  const fact = (out: string, key: string) => parseProbe(out).facts[key]?.[0] ?? '';
+
+  test('CPUID and MSR modifiers reach the guest; the bits they do not name stay as they were', () => {
+    const plain = bootWith('no-template.json');
+    expect(plain.code).toBe(0);
+    const templated = bootWith('template.json', {
+      cpuid_modifiers: [{ leaf: '0x40000001', subleaf: '0x0', flags: 0, modifiers: [{ register: 'eax', bitmap: '0b' + 'x'.repeat(31) + '0' }] }],
+      msr_modifiers: [{ addr: '0x1a0', bitmap: '0b' + 'x'.repeat(63) + '0' }],
+    });
+    expect(templated.code).toBe(0);
+    const eax = (r: { out: string }) => Number(fact(r.out, 'cpuid-0x40000001-0x0').split(' ')[0]);
+    const msr = (r: { out: string }) => BigInt(fact(r.out, 'msr-0x1a0'));
+    expect(eax(plain) & 1).toBe(1);
+    expect(eax(templated)).toBe(eax(plain) & ~1);
+    expect(msr(plain) & 1n).toBe(1n);
+    expect(msr(templated)).toBe(msr(plain) & ~1n);
+  });
+
+  test('a template naming an MSR or a leaf KVM does not have is refused before the guest runs', () => {
+    const msr = bootWith('bad-msr.json', { msr_modifiers: [{ addr: '0x12345', bitmap: '0b' + 'x'.repeat(63) + '0' }] });
+    expect(msr.code).toBe(1);
+    expect(msr.err).toMatch(/the CPU template modifies an MSR KVM does not support: .*MSR 0x12345/);
+    expect(msr.out).toBe('');
+    const leaf = bootWith('bad-leaf.json', { cpuid_modifiers: [{ leaf: '0x4000fff0', subleaf: '0x0', flags: 0, modifiers: [{ register: 'eax', bitmap: '0b' + 'x'.repeat(31) + '0' }] }] });
+    expect(leaf.code).toBe(1);
+    expect(leaf.err).toMatch(/CPUID leaf 0x4000fff0 subleaf 0x0, which this host's KVM does not offer/);
+  });
+});
+
 describeKvm('guest failures and odd accesses', () => {
   test('a triple fault exits 1 with a register dump', () => {
     const kernel = tinyGuest('ud2.elf', [0x0f, 0x0b]); // ud2 with an empty IDT: #UD → #GP → #DF → shutdown

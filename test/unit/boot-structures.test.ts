@@ -1,5 +1,5 @@
 import { buildMpTable, gdtEntry } from '../../src/boot/structures';
-import { normalizeCpuid } from '../../src/boot/vcpu-setup';
+import { applyCpuidTemplate, applyFilter, normalizeCpuid } from '../../src/boot/vcpu-setup';
 import type { BootPlan } from '../../src/boot/plan';
 import type { CpuidEntry } from '../../src/kvm/kvm';
 
@@ -83,5 +83,37 @@ describe('CPUID normalization', () => {
     const copy = JSON.stringify(supported);
     normalizeCpuid(supported, 1, plan);
     expect(JSON.stringify(supported)).toBe(copy);
+  });
+});
+
+describe('custom CPU templates', () => {
+  const entries: CpuidEntry[] = [
+    { function: 1, index: 0, flags: 0, eax: 0xa0671, ebx: 0, ecx: 0xf7f83203, edx: 0x1f8bfbff },
+    { function: 7, index: 0, flags: 1, eax: 2, ebx: 0xf1bf2bfb, ecx: 0, edx: 0 },
+    { function: 7, index: 1, flags: 1, eax: 0x10, ebx: 0, ecx: 0, edx: 0 },
+  ];
+
+  test('a filter forces the masked bits and keeps the rest, on 64-bit values too', () => {
+    expect(applyFilter(0xffn, { mask: '0x0f', value: '0x05' })).toBe(0xf5n);
+    expect(applyFilter(0n, { mask: '0x8000000000000001', value: '0xffffffffffffffff' })).toBe(0x8000000000000001n);
+  });
+
+  test('modifiers change the named register of the matching leaf and subleaf only', () => {
+    const out = applyCpuidTemplate(entries, [
+      { leaf: 1, subleaf: 0, flags: 0, register: 'ecx', filter: { mask: '0x00000003', value: '0x00000000' } },
+      { leaf: 7, subleaf: 1, flags: 1, register: 'eax', filter: { mask: '0x80000000', value: '0x80000000' } },
+    ]);
+    expect(out[0].ecx >>> 0).toBe(0xf7f83200);
+    expect(out[0].edx >>> 0).toBe(0x1f8bfbff);
+    expect(out[1]).toEqual(entries[1]); // subleaf 0 untouched
+    expect(out[2].eax >>> 0).toBe(0x80000010);
+    expect(entries[0].ecx >>> 0).toBe(0xf7f83203); // the input is not modified
+  });
+
+  test('a modifier for a leaf or subleaf the host does not offer is a clear error', () => {
+    expect(() => applyCpuidTemplate(entries, [{ leaf: 0x14, subleaf: 0, flags: 0, register: 'eax', filter: { mask: '0x1', value: '0x0' } }])).toThrow(
+      'the CPU template modifies CPUID leaf 0x14 subleaf 0x0, which this host\'s KVM does not offer',
+    );
+    expect(() => applyCpuidTemplate(entries, [{ leaf: 7, subleaf: 2, flags: 1, register: 'eax', filter: { mask: '0x1', value: '0x0' } }])).toThrow(/leaf 0x7 subleaf 0x2/);
   });
 });
