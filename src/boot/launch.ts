@@ -48,7 +48,6 @@ export class LaunchRefused extends FcRunError {
 export function unsupportedAtLaunch(plan: BootPlan): string[] {
   const out: string[] = [];
   if (plan.cpuTemplate.kind === 'static') out.push(`static CPU templates (${plan.cpuTemplate.name}; a custom template in "cpu-config" works)`);
-  if (plan.vcpus.smt) out.push('SMT topology');
   return out;
 }
 

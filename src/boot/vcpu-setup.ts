@@ -130,6 +130,11 @@ export function normalizeCpuid(supported: CpuidEntry[], cpuIndex: number, plan: 
         e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((Math.ceil(count / threadsPerCore) - 1) & 0x3f) << 26);
         break;
       }
+      case 0x8000001e:
+        // AMD: extended APIC id, then the compute unit (core) id and threads per compute unit.
+        e.eax = cpuIndex;
+        e.ebx = (e.ebx & ~0xffff) | (((threadsPerCore - 1) & 0xff) << 8) | (Math.floor(cpuIndex / threadsPerCore) & 0xff);
+        break;
       default:
         break;
     }

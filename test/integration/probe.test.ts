@@ -65,8 +65,9 @@ describeKvm('the probe guest on KVM', () => {
     ['64-bit Linux entry, 1 vCPU, 64 MiB', PROBE_LINUX64, 'linux64', { vcpu_count: 1, mem_size_mib: 64 }],
     ['PVH entry, 4 vCPUs, 4 GiB (RAM on both sides of the MMIO gap)', PROBE, 'pvh', { vcpu_count: 4, mem_size_mib: 4096 }],
     ['64-bit Linux entry, 32 vCPUs (the maximum), 256 MiB', PROBE_LINUX64, 'linux64', { vcpu_count: 32, mem_size_mib: 256 }],
+    ['PVH entry, 4 vCPUs as 2 cores of 2 threads (smt), 64 MiB', PROBE, 'pvh', { vcpu_count: 4, mem_size_mib: 64, smt: true }],
   ])('%s: every check passes; the guest sees the planned command line, memory map and CPUs', (_name, kernel, protocol, machine) => {
-    const spec = probeSpec(`probe-${protocol}-${machine.vcpu_count}-${machine.mem_size_mib}.json`, machine, 'console=ttyS0 reboot=k panic=1 probe.marker=42', kernel);
+    const spec = probeSpec(`probe-${protocol}-${machine.vcpu_count}-${machine.mem_size_mib}${'smt' in machine ? '-smt' : ''}.json`, machine, 'console=ttyS0 reboot=k panic=1 probe.marker=42', kernel);
     const plan = plannedFacts(spec);
     const r = fcRun([spec]);
     expect(r.err).toMatch(/the guest reset the machine/);

@@ -70,6 +70,34 @@ describe('CPUID normalization', () => {
     expect(b.every((e) => e.flags & 1)).toBe(true);
   });
 
+  test('with SMT, two threads per core: leaf 0xb, leaf 4 and HTT say so', () => {
+    const smt = { vcpus: { count: 4, smt: true } } as BootPlan;
+    const withCache: CpuidEntry[] = [
+      ...supported,
+      { function: 0x4, index: 0, flags: 1, eax: (1 << 5) | 0x1, ebx: 0, ecx: 0, edx: 0 }, // L1 data
+      { function: 0x4, index: 3, flags: 1, eax: (3 << 5) | 0x3, ebx: 0, ecx: 0, edx: 0 }, // L3 unified
+    ];
+    const out = normalizeCpuid(withCache, 3, smt);
+    const b = out.filter((e) => e.function === 0xb).sort((x, y) => x.index - y.index);
+    expect(b.map((e) => [e.index, e.eax, e.ebx, (e.ecx >> 8) & 0xff, e.edx])).toEqual([
+      [0, 1, 2, 1, 3], // SMT level: APIC id bit 0 is the thread, 2 threads
+      [1, 2, 4, 2, 3], // core level: 4 logical CPUs in the package
+      [2, 0, 0, 0, 3],
+    ]);
+    const [l1, l3] = out.filter((e) => e.function === 4).sort((x, y) => x.index - y.index);
+    expect((l1.eax >>> 14) & 0xfff).toBe(1); // L1 shared by the 2 threads of a core
+    expect((l3.eax >>> 14) & 0xfff).toBe(3); // L3 shared by all 4
+    expect(l1.eax >>> 26).toBe(1); // 2 cores per package
+    expect(out.find((e) => e.function === 1)!.edx & (1 << 28)).not.toBe(0); // HTT
+  });
+
+  test('AMD leaf 0x8000001e: extended APIC id, core id and threads per core', () => {
+    const amd: CpuidEntry[] = [...supported, { function: 0x8000001e, index: 0, flags: 0, eax: 0, ebx: 0xffff0000, ecx: 0, edx: 0 }];
+    const e = normalizeCpuid(amd, 3, { vcpus: { count: 4, smt: true } } as BootPlan).find((x) => x.function === 0x8000001e)!;
+    expect(e.eax).toBe(3);
+    expect(e.ebx >>> 0).toBe(0xffff0101); // vCPU 3 is thread 1 of core 1; 2 threads per core
+  });
+
   test('the KVM signature leaf is present', () => {
     const sig = normalizeCpuid(supported, 0, plan).find((e) => e.function === 0x40000000)!;
     const b = Buffer.alloc(12);
