@@ -376,12 +376,12 @@ export class MetricsWriter {
    * Stops the periodic lines and writes the `exit` line (once: later calls do nothing until the
    * next {@link start}).
    */
-  stop(): void {
+  stop(reason: 'exit' | 'fatal' = 'exit'): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     if (this.stopped) return;
     this.stopped = true;
-    this.flush('exit');
+    this.flush(reason);
   }
 
   private build(reason: FlushReason, values: Float64Array, lost: number, logLost: number): Record<string, unknown> {

@@ -4,6 +4,7 @@ import type { SharedLoggerOptions } from './logger';
 import { MetricsRegistry, MetricsWriter } from './metrics';
 import type { MetricsLayout } from './metrics';
 import { openSink } from './sink';
+import { FcRunError } from '../errors';
 import { MeteredDevice, VMM_FIELDS, vmMetricsLayout } from './vm-metrics';
 
 /** Where logs and metrics go, from the spec's `logger`/`metrics` sections and the CLI flags. */
@@ -38,25 +39,43 @@ export class VmMonitor {
   ) {
     const instanceId = config.instanceId ?? ANONYMOUS_INSTANCE;
     const lost = createLostCounter();
+    try {
+      this.openSinks(config);
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+    const [logFd, metricsFd] = [this.logFd, this.metricsFd];
     if (config.log) {
-      const fd = config.log.path ? openSink(config.log.path, 'log') : 2;
-      if (config.log.path) this.fds.push(fd);
-      this.log = new Logger({ fd, level: parseLogLevel(config.log.level), showLevel: config.log.showLevel, showOrigin: config.log.showOrigin, module: config.log.module, instanceId, lost, thread: 'main' });
+      this.log = new Logger({ fd: logFd ?? 2, level: parseLogLevel(config.log.level), showLevel: config.log.showLevel, showOrigin: config.log.showOrigin, module: config.log.module, instanceId, lost, thread: 'main' });
     } else {
       this.log = new Logger({ fd: -1, level: LogLevel.Off, thread: 'main', instanceId, lost });
     }
     this.registry = MetricsRegistry.create(vmMetricsLayout(vcpus, devices, mmds));
     this.vmm = this.registry.group('vmm', VMM_FIELDS);
-    if (config.metrics) {
-      const fd = openSink(config.metrics.path, 'metrics');
-      this.fds.push(fd);
+    if (config.metrics && metricsFd !== undefined) {
       const { emitId, properties } = config.metrics;
       this.writer = new MetricsWriter({
-        fd,
+        fd: metricsFd,
         registry: this.registry,
         logLost: lost,
         extra: () => ({ ...(emitId ? { id: instanceId } : {}), ...(properties && Object.keys(properties).length > 0 ? { properties } : {}) }),
       });
+    }
+  }
+
+  private logFd: number | undefined;
+  private metricsFd: number | undefined;
+
+  /** Opens the log and metrics files; one file for both would mix their lines, so it is refused. */
+  private openSinks(config: MonitorConfig): void {
+    if (config.log?.path) this.fds.push((this.logFd = openSink(config.log.path, 'log')));
+    if (config.metrics) this.fds.push((this.metricsFd = openSink(config.metrics.path, 'metrics')));
+    if (this.logFd !== undefined && this.metricsFd !== undefined) {
+      const [a, b] = [fs.fstatSync(this.logFd), fs.fstatSync(this.metricsFd)];
+      if (a.dev === b.dev && a.ino === b.ino) {
+        throw new FcRunError('monitor-same-file', `the log and the metrics would both go to ${config.metrics!.path}: give them different files or pipes`);
+      }
     }
   }
 
@@ -90,7 +109,8 @@ export class VmMonitor {
     if (this.stopped) return;
     this.stopped = true;
     this.log.error('vmm', message);
-    this.writer?.flush('fatal');
+    if (this.started) this.writer?.stop('fatal');
+    else this.writer?.flush('fatal');
     this.close();
   }
 

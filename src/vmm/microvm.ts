@@ -14,7 +14,7 @@ import { takeVcpuThread } from './threads';
 export interface MicroVmOptions {
   /** virtio-mmio windows, and the VMM thread that owns their devices. */
   virtio: VirtioWindows;
-  vmmThread?: { stop(): void; onFailure(listener: (message: string) => void): void };
+  vmmThread?: { stop(): void; onFailure(listener: (message: string) => void): void; stopped: Promise<unknown> };
   /** A terminal to read guest serial input from (raw mode); Ctrl-A x stops the VM. */
   serialIn?: NodeJS.ReadStream;
   /** fd guest serial output is written to; -1 discards it. */
@@ -111,7 +111,15 @@ export class MicroVm {
       };
       const settle = () => {
         cleanup();
-        resolve({ stop: stop!, bootTimeNs });
+        // The VMM thread finishes what it was doing (and its last counts and log lines) before
+        // the caller writes the final metrics; a thread that died does not hold this up for long.
+        const vmm = this.opts.vmmThread;
+        if (!vmm) return resolve({ stop: stop!, bootTimeNs });
+        const timer = setTimeout(() => resolve({ stop: stop!, bootTimeNs }), 1000);
+        void vmm.stopped.then(() => {
+          clearTimeout(timer);
+          resolve({ stop: stop!, bootTimeNs });
+        });
       };
       const finish = (report: StopReport) => {
         if (stop) return;

@@ -190,5 +190,11 @@ describeKvm('logs and metrics', () => {
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/cannot open metrics file \/nonexistent-dir\/vm\.metrics/);
     expect(r.out).toBe('');
+    // One file for both would interleave log lines with metrics lines.
+    const both = path.join(ws.dir, 'both.out');
+    const same = run([spec, '--metrics-path', both, '--log-path', path.join(ws.dir, '.', 'both.out')]);
+    expect(same.code).toBe(1);
+    expect(same.err).toMatch(/the log and the metrics would both go to .*both\.out/);
+    expect(same.out).toBe('');
   });
 });

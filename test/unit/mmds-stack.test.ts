@@ -478,4 +478,58 @@ describe('MMDS network stack: a guest sending garbage', () => {
     now += 1001;
     expect(c.http(`GET /latest/meta-data/ami-id HTTP/1.1\r\nX-metadata-token: ${token}\r\n\r\n`).status).toBe(401);
   });
+
+  test('pipelined requests whose responses pass the backlog limit are all answered, and the window reopens', () => {
+    const { stack } = rig({ version: 'V1', data: { big: 'y'.repeat(20_000) } });
+    const c = new Client(stack);
+    c.connect();
+    const req = 'GET /big HTTP/1.1\r\n\r\n';
+    c.send(F.ACK | F.PSH, Buffer.from(req.repeat(8)));
+    const replies = c.pump();
+    expect(c.received.toString().match(/HTTP\/1\.1 200/g)).toHaveLength(8);
+    // Once the backlog drained, the guest heard that the window is open again.
+    expect(replies[replies.length - 1].window).toBeGreaterThanOrEqual(8192 - 64);
+    expect(stack.hasOutput()).toBe(false);
+  });
+
+  test('window updates are not duplicate ACKs; an ACK of bytes sent before a rewind is taken', () => {
+    const { stack } = rig({ version: 'V1', data: { big: 'z'.repeat(6000) } });
+    const c = new Client(stack, 40002, 1460);
+    c.connect();
+    c.send(F.ACK | F.PSH, Buffer.from('GET /big HTTP/1.1\r\n\r\n'));
+    const first = drain(stack).map(parseReply);
+    expect(first).toHaveLength(1); // one segment fits the 1460-byte window
+    // Three pure ACKs that only change the window: no retransmission, new data instead.
+    for (const w of [2000, 3000, 4000]) c.send(F.ACK, undefined, { window: w });
+    const next = drain(stack).map(parseReply);
+    expect(next.every((r) => r.seq !== first[0].seq)).toBe(true);
+    // Three real duplicates make the stack rewind; an ACK of everything sent is still accepted.
+    for (let i = 0; i < 3; i++) c.send(F.ACK, undefined, { window: 4000 });
+    const again = drain(stack).map(parseReply);
+    expect(again[0].seq).toBe(first[0].seq);
+    const all = [...first, ...next];
+    const end = all.reduce((m, r) => Math.max(m, r.seq + r.payload.length), 0);
+    c.send(F.ACK | F.PSH, Buffer.from('GET /big HTTP/1.1\r\n\r\n'), { ack: end, window: 65535 });
+    const after = drain(stack).map(parseReply);
+    expect(after.length).toBeGreaterThan(0);
+    expect(after[0].ack).toBe(c.seq); // the request that came with it was taken
+  });
+
+  test('a wrong ACK during the handshake gets a reset and breaks nothing; a zero-length probe gets an ACK', () => {
+    const { stack } = rig({ version: 'V1' });
+    stack.handleFrame(tcpFrame({ srcPort: 40003, seq: 1000, flags: F.SYN }));
+    const [synAck] = drain(stack).map(parseReply);
+    for (let i = 0; i < 3; i++) stack.handleFrame(tcpFrame({ srcPort: 40003, seq: 1001, ack: synAck.seq, flags: F.ACK }));
+    const resets = drain(stack).map(parseReply);
+    expect(resets.every((r) => r.flags === F.RST && r.seq === synAck.seq)).toBe(true);
+    expect(stack.hasOutput()).toBe(false);
+    stack.handleFrame(tcpFrame({ srcPort: 40003, seq: 1001, ack: synAck.seq + 1, flags: F.ACK | F.PSH, payload: Buffer.from('GET /latest/meta-data/ami-id HTTP/1.1\r\n\r\n') }));
+    const [answer] = drain(stack).map(parseReply);
+    expect(answer.payload.toString()).toMatch(/ami-12345678$/);
+    // A window probe (one byte behind what we expect, no data) is answered with an ACK.
+    stack.handleFrame(tcpFrame({ srcPort: 40003, seq: answer.ack - 1, ack: answer.seq + answer.payload.length, flags: F.ACK }));
+    const [probeAck] = drain(stack).map(parseReply);
+    expect(probeAck.flags).toBe(F.ACK);
+    expect(probeAck.ack).toBe(answer.ack);
+  });
 });

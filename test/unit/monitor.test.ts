@@ -488,3 +488,27 @@ describe('MetricsWriter', () => {
     expect(Object.keys(second.big)).toHaveLength(20_000);
   });
 });
+
+describe('VmMonitor', () => {
+  test('after a fatal line nothing more is written, even with the periodic timer running', async () => {
+    const { VmMonitor } = await import('../../src/monitor/vm-monitor');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-vmmon-'));
+    try {
+      const file = path.join(dir, 'm.jsonl');
+      const m = new VmMonitor({ metrics: { path: file, emitId: false }, metricsIntervalMs: 5 }, 1, [], false);
+      m.start();
+      await new Promise((r) => setTimeout(r, 30));
+      m.fatal('boom');
+      const before = fs.readFileSync(file, 'utf8');
+      await new Promise((r) => setTimeout(r, 40));
+      expect(fs.readFileSync(file, 'utf8')).toBe(before);
+      const reasons = before.trim().split('\n').map((l) => JSON.parse(l).reason);
+      expect(reasons[0]).toBe('start');
+      expect(reasons[reasons.length - 1]).toBe('fatal');
+      m.stop(); // no-op after fatal
+      expect(fs.readFileSync(file, 'utf8')).toBe(before);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -73,6 +73,8 @@ interface Conn {
   /** Oldest unacknowledged sequence number and next one to send. */
   sndUna: number;
   sndNxt: number;
+  /** Highest sequence number sent so far (sndNxt moves back below it to send again). */
+  sndMax: number;
   rcvNxt: number;
   established: boolean;
   peerWindow: number;
@@ -85,10 +87,15 @@ interface Conn {
   /** Send a FIN once the outbox is sent (the guest finished, or asked for Connection: close). */
   closeAfterSend: boolean;
   finSent: boolean;
+  /** Sequence number of our FIN once sent, and whether the guest acknowledged it. */
+  finSeq: number | undefined;
+  finAcked: boolean;
   peerFin: boolean;
   /** The guest sent something that cannot be answered: further input is ignored. */
   broken: boolean;
   dupAcks: number;
+  /** The receive window last told to the guest. */
+  windowAdvertised: number;
   lastActive: number;
 }
 
@@ -272,15 +279,29 @@ export class MmdsNetworkStack {
     }
     if (!(s.flags & F.ACK)) return; // every segment after the SYN carries an ACK
     if (!this.onAck(c, s)) return;
-    c.peerWindow = s.window;
     this.onData(c, s);
+    // Acknowledged responses make room for the requests still waiting.
+    this.serve(c);
     // Both sides closed and everything acknowledged; a FIN still to acknowledge is sent first.
-    if (c.finSent && c.peerFin && c.sndUna === c.sndNxt && !c.ackDue) this.conns.delete(key);
+    if (c.finAcked && c.peerFin && !c.ackDue) this.conns.delete(key);
   }
 
   /** Processes the acknowledgment; false when the segment is to be ignored. */
   private onAck(c: Conn, s: Segment): boolean {
-    if (seqDiff(s.ack, c.sndNxt) > 0) {
+    if (!c.established) {
+      // The handshake's ACK must acknowledge the SYN exactly; anything else is answered with a
+      // reset (RFC 9293, SYN-RECEIVED) and changes nothing.
+      if (s.ack !== u32(c.iss + 1)) {
+        this.reset(s);
+        return false;
+      }
+      c.established = true;
+      c.sndUna = s.ack;
+      if (seqDiff(c.sndNxt, c.sndUna) < 0) c.sndNxt = c.sndUna;
+      c.peerWindow = s.window;
+      return true;
+    }
+    if (seqDiff(s.ack, c.sndMax) > 0) {
       // It acknowledges bytes never sent: tell the guest where we are, ignore the rest.
       c.ackDue = true;
       return false;
@@ -288,30 +309,35 @@ export class MmdsNetworkStack {
     const advance = seqDiff(s.ack, c.sndUna);
     if (advance > 0) {
       let bytes = advance;
-      if (!c.established) {
-        c.established = true; // the SYN is acknowledged
+      if (c.finSeq !== undefined && !c.finAcked && seqDiff(s.ack, c.finSeq) > 0) {
+        c.finAcked = true;
         bytes--;
       }
-      const finAcked = c.finSent && s.ack === c.sndNxt;
-      if (finAcked) bytes--;
       c.outbox = c.outbox.subarray(Math.min(bytes, c.outbox.length));
       c.sndUna = s.ack;
+      // After a rewind, what the guest acknowledges need not be sent again.
+      if (seqDiff(c.sndNxt, c.sndUna) < 0) c.sndNxt = c.sndUna;
       c.dupAcks = 0;
-    } else if (advance === 0 && s.payload.length === 0 && !(s.flags & F.FIN) && c.sndNxt !== c.sndUna) {
-      // Three duplicate ACKs: the guest missed something; send again from what it has.
+    } else if (advance === 0 && s.payload.length === 0 && !(s.flags & F.FIN) && s.window === c.peerWindow && c.sndMax !== c.sndUna) {
+      // Three duplicate ACKs (same ack, same window, nothing else): the guest missed something;
+      // send again from what it has.
       if (++c.dupAcks >= 3) {
         c.dupAcks = 0;
         c.sndNxt = c.sndUna;
-        c.finSent = false;
-        if (!c.established) c.synAckDue = true;
+        if (!c.finAcked) c.finSent = false;
       }
     }
-    return c.established;
+    if (advance >= 0) c.peerWindow = s.window;
+    return true;
   }
 
   private onData(c: Conn, s: Segment): void {
     const fin = (s.flags & F.FIN) !== 0;
-    if (s.payload.length === 0 && !fin) return;
+    if (s.payload.length === 0 && !fin) {
+      // A segment that is not where we expect (a window probe, say) is answered with an ACK.
+      if (s.seq !== c.rcvNxt) c.ackDue = true;
+      return;
+    }
     c.ackDue = true;
     const offset = seqDiff(c.rcvNxt, s.seq); // bytes of this segment already received
     if (offset < 0) {
@@ -328,7 +354,6 @@ export class MmdsNetworkStack {
       c.rcvNxt = u32(c.rcvNxt + 1);
       c.peerFin = true;
     }
-    this.serve(c);
   }
 
   /** Answers the complete requests in the inbox while the response backlog allows. */
@@ -358,6 +383,8 @@ export class MmdsNetworkStack {
     }
     // The guest finished sending: an unfinished request can never complete.
     if (c.peerFin && (c.inbox.length === 0 || parseRequest(c.inbox).kind === 'incomplete')) c.closeAfterSend = true;
+    // A window that reopened by a segment's worth is announced (the guest may be waiting on it).
+    if (c.established && this.window(c) - c.windowAdvertised >= Math.min(c.mss, INBOX_MAX / 2)) c.ackDue = true;
   }
 
   private respond(c: Conn, r: HttpResponse): void {
@@ -393,6 +420,7 @@ export class MmdsNetworkStack {
       iss,
       sndUna: iss,
       sndNxt: u32(iss + 1),
+      sndMax: u32(iss + 1),
       rcvNxt: u32(s.seq + 1),
       established: false,
       peerWindow: s.window,
@@ -403,9 +431,12 @@ export class MmdsNetworkStack {
       ackDue: false,
       closeAfterSend: false,
       finSent: false,
+      finSeq: undefined,
+      finAcked: false,
       peerFin: false,
       broken: false,
       dupAcks: 0,
+      windowAdvertised: INBOX_MAX,
       lastActive: this.clock(),
     });
     this.counters.connectionsOpened++;
@@ -424,11 +455,14 @@ export class MmdsNetworkStack {
     if (this.queue(frame)) this.counters.resetsSent++;
   }
 
+  /** Whether frameFor would produce a frame (kept in step with it). */
   private wantsToSend(c: Conn): boolean {
-    if (c.synAckDue || c.ackDue) return true;
+    if (c.synAckDue) return true;
     if (!c.established) return false;
+    if (c.ackDue) return true;
     const sent = seqDiff(c.sndNxt, c.sndUna);
-    return (sent < c.outbox.length && sent < c.peerWindow) || (c.closeAfterSend && !c.finSent && sent >= c.outbox.length);
+    const unsent = c.outbox.length - sent;
+    return (unsent > 0 && c.peerWindow - sent > 0) || (unsent === 0 && c.closeAfterSend && !c.finSent);
   }
 
   /** The next frame for the guest, or undefined. */
@@ -455,9 +489,8 @@ export class MmdsNetworkStack {
   private frameFor(c: Conn): Buffer | undefined {
     if (c.synAckDue) {
       c.synAckDue = false;
-      c.ackDue = false;
       const mss = Buffer.from([2, 4, MAX_MSS >> 8, MAX_MSS & 0xff]);
-      return this.segment(c.guestMac, c.guestIp, c.guestPort, c.iss, c.rcvNxt, F.SYN | F.ACK, this.window(c), mss);
+      return this.send(c, c.iss, F.SYN | F.ACK, mss);
     }
     if (!c.established) return undefined;
     const sent = seqDiff(c.sndNxt, c.sndUna);
@@ -465,26 +498,35 @@ export class MmdsNetworkStack {
     const room = c.peerWindow - sent;
     if (unsent > 0 && room > 0) {
       const n = Math.min(unsent, room, c.mss);
-      const payload = c.outbox.subarray(sent, sent + n);
-      const f = this.segment(c.guestMac, c.guestIp, c.guestPort, c.sndNxt, c.rcvNxt, F.ACK | (n === unsent ? F.PSH : 0), this.window(c), undefined, MMDS_TCP_PORT, payload);
-      c.sndNxt = u32(c.sndNxt + n);
-      c.ackDue = false;
+      const f = this.send(c, c.sndNxt, F.ACK | (n === unsent ? F.PSH : 0), undefined, c.outbox.subarray(sent, sent + n));
+      this.advance(c, n);
       return f;
     }
     if (unsent === 0 && c.closeAfterSend && !c.finSent) {
       c.finSent = true;
-      const f = this.segment(c.guestMac, c.guestIp, c.guestPort, c.sndNxt, c.rcvNxt, F.FIN | F.ACK, this.window(c));
-      c.sndNxt = u32(c.sndNxt + 1);
-      c.ackDue = false;
+      c.finSeq = c.sndNxt;
+      const f = this.send(c, c.sndNxt, F.FIN | F.ACK);
+      this.advance(c, 1);
       return f;
     }
     if (c.ackDue) {
-      c.ackDue = false;
-      const f = this.segment(c.guestMac, c.guestIp, c.guestPort, c.sndNxt, c.rcvNxt, F.ACK, this.window(c));
-      if (c.finSent && c.peerFin && c.sndUna === c.sndNxt) this.conns.delete(c.key);
+      const f = this.send(c, c.sndNxt, F.ACK);
+      if (c.finAcked && c.peerFin) this.conns.delete(c.key);
       return f;
     }
     return undefined;
+  }
+
+  private advance(c: Conn, n: number): void {
+    c.sndNxt = u32(c.sndNxt + n);
+    if (seqDiff(c.sndNxt, c.sndMax) > 0) c.sndMax = c.sndNxt;
+  }
+
+  /** A segment of connection `c`; every one acknowledges what was received and gives the window. */
+  private send(c: Conn, seq: number, flags: number, options?: Buffer, payload?: Buffer): Buffer {
+    c.ackDue = false;
+    c.windowAdvertised = this.window(c);
+    return this.segment(c.guestMac, c.guestIp, c.guestPort, seq, c.rcvNxt, flags, c.windowAdvertised, options, MMDS_TCP_PORT, payload);
   }
 
   private window(c: Conn): number {

@@ -225,7 +225,12 @@ export class VsockDevice implements VirtioBackend {
     return c;
   }
 
+  private live(c: Connection): boolean {
+    return this.connections.get(this.key(c.hostPort, c.guestPort)) === c;
+  }
+
   private watch(c: Connection): void {
+    if (!this.live(c)) return;
     const want = (c.established && !this.rxStarved && this.credit(c) > 0 ? EPOLLIN : 0) | (c.pendingOut.length > 0 ? EPOLLOUT : 0);
     if (want !== c.watching) {
       c.watching = want;
@@ -252,7 +257,7 @@ export class VsockDevice implements VirtioBackend {
   }
 
   private onSocket(c: Connection, events: number): void {
-    const live = () => this.connections.has(this.key(c.hostPort, c.guestPort));
+    const live = () => this.live(c);
     if (events & EPOLLERR) this.resetConnection(c);
     if (live() && events & EPOLLOUT) this.flushOut(c);
     if (live() && events & (EPOLLIN | EPOLLHUP)) this.readHost(c);
@@ -268,7 +273,7 @@ export class VsockDevice implements VirtioBackend {
   /** Moves host bytes to the guest while it has credit and receive buffers. */
   private readHost(c: Connection): void {
     const rx = this.queues?.[RX];
-    if (!rx) return;
+    if (!rx || !this.live(c)) return;
     while (this.credit(c) > 0) {
       // Control packets go first, and without receive buffers nothing can move: stop watching the
       // socket for input (a level-triggered fd would spin) until flushRx re-arms it.
@@ -362,41 +367,48 @@ export class VsockDevice implements VirtioBackend {
     return b;
   }
 
-  /** Delivers queued control packets, then lets connections with data read again. */
-  private flushRx(again = false): void {
+  /**
+   * Delivers queued control packets, then moves bytes that came with CONNECT lines and lets
+   * connections with data read again. Moving those bytes can end a connection (a SHUTDOWN to
+   * deliver), so it goes round until nothing is left or the guest's receive buffers run out; each
+   * round either empties an early buffer or stops, so it ends.
+   */
+  private flushRx(): void {
     const rx = this.queues?.[RX];
     if (!rx) return;
-    let used = false;
-    while (this.control.length > 0) {
-      const chain = rx.pop();
-      if (!chain) {
-        this.rxStarved = true;
-        break;
-      }
-      const room = chain.error ? 0 : chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0);
-      if (room < HDR) {
-        this.invalid();
-        rx.push(chain.head, 0);
+    for (;;) {
+      let used = false;
+      while (this.control.length > 0) {
+        const chain = rx.pop();
+        if (!chain) {
+          this.rxStarved = true;
+          break;
+        }
+        const room = chain.error ? 0 : chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0);
+        if (room < HDR) {
+          this.invalid();
+          rx.push(chain.head, 0);
+          used = true;
+          continue;
+        }
+        const p = this.control.shift()!;
+        const c = this.connections.get(this.key(p.srcPort, p.dstPort));
+        rx.push(chain.head, scatter(this.mem, chain.segments, this.encode(c, p)));
+        this.counters.rxPackets++;
         used = true;
-        continue;
       }
-      const p = this.control.shift()!;
-      const c = this.connections.get(this.key(p.srcPort, p.dstPort));
-      rx.push(chain.head, scatter(this.mem, chain.segments, this.encode(c, p)));
-      this.counters.rxPackets++;
-      used = true;
-    }
-    if (used) this.io?.usedBuffers([rx]);
-    if (this.control.length > 0) return;
-    for (const c of [...this.connections.values()]) {
-      if (!c.established) continue;
+      if (used) this.io?.usedBuffers([rx]);
+      if (this.control.length > 0) return;
+      const early = [...this.connections.values()].filter((c) => c.established && c.early.length > 0);
+      for (const c of this.connections.values()) if (c.established && c.early.length === 0) this.watch(c);
+      if (early.length === 0) return;
       // Bytes that came with the CONNECT line are not in the socket any more: epoll would never
       // report them, so they are moved here, as soon as receive buffers allow.
-      if (c.early.length > 0) this.readHost(c);
-      else this.watch(c);
+      const before = early.reduce((n, c) => n + c.early.length, 0);
+      for (const c of early) this.readHost(c);
+      const after = early.reduce((n, c) => n + (this.live(c) ? c.early.length : 0), 0);
+      if (after === before && this.control.length === 0) return; // no buffers: the guest's next RX notify resumes
     }
-    // Reading may have ended a connection (a SHUTDOWN or RST to deliver): one more pass sends it.
-    if (this.control.length > 0 && !again) this.flushRx(true);
   }
 
   private invalid(): void {
@@ -468,8 +480,8 @@ export class VsockDevice implements VirtioBackend {
         c.awaitingResponse = false;
         c.established = true;
         c.pendingOut.push(Buffer.from(`OK ${c.hostPort}\n`));
-        this.flushOut(c);
-        if (c.early.length > 0) this.readHost(c);
+        this.flushOut(c); // may reset the connection (the host went away)
+        if (this.live(c) && c.early.length > 0) this.readHost(c);
         return;
       case VSOCK_OP.RW: {
         if (!c || !c.established) return this.queueControl(peer, VSOCK_OP.RST);

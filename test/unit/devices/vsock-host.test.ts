@@ -1,0 +1,118 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ChildProcess, spawn } from 'node:child_process';
+import { VirtioMmio } from '../../../src/devices/virtio/mmio';
+import { VSOCK_OP, VsockDevice } from '../../../src/devices/virtio/vsock';
+import { VIRTQ_DESC_F_WRITE } from '../../../src/devices/virtio/queue';
+import { EventLoop } from '../../../src/vmm/event-loop';
+import { TestDriver } from '../../helpers/virtio-driver';
+
+/**
+ * vsock host connections that misbehave around the handshake, with the real epoll loop and real
+ * Unix sockets (python3 clients, for shutdown(SHUT_RD)). Regression tests for two review findings.
+ */
+const GUEST_CID = 7;
+function packet(f: { src?: number; dst?: number; op: number }): Buffer {
+  const b = Buffer.alloc(44);
+  b.writeBigUInt64LE(BigInt(GUEST_CID), 0);
+  b.writeBigUInt64LE(2n, 8);
+  b.writeUInt32LE(f.src ?? 1000, 16);
+  b.writeUInt32LE(f.dst ?? 2000, 20);
+  b.writeUInt16LE(1, 28);
+  b.writeUInt16LE(f.op, 30);
+  b.writeUInt32LE(65536, 36);
+  return b;
+}
+
+let dir: string;
+const kids: ChildProcess[] = [];
+beforeEach(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-vsock-host-'))));
+afterEach(() => {
+  for (const k of kids.splice(0)) k.kill();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function rig(buffers: number) {
+  const mem = TestDriver.memory();
+  const loop = new EventLoop();
+  const udsPath = path.join(dir, 'v.sock');
+  const vsock = new VsockDevice(mem, { guestCid: GUEST_CID, udsPath, poller: loop });
+  const failures: string[] = [];
+  const dev = new VirtioMmio(mem, vsock, () => undefined);
+  dev.onFailure = (why: string) => failures.push(why);
+  const drv = new TestDriver(mem, dev);
+  drv.init();
+  const rx = Array.from({ length: buffers }, (_, i) => {
+    const addr = drv.buffer(256);
+    drv.writeDesc(drv.desc(0), i, addr, 256, VIRTQ_DESC_F_WRITE, 0);
+    drv.publish(0, i);
+    return addr;
+  });
+  return { mem, loop, udsPath, vsock, dev, drv, rx, failures };
+}
+
+function client(script: string): void {
+  kids.push(spawn('python3', ['-c', script]));
+}
+
+test('a host client that stops reading before its OK line: the connection is reset, the device lives on', async () => {
+  const { mem, loop, udsPath, vsock, drv, rx, failures } = rig(4);
+  client(`import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(${JSON.stringify(udsPath)})\ns.sendall(b"CONNECT 5000\\nping")\ns.shutdown(socket.SHUT_RD)\ntime.sleep(5)`);
+  const until = Date.now() + 5000;
+  let used: [number, number][] = [];
+  while (used.length === 0 && Date.now() < until) {
+    loop.runOnce(50);
+    used = drv.used(0);
+  }
+  expect(used.length).toBe(1);
+  const hdr = Buffer.alloc(44);
+  mem.read(rx[used[0][0]], hdr);
+  expect(hdr.readUInt16LE(30)).toBe(VSOCK_OP.REQUEST);
+  const b = packet({ op: VSOCK_OP.RESPONSE, src: 5000, dst: hdr.readUInt32LE(16) });
+  drv.submit(1, [{ addr: drv.buffer(b.length, b), len: b.length }], 0);
+  expect(failures).toEqual([]);
+  expect(vsock.counters.resets).toBe(1);
+  mem.release();
+});
+
+test('three host clients that send data with CONNECT and half-close: the data and the end of each reach the guest', async () => {
+  const { mem, loop, udsPath, vsock, drv, rx, failures } = rig(14);
+  ['A', 'B', 'C'].forEach((name, i) =>
+    client(`import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(${JSON.stringify(udsPath)})\ns.sendall(b"CONNECT ${5000 + i}\\nping${name}")\ns.shutdown(socket.SHUT_WR)\ntime.sleep(5)`),
+  );
+  const ports: Record<number, number> = {};
+  const log: string[] = [];
+  const collect = () => {
+    for (const [head, len] of drv.used(0)) {
+      const p = Buffer.alloc(len);
+      mem.read(rx[head], p);
+      const op = p.readUInt16LE(30);
+      if (op === VSOCK_OP.REQUEST) ports[p.readUInt32LE(20)] = p.readUInt32LE(16);
+      log.push(`${['?', 'REQ', 'RESP', 'RST', 'SHUT', 'RW', 'CU', 'CR'][op]}:${p.readUInt32LE(20)}${op === VSOCK_OP.RW ? '=' + p.toString('latin1', 44) : ''}`);
+    }
+  };
+  const until = Date.now() + 5000;
+  while (Object.keys(ports).length < 3 && Date.now() < until) {
+    loop.runOnce(50);
+    collect();
+  }
+  expect(Object.keys(ports).sort()).toEqual(['5000', '5001', '5002']);
+  // One TX batch: a REQUEST to a port nobody listens on (its RST is queued first), then the three RESPONSEs.
+  const batch = [packet({ op: VSOCK_OP.REQUEST, src: 1, dst: 4242 }), ...[5000, 5001, 5002].map((p) => packet({ op: VSOCK_OP.RESPONSE, src: p, dst: ports[p] }))];
+  batch.forEach((b, i) => {
+    drv.writeDesc(drv.desc(1), i, drv.buffer(b.length, b), b.length, 0, 0);
+    drv.publish(1, i);
+  });
+  drv.set(0x50, 1);
+  collect();
+  for (let t = 0; t < 5; t++) loop.runOnce(20);
+  collect();
+  for (const [port, name] of [[5000, 'A'], [5001, 'B'], [5002, 'C']] as const) {
+    expect(log).toContain(`RW:${port}=ping${name}`);
+    expect(log.indexOf(`SHUT:${port}`)).toBeGreaterThan(log.indexOf(`RW:${port}=ping${name}`));
+  }
+  expect((vsock as unknown as { control: unknown[] }).control.length).toBe(0);
+  expect(failures).toEqual([]);
+  mem.release();
+});
