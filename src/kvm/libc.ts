@@ -26,6 +26,7 @@ export const sys = {
   listen: libc.func('int listen(int fd, int backlog)'),
   accept4: libc.func('int accept4(int fd, void *addr, void *len, int flags)'),
   connect: libc.func('int connect(int fd, const void *addr, unsigned int len)'),
+  shutdown: libc.func('int shutdown(int fd, int how)'),
   timerfdCreate: libc.func('int timerfd_create(int clockid, int flags)'),
   timerfdSettime: libc.func('int timerfd_settime(int fd, int flags, const void *newValue, void *oldValue)'),
   epollCreate1: libc.func('int epoll_create1(int flags)'),

@@ -60,6 +60,11 @@ export function writeSome(fd: number, buf: Uint8Array): number {
   return errno() === 11 ? 0 : -2;
 }
 
+/** Ends the sending direction (the peer reads end of stream); the socket can still be read. */
+export function shutdownWrite(fd: number): void {
+  sys.shutdown(fd, 1 /* SHUT_WR */);
+}
+
 export function closeFd(fd: number): void {
   sys.close(fd);
 }

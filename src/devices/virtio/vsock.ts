@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import type { GuestMemory } from '../../kvm/memory';
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from '../../kvm/libc';
-import { acceptUnix, closeFd, connectUnix, listenUnix, readSome, writeSome } from '../../kvm/unix-socket';
+import { acceptUnix, closeFd, connectUnix, listenUnix, readSome, shutdownWrite, writeSome } from '../../kvm/unix-socket';
 import { gather, scatter, VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
 
@@ -59,7 +59,20 @@ interface Connection {
   /** Guest bytes the host socket has not taken yet. */
   pendingOut: Buffer[];
   watching: number;
+  /** The host sent end of stream: nothing more to read from it. */
+  hostDone: boolean;
+  /** The guest will send nothing more (SHUTDOWN with SEND); the host gets end of stream once pendingOut is written. */
+  guestDone: boolean;
+  hostWriteShut: boolean;
+  /** The guest will take nothing more (SHUTDOWN with RCV). */
+  guestNoRecv: boolean;
+  /** Both sides finished: once pendingOut is written, reset and forget the connection. */
+  closing: boolean;
 }
+
+/** virtio-vsock SHUTDOWN flags. */
+const SHUTDOWN_RCV = 1;
+const SHUTDOWN_SEND = 2;
 
 export interface VsockCounters {
   connectionsOpened: number;
@@ -218,7 +231,7 @@ export class VsockDevice implements VirtioBackend {
   }
 
   private open(hostPort: number, guestPort: number, fd: number, established: boolean): Connection {
-    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, early: Buffer.alloc(0), pendingOut: [], watching: 0 };
+    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, early: Buffer.alloc(0), pendingOut: [], watching: 0, hostDone: false, guestDone: false, hostWriteShut: false, guestNoRecv: false, closing: false };
     this.connections.set(this.key(hostPort, guestPort), c);
     this.opts.poller.add(fd, (ev) => this.safely(() => this.onSocket(c, ev)), 0);
     this.counters.connectionsOpened++;
@@ -231,7 +244,8 @@ export class VsockDevice implements VirtioBackend {
 
   private watch(c: Connection): void {
     if (!this.live(c)) return;
-    const want = (c.established && !this.rxStarved && this.credit(c) > 0 ? EPOLLIN : 0) | (c.pendingOut.length > 0 ? EPOLLOUT : 0);
+    const reading = c.established && !c.hostDone && !c.guestNoRecv && !this.rxStarved && this.credit(c) > 0;
+    const want = (reading ? EPOLLIN : 0) | (c.pendingOut.length > 0 ? EPOLLOUT : 0);
     if (want !== c.watching) {
       c.watching = want;
       this.opts.poller.modify(c.fd, want);
@@ -256,6 +270,12 @@ export class VsockDevice implements VirtioBackend {
     this.drop(c);
   }
 
+  /** Both sides are done: what the guest sent still goes to the host, then the guest gets RST. */
+  private finish(c: Connection): void {
+    c.closing = true;
+    this.flushOut(c);
+  }
+
   private onSocket(c: Connection, events: number): void {
     const live = () => this.live(c);
     if (events & EPOLLERR) this.resetConnection(c);
@@ -274,7 +294,7 @@ export class VsockDevice implements VirtioBackend {
   private readHost(c: Connection): void {
     const rx = this.queues?.[RX];
     if (!rx || !this.live(c)) return;
-    while (this.credit(c) > 0) {
+    while (this.credit(c) > 0 && !c.hostDone && !c.guestNoRecv) {
       // Control packets go first, and without receive buffers nothing can move: stop watching the
       // socket for input (a level-triggered fd would spin) until flushRx re-arms it.
       const chain = this.control.length > 0 ? undefined : rx.pop();
@@ -304,11 +324,18 @@ export class VsockDevice implements VirtioBackend {
         rx.unpop();
         break;
       }
-      if (n <= 0) {
-        // End of stream or error from the host: tell the guest, and forget the connection.
+      if (n === 0) {
+        // End of stream: the host sends nothing more, but may still read what the guest sends.
         rx.unpop();
-        if (n === 0) this.queueControl(c, VSOCK_OP.SHUTDOWN, 3);
-        else this.queueControl(c, VSOCK_OP.RST);
+        c.hostDone = true;
+        this.queueControl(c, VSOCK_OP.SHUTDOWN, SHUTDOWN_SEND);
+        if (c.guestDone) this.finish(c);
+        else this.watch(c);
+        return;
+      }
+      if (n < 0) {
+        rx.unpop();
+        this.queueControl(c, VSOCK_OP.RST);
         this.drop(c);
         return;
       }
@@ -330,6 +357,16 @@ export class VsockDevice implements VirtioBackend {
       c.fwdCnt = (c.fwdCnt + n) >>> 0;
       if (n < head.length) c.pendingOut[0] = head.subarray(n);
       else c.pendingOut.shift();
+    }
+    if (c.pendingOut.length === 0) {
+      if (c.closing) {
+        this.queueControl(c, VSOCK_OP.RST);
+        return this.drop(c);
+      }
+      if (c.guestDone && !c.hostWriteShut) {
+        c.hostWriteShut = true;
+        shutdownWrite(c.fd);
+      }
     }
     // Tell the guest about freed space before it runs out (once; the update carries the latest count).
     if (!c.creditUpdateQueued && ((c.fwdCnt - c.fwdCntAnnounced) >>> 0) >= BUF_ALLOC / 4) {
@@ -485,6 +522,11 @@ export class VsockDevice implements VirtioBackend {
         return;
       case VSOCK_OP.RW: {
         if (!c || !c.established) return this.queueControl(peer, VSOCK_OP.RST);
+        if (c.guestDone) {
+          // Data after the guest said it sends nothing more: a broken peer.
+          this.invalid();
+          return this.resetConnection(c);
+        }
         if (len === 0) return;
         const queued = c.pendingOut.reduce((n, x) => n + x.length, 0);
         if (queued + len > BUF_ALLOC) {
@@ -507,12 +549,16 @@ export class VsockDevice implements VirtioBackend {
       case VSOCK_OP.CREDIT_UPDATE:
         if (c) this.watch(c);
         return;
-      case VSOCK_OP.SHUTDOWN:
-        if (c) {
-          this.queueControl(c, VSOCK_OP.RST);
-          this.drop(c);
-        }
+      case VSOCK_OP.SHUTDOWN: {
+        if (!c) return;
+        const flags = b.readUInt32LE(32);
+        if (flags & SHUTDOWN_RCV) c.guestNoRecv = true;
+        if (flags & SHUTDOWN_SEND) c.guestDone = true;
+        // Closed both ways (the guest's close(), or each side's half): deliver what is left, then RST.
+        if ((c.guestDone && c.guestNoRecv) || (c.guestDone && c.hostDone)) return this.finish(c);
+        this.flushOut(c); // passes the end of stream on once the pending bytes are written
         return;
+      }
       case VSOCK_OP.RST:
         if (c) this.drop(c);
         return;

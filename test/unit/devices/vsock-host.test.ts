@@ -13,8 +13,12 @@ import { TestDriver } from '../../helpers/virtio-driver';
  * Unix sockets (python3 clients, for shutdown(SHUT_RD)). Regression tests for two review findings.
  */
 const GUEST_CID = 7;
-function packet(f: { src?: number; dst?: number; op: number }): Buffer {
-  const b = Buffer.alloc(44);
+function packet(f: { src?: number; dst?: number; op: number; flags?: number; payload?: string }): Buffer {
+  const data = Buffer.from(f.payload ?? '');
+  const b = Buffer.alloc(44 + data.length);
+  b.writeUInt32LE(data.length, 24);
+  b.writeUInt32LE(f.flags ?? 0, 32);
+  data.copy(b, 44);
   b.writeBigUInt64LE(BigInt(GUEST_CID), 0);
   b.writeBigUInt64LE(2n, 8);
   b.writeUInt32LE(f.src ?? 1000, 16);
@@ -115,4 +119,86 @@ test('three host clients that send data with CONNECT and half-close: the data an
   expect((vsock as unknown as { control: unknown[] }).control.length).toBe(0);
   expect(failures).toEqual([]);
   mem.release();
+});
+
+describe('half-close', () => {
+  /** Runs the loop until `done()` or a deadline, collecting what the guest receives. */
+  let lastRequestPort = -1;
+  async function pumpUntil(r: ReturnType<typeof rig>, seen: string[], done: () => boolean, ms = 3000): Promise<void> {
+    const until = Date.now() + ms;
+    while (!done() && Date.now() < until) {
+      r.loop.runOnce(10);
+      for (const [head, len] of r.drv.used(0)) {
+        const p = Buffer.alloc(len);
+        r.mem.read(r.rx[head % r.rx.length], p);
+        const op = p.readUInt16LE(30);
+        if (op === VSOCK_OP.REQUEST) lastRequestPort = p.readUInt32LE(16);
+        seen.push(`${['?', 'REQ', 'RESP', 'RST', 'SHUT', 'RW', 'CU', 'CR'][op]}${op === VSOCK_OP.SHUTDOWN ? p.readUInt32LE(32) : ''}${op === VSOCK_OP.RW ? '=' + p.toString('latin1', 44) : ''}`);
+        r.drv.publish(0, head); // give the buffer back
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+  const send = (r: ReturnType<typeof rig>, b: Buffer) => r.drv.submit(1, [{ addr: r.drv.buffer(b.length, b), len: b.length }], 0);
+
+  test('the guest stops sending: the host reads end of stream, and its reply still reaches the guest', async () => {
+    const r = rig(8);
+    const net = await import('node:net');
+    let hostGot = '';
+    let hostSawEnd = false;
+    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+      sock.on('data', (d) => (hostGot += d));
+      sock.on('end', () => {
+        hostSawEnd = true;
+        sock.end('reply'); // answer, then end our side too
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(`${r.udsPath}_6000`, resolve));
+    try {
+      const seen: string[] = [];
+      send(r, packet({ op: VSOCK_OP.REQUEST, src: 1234, dst: 6000 }));
+      send(r, packet({ op: VSOCK_OP.RW, src: 1234, dst: 6000, payload: 'hello' }));
+      send(r, packet({ op: VSOCK_OP.SHUTDOWN, src: 1234, dst: 6000, flags: 2 }));
+      await pumpUntil(r, seen, () => seen.includes('RST'));
+      expect(hostGot).toBe('hello');
+      expect(hostSawEnd).toBe(true);
+      expect(seen).toEqual(['RESP', 'RW=reply', 'SHUT2', 'RST']);
+      expect(r.failures).toEqual([]);
+    } finally {
+      server.close();
+      r.mem.release();
+    }
+  });
+
+  test('the host stops sending: the guest is told (SHUTDOWN SEND) and can still send; its close ends the connection', async () => {
+    const r = rig(8);
+    const net = await import('node:net');
+    const host = net.connect({ path: r.udsPath, allowHalfOpen: true });
+    let hostGot = '';
+    let hostSawEnd = false;
+    host.on('data', (d) => (hostGot += d));
+    host.on('end', () => (hostSawEnd = true));
+    try {
+      host.write('CONNECT 5000\n');
+      const seen: string[] = [];
+      await pumpUntil(r, seen, () => seen.includes('REQ'));
+      const hostPort = lastRequestPort;
+      send(r, packet({ op: VSOCK_OP.RESPONSE, src: 5000, dst: hostPort }));
+      await pumpUntil(r, seen, () => hostGot.startsWith('OK'));
+      host.end('bye'); // data, then end of stream
+      await pumpUntil(r, seen, () => seen.includes('SHUT2'));
+      expect(seen).toEqual(['REQ', 'RW=bye', 'SHUT2']);
+      send(r, packet({ op: VSOCK_OP.RW, src: 5000, dst: hostPort, payload: 'late words' }));
+      await pumpUntil(r, seen, () => hostGot.endsWith('late words'));
+      expect(hostGot).toBe(`OK ${hostPort}\nlate words`);
+      send(r, packet({ op: VSOCK_OP.SHUTDOWN, src: 5000, dst: hostPort, flags: 3 }));
+      await pumpUntil(r, seen, () => seen.includes('RST') && hostSawEnd);
+      expect(seen[seen.length - 1]).toBe('RST');
+      expect(hostSawEnd).toBe(true);
+      expect(r.failures).toEqual([]);
+    } finally {
+      host.destroy();
+      r.mem.release();
+    }
+  });
 });
