@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { MonitorConfig, VmMonitor } from '../monitor/vm-monitor';
 import { FcRunError } from '../errors';
+import { installSeccomp } from '../kvm/seccomp';
 import { Kvm } from '../kvm/kvm';
 import { GuestMemory } from '../kvm/memory';
 import { MicroVm, RunResult } from '../vmm/microvm';
@@ -32,6 +33,8 @@ export interface LaunchOptions {
   mmdsData?: unknown;
   /** Logs and metrics (made from the plan by the caller; launch starts it). */
   monitor?: VmMonitor;
+  /** Install the seccomp filter before the guest runs (default true). */
+  seccomp?: boolean;
 }
 
 export class LaunchRefused extends FcRunError {
@@ -154,6 +157,14 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
     launchStartNs: opts.startNs,
     monitor,
   });
+  // Everything is open and every thread that exists is set up: from here on the process may not
+  // start programs, create processes, open network sockets or change the system (src/kvm/seccomp.ts).
+  if (opts.seccomp !== false) {
+    installSeccomp();
+    monitor.log.info('vmm', 'seccomp filter installed');
+  } else {
+    monitor.log.warn('vmm', 'running without a seccomp filter (--no-seccomp)');
+  }
   monitor.log.info('vmm', `running ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)`);
   monitor.start();
   return micro.run();

@@ -152,7 +152,7 @@ function monitorConfig(plan: BootPlan, flags: MonitorFlags): MonitorConfig {
   };
 }
 
-async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags & { serialOut?: string; startNs: bigint }): Promise<number> {
+async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags & { serialOut?: string; startNs: bigint; seccomp?: boolean }): Promise<number> {
   // Every VM has a vCPU 0: its thread loads while the spec is validated and planned.
   if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(1);
   const loaded = loadSpecFile(file, opts);
@@ -171,7 +171,7 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
   process.on('uncaughtException', onCrash);
   let result;
   try {
-    result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data, monitor });
+    result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data, monitor, seccomp: opts.seccomp });
   } catch (err) {
     // Whatever failed, the metrics so far are flushed (reason "fatal") before fc-run exits.
     monitor.fatal(`launch failed: ${(err as Error).message}`);
@@ -205,7 +205,8 @@ const runOptions = <T>(y: Argv<T>) =>
     .option('level', { type: 'string', describe: 'Log level: Error, Warning, Info, Debug, Trace or Off (overrides logger.level)', requiresArg: true })
     .option('show-level', { type: 'boolean', describe: 'Show the level in log lines (overrides logger.show_level)' })
     .option('show-log-origin', { type: 'boolean', describe: 'Show the source of log lines (overrides logger.show_log_origin)' })
-    .option('metrics-path', { type: 'string', describe: 'Write metrics (JSON lines) to this file or named pipe (overrides metrics.metrics_path)', requiresArg: true });
+    .option('metrics-path', { type: 'string', describe: 'Write metrics (JSON lines) to this file or named pipe (overrides metrics.metrics_path)', requiresArg: true })
+    .option('seccomp', { type: 'boolean', default: true, describe: 'Install the seccomp filter before the guest runs (--no-seccomp to leave it out, for debugging)' });
 
 const specOptions = <T>(y: Argv<T>) =>
   y
@@ -250,6 +251,7 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
             showLevel: a['show-level'],
             showLogOrigin: a['show-log-origin'],
             metricsPath: a['metrics-path'],
+            seccomp: a.seccomp,
           }),
         ),
     )

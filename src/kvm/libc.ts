@@ -27,6 +27,10 @@ export const sys = {
   accept4: libc.func('int accept4(int fd, void *addr, void *len, int flags)'),
   connect: libc.func('int connect(int fd, const void *addr, unsigned int len)'),
   shutdown: libc.func('int shutdown(int fd, int how)'),
+  /** memcpy(buf, buf, 0) returns buf: the address of a Buffer's memory. */
+  addressOf: libc.func('memcpy', 'uintptr_t', ['void *', 'void *', 'size_t']),
+  prctl: libc.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)'),
+  seccompFilter: libc.func('syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *']),
   timerfdCreate: libc.func('int timerfd_create(int clockid, int flags)'),
   timerfdSettime: libc.func('int timerfd_settime(int fd, int flags, const void *newValue, void *oldValue)'),
   epollCreate1: libc.func('int epoll_create1(int flags)'),

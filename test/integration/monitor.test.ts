@@ -91,6 +91,8 @@ describeKvm('logs and metrics', () => {
     const log = fs.readFileSync(logPath, 'utf8');
     expect(log).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[anonymous-instance:main:INFO:vmm\] running 2 vCPU\(s\), 2 virtio device\(s\)$/m);
     expect(log).toMatch(/\[anonymous-instance:main:INFO:vmm\] Guest-boot-time = \d+ us \d+ ms/);
+    // The guest ran (and the VM stopped cleanly) under the seccomp filter.
+    expect(log).toMatch(/\[anonymous-instance:main:INFO:vmm\] seccomp filter installed/);
     expect(log).toMatch(/\[anonymous-instance:vcpu [01]:INFO:vmm\/vcpu\] vCPU [01] stops the VM: reset/);
   });
 

@@ -1,0 +1,160 @@
+import { errno, sys, SyscallError } from './libc';
+
+/**
+ * A seccomp filter for the running VMM: once the microVM is set up, fc-run's threads may no longer
+ * make the system calls an attacker who took over the process would want — start programs, create
+ * processes, trace or read other processes, mount, load kernel code or BPF, change identity or
+ * namespaces, open network sockets, change the clock — and the kernel kills the whole process if
+ * one is tried.
+ *
+ * It is a deny list applied to every thread at once (SECCOMP_FILTER_FLAG_TSYNC), not Firecracker's
+ * per-thread allow lists: Node's runtime (V8's compiler and collector, libuv) makes system calls
+ * no list here could pin down without breaking it, so what is refused is what fc-run never needs
+ * after launch. x86_64 only.
+ */
+
+/** x86_64 system call numbers refused outright. */
+export const DENIED_SYSCALLS: Readonly<Record<string, number>> = {
+  fork: 57,
+  vfork: 58,
+  execve: 59,
+  execveat: 322,
+  ptrace: 101,
+  process_vm_readv: 310,
+  process_vm_writev: 311,
+  pidfd_getfd: 438,
+  kcmp: 312,
+  mount: 165,
+  umount2: 166,
+  pivot_root: 155,
+  chroot: 161,
+  move_mount: 429,
+  open_tree: 428,
+  fsopen: 430,
+  fsmount: 432,
+  unshare: 272,
+  setns: 308,
+  init_module: 175,
+  finit_module: 313,
+  delete_module: 176,
+  kexec_load: 246,
+  kexec_file_load: 320,
+  bpf: 321,
+  perf_event_open: 298,
+  userfaultfd: 323,
+  keyctl: 250,
+  add_key: 248,
+  request_key: 249,
+  setuid: 105,
+  setgid: 106,
+  setreuid: 113,
+  setregid: 114,
+  setgroups: 116,
+  setresuid: 117,
+  setresgid: 119,
+  personality: 135,
+  iopl: 172,
+  ioperm: 173,
+  reboot: 169,
+  swapon: 167,
+  swapoff: 168,
+  acct: 163,
+  settimeofday: 164,
+  clock_settime: 227,
+  adjtimex: 159,
+  clock_adjtime: 305,
+  syslog: 103,
+  quotactl: 179,
+  mknod: 133,
+  mknodat: 259,
+  name_to_handle_at: 303,
+  open_by_handle_at: 304,
+  fanotify_init: 300,
+  io_uring_setup: 425,
+};
+
+const SYS = { socket: 41, clone: 56, clone3: 435, seccomp: 317 } as const;
+const AUDIT_ARCH_X86_64 = 0xc000003e;
+const AF_UNIX = 1;
+const CLONE_THREAD = 0x10000;
+const ENOSYS = 38;
+
+const BPF_LD_W_ABS = 0x20;
+const BPF_JEQ_K = 0x15;
+const BPF_JSET_K = 0x45;
+const BPF_RET_K = 0x06;
+
+export const SECCOMP_RET_KILL_PROCESS = 0x80000000;
+export const SECCOMP_RET_ALLOW = 0x7fff0000;
+const SECCOMP_RET_ERRNO = 0x00050000;
+
+/** Offsets in struct seccomp_data. */
+const NR = 0;
+const ARCH = 4;
+const ARG0_LOW = 16;
+
+/**
+ * The filter program: on another architecture, or for a refused call, `deny` (default: kill the
+ * process). clone is allowed for threads only (CLONE_THREAD); clone3, whose flags a filter cannot
+ * read, fails with ENOSYS so the C library falls back to clone. socket is allowed for AF_UNIX.
+ */
+export function buildFilter(deny = SECCOMP_RET_KILL_PROCESS): Buffer {
+  const denied = Object.values(DENIED_SYSCALLS);
+  // Built with symbolic jump targets (the three returns at the end), resolved to offsets below.
+  type Target = 'allow' | 'deny' | 'enosys' | number;
+  const sym: { code: number; k: number; jt: Target; jf: Target }[] = [];
+  const emit = (code: number, k: number, jt: Target = 0, jf: Target = 0) => sym.push({ code, k, jt, jf });
+  emit(BPF_LD_W_ABS, ARCH);
+  emit(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, 'deny');
+  emit(BPF_LD_W_ABS, NR);
+  for (const nr of denied) emit(BPF_JEQ_K, nr, 'deny', 0);
+  emit(BPF_JEQ_K, SYS.clone3, 'enosys', 0);
+  // clone: allowed with CLONE_THREAD (a thread), refused otherwise (a process).
+  const cloneAt = sym.length;
+  emit(BPF_JEQ_K, SYS.clone, 0, cloneAt + 3);
+  emit(BPF_LD_W_ABS, ARG0_LOW);
+  emit(BPF_JSET_K, CLONE_THREAD, 'allow', 'deny');
+  // socket: AF_UNIX only.
+  emit(BPF_JEQ_K, SYS.socket, 0, 'allow');
+  emit(BPF_LD_W_ABS, ARG0_LOW);
+  emit(BPF_JEQ_K, AF_UNIX, 'allow', 'deny');
+  const returns = { allow: sym.length, deny: sym.length + 1, enosys: sym.length + 2 };
+  emit(BPF_RET_K, SECCOMP_RET_ALLOW);
+  emit(BPF_RET_K, deny >>> 0);
+  emit(BPF_RET_K, (SECCOMP_RET_ERRNO | ENOSYS) >>> 0);
+  const out = Buffer.alloc(sym.length * 8);
+  sym.forEach((ins, i) => {
+    // Jump offsets are relative to the next instruction; 0 means "fall through".
+    const rel = (t: Target) => {
+      if (t === 0) return 0;
+      const target = typeof t === 'number' ? t : returns[t];
+      const off = target - (i + 1);
+      if (off < 0 || off > 255) throw new Error(`seccomp filter: jump out of range at ${i}`);
+      return off;
+    };
+    out.writeUInt16LE(ins.code, i * 8);
+    out.writeUInt8(ins.code === BPF_JEQ_K || ins.code === BPF_JSET_K ? rel(ins.jt) : 0, i * 8 + 2);
+    out.writeUInt8(ins.code === BPF_JEQ_K || ins.code === BPF_JSET_K ? rel(ins.jf) : 0, i * 8 + 3);
+    out.writeUInt32LE(ins.k >>> 0, i * 8 + 4);
+  });
+  return out;
+}
+
+const PR_SET_NO_NEW_PRIVS = 38;
+const SECCOMP_SET_MODE_FILTER = 1;
+const SECCOMP_FILTER_FLAG_TSYNC = 1;
+
+/**
+ * Installs the filter on every thread of the process (and any started later). Irreversible.
+ * Needs no privilege: no_new_privs is set first, as the kernel requires.
+ */
+export function installSeccomp(deny = SECCOMP_RET_KILL_PROCESS): void {
+  if (process.arch !== 'x64') throw new SyscallError('seccomp', 22, 'the seccomp filter is built for x86_64 only');
+  const filter = buildFilter(deny);
+  if (sys.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) !== 0) throw new SyscallError('prctl(PR_SET_NO_NEW_PRIVS)', errno());
+  const fprog = Buffer.alloc(16);
+  fprog.writeUInt16LE(filter.length / 8, 0);
+  fprog.writeBigUInt64LE(BigInt(sys.addressOf(filter, filter, 0)), 8);
+  const r = Number(sys.seccompFilter(SYS.seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, fprog));
+  if (r !== 0) throw new SyscallError('seccomp(SECCOMP_SET_MODE_FILTER)', r > 0 ? 16 : errno(), r > 0 ? `thread ${r} could not take the filter` : undefined);
+}
