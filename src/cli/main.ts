@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { loadSpecFile, LoadOptions } from '../config/validate';
@@ -9,6 +10,7 @@ import { canonicalJson, planSpec } from '../boot';
 import { launch, monitorFor, prewarmVcpuThreads } from '../boot/launch';
 import type { BootPlan } from '../boot';
 import type { MonitorConfig } from '../monitor/vm-monitor';
+import { prepareJail, runJail } from '../jail/jail';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../errors';
 import { displayPath, formatIssue, issueJson, painterFor } from './format';
 import { renderPlan } from './plan-view';
@@ -152,7 +154,14 @@ function monitorConfig(plan: BootPlan, flags: MonitorFlags): MonitorConfig {
   };
 }
 
-async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags & { serialOut?: string; startNs: bigint; seccomp?: boolean }): Promise<number> {
+async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags & { serialOut?: string; startNs: bigint; seccomp?: boolean; exitWithFd?: number }): Promise<number> {
+  if (opts.exitWithFd !== undefined) {
+    // The supervisor (the jailer) went away: stop the VM as SIGTERM would.
+    const lifeline = new net.Socket({ fd: opts.exitWithFd, readable: true, writable: false });
+    lifeline.on('error', () => undefined);
+    lifeline.on('close', () => process.kill(process.pid, 'SIGTERM'));
+    lifeline.unref();
+  }
   // Every VM has a vCPU 0: its thread loads while the spec is validated and planned.
   if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(1);
   const loaded = loadSpecFile(file, opts);
@@ -206,6 +215,7 @@ const runOptions = <T>(y: Argv<T>) =>
     .option('show-level', { type: 'boolean', describe: 'Show the level in log lines (overrides logger.show_level)' })
     .option('show-log-origin', { type: 'boolean', describe: 'Show the source of log lines (overrides logger.show_log_origin)' })
     .option('metrics-path', { type: 'string', describe: 'Write metrics (JSON lines) to this file or named pipe (overrides metrics.metrics_path)', requiresArg: true })
+    .option('exit-with-fd', { type: 'number', hidden: true, describe: 'Stop the VM when this inherited socket or pipe reaches end of stream (the jailer uses it)', requiresArg: true })
     .option('seccomp', { type: 'boolean', default: true, describe: 'Install the seccomp filter before the guest runs (--no-seccomp to leave it out, for debugging)' });
 
 const specOptions = <T>(y: Argv<T>) =>
@@ -252,8 +262,40 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
             showLogOrigin: a['show-log-origin'],
             metricsPath: a['metrics-path'],
             seccomp: a.seccomp,
+            exitWithFd: a['exit-with-fd'],
           }),
         ),
+    )
+    .command(
+      'jail <spec>',
+      'Launch the microVM inside a jail: chroot, cgroups, mount/PID (and network) namespaces, an unprivileged user (needs root)',
+      (y) =>
+        specOptions(y)
+          .positional('spec', { type: 'string', describe: 'Path to the VM spec (JSON)' })
+          .option('id', { type: 'string', demandOption: true, describe: 'The microVM id: names the jail directory and the cgroups', requiresArg: true })
+          .option('uid', { type: 'number', demandOption: true, describe: 'User the microVM runs as', requiresArg: true })
+          .option('gid', { type: 'number', demandOption: true, describe: 'Group the microVM runs as', requiresArg: true })
+          .option('chroot-base-dir', { type: 'string', default: '/srv/jailer', describe: 'Where jails are made: <dir>/fc-run/<id>/root', requiresArg: true })
+          .option('netns', { type: 'string', describe: 'Network namespace to run in (e.g. /var/run/netns/vm1)', requiresArg: true })
+          .option('cgroup', { type: 'string', array: true, default: [], describe: 'A cgroup setting, <controller>.<file>=<value> (repeatable)', requiresArg: true })
+          .option('serial-out', { type: 'string', describe: 'Passed to the jailed fc-run: "none" to discard guest output', requiresArg: true })
+          .example('$0 jail vm.json --id vm1 --uid 1000 --gid 1000 --cgroup memory.limit_in_bytes=536870912', 'a jailed microVM with a memory limit'),
+      (a) =>
+        guard(async () => {
+          const loaded = loadSpecFile(a.spec as string, loadOptions(a));
+          planSpec(loaded); // refuse what cannot run before building anything
+          const jail = prepareJail(loaded.spec, {
+            id: a.id as string,
+            uid: a.uid as number,
+            gid: a.gid as number,
+            baseDir: a['chroot-base-dir'] as string,
+            netns: a.netns as string | undefined,
+            cgroups: (a.cgroup as string[]).map(String),
+            runArgs: a['serial-out'] !== undefined ? ['--serial-out', a['serial-out'] as string] : [],
+          });
+          write(io.err, painterFor(io.err).dim(`fc-run: jail ${jail.root}${jail.vsockHostPath ? `, vsock at ${jail.vsockHostPath}` : ''}`));
+          return runJail(jail);
+        }),
     )
     .command(
       'validate <specs..>',
