@@ -82,6 +82,8 @@ const ENOSYS = 38;
 const BPF_LD_W_ABS = 0x20;
 const BPF_JEQ_K = 0x15;
 const BPF_JSET_K = 0x45;
+const BPF_JGE_K = 0x35;
+const X32_SYSCALL_BIT = 0x40000000;
 const BPF_RET_K = 0x06;
 
 export const SECCOMP_RET_KILL_PROCESS = 0x80000000;
@@ -107,6 +109,8 @@ export function buildFilter(deny = SECCOMP_RET_KILL_PROCESS): Buffer {
   emit(BPF_LD_W_ABS, ARCH);
   emit(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, 'deny');
   emit(BPF_LD_W_ABS, NR);
+  // x32-ABI calls (the 0x40000000 bit) reach other entry points under the same arch: none allowed.
+  emit(BPF_JGE_K, X32_SYSCALL_BIT, 'deny', 0);
   for (const nr of denied) emit(BPF_JEQ_K, nr, 'deny', 0);
   emit(BPF_JEQ_K, SYS.clone3, 'enosys', 0);
   // clone: allowed with CLONE_THREAD (a thread), refused otherwise (a process).
@@ -133,8 +137,9 @@ export function buildFilter(deny = SECCOMP_RET_KILL_PROCESS): Buffer {
       return off;
     };
     out.writeUInt16LE(ins.code, i * 8);
-    out.writeUInt8(ins.code === BPF_JEQ_K || ins.code === BPF_JSET_K ? rel(ins.jt) : 0, i * 8 + 2);
-    out.writeUInt8(ins.code === BPF_JEQ_K || ins.code === BPF_JSET_K ? rel(ins.jf) : 0, i * 8 + 3);
+    const jump = ins.code === BPF_JEQ_K || ins.code === BPF_JSET_K || ins.code === BPF_JGE_K;
+    out.writeUInt8(jump ? rel(ins.jt) : 0, i * 8 + 2);
+    out.writeUInt8(jump ? rel(ins.jf) : 0, i * 8 + 3);
     out.writeUInt32LE(ins.k >>> 0, i * 8 + 4);
   });
   return out;

@@ -20,6 +20,7 @@ function run(filter: Buffer, data: { nr: number; arch?: number; args?: number[] 
     if (code === 0x20) acc = mem.readUInt32LE(k);
     else if (code === 0x15) pc += acc === k ? jt : jf;
     else if (code === 0x45) pc += (acc & k) !== 0 ? jt : jf;
+    else if (code === 0x35) pc += acc >>> 0 >= k >>> 0 ? jt : jf;
     else if (code === 0x06) return k;
     else throw new Error(`unexpected BPF code 0x${code.toString(16)}`);
     pc++;
@@ -40,6 +41,10 @@ describe('seccomp filter program', () => {
     expect(run(f, { nr: 41, args: [1, 1] }) >>> 0).toBe(SECCOMP_RET_ALLOW);
     for (const domain of [2, 10, 16, 17]) expect(run(f, { nr: 41, args: [domain, 1] }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS);
   });
+  test('x32-ABI system calls are refused, whatever their number', () => {
+    for (const nr of [0x40000000, 0x40000000 + 520, 0x40000000 + 0, 0xffffffff]) expect(run(f, { nr: nr | 0 }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS);
+  });
+
   test('another architecture is refused', () => {
     expect(run(f, { nr: 0, arch: 0x40000003 }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS);
   });
