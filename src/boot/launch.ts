@@ -35,6 +35,8 @@ export interface LaunchOptions {
   monitor?: VmMonitor;
   /** Install the seccomp filter before the guest runs (default true). */
   seccomp?: boolean;
+  /** Called when the VM starts running (its stop handlers, SIGTERM included, are in place). */
+  onRunning?: () => void;
 }
 
 export class LaunchRefused extends FcRunError {
@@ -167,5 +169,7 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   }
   monitor.log.info('vmm', `running ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)`);
   monitor.start();
-  return micro.run();
+  const done = micro.run();
+  opts.onRunning?.();
+  return done;
 }

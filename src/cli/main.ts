@@ -155,9 +155,27 @@ function monitorConfig(plan: BootPlan, flags: MonitorFlags): MonitorConfig {
 }
 
 async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags & { serialOut?: string; startNs: bigint; seccomp?: boolean; exitWithFd?: number }): Promise<number> {
+  // Until the VM runs (and MicroVm handles them), SIGTERM and SIGINT end fc-run here; as PID 1 of
+  // a jail's namespace it would otherwise ignore them.
+  let running = false;
+  const early = (sig: NodeJS.Signals) => {
+    if (running) return;
+    write(io.err, `fc-run: ${sig} before the VM ran`);
+    process.exit(EXIT_FAILURE);
+  };
+  process.on('SIGTERM', early);
+  process.on('SIGINT', early);
   if (opts.exitWithFd !== undefined) {
+    const fd = opts.exitWithFd;
+    let kind: fs.Stats | undefined;
+    try {
+      kind = Number.isInteger(fd) && fd > 2 ? fs.fstatSync(fd) : undefined;
+    } catch {
+      kind = undefined;
+    }
+    if (!kind || !(kind.isSocket() || kind.isFIFO())) throw new FcRunError('usage', `--exit-with-fd ${fd}: not an open socket or pipe above 2`);
     // The supervisor (the jailer) went away: stop the VM as SIGTERM would.
-    const lifeline = new net.Socket({ fd: opts.exitWithFd, readable: true, writable: false });
+    const lifeline = new net.Socket({ fd, readable: true, writable: false });
     lifeline.on('error', () => undefined);
     lifeline.on('close', () => process.kill(process.pid, 'SIGTERM'));
     lifeline.unref();
@@ -180,13 +198,15 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
   process.on('uncaughtException', onCrash);
   let result;
   try {
-    result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data, monitor, seccomp: opts.seccomp });
+    result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data, monitor, seccomp: opts.seccomp, onRunning: () => (running = true) });
   } catch (err) {
     // Whatever failed, the metrics so far are flushed (reason "fatal") before fc-run exits.
     monitor.fatal(`launch failed: ${(err as Error).message}`);
     throw err;
   } finally {
     process.off('uncaughtException', onCrash);
+    process.off('SIGTERM', early);
+    process.off('SIGINT', early);
   }
   if (result.stop.reason in STOP_WORDS) {
     monitor.log.info('vmm', `the VM stopped: ${result.stop.detail}`);

@@ -1,4 +1,5 @@
 import koffi from 'koffi';
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { FcRunError } from '../errors';
 
@@ -29,6 +30,7 @@ export const sys = {
   shutdown: libc.func('int shutdown(int fd, int how)'),
   /** memcpy(buf, buf, 0) returns buf: the address of a Buffer's memory. */
   addressOf: libc.func('memcpy', 'uintptr_t', ['void *', 'void *', 'size_t']),
+  fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
   prctl: libc.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)'),
   seccompFilter: libc.func('syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *']),
   timerfdCreate: libc.func('int timerfd_create(int clockid, int flags)'),
@@ -70,6 +72,19 @@ export type Pointer = unknown;
 
 const SYS_gettid = 186;
 const SYS_tgkill = 234;
+
+/**
+ * Marks every open fd above 2 close-on-exec, so a program this process starts inherits none of
+ * them (the jailer: an fd it was given, say a directory, would lead out of the chroot).
+ */
+export function closeOnExecAll(): void {
+  const F_SETFD = 2;
+  const FD_CLOEXEC = 1;
+  for (const name of fs.readdirSync('/proc/self/fd')) {
+    const fd = Number(name);
+    if (fd > 2) sys.fcntl(fd, F_SETFD, FD_CLOEXEC);
+  }
+}
 
 /** The calling thread's kernel id. */
 export function gettid(): number {

@@ -10,7 +10,8 @@ import { errno, sys, SyscallError } from './libc';
  * It is a deny list applied to every thread at once (SECCOMP_FILTER_FLAG_TSYNC), not Firecracker's
  * per-thread allow lists: Node's runtime (V8's compiler and collector, libuv) makes system calls
  * no list here could pin down without breaking it, so what is refused is what fc-run never needs
- * after launch. x86_64 only.
+ * after launch. It cannot make a process running as root harmless (it can still open
+ * /proc/<pid>/mem, say): that is the jailer's part (an unprivileged user in a chroot). x86_64 only.
  */
 
 /** x86_64 system call numbers refused outright. */
@@ -70,10 +71,29 @@ export const DENIED_SYSCALLS: Readonly<Record<string, number>> = {
   name_to_handle_at: 303,
   open_by_handle_at: 304,
   fanotify_init: 300,
-  io_uring_setup: 425,
+  mount_setattr: 442,
+  fspick: 433,
+  fsconfig: 431,
+  pidfd_open: 434,
+  pidfd_send_signal: 424,
+  process_madvise: 440,
+  setfsuid: 122,
+  setfsgid: 123,
+  capset: 126,
+  sethostname: 170,
+  setdomainname: 171,
+  quotactl_fd: 443,
 };
 
-const SYS = { socket: 41, clone: 56, clone3: 435, seccomp: 317 } as const;
+/** io_uring could do in a ring what the filter refuses as calls: it fails (ENOSYS) instead. */
+const UNAVAILABLE_SYSCALLS = { io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 };
+
+const SYS = { ioctl: 16, socket: 41, socketpair: 53, clone: 56, clone3: 435, seccomp: 317 } as const;
+/** Namespace flags of clone: a thread may not start in new namespaces. */
+const CLONE_NEW_ANY = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080;
+/** Terminal ioctls that push input into a terminal: refused. */
+const TIOCSTI = 0x5412;
+const TIOCLINUX = 0x541c;
 const AUDIT_ARCH_X86_64 = 0xc000003e;
 const AF_UNIX = 1;
 const CLONE_THREAD = 0x10000;
@@ -94,6 +114,7 @@ const SECCOMP_RET_ERRNO = 0x00050000;
 const NR = 0;
 const ARCH = 4;
 const ARG0_LOW = 16;
+const ARG1_LOW = 24;
 
 /**
  * The filter program: on another architecture, or for a refused call, `deny` (default: kill the
@@ -113,13 +134,23 @@ export function buildFilter(deny = SECCOMP_RET_KILL_PROCESS): Buffer {
   emit(BPF_JGE_K, X32_SYSCALL_BIT, 'deny', 0);
   for (const nr of denied) emit(BPF_JEQ_K, nr, 'deny', 0);
   emit(BPF_JEQ_K, SYS.clone3, 'enosys', 0);
-  // clone: allowed with CLONE_THREAD (a thread), refused otherwise (a process).
+  for (const nr of Object.values(UNAVAILABLE_SYSCALLS)) emit(BPF_JEQ_K, nr, 'enosys', 0);
+  // clone: allowed for a thread (CLONE_THREAD) in the same namespaces; refused otherwise.
   const cloneAt = sym.length;
-  emit(BPF_JEQ_K, SYS.clone, 0, cloneAt + 3);
+  emit(BPF_JEQ_K, SYS.clone, 0, cloneAt + 4);
   emit(BPF_LD_W_ABS, ARG0_LOW);
+  emit(BPF_JSET_K, CLONE_NEW_ANY, 'deny', 0);
   emit(BPF_JSET_K, CLONE_THREAD, 'allow', 'deny');
-  // socket: AF_UNIX only.
-  emit(BPF_JEQ_K, SYS.socket, 0, 'allow');
+  // ioctl: everything but pushing input into a terminal.
+  const ioctlAt = sym.length;
+  emit(BPF_JEQ_K, SYS.ioctl, 0, ioctlAt + 4);
+  emit(BPF_LD_W_ABS, ARG1_LOW);
+  emit(BPF_JEQ_K, TIOCSTI, 'deny', 0);
+  emit(BPF_JEQ_K, TIOCLINUX, 'deny', 'allow');
+  // socket and socketpair: AF_UNIX only.
+  const socketAt = sym.length;
+  emit(BPF_JEQ_K, SYS.socket, socketAt + 2, 0);
+  emit(BPF_JEQ_K, SYS.socketpair, 0, 'allow');
   emit(BPF_LD_W_ABS, ARG0_LOW);
   emit(BPF_JEQ_K, AF_UNIX, 'allow', 'deny');
   const returns = { allow: sym.length, deny: sym.length + 1, enosys: sym.length + 2 };
@@ -132,6 +163,7 @@ export function buildFilter(deny = SECCOMP_RET_KILL_PROCESS): Buffer {
     const rel = (t: Target) => {
       if (t === 0) return 0;
       const target = typeof t === 'number' ? t : returns[t];
+      if (typeof t === 'number' && t <= i) throw new Error(`seccomp filter: backward jump at ${i}`);
       const off = target - (i + 1);
       if (off < 0 || off > 255) throw new Error(`seccomp filter: jump out of range at ${i}`);
       return off;

@@ -92,9 +92,19 @@ describeJail('fc-run jail', () => {
       expect(cgroups).toMatch(/:pids:\/fc-run\/spin$/m);
       expect(fs.readFileSync('/sys/fs/cgroup/memory/fc-run/spin/memory.limit_in_bytes', 'utf8').trim()).toBe('536870912');
       expect(fs.readFileSync('/sys/fs/cgroup/pids/fc-run/spin/pids.max', 'utf8').trim()).toBe('64');
-      // Its own /dev: only what it needs, owned by the jailed user.
-      expect(fs.readdirSync(path.join(root, 'dev')).sort()).toEqual(['kvm', 'net', 'null', 'urandom']);
-      expect(fs.statSync(path.join(root, 'dev', 'kvm')).uid).toBe(UID);
+      expect(fs.readlinkSync(`/proc/${pid}/ns/ipc`)).not.toBe(fs.readlinkSync('/proc/self/ns/ipc'));
+      expect(fs.readlinkSync(`/proc/${pid}/ns/net`)).not.toBe(fs.readlinkSync('/proc/self/ns/net')); // no TAP: an empty one
+      // A session of its own without a controlling terminal: nothing to type commands into.
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').slice(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').lastIndexOf(')') + 2).split(' ');
+      expect(Number(stat[3])).toBe(pid); // session id
+      expect(Number(stat[4])).toBe(0); // tty_nr
+      // Its own /dev, on a tmpfs that exists only in its mount namespace, owned by the jailed user.
+      expect(fs.readdirSync(`/proc/${pid}/root/dev`).sort()).toEqual(['kvm', 'null', 'urandom']);
+      expect(fs.statSync(`/proc/${pid}/root/dev/kvm`).uid).toBe(UID);
+      expect(fs.readdirSync(path.join(root, 'dev'))).toEqual([]); // nothing left on the host's disk
+      // The spec (MMDS contents may be secret) is for the jailed user only; the jail directory for root.
+      expect(fs.statSync(path.join(root, 'vm.json')).mode & 0o777).toBe(0o400);
+      expect(fs.statSync(path.dirname(root)).mode & 0o777).toBe(0o700);
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
     } finally {
@@ -135,6 +145,49 @@ describeJail('fc-run jail', () => {
     expect(r.status).toBe(0);
     expect(fs.readFileSync(disk).toString('latin1', 512, 545)).toBe('written by the fc-run probe guest');
   });
+
+  test('fds the jailer was given do not reach the jail', async () => {
+    const spec = ws.write('fds.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
+    const dirFd = fs.openSync('/', 'r');
+    const child = spawn(process.execPath, jailArgs(spec, 'fds'), { stdio: ['ignore', 'ignore', 'ignore', dirFd] });
+    fs.closeSync(dirFd);
+    const root = path.join(base, 'fc-run', 'fds', 'root');
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      let pid: number | undefined;
+      const until = Date.now() + 30_000;
+      while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      expect(pid).toBeDefined();
+      const targets = fs.readdirSync(`/proc/${pid}/fd`).map((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+        } catch {
+          return '';
+        }
+      });
+      expect(targets).not.toContain('/');
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 60_000);
+
+  test('a jailer stopped while the jailed fc-run is still starting stops it too', async () => {
+    const spec = ws.write('early.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 }, entropy: {} });
+    for (const [id, sig] of [['early-term', 'SIGTERM'], ['early-kill', 'SIGKILL']] as const) {
+      const child = spawn(process.execPath, jailArgs(spec, id), { stdio: 'ignore' });
+      const root = path.join(base, 'fc-run', id, 'root');
+      let pid: number | undefined;
+      const until = Date.now() + 30_000;
+      while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      expect(pid).toBeDefined();
+      child.kill(sig); // at once: fc-run is still loading
+      const gone = Date.now() + 20_000;
+      while (fs.existsSync(`/proc/${pid}`) && Date.now() < gone) await new Promise((r) => setTimeout(r, 50));
+      expect([id, fs.existsSync(`/proc/${pid}`)]).toEqual([id, false]);
+    }
+  }, 90_000);
 
   test('refusals: an existing jail, a bad id, logs to files', () => {
     const spec = ws.write('small.json', { 'boot-source': { kernel_image_path: PROBE }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } });

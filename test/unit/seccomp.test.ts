@@ -34,12 +34,18 @@ describe('seccomp filter program', () => {
     for (const [name, nr] of Object.entries(DENIED_SYSCALLS)) expect([name, run(f, { nr }) >>> 0]).toEqual([name, SECCOMP_RET_KILL_PROCESS]);
     for (const nr of [0, 1, 3, 7, 9, 10, 11, 16, 17, 18, 202, 232, 281, 290]) expect(run(f, { nr }) >>> 0).toBe(SECCOMP_RET_ALLOW); // read, write, close, poll, mmap, mprotect, munmap, ioctl, pread, pwrite, futex, epoll_wait, epoll_pwait, eventfd2
   });
-  test('threads yes, processes no; clone3 says ENOSYS; only Unix sockets', () => {
+  test('threads yes, processes and new namespaces no; clone3 and io_uring say ENOSYS; only Unix sockets; no TIOCSTI', () => {
     expect(run(f, { nr: 56, args: [0x3d0f00] }) >>> 0).toBe(SECCOMP_RET_ALLOW); // pthread_create's flags
     expect(run(f, { nr: 56, args: [0x1200011] }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS); // fork's flags
-    expect(run(f, { nr: 435 }) >>> 0).toBe(0x00050000 | 38);
-    expect(run(f, { nr: 41, args: [1, 1] }) >>> 0).toBe(SECCOMP_RET_ALLOW);
-    for (const domain of [2, 10, 16, 17]) expect(run(f, { nr: 41, args: [domain, 1] }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS);
+    expect(run(f, { nr: 56, args: [0x3d0f00 | 0x40000000] }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS); // a thread in a new netns
+    for (const nr of [435, 425, 426, 427]) expect(run(f, { nr }) >>> 0).toBe(0x00050000 | 38);
+    for (const nr of [41, 53]) {
+      expect(run(f, { nr, args: [1, 1] }) >>> 0).toBe(SECCOMP_RET_ALLOW);
+      for (const domain of [2, 10, 16, 17]) expect(run(f, { nr, args: [domain, 1] }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS);
+    }
+    expect(run(f, { nr: 16, args: [0, 0xae80] }) >>> 0).toBe(SECCOMP_RET_ALLOW); // KVM_RUN
+    expect(run(f, { nr: 16, args: [0, 0x5401] }) >>> 0).toBe(SECCOMP_RET_ALLOW); // TCGETS
+    for (const req of [0x5412, 0x541c]) expect(run(f, { nr: 16, args: [0, req] }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS);
   });
   test('x32-ABI system calls are refused, whatever their number', () => {
     for (const nr of [0x40000000, 0x40000000 + 520, 0x40000000 + 0, 0xffffffff]) expect(run(f, { nr: nr | 0 }) >>> 0).toBe(SECCOMP_RET_KILL_PROCESS);

@@ -68,6 +68,11 @@ interface Connection {
   guestNoRecv: boolean;
   /** Both sides finished: once pendingOut is written, reset and forget the connection. */
   closing: boolean;
+  /**
+   * The host socket hung up with bytes still unread (the guest had no credit or buffers): it is
+   * out of the epoll set (a hang-up is reported whatever the interest) and read from flushRx.
+   */
+  hungUp: boolean;
 }
 
 /** virtio-vsock SHUTDOWN flags. */
@@ -231,7 +236,7 @@ export class VsockDevice implements VirtioBackend {
   }
 
   private open(hostPort: number, guestPort: number, fd: number, established: boolean): Connection {
-    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, early: Buffer.alloc(0), pendingOut: [], watching: 0, hostDone: false, guestDone: false, hostWriteShut: false, guestNoRecv: false, closing: false };
+    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, early: Buffer.alloc(0), pendingOut: [], watching: 0, hostDone: false, guestDone: false, hostWriteShut: false, guestNoRecv: false, closing: false, hungUp: false };
     this.connections.set(this.key(hostPort, guestPort), c);
     this.opts.poller.add(fd, (ev) => this.safely(() => this.onSocket(c, ev)), 0);
     this.counters.connectionsOpened++;
@@ -243,7 +248,7 @@ export class VsockDevice implements VirtioBackend {
   }
 
   private watch(c: Connection): void {
-    if (!this.live(c)) return;
+    if (!this.live(c) || c.hungUp) return;
     const reading = c.established && !c.hostDone && !c.guestNoRecv && !this.rxStarved && this.credit(c) > 0;
     const want = (reading ? EPOLLIN : 0) | (c.pendingOut.length > 0 ? EPOLLOUT : 0);
     if (want !== c.watching) {
@@ -260,7 +265,7 @@ export class VsockDevice implements VirtioBackend {
 
   private drop(c: Connection): void {
     if (!this.connections.delete(this.key(c.hostPort, c.guestPort))) return;
-    this.opts.poller.remove(c.fd);
+    if (!c.hungUp) this.opts.poller.remove(c.fd);
     closeFd(c.fd);
   }
 
@@ -282,10 +287,11 @@ export class VsockDevice implements VirtioBackend {
     if (live() && events & EPOLLOUT) this.flushOut(c);
     if (live() && events & (EPOLLIN | EPOLLHUP)) this.readHost(c);
     // A hang-up is reported whatever the interest: if the rest cannot be read now (no credit or no
-    // receive buffers), end the connection rather than spin on it.
+    // receive buffers), take the socket out of the epoll set and read the rest from flushRx, as
+    // credit and buffers come back, rather than spin on it or lose it.
     if (live() && events & EPOLLHUP && c.watching !== EPOLLIN) {
-      this.queueControl(c, VSOCK_OP.SHUTDOWN, 3);
-      this.drop(c);
+      this.opts.poller.remove(c.fd);
+      c.hungUp = true;
     }
     this.flushRx();
   }
@@ -301,7 +307,7 @@ export class VsockDevice implements VirtioBackend {
       if (!chain) {
         if (this.control.length === 0) this.rxStarved = true; // re-armed by the guest's next RX notify
         c.watching = -1;
-        this.opts.poller.modify(c.fd, c.pendingOut.length > 0 ? EPOLLOUT : 0);
+        if (!c.hungUp) this.opts.poller.modify(c.fd, c.pendingOut.length > 0 ? EPOLLOUT : 0);
         return;
       }
       const room = chain.error ? 0 : chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0) - HDR;
@@ -323,6 +329,13 @@ export class VsockDevice implements VirtioBackend {
       if (n === -1) {
         rx.unpop();
         break;
+      }
+      if (n === 0 && c.hungUp) {
+        // Everything the host sent before hanging up is delivered; it takes nothing more either.
+        rx.unpop();
+        this.queueControl(c, c.guestDone ? VSOCK_OP.RST : VSOCK_OP.SHUTDOWN, c.guestDone ? 0 : 3);
+        this.drop(c);
+        return;
       }
       if (n === 0) {
         // End of stream: the host sends nothing more, but may still read what the guest sends.
@@ -436,15 +449,16 @@ export class VsockDevice implements VirtioBackend {
       }
       if (used) this.io?.usedBuffers([rx]);
       if (this.control.length > 0) return;
-      const early = [...this.connections.values()].filter((c) => c.established && c.early.length > 0);
+      // Bytes that came with the CONNECT line are not in the socket any more, and a hung-up socket
+      // is out of the epoll set: epoll would never report either, so they are read here, as
+      // receive buffers and credit allow.
+      const pumped = [...this.connections.values()].filter((c) => c.established && (c.early.length > 0 || c.hungUp));
       for (const c of this.connections.values()) if (c.established && c.early.length === 0) this.watch(c);
-      if (early.length === 0) return;
-      // Bytes that came with the CONNECT line are not in the socket any more: epoll would never
-      // report them, so they are moved here, as soon as receive buffers allow.
-      const before = early.reduce((n, c) => n + c.early.length, 0);
-      for (const c of early) this.readHost(c);
-      const after = early.reduce((n, c) => n + (this.live(c) ? c.early.length : 0), 0);
-      if (after === before && this.control.length === 0) return; // no buffers: the guest's next RX notify resumes
+      if (pumped.length === 0) return;
+      const state = () => pumped.map((c) => (this.live(c) ? `${c.early.length}:${c.rxCnt}` : '-')).join(',');
+      const before = state();
+      for (const c of pumped) this.readHost(c);
+      if (state() === before && this.control.length === 0) return; // no buffers or credit: the guest's next RX notify or credit update resumes
     }
   }
 
@@ -547,7 +561,8 @@ export class VsockDevice implements VirtioBackend {
         }
         return;
       case VSOCK_OP.CREDIT_UPDATE:
-        if (c) this.watch(c);
+        if (c?.hungUp) this.readHost(c);
+        else if (c) this.watch(c);
         return;
       case VSOCK_OP.SHUTDOWN: {
         if (!c) return;
