@@ -2,6 +2,8 @@ import * as fs from 'node:fs';
 import { MonitorConfig, VmMonitor } from '../monitor/vm-monitor';
 import { FcRunError } from '../errors';
 import { installSeccomp } from '../kvm/seccomp';
+import { ControlClient, createControlChannel } from '../vmm/control';
+import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
 import { Kvm } from '../kvm/kvm';
 import { GuestMemory } from '../kvm/memory';
 import { MicroVm, RunResult } from '../vmm/microvm';
@@ -36,7 +38,16 @@ export interface LaunchOptions {
   /** Install the seccomp filter before the guest runs (default true). */
   seccomp?: boolean;
   /** Called when the VM starts running (its stop handlers, SIGTERM included, are in place). */
-  onRunning?: () => void;
+  onRunning?: (vm: RunningVm) => void;
+  /** Largest MMDS contents the API may set (bytes). */
+  mmdsSizeLimit?: number;
+}
+
+/** What the API can do to a running VM. */
+export interface RunningVm {
+  sendCtrlAltDel(): void;
+  /** Requests to the VMM thread (MMDS contents, rate limiters); absent without virtio devices. */
+  control?: ControlClient;
 }
 
 export class LaunchRefused extends FcRunError {
@@ -81,7 +92,7 @@ const QUEUES: Record<string, number> = { block: 1, entropy: 1, net: 2, vsock: 3 
  * write of the queue index to QueueNotify signals it without a VM exit), then the VMM thread that
  * owns the device models.
  */
-async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: unknown, monitor: VmMonitor): Promise<{ windows: VirtioWindows; thread?: VmmThread }> {
+async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: unknown, monitor: VmMonitor, mmdsSizeLimit: number): Promise<{ windows: VirtioWindows; thread?: VmmThread; control?: ControlClient }> {
   const mailbox = createMailboxes(plan.vcpus.count);
   const mailboxFd = eventfd();
   const setups: VirtioDeviceSetup[] = [];
@@ -105,9 +116,10 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: 
     mailboxFd,
   };
   if (setups.length === 0) return { windows };
-  const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {} };
-  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, ...monitor.shared() });
-  return { windows, thread };
+  const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {}, sizeLimit: mmdsSizeLimit };
+  const control = createControlChannel(mmdsSizeLimit + 64 * 1024, eventfd());
+  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, ...monitor.shared() });
+  return { windows, thread, control: new ControlClient(control) };
 }
 
 /**
@@ -143,7 +155,7 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   for (const v of vcpus) configureVcpu(v, plan, cpuid);
 
   const monitor = opts.monitor ?? monitorFor(plan, {});
-  const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor);
+  const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT);
   const micro = new MicroVm(vm, vcpus, {
     virtio: virtio.windows,
     vmmThread: virtio.thread,
@@ -170,6 +182,6 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   monitor.log.info('vmm', `running ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)`);
   monitor.start();
   const done = micro.run();
-  opts.onRunning?.();
+  opts.onRunning?.({ sendCtrlAltDel: () => micro.i8042.sendCtrlAltDel(), control: virtio.control });
   return done;
 }

@@ -11,6 +11,7 @@ import { launch, monitorFor, prewarmVcpuThreads } from '../boot/launch';
 import type { BootPlan } from '../boot';
 import type { MonitorConfig } from '../monitor/vm-monitor';
 import { prepareJail, runJail } from '../jail/jail';
+import { ApiContext, startApi } from '../api/server';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../errors';
 import { displayPath, formatIssue, issueJson, painterFor } from './format';
 import { renderPlan } from './plan-view';
@@ -154,7 +155,7 @@ function monitorConfig(plan: BootPlan, flags: MonitorFlags): MonitorConfig {
   };
 }
 
-async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags & { serialOut?: string; startNs: bigint; seccomp?: boolean; exitWithFd?: number }): Promise<number> {
+async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags & { serialOut?: string; startNs: bigint; seccomp?: boolean; exitWithFd?: number; apiSock?: string }): Promise<number> {
   // Until the VM runs (and MicroVm handles them), SIGTERM and SIGINT end fc-run here; as PID 1 of
   // a jail's namespace it would otherwise ignore them.
   let running = false;
@@ -189,6 +190,8 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
   const serialIn = process.stdin.isTTY && serialOutFd === 1 ? process.stdin : undefined;
   const monitor = monitorFor(planned.plan, monitorConfig(planned.plan, opts));
+  const api: ApiContext | undefined = opts.apiSock !== undefined ? { id: opts.id ?? 'anonymous-instance', version: VERSION, monitor, maxBody: (opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT) + 4096 } : undefined;
+  const apiServer = api ? await startApi(path.resolve(opts.apiSock!), api) : undefined;
   // A bug that escapes every handler still leaves a log line and a last metrics line.
   const onCrash = (err: Error) => {
     monitor.fatal(`fc-run crashed: ${err.stack ?? err.message}`);
@@ -198,7 +201,10 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
   process.on('uncaughtException', onCrash);
   let result;
   try {
-    result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data, monitor, seccomp: opts.seccomp, onRunning: () => (running = true) });
+    result = await launch(planned.plan, { serialOutFd, startNs: opts.startNs, serialIn, mmdsData: loaded.spec.mmds?.data, monitor, seccomp: opts.seccomp, mmdsSizeLimit: opts.mmdsSizeLimit, onRunning: (vm) => {
+      running = true;
+      if (api) api.vm = vm;
+    } });
   } catch (err) {
     // Whatever failed, the metrics so far are flushed (reason "fatal") before fc-run exits.
     monitor.fatal(`launch failed: ${(err as Error).message}`);
@@ -207,6 +213,15 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
     process.off('uncaughtException', onCrash);
     process.off('SIGTERM', early);
     process.off('SIGINT', early);
+    if (api) api.vm = undefined;
+    if (apiServer) {
+      apiServer.close();
+      try {
+        fs.unlinkSync(path.resolve(opts.apiSock!));
+      } catch {
+        // already gone
+      }
+    }
   }
   if (result.stop.reason in STOP_WORDS) {
     monitor.log.info('vmm', `the VM stopped: ${result.stop.detail}`);
@@ -235,6 +250,7 @@ const runOptions = <T>(y: Argv<T>) =>
     .option('show-level', { type: 'boolean', describe: 'Show the level in log lines (overrides logger.show_level)' })
     .option('show-log-origin', { type: 'boolean', describe: 'Show the source of log lines (overrides logger.show_log_origin)' })
     .option('metrics-path', { type: 'string', describe: 'Write metrics (JSON lines) to this file or named pipe (overrides metrics.metrics_path)', requiresArg: true })
+    .option('api-sock', { type: 'string', describe: 'Serve the HTTP API for changing the running VM (MMDS, rate limiters, actions) on this Unix socket', requiresArg: true })
     .option('exit-with-fd', { type: 'number', hidden: true, describe: 'Stop the VM when this inherited socket or pipe reaches end of stream (the jailer uses it)', requiresArg: true })
     .option('seccomp', { type: 'boolean', default: true, describe: 'Install the seccomp filter before the guest runs (--no-seccomp to leave it out, for debugging)' });
 
@@ -283,6 +299,7 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
             metricsPath: a['metrics-path'],
             seccomp: a.seccomp,
             exitWithFd: a['exit-with-fd'],
+            apiSock: a['api-sock'],
           }),
         ),
     )

@@ -3,7 +3,8 @@ import { GuestMemory, RegionDescriptor } from '../kvm/memory';
 import { BlockDevice } from '../devices/virtio/block';
 import { EntropyDevice } from '../devices/virtio/rng';
 import { NetDevice } from '../devices/virtio/net';
-import { MmdsService } from '../devices/mmds/service';
+import { mergePatch, MmdsService } from '../devices/mmds/service';
+import { ControlChannel, ControlReply, serveControl } from './control';
 import { MmdsNetworkStack } from '../devices/mmds/stack';
 import { Logger, MetricsRegistry } from '../monitor';
 import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
@@ -42,7 +43,9 @@ export interface VmmWorkerData {
   mailboxFd: number;
   stopFd: number;
   /** The metadata service: one store for the VM, a network stack on each interface it serves. */
-  mmds?: { version: 'V1' | 'V2'; ipv4Address: string; imdsCompat: boolean; data: unknown };
+  mmds?: { version: 'V1' | 'V2'; ipv4Address: string; imdsCompat: boolean; data: unknown; sizeLimit: number };
+  /** Requests from the API (MMDS contents, rate limiters). */
+  control?: ControlChannel;
   /** Shared metrics memory (device groups and `mmds` are this thread's to write). */
   metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
   logger: SharedLoggerOptions;
@@ -55,6 +58,39 @@ const port = parentPort!;
 
 const log = new Logger({ ...data.logger, thread: 'vmm' });
 
+/** Rate limiters that can be changed while the VM runs, by "drive:<id>", "iface:<id>" and "entropy". */
+const limiters = new Map<string, Partial<Record<'rate_limiter' | 'rx_rate_limiter' | 'tx_rate_limiter', Throttle>>>();
+let mmdsService: MmdsService | undefined;
+
+/** What the API asks of this thread. */
+function handleControl(req: unknown): ControlReply {
+  const r = req as { op: string; data?: unknown; kind?: 'drive' | 'iface' | 'entropy'; id?: string; limiters?: Record<string, RateLimiterConfig> };
+  if (r.op === 'mmds-get' || r.op === 'mmds-put' || r.op === 'mmds-patch') {
+    if (!mmdsService || !data.mmds) return { ok: false, status: 400, message: 'MMDS is not configured: add "mmds-config" to the spec' };
+    if (r.op === 'mmds-get') return { ok: true, value: mmdsService.getData() };
+    const next = r.op === 'mmds-put' ? r.data : mergePatch(mmdsService.getData(), r.data);
+    if (next === null || typeof next !== 'object' || Array.isArray(next)) return { ok: false, status: 400, message: 'the MMDS contents must be a JSON object' };
+    const size = Buffer.byteLength(JSON.stringify(next));
+    if (size > data.mmds.sizeLimit) return { ok: false, status: 400, message: `the MMDS contents would be ${size} bytes; the limit is ${data.mmds.sizeLimit}` };
+    mmdsService.setData(next);
+    log.info('devices/mmds', `MMDS contents replaced through the API (${size} bytes)`);
+    return { ok: true };
+  }
+  if (r.op === 'limiters') {
+    const key = r.kind === 'entropy' ? 'entropy' : `${r.kind}:${r.id}`;
+    const found = limiters.get(key);
+    if (!found) return { ok: false, status: 400, message: `no ${r.kind === 'drive' ? 'drive' : r.kind === 'iface' ? 'network interface' : 'entropy device'}${r.id ? ` "${r.id}"` : ''}` };
+    // Check every change first, so a request applies whole or not at all.
+    for (const [which] of Object.entries(r.limiters ?? {})) {
+      if (!found[which as keyof typeof found]) return { ok: false, status: 400, message: `${key} has no ${which} configured at start; fc-run can change a rate limiter, not add one` };
+    }
+    for (const [which, config] of Object.entries(r.limiters ?? {})) found[which as keyof typeof found]!.update(config);
+    log.info('devices', `rate limiters of ${key} updated through the API`);
+    return { ok: true };
+  }
+  return { ok: false, status: 400, message: `unknown control request ${JSON.stringify(r.op)}` };
+}
+
 function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   const mem = GuestMemory.attach(data.memory);
   const registry = MetricsRegistry.attach(data.metrics.buffer, data.metrics.layout);
@@ -65,6 +101,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   if (data.mmds) {
     mmds = new MmdsService({ version: data.mmds.version, imdsCompat: data.mmds.imdsCompat });
     mmds.setData(data.mmds.data ?? {});
+    mmdsService = mmds;
     shareCounters(mmds, registry.group('mmds'));
   }
   /** A throttle whose timer is a timerfd in this loop, calling `resume` when it fires. */
@@ -86,14 +123,16 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
     let backend: VirtioBackend;
     if (d.kind === 'block') {
       try {
+        const t = throttle(d.rateLimiter, () => blk.resume(), metrics);
         const blk: BlockDevice = new BlockDevice(mem, {
           id: d.id,
           path: d.path,
           readOnly: d.readOnly,
           cacheType: d.cacheType,
           onMalformed: malformed,
-          throttle: throttle(d.rateLimiter, () => blk.resume(), metrics),
+          throttle: t,
         });
+        limiters.set(`drive:${d.id}`, { rate_limiter: t });
         backend = blk;
       } catch (err) {
         throw new Error(`drive "${d.id}": cannot open ${d.path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
@@ -106,14 +145,16 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         throw new Error(`network interface "${d.id}": ${(err as Error).message}`);
       }
       let watching = false;
+      let rx: Throttle | undefined;
+      let tx: Throttle | undefined;
       const net: NetDevice = new NetDevice(mem, {
         id: d.id,
         tapFd,
         mac: d.mac ? Uint8Array.from(d.mac.split(':').map((x) => parseInt(x, 16))) : undefined,
         mtu: d.mtu,
         onMalformed: malformed,
-        rxThrottle: throttle(d.rxRateLimiter, () => net.resume('rx'), metrics, 'rxThrottled'),
-        txThrottle: throttle(d.txRateLimiter, () => net.resume('tx'), metrics, 'txThrottled'),
+        rxThrottle: (rx = throttle(d.rxRateLimiter, () => net.resume('rx'), metrics, 'rxThrottled')),
+        txThrottle: (tx = throttle(d.txRateLimiter, () => net.resume('tx'), metrics, 'txThrottled')),
         local: d.mmds && mmds ? mmdsStack(data.mmds!.ipv4Address, mmds, metrics) : undefined,
         watchTap: (on) => {
           if (on === watching) return;
@@ -122,6 +163,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
           else loop.remove(tapFd);
         },
       });
+      limiters.set(`iface:${d.id}`, { rx_rate_limiter: rx, tx_rate_limiter: tx });
       backend = net;
     } else if (d.kind === 'vsock') {
       try {
@@ -130,7 +172,9 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         throw new Error(`vsock: ${(err as Error).message}`);
       }
     } else {
-      const rng: EntropyDevice = new EntropyDevice(mem, malformed, throttle(d.rateLimiter, () => rng.resume(), metrics));
+      const t = throttle(d.rateLimiter, () => rng.resume(), metrics);
+      const rng: EntropyDevice = new EntropyDevice(mem, malformed, t);
+      limiters.set('entropy', { rate_limiter: t });
       backend = rng;
     }
     const t = new VirtioMmio(mem, backend, () => signalEventfd(d.irqFd), new Int32Array(d.interruptStatus));
@@ -162,6 +206,13 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
       return t.read(offset, len);
     });
   });
+  const control = data.control;
+  if (control) {
+    loop.add(control.fd, () => {
+      drainEventfd(control.fd);
+      serveControl(control, handleControl);
+    });
+  }
   loop.add(data.stopFd, () => loop.stop());
   return { transports, loop };
 }

@@ -91,9 +91,13 @@ export class MmdsService {
     this.clock = opts.clock ?? Date.now;
   }
 
-  /** Replaces the document (from the spec, --metadata, or later the API). */
+  /** Replaces the document (from the spec, --metadata, or the API). */
   setData(data: unknown): void {
     this.data = data;
+  }
+
+  getData(): unknown {
+    return this.data;
   }
 
   private issueToken(ttlSeconds: number): string {
@@ -173,4 +177,15 @@ export class MmdsService {
     }
     return v;
   }
+}
+
+/** RFC 7396 JSON merge patch: objects merge key by key, null deletes, anything else replaces. */
+export function mergePatch(target: unknown, patch: unknown): unknown {
+  if (patch === null || typeof patch !== 'object' || Array.isArray(patch)) return patch;
+  const out: Record<string, unknown> = target !== null && typeof target === 'object' && !Array.isArray(target) ? { ...(target as Record<string, unknown>) } : {};
+  for (const [k, v] of Object.entries(patch as Record<string, unknown>)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
 }
