@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import type { RunningVm } from '../boot/launch';
-import type { RateLimiterConfig } from '../limits/token-bucket';
 import type { VmMonitor } from '../monitor/vm-monitor';
 import { FcRunError } from '../errors';
 
@@ -23,8 +23,10 @@ export interface ApiContext {
   id: string;
   version: string;
   monitor: VmMonitor;
-  /** Set once the VM runs. */
+  /** Set while the VM runs. */
   vm?: RunningVm;
+  /** The VM has stopped: every request gets 503. */
+  stopped?: boolean;
   /** Largest request body accepted. */
   maxBody: number;
 }
@@ -40,38 +42,55 @@ class ApiError extends Error {
 
 type Bucket = { size?: unknown; one_time_burst?: unknown; refill_time?: unknown };
 
-/** A rate limiter body as Firecracker takes it, checked like the spec's. */
-function limiterConfig(where: string, value: unknown): RateLimiterConfig {
+/** A bucket change: a configuration, or null to remove the bucket. */
+export type BucketChange = { size: number; refill_time: number; one_time_burst?: number } | null;
+export type LimiterChange = { bandwidth?: BucketChange; ops?: BucketChange };
+
+/**
+ * A rate limiter body as Firecracker's API takes it: a bucket left out stays as it is; `null`, or
+ * a size or refill_time of 0, removes it.
+ */
+function limiterChange(where: string, value: unknown): LimiterChange {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new ApiError(400, `${where}: expected an object with "bandwidth" and/or "ops"`);
-  const out: RateLimiterConfig = {};
-  for (const [key, b] of Object.entries(value as Record<string, unknown>)) {
+  const out: LimiterChange = {};
+  for (const key of Object.keys(value)) {
     if (key !== 'bandwidth' && key !== 'ops') throw new ApiError(400, `${where}: unknown field "${key}" (expected "bandwidth" or "ops")`);
-    if (b === null) continue;
+    const b = (value as Record<string, unknown>)[key];
+    if (b === null) {
+      out[key] = null;
+      continue;
+    }
+    if (typeof b !== 'object' || Array.isArray(b)) throw new ApiError(400, `${where}.${key}: expected an object or null`);
     const bucket = b as Bucket;
-    const int = (name: string, v: unknown, min: number) => {
-      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw new ApiError(400, `${where}.${key}.${name}: expected an integer >= ${min}`);
+    for (const k of Object.keys(bucket)) if (!['size', 'one_time_burst', 'refill_time'].includes(k)) throw new ApiError(400, `${where}.${key}: unknown field "${k}"`);
+    const int = (name: string, v: unknown) => {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ApiError(400, `${where}.${key}.${name}: expected an integer >= 0`);
       return v;
     };
-    if (typeof b !== 'object' || Array.isArray(b)) throw new ApiError(400, `${where}.${key}: expected an object`);
-    for (const k of Object.keys(bucket)) if (!['size', 'one_time_burst', 'refill_time'].includes(k)) throw new ApiError(400, `${where}.${key}: unknown field "${k}"`);
-    out[key] = {
-      size: int('size', bucket.size, 1),
-      refill_time: int('refill_time', bucket.refill_time, 1),
-      ...(bucket.one_time_burst !== undefined && bucket.one_time_burst !== null ? { one_time_burst: int('one_time_burst', bucket.one_time_burst, 0) } : {}),
-    };
+    const size = int('size', bucket.size);
+    const refill = int('refill_time', bucket.refill_time);
+    if (size === 0 || refill === 0) {
+      out[key] = null;
+      continue;
+    }
+    out[key] = { size, refill_time: refill, ...(bucket.one_time_burst !== undefined && bucket.one_time_burst !== null ? { one_time_burst: int('one_time_burst', bucket.one_time_burst) } : {}) };
   }
   return out;
 }
 
 function readBody(req: http.IncomingMessage, max: number): Promise<unknown> {
+  const declared = Number(req.headers['content-length']);
+  if (declared > max) return Promise.reject(new ApiError(413, `the request body is larger than ${max} bytes`));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (size > max) {
+        // Stop reading; the 413 goes out, then the connection closes.
+        req.removeAllListeners('data');
+        req.pause();
         reject(new ApiError(413, `the request body is larger than ${max} bytes`));
-        req.destroy();
         return;
       }
       chunks.push(c);
@@ -94,9 +113,17 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
   const allow = (methods: string[]) => {
     if (!methods.includes(method)) throw new ApiError(405, `${method} is not allowed on ${path} (allowed: ${methods.join(', ')})`);
   };
+  if (ctx.stopped) throw new ApiError(503, 'the microVM has stopped');
   const running = () => {
-    if (!ctx.vm) throw new ApiError(503, 'the microVM is not running yet');
+    if (!ctx.vm) throw new ApiError(503, ctx.stopped ? 'the microVM has stopped' : 'the microVM is not running yet');
     return ctx.vm;
+  };
+  const param = (raw: string) => {
+    try {
+      return decodeURIComponent(raw);
+    } catch {
+      throw new ApiError(400, `malformed percent-encoding in ${path}`);
+    }
   };
   const control = async (request: unknown) => {
     const c = running().control;
@@ -134,27 +161,27 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
   let m = /^\/drives\/([^/]+)$/.exec(path);
   if (m) {
     allow(['PATCH']);
-    const id = decodeURIComponent(m[1]);
+    const id = param(m[1]);
     const body = (await readBody(req, ctx.maxBody)) as Record<string, unknown> | undefined;
     if (!body || typeof body !== 'object') throw new ApiError(400, 'expected a JSON object');
     if (body.drive_id !== undefined && body.drive_id !== id) throw new ApiError(400, `drive_id "${String(body.drive_id)}" does not match the path ("${id}")`);
     const unknown = Object.keys(body).filter((k) => k !== 'drive_id' && k !== 'rate_limiter');
     if (unknown.length > 0) throw new ApiError(400, `only rate_limiter can change on a running drive (got ${unknown.join(', ')})`);
     if (body.rate_limiter === undefined) throw new ApiError(400, 'nothing to change: give rate_limiter');
-    await control({ op: 'limiters', kind: 'drive', id, limiters: { rate_limiter: limiterConfig('rate_limiter', body.rate_limiter) } });
+    await control({ op: 'limiters', kind: 'drive', id, limiters: { rate_limiter: limiterChange('rate_limiter', body.rate_limiter) } });
     return { status: 204 };
   }
   m = /^\/network-interfaces\/([^/]+)$/.exec(path);
   if (m) {
     allow(['PATCH']);
-    const id = decodeURIComponent(m[1]);
+    const id = param(m[1]);
     const body = (await readBody(req, ctx.maxBody)) as Record<string, unknown> | undefined;
     if (!body || typeof body !== 'object') throw new ApiError(400, 'expected a JSON object');
     if (body.iface_id !== undefined && body.iface_id !== id) throw new ApiError(400, `iface_id "${String(body.iface_id)}" does not match the path ("${id}")`);
     const unknown = Object.keys(body).filter((k) => !['iface_id', 'rx_rate_limiter', 'tx_rate_limiter'].includes(k));
     if (unknown.length > 0) throw new ApiError(400, `only rx_rate_limiter and tx_rate_limiter can change on a running interface (got ${unknown.join(', ')})`);
-    const limiters: Record<string, RateLimiterConfig> = {};
-    for (const k of ['rx_rate_limiter', 'tx_rate_limiter']) if (body[k] !== undefined) limiters[k] = limiterConfig(k, body[k]);
+    const limiters: Record<string, LimiterChange> = {};
+    for (const k of ['rx_rate_limiter', 'tx_rate_limiter']) if (body[k] !== undefined) limiters[k] = limiterChange(k, body[k]);
     if (Object.keys(limiters).length === 0) throw new ApiError(400, 'nothing to change: give rx_rate_limiter and/or tx_rate_limiter');
     await control({ op: 'limiters', kind: 'iface', id, limiters });
     return { status: 204 };
@@ -162,12 +189,38 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
   throw new ApiError(404, `no such path: ${path}`);
 }
 
-/** Starts listening on `socketPath` (a stale socket file is replaced). */
-export function startApi(socketPath: string, ctx: ApiContext): Promise<http.Server> {
+/** Whether something listens on a Unix socket path. */
+function inUse(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socketPath);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+export interface ApiServer {
+  /** Stops listening and removes the socket file (if it is still the one this server made). */
+  close(): void;
+}
+
+/**
+ * Starts listening on `socketPath`, readable and writable by the owner only. A stale socket file
+ * (nobody listening) is replaced; a live one is refused.
+ */
+export async function startApi(socketPath: string, ctx: ApiContext): Promise<ApiServer> {
+  let existing: fs.Stats | undefined;
   try {
-    if (fs.statSync(socketPath).isSocket()) fs.unlinkSync(socketPath);
+    existing = fs.lstatSync(socketPath);
   } catch {
-    // nothing there
+    existing = undefined;
+  }
+  if (existing) {
+    if (!existing.isSocket()) throw new FcRunError('api-sock', `--api-sock ${socketPath} exists and is not a socket`);
+    if (await inUse(socketPath)) throw new FcRunError('api-sock', `--api-sock ${socketPath} is in use by another process`);
+    fs.unlinkSync(socketPath);
   }
   const server = http.createServer((req, res) => {
     route(ctx, req.method ?? 'GET', req.url ?? '/', req)
@@ -183,13 +236,37 @@ export function startApi(socketPath: string, ctx: ApiContext): Promise<http.Serv
         const status = err instanceof ApiError ? err.status : 500;
         const text = JSON.stringify({ fault_message: (err as Error).message });
         ctx.monitor.log.warn('api', `${req.method} ${req.url}: ${status} ${(err as Error).message}`);
-        if (!res.headersSent) res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
-        res.end(text);
+        if (!res.headersSent) res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...(status === 413 ? { Connection: 'close' } : {}) });
+        res.end(text, () => {
+          if (status === 413) req.destroy();
+        });
       });
   });
+  // A client cannot hold the process's fds (which the VMM and vCPU threads share) or wait forever.
+  server.maxConnections = 16;
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
   server.unref();
-  return new Promise((resolve, reject) => {
-    server.once('error', (err) => reject(new FcRunError('api-sock', `cannot listen on --api-sock ${socketPath}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
-    server.listen(socketPath, () => resolve(server));
-  });
+  const old = process.umask(0o177); // the socket file: 0600
+  let ino: number;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new FcRunError('api-sock', `cannot listen on --api-sock ${socketPath}: ${(err as NodeJS.ErrnoException).code ?? err.message}`)));
+      server.listen(socketPath, () => resolve());
+    });
+  } finally {
+    process.umask(old);
+  }
+  fs.chmodSync(socketPath, 0o600);
+  ino = fs.statSync(socketPath).ino;
+  return {
+    close: () => {
+      server.close();
+      try {
+        if (fs.statSync(socketPath).ino === ino) fs.unlinkSync(socketPath);
+      } catch {
+        // already gone
+      }
+    },
+  };
 }

@@ -159,9 +159,11 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
   // Until the VM runs (and MicroVm handles them), SIGTERM and SIGINT end fc-run here; as PID 1 of
   // a jail's namespace it would otherwise ignore them.
   let running = false;
+  let closeApi = () => undefined as void;
   const early = (sig: NodeJS.Signals) => {
     if (running) return;
     write(io.err, `fc-run: ${sig} before the VM ran`);
+    closeApi();
     process.exit(EXIT_FAILURE);
   };
   process.on('SIGTERM', early);
@@ -192,9 +194,11 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
   const monitor = monitorFor(planned.plan, monitorConfig(planned.plan, opts));
   const api: ApiContext | undefined = opts.apiSock !== undefined ? { id: opts.id ?? 'anonymous-instance', version: VERSION, monitor, maxBody: (opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT) + 4096 } : undefined;
   const apiServer = api ? await startApi(path.resolve(opts.apiSock!), api) : undefined;
+  if (apiServer) closeApi = () => apiServer.close();
   // A bug that escapes every handler still leaves a log line and a last metrics line.
   const onCrash = (err: Error) => {
     monitor.fatal(`fc-run crashed: ${err.stack ?? err.message}`);
+    closeApi();
     process.stderr.write(`fc-run crashed: ${err.stack ?? err.message}\n`);
     process.exit(EXIT_FAILURE);
   };
@@ -213,15 +217,11 @@ async function runCommand(io: Io, file: string, opts: LoadOptions & MonitorFlags
     process.off('uncaughtException', onCrash);
     process.off('SIGTERM', early);
     process.off('SIGINT', early);
-    if (api) api.vm = undefined;
-    if (apiServer) {
-      apiServer.close();
-      try {
-        fs.unlinkSync(path.resolve(opts.apiSock!));
-      } catch {
-        // already gone
-      }
+    if (api) {
+      api.vm = undefined;
+      api.stopped = true;
     }
+    apiServer?.close();
   }
   if (result.stop.reason in STOP_WORDS) {
     monitor.log.info('vmm', `the VM stopped: ${result.stop.detail}`);

@@ -1,4 +1,4 @@
-import { RateLimiter, RateLimiterConfig } from './token-bucket';
+import { BucketConfig, RateLimiter, RateLimiterConfig } from './token-bucket';
 
 /** Something that calls back once after a delay; a timerfd in the VMM thread, setTimeout in tests. */
 export interface Timer {
@@ -43,6 +43,12 @@ export class Throttle {
   /** A run-time change of the limits; takes effect now, queued requests are kept. */
   update(config: RateLimiterConfig): void {
     this.limiter.update(config);
+    if (this.waiting) this.timer.arm(0.001);
+  }
+
+  /** A run-time change of the buckets named (null removes one); the others stay as they are. */
+  patch(change: { bandwidth?: BucketConfig | null; ops?: BucketConfig | null }): void {
+    this.limiter.patch(change);
     if (this.waiting) this.timer.arm(0.001);
   }
 }

@@ -131,6 +131,15 @@ export class RateLimiter {
     this.ops = config.ops ? new TokenBucket(config.ops, this.clock) : undefined;
   }
 
+  /**
+   * Changes the buckets a run-time request names, as Firecracker's API does: a bucket left out
+   * stays as it is, `null` removes it, a new configuration replaces it (starting full).
+   */
+  patch(change: { bandwidth?: BucketConfig | null; ops?: BucketConfig | null }): void {
+    if (change.bandwidth !== undefined) this.bandwidth = change.bandwidth ? new TokenBucket(change.bandwidth, this.clock) : undefined;
+    if (change.ops !== undefined) this.ops = change.ops ? new TokenBucket(change.ops, this.clock) : undefined;
+  }
+
   get unlimited(): boolean {
     return !this.bandwidth && !this.ops;
   }

@@ -13,7 +13,7 @@ import { VsockDevice } from '../devices/virtio/vsock';
 import { openTap } from '../kvm/tap';
 import { TimerFd } from '../kvm/timerfd';
 import { Throttle } from '../limits/throttle';
-import type { RateLimiterConfig } from '../limits/token-bucket';
+import type { BucketConfig, RateLimiterConfig } from '../limits/token-bucket';
 import { VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
 import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
 import { serveMailboxes } from './mmio-mailbox';
@@ -64,7 +64,7 @@ let mmdsService: MmdsService | undefined;
 
 /** What the API asks of this thread. */
 function handleControl(req: unknown): ControlReply {
-  const r = req as { op: string; data?: unknown; kind?: 'drive' | 'iface' | 'entropy'; id?: string; limiters?: Record<string, RateLimiterConfig> };
+  const r = req as { op: string; data?: unknown; kind?: 'drive' | 'iface' | 'entropy'; id?: string; limiters?: Record<string, { bandwidth?: BucketConfig | null; ops?: BucketConfig | null }> };
   if (r.op === 'mmds-get' || r.op === 'mmds-put' || r.op === 'mmds-patch') {
     if (!mmdsService || !data.mmds) return { ok: false, status: 400, message: 'MMDS is not configured: add "mmds-config" to the spec' };
     if (r.op === 'mmds-get') return { ok: true, value: mmdsService.getData() };
@@ -84,7 +84,7 @@ function handleControl(req: unknown): ControlReply {
     for (const [which] of Object.entries(r.limiters ?? {})) {
       if (!found[which as keyof typeof found]) return { ok: false, status: 400, message: `${key} has no ${which} configured at start; fc-run can change a rate limiter, not add one` };
     }
-    for (const [which, config] of Object.entries(r.limiters ?? {})) found[which as keyof typeof found]!.update(config);
+    for (const [which, change] of Object.entries(r.limiters ?? {})) found[which as keyof typeof found]!.patch(change);
     log.info('devices', `rate limiters of ${key} updated through the API`);
     return { ok: true };
   }

@@ -105,7 +105,17 @@ describeApi('the HTTP API on a running microVM', () => {
       expect((await call(sock, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' })).status).toBe(204);
       expect((await call(sock, 'PUT', '/actions', { action_type: 'Reboot' })).status).toBe(400);
 
+      // Only the owner may connect; a second fc-run on the same socket is refused.
+      expect(fs.statSync(sock).mode & 0o777).toBe(0o600);
+      const second = spawnSync(process.execPath, [BIN, spec, '--api-sock', sock], { encoding: 'utf8' });
+      expect(second.status).toBe(1);
+      expect(second.stderr).toMatch(/api\.sock is in use by another process/);
+      expect((await call(sock, 'GET', '/')).body.id).toBe('vm-api');
+
       // Errors.
+      expect((await call(sock, 'PATCH', '/drives/%ZZ', { rate_limiter: limit })).status).toBe(400);
+      const huge = await call(sock, 'PUT', '/mmds', { blob: 'y'.repeat(20_000) });
+      expect(huge.status).toBe(413);
       expect((await call(sock, 'GET', '/nowhere')).status).toBe(404);
       expect((await call(sock, 'DELETE', '/mmds')).status).toBe(405);
       const bad = await call(sock, 'PUT', '/mmds', '{not json');

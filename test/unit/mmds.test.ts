@@ -1,4 +1,4 @@
-import { MAX_REQUEST_BYTES, MmdsService, parseRequest, serializeResponse } from '../../src/devices/mmds/service';
+import { MAX_REQUEST_BYTES, mergePatch, MmdsService, parseRequest, serializeResponse } from '../../src/devices/mmds/service';
 
 const DATA = { latest: { 'meta-data': { 'ami-id': 'ami-87654321', 'reservation-id': 'r-1', tags: { team: 'blue' }, count: 3 } } };
 
@@ -122,5 +122,19 @@ describe('HTTP parsing', () => {
     expect(text).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
     expect(text).toContain('Content-Length: 6\r\n');
     expect(text.endsWith('\r\n\r\nh\xc3\xa9llo')).toBe(true);
+  });
+});
+
+describe('JSON merge patch (PATCH /mmds)', () => {
+  test('objects merge, null deletes, other values replace (RFC 7396)', () => {
+    expect(mergePatch({ a: { b: 1, c: 2 }, d: [1] }, { a: { c: null, e: 3 }, d: [2], f: 'x' })).toEqual({ a: { b: 1, e: 3 }, d: [2], f: 'x' });
+    expect(mergePatch({ a: 1 }, 'text')).toBe('text');
+    expect(mergePatch('text', { a: 1 })).toEqual({ a: 1 });
+  });
+  test('a "__proto__" key is data, never the prototype', () => {
+    const out = mergePatch({}, JSON.parse('{"__proto__": {"polluted": true}}')) as Record<string, unknown>;
+    expect(Object.keys(out)).toEqual(['__proto__']);
+    expect(Object.getPrototypeOf(out)).toBe(Object.prototype);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
 });

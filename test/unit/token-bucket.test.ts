@@ -131,4 +131,20 @@ describe('rate limiter', () => {
     expect(rl.unlimited).toBe(true);
     for (let i = 0; i < 1000; i++) expect(rl.consume(1 << 20)).toBe(true);
   });
+
+  test('patch changes only the buckets it names: left out stays, null removes', () => {
+    const t = fakeClock();
+    const rl = new RateLimiter({ bandwidth: { size: 100, refill_time: 1000 }, ops: { size: 1, refill_time: 1000 } }, t.clock);
+    expect(rl.consume(10)).toBe(true);
+    rl.patch({ bandwidth: { size: 1000, refill_time: 1000 } }); // ops (1 per second) still applies
+    expect(rl.consume(10)).toBe(false);
+    t.advanceMs(1000);
+    expect(rl.consume(500)).toBe(true); // the new, larger bandwidth bucket
+    rl.patch({ ops: null });
+    t.advanceMs(1000);
+    expect(rl.consume(10)).toBe(true);
+    expect(rl.consume(10)).toBe(true); // no ops limit any more
+    rl.patch({ bandwidth: null });
+    expect(rl.unlimited).toBe(true);
+  });
 });
