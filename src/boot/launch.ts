@@ -50,23 +50,6 @@ export interface RunningVm {
   control?: ControlClient;
 }
 
-export class LaunchRefused extends FcRunError {
-  constructor(what: string[]) {
-    super(
-      'launch-not-built',
-      `this spec needs parts of launch that are not built yet: ${what.join('; ')}. ` +
-        'Validation and planning cover them (see `fc-run plan`); remove them from the spec to boot now.',
-    );
-  }
-}
-
-/** What of a plan launch cannot execute yet; refused before anything is created. */
-export function unsupportedAtLaunch(plan: BootPlan): string[] {
-  const out: string[] = [];
-  if (plan.cpuTemplate.kind === 'static') out.push(`static CPU templates (${plan.cpuTemplate.name}; a custom template in "cpu-config" works)`);
-  return out;
-}
-
 /** The logs and metrics of a VM with this plan. */
 export function monitorFor(plan: BootPlan, config: MonitorConfig): VmMonitor {
   return new VmMonitor(config, plan.vcpus.count, plan.devices, plan.mmds !== undefined);
@@ -128,8 +111,6 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: 
  * the guest stops.
  */
 export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunResult> {
-  const missing = unsupportedAtLaunch(plan);
-  if (missing.length > 0) throw new LaunchRefused(missing);
   if (!fs.existsSync('/dev/kvm')) throw new FcRunError('no-kvm', '/dev/kvm does not exist: fc-run needs a Linux host with KVM');
 
   const kvm = new Kvm();

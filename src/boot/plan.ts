@@ -58,7 +58,6 @@ export type DevicePlan =
 
 export type CpuTemplatePlan =
   | { kind: 'none' }
-  | { kind: 'static'; name: string }
   | { kind: 'custom'; source: string; cpuid: CustomCpuTemplate['cpuid']; msr: CustomCpuTemplate['msr'] };
 
 /**
@@ -225,11 +224,8 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
     arch: 'x86_64',
     spec: spec.specFile,
     vcpus: { count: spec.machine.vcpu_count, smt: spec.machine.smt },
-    cpuTemplate: spec.cpuConfig
-      ? { kind: 'custom', source: spec.cpuConfig.source, cpuid: spec.cpuConfig.cpuid, msr: spec.cpuConfig.msr }
-      : spec.machine.cpu_template === 'None'
-        ? { kind: 'none' }
-        : { kind: 'static', name: spec.machine.cpu_template },
+    // Static templates are refused above; a custom one (cpu-config) wins over cpu_template.
+    cpuTemplate: spec.cpuConfig ? { kind: 'custom', source: spec.cpuConfig.source, cpuid: spec.cpuConfig.cpuid, msr: spec.cpuConfig.msr } : { kind: 'none' },
     memory: { sizeMib: spec.machine.mem_size_mib, regions, e820, mmioGap: { start: L.MMIO_GAP_START, size: L.MMIO_GAP_END - L.MMIO_GAP_START } },
     boot: {
       gdt: L.GDT_START,
@@ -290,6 +286,9 @@ function refuseUnsupported(spec: ResolvedSpec, error: Report): void {
   if (spec.unsupported.memoryHotplug) notYet(['memory-hotplug'], 'memory hot-plug', 'remove the "memory-hotplug" section and size mem_size_mib instead');
   if (spec.machine.track_dirty_pages) notYet(['machine-config', 'track_dirty_pages'], 'dirty page tracking (snapshots)', 'set "track_dirty_pages": false');
   if (spec.machine.huge_pages !== 'None') notYet(['machine-config', 'huge_pages'], `huge_pages "${spec.machine.huge_pages}"`, 'set "huge_pages": "None"');
+  if (spec.machine.cpu_template !== 'None' && spec.machine.cpu_template !== 'V1N1' && !spec.cpuConfig) {
+    notYet(['machine-config', 'cpu_template'], `the static CPU template "${spec.machine.cpu_template}"`, 'use "None", or a custom template in "cpu-config" (CPUID and MSR modifiers)');
+  }
   if (spec.machine.cpu_template === 'V1N1' && !spec.cpuConfig) {
     error('wrong-architecture', ['machine-config', 'cpu_template'], 'cpu_template "V1N1" is an aarch64 template; fc-run runs x86_64 guests', 'use "None", "C3", "T2", "T2S", "T2CL" or "T2A"');
   }

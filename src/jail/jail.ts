@@ -71,6 +71,24 @@ function realFile(p: string): string {
   return real;
 }
 
+/**
+ * A log or metrics file for the jailed user: created for it (mode 0600) when missing; an existing
+ * one must be a regular file or a named pipe that user can write.
+ */
+function outputFile(p: string, what: string, owner: { uid: number; gid: number }): string {
+  if (!fs.existsSync(p)) {
+    fs.writeFileSync(p, '', { mode: 0o600, flag: 'wx' });
+    fs.chownSync(p, owner.uid, owner.gid);
+    return p;
+  }
+  const real = fs.realpathSync(p);
+  const st = fs.statSync(real);
+  if (!st.isFile() && !st.isFIFO()) fail('jail-file', `${what} ${p} must be a regular file or a named pipe`);
+  const writable = (st.uid === owner.uid && st.mode & 0o200) || (st.gid === owner.gid && st.mode & 0o020) || st.mode & 0o002;
+  if (!writable) fail('jail-file', `${what} ${p} cannot be written by uid ${owner.uid}: give it to that user, or remove it and fc-run jail creates it`);
+  return real;
+}
+
 function devNumbers(host: string): { major: number; minor: number } {
   const rdev = fs.statSync(host).rdev;
   return { major: Math.floor(rdev / 256) & 0xfff, minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00) };
@@ -98,7 +116,6 @@ export function prepareJail(spec: ResolvedSpec, opts: JailOptions): PreparedJail
   for (const [name, v] of [['uid', opts.uid], ['gid', opts.gid]] as const) {
     if (!Number.isInteger(v) || v <= 0 || v > 0xfffffffe) fail('jail-user', `--${name} ${v}: give the unprivileged user the microVM runs as (not 0)`);
   }
-  if (spec.logger?.log_path || spec.metrics) fail('jail-monitor', 'logs and metrics to files are not supported in the jail yet: leave out "logger.log_path" and "metrics"');
   const node = process.execPath;
   if (!node.startsWith('/usr/')) fail('jail-runtime', `Node is at ${node}; the jail mounts /usr, so Node must live under /usr`);
   for (const top of ['lib', 'lib64', 'bin', 'sbin']) {
@@ -142,6 +159,9 @@ function build(spec: ResolvedSpec, opts: JailOptions, jailDir: string, files: { 
   fs.chmodSync(path.join(root, 'run'), 0o700);
   fs.chmodSync(path.join(root, 'tmp'), 0o1777);
   for (const top of ['lib', 'lib64', 'bin', 'sbin']) if (fs.existsSync(`/${top}`)) fs.symlinkSync(fs.readlinkSync(`/${top}`), path.join(root, top));
+  // The log and metrics files (or pipes) go in too, written by the jailed user.
+  if (spec.logger?.log_path) files.push({ name: 'log', src: outputFile(spec.logger.log_path, 'the log file', owner), readOnly: false });
+  if (spec.metrics) files.push({ name: 'metrics', src: outputFile(spec.metrics.metrics_path, 'the metrics file', owner), readOnly: false });
   // Mount points: each file of the VM is bind-mounted onto one (read-only unless a writable drive).
   fs.writeFileSync(path.join(root, 'etc', 'ld.so.cache'), '');
   for (const f of files) fs.writeFileSync(path.join(root, 'files', f.name), '', { mode: 0o600 });
@@ -157,6 +177,8 @@ function build(spec: ResolvedSpec, opts: JailOptions, jailDir: string, files: { 
     vsockHostPath = path.join(root, 'run', 'vsock.sock');
   }
   if (spec.mmds) s.mmds = spec.mmds.data;
+  if (spec.logger?.log_path) s.logger = { ...s.logger, log_path: '/files/log' };
+  if (spec.metrics) s.metrics = { ...s.metrics, metrics_path: '/files/metrics' };
   delete s.$schema;
   delete s['cpu-config'];
   if (spec.cpuConfig) {

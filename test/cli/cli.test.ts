@@ -138,12 +138,13 @@ describe('fc-run plan', () => {
 });
 
 describe('fc-run run', () => {
-  test('a spec needing parts launch does not have yet is refused before anything starts, exit 1', () => {
+  test('a static CPU template (not built) is refused when the spec is planned, before anything starts, exit 2', () => {
     const spec = ws.write('with-template.json', { ...minimalSpec(), 'machine-config': { vcpu_count: 1, mem_size_mib: 128, cpu_template: 'T2' } });
-    for (const args of [[spec], ['run', spec]]) {
+    for (const args of [[spec], ['run', spec], ['plan', spec]]) {
       const r = fcRun(args);
-      expect(r.code).toBe(1);
-      expect(r.err).toMatch(/needs parts of launch that are not built yet: static CPU templates \(T2; a custom template in "cpu-config" works\)/);
+      expect(r.code).toBe(2);
+      expect(r.err).toContain('error[not-supported]: /machine-config/cpu_template: the static CPU template "T2" is not supported by fc-run yet');
+      expect(r.out).toBe('');
     }
   });
 

@@ -189,15 +189,36 @@ describeJail('fc-run jail', () => {
     }
   }, 90_000);
 
-  test('refusals: an existing jail, a bad id, logs to files', () => {
+  test('logs and metrics from the spec are written inside the jail to the host files, which belong to the jailed user', () => {
+    const logPath = path.join(ws.dir, 'jailed.log');
+    const metricsPath = path.join(ws.dir, 'jailed.metrics');
+    const spec = ws.write('monitored.json', {
+      'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' },
+      'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
+      logger: { log_path: logPath, level: 'Info' },
+      metrics: { metrics_path: metricsPath },
+    });
+    const r = spawnSync(process.execPath, jailArgs(spec, 'monitored', ['--serial-out', 'none']), { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).toBe(0);
+    expect(fs.readFileSync(logPath, 'utf8')).toMatch(/Guest-boot-time = \d+ us/);
+    const lines = fs.readFileSync(metricsPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { reason: string });
+    expect(lines.map((l) => l.reason)).toEqual(['start', 'exit']);
+    for (const f of [logPath, metricsPath]) expect([fs.statSync(f).uid, fs.statSync(f).mode & 0o777]).toEqual([UID, 0o600]);
+  });
+
+  test('refusals: an existing jail, a bad id, a log file the jailed user cannot write', () => {
     const spec = ws.write('small.json', { 'boot-source': { kernel_image_path: PROBE }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } });
     const again = spawnSync(process.execPath, jailArgs(spec, 'probe'), { encoding: 'utf8' });
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/fc-run\/probe already exists: remove it, or use another --id/);
     const badId = spawnSync(process.execPath, jailArgs(spec, '../x'), { encoding: 'utf8' });
     expect(badId.stderr).toMatch(/--id "..\/x": use 1 to 64 letters, digits or dashes/);
-    const logged = ws.write('logged.json', { 'boot-source': { kernel_image_path: PROBE }, logger: { log_path: 'vm.log' } });
+    const rootLog = ws.write('root.log', '');
+    fs.chmodSync(rootLog, 0o600);
+    const logged = ws.write('logged.json', { 'boot-source': { kernel_image_path: PROBE }, logger: { log_path: rootLog } });
     const withLog = spawnSync(process.execPath, jailArgs(logged, 'logged'), { encoding: 'utf8' });
-    expect(withLog.stderr).toMatch(/logs and metrics to files are not supported in the jail yet/);
+    expect(withLog.status).toBe(1);
+    expect(withLog.stderr).toMatch(/the log file .*root\.log cannot be written by uid 1000/);
+    expect(fs.existsSync(path.join(base, 'fc-run', 'logged'))).toBe(false); // nothing left behind
   });
 });
