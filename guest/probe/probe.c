@@ -1808,20 +1808,14 @@ static void reset(void) {
     outb(I8042_COMMAND, I8042_RESET);
 }
 
-/* Parses a number: hex with 0x, else decimal; stops at `stop` or the end. */
-static uint64_t parse_num(const char **p, char stop) {
-    uint64_t v = 0;
-    const char *s = *p;
-    if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-        s += 2;
-        for (; *s && *s != stop && *s != ','; s++) {
-            char c = *s;
-            v = v * 16 + (uint64_t)(c >= 'a' ? c - 'a' + 10 : c >= 'A' ? c - 'A' + 10 : c - '0');
-        }
-    } else {
-        for (; *s && *s != stop && *s != ','; s++) v = v * 10 + (uint64_t)(*s - '0');
+/* Parses a number: hex with 0x (parse_hex), else decimal; stops at the first other character. */
+static uint64_t parse_num(const char **p) {
+    if ((*p)[0] == '0' && ((*p)[1] == 'x' || (*p)[1] == 'X')) {
+        *p += 2;
+        return parse_hex(p);
     }
-    *p = s;
+    uint64_t v = 0;
+    for (; **p >= '0' && **p <= '9'; (*p)++) v = v * 10 + (uint64_t)(**p - '0');
     return v;
 }
 
@@ -1832,12 +1826,12 @@ static void report_cpu(void) {
     char list[128];
     if (cmdline_value("probe.cpuid=", list, sizeof list)) {
         for (const char *p = list; *p;) {
-            uint32_t leaf = (uint32_t)parse_num(&p, '.'), sub = 0, r[4];
+            uint32_t leaf = (uint32_t)parse_num(&p), sub = 0, r[4];
             if (*p == '.') {
                 p++;
-                sub = (uint32_t)parse_num(&p, ',');
+                sub = (uint32_t)parse_num(&p);
             }
-            if (*p == ',') p++;
+            while (*p && *p++ != ',') {} /* past the comma (and anything malformed before it) */
             cpuid(leaf, sub, r);
             puts_("# cpuid-");
             put_hex(leaf);
@@ -1853,8 +1847,8 @@ static void report_cpu(void) {
     }
     if (cmdline_value("probe.rdmsr=", list, sizeof list)) {
         for (const char *p = list; *p;) {
-            uint32_t msr = (uint32_t)parse_num(&p, ',');
-            if (*p == ',') p++;
+            uint32_t msr = (uint32_t)parse_num(&p);
+            while (*p && *p++ != ',') {}
             puts_("# msr-");
             put_hex(msr);
             puts_(": ");

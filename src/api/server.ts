@@ -108,6 +108,12 @@ function readBody(req: http.IncomingMessage, max: number): Promise<unknown> {
   });
 }
 
+/** The devices whose rate limiters PATCH can change, by path prefix. */
+const PATCHABLE: Record<string, { idKey: string; limiters: string[]; what: string; control: 'drive' | 'iface' }> = {
+  drives: { idKey: 'drive_id', limiters: ['rate_limiter'], what: 'drive', control: 'drive' },
+  'network-interfaces': { idKey: 'iface_id', limiters: ['rx_rate_limiter', 'tx_rate_limiter'], what: 'interface', control: 'iface' },
+};
+
 async function route(ctx: ApiContext, method: string, url: string, req: http.IncomingMessage): Promise<{ status: number; body?: unknown }> {
   const path = url.split('?')[0].replace(/\/+$/, '') || '/';
   const allow = (methods: string[]) => {
@@ -158,32 +164,20 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
     await control({ op: method === 'PUT' ? 'mmds-put' : 'mmds-patch', data: body });
     return { status: 204 };
   }
-  let m = /^\/drives\/([^/]+)$/.exec(path);
-  if (m) {
+  for (const [prefix, kind] of Object.entries(PATCHABLE)) {
+    const m = new RegExp(`^/${prefix}/([^/]+)$`).exec(path);
+    if (!m) continue;
     allow(['PATCH']);
     const id = param(m[1]);
     const body = (await readBody(req, ctx.maxBody)) as Record<string, unknown> | undefined;
     if (!body || typeof body !== 'object') throw new ApiError(400, 'expected a JSON object');
-    if (body.drive_id !== undefined && body.drive_id !== id) throw new ApiError(400, `drive_id "${String(body.drive_id)}" does not match the path ("${id}")`);
-    const unknown = Object.keys(body).filter((k) => k !== 'drive_id' && k !== 'rate_limiter');
-    if (unknown.length > 0) throw new ApiError(400, `only rate_limiter can change on a running drive (got ${unknown.join(', ')})`);
-    if (body.rate_limiter === undefined) throw new ApiError(400, 'nothing to change: give rate_limiter');
-    await control({ op: 'limiters', kind: 'drive', id, limiters: { rate_limiter: limiterChange('rate_limiter', body.rate_limiter) } });
-    return { status: 204 };
-  }
-  m = /^\/network-interfaces\/([^/]+)$/.exec(path);
-  if (m) {
-    allow(['PATCH']);
-    const id = param(m[1]);
-    const body = (await readBody(req, ctx.maxBody)) as Record<string, unknown> | undefined;
-    if (!body || typeof body !== 'object') throw new ApiError(400, 'expected a JSON object');
-    if (body.iface_id !== undefined && body.iface_id !== id) throw new ApiError(400, `iface_id "${String(body.iface_id)}" does not match the path ("${id}")`);
-    const unknown = Object.keys(body).filter((k) => !['iface_id', 'rx_rate_limiter', 'tx_rate_limiter'].includes(k));
-    if (unknown.length > 0) throw new ApiError(400, `only rx_rate_limiter and tx_rate_limiter can change on a running interface (got ${unknown.join(', ')})`);
+    if (body[kind.idKey] !== undefined && body[kind.idKey] !== id) throw new ApiError(400, `${kind.idKey} "${String(body[kind.idKey])}" does not match the path ("${id}")`);
+    const unknown = Object.keys(body).filter((k) => k !== kind.idKey && !kind.limiters.includes(k));
+    if (unknown.length > 0) throw new ApiError(400, `only ${kind.limiters.join(' and ')} can change on a running ${kind.what} (got ${unknown.join(', ')})`);
     const limiters: Record<string, LimiterChange> = {};
-    for (const k of ['rx_rate_limiter', 'tx_rate_limiter']) if (body[k] !== undefined) limiters[k] = limiterChange(k, body[k]);
-    if (Object.keys(limiters).length === 0) throw new ApiError(400, 'nothing to change: give rx_rate_limiter and/or tx_rate_limiter');
-    await control({ op: 'limiters', kind: 'iface', id, limiters });
+    for (const k of kind.limiters) if (body[k] !== undefined) limiters[k] = limiterChange(k, body[k]);
+    if (Object.keys(limiters).length === 0) throw new ApiError(400, `nothing to change: give ${kind.limiters.join(' and/or ')}`);
+    await control({ op: 'limiters', kind: kind.control, id, limiters });
     return { status: 204 };
   }
   throw new ApiError(404, `no such path: ${path}`);

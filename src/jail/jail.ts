@@ -40,8 +40,6 @@ export interface JailOptions {
 
 export interface PreparedJail {
   root: string;
-  /** The spec as written inside the jail. */
-  spec: Record<string, unknown>;
   /** Host path of the vsock socket, when the VM has one. */
   vsockHostPath?: string;
   cgroupDirs: string[];
@@ -248,7 +246,7 @@ function build(spec: ResolvedSpec, opts: JailOptions, jailDir: string, files: { 
   const enter = ['unshare', '--mount', '--propagation', 'private', '--pid', '--ipc', ...(ownNet ? ['--net'] : []), '--fork', '--kill-child=SIGTERM', '--', 'sh', '-c', inner];
   const joinCgroups = cgroupDirs.map((d) => `echo $$ > ${q(path.join(d, 'cgroup.procs'))}`).join('\n');
   const outer = ['set -e', joinCgroups, `exec ${opts.netns ? `nsenter --net=${q(opts.netns)} -- ` : ''}${enter.map(q).join(' ')}`].join('\n');
-  return { root, spec: s, vsockHostPath, cgroupDirs, command: ['sh', '-c', outer] };
+  return { root, vsockHostPath, cgroupDirs, command: ['sh', '-c', outer] };
 }
 
 /**

@@ -8,7 +8,6 @@ export {
   LEVEL_TAGS,
   Logger,
   LogLevel,
-  logLevelName,
   parseLogLevel,
 } from './logger';
 export type { LoggerOptions, SharedLoggerOptions } from './logger';

@@ -81,11 +81,6 @@ export function parseLogLevel(value: string): LogLevel {
   return level;
 }
 
-/** The name of a level as the spec spells it (`"Warning"`, `"Off"`, ...). */
-export function logLevelName(level: LogLevel): string {
-  return LogLevel[level];
-}
-
 /**
  * A shared counter of dropped lines: an `Int32Array` of length 1 on a `SharedArrayBuffer`, so all
  * threads add to the same slot (pass it through `workerData`; structured cloning keeps the memory

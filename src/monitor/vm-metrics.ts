@@ -1,4 +1,4 @@
-import type { MetricsLayout, MetricsRegistry } from './metrics';
+import type { MetricsLayout } from './metrics';
 
 /**
  * What fc-run counts for one microVM, and where: the layout of its metrics registry, computed
@@ -79,6 +79,15 @@ export function vmMetricsLayout(vcpus: number, devices: readonly MeteredDevice[]
  */
 export function shareCounters(owner: { readonly counters: object }, group: Record<string, number>, names: Record<string, string> = {}): void {
   const own = owner.counters as Record<string, number>;
+  if (Object.keys(names).length === 0) {
+    // Same names: the component writes straight into the group's view.
+    for (const field of Object.keys(own)) {
+      if (!(field in group)) throw new Error(`metrics: no field "${field}" for counter "${field}"`);
+      group[field] += own[field];
+    }
+    Object.defineProperty(owner, 'counters', { value: group, enumerable: true });
+    return;
+  }
   const view: Record<string, number> = {};
   for (const field of Object.keys(own)) {
     const target = names[field] ?? field;
@@ -88,9 +97,4 @@ export function shareCounters(owner: { readonly counters: object }, group: Recor
   }
   Object.seal(view);
   Object.defineProperty(owner, 'counters', { value: view, enumerable: true });
-}
-
-/** A registry's group for a device, for the VMM thread. */
-export function deviceCounters(registry: MetricsRegistry, d: MeteredDevice): Record<string, number> {
-  return registry.group(deviceGroup(d));
 }

@@ -56,7 +56,13 @@ const port = parentPort!;
 function start(data: VcpuWorkerData): void {
   const vcpu = new Vcpu(data.id, data.fd, data.mmapSize);
   // This vCPU's metrics group: only this thread writes it.
-  const m = MetricsRegistry.attach(data.metrics.buffer, data.metrics.layout).group(`vcpu${data.id}`, VCPU_FIELDS);
+  const registry = MetricsRegistry.attach(data.metrics.buffer, data.metrics.layout);
+  const m = registry.group(`vcpu${data.id}`, VCPU_FIELDS);
+  // The exit count is bumped on every exit: straight into its shared slot, found once per reason.
+  const group = registry.groups.find((g) => g.name === `vcpu${data.id}`)!;
+  const exitSlots = Int32Array.from({ length: 64 }, (_, reason) => group.offset + group.fields.indexOf(exitField(reason)));
+  const otherExitSlot = group.offset + group.fields.indexOf(exitField(-1));
+  const counts = registry.values;
   const log = new Logger({ ...data.logger, thread: `vcpu ${data.id}` });
   const control = new Int32Array(data.shared.control);
   const one = Buffer.alloc(8);
@@ -176,7 +182,7 @@ function start(data: VcpuWorkerData): void {
       if (Atomics.load(control, 0) !== 0) return;
       if (!vcpu.run()) continue; // EINTR: check the control word again
       const reason = run.getUint32(KVM_RUN_OFFSETS.exit_reason, true);
-      m[exitField(reason)]++;
+      counts[reason < 64 ? exitSlots[reason] : otherExitSlot]++;
       switch (reason) {
         case KVM_EXIT.IO: {
           const direction = run.getUint8(X);

@@ -8,7 +8,7 @@ import { ControlChannel, ControlReply, serveControl } from './control';
 import { MmdsNetworkStack } from '../devices/mmds/stack';
 import { Logger, MetricsRegistry } from '../monitor';
 import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
-import { deviceCounters, shareCounters } from '../monitor/vm-metrics';
+import { deviceGroup, shareCounters } from '../monitor/vm-metrics';
 import { VsockDevice } from '../devices/virtio/vsock';
 import { openTap } from '../kvm/tap';
 import { TimerFd } from '../kvm/timerfd';
@@ -117,7 +117,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
     return t;
   };
   for (const d of data.devices) {
-    const metrics = deviceCounters(registry, d);
+    const metrics = registry.group(deviceGroup(d));
     const holder: { t?: VirtioMmio } = {};
     const malformed = () => holder.t?.countMalformedChain();
     let backend: VirtioBackend;

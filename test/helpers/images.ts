@@ -83,6 +83,11 @@ function pvhNote(entry: number): Buffer {
 }
 
 /** A minimal vmlinux-like ELF: one 64 KiB text segment at 16 MiB (like Linux), entry at its start. */
+/** A kernel of a few instructions at 2 MiB, entered in long mode: `[0xeb, 0xfe]` spins (jmp $), `[0x0f, 0x0b]` faults (ud2). */
+export function tinyGuestElf(code: number[]): Buffer {
+  return buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from(code) }] });
+}
+
 export function tinyVmlinux(): Buffer {
   return buildElf({ entry: 0x1000000, segments: [{ paddr: 0x1000000, data: Buffer.alloc(4096, 0x90), memsz: 0x10000 }] });
 }

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { Workspace } from '../helpers/specs';
-import { buildElf } from '../helpers/images';
+import { tinyGuestElf } from '../helpers/images';
 
 /**
  * The HTTP API on a running microVM (a guest that spins, with a rate-limited drive, a TAP-backed
@@ -46,7 +46,7 @@ describeApi('the HTTP API on a running microVM', () => {
   });
 
   test('MMDS contents, rate limiters and actions change on the running VM; bad requests get clear errors', async () => {
-    const kernel = ws.write('spin.elf', buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from([0xeb, 0xfe]) }] })); // jmp $
+    const kernel = ws.write('spin.elf', tinyGuestElf([0xeb, 0xfe])); // jmp $
     const limit = { ops: { size: 10, refill_time: 1000 } };
     const spec = ws.write('vm.json', {
       'boot-source': { kernel_image_path: kernel },

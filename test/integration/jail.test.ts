@@ -2,7 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Workspace } from '../helpers/specs';
-import { buildElf } from '../helpers/images';
+import { tinyGuestElf } from '../helpers/images';
 
 /**
  * The jailer, for real: the jailed fc-run is found through /proc and checked from outside —
@@ -61,7 +61,7 @@ function processIn(root: string): number | undefined {
 
 describeJail('fc-run jail', () => {
   test('the jailed VMM runs chrooted as the given user, without capabilities, under seccomp, in its own PID namespace and cgroups', async () => {
-    const kernel = ws.write('spin.elf', buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from([0xeb, 0xfe]) }] })); // jmp $
+    const kernel = ws.write('spin.elf', tinyGuestElf([0xeb, 0xfe])); // jmp $
     const spec = ws.write('spin.json', { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
     const child = spawn(process.execPath, jailArgs(spec, 'spin', ['--cgroup', 'memory.limit_in_bytes=536870912', '--cgroup', 'pids.max=64']), { env: { ...process.env, NO_COLOR: '1' } });
     let err = '';

@@ -2,7 +2,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Workspace } from '../helpers/specs';
-import { buildElf } from '../helpers/images';
+import { tinyGuestElf } from '../helpers/images';
 
 /**
  * Logs and metrics of a real run: the probe guest boots with a drive and an entropy device, and
@@ -97,7 +97,7 @@ describeKvm('logs and metrics', () => {
   });
 
   test('a crash path still flushes metrics: a triple fault ends with a "fatal" line and an error in the log', () => {
-    const kernel = ws.write('ud2.elf', buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from([0x0f, 0x0b]) }] }));
+    const kernel = ws.write('ud2.elf', tinyGuestElf([0x0f, 0x0b]));
     const spec = ws.write('crash.json', { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
     const metricsPath = path.join(ws.dir, 'crash.metrics');
     const logPath = path.join(ws.dir, 'crash.log');
@@ -162,7 +162,7 @@ describeKvm('logs and metrics', () => {
   }, 120_000);
 
   test('SIGTERM stops a running VM cleanly: the last metrics line and the log say so', async () => {
-    const kernel = ws.write('spin.elf', buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from([0xeb, 0xfe]) }] })); // jmp $
+    const kernel = ws.write('spin.elf', tinyGuestElf([0xeb, 0xfe])); // jmp $
     const spec = ws.write('spin.json', { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
     const metricsPath = path.join(ws.dir, 'spin.metrics');
     const logPath = path.join(ws.dir, 'spin.log');

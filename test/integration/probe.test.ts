@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildElf } from '../helpers/images';
+import { tinyGuestElf } from '../helpers/images';
 import { Workspace } from '../helpers/specs';
 
 /**
@@ -211,7 +211,7 @@ describeKvm('virtio devices seen from the probe guest', () => {
 
 /** A kernel made of a few instructions at 2 MiB, entered in long mode. */
 function tinyGuest(name: string, code: number[]): string {
-  return ws.write(name, buildElf({ entry: 0x200000, segments: [{ paddr: 0x200000, data: Buffer.from(code) }] }));
+  return ws.write(name, tinyGuestElf(code));
 }
 
 describeKvm('custom CPU templates', () => {

@@ -282,14 +282,13 @@ export class VsockDevice implements VirtioBackend {
   }
 
   private onSocket(c: Connection, events: number): void {
-    const live = () => this.live(c);
     if (events & EPOLLERR) this.resetConnection(c);
-    if (live() && events & EPOLLOUT) this.flushOut(c);
-    if (live() && events & (EPOLLIN | EPOLLHUP)) this.readHost(c);
+    if (this.live(c) && events & EPOLLOUT) this.flushOut(c);
+    if (this.live(c) && events & (EPOLLIN | EPOLLHUP)) this.readHost(c);
     // A hang-up is reported whatever the interest: if the rest cannot be read now (no credit or no
     // receive buffers), take the socket out of the epoll set and read the rest from flushRx, as
     // credit and buffers come back, rather than spin on it or lose it.
-    if (live() && events & EPOLLHUP && c.watching !== EPOLLIN) {
+    if (this.live(c) && events & EPOLLHUP && c.watching !== EPOLLIN) {
       this.opts.poller.remove(c.fd);
       c.hungUp = true;
     }

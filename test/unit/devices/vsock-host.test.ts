@@ -7,27 +7,12 @@ import { VSOCK_OP, VsockDevice } from '../../../src/devices/virtio/vsock';
 import { VIRTQ_DESC_F_WRITE } from '../../../src/devices/virtio/queue';
 import { EventLoop } from '../../../src/vmm/event-loop';
 import { TestDriver } from '../../helpers/virtio-driver';
+import { GUEST_CID, vsockPacket as packet } from '../../helpers/vsock-packet';
 
 /**
  * vsock host connections that misbehave around the handshake, with the real epoll loop and real
  * Unix sockets (python3 clients, for shutdown(SHUT_RD)). Regression tests for two review findings.
  */
-const GUEST_CID = 7;
-function packet(f: { src?: number; dst?: number; op: number; flags?: number; payload?: string }): Buffer {
-  const data = Buffer.from(f.payload ?? '');
-  const b = Buffer.alloc(44 + data.length);
-  b.writeUInt32LE(data.length, 24);
-  b.writeUInt32LE(f.flags ?? 0, 32);
-  data.copy(b, 44);
-  b.writeBigUInt64LE(BigInt(GUEST_CID), 0);
-  b.writeBigUInt64LE(2n, 8);
-  b.writeUInt32LE(f.src ?? 1000, 16);
-  b.writeUInt32LE(f.dst ?? 2000, 20);
-  b.writeUInt16LE(1, 28);
-  b.writeUInt16LE(f.op, 30);
-  b.writeUInt32LE(65536, 36);
-  return b;
-}
 
 let dir: string;
 const kids: ChildProcess[] = [];

@@ -7,24 +7,8 @@ import { VSOCK_OP, VsockDevice } from '../../../src/devices/virtio/vsock';
 import { VIRTQ_DESC_F_WRITE } from '../../../src/devices/virtio/queue';
 import { EventLoop } from '../../../src/vmm/event-loop';
 import { TestDriver } from '../../helpers/virtio-driver';
+import { GUEST_CID, vsockPacket as packet } from '../../helpers/vsock-packet';
 
-const GUEST_CID = 7;
-function packet(f: { src: number; dst: number; op: number; flags?: number; payload?: string; fwdCnt?: number }): Buffer {
-  const data = Buffer.from(f.payload ?? '');
-  const b = Buffer.alloc(44 + data.length);
-  b.writeBigUInt64LE(BigInt(GUEST_CID), 0);
-  b.writeBigUInt64LE(2n, 8);
-  b.writeUInt32LE(f.src, 16);
-  b.writeUInt32LE(f.dst, 20);
-  b.writeUInt32LE(data.length, 24);
-  b.writeUInt16LE(1, 28);
-  b.writeUInt16LE(f.op, 30);
-  b.writeUInt32LE(f.flags ?? 0, 32);
-  b.writeUInt32LE(65536, 36); // guest buf_alloc
-  b.writeUInt32LE(f.fwdCnt ?? 0, 40);
-  data.copy(b, 44);
-  return b;
-}
 
 /**
  * A host that hangs up while the guest is out of credit or buffers: everything it sent before still

@@ -6,6 +6,7 @@ import { VirtioMmio } from '../../../src/devices/virtio/mmio';
 import { Poller, VSOCK_OP, VsockDevice } from '../../../src/devices/virtio/vsock';
 import { VIRTQ_DESC_F_WRITE } from '../../../src/devices/virtio/queue';
 import { TestDriver } from '../../helpers/virtio-driver';
+import { GUEST_CID, vsockPacket as packet } from '../../helpers/vsock-packet';
 
 /** A poller that only records: the tests drive the device through its queues. */
 class RecordingPoller implements Poller {
@@ -27,7 +28,6 @@ class RecordingPoller implements Poller {
   }
 }
 
-const GUEST_CID = 7;
 let dir: string;
 let mem: GuestMemory;
 beforeAll(() => {
@@ -60,20 +60,6 @@ function rig() {
   return { vsock, drv, rx, poller };
 }
 
-function packet(fields: { srcCid?: number; dstCid?: number; src?: number; dst?: number; op: number; type?: number; len?: number; payload?: Buffer }): Buffer {
-  const payload = fields.payload ?? Buffer.alloc(0);
-  const b = Buffer.alloc(44 + payload.length);
-  b.writeBigUInt64LE(BigInt(fields.srcCid ?? GUEST_CID), 0);
-  b.writeBigUInt64LE(BigInt(fields.dstCid ?? 2), 8);
-  b.writeUInt32LE(fields.src ?? 1000, 16);
-  b.writeUInt32LE(fields.dst ?? 2000, 20);
-  b.writeUInt32LE(fields.len ?? payload.length, 24);
-  b.writeUInt16LE(fields.type ?? 1, 28);
-  b.writeUInt16LE(fields.op, 30);
-  b.writeUInt32LE(65536, 36);
-  payload.copy(b, 44);
-  return b;
-}
 
 function send(drv: TestDriver, bytes: Buffer): void {
   drv.submit(1, [{ addr: drv.buffer(bytes.length, bytes), len: bytes.length }], 0);
