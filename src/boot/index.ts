@@ -2,7 +2,8 @@ import * as fs from 'node:fs';
 import { SpecInvalidError, SpecIssue } from '../config/issues';
 import type { LoadedSpec } from '../config/validate';
 import { inspectKernelFile, KernelImageError } from './kernel-image';
-import { compilePlan, CompiledPlan, PlanError } from './plan';
+import { checkSpecOnly, compilePlan, CompiledPlan, PlanError } from './plan';
+import { socketPathState } from '../kvm/unix-socket';
 
 export { compilePlan, canonicalJson, PlanError, PLAN_VERSION } from './plan';
 export type { BootPlan, CompiledPlan, DevicePlan, PlanIssue } from './plan';
@@ -21,7 +22,7 @@ export interface PlannedSpec extends CompiledPlan {
 export function planSpec(loaded: LoadedSpec): PlannedSpec {
   const { spec } = loaded;
   const fail = (issues: Omit<SpecIssue, 'file' | 'line' | 'column'>[]): never => {
-    throw new SpecInvalidError(spec.specFile, [...loaded.warnings, ...issues.map(loaded.locate)]);
+    throw new SpecInvalidError(loaded.displayFile, [...loaded.warnings, ...issues.map(loaded.locate)]);
   };
   let kernel;
   try {
@@ -44,5 +45,39 @@ export function planSpec(loaded: LoadedSpec): PlannedSpec {
   } catch (err) {
     if (err instanceof PlanError) return fail(err.issues);
     throw err;
+  }
+}
+
+/**
+ * Everything `run` checks before it touches KVM, for `validate`: with the files, the whole plan
+ * (kernel headers, layout) and the sockets the VM would create; without them (--skip-files),
+ * every check that needs only the spec. Returns the warnings; throws SpecInvalidError.
+ */
+export function checkRunnable(loaded: LoadedSpec, readFiles: boolean): SpecIssue[] {
+  if (readFiles) {
+    const planned = planSpec(loaded);
+    checkSockets(loaded);
+    return planned.allWarnings;
+  }
+  const issues = checkSpecOnly(loaded.spec);
+  const located = [...loaded.warnings, ...issues.map(loaded.locate)];
+  if (issues.some((i) => i.severity === 'error')) throw new SpecInvalidError(loaded.displayFile, located);
+  return located;
+}
+
+/** A socket the VM would create must not be another live process's (a second VM's vsock). */
+export function checkSockets(loaded: LoadedSpec): void {
+  const vsock = loaded.spec.vsock;
+  if (vsock && socketPathState(vsock.uds_path) === 'live') {
+    throw new SpecInvalidError(loaded.displayFile, [
+      ...loaded.warnings,
+      loaded.locate({
+        severity: 'error',
+        code: 'socket-in-use',
+        path: ['vsock', 'uds_path'],
+        message: `${vsock.uds_path} is a live socket: another process (another VM?) is listening on it`,
+        hint: 'give each VM its own uds_path',
+      }),
+    ]);
   }
 }

@@ -154,10 +154,6 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
   const issues: PlanIssue[] = [];
   const error = (code: string, path: (string | number)[], message: string, hint?: string) =>
     issues.push({ severity: 'error', code, path, message, hint });
-  const warning = (code: string, path: (string | number)[], message: string, hint?: string) =>
-    issues.push({ severity: 'warning', code, path, message, hint });
-
-  refuseUnsupported(spec, error);
 
   const memBytes = spec.machine.mem_size_mib * L.MiB;
   const lowEnd = Math.min(memBytes, L.MMIO_GAP_START);
@@ -200,22 +196,8 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
     }
   }
 
-  const devices = planDevices(spec, error);
-  const cmdline = buildCmdline(spec, devices, warning);
   const cmdlineLimit = kernel.bzimage ? Math.min(kernel.bzimage.cmdlineSize + 1, L.CMDLINE_MAX_BYTES) : L.CMDLINE_MAX_BYTES;
-  const cmdlineBytes = Buffer.byteLength(cmdline) + 1;
-  if (cmdlineBytes > cmdlineLimit) {
-    error(
-      'cmdline-too-long',
-      ['boot-source', 'boot_args'],
-      `the kernel command line is ${cmdlineBytes} bytes with its NUL (boot_args plus ${devices.length} virtio_mmio.device entries); the kernel accepts ${cmdlineLimit}`,
-      'shorten boot_args',
-    );
-  }
-
-  if (spec.cpuConfig && spec.machine.cpu_template !== 'None') {
-    warning('cpu-template-overridden', ['machine-config', 'cpu_template'], `cpu_template "${spec.machine.cpu_template}" is replaced by the custom template in cpu-config`, 'remove one of them');
-  }
+  const { devices, cmdline } = specChecks(spec, cmdlineLimit, issues);
 
   if (issues.some((i) => i.severity === 'error')) throw new PlanError(issues);
 
@@ -276,6 +258,38 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
 }
 
 type Report = (code: string, path: (string | number)[], message: string, hint?: string) => void;
+
+/**
+ * Every check of the plan that needs only the spec, not the kernel file: what `fc-run validate
+ * --skip-files` can still promise. compilePlan runs the same checks, so the two never disagree.
+ */
+export function specChecks(spec: ResolvedSpec, cmdlineLimit: number, issues: PlanIssue[]): { devices: DevicePlan[]; cmdline: string } {
+  const error: Report = (code, path, message, hint) => issues.push({ severity: 'error', code, path, message, hint });
+  const warning: Report = (code, path, message, hint) => issues.push({ severity: 'warning', code, path, message, hint });
+  refuseUnsupported(spec, error);
+  const devices = planDevices(spec, error);
+  const cmdline = buildCmdline(spec, devices, warning);
+  const cmdlineBytes = Buffer.byteLength(cmdline) + 1;
+  if (cmdlineBytes > cmdlineLimit) {
+    error(
+      'cmdline-too-long',
+      ['boot-source', 'boot_args'],
+      `the kernel command line is ${cmdlineBytes} bytes with its NUL (boot_args plus ${devices.length} virtio_mmio.device entries); the kernel accepts ${cmdlineLimit}`,
+      'shorten boot_args',
+    );
+  }
+  if (spec.cpuConfig && spec.machine.cpu_template !== 'None') {
+    warning('cpu-template-overridden', ['machine-config', 'cpu_template'], `cpu_template "${spec.machine.cpu_template}" is replaced by the custom template in cpu-config`, 'remove one of them');
+  }
+  return { devices, cmdline };
+}
+
+/** The spec-only checks with the longest command line any kernel accepts: no file is read. */
+export function checkSpecOnly(spec: ResolvedSpec): PlanIssue[] {
+  const issues: PlanIssue[] = [];
+  specChecks(spec, L.CMDLINE_MAX_BYTES, issues);
+  return issues;
+}
 
 /** Features the schema accepts for Firecracker compatibility but fc-run cannot run. */
 function refuseUnsupported(spec: ResolvedSpec, error: Report): void {

@@ -1,6 +1,5 @@
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { IssueList, SpecIssue } from './issues';
+import { SpecIssue } from './issues';
 import { parseBitmap, parseRegisterNumber } from './cpu-template';
 import { checkCpuConfigFile } from './template-file';
 import {
@@ -19,6 +18,10 @@ export interface ResolveOptions {
   specFile: string;
   /** Contents for MMDS from --metadata, already parsed; conflicts with the spec's `mmds` key. */
   metadata?: { source: string; data: Record<string, unknown> };
+  /** --skip-files: read no file at all (a cpu-config template is then not checked). */
+  skipFiles?: boolean;
+  /** The spec's directory as the user named it, for naming files the spec names in messages. */
+  displayDir?: string;
 }
 
 const LEVELS: Record<string, LogLevel> = {
@@ -35,7 +38,7 @@ const LEVELS: Record<string, LogLevel> = {
  * Applies defaults and makes paths absolute. Runs on a spec that passed the schema and the rules;
  * the only new issues it can raise come from files it has to read (a cpu-config template).
  */
-export function resolveSpec(spec: VmSpec, opts: ResolveOptions, issues: IssueList, extra: SpecIssue[]): ResolvedSpec {
+export function resolveSpec(spec: VmSpec, opts: ResolveOptions, extra: SpecIssue[]): ResolvedSpec {
   const abs = (p: string) => path.resolve(opts.baseDir, p);
   const boot = spec['boot-source'];
   const mc = spec['machine-config'];
@@ -52,10 +55,11 @@ export function resolveSpec(spec: VmSpec, opts: ResolveOptions, issues: IssueLis
   const cc = spec['cpu-config'];
   if (typeof cc === 'string') {
     const file = abs(cc);
-    const loaded = fs.existsSync(file) ? checkCpuConfigFile(file, extra) : undefined;
-    if (loaded) cpuConfig = toTemplate(loaded, file);
-    // Only reachable with --skip-files: without it the rules already refused a missing file.
-    else if (!fs.existsSync(file)) issues.warning('file-not-checked', ['cpu-config'], `CPU template file ${file} does not exist, so its contents were not validated`);
+    // --skip-files reads no file: the template's contents are checked where the files are.
+    if (!opts.skipFiles) {
+      const loaded = checkCpuConfigFile(file, opts.displayDir !== undefined && !path.isAbsolute(cc) ? path.join(opts.displayDir, cc) : cc, extra);
+      if (loaded) cpuConfig = toTemplate(loaded, file);
+    }
   } else if (cc) {
     cpuConfig = toTemplate(cc, 'inline');
   }

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { IssueList } from './issues';
 import { closestMatch } from './suggest';
 import { parseBitmap, parseRegisterNumber } from './cpu-template';
+import { fileKind } from './read';
 import type { CpuConfig, RateLimiter, VmSpec } from './vm-spec.generated';
 
 /** Linux's IFNAMSIZ is 16 including the terminating NUL. */
@@ -39,7 +40,7 @@ export function checkRules(spec: VmSpec, issues: IssueList, ctx: RuleContext): v
   checkMmds(spec, issues);
   checkRateLimiters(spec, issues);
   if (spec['cpu-config'] && typeof spec['cpu-config'] === 'object') checkCpuConfig(spec['cpu-config'], ['cpu-config'], issues);
-  checkOutputs(spec, issues);
+  checkControlCharacters(spec, issues);
   if (!ctx.skipFiles) checkFiles(spec, issues, ctx.baseDir);
 }
 
@@ -256,11 +257,39 @@ export function checkCpuConfig(cfg: CpuConfig, at: (string | number)[], issues: 
   });
 }
 
-function checkOutputs(spec: VmSpec, issues: IssueList): void {
-  const log = spec.logger?.log_path;
-  const metrics = spec.metrics?.metrics_path;
-  if (log && metrics && log === metrics) {
-    issues.warning('shared-output', ['metrics', 'metrics_path'], 'logs and metrics go to the same file, so their lines interleave', 'give metrics a file of their own');
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+
+/**
+ * Strings in a spec end up as C strings, file names, interface names or the kernel command line,
+ * where a NUL cuts them short (a NUL in boot_args drops every virtio_mmio.device= entry after it)
+ * and other control characters corrupt logs and terminals. None is accepted outside the MMDS
+ * contents, which are data served to the guest as JSON.
+ */
+function checkControlCharacters(spec: VmSpec, issues: IssueList): void {
+  const stack: { v: unknown; at: (string | number)[] }[] = [{ v: spec, at: [] }];
+  while (stack.length > 0) {
+    const { v, at } = stack.pop()!;
+    if (typeof v === 'string') {
+      const m = CONTROL_CHARS.exec(v);
+      if (m) {
+        const code = m[0].charCodeAt(0);
+        issues.error(
+          'control-character',
+          at,
+          `contains the control character U+${code.toString(16).padStart(4, '0').toUpperCase()}${code === 0 ? ' (NUL)' : ''} at position ${m.index}`,
+          'remove it: names, paths and boot arguments are plain text',
+        );
+      }
+    } else if (Array.isArray(v)) {
+      v.forEach((item, i) => stack.push({ v: item, at: [...at, i] }));
+    } else if (v !== null && typeof v === 'object') {
+      for (const [k, item] of Object.entries(v)) {
+        if (at.length === 0 && k === 'mmds') continue;
+        if (CONTROL_CHARS.test(k)) issues.error('control-character', [...at, k], 'a key contains a control character', 'remove it');
+        stack.push({ v: item, at: [...at, k] });
+      }
+    }
   }
 }
 
@@ -292,6 +321,24 @@ function checkParentDir(file: string, at: (string | number)[], what: string, iss
   if (!fs.existsSync(dir)) issues.error('dir-missing', at, `the directory for ${what} does not exist: ${dir}`, 'create it, or pass --skip-files');
 }
 
+/**
+ * fc-run creates its sockets, replacing a stale socket file from an earlier run; anything else at
+ * that path is the user's and is left alone. (Whether a socket is live, another VM's, is checked
+ * when the VM starts.)
+ */
+function checkSocketPath(file: string, at: (string | number)[], issues: IssueList, baseDir: string): void {
+  const abs = resolvePath(baseDir, file);
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(abs);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) {
+    issues.error('socket-path-taken', at, `${abs} already exists and is ${fileKind(st)}, not a socket; fc-run will not replace it`, 'choose another path for the socket, or remove that file yourself');
+  }
+}
+
 function checkFiles(spec: VmSpec, issues: IssueList, baseDir: string): void {
   const boot = spec['boot-source'];
   checkReadable(boot.kernel_image_path, ['boot-source', 'kernel_image_path'], 'kernel image', issues, baseDir);
@@ -300,7 +347,10 @@ function checkFiles(spec: VmSpec, issues: IssueList, baseDir: string): void {
     if (d.path_on_host) checkReadable(d.path_on_host, ['drives', i, 'path_on_host'], `drive "${d.drive_id}" file`, issues, baseDir, d.is_read_only === false, true);
   });
   if (typeof spec['cpu-config'] === 'string') checkReadable(spec['cpu-config'], ['cpu-config'], 'CPU template file', issues, baseDir);
-  if (spec.vsock) checkParentDir(spec.vsock.uds_path, ['vsock', 'uds_path'], 'the vsock socket', issues, baseDir);
+  if (spec.vsock) {
+    checkParentDir(spec.vsock.uds_path, ['vsock', 'uds_path'], 'the vsock socket', issues, baseDir);
+    checkSocketPath(spec.vsock.uds_path, ['vsock', 'uds_path'], issues, baseDir);
+  }
   if (spec.logger?.log_path) checkParentDir(spec.logger.log_path, ['logger', 'log_path'], 'the log', issues, baseDir);
   if (spec.metrics) checkParentDir(spec.metrics.metrics_path, ['metrics', 'metrics_path'], 'the metrics', issues, baseDir);
 }

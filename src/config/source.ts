@@ -1,5 +1,16 @@
 import { findNodeAtLocation, Node, parseTree, ParseError, printParseErrorCode } from 'jsonc-parser';
 import { SpecIssue } from './issues';
+import { findDeepNesting, MAX_JSON_DEPTH } from './json-depth';
+
+export interface ParseOptions {
+  /**
+   * Numbers must be written as whole numbers (`2`, not `2.0` or `2e0`): every number in a spec
+   * or a CPU template is an integer field, and serde (Firecracker) refuses the other notations.
+   * Top-level keys listed in `freeForm` hold data of any shape (the MMDS contents) and are exempt.
+   */
+  wholeNumbers?: boolean;
+  freeForm?: readonly string[];
+}
 
 /**
  * A JSON document together with its source text, so any path into the value can be mapped back
@@ -23,15 +34,32 @@ export class SpecSource {
    * source, or the issues that make the text unusable: syntax errors, duplicate keys (which
    * JSON.parse would silently resolve to the last one) and integers too large to hold exactly.
    */
-  static parse(file: string, rawText: string): { source?: SpecSource; issues: SpecIssue[] } {
+  static parse(file: string, rawText: string, opts: ParseOptions = {}): { source?: SpecSource; issues: SpecIssue[] } {
     // A UTF-8 BOM is invisible in editors; accept it rather than fail at "line 1, column 1".
     const text = rawText.charCodeAt(0) === 0xfeff ? rawText.slice(1) : rawText;
     if (text.trim() === '') {
       return { issues: [{ severity: 'error', code: 'json-syntax', path: [], file, line: 1, column: 1, message: 'the file is empty', hint: 'write a JSON object describing the microVM' }] };
     }
+    const probe = new SpecSource(file, text, undefined, undefined);
+    // Before any recursive parser or walker sees it: thousands of levels would overflow the stack.
+    const deep = findDeepNesting(text);
+    if (deep) {
+      return {
+        issues: [
+          {
+            severity: 'error',
+            code: 'json-too-deep',
+            path: [],
+            file,
+            ...probe.position(deep.offset),
+            message: `JSON nests deeper than ${MAX_JSON_DEPTH} levels of arrays and objects`,
+            hint: `flatten the structure: at most ${MAX_JSON_DEPTH} levels are accepted`,
+          },
+        ],
+      };
+    }
     const errors: ParseError[] = [];
     const tree = parseTree(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
-    const probe = new SpecSource(file, text, undefined, undefined);
     // After the first syntax error the parser's recovery produces follow-on noise; report the first.
     const issues: SpecIssue[] = errors.slice(0, 1).map((e) => ({
       severity: 'error',
@@ -43,7 +71,7 @@ export class SpecSource {
       hint: 'fix the JSON syntax at this position (a spec is strict JSON: no comments, no trailing commas)',
     }));
     if (issues.length > 0 || tree === undefined) return { issues };
-    checkTree(tree, text, [], (issue) => issues.push({ ...issue, file, ...probe.position(issue.offset) }));
+    checkTree(tree, text, [], opts, (issue) => issues.push({ ...issue, file, ...probe.position(issue.offset) }));
     if (issues.length > 0) return { issues };
     // JSON.parse builds the value: it creates "__proto__" as an ordinary own key, never touching prototypes.
     const value: unknown = JSON.parse(text);
@@ -82,7 +110,7 @@ export class SpecSource {
 
 type TreeIssue = Omit<SpecIssue, 'file' | 'line' | 'column'> & { offset: number };
 
-function checkTree(node: Node, text: string, path: (string | number)[], report: (i: TreeIssue) => void): void {
+function checkTree(node: Node, text: string, path: (string | number)[], opts: ParseOptions, report: (i: TreeIssue) => void): void {
   if (node.type === 'object') {
     const seen = new Map<string, Node>();
     for (const prop of node.children ?? []) {
@@ -102,13 +130,23 @@ function checkTree(node: Node, text: string, path: (string | number)[], report: 
       } else {
         seen.set(key, keyNode);
       }
-      if (valueNode) checkTree(valueNode, text, [...path, key], report);
+      if (valueNode) checkTree(valueNode, text, [...path, key], opts, report);
     }
   } else if (node.type === 'array') {
-    (node.children ?? []).forEach((child, i) => checkTree(child, text, [...path, i], report));
+    (node.children ?? []).forEach((child, i) => checkTree(child, text, [...path, i], opts, report));
   } else if (node.type === 'number') {
     const raw = text.slice(node.offset, node.offset + node.length);
-    if (/^-?\d+$/.test(raw) && !Number.isSafeInteger(Number(raw))) {
+    const freeForm = path.length > 0 && typeof path[0] === 'string' && (opts.freeForm ?? []).includes(path[0]);
+    if (opts.wholeNumbers && !freeForm && !/^-?\d+$/.test(raw)) {
+      report({
+        severity: 'error',
+        code: 'not-whole-number',
+        path,
+        offset: node.offset,
+        message: `${raw} is not written as a whole number`,
+        hint: Number.isSafeInteger(Number(raw)) ? `write ${Number(raw)}` : 'every number here is an integer: write it with digits only',
+      });
+    } else if (/^-?\d+$/.test(raw) && !Number.isSafeInteger(Number(raw))) {
       report({
         severity: 'error',
         code: 'integer-too-large',

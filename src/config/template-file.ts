@@ -3,14 +3,23 @@ import { checkSchema } from './schema';
 import { checkCpuConfig } from './rules';
 import { SpecSource } from './source';
 import { readText } from './read';
+import { FcRunError } from '../errors';
 import type { CpuConfig } from './vm-spec.generated';
 
 /**
  * Validates a CPU template file referenced by "cpu-config". Its issues point into that file.
  * Returns the template when it is valid.
  */
-export function checkCpuConfigFile(file: string, extra: SpecIssue[]): CpuConfig | undefined {
-  const parsed = SpecSource.parse(file, readText(file, 'CPU template file'));
+export function checkCpuConfigFile(file: string, shown: string, extra: SpecIssue[]): CpuConfig | undefined {
+  let text: string;
+  try {
+    text = readText(file, 'CPU template file');
+  } catch (err) {
+    if (!(err instanceof FcRunError)) throw err;
+    extra.push({ severity: 'error', code: err.code, path: [], file: shown, line: 1, column: 1, message: err.message, hint: 'point "cpu-config" at a CPU template JSON file' });
+    return undefined;
+  }
+  const parsed = SpecSource.parse(shown, text, { wholeNumbers: true });
   if (!parsed.source) {
     extra.push(...parsed.issues);
     return undefined;
@@ -19,6 +28,6 @@ export function checkCpuConfigFile(file: string, extra: SpecIssue[]): CpuConfig 
   const issues = new IssueList();
   checkSchema(source.value, issues, 'CpuConfig');
   if (!issues.hasErrors) checkCpuConfig(source.value as CpuConfig, [], issues);
-  extra.push(...issues.items.map((i) => ({ ...i, file, ...source.locate(i.path, i.code === 'unknown-property' ? 'key' : 'value') })));
+  extra.push(...issues.items.map((i) => ({ ...i, file: shown, ...source.locate(i.path, i.code === 'unknown-property' ? 'key' : 'value') })));
   return issues.hasErrors ? undefined : (source.value as CpuConfig);
 }

@@ -6,7 +6,8 @@ import { resolveSpec } from './resolve';
 import { SpecSource } from './source';
 import { DEFAULT_MMDS_SIZE_LIMIT, ResolvedSpec } from './resolved';
 import type { VmSpec } from './vm-spec.generated';
-import { readText } from './read';
+import { MAX_CONFIG_FILE_BYTES, readText } from './read';
+import { checkCollisions, FlagOutputs } from './collisions';
 
 export interface LoadOptions {
   /** Do not require kernel, initrd, drive and template files to exist (validating stored specs in CI). */
@@ -15,10 +16,16 @@ export interface LoadOptions {
   metadataFile?: string;
   /** Largest MMDS contents accepted, in bytes of compact JSON. */
   mmdsSizeLimit?: number;
+  /** The spec's name as the user gave it, for messages (default: the path loaded). */
+  displayFile?: string;
+  /** Outputs named on the command line (they replace the spec's), checked against every input. */
+  flagOutputs?: FlagOutputs;
 }
 
 export interface LoadedSpec {
   spec: ResolvedSpec;
+  /** The spec's name as the user gave it. */
+  displayFile: string;
   /** Everything suspicious that did not stop validation. */
   warnings: SpecIssue[];
   /** Maps a path in the spec to its file position, for issues found after validation (planning). */
@@ -28,7 +35,7 @@ export interface LoadedSpec {
 /** Reads, validates and resolves a spec file. Throws SpecInvalidError listing every problem found. */
 export function loadSpecFile(file: string, opts: LoadOptions = {}): LoadedSpec {
   const abs = path.resolve(file);
-  return loadSpecText(abs, readText(abs, 'spec file'), opts);
+  return loadSpecText(abs, readText(abs, 'spec file'), { displayFile: file, ...opts });
 }
 
 
@@ -36,8 +43,10 @@ export function loadSpecFile(file: string, opts: LoadOptions = {}): LoadedSpec {
  * Validates spec text. `file` is where it came from: relative paths in the spec resolve against
  * its directory and errors carry its name and positions.
  */
-export function loadSpecText(file: string, text: string, opts: LoadOptions = {}): LoadedSpec {
-  const parsed = SpecSource.parse(file, text);
+export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}): LoadedSpec {
+  // Messages name the spec as the user gave it; paths inside it resolve against its real place.
+  const file = opts.displayFile ?? abs;
+  const parsed = SpecSource.parse(file, text, { wholeNumbers: true, freeForm: FREE_FORM_SECTIONS });
   if (!parsed.source) throw new SpecInvalidError(file, parsed.issues);
   const source = parsed.source;
   const issues = new IssueList();
@@ -50,13 +59,14 @@ export function loadSpecText(file: string, text: string, opts: LoadOptions = {})
   let resolved: ResolvedSpec | undefined;
   if (schemaOk) {
     const spec = value.result as VmSpec;
-    const baseDir = path.dirname(file);
+    const baseDir = path.dirname(abs);
     checkRules(spec, issues, { baseDir, skipFiles: opts.skipFiles ?? false });
-    const metadata = opts.metadataFile ? loadMetadata(opts.metadataFile, spec, issues, extra) : undefined;
+    const limit = opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT;
+    const metadata = opts.metadataFile ? loadMetadata(opts.metadataFile, spec, issues, extra, limit) : undefined;
     if (!issues.hasErrors) {
-      resolved = resolveSpec(spec, { baseDir, specFile: file, metadata }, issues, extra);
+      resolved = resolveSpec(spec, { baseDir, specFile: abs, metadata, skipFiles: opts.skipFiles ?? false, displayDir: path.dirname(file) }, extra);
       resolved.ignoredSections = issues.items.filter((i) => i.code === 'unknown-section').map((i) => String(i.path[0]));
-      const limit = opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT;
+      checkCollisions(resolved, issues, { specFile: abs, metadataFile: opts.metadataFile, flags: opts.flagOutputs, readFiles: !opts.skipFiles });
       if (resolved.mmds && resolved.mmds.sizeBytes > limit) {
         issues.error(
           'mmds-too-large',
@@ -76,11 +86,12 @@ export function loadSpecText(file: string, text: string, opts: LoadOptions = {})
   const all: SpecIssue[] = [...issues.items.map(locate), ...extra];
   all.sort((a, b) => (a.file === b.file ? (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0) : 0));
   if (!resolved || all.some((i) => i.severity === 'error')) throw new SpecInvalidError(file, all);
-  return { spec: resolved, warnings: all, locate };
+  return { spec: resolved, displayFile: file, warnings: all, locate };
 }
 
-/** Free-form data where null is a value, not "absent". */
-const FREE_FORM = new Set(['mmds']);
+/** Top-level keys holding free-form data (any JSON: null is a value, numbers may be fractional). */
+const FREE_FORM_SECTIONS = ['mmds'];
+const FREE_FORM = new Set(FREE_FORM_SECTIONS);
 
 /**
  * Firecracker (serde) reads `"field": null` as "field absent", and its own example configs use
@@ -98,27 +109,29 @@ export function withoutNulls(value: unknown, at: (string | number)[]): { result:
         nulled.add(JSON.stringify([...path, k]));
         continue;
       }
-      out[k] = path.length === 0 && FREE_FORM.has(k) ? item : walk(item, [...path, k]);
+      // defineProperty, not assignment: a key named "__proto__" must stay an ordinary (unknown,
+      // hence refused) key, never become the object's prototype and hide inherited fields.
+      Object.defineProperty(out, k, { value: path.length === 0 && FREE_FORM.has(k) ? item : walk(item, [...path, k]), enumerable: true, writable: true, configurable: true });
     }
     return out;
   };
   return { result: walk(value, at), nulled };
 }
 
-function loadMetadata(file: string, spec: VmSpec, issues: IssueList, extra: SpecIssue[]): { source: string; data: Record<string, unknown> } | undefined {
+function loadMetadata(file: string, spec: VmSpec, issues: IssueList, extra: SpecIssue[], sizeLimit: number): { source: string; data: Record<string, unknown> } | undefined {
   const abs = path.resolve(file);
   if (spec.mmds !== undefined) {
-    issues.error('mmds-conflict', ['mmds'], `MMDS contents are given twice: in the spec's "mmds" key and in --metadata ${abs}`, 'keep one of them');
+    issues.error('mmds-conflict', ['mmds'], `MMDS contents are given twice: in the spec's "mmds" key and in --metadata ${file}`, 'keep one of them');
     return undefined;
   }
-  const parsed = SpecSource.parse(abs, readText(abs, 'metadata file'));
+  const parsed = SpecSource.parse(file, readText(abs, 'metadata file', Math.max(MAX_CONFIG_FILE_BYTES, sizeLimit)));
   if (!parsed.source) {
     extra.push(...parsed.issues);
     return undefined;
   }
   const data = parsed.source.value;
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
-    extra.push({ severity: 'error', code: 'type', path: [], file: abs, line: 1, column: 1, message: 'MMDS metadata must be a JSON object', hint: 'wrap the contents in { }' });
+    extra.push({ severity: 'error', code: 'type', path: [], file, line: 1, column: 1, message: 'MMDS metadata must be a JSON object', hint: 'wrap the contents in { }' });
     return undefined;
   }
   return { source: abs, data: data as Record<string, unknown> };

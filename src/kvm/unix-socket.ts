@@ -1,3 +1,5 @@
+import * as fs from 'node:fs';
+import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
 import { AF_UNIX, errno, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, sys, SyscallError } from './libc';
 
 /**
@@ -67,4 +69,36 @@ export function shutdownWrite(fd: number): void {
 
 export function closeFd(fd: number): void {
   sys.close(fd);
+}
+
+/**
+ * What is at a socket path fc-run is about to create: nothing, a stale socket file (nobody
+ * listening: safe to replace), a live socket (another process's: never touched), or something
+ * that is not a socket (the user's file: never touched).
+ */
+export type SocketPathState = 'absent' | 'stale' | 'live' | 'not-socket';
+
+export function socketPathState(path: string): SocketPathState {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch {
+    return 'absent';
+  }
+  if (!st.isSocket()) return 'not-socket';
+  const fd = connectUnix(path);
+  if (fd >= 0) {
+    sys.close(fd);
+    return 'live';
+  }
+  // ECONNREFUSED: bound by nobody. EAGAIN: a listener whose backlog is full, so very much alive.
+  return -fd === 111 ? 'stale' : 'live';
+}
+
+/** Makes way for a socket fc-run will create: removes a stale one, refuses anything else there. */
+export function claimSocketPath(path: string, what: string): void {
+  const state = socketPathState(path);
+  if (state === 'stale') fs.unlinkSync(path);
+  else if (state === 'live') throw new FcRunError('socket-in-use', `${what} ${path} is in use: another process (another VM?) listens there; choose another path`);
+  else if (state === 'not-socket') throw new FcRunError('socket-path-taken', `${what} ${path} exists and is not a socket; fc-run leaves it alone: choose another path`, EXIT_INVALID_SPEC);
 }

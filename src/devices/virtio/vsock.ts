@@ -1,7 +1,6 @@
-import * as fs from 'node:fs';
 import type { GuestMemory } from '../../kvm/memory';
 import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from '../../kvm/libc';
-import { acceptUnix, closeFd, connectUnix, listenUnix, readSome, shutdownWrite, writeSome } from '../../kvm/unix-socket';
+import { acceptUnix, claimSocketPath, closeFd, connectUnix, listenUnix, readSome, shutdownWrite, writeSome } from '../../kvm/unix-socket';
 import { gather, scatter, VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
 
@@ -127,11 +126,9 @@ export class VsockDevice implements VirtioBackend {
     private readonly opts: VsockOptions,
   ) {
     this.configSpace.writeBigUInt64LE(BigInt(opts.guestCid));
-    try {
-      if (fs.statSync(opts.udsPath).isSocket()) fs.unlinkSync(opts.udsPath); // a stale socket from an earlier run
-    } catch {
-      // nothing there
-    }
+    // A stale socket from an earlier run is replaced; another VM's live socket, or a file that is
+    // not a socket, is never touched.
+    claimSocketPath(opts.udsPath, 'vsock uds_path');
     this.listener = listenUnix(opts.udsPath);
     opts.poller.add(this.listener, () => this.safely(() => this.accept()));
   }

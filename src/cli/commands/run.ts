@@ -1,0 +1,277 @@
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { loadSpecFile } from '../../config/validate';
+import { DEFAULT_MMDS_SIZE_LIMIT } from '../../config/resolved';
+import { checkSockets, planSpec } from '../../boot';
+import { launch, monitorFor, prewarmVcpuThreads } from '../../boot/launch';
+import type { BootPlan } from '../../boot';
+import type { MonitorConfig } from '../../monitor/vm-monitor';
+import { ApiContext, startApi } from '../../api/server';
+import { EXIT_FAILURE, EXIT_OK, FcRunError } from '../../errors';
+import { CommandSpec, OptionSpec, ParsedArgs, UsageError } from '../args';
+import { applyStrict, Io, reportIssues, reportStatus, Reporting, write } from '../io';
+import { painterFor } from '../format';
+import { VERSION } from '../version';
+import { SpecInvalidError } from '../../config/issues';
+import type { LogLevel } from '../../config/resolved';
+import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
+
+/** Firecracker's limit on an API request body (its --http-api-max-payload-size default). */
+export const DEFAULT_API_MAX_PAYLOAD = 51200;
+
+/** Firecracker's --id rule: 1 to 64 characters, letters, digits and '-'. */
+export function instanceIdProblem(id: string): string | undefined {
+  if (id.length > 64) return `must be at most 64 characters, got ${id.length}`;
+  if (!/^[A-Za-z0-9-]+$/.test(id)) return 'may contain only letters, digits and "-"';
+  return undefined;
+}
+
+export const LOG_LEVELS = ['Error', 'Warning', 'Info', 'Debug', 'Trace', 'Off'] as const;
+
+/** Logging and metrics flags, shared by `run` and Firecracker's command line. */
+const MONITOR_OPTIONS: OptionSpec[] = [
+  { name: 'id', kind: 'string', valueName: 'ID', check: instanceIdProblem, describe: 'The microVM id in log lines, metrics and the API (default: anonymous-instance)' },
+  { name: 'log-path', kind: 'string', valueName: 'PATH', describe: 'Log to this file or named pipe (overrides logger.log_path)' },
+  { name: 'level', kind: 'string', valueName: 'LEVEL', choices: LOG_LEVELS, caseInsensitive: true, describe: 'Log level (overrides logger.level)' },
+  { name: 'module', kind: 'string', valueName: 'MODULE', describe: 'Log only lines whose origin starts with this module, e.g. devices/virtio (overrides logger.module)' },
+  { name: 'show-level', kind: 'flag', describe: 'Show the level in log lines (overrides logger.show_level)' },
+  { name: 'show-log-origin', kind: 'flag', describe: 'Show the source of log lines (overrides logger.show_log_origin)' },
+  { name: 'metrics-path', kind: 'string', valueName: 'PATH', describe: 'Write metrics (JSON lines) to this file or named pipe (overrides metrics.metrics_path)' },
+];
+
+/** Firecracker's flags that fc-run does not implement: refused by name, with what to do instead. */
+const REFUSED_FIRECRACKER_FLAGS: OptionSpec[] = [
+  { name: 'seccomp-filter', kind: 'refused', takesValue: true, describe: '', hidden: true, why: 'custom seccomp filters are not built yet; fc-run installs its own filter (or none with --no-seccomp)' },
+  { name: 'describe-snapshot', kind: 'refused', takesValue: true, describe: '', hidden: true, why: 'snapshots are not built yet' },
+  { name: 'snapshot-version', kind: 'refused', takesValue: false, describe: '', hidden: true, why: 'snapshots are not built yet' },
+  { name: 'enable-pci', kind: 'refused', takesValue: false, describe: '', hidden: true, why: 'fc-run has virtio-mmio devices only; remove the flag' },
+];
+
+export const RUN_SPEC: CommandSpec = {
+  name: 'run',
+  usage: 'fc-run [run] <spec> [options]   or   fc-run --no-api --config-file <spec> [options]',
+  summary: 'Launch the microVM the spec describes, on KVM, until the guest stops.',
+  positionals: [{ name: 'spec', describe: 'Path to the VM spec (JSON); or give it with --config-file', optional: true }],
+  options: [
+    { name: 'config-file', kind: 'string', valueName: 'PATH', describe: "The spec, Firecracker's way (instead of the <spec> argument)" },
+    { name: 'no-api', kind: 'flag', describe: 'Accepted for Firecracker compatibility: fc-run serves no API unless --api-sock is given' },
+    { name: 'api-sock', kind: 'string', valueName: 'PATH', describe: 'Serve the HTTP API for changing the running VM (MMDS, rate limiters, actions) on this Unix socket' },
+    { name: 'http-api-max-payload-size', kind: 'integer', min: 1, max: 64 * 1024 * 1024, valueName: 'BYTES', describe: `Largest API request body (default ${DEFAULT_API_MAX_PAYLOAD}, or the MMDS size limit plus 4 KiB when that is larger)` },
+    ...SPEC_OPTIONS,
+    ...MONITOR_OPTIONS,
+    { name: 'serial-out', kind: 'string', valueName: 'PATH', describe: 'Where guest serial output goes: a file or named pipe, "none" to discard it (default: stdout)' },
+    { name: 'boot-timer', kind: 'flag', describe: "Accepted for Firecracker compatibility: fc-run always has the boot timer device (port 0x3f0) and logs the guest's boot time" },
+    { name: 'start-time-us', kind: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, valueName: 'US', describe: "When the process was started (CLOCK_MONOTONIC, microseconds; the jailer's value), for the boot time" },
+    { name: 'start-time-cpu-us', kind: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, valueName: 'US', describe: 'Accepted for Firecracker compatibility (the process CPU time at start)' },
+    { name: 'parent-cpu-time-us', kind: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, valueName: 'US', describe: "Accepted for Firecracker compatibility (the parent's CPU time)" },
+    { name: 'no-seccomp', kind: 'flag', describe: 'Leave out the seccomp filter (for debugging; not recommended)' },
+    { name: 'exit-with-fd', kind: 'integer', min: 3, max: 65535, hidden: true, describe: 'Stop the VM when this inherited socket or pipe reaches end of stream (the jailer uses it)' },
+    ...REPORT_OPTIONS,
+    ...REFUSED_FIRECRACKER_FLAGS,
+  ],
+  examples: [
+    ['fc-run examples/hello.json', 'boot the bundled probe guest'],
+    ['fc-run --no-api --config-file vm.json', "the same, with Firecracker's flags"],
+    ['fc-run vm.json --serial-out /tmp/vm.console', 'guest console to a file'],
+    ['fc-run run vm.json --metadata meta.json', 'boot with MMDS contents from a file'],
+    ['fc-run vm.json --log-path vm.log --level Debug --metrics-path vm.metrics', 'logs and metrics to files (or named pipes)'],
+  ],
+  notes: 'Exit status: 0 when the guest resets or powers off, 2 invalid spec, 1 any other failure.\nIn a terminal, keystrokes go to the guest console; Ctrl-A x stops the VM.',
+};
+
+/** The spec file: the <spec> argument or --config-file, exactly one of them. */
+export function specArgument(args: ParsedArgs): string {
+  const configFile = args.options['config-file'] as string | undefined;
+  const positional = args.positionals[0];
+  if (configFile !== undefined && positional !== undefined) throw new UsageError(`give the spec once: either --config-file ${configFile} or the argument ${positional}, not both`, 'run');
+  const spec = configFile ?? positional;
+  if (spec === undefined) {
+    if (args.options['api-sock'] !== undefined) {
+      throw new UsageError('fc-run needs a spec (--config-file or a spec argument): a VM is described by its spec, and the API only changes a running one (configuring through PUT /boot-source and friends is not supported)', 'run');
+    }
+    throw new UsageError('missing <spec> argument (or --config-file)', 'run');
+  }
+  return spec;
+}
+
+/** Opens where guest serial output goes: stdout, a file or FIFO, or nowhere. */
+function serialTarget(arg: string | undefined): number {
+  if (arg === undefined || arg === '-') return 1;
+  if (arg === 'none') return -1;
+  try {
+    return fs.openSync(arg, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_APPEND | fs.constants.O_NOCTTY);
+  } catch (err) {
+    throw new FcRunError('serial-out', `cannot open --serial-out ${arg}: ${(err as NodeJS.ErrnoException).code}`);
+  }
+}
+
+const STOP_WORDS: Record<string, string> = {
+  reset: 'the guest reset the machine',
+  shutdown: 'the guest powered off',
+  halt: 'the guest halted',
+  stopped: 'stopped from the console',
+};
+
+/** Logs and metrics: the spec's sections, each setting overridden by its command-line flag. */
+function monitorConfig(plan: BootPlan, o: Record<string, unknown>): MonitorConfig {
+  const spec = plan.logger;
+  const logPath = o['log-path'] as string | undefined;
+  const level = o.level as string | undefined;
+  const moduleFilter = o.module as string | undefined;
+  const wantLog = spec !== undefined || logPath !== undefined || level !== undefined || moduleFilter !== undefined;
+  const metricsPath = o['metrics-path'] as string | undefined;
+  const interval = Number(process.env.FC_RUN_METRICS_INTERVAL_MS);
+  return {
+    instanceId: o.id as string | undefined,
+    log: wantLog
+      ? {
+          path: logPath !== undefined ? path.resolve(logPath) : spec?.path,
+          level: (level as LogLevel | undefined) ?? spec?.level ?? 'Info',
+          showLevel: o['show-level'] === true ? true : (spec?.showLevel ?? false),
+          showOrigin: o['show-log-origin'] === true ? true : (spec?.showOrigin ?? false),
+          module: moduleFilter ?? spec?.module,
+        }
+      : undefined,
+    metrics:
+      metricsPath !== undefined || plan.metrics
+        ? { path: metricsPath !== undefined ? path.resolve(metricsPath) : plan.metrics!.path, emitId: plan.metrics?.emitId ?? false, properties: plan.metrics?.properties }
+        : undefined,
+    // For tests of the periodic line; Firecracker's period (60 s) otherwise.
+    metricsIntervalMs: interval > 0 ? interval : undefined,
+  };
+}
+
+function watchLifeline(fd: number): void {
+  let kind: fs.Stats | undefined;
+  try {
+    kind = fs.fstatSync(fd);
+  } catch {
+    kind = undefined;
+  }
+  if (!kind || !(kind.isSocket() || kind.isFIFO())) throw new UsageError(`--exit-with-fd ${fd}: not an open socket or pipe`, 'run');
+  // The supervisor (the jailer) went away: stop the VM as SIGTERM would.
+  const lifeline = new net.Socket({ fd, readable: true, writable: false });
+  lifeline.on('error', () => undefined);
+  lifeline.on('close', () => process.kill(process.pid, 'SIGTERM'));
+  lifeline.unref();
+}
+
+export async function runCommand(io: Io, args: ParsedArgs, startNs: bigint): Promise<number> {
+  const o = args.options;
+  const rep: Reporting = reportingOf(args);
+  const file = specArgument(args);
+  if (o['start-time-us'] !== undefined) startNs = BigInt(o['start-time-us'] as number) * 1000n;
+  // Until the VM runs (and MicroVm handles them), SIGTERM and SIGINT end fc-run here; as PID 1 of
+  // a jail's namespace it would otherwise ignore them.
+  let running = false;
+  let closeApi = () => undefined as void;
+  const early = (sig: NodeJS.Signals) => {
+    if (running) return;
+    reportStatus(io, rep, 'signal', `${sig} before the VM ran`);
+    closeApi();
+    process.exit(EXIT_FAILURE);
+  };
+  process.on('SIGTERM', early);
+  process.on('SIGINT', early);
+  try {
+    if (o['exit-with-fd'] !== undefined) watchLifeline(o['exit-with-fd'] as number);
+    // Every VM has a vCPU 0: its thread loads while the spec is validated and planned.
+    if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(1);
+    const loaded = loadSpecFile(file, {
+      ...loadOptionsOf(args),
+      flagOutputs: {
+        logPath: o['log-path'] as string | undefined,
+        metricsPath: o['metrics-path'] as string | undefined,
+        serialOut: o['serial-out'] as string | undefined,
+        apiSock: o['api-sock'] as string | undefined,
+      },
+    });
+    const planned = planSpec(loaded);
+    checkSockets(loaded);
+    const warnings = applyStrict(planned.allWarnings.filter((w) => w.severity === 'warning'), rep.strict);
+    if (rep.strict && warnings.length > 0) throw new SpecInvalidError(loaded.displayFile, warnings);
+    reportIssues(io, warnings, rep);
+    return await launchPlanned(io, rep, o, planned.plan, loaded.spec.mmds?.data, startNs, {
+      running: () => (running = true),
+      apiOpened: (close) => (closeApi = close),
+    });
+  } finally {
+    process.off('SIGTERM', early);
+    process.off('SIGINT', early);
+  }
+}
+
+async function launchPlanned(
+  io: Io,
+  rep: Reporting,
+  o: Record<string, unknown>,
+  plan: BootPlan,
+  mmdsData: unknown,
+  startNs: bigint,
+  hooks: { running: () => void; apiOpened: (close: () => void) => void },
+): Promise<number> {
+  const serialOutFd = serialTarget(o['serial-out'] as string | undefined);
+  // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
+  const serialIn = process.stdin.isTTY && serialOutFd === 1 ? process.stdin : undefined;
+  const monitor = monitorFor(plan, monitorConfig(plan, o));
+  const mmdsSizeLimit = (o['mmds-size-limit'] as number | undefined) ?? DEFAULT_MMDS_SIZE_LIMIT;
+  const maxBody = (o['http-api-max-payload-size'] as number | undefined) ?? Math.max(DEFAULT_API_MAX_PAYLOAD, mmdsSizeLimit + 4096);
+  const apiSock = o['api-sock'] as string | undefined;
+  const api: ApiContext | undefined = apiSock !== undefined ? { id: (o.id as string | undefined) ?? 'anonymous-instance', version: VERSION, monitor, maxBody } : undefined;
+  const apiServer = api ? await startApi(path.resolve(apiSock!), api) : undefined;
+  const closeApi = () => apiServer?.close();
+  hooks.apiOpened(closeApi);
+  // A bug that escapes every handler still leaves a log line and a last metrics line.
+  const onCrash = (err: Error) => {
+    monitor.fatal(`fc-run crashed: ${err.stack ?? err.message}`);
+    closeApi();
+    process.stderr.write(`fc-run crashed: ${err.stack ?? err.message}\n`);
+    process.exit(EXIT_FAILURE);
+  };
+  process.on('uncaughtException', onCrash);
+  let result;
+  try {
+    result = await launch(plan, {
+      serialOutFd,
+      startNs,
+      serialIn,
+      mmdsData,
+      monitor,
+      seccomp: o['no-seccomp'] !== true,
+      mmdsSizeLimit,
+      onRunning: (vm) => {
+        hooks.running();
+        if (api) api.vm = vm;
+      },
+    });
+  } catch (err) {
+    // Whatever failed, the metrics so far are flushed (reason "fatal") before fc-run exits.
+    monitor.fatal(`launch failed: ${(err as Error).message}`);
+    throw err;
+  } finally {
+    process.off('uncaughtException', onCrash);
+    if (api) {
+      api.vm = undefined;
+      api.stopped = true;
+    }
+    closeApi();
+  }
+  const boot = result.bootTimeNs !== undefined ? `, guest boot time ${(Number(result.bootTimeNs) / 1e6).toFixed(1)} ms` : '';
+  const bootMs = result.bootTimeNs !== undefined ? Number(result.bootTimeNs) / 1e6 : undefined;
+  if (result.stop.reason in STOP_WORDS) {
+    monitor.log.info('vmm', `the VM stopped: ${result.stop.detail}`);
+    monitor.stop();
+    const what = result.stop.reason === 'stopped' ? result.stop.detail : STOP_WORDS[result.stop.reason];
+    reportStatus(io, rep, 'stopped', `${what}${boot}`, { reason: result.stop.reason, boot_time_ms: bootMs, exit: EXIT_OK });
+    return EXIT_OK;
+  }
+  monitor.fatal(`the microVM failed: ${result.stop.detail}`);
+  if (rep.jsonLines) {
+    reportStatus(io, rep, 'failed', `the microVM failed: ${result.stop.detail}`, { reason: result.stop.reason, registers: result.stop.registers, exit: EXIT_FAILURE });
+  } else {
+    write(io.err, `${painterFor(io.err).red.bold('fc-run: the microVM failed:')} ${result.stop.detail}`);
+    if (result.stop.registers) write(io.err, result.stop.registers);
+  }
+  return EXIT_FAILURE;
+}
