@@ -118,7 +118,6 @@ export function resolveSpec(spec: VmSpec, opts: ResolveOptions, issues: IssueLis
     },
     entropy: spec.entropy && { rate_limiter: spec.entropy.rate_limiter },
     unsupported: { balloon: spec.balloon, pmem: spec.pmem ?? [], memoryHotplug: spec['memory-hotplug'] },
-    ignoredSections: [],
     raw: spec,
   };
 }

@@ -55,7 +55,6 @@ export function loadSpecText(file: string, text: string, opts: LoadOptions = {})
     const metadata = opts.metadataFile ? loadMetadata(opts.metadataFile, spec, issues, extra) : undefined;
     if (!issues.hasErrors) {
       resolved = resolveSpec(spec, { baseDir, specFile: file, metadata }, issues, extra);
-      resolved.ignoredSections = issues.items.filter((i) => i.code === 'unknown-section').map((i) => String(i.path[0]));
       const limit = opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT;
       if (resolved.mmds && resolved.mmds.sizeBytes > limit) {
         issues.error(
@@ -98,7 +97,14 @@ export function withoutNulls(value: unknown, at: (string | number)[]): { result:
         nulled.add(JSON.stringify([...path, k]));
         continue;
       }
-      out[k] = path.length === 0 && FREE_FORM.has(k) ? item : walk(item, [...path, k]);
+      // defineProperty, not assignment: a "__proto__" key must stay an own (unknown) key instead
+      // of replacing the copy's prototype, whose keys would then pass for members of the spec.
+      Object.defineProperty(out, k, {
+        value: path.length === 0 && FREE_FORM.has(k) ? item : walk(item, [...path, k]),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
     }
     return out;
   };
