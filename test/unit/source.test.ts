@@ -52,6 +52,13 @@ describe('malformed JSON', () => {
     expect(issuesOf(ws, text).map((i) => [i.code, i.path])).toEqual([['unknown-section', ['__proto__']]]);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
+
+  test('a section hidden under "__proto__" is refused, never read as the section', () => {
+    const text = JSON.stringify(minimalSpec()).replace(/}$/, ', "__proto__": {"machine-config": {"vcpu_count": 4, "mem_size_mib": 512}}}');
+    expect(issuesOf(ws, text).map((i) => [i.code, i.path])).toEqual([['unknown-section', ['__proto__']]]);
+    const nested = JSON.stringify(minimalSpec()).replace(/}}$/, ', "__proto__": {"initrd_path": "initrd.img"}}}');
+    expect(issuesOf(ws, nested).map((i) => [i.code, i.path])).toEqual([['unknown-property', ['boot-source', '__proto__']]]);
+  });
 });
 
 describe('schema errors say what, where and how to fix', () => {
