@@ -122,7 +122,6 @@ export function resolveSpec(spec: VmSpec, opts: ResolveOptions, extra: SpecIssue
     },
     entropy: spec.entropy && { rate_limiter: spec.entropy.rate_limiter },
     unsupported: { balloon: spec.balloon, pmem: spec.pmem ?? [], memoryHotplug: spec['memory-hotplug'] },
-    ignoredSections: [],
     raw: spec,
   };
 }

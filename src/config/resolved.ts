@@ -79,7 +79,5 @@ export interface ResolvedSpec {
   entropy?: { rate_limiter?: RateLimiter };
   /** Sections accepted for Firecracker compatibility that fc-run cannot run yet. */
   unsupported: { balloon?: Balloon; pmem: Pmem[]; memoryHotplug?: MemoryHotplug };
-  /** Top-level keys Firecracker would ignore (already reported as warnings). */
-  ignoredSections: string[];
   raw: VmSpec;
 }

@@ -97,16 +97,18 @@ function pruneAlternatives(errors: ErrorObject[], root: unknown): ErrorObject[] 
     const chosen = branches.findIndex((b) => typeMatches(deref(b).type, data));
     // An error belongs to branch k when ajv reports it under the branch's schema path, or, for a
     // branch that is a $ref (whose errors ajv reports relative to the definition), when the schema
-    // object that failed lies inside the referenced definition.
-    const branchOf = (e: ErrorObject): number =>
-      branches.findIndex((b, k) => {
-        if (e.schemaPath.startsWith(`${c.schemaPath}/${k}/`)) return true;
-        return (
+    // object that failed lies inside the referenced definition. The schema path is checked first:
+    // small schemas such as { "type": "null" } also occur, by value, inside definitions.
+    const branchOf = (e: ErrorObject): number => {
+      const direct = branches.findIndex((_, k) => e.schemaPath.startsWith(`${c.schemaPath}/${k}/`));
+      if (direct >= 0) return direct;
+      return branches.findIndex(
+        (b) =>
           typeof b.$ref === 'string' &&
-          e.instancePath.startsWith(c.instancePath) &&
-          subschemas(deref(b)).has(JSON.stringify(e.parentSchema))
-        );
-      });
+          (e.instancePath === c.instancePath || e.instancePath.startsWith(`${c.instancePath}/`)) &&
+          subschemas(deref(b)).has(JSON.stringify(e.parentSchema)),
+      );
+    };
     result = result.filter((e) => {
       if (e === c) return chosen < 0;
       const k = branchOf(e);
@@ -163,16 +165,16 @@ function describe(err: ErrorObject, issues: IssueList, nulled: Set<string>): voi
       const guess = closestMatch(name, known);
       const hint = guess ? `did you mean "${guess}"?` : `known properties here: ${known.join(', ')}`;
       if (at.length === 0) {
-        // Firecracker ignores unknown top-level sections, so a config it accepts must still
-        // validate here; but nothing is ignored silently.
-        issues.warning('unknown-section', [name], `unknown top-level section "${name}" is ignored`, hint);
+        // Firecracker ignores unknown top-level sections, so a typo there ("machine_config")
+        // silently boots a VM with defaults; fc-run refuses it instead.
+        issues.error('unknown-section', [name], `unknown top-level section "${name}"`, hint);
       } else {
         issues.error('unknown-property', [...at, name], `unknown property "${name}"`, hint);
       }
       return;
     }
     case 'type': {
-      const want = String((err.params as { type: string | string[] }).type).replace(/,/g, ' or ');
+      const want = withoutNull(String((err.params as { type: string | string[] }).type).split(',')).join(' or ');
       issues.error('type', at, `must be ${article(want)} ${want}, got ${describeValue(data)}`);
       return;
     }
@@ -182,12 +184,12 @@ function describe(err: ErrorObject, issues: IssueList, nulled: Set<string>): voi
       const types = ((err.schema as Record<string, unknown>[]) ?? []).map((b) =>
         String(b.type ?? (typeof b.$ref === 'string' ? definitions[b.$ref.replace('#/definitions/', '')]?.type : undefined) ?? 'value'),
       );
-      const wanted = [...new Set(types)];
+      const wanted = withoutNull([...new Set(types.flatMap((t) => t.split(',')))]);
       issues.error('type', at, `must be ${wanted.map((t) => `${article(t)} ${t}`).join(' or ')}, got ${describeValue(data)}`);
       return;
     }
     case 'enum': {
-      const allowed = (err.params as { allowedValues: unknown[] }).allowedValues;
+      const allowed = withoutNull((err.params as { allowedValues: unknown[] }).allowedValues);
       const guess = typeof data === 'string' ? closestMatch(data, allowed.map(String)) : undefined;
       issues.error(
         'enum',
@@ -224,6 +226,14 @@ function describe(err: ErrorObject, issues: IssueList, nulled: Set<string>): voi
     default:
       issues.error(err.keyword, at, err.message ?? `fails schema keyword ${err.keyword}`);
   }
+}
+
+/**
+ * The schema admits null for optional fields (for editors, as Firecracker does), but nulls are
+ * removed before validation, so "or null" would only mislead in an error message.
+ */
+function withoutNull<T>(alternatives: T[]): T[] {
+  return alternatives.filter((a) => a !== null && a !== 'null');
 }
 
 function article(word: string): string {

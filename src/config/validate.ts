@@ -65,7 +65,6 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
     const metadata = opts.metadataFile ? loadMetadata(opts.metadataFile, spec, issues, extra, limit) : undefined;
     if (!issues.hasErrors) {
       resolved = resolveSpec(spec, { baseDir, specFile: abs, metadata, skipFiles: opts.skipFiles ?? false, displayDir: path.dirname(file) }, extra);
-      resolved.ignoredSections = issues.items.filter((i) => i.code === 'unknown-section').map((i) => String(i.path[0]));
       checkCollisions(resolved, issues, { specFile: abs, metadataFile: opts.metadataFile, flags: opts.flagOutputs, readFiles: !opts.skipFiles });
       if (resolved.mmds && resolved.mmds.sizeBytes > limit) {
         issues.error(
@@ -109,9 +108,14 @@ export function withoutNulls(value: unknown, at: (string | number)[]): { result:
         nulled.add(JSON.stringify([...path, k]));
         continue;
       }
-      // defineProperty, not assignment: a key named "__proto__" must stay an ordinary (unknown,
-      // hence refused) key, never become the object's prototype and hide inherited fields.
-      Object.defineProperty(out, k, { value: path.length === 0 && FREE_FORM.has(k) ? item : walk(item, [...path, k]), enumerable: true, writable: true, configurable: true });
+      // defineProperty, not assignment: a "__proto__" key must stay an own (unknown) key instead
+      // of replacing the copy's prototype, whose keys would then pass for members of the spec.
+      Object.defineProperty(out, k, {
+        value: path.length === 0 && FREE_FORM.has(k) ? item : walk(item, [...path, k]),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
     }
     return out;
   };

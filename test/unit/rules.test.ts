@@ -172,7 +172,7 @@ describe('semantic rules', () => {
   });
 
   test('a CPU template file is validated with positions in that file', () => {
-    const tpl = ws.write('tpl.json', '{\n  "msr_modifiers": [{ "addr": "0x10a", "bitmap": "0b2" }]\n}\n');
+    ws.write('tpl.json', '{\n  "msr_modifiers": [{ "addr": "0x10a", "bitmap": "0b2" }]\n}\n');
     const issues = issuesOf(ws, withSpec({ 'cpu-config': 'tpl.json' }));
     expect(issues).toEqual([expect.objectContaining({ code: 'format', file: path.join(ws.dir, 'tpl.json'), line: 2, path: ['msr_modifiers', 0, 'bitmap'] })]);
     ws.write('tpl-ok.json', { cpuid_modifiers: [{ leaf: '0x1', subleaf: '0x0', flags: 0, modifiers: [{ register: 'ecx', bitmap: '0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx0' }] }] });

@@ -12,7 +12,7 @@ function properties(schema: Schema): [string, Schema][] {
       walk(prop, `${at}.${name}`);
     }
     if (node.items) walk(node.items, `${at}[]`);
-    for (const branch of node.oneOf ?? []) walk(branch, at);
+    for (const branch of [...(node.oneOf ?? []), ...(node.anyOf ?? [])]) walk(branch, at);
   };
   walk(schema, '$');
   for (const [name, def] of Object.entries<Schema>(schema.definitions)) walk(def, `#${name}`);
@@ -20,7 +20,16 @@ function properties(schema: Schema): [string, Schema][] {
 }
 
 const schema = loadSchema() as Schema;
-const resolve = (p: Schema): Schema => (p.$ref ? { ...schema.definitions[p.$ref.replace('#/definitions/', '')], ...p } : p);
+const definition = (ref: string): Schema => schema.definitions[ref.replace('#/definitions/', '')];
+/** A property with its definition merged in, seen through a nullable wrapper (anyOf [$ref, null]). */
+const resolve = (p: Schema): Schema => {
+  const ref = p.$ref ?? (p.anyOf ?? []).find((b: Schema) => b.$ref)?.$ref;
+  return ref ? { ...definition(ref), ...p } : p;
+};
+/** The property's type without the null alternative (nulls are "absent" and never reach fc-run's code). */
+const baseType = (p: Schema): unknown => (Array.isArray(p.type) ? p.type.filter((t: string) => t !== 'null').join(',') : p.type);
+const nullable = (p: Schema): boolean =>
+  (Array.isArray(p.type) && p.type.includes('null')) || [...(p.anyOf ?? []), ...(p.oneOf ?? [])].some((b: Schema) => b.type === 'null');
 
 test('every property is documented for editors (its own description or its definition\'s)', () => {
   const missing = properties(schema).filter(([, p]) => !resolve(p).description).map(([path]) => path);
@@ -44,7 +53,7 @@ test('Firecracker\'s defaults are declared where they exist', () => {
 test('free-form values have examples, so completion offers a starting point', () => {
   const freeForm = properties(schema).filter(([, p]) => {
     const r = resolve(p);
-    return (r.type === 'string' || r.type === 'integer') && !r.enum && !('default' in r) && !r.pattern;
+    return (baseType(r) === 'string' || baseType(r) === 'integer') && !r.enum && !('default' in r) && !r.pattern;
   });
   const missing = freeForm
     .filter(([path, p]) => !resolve(p).examples && !/vsock_id|reg_modifiers|vcpu_features|module|Balloon|Pmem|MemoryHotplug/.test(path))
@@ -54,4 +63,24 @@ test('free-form values have examples, so completion offers a starting point', ()
 
 test('sections accepted only for compatibility say so in their description', () => {
   for (const name of ['Balloon', 'Pmem', 'MemoryHotplug']) expect(schema.definitions[name].description).toMatch(/not support/);
+});
+
+test('null is admitted exactly where it means "absent": every optional property outside CPU templates', () => {
+  // Firecracker's configs write null for absent optional fields ("initrd_path": null, "vsock": null)
+  // and fc-run removes those members before validating, so editors must not flag them. A required
+  // property set to null is an error; CPU templates refuse null (as Firecracker does) because a
+  // template file is validated as written; "mmds" is free-form data, where null is a value.
+  const cpuTemplate = /^#(CpuConfig|CpuidLeafModifier|MsrModifier)\b/;
+  const wrong: string[] = [];
+  const walk = (node: Schema, at: string) => {
+    for (const [name, prop] of Object.entries<Schema>(node.properties ?? {})) {
+      const optional = !(node.required ?? []).includes(name);
+      const expected = optional && !cpuTemplate.test(at) && `${at}.${name}` !== '$.mmds';
+      if (nullable(prop) !== expected) wrong.push(`${at}.${name} ${expected ? 'should' : 'should not'} admit null`);
+      if (Array.isArray(prop.enum) && nullable(prop) !== prop.enum.includes(null)) wrong.push(`${at}.${name}: enum and type disagree on null`);
+    }
+  };
+  walk(schema, '$');
+  for (const [name, def] of Object.entries<Schema>(schema.definitions)) walk(def, `#${name}`);
+  expect(wrong).toEqual([]);
 });

@@ -49,9 +49,15 @@ describe('malformed JSON', () => {
 
   test('"__proto__" is an ordinary (unknown) key and never reaches a prototype', () => {
     const text = JSON.stringify(minimalSpec()).replace(/}$/, ', "__proto__": {"polluted": true}}');
-    const loaded = load(ws, text);
-    expect(loaded.warnings.map((w) => w.code)).toEqual(['unknown-section']);
+    expect(issuesOf(ws, text).map((i) => [i.code, i.path])).toEqual([['unknown-section', ['__proto__']]]);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  test('a section hidden under "__proto__" is refused, never read as the section', () => {
+    const text = JSON.stringify(minimalSpec()).replace(/}$/, ', "__proto__": {"machine-config": {"vcpu_count": 4, "mem_size_mib": 512}}}');
+    expect(issuesOf(ws, text).map((i) => [i.code, i.path])).toEqual([['unknown-section', ['__proto__']]]);
+    const nested = JSON.stringify(minimalSpec()).replace(/}}$/, ', "__proto__": {"initrd_path": "initrd.img"}}}');
+    expect(issuesOf(ws, nested).map((i) => [i.code, i.path])).toEqual([['unknown-property', ['boot-source', '__proto__']]]);
   });
 });
 
@@ -75,9 +81,31 @@ describe('schema errors say what, where and how to fix', () => {
     expect(issue).toMatchObject({ code: 'unknown-property', line: 4, column: 5, message: 'unknown property "boot_arg"', hint: 'did you mean "boot_args"?' });
   });
 
-  test('an unknown top-level section is a warning (Firecracker ignores it), with a suggestion', () => {
-    const { warnings } = load(ws, spec({ 'machine-cfg': {} }));
-    expect(warnings).toEqual([expect.objectContaining({ severity: 'warning', code: 'unknown-section', hint: 'did you mean "machine-config"?' })]);
+  test('an unknown top-level section is an error (Firecracker would ignore it and boot with defaults), with a suggestion, pointing at the key', () => {
+    const text = '{\n  "boot-source": { "kernel_image_path": "vmlinux" },\n  "machine_config": { "vcpu_count": 2, "mem_size_mib": 256 }\n}';
+    expect(issuesOf(ws, text)).toEqual([
+      expect.objectContaining({
+        severity: 'error',
+        code: 'unknown-section',
+        path: ['machine_config'],
+        line: 3,
+        column: 3,
+        message: 'unknown top-level section "machine_config"',
+        hint: 'did you mean "machine-config"?',
+      }),
+    ]);
+    expect(issuesOf(ws, spec({ drive: [] }))).toEqual([expect.objectContaining({ code: 'unknown-section', hint: 'did you mean "drives"?' })]);
+  });
+
+  test('every section Firecracker knows is accepted by the schema, "$schema" and "mmds" too', () => {
+    // Those fc-run cannot run yet (balloon, pmem, memory-hotplug) are refused later, at plan time.
+    const text = JSON.stringify({
+      $schema: 'x.json',
+      ...minimalSpec(),
+      'machine-config': null, 'cpu-config': null, drives: [], 'network-interfaces': [], vsock: null, 'mmds-config': null,
+      mmds: {}, logger: null, metrics: null, entropy: null, balloon: null, pmem: [], 'memory-hotplug': null,
+    });
+    expect(load(ws, text).warnings.map((w) => w.code)).toEqual(['mmds-unreachable']);
   });
 
   test('wrong type', () => {
