@@ -3,11 +3,16 @@ import { SpecInvalidError, SpecIssue } from '../config/issues';
 import type { LoadedSpec } from '../config/validate';
 import { inspectKernelFile, KernelImageError } from './kernel-image';
 import { compilePlan, CompiledPlan, PlanError } from './plan';
+import { cpuTemplateHostProblem, HostCpu, readHostCpu } from './host-cpu';
+import { isX86StaticTemplate } from './static-cpu-templates';
 
 export { compilePlan, canonicalJson, PlanError, PLAN_VERSION } from './plan';
 export type { BootPlan, CompiledPlan, DevicePlan, PlanIssue } from './plan';
 export { inspectKernel, inspectKernelFile, KernelImageError } from './kernel-image';
 export type { KernelImage } from './kernel-image';
+export { assertCpuTemplateFitsHost, cpuTemplateHostProblem, parseCpuinfo, readHostCpu } from './host-cpu';
+export type { HostCpu } from './host-cpu';
+export { staticCpuTemplate, X86_STATIC_TEMPLATES } from './static-cpu-templates';
 
 export interface PlannedSpec extends CompiledPlan {
   /** Validation and planning warnings together, located in the spec. */
@@ -45,4 +50,25 @@ export function planSpec(loaded: LoadedSpec): PlannedSpec {
     if (err instanceof PlanError) return fail(err.issues);
     throw err;
   }
+}
+
+/**
+ * What keeps a valid spec from running on this host, located in the spec: today a static CPU
+ * template made for another CPU vendor or model. For `fc-run validate` (checking a spec for this
+ * host) and `fc-run run` before launch; launch checks again in any case.
+ */
+export function hostIssues(loaded: LoadedSpec, host: HostCpu = readHostCpu()): SpecIssue[] {
+  const { spec } = loaded;
+  const name = spec.machine.cpu_template;
+  // A custom template replaces the static one (and has no host restriction).
+  if (spec.cpuConfig || !isX86StaticTemplate(name)) return [];
+  const problem = cpuTemplateHostProblem(name, host);
+  if (!problem) return [];
+  return [loaded.locate({ severity: 'error', code: problem.code, path: ['machine-config', 'cpu_template'], message: problem.message, hint: problem.hint })];
+}
+
+/** Throws SpecInvalidError (exit 2) when hostIssues finds anything. */
+export function assertSpecFitsHost(loaded: LoadedSpec, host?: HostCpu): void {
+  const issues = hostIssues(loaded, host);
+  if (issues.length > 0) throw new SpecInvalidError(loaded.spec.specFile, [...loaded.warnings, ...issues]);
 }
