@@ -81,7 +81,7 @@ export interface CpuTemplateHostProblem {
 export function cpuTemplateHostProblem(name: X86StaticTemplate, host: HostCpu): CpuTemplateHostProblem | undefined {
   // Only values this host would accept are ever suggested.
   const fits = X86_STATIC_TEMPLATES.filter((t) => t !== name && runsOn(t, host)).map((t) => `"${t}"`);
-  const hint = `use ${fits.length > 0 ? `${fits.join(', ')}, ` : ''}"None", or a custom template in "cpu-config" (custom templates have no host restriction)`;
+  const hint = `use ${fits.length > 0 ? `${fits.join(', ')}, ` : ''}"None", or a custom template in "cpu-config", which has no host restriction`;
   const vendor = templateVendor(name);
   if (vendor !== host.vendor) {
     return { code: 'cpu-template-vendor', message: `cpu_template ${name} needs ${VENDOR_WORD[vendor]} host; this host is ${host.vendor}`, hint };
@@ -102,5 +102,5 @@ export function cpuTemplateHostProblem(name: X86StaticTemplate, host: HostCpu): 
 export function assertCpuTemplateFitsHost(template: CpuTemplatePlan, host: HostCpu = readHostCpu()): void {
   if (template.kind !== 'static') return;
   const problem = cpuTemplateHostProblem(template.name, host);
-  if (problem) throw new FcRunError(problem.code, `${problem.message} (${problem.hint})`, EXIT_INVALID_SPEC);
+  if (problem) throw new FcRunError(problem.code, `${problem.message}; ${problem.hint}`, EXIT_INVALID_SPEC);
 }
