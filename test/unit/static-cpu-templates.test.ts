@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { hostIssues, planSpec } from '../../src/boot';
-import { cpuTemplateHostProblem, HostCpu, parseCpuinfo, readHostCpu } from '../../src/boot/host-cpu';
+import { assertCpuTemplateFitsHost, cpuTemplateHostProblem, HostCpu, parseCpuinfo, readHostCpu, vendorFromCpuid } from '../../src/boot/host-cpu';
+import { FcRunError } from '../../src/errors';
 import { staticCpuTemplate, X86_STATIC_TEMPLATES, X86StaticTemplate } from '../../src/boot/static-cpu-templates';
 import { applyCpuidTemplate, applyFilter } from '../../src/boot/vcpu-setup';
 import type { CpuidEntry } from '../../src/kvm/kvm';
@@ -267,5 +268,26 @@ describe('the host must be the CPU a static template was made for', () => {
       expect.objectContaining({ severity: 'error', code: 'cpu-template-vendor', path: ['machine-config', 'cpu_template'], line: 3, column: 76, message: 'cpu_template T2A needs an AMD host; this host is GenuineIntel' }),
     ]);
     expect(hostIssues(loaded, AMD_MILAN)).toEqual([]);
+  });
+
+  test('launch\'s check: a static template on the wrong host is an exit-2 error; none and custom templates pass anywhere', () => {
+    const stat = planSpec(load(ws, { 'boot-source': { kernel_image_path: 'pvh.elf' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64, cpu_template: 'C3' } })).plan.cpuTemplate;
+    let err: unknown;
+    try {
+      assertCpuTemplateFitsHost(stat, AMD_MILAN);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(FcRunError);
+    expect(err).toMatchObject({ code: 'cpu-template-vendor', exitCode: 2, message: 'cpu_template C3 needs an Intel host; this host is AuthenticAMD; use "T2A", "None", or a custom template in "cpu-config", which has no host restriction' });
+    expect(() => assertCpuTemplateFitsHost(stat, INTEL_ICE_LAKE)).not.toThrow();
+    expect(() => assertCpuTemplateFitsHost({ kind: 'none' }, AMD_TURIN)).not.toThrow();
+  });
+
+  test('the vendor KVM reports is read from CPUID leaf 0 (EBX, EDX, ECX)', () => {
+    const leaf0 = (b: number, d: number, c: number): CpuidEntry[] => [{ function: 0, index: 0, flags: 0, eax: 0x1f, ebx: b, ecx: c, edx: d }];
+    expect(vendorFromCpuid(leaf0(0x756e6547, 0x49656e69, 0x6c65746e))).toBe('GenuineIntel');
+    expect(vendorFromCpuid(leaf0(0x68747541, 0x69746e65, 0x444d4163))).toBe('AuthenticAMD');
+    expect(vendorFromCpuid([])).toBeUndefined();
   });
 });
