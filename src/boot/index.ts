@@ -4,11 +4,16 @@ import type { LoadedSpec } from '../config/validate';
 import { inspectKernelFile, KernelImageError } from './kernel-image';
 import { checkSpecOnly, compilePlan, CompiledPlan, PlanError } from './plan';
 import { socketPathState } from '../kvm/unix-socket';
+import { cpuTemplateHostProblem, HostCpu, readHostCpu } from './host-cpu';
+import { isX86StaticTemplate } from './static-cpu-templates';
 
 export { compilePlan, canonicalJson, PlanError, PLAN_VERSION } from './plan';
 export type { BootPlan, CompiledPlan, DevicePlan, PlanIssue } from './plan';
 export { inspectKernel, inspectKernelFile, KernelImageError } from './kernel-image';
 export type { KernelImage } from './kernel-image';
+export { assertCpuTemplateFitsHost, cpuTemplateHostProblem, parseCpuinfo, readHostCpu } from './host-cpu';
+export type { HostCpu } from './host-cpu';
+export { staticCpuTemplate, X86_STATIC_TEMPLATES } from './static-cpu-templates';
 
 export interface PlannedSpec extends CompiledPlan {
   /** Validation and planning warnings together, located in the spec. */
@@ -49,6 +54,27 @@ export function planSpec(loaded: LoadedSpec): PlannedSpec {
 }
 
 /**
+ * What keeps a valid spec from running on this host, located in the spec: today a static CPU
+ * template made for another CPU vendor or model. For `fc-run validate` (checking a spec for this
+ * host) and `fc-run run` before launch; launch checks again in any case.
+ */
+export function hostIssues(loaded: LoadedSpec, host: HostCpu = readHostCpu()): SpecIssue[] {
+  const { spec } = loaded;
+  const name = spec.machine.cpu_template;
+  // A custom template replaces the static one (and has no host restriction).
+  if (spec.cpuConfig || !isX86StaticTemplate(name)) return [];
+  const problem = cpuTemplateHostProblem(name, host);
+  if (!problem) return [];
+  return [loaded.locate({ severity: 'error', code: problem.code, path: ['machine-config', 'cpu_template'], message: problem.message, hint: problem.hint })];
+}
+
+/** Throws SpecInvalidError (exit 2) when hostIssues finds anything. */
+export function assertSpecFitsHost(loaded: LoadedSpec, host?: HostCpu): void {
+  const issues = hostIssues(loaded, host);
+  if (issues.length > 0) throw new SpecInvalidError(loaded.displayFile, [...loaded.warnings, ...issues]);
+}
+
+/**
  * Everything `run` checks before it touches KVM, for `validate`: with the files, the whole plan
  * (kernel headers, layout) and the sockets the VM would create; without them (--skip-files),
  * every check that needs only the spec. Returns the warnings; throws SpecInvalidError.
@@ -56,6 +82,7 @@ export function planSpec(loaded: LoadedSpec): PlannedSpec {
 export function checkRunnable(loaded: LoadedSpec, readFiles: boolean): SpecIssue[] {
   if (readFiles) {
     const planned = planSpec(loaded);
+    assertSpecFitsHost(loaded);
     checkSockets(loaded);
     return planned.allWarnings;
   }

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { MonitorConfig, VmMonitor } from '../monitor/vm-monitor';
-import { FcRunError } from '../errors';
+import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
 import { installSeccomp } from '../kvm/seccomp';
 import { ControlClient, createControlChannel } from '../vmm/control';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
@@ -20,6 +20,7 @@ import type { BootPlan, RateLimiterPlan } from './plan';
 import type { RateLimiterConfig } from '../limits/token-bucket';
 import { prepareGuestMemory } from './structures';
 import { configureVcpu } from './vcpu-setup';
+import { assertCpuTemplateFitsHost, vendorFromCpuid } from './host-cpu';
 
 /** Where KVM keeps the TSS for real-mode emulation: three pages just below the BIOS area at 4 GiB. */
 const KVM_TSS_ADDRESS = 0xfffbd000;
@@ -111,6 +112,8 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: 
  * the guest stops.
  */
 export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunResult> {
+  // Before KVM is touched: a template for another CPU is a spec problem, whatever KVM offers.
+  assertCpuTemplateFitsHost(plan.cpuTemplate);
   if (!fs.existsSync('/dev/kvm')) throw new FcRunError('no-kvm', '/dev/kvm does not exist: fc-run needs a Linux host with KVM');
 
   const kvm = new Kvm();
@@ -132,6 +135,13 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   }
 
   const cpuid = kvm.supportedCpuid();
+  if (plan.cpuTemplate.kind === 'static') {
+    // The vendor the guest will be shown must be the one the template was written for, too.
+    const kvmVendor = vendorFromCpuid(cpuid);
+    if (kvmVendor !== plan.cpuTemplate.vendor) {
+      throw new FcRunError('cpu-template-vendor', `cpu_template ${plan.cpuTemplate.name} needs a ${plan.cpuTemplate.vendor} CPU, but KVM_GET_SUPPORTED_CPUID reports ${kvmVendor ?? 'no vendor'}`, EXIT_INVALID_SPEC);
+    }
+  }
   const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));
   for (const v of vcpus) configureVcpu(v, plan, cpuid);
 

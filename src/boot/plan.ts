@@ -3,6 +3,7 @@ import type { RateLimiter } from '../config/vm-spec.generated';
 import type { CustomCpuTemplate, LogLevel, ResolvedSpec } from '../config/resolved';
 import type { KernelImage, KernelSegment } from './kernel-image';
 import * as L from './layout';
+import { CpuModel, CpuVendor, isX86StaticTemplate, staticCpuTemplate, templateModels, templateVendor, X86StaticTemplate } from './static-cpu-templates';
 
 /** Version of the BootPlan format; bump when its shape changes. */
 export const PLAN_VERSION = 1;
@@ -58,7 +59,18 @@ export type DevicePlan =
 
 export type CpuTemplatePlan =
   | { kind: 'none' }
-  | { kind: 'custom'; source: string; cpuid: CustomCpuTemplate['cpuid']; msr: CustomCpuTemplate['msr'] };
+  | { kind: 'custom'; source: string; cpuid: CustomCpuTemplate['cpuid']; msr: CustomCpuTemplate['msr'] }
+  | {
+      /** A static template (cpu_template), already expanded into the custom template it equals. */
+      kind: 'static';
+      name: X86StaticTemplate;
+      /** The host it may run on, checked before any vCPU exists (Firecracker refuses others too). */
+      vendor: CpuVendor;
+      models: CpuModel[];
+      source: string;
+      cpuid: CustomCpuTemplate['cpuid'];
+      msr: CustomCpuTemplate['msr'];
+    };
 
 /**
  * Everything launch needs, decided ahead of time: plain data, printable, hashable. The same spec
@@ -206,8 +218,7 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
     arch: 'x86_64',
     spec: spec.specFile,
     vcpus: { count: spec.machine.vcpu_count, smt: spec.machine.smt },
-    // Static templates are refused above; a custom one (cpu-config) wins over cpu_template.
-    cpuTemplate: spec.cpuConfig ? { kind: 'custom', source: spec.cpuConfig.source, cpuid: spec.cpuConfig.cpuid, msr: spec.cpuConfig.msr } : { kind: 'none' },
+    cpuTemplate: cpuTemplatePlan(spec),
     memory: { sizeMib: spec.machine.mem_size_mib, regions, e820, mmioGap: { start: L.MMIO_GAP_START, size: L.MMIO_GAP_END - L.MMIO_GAP_START } },
     boot: {
       gdt: L.GDT_START,
@@ -257,6 +268,15 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
   return { plan: JSON.parse(stable) as BootPlan, hash: createHash('sha256').update(stable).digest('hex'), warnings: issues };
 }
 
+/** As Firecracker: a custom template (cpu-config) wins over cpu_template, which is then unused. */
+function cpuTemplatePlan(spec: ResolvedSpec): CpuTemplatePlan {
+  if (spec.cpuConfig) return { kind: 'custom', source: spec.cpuConfig.source, cpuid: spec.cpuConfig.cpuid, msr: spec.cpuConfig.msr };
+  const name = spec.machine.cpu_template;
+  if (!isX86StaticTemplate(name)) return { kind: 'none' };
+  const t = staticCpuTemplate(name);
+  return { kind: 'static', name, vendor: templateVendor(name), models: templateModels(name), source: t.source, cpuid: t.cpuid, msr: t.msr };
+}
+
 type Report = (code: string, path: (string | number)[], message: string, hint?: string) => void;
 
 /**
@@ -300,11 +320,9 @@ function refuseUnsupported(spec: ResolvedSpec, error: Report): void {
   if (spec.unsupported.memoryHotplug) notYet(['memory-hotplug'], 'memory hot-plug', 'remove the "memory-hotplug" section and size mem_size_mib instead');
   if (spec.machine.track_dirty_pages) notYet(['machine-config', 'track_dirty_pages'], 'dirty page tracking (snapshots)', 'set "track_dirty_pages": false');
   if (spec.machine.huge_pages !== 'None') notYet(['machine-config', 'huge_pages'], `huge_pages "${spec.machine.huge_pages}"`, 'set "huge_pages": "None"');
-  if (spec.machine.cpu_template !== 'None' && spec.machine.cpu_template !== 'V1N1' && !spec.cpuConfig) {
-    notYet(['machine-config', 'cpu_template'], `the static CPU template "${spec.machine.cpu_template}"`, 'use "None", or a custom template in "cpu-config" (CPUID and MSR modifiers)');
-  }
   if (spec.machine.cpu_template === 'V1N1' && !spec.cpuConfig) {
-    error('wrong-architecture', ['machine-config', 'cpu_template'], 'cpu_template "V1N1" is an aarch64 template; fc-run runs x86_64 guests', 'use "None", "C3", "T2", "T2S", "T2CL" or "T2A"');
+    // Which x86 template suits depends on the host, which a plan does not know: name none.
+    error('wrong-architecture', ['machine-config', 'cpu_template'], 'cpu_template "V1N1" is an aarch64 template; fc-run runs x86_64 guests', 'use "None", an x86_64 static template made for the host\'s CPU, or a custom template in "cpu-config"');
   }
   if (spec.cpuConfig) {
     if (spec.cpuConfig.kvm_capabilities.length > 0) notYet(['cpu-config'], 'cpu-config kvm_capabilities', 'remove kvm_capabilities from the CPU template');

@@ -183,8 +183,8 @@ export function configureLapic(vcpu: Vcpu): void {
   vcpu.setLapic(state);
 }
 
-/** Configures one vCPU for the plan; the boot processor also gets the entry registers. */
-type CustomTemplate = Extract<BootPlan['cpuTemplate'], { kind: 'custom' }>;
+/** Static templates are planned as the custom template they equal: both apply the same way. */
+type CustomTemplate = Extract<BootPlan['cpuTemplate'], { kind: 'custom' | 'static' }>;
 
 /** Forces the bits of `mask` to those of `value`, keeping the others. */
 export function applyFilter(current: bigint, filter: { mask: string; value: string }): bigint {
@@ -226,8 +226,9 @@ function applyMsrTemplate(vcpu: Vcpu, modifiers: CustomTemplate['msr']): void {
   }
 }
 
+/** Configures one vCPU for the plan; the boot processor also gets the entry registers. */
 export function configureVcpu(vcpu: Vcpu, plan: BootPlan, supportedCpuid: CpuidEntry[]): void {
-  const tpl = plan.cpuTemplate.kind === 'custom' ? plan.cpuTemplate : undefined;
+  const tpl = plan.cpuTemplate.kind === 'none' ? undefined : plan.cpuTemplate;
   const cpuid = normalizeCpuid(supportedCpuid, vcpu.id, plan);
   vcpu.setCpuid(tpl ? applyCpuidTemplate(cpuid, tpl.cpuid) : cpuid);
   vcpu.setMsrs(BOOT_MSRS);

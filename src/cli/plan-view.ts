@@ -26,7 +26,14 @@ function backing(d: DevicePlan): string {
 export function renderPlan(plan: BootPlan, hash: string, c: Painter): string {
   const out: string[] = [];
   const heading = (s: string) => out.push('', c.bold(s));
-  const tpl = plan.cpuTemplate.kind === 'none' ? 'none' : `custom (${plan.cpuTemplate.cpuid.length} CPUID, ${plan.cpuTemplate.msr.length} MSR modifiers, from ${plan.cpuTemplate.source === 'inline' ? 'the spec' : displayPath(plan.cpuTemplate.source)})`;
+  const t = plan.cpuTemplate;
+  const counts = t.kind === 'none' ? '' : `${t.cpuid.length} CPUID, ${t.msr.length} MSR modifiers`;
+  const tpl =
+    t.kind === 'none'
+      ? 'none'
+      : t.kind === 'static'
+        ? `static ${t.name} (${counts}; needs ${t.vendor}: ${t.models.map((m) => m.name).join(', ')})`
+        : `custom (${counts}, from ${t.source === 'inline' ? 'the spec' : displayPath(t.source)})`;
   out.push(`${c.bold('Boot plan')} for ${displayPath(plan.spec)}`);
   out.push(`  vCPUs         ${plan.vcpus.count}${plan.vcpus.smt ? ' (SMT: 2 threads per core)' : ''}`);
   out.push(`  CPU template  ${tpl}`);

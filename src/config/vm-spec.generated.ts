@@ -89,7 +89,7 @@ export interface MachineConfig {
    */
   smt?: boolean;
   /**
-   * Static CPU template that masks CPUID/MSR features to match an instance family. V1N1 is aarch64 only. Deprecated in Firecracker in favour of cpu-config.
+   * Static CPU template that masks CPUID/MSR features to match an instance family. C3, T2, T2S and T2CL run on Intel hosts only, T2A on AMD hosts only, each on the processors Firecracker lists for it (checked before the VM starts). V1N1 is aarch64 only. Deprecated in Firecracker in favour of cpu-config.
    */
   cpu_template?: 'None' | 'C3' | 'T2' | 'T2S' | 'T2CL' | 'T2A' | 'V1N1';
   /**

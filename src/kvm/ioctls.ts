@@ -55,6 +55,7 @@ export const KVM = {
   GET_LAPIC: ior(0x8e, kvm_lapic_state),
   SET_LAPIC: iow(0x8f, kvm_lapic_state),
   SET_CPUID2: iow(0x90, kvm_cpuid2),
+  GET_CPUID2: iowr(0x91, kvm_cpuid2),
   GET_MP_STATE: ior(0x98, kvm_mp_state),
   SET_MP_STATE: iow(0x99, kvm_mp_state),
 } as const;

@@ -305,6 +305,14 @@ export class Vcpu {
     ioctl(this.fd, 'SET_CPUID2', buf);
   }
 
+  /** The CPUID this vCPU was given (KVM_GET_CPUID2), to check what KVM kept of a template. */
+  getCpuid(): CpuidEntry[] {
+    const buf = Buffer.alloc(sizeOf(kvm_cpuid2) + KVM_MAX_CPUID_ENTRIES * sizeOf(kvm_cpuid_entry2));
+    buf.writeUInt32LE(KVM_MAX_CPUID_ENTRIES, 0);
+    ioctl(this.fd, 'GET_CPUID2', buf);
+    return decodeCpuid(buf);
+  }
+
   getLapic(): Buffer {
     const buf = Buffer.alloc(sizeOf(kvm_lapic_state));
     ioctl(this.fd, 'GET_LAPIC', buf);

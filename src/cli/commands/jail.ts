@@ -1,5 +1,5 @@
 import { loadSpecFile } from '../../config/validate';
-import { planSpec } from '../../boot';
+import { assertSpecFitsHost, planSpec } from '../../boot';
 import { prepareJail, runJail } from '../../jail/jail';
 import { CommandSpec, ParsedArgs, UsageError } from '../args';
 import { Io, reportStatus } from '../io';
@@ -35,6 +35,7 @@ export async function jailCommand(io: Io, args: ParsedArgs): Promise<number> {
   }
   const loaded = loadSpecFile(args.positionals[0], loadOptionsOf(args));
   planSpec(loaded); // refuse what cannot run before building anything
+  assertSpecFitsHost(loaded);
   const jail = prepareJail(loaded.spec, {
     id: o.id as string,
     uid: o.uid as number,
