@@ -188,7 +188,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
     t.onFailure = (why) => log.error(`devices/${d.kind}`, `${d.kind} device "${d.id}" failed and needs a reset: ${why}`);
     // The first malformed chain is worth a line; the rest are in the metrics.
     t.onMalformedChain = () => {
-      if (t.counters.malformedChains === 1) log.warn(`devices/${d.kind}`, `${d.kind} device "${d.id}": the guest sent a malformed descriptor chain (counted in malformedChains from now on)`);
+      if (t.counters.malformedChains === 1) log.warn(`devices/${d.kind}`, `${d.kind} device "${d.id}": the guest sent a malformed descriptor chain (counted in fc_run.${deviceGroup(d)}.malformed_chains in the metrics from now on)`);
     };
     holder.t = t;
     transports[d.index] = t;
