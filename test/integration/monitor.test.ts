@@ -143,7 +143,7 @@ describeKvm('logs and metrics', () => {
     expect(total(all, 'block_disk0', 'write_bytes')).toBe(512);
     expect(total(all, 'block_disk0', 'flush_count')).toBe(1);
     expect(total(all, 'block_disk0', 'execute_fails')).toBe(1);
-    expect(total(all, 'block_disk0', 'queue_event_count')).toBeGreaterThanOrEqual(4);
+    expect(total(all, 'block_disk0', 'queue_event_count')).toBeGreaterThanOrEqual(1);
     expect(total(all, 'fc_run.block_disk0', 'interrupts')).toBeGreaterThan(0);
     // The aggregate is the sum of the devices (one here), line by line.
     for (const l of all) {
