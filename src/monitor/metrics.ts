@@ -249,6 +249,48 @@ function fingerprint(layout: MetricsLayout): number {
 /** Why a metrics line was written; the `reason` field of the line. */
 export type FlushReason = 'start' | 'periodic' | 'request' | 'exit' | 'fatal';
 
+/**
+ * A number in a metrics line: the sum of some slots of the registry ({@link MetricsRegistry.values}
+ * indices, or {@link LOST_METRICS_SLOT} / {@link LOST_LOG_SLOT}). A `counter` reports how much the
+ * sum grew since the previous line written, a `gauge` the sum itself. No slots: always 0 (a field
+ * kept for the shape of the line that nothing counts).
+ */
+export class MetricSum {
+  constructor(
+    readonly slots: readonly number[],
+    readonly kind: MetricKind = 'counter',
+  ) {}
+}
+
+/** The place of the flush reason (`start`, `periodic`...) in a line. */
+export const FLUSH_REASON = Object.freeze({ flushReason: true as const });
+
+/** The shape of a metrics line below `utc_timestamp_ms`: nested objects whose leaves are sums or the reason. */
+export interface MetricTree {
+  [key: string]: MetricSum | typeof FLUSH_REASON | MetricTree;
+}
+
+/** Pseudo-slot: metrics lines dropped (the writer's `lost` counter). */
+export const LOST_METRICS_SLOT = -1;
+/** Pseudo-slot: log lines dropped (the writer's `logLost` counter; 0 without one). */
+export const LOST_LOG_SLOT = -2;
+
+/**
+ * fc-run's generic line shape: `reason`, one object per group with its fields, `lost_metrics`
+ * and (with `logLost`) `lost_log_lines`.
+ */
+export function groupsTree(registry: MetricsRegistry, logLost: boolean): MetricTree {
+  const tree: MetricTree = { reason: FLUSH_REASON };
+  for (const g of registry.groups) {
+    const o: MetricTree = {};
+    g.fields.forEach((f, i) => (o[f] = new MetricSum([g.offset + i], g.kinds[i])));
+    tree[g.name] = o;
+  }
+  tree.lost_metrics = new MetricSum([LOST_METRICS_SLOT]);
+  if (logLost) tree.lost_log_lines = new MetricSum([LOST_LOG_SLOT]);
+  return tree;
+}
+
 /** Options of {@link MetricsWriter}. */
 export interface MetricsWriterOptions {
   /** Fd from `openSink(path, 'metrics')`. The writer does not close it. */
@@ -267,13 +309,16 @@ export interface MetricsWriterOptions {
    * without the extra keys.
    */
   extra?: () => Record<string, unknown>;
+  /** The shape of each line after `utc_timestamp_ms` and the extra keys. Default: {@link groupsTree}. */
+  tree?: MetricTree;
 }
 
 /**
  * Writes the registry's metrics as JSON lines, on the main thread:
  *
- * `{"utc_timestamp_ms":1714564800123,"reason":"periodic",<extra>,"vmm":{"boot_time_us":41234,...},
- * "net.eth0":{"rxFrames":12,...},...,"lost_metrics":0}`
+ * `{"utc_timestamp_ms":1714564800123,<extra>,<tree>}`, the tree by default ({@link groupsTree})
+ * `"reason":"periodic","vmm":{"boot_time_us":41234,...},"net.eth0":{"rxFrames":12,...},...,"lost_metrics":0`;
+ * the microVM's lines use Firecracker's shape instead (see `firecracker-metrics.ts`).
  *
  * - Counters report how much they grew since the last line that was written (Firecracker resets
  *   its counters at each flush; here the writer keeps the values it last wrote and subtracts them,
@@ -299,10 +344,9 @@ export class MetricsWriter {
   readonly lost: Int32Array;
   private readonly logLost: Int32Array | undefined;
   private readonly extra: (() => Record<string, unknown>) | undefined;
-  /** Slot values in the last line written. */
+  private readonly tree: MetricTree;
+  /** Slot values in the last line written, then the lost counters (see {@link read}). */
   private readonly last: Float64Array;
-  private lastLost = 0;
-  private lastLogLost = 0;
   /** The unwritten end of a line a pipe took only in part. */
   private pending: Buffer | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -315,7 +359,8 @@ export class MetricsWriter {
     this.lost = options.lost ?? createLostCounter();
     this.logLost = options.logLost;
     this.extra = options.extra;
-    this.last = new Float64Array(this.registry.values.length);
+    this.tree = options.tree ?? groupsTree(this.registry, this.logLost !== undefined);
+    this.last = new Float64Array(this.registry.values.length + 2);
   }
 
   /** Lines dropped so far. */
@@ -340,10 +385,12 @@ export class MetricsWriter {
           return false;
         }
       }
-      const values = this.registry.values.slice();
-      const lost = Atomics.load(this.lost, 0);
-      const logLost = this.logLost ? Atomics.load(this.logLost, 0) : 0;
-      const line = Buffer.from(`${JSON.stringify(this.build(reason, values, lost, logLost))}\n`);
+      const n0 = this.registry.values.length;
+      const values = new Float64Array(n0 + 2);
+      values.set(this.registry.values);
+      values[n0] = Atomics.load(this.lost, 0);
+      values[n0 + 1] = this.logLost ? Atomics.load(this.logLost, 0) : 0;
+      const line = Buffer.from(`${JSON.stringify(this.build(reason, values))}\n`);
       const n = writeOnce(this.fd, line);
       if (n <= 0) {
         Atomics.add(this.lost, 0, 1);
@@ -351,8 +398,6 @@ export class MetricsWriter {
       }
       if (n < line.length) this.pending = Buffer.from(line.subarray(n));
       this.last.set(values);
-      this.lastLost = lost;
-      this.lastLogLost = logLost;
       return true;
     } catch {
       Atomics.add(this.lost, 0, 1);
@@ -384,8 +429,8 @@ export class MetricsWriter {
     this.flush(reason);
   }
 
-  private build(reason: FlushReason, values: Float64Array, lost: number, logLost: number): Record<string, unknown> {
-    const line: Record<string, unknown> = { utc_timestamp_ms: this.clock(), reason };
+  private build(reason: FlushReason, values: Float64Array): Record<string, unknown> {
+    const line: Record<string, unknown> = { utc_timestamp_ms: this.clock() };
     if (this.extra) {
       let extra: Record<string, unknown> | undefined;
       try {
@@ -394,18 +439,25 @@ export class MetricsWriter {
       } catch {
         extra = undefined;
       }
-      if (extra) for (const [k, v] of Object.entries(extra)) if (!(k in line)) line[k] = v;
+      if (extra) for (const [k, v] of Object.entries(extra)) if (!(k in line) && !(k in this.tree)) line[k] = v;
     }
-    for (const g of this.registry.groups) {
-      const o: Record<string, number> = {};
-      for (let i = 0; i < g.fields.length; i++) {
-        const slot = g.offset + i;
-        o[g.fields[i]] = g.kinds[i] === 'gauge' ? values[slot] : values[slot] - this.last[slot];
+    const n0 = this.registry.values.length;
+    const index = (slot: number) => (slot >= 0 ? slot : slot === LOST_METRICS_SLOT ? n0 : n0 + 1);
+    const render = (tree: MetricTree, out: Record<string, unknown>): Record<string, unknown> => {
+      for (const [key, node] of Object.entries(tree)) {
+        if (node === FLUSH_REASON) out[key] = reason;
+        else if (node instanceof MetricSum) {
+          let now = 0;
+          let before = 0;
+          for (const s of node.slots) {
+            now += values[index(s)];
+            before += this.last[index(s)];
+          }
+          out[key] = node.kind === 'gauge' ? now : now - before;
+        } else out[key] = render(node as MetricTree, {});
       }
-      line[g.name] = o;
-    }
-    line.lost_metrics = lost - this.lastLost;
-    if (this.logLost) line.lost_log_lines = logLost - this.lastLogLost;
-    return line;
+      return out;
+    };
+    return render(this.tree, line);
   }
 }

@@ -5,7 +5,8 @@ import { MetricsRegistry, MetricsWriter } from './metrics';
 import type { MetricsLayout } from './metrics';
 import { openSink } from './sink';
 import { FcRunError } from '../errors';
-import { MeteredDevice, VMM_FIELDS, vmMetricsLayout } from './vm-metrics';
+import { API_FIELDS, apiRequestFields, MeteredDevice, VMM_FIELDS, vmMetricsLayout } from './vm-metrics';
+import { firecrackerMetricsTree } from './firecracker-metrics';
 
 /** Where logs and metrics go, from the spec's `logger`/`metrics` sections and the CLI flags. */
 export interface MonitorConfig {
@@ -26,6 +27,7 @@ export class VmMonitor {
   readonly log: Logger;
   readonly registry: MetricsRegistry;
   readonly vmm: Record<(typeof VMM_FIELDS)[number], number>;
+  private readonly api: Record<(typeof API_FIELDS)[number], number>;
   private readonly writer: MetricsWriter | undefined;
   private readonly fds: number[] = [];
   private started = false;
@@ -53,12 +55,14 @@ export class VmMonitor {
     }
     this.registry = MetricsRegistry.create(vmMetricsLayout(vcpus, devices, mmds));
     this.vmm = this.registry.group('vmm', VMM_FIELDS);
+    this.api = this.registry.group('api', API_FIELDS);
     if (config.metrics && metricsFd !== undefined) {
       const { emitId, properties } = config.metrics;
       this.writer = new MetricsWriter({
         fd: metricsFd,
         registry: this.registry,
         logLost: lost,
+        tree: firecrackerMetricsTree(this.registry, devices),
         extra: () => ({ ...(emitId ? { id: instanceId } : {}), ...(properties && Object.keys(properties).length > 0 ? { properties } : {}) }),
       });
     }
@@ -84,10 +88,22 @@ export class VmMonitor {
     return { logger: this.log.shared(), metrics: this.registry.describe() };
   }
 
+  /**
+   * Counts an API request in Firecracker's `get_api_requests`/`put_api_requests`/
+   * `patch_api_requests` groups (`ok`: it succeeded). Call it on the main thread once per request.
+   */
+  countApiRequest(method: string, path: string, ok: boolean): void {
+    for (const f of apiRequestFields(method, path, ok)) this.api[f]++;
+  }
+
   /** The VM is about to run: the first metrics line, then one every interval. */
   start(): void {
     if (this.started) return;
     this.started = true;
+    // Firecracker's api_server startup times: from the process's start to now, wall and CPU.
+    this.vmm.processStartupTimeUs = Math.round(performance.now() * 1000);
+    const cpu = process.cpuUsage();
+    this.vmm.processStartupTimeCpuUs = cpu.user + cpu.system;
     this.writer?.start(this.config.metricsIntervalMs ?? 60_000);
   }
 
@@ -108,6 +124,7 @@ export class VmMonitor {
   fatal(message: string): void {
     if (this.stopped) return;
     this.stopped = true;
+    this.vmm.panicCount = 1;
     this.log.error('vmm', message);
     if (this.started) this.writer?.stop('fatal');
     else this.writer?.flush('fatal');

@@ -60,8 +60,14 @@ function start(data: VcpuWorkerData): void {
   const m = registry.group(`vcpu${data.id}`, VCPU_FIELDS);
   // The exit count is bumped on every exit: straight into its shared slot, found once per reason.
   const group = registry.groups.find((g) => g.name === `vcpu${data.id}`)!;
-  const exitSlots = Int32Array.from({ length: 64 }, (_, reason) => group.offset + group.fields.indexOf(exitField(reason)));
-  const otherExitSlot = group.offset + group.fields.indexOf(exitField(-1));
+  const slotOf = (field: string) => group.offset + group.fields.indexOf(field);
+  // -1: an I/O or MMIO exit, counted by direction where it is handled.
+  const exitSlots = Int32Array.from({ length: 64 }, (_, reason) => {
+    const field = exitField(reason);
+    return field === undefined ? -1 : slotOf(field);
+  });
+  const otherExitSlot = slotOf('exitsOther');
+  const [ioInSlot, ioOutSlot, mmioReadSlot, mmioWriteSlot] = ['exitsIoIn', 'exitsIoOut', 'exitsMmioRead', 'exitsMmioWrite'].map(slotOf);
   const counts = registry.values;
   const log = new Logger({ ...data.logger, thread: `vcpu ${data.id}` });
   const control = new Int32Array(data.shared.control);
@@ -85,7 +91,10 @@ function start(data: VcpuWorkerData): void {
         off += fs.writeSync(fd, buf, off);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'EAGAIN') return; // reader gone (EPIPE): output is dropped, the guest runs on
+        if (code !== 'EAGAIN') {
+          m.serialLostBytes += buf.length - off;
+          return; // reader gone (EPIPE): output is dropped, the guest runs on
+        }
         Atomics.wait(sleeper, 0, 0, 1);
       }
     }
@@ -97,6 +106,7 @@ function start(data: VcpuWorkerData): void {
     stopped = true;
     Atomics.store(control, 0, 1);
     const failed = report.reason !== 'reset' && report.reason !== 'shutdown' && report.reason !== 'halt' && report.reason !== 'stopped';
+    if (failed) m.failures++;
     if (failed) log.error('vmm/vcpu', `${report.detail}${report.registers ? `\n${report.registers}` : ''}`);
     else log.info('vmm/vcpu', `vCPU ${data.id} stops the VM: ${report.reason}`);
     port.postMessage({ kind: 'stop', vcpu: data.id, ...report } satisfies VcpuMessage);
@@ -108,6 +118,7 @@ function start(data: VcpuWorkerData): void {
       if (data.serialOutFd >= 0) writeAll(data.serialOutFd, Buffer.of(b));
     },
     interrupt: () => signal(data.serialIrqFd),
+    received: () => m.serialRxReads++,
   });
   const i8042 = new I8042(data.shared.i8042, {
     reset: () => {
@@ -143,16 +154,38 @@ function start(data: VcpuWorkerData): void {
 
   function pioIn(portNum: number, size: number): number {
     const { serial: com1, i8042: kbd } = data.ports;
-    if (portNum >= com1 && portNum < com1 + 8 && size === 1) return serial.read(portNum - com1);
-    if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.read(portNum - kbd);
+    if (portNum >= com1 && portNum < com1 + 8) {
+      if (size === 1) return serial.read(portNum - com1);
+      m.serialBadReads++;
+      return ALL_ONES[size] ?? 0xff;
+    }
+    if (portNum === kbd || portNum === kbd + 4) {
+      if (size === 1) {
+        m.i8042Reads++;
+        return i8042.read(portNum - kbd);
+      }
+      m.i8042BadReads++;
+      return ALL_ONES[size] ?? 0xff;
+    }
     m.pioUnknownReads++;
     return ALL_ONES[size] ?? 0xff;
   }
 
   function pioOut(portNum: number, size: number, value: number): void {
     const { serial: com1, i8042: kbd, bootTimer } = data.ports;
-    if (portNum >= com1 && portNum < com1 + 8 && size === 1) return serial.write(portNum - com1, value);
-    if ((portNum === kbd || portNum === kbd + 4) && size === 1) return i8042.write(portNum - kbd, value);
+    if (portNum >= com1 && portNum < com1 + 8) {
+      if (size === 1) return serial.write(portNum - com1, value);
+      m.serialBadWrites++;
+      return;
+    }
+    if (portNum === kbd || portNum === kbd + 4) {
+      if (size !== 1) {
+        m.i8042BadWrites++;
+        return;
+      }
+      m.i8042Writes++;
+      return i8042.write(portNum - kbd, value);
+    }
     if (portNum === bootTimer && value === 123) {
       m.bootTimerWrites++;
       // Report the first write only: a guest hammering the port must not flood the VMM thread.
@@ -182,13 +215,15 @@ function start(data: VcpuWorkerData): void {
       if (Atomics.load(control, 0) !== 0) return;
       if (!vcpu.run()) continue; // EINTR: check the control word again
       const reason = run.getUint32(KVM_RUN_OFFSETS.exit_reason, true);
-      counts[reason < 64 ? exitSlots[reason] : otherExitSlot]++;
+      const exitSlot = reason < 64 ? exitSlots[reason] : otherExitSlot;
+      if (exitSlot >= 0) counts[exitSlot]++;
       switch (reason) {
         case KVM_EXIT.IO: {
           const direction = run.getUint8(X);
           const size = run.getUint8(X + 1);
           const portNum = run.getUint16(X + 2, true);
           const count = run.getUint32(X + 4, true);
+          counts[direction === KVM_EXIT_IO_OUT ? ioOutSlot : ioInSlot]++;
           let off = Number(run.getBigUint64(X + 8, true));
           if (off + size * count > page.byteLength || size === 0 || size > 4) {
             stop({ reason: 'internal-error', detail: `malformed I/O exit from KVM (port 0x${portNum.toString(16)}, size ${size}, count ${count})`, registers: registers() });
@@ -211,6 +246,7 @@ function start(data: VcpuWorkerData): void {
           const addr = Number(run.getBigUint64(X, true));
           const len = Math.min(run.getUint32(X + 16, true), 8);
           const isWrite = run.getUint8(X + 20) !== 0;
+          counts[isWrite ? mmioWriteSlot : mmioReadSlot]++;
           let value = 0;
           if (isWrite) for (let i = Math.min(len, 4) - 1; i >= 0; i--) value = value * 256 + bytes[X + 8 + i];
           const result = virtioAccess(addr, len, isWrite, value);

@@ -105,11 +105,12 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
     shareCounters(mmds, registry.group('mmds'));
   }
   /** A throttle whose timer is a timerfd in this loop, calling `resume` when it fires. */
-  const throttle = (config: RateLimiterConfig | undefined, resume: () => void, group: Record<string, number>, field = 'throttled'): Throttle | undefined => {
+  const throttle = (config: RateLimiterConfig | undefined, resume: () => void, group: Record<string, number>, field = 'throttled', events = 'rateLimiterEvents'): Throttle | undefined => {
     if (!config) return undefined;
     const timer = new TimerFd();
     loop.add(timer.fd, () => {
       timer.acknowledge();
+      group[events]++;
       resume();
     });
     const t = new Throttle(config, timer);
@@ -153,13 +154,17 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         mac: d.mac ? Uint8Array.from(d.mac.split(':').map((x) => parseInt(x, 16))) : undefined,
         mtu: d.mtu,
         onMalformed: malformed,
-        rxThrottle: (rx = throttle(d.rxRateLimiter, () => net.resume('rx'), metrics, 'rxThrottled')),
-        txThrottle: (tx = throttle(d.txRateLimiter, () => net.resume('tx'), metrics, 'txThrottled')),
+        rxThrottle: (rx = throttle(d.rxRateLimiter, () => net.resume('rx'), metrics, 'rxThrottled', 'rxRateLimiterEvents')),
+        txThrottle: (tx = throttle(d.txRateLimiter, () => net.resume('tx'), metrics, 'txThrottled', 'txRateLimiterEvents')),
         local: d.mmds && mmds ? mmdsStack(data.mmds!.ipv4Address, mmds, metrics) : undefined,
         watchTap: (on) => {
           if (on === watching) return;
           watching = on;
-          if (on) loop.add(tapFd, () => net.onTapReadable());
+          if (on)
+            loop.add(tapFd, () => {
+              metrics.tapEvents++;
+              net.onTapReadable();
+            });
           else loop.remove(tapFd);
         },
       });
@@ -183,13 +188,15 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
     t.onFailure = (why) => log.error(`devices/${d.kind}`, `${d.kind} device "${d.id}" failed and needs a reset: ${why}`);
     // The first malformed chain is worth a line; the rest are in the metrics.
     t.onMalformedChain = () => {
-      if (t.counters.malformedChains === 1) log.warn(`devices/${d.kind}`, `${d.kind} device "${d.id}": the guest sent a malformed descriptor chain (counted in malformedChains from now on)`);
+      if (t.counters.malformedChains === 1) log.warn(`devices/${d.kind}`, `${d.kind} device "${d.id}": the guest sent a malformed descriptor chain (counted in fc_run.${deviceGroup(d)}.malformed_chains in the metrics from now on)`);
     };
     holder.t = t;
     transports[d.index] = t;
+    const queueEvents = d.notifyFds.map((_, q) => `queue${q}Events`);
     d.notifyFds.forEach((fd, q) =>
       loop.add(fd, () => {
         drainEventfd(fd);
+        metrics[queueEvents[q]]++;
         t.queueNotified(q);
       }),
     );

@@ -101,7 +101,7 @@ describeApi('the HTTP API on a running microVM', () => {
 
       // Actions.
       expect((await call(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
-      expect(fs.readFileSync(metrics, 'utf8')).toMatch(/"reason":"request"/);
+      expect(fs.readFileSync(metrics, 'utf8')).toMatch(/"fc_run":\{"reason":"request"/);
       expect((await call(sock, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' })).status).toBe(204);
       expect((await call(sock, 'PUT', '/actions', { action_type: 'Reboot' })).status).toBe(400);
 

@@ -201,8 +201,8 @@ describeJail('fc-run jail', () => {
     const r = spawnSync(process.execPath, jailArgs(spec, 'monitored', ['--serial-out', 'none']), { encoding: 'utf8', timeout: 60_000 });
     expect(r.status).toBe(0);
     expect(fs.readFileSync(logPath, 'utf8')).toMatch(/Guest-boot-time = \d+ us/);
-    const lines = fs.readFileSync(metricsPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { reason: string });
-    expect(lines.map((l) => l.reason)).toEqual(['start', 'exit']);
+    const lines = fs.readFileSync(metricsPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { fc_run: { reason: string } });
+    expect(lines.map((l) => l.fc_run.reason)).toEqual(['start', 'exit']);
     for (const f of [logPath, metricsPath]) expect([fs.statSync(f).uid, fs.statSync(f).mode & 0o777]).toEqual([UID, 0o600]);
   });
 

@@ -64,9 +64,11 @@ describeNet('MMDS through virtio-net', () => {
     expect(r.tapFramesFromGuest).toBe(0);
     // The metrics saw it: three requests (token, value, no token), one token issued, one refused.
     const last = JSON.parse(fs.readFileSync(metrics, 'utf8').trim().split('\n').pop()!);
-    expect(last.mmds).toMatchObject({ requests: 3, tokensIssued: 1, noToken: 1, badRequests: 0 });
-    expect(last.net_eth0).toMatchObject({ txFrames: 0, mmdsArpReplies: 1, mmdsConnectionsOpened: 1, mmdsBadFrames: 0 });
-    expect(last.net_eth0.localFrames).toBe(last.net_eth0.mmdsFramesIn);
+    expect(last.fc_run.mmds).toMatchObject({ requests: 3, tokens_issued: 1, bad_requests: 0 });
+    expect(last.mmds).toMatchObject({ rx_no_token: 1, connections_created: 1, rx_bad_eth: 0 });
+    expect(last.net_eth0).toMatchObject({ tx_packets_count: 0 });
+    expect(last.fc_run.net_eth0).toMatchObject({ mmds_arp_replies: 1 });
+    expect(last.fc_run.net_eth0.local_frames).toBe(last.mmds.rx_accepted);
   });
 
   test('V1 at another address, contents from --metadata, IMDS text format: a directory lists its keys; no token needed', () => {

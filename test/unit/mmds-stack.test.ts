@@ -208,6 +208,7 @@ describe('MMDS network stack: addressing', () => {
     expect(stack.nextFrame()).toBeUndefined();
     expect(stack.handleFrame(arpRequest(MMDS_IP))).toBe(true);
     const [r] = drain(stack);
+    expect(stack.counters).toMatchObject({ framesOut: 1, bytesOut: r.length });
     expect(r.subarray(0, 6)).toEqual(GUEST_MAC);
     expect(r.readUInt16BE(12)).toBe(0x0806);
     expect(r.readUInt16BE(20)).toBe(2); // reply

@@ -363,7 +363,7 @@ describe('MetricsWriter', () => {
     writer.flush('fatal');
     const ls = lines(fs.readFileSync(p, 'utf8'));
     expect(ls[1]).toBe(
-      `{"utc_timestamp_ms":${T0},"reason":"periodic","id":"vm1","vmm":{"boot_time_us":41234,"device_failures":0},"net.eth0":{"rxFrames":5,"txFrames":1},"lost_metrics":0}`,
+      `{"utc_timestamp_ms":${T0},"id":"vm1","reason":"periodic","vmm":{"boot_time_us":41234,"device_failures":0},"net.eth0":{"rxFrames":5,"txFrames":1},"lost_metrics":0}`,
     );
     expect(ls.map((l) => JSON.parse(l))).toEqual([
       { utc_timestamp_ms: T0, reason: 'start', id: 'vm1', vmm: { boot_time_us: 0, device_failures: 0 }, 'net.eth0': { rxFrames: 0, txFrames: 0 }, lost_metrics: 0 },
@@ -502,7 +502,7 @@ describe('VmMonitor', () => {
       const before = fs.readFileSync(file, 'utf8');
       await new Promise((r) => setTimeout(r, 40));
       expect(fs.readFileSync(file, 'utf8')).toBe(before);
-      const reasons = before.trim().split('\n').map((l) => JSON.parse(l).reason);
+      const reasons = before.trim().split('\n').map((l) => JSON.parse(l).fc_run.reason);
       expect(reasons[0]).toBe('start');
       expect(reasons[reasons.length - 1]).toBe('fatal');
       m.stop(); // no-op after fatal
@@ -510,5 +510,112 @@ describe('VmMonitor', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('metrics in Firecracker\'s shape', () => {
+  type Line = Record<string, Record<string, number | Record<string, number>>> & { fc_run: Record<string, unknown> };
+  let tmp: string;
+  beforeEach(() => (tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-fcmetrics-'))));
+  afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  const devices = [
+    { kind: 'block' as const, id: 'rootfs' },
+    { kind: 'block' as const, id: 'data' },
+    { kind: 'net' as const, id: 'eth0', mmds: true },
+    { kind: 'vsock' as const, id: 'vsock' },
+  ];
+  const read = (file: string) => lines(fs.readFileSync(file, 'utf8')).map((l) => JSON.parse(l) as Line);
+
+  test('per-device groups then their aggregate; counters as deltas; vCPU counts summed into vcpu and kept per vCPU in fc_run', async () => {
+    const { VmMonitor } = await import('../../src/monitor/vm-monitor');
+    const file = path.join(tmp, 'm.jsonl');
+    const m = new VmMonitor({ instanceId: 'vm-7', metrics: { path: file, emitId: true, properties: { team: 'a' } } }, 2, devices, true);
+    m.start();
+    const reg = m.registry;
+    reg.group('block_rootfs').reads += 3;
+    reg.group('block_rootfs').readBytes += 1536;
+    reg.group('block_data').reads += 2;
+    reg.group('block_data').throttled += 1;
+    reg.group('block_data').interrupts += 4;
+    reg.group('vcpu0').exitsIoOut += 5;
+    reg.group('vcpu1').exitsIoOut += 2;
+    reg.group('vcpu1').serialTxBytes += 9;
+    reg.group('vcpu0').i8042Resets += 1;
+    reg.group('net_eth0').rxFrames += 4;
+    reg.group('net_eth0').mmdsFramesIn += 6;
+    reg.group('net_eth0').rxDropped += 1;
+    reg.group('vsock').connectionsOpened += 1;
+    reg.group('mmds').noToken += 1;
+    m.countApiRequest('PUT', '/actions', true);
+    m.countApiRequest('PATCH', '/drives/rootfs', false);
+    m.countApiRequest('GET', '/', true);
+    m.countApiRequest('DELETE', '/', false); // nothing in Firecracker counts it
+    expect(m.flush()).toBe(true);
+    reg.group('block_rootfs').reads += 1;
+    m.stop();
+    const [start, req, exit] = read(file);
+    const top = Object.keys(req);
+    expect(top.slice(0, 3)).toEqual(['utc_timestamp_ms', 'id', 'properties']);
+    expect(top.indexOf('block_data')).toBeLessThan(top.indexOf('block'));
+    expect(top.indexOf('block_rootfs')).toBeLessThan(top.indexOf('block'));
+    expect(top.indexOf('net_eth0')).toBeLessThan(top.indexOf('net'));
+    expect(top.at(-1)).toBe('fc_run');
+    expect(top).not.toContain('rtc'); // x86_64 Firecracker has none
+    expect(req).toMatchObject({ id: 'vm-7', properties: { team: 'a' } });
+    expect(start.block_rootfs.read_count).toBe(0);
+    expect(req.block_rootfs).toMatchObject({ read_count: 3, read_bytes: 1536, rate_limiter_throttled_events: 0 });
+    expect(req.block_data).toMatchObject({ read_count: 2, rate_limiter_throttled_events: 1 });
+    expect(req.block).toMatchObject({ read_count: 5, read_bytes: 1536, rate_limiter_throttled_events: 1, read_agg: { min_us: 0, max_us: 0, sum_us: 0 } });
+    expect(exit.block_rootfs.read_count).toBe(1);
+    expect(exit.block.read_count).toBe(1);
+    expect(req.vcpu).toMatchObject({ exit_io_out: 7, exit_io_in: 0 });
+    expect(req.uart.write_count).toBe(9);
+    expect(req.i8042.reset_count).toBe(1);
+    expect(req.net_eth0).toMatchObject({ rx_packets_count: 4, rx_count: 4 });
+    expect(req.mmds).toMatchObject({ rx_accepted: 6, rx_no_token: 1 });
+    expect(req.vsock.conns_added).toBe(1);
+    expect(req.entropy.entropy_bytes).toBe(0); // no entropy device: the group is there, all zeros
+    expect(req.interrupts.triggers).toBe(4);
+    expect(req.put_api_requests).toMatchObject({ actions_count: 1, actions_fails: 0 });
+    expect(req.patch_api_requests).toMatchObject({ drive_count: 1, drive_fails: 1 });
+    expect(req.get_api_requests.instance_info_count).toBe(1);
+    // fc-run's own counters: what has no Firecracker name, and every vCPU in full.
+    const own = req.fc_run as Record<string, Record<string, number>> & { reason: string };
+    expect(own.reason).toBe('request');
+    expect(own.vcpu0).toMatchObject({ exits_io_out: 5, i8042_resets: 1 });
+    expect(own.vcpu1).toMatchObject({ exits_io_out: 2, serial_tx_bytes: 9 });
+    expect(own.net_eth0.rx_dropped).toBe(1);
+    expect(own.net_eth0).not.toHaveProperty('rx_frames'); // shown as net_eth0.rx_packets_count
+    expect(own.block_data.interrupts).toBe(4); // also summed into interrupts.triggers
+    expect(own).not.toHaveProperty('api');
+  });
+
+  test('lost metrics and log lines are counted in logger; a fatal stop sets vmm.panic_count', async () => {
+    const { VmMonitor } = await import('../../src/monitor/vm-monitor');
+    const file = path.join(tmp, 'm.jsonl');
+    const m = new VmMonitor({ metrics: { path: file, emitId: false } }, 1, [], false);
+    m.start();
+    const lost = m.shared().logger.lost;
+    Atomics.add(lost!, 0, 2);
+    m.fatal('boom'); // logs one line: the logger is off, so that one is not lost
+    const [start, fatal] = read(file);
+    expect(start).not.toHaveProperty('id');
+    expect(start).not.toHaveProperty('properties');
+    expect(start.vmm.panic_count).toBe(0);
+    expect(fatal.vmm.panic_count).toBe(1);
+    expect(fatal.logger).toEqual({ missed_metrics_count: 0, metrics_fails: 0, missed_log_count: 2, rate_limited_log_count: 0 });
+    expect(fatal.fc_run.reason).toBe('fatal');
+    expect(start.api_server.process_startup_time_us).toBeGreaterThan(0);
+  });
+
+  test('API requests map to Firecracker\'s request counters', async () => {
+    const { apiRequestFields } = await import('../../src/monitor/vm-metrics');
+    expect(apiRequestFields('GET', '/machine-config', true)).toEqual(['get_api_requests.machine_cfg_count']);
+    expect(apiRequestFields('PUT', '/mmds', false)).toEqual(['put_api_requests.mmds_count', 'put_api_requests.mmds_fails']);
+    expect(apiRequestFields('PATCH', '/network-interfaces/eth0/', true)).toEqual(['patch_api_requests.network_count']);
+    expect(apiRequestFields('PUT', '/actions?x=1', false)).toEqual(['put_api_requests.actions_count', 'put_api_requests.actions_fails']);
+    expect(apiRequestFields('PUT', '/drives/rootfs', true)).toEqual([]); // not possible on a running fc-run VM
+    expect(apiRequestFields('GET', '/nope', true)).toEqual([]);
   });
 });

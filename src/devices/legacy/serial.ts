@@ -35,6 +35,8 @@ export interface SerialSinks {
   out(byte: number): void;
   /** Raise COM1's interrupt (edge). */
   interrupt(): void;
+  /** The guest took a received byte from the FIFO (counted as Firecracker's `uart.read_count`). */
+  received?(): void;
 }
 
 export class Serial8250 {
@@ -108,6 +110,7 @@ export class Serial8250 {
           const b = this.rx[this.w[REG.RX_HEAD]];
           this.w[REG.RX_HEAD] = (this.w[REG.RX_HEAD] + 1) % SERIAL_RX_CAPACITY;
           irq = this.rxCount() > 0 && (this.w[REG.IER] & IER_RDA) !== 0;
+          this.sinks.received?.();
           return b;
         }
         case 1:

@@ -50,6 +50,8 @@ export interface MmdsStackCounters {
   /** Frames addressed to the MMDS (taken from the guest's traffic, never sent to the TAP). */
   framesIn: number;
   framesOut: number;
+  /** Bytes of the frames sent to the guest. */
+  bytesOut: number;
   arpReplies: number;
   /** Truncated frames, bad checksums, fragments, options or lengths that do not add up. */
   badFrames: number;
@@ -132,7 +134,7 @@ function seqDiff(a: number, b: number): number {
 const u32 = (n: number) => n >>> 0;
 
 export class MmdsNetworkStack {
-  readonly counters: MmdsStackCounters = { framesIn: 0, framesOut: 0, arpReplies: 0, badFrames: 0, unsupported: 0, outOfOrder: 0, connectionsOpened: 0, connectionsEvicted: 0, resetsSent: 0, repliesDropped: 0 };
+  readonly counters: MmdsStackCounters = { framesIn: 0, framesOut: 0, bytesOut: 0, arpReplies: 0, badFrames: 0, unsupported: 0, outOfOrder: 0, connectionsOpened: 0, connectionsEvicted: 0, resetsSent: 0, repliesDropped: 0 };
   private readonly ip: number;
   private readonly mac: Buffer;
   private readonly maxConnections: number;
@@ -483,6 +485,7 @@ export class MmdsNetworkStack {
 
   private sent(f: Buffer): Buffer {
     this.counters.framesOut++;
+    this.counters.bytesOut += f.length;
     return f;
   }
 

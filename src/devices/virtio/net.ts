@@ -24,9 +24,16 @@ export interface NetCounters {
   rxFrames: number;
   rxBytes: number;
   rxDropped: number;
+  /** A frame waited because the guest had no receive buffer. */
+  noRxBuffer: number;
   txFrames: number;
   txBytes: number;
+  /** Every frame from the guest dropped: too large, or the TAP refused it. */
   txDropped: number;
+  /** Of `txDropped`: larger than any frame can be. */
+  txOversized: number;
+  /** Of `txDropped`: the TAP refused it (full, or the interface is down). */
+  tapWriteFails: number;
   /** Frames the guest sent to the local endpoint (MMDS) rather than the TAP. */
   localFrames: number;
   invalidRequests: number;
@@ -72,7 +79,7 @@ export class NetDevice implements VirtioBackend {
   readonly deviceId = VIRTIO_ID_NET;
   readonly queueCount = 2;
   readonly features: bigint;
-  readonly counters: NetCounters = { rxFrames: 0, rxBytes: 0, rxDropped: 0, txFrames: 0, txBytes: 0, txDropped: 0, localFrames: 0, invalidRequests: 0 };
+  readonly counters: NetCounters = { rxFrames: 0, rxBytes: 0, rxDropped: 0, noRxBuffer: 0, txFrames: 0, txBytes: 0, txDropped: 0, txOversized: 0, tapWriteFails: 0, localFrames: 0, invalidRequests: 0 };
   private readonly configSpace = Buffer.alloc(12);
   private queues: VirtQueue[] | undefined;
   private io: DeviceIo | undefined;
@@ -177,6 +184,7 @@ export class NetDevice implements VirtioBackend {
         }
         const chain = rx.pop();
         if (!chain) {
+          this.counters.noRxBuffer++;
           canRead = false; // keep the frame; stop reading until the guest adds buffers
           this.opts.watchTap(false);
           break;
@@ -239,6 +247,7 @@ export class NetDevice implements VirtioBackend {
         if (bytes + VNET_HDR_BYTES > MAX_FRAME) {
           // Larger than any frame with a 64 KiB GSO payload: dropped and counted, never truncated.
           this.counters.txDropped++;
+          this.counters.txOversized++;
           tx.push(chain.head, 0);
           continue;
         }
@@ -252,6 +261,7 @@ export class NetDevice implements VirtioBackend {
           this.counters.txBytes += frame.length - VNET_HDR_BYTES;
         } else {
           this.counters.txDropped++;
+          this.counters.tapWriteFails++;
         }
         tx.push(chain.head, 0);
       }

@@ -46,6 +46,24 @@ describe('8250 UART', () => {
     expect(dev.rxSpace()).toBe(0);
   });
 
+  test('each received byte the guest takes is reported once (uart.read_count); empty reads and the divisor latch are not', () => {
+    let taken = 0;
+    const dev = new Serial8250(Serial8250.createState(), { out: () => undefined, interrupt: () => undefined, received: () => taken++ });
+    dev.enqueue(Buffer.from('xyz'));
+    dev.read(LSR);
+    expect(taken).toBe(0);
+    dev.read(THR);
+    dev.read(THR);
+    expect(taken).toBe(2);
+    dev.write(LCR, 0x80); // DLAB: offset 0 is the divisor latch
+    dev.read(THR);
+    expect(taken).toBe(2);
+    dev.write(LCR, 0x03);
+    dev.read(THR);
+    dev.read(THR); // empty
+    expect(taken).toBe(3);
+  });
+
   test('divisor latch, scratch register and loopback as the Linux driver probes them', () => {
     const { dev, out } = uart();
     dev.write(LCR, 0x80);
