@@ -356,6 +356,9 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
   server.requestTimeout = limits.requestTimeoutMs;
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
   server.timeout = limits.idleTimeoutMs;
+  // A client that half-closes after its request (nc -N, socat) still gets the response; without
+  // this Node drops requests still being answered when the client's FIN arrives.
+  (server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   server.on('connection', (socket: net.Socket) => {
     // Errors reach 'clientError' while Node parses; after CONNECT or an upgrade they would be uncaught.
     socket.on('error', () => undefined);
