@@ -22,6 +22,7 @@ type BucketChange = BucketConfig | null;
 
 export function controlHandler(t: ControlTargets): (req: unknown) => ControlReply {
   return (req) => {
+    if (req === null || typeof req !== 'object') return { ok: false, status: 400, message: 'malformed control request' };
     const r = req as { op?: unknown; data?: unknown; kind?: unknown; id?: unknown; limiters?: unknown };
     if (r.op === 'mmds-get' || r.op === 'mmds-put' || r.op === 'mmds-patch') {
       if (!t.mmds) return { ok: false, status: 400, message: 'MMDS is not configured: add "mmds-config" to the spec' };
