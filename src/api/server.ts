@@ -247,6 +247,8 @@ export interface ApiLimits {
   keepAliveTimeoutMs: number;
   /** A request still being answered after this long (a client that does not read its response) may be closed to make room. */
   stuckMs: number;
+  /** After a last response, input is read and dropped for this long before the socket closes. */
+  lingerMs: number;
 }
 
 export const DEFAULT_API_LIMITS: ApiLimits = {
@@ -256,6 +258,7 @@ export const DEFAULT_API_LIMITS: ApiLimits = {
   idleTimeoutMs: 15_000,
   keepAliveTimeoutMs: 5_000,
   stuckMs: 10_000,
+  lingerMs: 2_000,
 };
 
 /** A connection's state, for choosing which one makes room for a new client. */
@@ -301,6 +304,24 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
     fs.unlinkSync(socketPath);
   }
   const connections = new Map<net.Socket, Connection>();
+  /** Connections answered on the raw socket: later parse errors on them are not answered again. */
+  const answered = new WeakSet<net.Socket>();
+  /**
+   * Closes a connection after its last response without cutting that response off: the write
+   * side closes, what the client still sends is read and dropped for a moment, then the socket
+   * goes. Closing at once with input unread would reset the connection, and a client still
+   * writing its request would lose the answer.
+   */
+  const lingering = new WeakSet<net.Socket>();
+  const linger = (socket: net.Socket) => {
+    if (lingering.has(socket)) return;
+    lingering.add(socket);
+    socket.end();
+    socket.on('data', () => undefined);
+    socket.resume();
+    socket.once('end', () => (socket.writableFinished ? socket.destroy() : socket.once('finish', () => socket.destroy())));
+    setTimeout(() => socket.destroy(), limits.lingerMs).unref();
+  };
   const setPhase = (socket: net.Socket, phase: Connection['phase'], res?: http.ServerResponse) => {
     const c = connections.get(socket);
     if (c) Object.assign(c, { phase, since: Date.now() }, res ? { res } : {});
@@ -317,9 +338,12 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
       socket.destroy();
       return;
     }
+    if (answered.has(socket)) return;
+    answered.add(socket);
     const body = JSON.stringify({ fault_message: message });
     const head = [`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}`, 'Content-Type: application/json', `Content-Length: ${Buffer.byteLength(body)}`, 'Connection: close'];
-    socket.end(`${head.join('\r\n')}\r\n\r\n${body}`, () => socket.destroy());
+    socket.write(`${head.join('\r\n')}\r\n\r\n${body}`);
+    linger(socket);
   };
   const warn = (message: string) => ctx.monitor.log.warn('api', message);
 
@@ -330,7 +354,7 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
     const receiving = (on: boolean) => setPhase(socket, on ? 'receiving' : 'answering');
     route(ctx, req.method ?? 'GET', req.url ?? '/', req, receiving)
       .then(({ status, body }) => {
-        if (res.headersSent || socket.destroyed) return;
+        if (res.headersSent || !socket.writable) return;
         if (body === undefined) {
           res.writeHead(status).end();
         } else {
@@ -342,13 +366,11 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
         const status = err instanceof ApiError ? err.status : 500;
         const message = err instanceof ApiError ? err.message : `internal error (a bug in fc-run): ${(err as Error)?.message ?? String(err)}`;
         warn(`${req.method} ${shown(req.url ?? '/')}: ${status} ${message}`);
-        if (res.headersSent || socket.destroyed) return;
+        if (res.headersSent || !socket.writable) return;
         const text = JSON.stringify({ fault_message: message });
         const closing = status === 413 || !req.complete;
         res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...(closing ? { Connection: 'close' } : {}) });
-        res.end(text, () => {
-          if (closing) socket.destroy();
-        });
+        res.end(text);
       });
   });
   // A client cannot hold the process's fds (which the VMM and vCPU threads share) or wait forever.
@@ -360,6 +382,9 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
   // this Node drops requests still being answered when the client's FIN arrives.
   (server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   server.on('connection', (socket: net.Socket) => {
+    // Node closes a connection after a response with "Connection: close" through destroySoon:
+    // linger instead, for the reason above.
+    socket.destroySoon = () => linger(socket);
     // Errors reach 'clientError' while Node parses; after CONNECT or an upgrade they would be uncaught.
     socket.on('error', () => undefined);
     socket.on('close', () => connections.delete(socket));
@@ -390,6 +415,11 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
     const { status, message } = parseFault(err);
     warn(`${status} ${message}`);
     answerRaw(socket, status, message);
+  });
+  // Without a listener Node answers an unknown Expect with an empty 417 of its own.
+  server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const text = JSON.stringify({ fault_message: `Expect: ${shown(String(req.headers.expect ?? ''), 40)} is not supported (only 100-continue is)` });
+    res.writeHead(417, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), Connection: 'close' }).end(text);
   });
   server.on('connect', (req: http.IncomingMessage, socket: net.Socket) => answerRaw(socket, 405, `${req.method} is not supported by this API`));
   server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => answerRaw(socket, 400, `protocol upgrades are not supported (Upgrade: ${shown(String(req.headers.upgrade ?? ''), 40)}); send plain HTTP/1.1 requests`));

@@ -31,6 +31,11 @@ export function parseResponses(data: Buffer): { responses: RawResponse[]; malfor
       headers[line.slice(0, i).toLowerCase()] = line.slice(i + 1).trim();
     }
     const status = Number(m[1]);
+    if (status >= 100 && status < 200) {
+      // An interim response (100 Continue): no body, the real one follows.
+      at = end + 4;
+      continue;
+    }
     if (headers['transfer-encoding']) return { responses, malformed: `unexpected Transfer-Encoding: ${headers['transfer-encoding']}` };
     const length = status === 204 || status === 304 ? 0 : Number(headers['content-length'] ?? NaN);
     if (!Number.isSafeInteger(length) || length < 0) return { responses, malformed: `status ${status} without a Content-Length` };
