@@ -16,8 +16,9 @@ import { findDeepNesting, MAX_JSON_DEPTH } from '../config/json-depth';
  *   PATCH /drives/{id}                 {"drive_id", "rate_limiter"}
  *   PATCH /network-interfaces/{id}     {"iface_id", "rx_rate_limiter", "tx_rate_limiter"}
  *
- * Errors are `{"fault_message": "…"}` with 400 (bad request), 404 (no such path), 405, 413 or
- * 503 (the VM is not running yet). Everything else about a VM is its spec.
+ * Every error is `{"fault_message": "…"}` with a 4xx status, or 503 (the VM is not running, the
+ * VMM thread did not answer, the API is full), also for requests Node's HTTP parser refuses; a
+ * 500 means a bug. Everything else about a VM is its spec.
  */
 
 export interface ApiContext {

@@ -8,14 +8,17 @@ export interface RawResponse {
   status: number;
   headers: Record<string, string>;
   body: string;
+  /** The answer to HEAD: headers only. */
+  head?: boolean;
 }
 
 /**
  * Splits what a server sent into responses. `malformed` says why the bytes are not a sequence of
  * complete HTTP/1.1 responses with a Content-Length (the only framing fc-run's API uses);
- * `partial` is a response cut off by the connection closing.
+ * `partial` is a response cut off by the connection closing. A response to HEAD has no body
+ * whatever its Content-Length says (`firstIsHead`: the first request was one).
  */
-export function parseResponses(data: Buffer): { responses: RawResponse[]; malformed?: string; partial?: boolean } {
+export function parseResponses(data: Buffer, opts: { firstIsHead?: boolean } = {}): { responses: RawResponse[]; malformed?: string; partial?: boolean } {
   const responses: RawResponse[] = [];
   let at = 0;
   while (at < data.length) {
@@ -37,10 +40,12 @@ export function parseResponses(data: Buffer): { responses: RawResponse[]; malfor
       continue;
     }
     if (headers['transfer-encoding']) return { responses, malformed: `unexpected Transfer-Encoding: ${headers['transfer-encoding']}` };
-    const length = status === 204 || status === 304 ? 0 : Number(headers['content-length'] ?? NaN);
+    // The answer to HEAD has no body, unless it is a raw error written before the method was known.
+    const headless = opts.firstIsHead && responses.length === 0 && (end + 4 === data.length || data.toString('latin1', end + 4, end + 9) === 'HTTP/');
+    const length = status === 204 || status === 304 || headless ? 0 : Number(headers['content-length'] ?? NaN);
     if (!Number.isSafeInteger(length) || length < 0) return { responses, malformed: `status ${status} without a Content-Length` };
     if (end + 4 + length > data.length) return { responses, partial: true, malformed: `a body cut short (${data.length - end - 4} of ${length} bytes)` };
-    responses.push({ status, headers, body: data.toString('utf8', end + 4, end + 4 + length) });
+    responses.push({ status, headers, body: data.toString('utf8', end + 4, end + 4 + length), ...(headless ? { head: true } : {}) });
     at = end + 4 + length;
   }
   return { responses };
@@ -59,7 +64,7 @@ export interface Exchange {
  * collects what comes back until the server closes, `expect` responses are complete, or
  * `timeoutMs` passes.
  */
-export function exchange(sock: string, chunks: (Buffer | string)[], opts: { timeoutMs?: number; gapMs?: number; keepOpen?: boolean; expect?: number } = {}): Promise<Exchange> {
+export function exchange(sock: string, chunks: (Buffer | string)[], opts: { timeoutMs?: number; gapMs?: number; keepOpen?: boolean; expect?: number; firstIsHead?: boolean } = {}): Promise<Exchange> {
   return new Promise((resolve) => {
     const c = net.connect(sock);
     const got: Buffer[] = [];
@@ -70,13 +75,13 @@ export function exchange(sock: string, chunks: (Buffer | string)[], opts: { time
       clearTimeout(timer);
       c.destroy();
       const raw = Buffer.concat(got);
-      resolve({ ...parseResponses(raw), closed, raw });
+      resolve({ ...parseResponses(raw, opts), closed, raw });
     };
     const timer = setTimeout(() => finish(false), opts.timeoutMs ?? 10_000);
     c.on('data', (d) => {
       got.push(d);
       if (opts.expect !== undefined) {
-        const p = parseResponses(Buffer.concat(got));
+        const p = parseResponses(Buffer.concat(got), opts);
         if (!p.partial && p.responses.length >= opts.expect) finish(false);
       }
     });
