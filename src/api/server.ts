@@ -4,6 +4,7 @@ import * as net from 'node:net';
 import type { RunningVm } from '../boot/launch';
 import type { VmMonitor } from '../monitor/vm-monitor';
 import { FcRunError } from '../errors';
+import { findDeepNesting, MAX_JSON_DEPTH } from '../config/json-depth';
 
 /**
  * The optional HTTP API for changing a running microVM, on a Unix socket (`--api-sock`), with
@@ -15,8 +16,9 @@ import { FcRunError } from '../errors';
  *   PATCH /drives/{id}                 {"drive_id", "rate_limiter"}
  *   PATCH /network-interfaces/{id}     {"iface_id", "rx_rate_limiter", "tx_rate_limiter"}
  *
- * Errors are `{"fault_message": "…"}` with 400 (bad request), 404 (no such path), 405, 413 or
- * 503 (the VM is not running yet). Everything else about a VM is its spec.
+ * Every error is `{"fault_message": "…"}` with a 4xx status, or 503 (the VM is not running, the
+ * VMM thread did not answer, the API is full), also for requests Node's HTTP parser refuses; a
+ * 500 means a bug. Everything else about a VM is its spec.
  */
 
 export interface ApiContext {
@@ -78,10 +80,20 @@ function limiterChange(where: string, value: unknown): LimiterChange {
   return out;
 }
 
-function readBody(req: http.IncomingMessage, max: number): Promise<unknown> {
+/** A URL or name as shown in messages and log lines: bounded, and quoted so control bytes stay visible. */
+function shown(text: string, max = 100): string {
+  return JSON.stringify(text.length > max ? `${text.slice(0, max)}…` : text);
+}
+
+/**
+ * Reads a JSON body. Nesting is checked on the text before parsing: every walker of the value
+ * afterwards (merge patch, the control channel, the MMDS renderer) recurses.
+ */
+function readBody(req: http.IncomingMessage, max: number, phase: (receiving: boolean) => void): Promise<unknown> {
   const declared = Number(req.headers['content-length']);
   if (declared > max) return Promise.reject(new ApiError(413, `the request body is larger than ${max} bytes`));
-  return new Promise((resolve, reject) => {
+  phase(true);
+  return new Promise<unknown>((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (c: Buffer) => {
@@ -98,15 +110,24 @@ function readBody(req: http.IncomingMessage, max: number): Promise<unknown> {
     req.on('end', () => {
       const text = Buffer.concat(chunks).toString('utf8');
       if (text.trim() === '') return resolve(undefined);
+      const deep = findDeepNesting(text);
+      if (deep) return reject(new ApiError(400, `the body nests arrays and objects deeper than ${MAX_JSON_DEPTH} levels (at character ${deep.offset}); at most ${MAX_JSON_DEPTH} are allowed`));
       try {
         resolve(JSON.parse(text));
       } catch (err) {
         reject(new ApiError(400, `the body is not valid JSON: ${(err as Error).message}`));
       }
     });
-    req.on('error', reject);
-  });
+    // The connection went away (or was closed to make room) before the body was complete.
+    req.on('close', () => {
+      if (!req.complete) reject(new ApiError(400, 'the connection closed before the request body was complete'));
+    });
+    req.on('error', () => reject(new ApiError(400, 'the request body could not be read')));
+  }).finally(() => phase(false));
 }
+
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+const typeName = (v: unknown) => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : `a ${typeof v}`);
 
 /** The devices whose rate limiters PATCH can change, by path prefix. */
 const PATCHABLE: Record<string, { idKey: string; limiters: string[]; what: string; control: 'drive' | 'iface' }> = {
@@ -114,10 +135,12 @@ const PATCHABLE: Record<string, { idKey: string; limiters: string[]; what: strin
   'network-interfaces': { idKey: 'iface_id', limiters: ['rx_rate_limiter', 'tx_rate_limiter'], what: 'interface', control: 'iface' },
 };
 
-async function route(ctx: ApiContext, method: string, url: string, req: http.IncomingMessage): Promise<{ status: number; body?: unknown }> {
+const ACTIONS = ['FlushMetrics', 'SendCtrlAltDel'];
+
+async function route(ctx: ApiContext, method: string, url: string, req: http.IncomingMessage, receiving: (on: boolean) => void): Promise<{ status: number; body?: unknown }> {
   const path = url.split('?')[0].replace(/\/+$/, '') || '/';
   const allow = (methods: string[]) => {
-    if (!methods.includes(method)) throw new ApiError(405, `${method} is not allowed on ${path} (allowed: ${methods.join(', ')})`);
+    if (!methods.includes(method)) throw new ApiError(405, `${method} is not allowed on ${shown(path)} (allowed: ${methods.join(', ')})`);
   };
   if (ctx.stopped) throw new ApiError(503, 'the microVM has stopped');
   const running = () => {
@@ -128,7 +151,7 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
     try {
       return decodeURIComponent(raw);
     } catch {
-      throw new ApiError(400, `malformed percent-encoding in ${path}`);
+      throw new ApiError(400, `malformed percent-encoding in ${shown(path)}`);
     }
   };
   const control = async (request: unknown) => {
@@ -138,14 +161,23 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
     if (!reply.ok) throw new ApiError(reply.status, reply.message);
     return reply.value;
   };
+  /** The body, which must be a JSON object; `example` shows what one looks like. */
+  const objectBody = async (example: string) => {
+    const body = await readBody(req, ctx.maxBody, receiving);
+    if (body === undefined) throw new ApiError(400, `${method} ${path} needs a JSON object body, like ${example}`);
+    if (!isObject(body)) throw new ApiError(400, `${method} ${path} needs a JSON object body, like ${example}; got ${typeName(body)}`);
+    return body;
+  };
   if (path === '/') {
     allow(['GET']);
     return { status: 200, body: { id: ctx.id, state: ctx.vm ? 'Running' : 'Not started', vmm_version: ctx.version, app_name: 'fc-run' } };
   }
   if (path === '/actions') {
     allow(['PUT']);
-    const body = (await readBody(req, ctx.maxBody)) as { action_type?: unknown } | undefined;
-    const action = body?.action_type;
+    const body = await objectBody('{"action_type": "FlushMetrics"}');
+    const unknown = Object.keys(body).filter((k) => k !== 'action_type');
+    if (unknown.length > 0) throw new ApiError(400, `unknown field ${shown(unknown[0])} in the action (only "action_type" is allowed)`);
+    const action = body.action_type;
     if (action === 'FlushMetrics') {
       if (!ctx.monitor.flush()) throw new ApiError(400, 'no metrics are configured (metrics_path or --metrics-path), or the line could not be written');
       return { status: 204 };
@@ -155,12 +187,13 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
       return { status: 204 };
     }
     if (action === 'InstanceStart') throw new ApiError(400, 'the microVM starts from its spec; InstanceStart is not needed');
-    throw new ApiError(400, `action_type must be "FlushMetrics" or "SendCtrlAltDel", got ${JSON.stringify(action)}`);
+    const got = typeof action === 'string' ? shown(action) : typeName(action);
+    throw new ApiError(400, `action_type must be ${ACTIONS.map((a) => `"${a}"`).join(' or ')}, got ${got}`);
   }
   if (path === '/mmds') {
     allow(['GET', 'PUT', 'PATCH']);
     if (method === 'GET') return { status: 200, body: await control({ op: 'mmds-get' }) };
-    const body = await readBody(req, ctx.maxBody);
+    const body = await objectBody('{"latest": {"meta-data": {"ami-id": "ami-1"}}}');
     await control({ op: method === 'PUT' ? 'mmds-put' : 'mmds-patch', data: body });
     return { status: 204 };
   }
@@ -169,18 +202,19 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
     if (!m) continue;
     allow(['PATCH']);
     const id = param(m[1]);
-    const body = (await readBody(req, ctx.maxBody)) as Record<string, unknown> | undefined;
-    if (!body || typeof body !== 'object') throw new ApiError(400, 'expected a JSON object');
-    if (body[kind.idKey] !== undefined && body[kind.idKey] !== id) throw new ApiError(400, `${kind.idKey} "${String(body[kind.idKey])}" does not match the path ("${id}")`);
+    const body = await objectBody(`{"${kind.idKey}": "${kind.what === 'drive' ? 'rootfs' : 'eth0'}", "${kind.limiters[0]}": {"bandwidth": {"size": 1048576, "refill_time": 1000}}}`);
+    const given = body[kind.idKey];
+    if (given !== undefined && typeof given !== 'string') throw new ApiError(400, `${kind.idKey} must be a string, got ${typeName(given)}`);
+    if (given !== undefined && given !== id) throw new ApiError(400, `${kind.idKey} ${shown(given)} does not match the path (${shown(id)})`);
     const unknown = Object.keys(body).filter((k) => k !== kind.idKey && !kind.limiters.includes(k));
-    if (unknown.length > 0) throw new ApiError(400, `only ${kind.limiters.join(' and ')} can change on a running ${kind.what} (got ${unknown.join(', ')})`);
+    if (unknown.length > 0) throw new ApiError(400, `only ${kind.limiters.join(' and ')} can change on a running ${kind.what} (got ${unknown.slice(0, 5).map((k) => shown(k, 40)).join(', ')})`);
     const limiters: Record<string, LimiterChange> = {};
     for (const k of kind.limiters) if (body[k] !== undefined) limiters[k] = limiterChange(k, body[k]);
     if (Object.keys(limiters).length === 0) throw new ApiError(400, `nothing to change: give ${kind.limiters.join(' and/or ')}`);
     await control({ op: 'limiters', kind: kind.control, id, limiters });
     return { status: 204 };
   }
-  throw new ApiError(404, `no such path: ${path}`);
+  throw new ApiError(404, `no such path: ${shown(path)}`);
 }
 
 /** Whether something listens on a Unix socket path. */
@@ -200,11 +234,65 @@ export interface ApiServer {
   close(): void;
 }
 
+/** How much of the process a client can hold, and for how long. */
+export interface ApiLimits {
+  /** Open connections; at the limit a new client takes the place of the one idle or slow the longest, or gets 503. */
+  maxConnections: number;
+  /** Time to send the request line and headers. */
+  headersTimeoutMs: number;
+  /** Time to send the whole request, body included. */
+  requestTimeoutMs: number;
+  /** A connection with no traffic at all for this long is closed. */
+  idleTimeoutMs: number;
+  /** A connection between requests is closed after this long. */
+  keepAliveTimeoutMs: number;
+  /** A request still being answered after this long (a client that does not read its response) may be closed to make room. */
+  stuckMs: number;
+  /** After a last response, input is read and dropped for this long before the socket closes. */
+  lingerMs: number;
+}
+
+export const DEFAULT_API_LIMITS: ApiLimits = {
+  maxConnections: 16,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 15_000,
+  idleTimeoutMs: 15_000,
+  keepAliveTimeoutMs: 5_000,
+  stuckMs: 10_000,
+  lingerMs: 2_000,
+};
+
+/** A connection's state, for choosing which one makes room for a new client. */
+interface Connection {
+  /** waiting: for (the rest of) a request's head, or idle between requests; receiving: a body; answering: the request is complete and being handled. */
+  phase: 'waiting' | 'receiving' | 'answering';
+  since: number;
+  res?: http.ServerResponse;
+}
+
+/** What a Node HTTP parse error means for the client, as a status and a message. */
+function parseFault(err: NodeJS.ErrnoException): { status: number; message: string } {
+  const detail = err.message.replace(/^Parse Error: /, '');
+  switch (err.code) {
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return { status: 408, message: 'the request was not complete in time; send the whole request at once' };
+    case 'HPE_HEADER_OVERFLOW':
+      return { status: 431, message: 'the request line and headers are too large' };
+    case 'HPE_PAUSED_H2_UPGRADE':
+      return { status: 400, message: 'HTTP/2 is not supported; use HTTP/1.1' };
+    case 'HPE_INVALID_METHOD':
+      return { status: 400, message: 'malformed request: the method is not a known HTTP method' };
+    default:
+      return { status: 400, message: `malformed HTTP request: ${detail}` };
+  }
+}
+
 /**
  * Starts listening on `socketPath`, readable and writable by the owner only. A stale socket file
  * (nobody listening) is replaced; a live one is refused.
  */
-export async function startApi(socketPath: string, ctx: ApiContext): Promise<ApiServer> {
+export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Partial<ApiLimits> = {}): Promise<ApiServer> {
+  const limits = { ...DEFAULT_API_LIMITS, ...limitsIn };
   let existing: fs.Stats | undefined;
   try {
     existing = fs.lstatSync(socketPath);
@@ -216,9 +304,58 @@ export async function startApi(socketPath: string, ctx: ApiContext): Promise<Api
     if (await inUse(socketPath)) throw new FcRunError('api-sock', `--api-sock ${socketPath} is in use by another process`);
     fs.unlinkSync(socketPath);
   }
-  const server = http.createServer((req, res) => {
-    route(ctx, req.method ?? 'GET', req.url ?? '/', req)
+  const connections = new Map<net.Socket, Connection>();
+  /** Connections answered on the raw socket: later parse errors on them are not answered again. */
+  const answered = new WeakSet<net.Socket>();
+  /**
+   * Closes a connection after its last response without cutting that response off: the write
+   * side closes, what the client still sends is read and dropped for a moment, then the socket
+   * goes. Closing at once with input unread would reset the connection, and a client still
+   * writing its request would lose the answer.
+   */
+  const lingering = new WeakSet<net.Socket>();
+  const linger = (socket: net.Socket) => {
+    if (lingering.has(socket)) return;
+    lingering.add(socket);
+    socket.end();
+    socket.on('data', () => undefined);
+    socket.resume();
+    socket.once('end', () => (socket.writableFinished ? socket.destroy() : socket.once('finish', () => socket.destroy())));
+    setTimeout(() => socket.destroy(), limits.lingerMs).unref();
+  };
+  const setPhase = (socket: net.Socket, phase: Connection['phase'], res?: http.ServerResponse) => {
+    const c = connections.get(socket);
+    if (c) Object.assign(c, { phase, since: Date.now() }, res ? { res } : {});
+  };
+  /**
+   * An error answered on the raw socket, where there is no response object (a request Node could
+   * not parse, a connection turned away): the same JSON as every other error, then the
+   * connection closes. A response already under way cannot be interrupted cleanly: cut it.
+   */
+  const answerRaw = (socket: net.Socket, status: number, message: string) => {
+    const res = connections.get(socket)?.res;
+    connections.delete(socket);
+    if (!socket.writable || res?.headersSent) {
+      socket.destroy();
+      return;
+    }
+    if (answered.has(socket)) return;
+    answered.add(socket);
+    const body = JSON.stringify({ fault_message: message });
+    const head = [`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}`, 'Content-Type: application/json', `Content-Length: ${Buffer.byteLength(body)}`, 'Connection: close'];
+    socket.write(`${head.join('\r\n')}\r\n\r\n${body}`);
+    linger(socket);
+  };
+  const warn = (message: string) => ctx.monitor.log.warn('api', message);
+
+  const server = http.createServer({ requireHostHeader: false, connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs) }, (req, res) => {
+    const socket = req.socket;
+    setPhase(socket, 'answering', res);
+    res.on('finish', () => setPhase(socket, 'waiting'));
+    const receiving = (on: boolean) => setPhase(socket, on ? 'receiving' : 'answering');
+    route(ctx, req.method ?? 'GET', req.url ?? '/', req, receiving)
       .then(({ status, body }) => {
+        if (res.headersSent || !socket.writable) return;
         if (body === undefined) {
           res.writeHead(status).end();
         } else {
@@ -228,18 +365,65 @@ export async function startApi(socketPath: string, ctx: ApiContext): Promise<Api
       })
       .catch((err: unknown) => {
         const status = err instanceof ApiError ? err.status : 500;
-        const text = JSON.stringify({ fault_message: (err as Error).message });
-        ctx.monitor.log.warn('api', `${req.method} ${req.url}: ${status} ${(err as Error).message}`);
-        if (!res.headersSent) res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...(status === 413 ? { Connection: 'close' } : {}) });
-        res.end(text, () => {
-          if (status === 413) req.destroy();
-        });
+        const message = err instanceof ApiError ? err.message : `internal error (a bug in fc-run): ${(err as Error)?.message ?? String(err)}`;
+        warn(`${req.method} ${shown(req.url ?? '/')}: ${status} ${message}`);
+        if (res.headersSent || !socket.writable) return;
+        const text = JSON.stringify({ fault_message: message });
+        const closing = status === 413 || !req.complete;
+        res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...(closing ? { Connection: 'close' } : {}) });
+        res.end(text);
       });
   });
   // A client cannot hold the process's fds (which the VMM and vCPU threads share) or wait forever.
-  server.maxConnections = 16;
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
+  server.headersTimeout = limits.headersTimeoutMs;
+  server.requestTimeout = limits.requestTimeoutMs;
+  server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+  server.timeout = limits.idleTimeoutMs;
+  // A client that half-closes after its request (nc -N, socat) still gets the response; without
+  // this Node drops requests still being answered when the client's FIN arrives.
+  (server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
+  server.on('connection', (socket: net.Socket) => {
+    // Node closes a connection after a response with "Connection: close" through destroySoon:
+    // linger instead, for the reason above.
+    socket.destroySoon = () => linger(socket);
+    // Errors reach 'clientError' while Node parses; after CONNECT or an upgrade they would be uncaught.
+    socket.on('error', () => undefined);
+    socket.on('close', () => connections.delete(socket));
+    if (connections.size >= limits.maxConnections) {
+      // Make room: the connection waiting or receiving the longest goes; one answering only when stuck.
+      const now = Date.now();
+      let victim: [net.Socket, Connection] | undefined;
+      for (const entry of connections) {
+        const [, c] = entry;
+        if (c.phase === 'answering' && now - c.since < limits.stuckMs) continue;
+        if (!victim || c.since < victim[1].since) victim = entry;
+      }
+      if (!victim) {
+        warn(`a client was turned away: ${limits.maxConnections} connections are busy`);
+        answerRaw(socket, 503, `the API is busy: ${limits.maxConnections} connections are open and all are being answered; try again`);
+        return;
+      }
+      warn(`closed a connection ${victim[1].phase === 'answering' ? 'whose client does not read its response' : 'that was idle or slow'} to make room for a new one`);
+      answerRaw(victim[0], 503, `this connection was closed to make room for a new one (at most ${limits.maxConnections} are kept); send each request at once`);
+    }
+    connections.set(socket, { phase: 'waiting', since: Date.now() });
+  });
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
+    if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+      socket.destroy();
+      return;
+    }
+    const { status, message } = parseFault(err);
+    warn(`${status} ${message}`);
+    answerRaw(socket, status, message);
+  });
+  // Without a listener Node answers an unknown Expect with an empty 417 of its own.
+  server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const text = JSON.stringify({ fault_message: `Expect: ${shown(String(req.headers.expect ?? ''), 40)} is not supported (only 100-continue is)` });
+    res.writeHead(417, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), Connection: 'close' }).end(text);
+  });
+  server.on('connect', (req: http.IncomingMessage, socket: net.Socket) => answerRaw(socket, 405, `${req.method} is not supported by this API`));
+  server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => answerRaw(socket, 400, `protocol upgrades are not supported (Upgrade: ${shown(String(req.headers.upgrade ?? ''), 40)}); send plain HTTP/1.1 requests`));
   server.unref();
   const old = process.umask(0o177); // the socket file: 0600
   let ino: number;
@@ -256,6 +440,7 @@ export async function startApi(socketPath: string, ctx: ApiContext): Promise<Api
   return {
     close: () => {
       server.close();
+      for (const socket of connections.keys()) socket.destroy();
       try {
         if (fs.statSync(socketPath).ino === ino) fs.unlinkSync(socketPath);
       } catch {

@@ -3,8 +3,9 @@ import { GuestMemory, RegionDescriptor } from '../kvm/memory';
 import { BlockDevice } from '../devices/virtio/block';
 import { EntropyDevice } from '../devices/virtio/rng';
 import { NetDevice } from '../devices/virtio/net';
-import { mergePatch, MmdsService } from '../devices/mmds/service';
-import { ControlChannel, ControlReply, serveControl } from './control';
+import { MmdsService } from '../devices/mmds/service';
+import { controlHandler, LimiterName } from './control-handler';
+import { ControlChannel, serveControl } from './control';
 import { MmdsNetworkStack } from '../devices/mmds/stack';
 import { Logger, MetricsRegistry } from '../monitor';
 import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
@@ -13,7 +14,7 @@ import { VsockDevice } from '../devices/virtio/vsock';
 import { openTap } from '../kvm/tap';
 import { TimerFd } from '../kvm/timerfd';
 import { Throttle } from '../limits/throttle';
-import type { BucketConfig, RateLimiterConfig } from '../limits/token-bucket';
+import type { RateLimiterConfig } from '../limits/token-bucket';
 import { VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
 import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
 import { serveMailboxes } from './mmio-mailbox';
@@ -59,37 +60,7 @@ const port = parentPort!;
 const log = new Logger({ ...data.logger, thread: 'vmm' });
 
 /** Rate limiters that can be changed while the VM runs, by "drive:<id>", "iface:<id>" and "entropy". */
-const limiters = new Map<string, Partial<Record<'rate_limiter' | 'rx_rate_limiter' | 'tx_rate_limiter', Throttle>>>();
-let mmdsService: MmdsService | undefined;
-
-/** What the API asks of this thread. */
-function handleControl(req: unknown): ControlReply {
-  const r = req as { op: string; data?: unknown; kind?: 'drive' | 'iface' | 'entropy'; id?: string; limiters?: Record<string, { bandwidth?: BucketConfig | null; ops?: BucketConfig | null }> };
-  if (r.op === 'mmds-get' || r.op === 'mmds-put' || r.op === 'mmds-patch') {
-    if (!mmdsService || !data.mmds) return { ok: false, status: 400, message: 'MMDS is not configured: add "mmds-config" to the spec' };
-    if (r.op === 'mmds-get') return { ok: true, value: mmdsService.getData() };
-    const next = r.op === 'mmds-put' ? r.data : mergePatch(mmdsService.getData(), r.data);
-    if (next === null || typeof next !== 'object' || Array.isArray(next)) return { ok: false, status: 400, message: 'the MMDS contents must be a JSON object' };
-    const size = Buffer.byteLength(JSON.stringify(next));
-    if (size > data.mmds.sizeLimit) return { ok: false, status: 400, message: `the MMDS contents would be ${size} bytes; the limit is ${data.mmds.sizeLimit}` };
-    mmdsService.setData(next);
-    log.info('devices/mmds', `MMDS contents replaced through the API (${size} bytes)`);
-    return { ok: true };
-  }
-  if (r.op === 'limiters') {
-    const key = r.kind === 'entropy' ? 'entropy' : `${r.kind}:${r.id}`;
-    const found = limiters.get(key);
-    if (!found) return { ok: false, status: 400, message: `no ${r.kind === 'drive' ? 'drive' : r.kind === 'iface' ? 'network interface' : 'entropy device'}${r.id ? ` "${r.id}"` : ''}` };
-    // Check every change first, so a request applies whole or not at all.
-    for (const [which] of Object.entries(r.limiters ?? {})) {
-      if (!found[which as keyof typeof found]) return { ok: false, status: 400, message: `${key} has no ${which} configured at start; fc-run can change a rate limiter, not add one` };
-    }
-    for (const [which, change] of Object.entries(r.limiters ?? {})) found[which as keyof typeof found]!.patch(change);
-    log.info('devices', `rate limiters of ${key} updated through the API`);
-    return { ok: true };
-  }
-  return { ok: false, status: 400, message: `unknown control request ${JSON.stringify(r.op)}` };
-}
+const limiters = new Map<string, Partial<Record<LimiterName, Throttle>>>();
 
 function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   const mem = GuestMemory.attach(data.memory);
@@ -101,7 +72,6 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   if (data.mmds) {
     mmds = new MmdsService({ version: data.mmds.version, imdsCompat: data.mmds.imdsCompat });
     mmds.setData(data.mmds.data ?? {});
-    mmdsService = mmds;
     shareCounters(mmds, registry.group('mmds'));
   }
   /** A throttle whose timer is a timerfd in this loop, calling `resume` when it fires. */
@@ -215,9 +185,10 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   });
   const control = data.control;
   if (control) {
+    const handle = controlHandler({ mmds: mmds && data.mmds ? { service: mmds, sizeLimit: data.mmds.sizeLimit } : undefined, limiters, log });
     loop.add(control.fd, () => {
       drainEventfd(control.fd);
-      serveControl(control, handleControl);
+      serveControl(control, handle);
     });
   }
   loop.add(data.stopFd, () => loop.stop());

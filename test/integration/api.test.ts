@@ -1,9 +1,11 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { Workspace } from '../helpers/specs';
 import { tinyGuestElf } from '../helpers/images';
+import { exchange, requestBytes } from '../helpers/http-raw';
 
 /**
  * The HTTP API on a running microVM (a guest that spins, with a rate-limited drive, a TAP-backed
@@ -121,6 +123,42 @@ describeApi('the HTTP API on a running microVM', () => {
       const bad = await call(sock, 'PUT', '/mmds', '{not json');
       expect(bad.status).toBe(400);
       expect(bad.body.fault_message).toMatch(/not valid JSON/);
+
+      // Malformed HTTP, deep JSON and fields of the wrong type: JSON faults with a 4xx, never a 500.
+      for (const [bytes, status] of [
+        ['PUT /mmds HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}', 400],
+        ['PUT /mmds HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400],
+        ['FROB / HTTP/1.1\r\n\r\n', 400],
+        [`GET / HTTP/1.1\r\nX: ${'a'.repeat(20_000)}\r\n\r\n`, 431],
+        [requestBytes('PUT', '/mmds', '{"a":'.repeat(129) + '1' + '}'.repeat(129)).toString('latin1'), 400],
+        [requestBytes('PATCH', '/drives/limited', '{"drive_id": 7, "rate_limiter": {}}').toString('latin1'), 400],
+        [requestBytes('PUT', '/actions', '["FlushMetrics"]').toString('latin1'), 400],
+      ] as const) {
+        const r = await exchange(sock, [Buffer.from(bytes, 'latin1')]);
+        expect(r.malformed).toBeUndefined();
+        expect(r.responses[0].status).toBe(status);
+        expect(Object.keys(JSON.parse(r.responses[0].body))).toEqual(['fault_message']);
+      }
+
+      // Sixteen slow clients (headers a byte at a time, or a body never finished) do not lock others out.
+      const slow = Array.from({ length: 16 }, (_, i) => {
+        const c = net.connect(sock);
+        c.on('error', () => undefined);
+        c.write(i % 2 ? 'GET / HTTP/1.1\r\nX-Slow: ' : 'PUT /mmds HTTP/1.1\r\nContent-Length: 100\r\n\r\n{');
+        return c;
+      });
+      try {
+        // All connected (so queued ahead of the client below) before it connects.
+        await Promise.all(slow.map((c) => new Promise((r) => (c.connecting ? c.once('connect', r) : r(undefined)))));
+        // Fresh connections (an HTTP agent's kept-alive one may be the one closed to make room).
+        for (let i = 0; i < 3; i++) {
+          const r = await exchange(sock, [requestBytes('GET', '/')]);
+          expect(r.responses.map((x) => x.status)).toEqual([200]);
+          expect(JSON.parse(r.responses[0].body).state).toBe('Running');
+        }
+      } finally {
+        slow.forEach((c) => c.destroy());
+      }
 
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
