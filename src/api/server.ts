@@ -355,6 +355,7 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
     const receiving = (on: boolean) => setPhase(socket, on ? 'receiving' : 'answering');
     route(ctx, req.method ?? 'GET', req.url ?? '/', req, receiving)
       .then(({ status, body }) => {
+        ctx.monitor.countApiRequest(req.method ?? 'GET', req.url ?? '/', status < 400);
         if (res.headersSent || !socket.writable) return;
         if (body === undefined) {
           res.writeHead(status).end();
@@ -365,6 +366,7 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
       })
       .catch((err: unknown) => {
         const status = err instanceof ApiError ? err.status : 500;
+        ctx.monitor.countApiRequest(req.method ?? 'GET', req.url ?? '/', false);
         const message = err instanceof ApiError ? err.message : `internal error (a bug in fc-run): ${(err as Error)?.message ?? String(err)}`;
         warn(`${req.method} ${shown(req.url ?? '/')}: ${status} ${message}`);
         if (res.headersSent || !socket.writable) return;

@@ -146,9 +146,14 @@ describe('fc-run run', () => {
     for (const args of [[spec], ['run', spec]]) {
       const r = fcRun(args);
       expect(r.code).toBe(2);
-      expect(r.err).toContain(`fc-run: cpu_template ${template} needs ${needs} host; this host is ${vendor}; use `);
+      expect(r.err).toContain(`other-vendor.json:9:21: error[cpu-template-vendor]: /machine-config/cpu_template: cpu_template ${template} needs ${needs} host; this host is ${vendor}`);
       expect(r.out).toBe('');
     }
+    // validate (with the files) checks what run checks, the host included; --skip-files does not.
+    const v = fcRun(['validate', spec]);
+    expect(v.code).toBe(2);
+    expect(v.err).toContain('error[cpu-template-vendor]');
+    expect(fcRun(['validate', '--skip-files', spec]).code).toBe(0);
     // Planning does not depend on the host: the plan says what the template needs.
     const plan = fcRun(['plan', '--json', spec]);
     expect(plan.code).toBe(0);
@@ -157,7 +162,7 @@ describe('fc-run run', () => {
 
   test('the Firecracker-style CPU template fixtures validate and plan', () => {
     const dir = path.join(ROOT, 'test', 'fixtures', 'firecracker');
-    const specs = fs.readdirSync(dir).filter((f) => f.endsWith('.json')).map((f) => path.join(dir, f));
+    const specs = fs.readdirSync(dir).filter((f) => /^vm_config_(cpu_template|custom)_/.test(f)).map((f) => path.join(dir, f));
     expect(specs.length).toBe(10);
     // --skip-files: the probe kernel they name is built by `npm run build:probe`, not by `npm run build`.
     const v = fcRun(['validate', '--skip-files', ...specs]);

@@ -32,7 +32,7 @@ export async function startStandIn(sock: string, opts: { mmds?: unknown; mmdsSiz
       id: 'vm-standin',
       version: 'test',
       maxBody: sizeLimit + 4096,
-      monitor: { log: { warn: (_o: string, m: string) => warnings.push(m), info: () => undefined }, flush: () => true } as unknown as VmMonitor,
+      monitor: { log: { warn: (_o: string, m: string) => warnings.push(m), info: () => undefined }, flush: () => true, countApiRequest: () => undefined } as unknown as VmMonitor,
       vm: { sendCtrlAltDel: () => void standIn.ctrlAltDel++, control },
     },
     close: async () => {
