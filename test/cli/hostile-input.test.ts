@@ -1,0 +1,291 @@
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { minimalSpec, Workspace } from '../helpers/specs';
+
+/**
+ * Every class of bad input a user (or a script) can hand fc-run at its front door, through the
+ * real binary: a clear message, exit 1 or 2, no stack trace, no hang, no file touched.
+ */
+const ROOT = path.resolve(__dirname, '..', '..');
+const BIN = path.join(ROOT, 'bin', 'fc-run');
+
+function fcRun(args: string[], opts: { timeout?: number } = {}) {
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: opts.timeout ?? 20_000,
+    env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined },
+  });
+  if (r.error) throw r.error; // a timeout is a hang: fail loudly
+  expect(r.stderr).not.toMatch(/internal error|    at .*\.js:\d+|Maximum call stack/);
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+let ws: Workspace;
+beforeAll(() => {
+  if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('dist/ is missing: run `npm run build` (npm test does) before these tests');
+  ws = new Workspace();
+});
+afterAll(() => ws.remove());
+
+const spec = (extra: Record<string, unknown> = {}) => ({ ...minimalSpec(), ...extra });
+
+describe('depth', () => {
+  const deep = (n: number) => '['.repeat(n) + ']'.repeat(n);
+
+  test('a spec nested thousands of levels deep is refused with its position, not a stack overflow', () => {
+    const file = ws.write('deep.json', `{\n  "boot-source": { "kernel_image_path": "vmlinux" },\n  "mmds": ${deep(20000)}\n}\n`);
+    const r = fcRun(['validate', file]);
+    expect(r.code).toBe(2);
+    expect(r.out + r.err).toMatch(/deep\.json:3:\d+: error\[json-too-deep\]: JSON nests deeper than 128 levels/);
+  });
+
+  test('128 levels are fine, 129 are not', () => {
+    const nest = (n: number) => '{"a":'.repeat(n - 1) + '1' + '}'.repeat(n - 1);
+    // The spec object itself is the first level.
+    const ok = ws.write('d128.json', `{"boot-source": {"kernel_image_path": "vmlinux"}, "mmds": ${nest(128)}}`);
+    const over = ws.write('d129.json', `{"boot-source": {"kernel_image_path": "vmlinux"}, "mmds": ${nest(129)}}`);
+    expect(fcRun(['validate', '--skip-files', ok]).code).toBe(0);
+    expect(fcRun(['validate', '--skip-files', over]).code).toBe(2);
+  });
+
+  test('--metadata and CPU template files have the same limit', () => {
+    const meta = ws.write('deep-meta.json', `{"x": ${deep(5000)}}`);
+    const r = fcRun(['validate', ws.write('m.json', spec()), '--metadata', meta]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('deep-meta.json:1:');
+    expect(r.err).toContain('json-too-deep');
+    ws.write('deep-tpl.json', `{"cpuid_modifiers": ${deep(5000)}}`);
+    const t = fcRun(['validate', ws.write('t.json', spec({ 'cpu-config': 'deep-tpl.json' }))]);
+    expect(t.code).toBe(2);
+    expect(t.err).toContain('json-too-deep');
+  });
+});
+
+describe('files that are not regular files, or too large', () => {
+  test('a FIFO, /dev/zero, a directory and a socket as the spec: refused at once, nothing read', () => {
+    const fifo = path.join(ws.dir, 'spec.fifo');
+    spawnSync('mkfifo', [fifo]);
+    for (const [file, kind] of [
+      [fifo, 'named pipe'],
+      ['/dev/zero', 'character device'],
+      [ws.dir, 'directory'],
+    ]) {
+      const r = fcRun(['validate', file], { timeout: 10_000 });
+      expect(r.code).toBe(1);
+      expect(r.out + r.err).toContain(kind);
+    }
+  });
+
+  test('a Unix socket as the spec', async () => {
+    const sock = path.join(ws.dir, 's.sock');
+    const server = net.createServer().listen(sock);
+    await new Promise((r) => server.once('listening', r));
+    try {
+      const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+        const child = spawn(process.execPath, [BIN, 'validate', sock], { env: { ...process.env, NO_COLOR: '1' } });
+        let out = '';
+        child.stdout.on('data', (d) => (out += d));
+        child.stderr.on('data', (d) => (out += d));
+        child.on('close', (code) => resolve({ code, out }));
+      });
+      expect(r.code).toBe(1);
+      expect(r.out).toMatch(/socket/);
+      expect(r.out).not.toMatch(/internal error/);
+    } finally {
+      server.close();
+    }
+  });
+
+  test('a spec over 1 MiB is refused naming the limit', () => {
+    const big = ws.write('big.json', JSON.stringify(spec({ mmds: { pad: 'x'.repeat(1100 * 1024) } })));
+    const r = fcRun(['validate', big]);
+    expect(r.code).toBe(1);
+    expect(r.out + r.err).toMatch(/limit is 1048576 bytes/);
+  });
+
+  test('--metadata /dev/zero and a FIFO template are refused without reading them', () => {
+    const r = fcRun(['validate', ws.write('m2.json', spec()), '--metadata', '/dev/zero'], { timeout: 10_000 });
+    expect(r.code).toBe(1);
+    expect(r.out + r.err).toContain('character device');
+    const fifo = path.join(ws.dir, 'tpl.fifo');
+    spawnSync('mkfifo', [fifo]);
+    const t = fcRun(['validate', ws.write('t2.json', spec({ 'cpu-config': 'tpl.fifo' }))], { timeout: 10_000 });
+    expect(t.code).toBe(2);
+    expect(t.err).toContain('not a regular file');
+  });
+
+  test('--skip-files reads no file the spec names: a FIFO kernel and template do not block it', () => {
+    const fifo = path.join(ws.dir, 'kernel.fifo');
+    spawnSync('mkfifo', [fifo]);
+    const s = ws.write('skip.json', { 'boot-source': { kernel_image_path: 'kernel.fifo', initrd_path: 'kernel.fifo' }, 'cpu-config': 'tpl.fifo' });
+    const r = fcRun(['validate', '--skip-files', s], { timeout: 10_000 });
+    expect(r.code).toBe(0);
+  });
+});
+
+describe('keys, characters and numbers', () => {
+  test.each(['__proto__', 'constructor', 'prototype'])('"%s" is an unknown key like any other, at any level', (key) => {
+    const text = `{"boot-source": {"kernel_image_path": "vmlinux"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "${key}": {"vcpu_count": 4}}}`;
+    const r = fcRun(['validate', ws.write(`proto-${key}.json`, text)]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`error[unknown-property]: /machine-config/${key}`);
+    const top = fcRun(['validate', ws.write(`proto-top-${key}.json`, `{"boot-source": {"kernel_image_path": "vmlinux"}, "${key}": {"machine-config": {"vcpu_count": 4, "mem_size_mib": 128}}}`)]);
+    expect(top.code).toBe(2);
+    expect(top.err).toContain(`/${key}`);
+  });
+
+  test('a NUL in boot_args or host_dev_name, and control characters in names and paths, are refused', () => {
+    const cases: [Record<string, unknown>, string][] = [
+      [spec({ 'boot-source': { kernel_image_path: 'vmlinux', boot_args: 'console=ttyS0\u0000 init=/bin/sh' } }), '/boot-source/boot_args'],
+      [spec({ 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap0\u0000x' }] }), '/network-interfaces/0/host_dev_name'],
+      [spec({ drives: [{ drive_id: 'root\u001b[31m', path_on_host: 'rootfs.ext4', is_root_device: true, is_read_only: true }] }), '/drives/0/drive_id'],
+      [spec({ logger: { log_path: 'vm\n.log' } }), '/logger/log_path'],
+    ];
+    cases.forEach(([s, at], i) => {
+      const r = fcRun(['validate', ws.write(`ctl${i}.json`, s)]);
+      expect(r.code).toBe(2);
+      expect(r.err).toContain(`error[control-character]: ${at}`);
+    });
+    // MMDS contents are data for the guest: control characters are fine there.
+    expect(fcRun(['validate', ws.write('ctl-mmds.json', spec({ mmds: { s: 'a\u0000b' } }))]).code).toBe(0);
+  });
+
+  test.each(['2.0', '6.4e1', '1e21', '1e300', '-0.0'])('vcpu_count %s is not a whole number in whole-number notation', (n) => {
+    const r = fcRun(['validate', ws.write(`num-${n}.json`, `{"boot-source": {"kernel_image_path": "vmlinux"}, "machine-config": {"vcpu_count": ${n}, "mem_size_mib": 128}}`)]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/error\[not-whole-number\]: \/machine-config\/vcpu_count/);
+  });
+
+  test('fractions stay allowed inside MMDS contents', () => {
+    expect(fcRun(['validate', ws.write('frac.json', spec({ mmds: { ratio: 0.5, big: 1e300 } }))]).code).toBe(0);
+  });
+});
+
+describe('outputs never overwrite inputs', () => {
+  test('metrics_path on a drive image: refused, the image untouched', () => {
+    const before = fs.readFileSync(path.join(ws.dir, 'rootfs.ext4'));
+    const s = ws.write('clobber.json', spec({ drives: [{ drive_id: 'rootfs', path_on_host: 'rootfs.ext4', is_root_device: true, is_read_only: false }], metrics: { metrics_path: 'rootfs.ext4' } }));
+    for (const args of [['validate', s], [s], ['plan', s]]) {
+      const r = fcRun(args);
+      expect(r.code).toBe(2);
+      expect(r.err).toContain('error[output-overwrites]');
+    }
+    expect(fs.readFileSync(path.join(ws.dir, 'rootfs.ext4')).equals(before)).toBe(true);
+  });
+
+  test('log_path on the kernel through a hard link, and a flag output on the spec file itself', () => {
+    fs.linkSync(path.join(ws.dir, 'vmlinux'), path.join(ws.dir, 'kernel-link'));
+    const s = ws.write('link.json', spec({ logger: { log_path: 'kernel-link' } }));
+    const r = fcRun(['validate', s]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/logger\.log_path .* is also kernel_image_path/);
+    const plain = ws.write('plain.json', spec());
+    for (const flag of ['--log-path', '--metrics-path', '--serial-out']) {
+      const f = fcRun([plain, flag, plain]);
+      expect(f.code).toBe(2);
+      expect(f.err).toContain(`${flag} (`);
+    }
+  });
+
+  test('two outputs on one file are refused; /dev/null may take both', () => {
+    const same = fcRun(['validate', ws.write('same.json', spec({ logger: { log_path: 'out.txt' }, metrics: { metrics_path: 'out.txt' } }))]);
+    expect(same.code).toBe(2);
+    expect(same.err).toContain('are the same file');
+    expect(fcRun(['validate', ws.write('null.json', spec({ logger: { log_path: '/dev/null' }, metrics: { metrics_path: '/dev/null' } }))]).code).toBe(0);
+  });
+});
+
+describe('sockets', () => {
+  test("a vsock uds_path another process listens on is refused; the listener's socket survives", async () => {
+    const sock = path.join(ws.dir, 'live.sock');
+    const server = net.createServer().listen(sock);
+    await new Promise((r) => server.once('listening', r));
+    try {
+      const s = ws.write('live.json', spec({ vsock: { guest_cid: 3, uds_path: 'live.sock' } }));
+      const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
+        const child = spawn(process.execPath, [BIN, 'validate', s], { env: { ...process.env, NO_COLOR: '1' } });
+        let err = '';
+        child.stderr.on('data', (d) => (err += d));
+        child.on('close', (code) => resolve({ code, err }));
+      });
+      expect(r.code).toBe(2);
+      expect(r.err).toContain('error[socket-in-use]: /vsock/uds_path');
+      expect(fs.statSync(sock).isSocket()).toBe(true);
+    } finally {
+      server.close();
+    }
+  });
+
+  test('a regular file at uds_path is left alone, exit 2', () => {
+    const keep = ws.write('keep.txt', 'precious');
+    const r = fcRun(['validate', ws.write('file-sock.json', spec({ vsock: { guest_cid: 3, uds_path: 'keep.txt' } }))]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('error[socket-path-taken]');
+    expect(fs.readFileSync(keep, 'utf8')).toBe('precious');
+  });
+});
+
+describe('command-line values', () => {
+  let good: string;
+  beforeAll(() => {
+    good = ws.write('good.json', spec());
+  });
+
+  test.each([
+    [['validate', '--mmds-size-limit', 'abc', 'x.json'], /--mmds-size-limit must be a whole number, got "abc"/],
+    [['validate', '--mmds-size-limit', '-5', 'x.json'], /--mmds-size-limit must be a whole number, got "-5"/],
+    [['validate', '--mmds-size-limit=1.5', 'x.json'], /--mmds-size-limit must be a whole number/],
+    [['validate', '--mmds-size-limit', '99999999999', 'x.json'], /--mmds-size-limit must be between/],
+    [['validate', '--skipfiles', 'x.json'], /unknown option --skipfiles \(did you mean --skip-files\?\)/],
+    [['validate', '--skip-files=yes', 'x.json'], /--skip-files takes no value/],
+    [['validate', '--json', '--json', 'x.json'], /--json is given more than once/],
+    [['validate'], /missing at least one <spec> argument/],
+    [['x.json', '--log-path'], /--log-path needs a value/],
+    [['x.json', '--level', 'Verbose'], /--level must be one of Error, Warning, Info, Debug, Trace, Off/],
+    [['x.json', '--id', 'my vm'], /--id may contain only letters, digits and "-"/],
+    [['x.json', '--config-file', 'y.json'], /give the spec once/],
+    [['--api-sock', '/tmp/x.sock'], /needs a spec/],
+    [['x.json', '--seccomp-filter', 'f.bpf'], /--seccomp-filter is not supported by fc-run: custom seccomp filters/],
+    [['x.json', '--describe-snapshot', 's'], /--describe-snapshot is not supported by fc-run: snapshots/],
+    [['plan', 'a.json', 'b.json'], /unexpected argument "b.json"/],
+    [['jail', 'x.json', '--id', 'vm1', '--uid', 'root', '--gid', '0'], /--uid must be a whole number/],
+  ])('%j is a usage error (exit 1) that names the problem', (args, message) => {
+    const r = fcRun(args as string[]);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(message as RegExp);
+    expect(r.err).toMatch(/Run "fc-run .*--help" for usage/);
+  });
+
+  test("Firecracker's command line reads the spec from --config-file (an invalid one exits 2 before KVM is touched)", () => {
+    const bad = ws.write('fc-bad.json', { 'boot-source': { kernel_image_path: 'vmlinux' }, 'machine-config': { vcpu_count: 64, mem_size_mib: 128 } });
+    const r = fcRun(['--no-api', '--config-file', bad, '--boot-timer', '--level', 'debug', '--show-level', '--show-log-origin', '--id', 'vm-1', '--http-api-max-payload-size', '51200', '--mmds-size-limit', '51200', '--start-time-us', '12345']);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('error[range]: /machine-config/vcpu_count');
+  });
+
+  test('--strict makes warnings errors; --json-lines prints one record per line', () => {
+    const warn = ws.write('warn.json', spec({ mmds: { a: 1 } })); // MMDS contents without mmds-config: a warning
+    expect(fcRun(['validate', warn]).code).toBe(0);
+    const strict = fcRun(['validate', '--strict', warn]);
+    expect(strict.code).toBe(2);
+    expect(strict.err).toContain('error[mmds-unreachable]');
+    const lines = fcRun(['validate', '--json-lines', warn, good]);
+    expect(lines.code).toBe(0);
+    const records = lines.out.trim().split('\n').map((l) => JSON.parse(l));
+    expect(records).toEqual([
+      expect.objectContaining({ type: 'issue', severity: 'warning', code: 'mmds-unreachable', file: warn }),
+      expect.objectContaining({ type: 'result', file: warn, valid: true, warnings: 1 }),
+      expect.objectContaining({ type: 'result', file: good, valid: true, warnings: 0 }),
+    ]);
+  });
+
+  test('paths are printed as the user gave them', () => {
+    const r = spawnSync(process.execPath, [BIN, 'validate', path.basename(ws.write('rel.json', { 'boot-source': {} }))], { cwd: ws.dir, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+    expect(r.status).toBe(2);
+    expect(r.stdout).toContain('FAIL  rel.json');
+    expect(r.stderr).toMatch(/^rel\.json:\d+:\d+: error\[required\]/m);
+  });
+});
