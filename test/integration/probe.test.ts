@@ -87,6 +87,19 @@ describeKvm('the probe guest on KVM', () => {
     expect(report.facts.hypervisor).toEqual(['KVMKVMKVM']);
   });
 
+  test("Firecracker's command line boots it: --no-api --config-file with Firecracker's other flags", () => {
+    const spec = probeSpec('probe-fc-flags.json', { vcpu_count: 2, mem_size_mib: 64 });
+    const log = path.join(ws.dir, 'fc-flags.log');
+    const metrics = path.join(ws.dir, 'fc-flags.metrics');
+    const r = fcRun(['--no-api', '--config-file', spec, '--boot-timer', '--id', 'fc-flags-1', '--level', 'Info', '--show-level', '--log-path', log, '--metrics-path', metrics]);
+    expect(r.code).toBe(0);
+    const report = parseProbe(r.out);
+    expect(report.notOk).toEqual([]);
+    expect(report.ok).toEqual(ALL_CHECKS);
+    expect(fs.readFileSync(log, 'utf8')).toMatch(/\[fc-flags-1:main:INFO\]/);
+    expect(fs.readFileSync(metrics, 'utf8').trim().split('\n').length).toBeGreaterThanOrEqual(2);
+  });
+
   test('serial output can go to a file instead of stdout', () => {
     const spec = probeSpec('probe-file.json', { vcpu_count: 1, mem_size_mib: 32 });
     const console = path.join(ws.dir, 'console.txt');
