@@ -75,7 +75,15 @@ function seeds(): Seed[] {
     const phoff = Number(img.readBigUInt64LE(32));
     const phnum = img.readUInt16LE(56);
     const fields = [...ELF_FIELDS];
-    for (let i = 0; i < phnum; i++) for (const f of PHDR_FIELDS) fields.push({ off: phoff + i * 56 + f.off, width: f.width });
+    for (let i = 0; i < phnum; i++) {
+      const ph = phoff + i * 56;
+      for (const f of PHDR_FIELDS) fields.push({ off: ph + f.off, width: f.width });
+      // Notes: the first one's sizes and type, and the Xen note after it (images.ts writes two).
+      if (img.readUInt32LE(ph) === 4) {
+        const note = Number(img.readBigUInt64LE(ph + 8));
+        for (const off of [0, 4, 8, 20, 24, 28, 36]) fields.push({ off: note + off, width: 4 });
+      }
+    }
     return fields;
   };
   const elf = (name: string, image: Buffer): Seed => ({ name, image, fields: elfFields(image) });

@@ -48,7 +48,7 @@ export function buildElf(opts: ElfOptions): Buffer {
     file.writeUInt32LE(1, ph); // PT_LOAD
     file.writeUInt32LE(7, ph + 4);
     file.writeBigUInt64LE(BigInt(segOffsets[i]), ph + 8);
-    file.writeBigUInt64LE(BigInt(s.paddr + 0xffffffff80000000), ph + 16);
+    file.writeBigUInt64LE((BigInt(s.paddr) + 0xffffffff80000000n) & 0xffffffffffffffffn, ph + 16); // vaddr: the kernel map
     file.writeBigUInt64LE(BigInt(s.paddr), ph + 24);
     file.writeBigUInt64LE(BigInt(s.data.length), ph + 32);
     file.writeBigUInt64LE(BigInt(s.memsz ?? s.data.length), ph + 40);
