@@ -189,10 +189,14 @@ function findPvhEntry(notes: Buffer): number | undefined {
   return undefined;
 }
 
+/** The setup header fields read here end with init_size (0x260, 4 bytes). */
+const BZ_HEADER_END = 0x264;
+
 function inspectBzImage(file: string, fileSize: number, head: Buffer): KernelImage {
   const fail = (problem: string): never => {
     throw new KernelImageError(file, problem);
   };
+  if (head.length < BZ_HEADER_END) fail(`bzImage is truncated: the file ends at ${fileSize} bytes, inside its setup header (which ends at ${BZ_HEADER_END})`);
   const version = head.readUInt16LE(0x206);
   const versionText = `${version >> 8}.${(version & 0xff).toString().padStart(2, '0')}`;
   if (version < MIN_BZ_PROTOCOL) fail(`bzImage boot protocol ${versionText} is too old; the 64-bit entry needs 2.12 or later`);

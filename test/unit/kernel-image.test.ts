@@ -131,6 +131,10 @@ describe('bzImage', () => {
     expect(problem(buf)).toMatch(why);
   });
 
+  test('an image cut inside its setup header is refused as truncated, not a RangeError (found by the fuzzer)', () => {
+    for (const end of [0x206, 0x220, 0x237, 0x263]) expect(problem(buildBzImage().subarray(0, end))).toMatch(new RegExp(`the file ends at ${end} bytes, inside its setup header`));
+  });
+
   test('an image cut short of what syssize says is refused as truncated', () => {
     const buf = buildBzImage({ payloadBytes: 8192 }).subarray(0, 5 * 512 + 4096);
     expect(problem(buf)).toMatch(/says 8192 bytes of kernel follow the setup sectors, and the file has 4096/);
