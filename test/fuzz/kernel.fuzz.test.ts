@@ -146,8 +146,9 @@ function mutate(rng: Rng, seed: Seed): { image: Buffer; did: string[] } {
       writeField(image, f, v);
       did.push(`field@0x${f.off.toString(16)}=0x${v.toString(16)}`);
     } else if (kind < 7) {
-      // Half the cuts land in the headers, where every field read must still be bounds-checked.
-      const at = rng.bool() ? rng.int(Math.min(image.length, 0x300) + 1) : rng.int(image.length + 1);
+      // Most cuts land in or just past a header field, where every read must still be bounds-checked.
+      const f = rng.pick(seed.fields);
+      const at = Math.min(image.length, rng.bool(0.6) ? f.off + rng.int(f.width + 1) : rng.int(image.length + 1));
       image = image.subarray(0, at);
       did.push(`truncate@${at}`);
     } else if (kind < 9) {
