@@ -17,6 +17,8 @@ import { fuzzCases, fuzzSeed, Rng } from './rng';
  * loader that copies them into guest memory (an anonymous mapping: no /dev/kvm needed). Every case
  * must end in a refusal that names a code, or in a plan whose kernel lies in RAM above the boot
  * structures, entered inside a loaded segment, and whose load leaves exactly the file's bytes there.
+ *
+ * Long run: FUZZ_CASES=20000 [FUZZ_SEED=n] [FUZZ_BZIMAGE=/path/to/a/real/bzImage] npx jest test/fuzz/kernel.fuzz.test.ts
  */
 const CASES = fuzzCases(400);
 const SEED = fuzzSeed(0x6b65726e);
