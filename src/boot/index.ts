@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { SpecInvalidError, SpecIssue } from '../config/issues';
+import { FileError, openRegularFile } from '../config/regular-file';
 import type { LoadedSpec } from '../config/validate';
 import { inspectKernelFile, KernelImageError } from './kernel-image';
 import { checkSpecOnly, compilePlan, CompiledPlan, PlanError } from './plan';
@@ -29,19 +30,25 @@ export function planSpec(loaded: LoadedSpec): PlannedSpec {
   const fail = (issues: Omit<SpecIssue, 'file' | 'line' | 'column'>[]): never => {
     throw new SpecInvalidError(loaded.displayFile, [...loaded.warnings, ...issues.map(loaded.locate)]);
   };
+  const kernelAt = ['boot-source', 'kernel_image_path'];
   let kernel;
   try {
     kernel = inspectKernelFile(spec.bootSource.kernel_image_path);
   } catch (err) {
+    if (err instanceof FileError) return fail([{ severity: 'error', code: err.code, path: kernelAt, message: err.message, hint: 'point kernel_image_path at a vmlinux (ELF) or bzImage file' }]);
     if (!(err instanceof KernelImageError)) throw err;
-    return fail([{ severity: 'error', code: 'kernel-image', path: ['boot-source', 'kernel_image_path'], message: err.message, hint: 'point kernel_image_path at a vmlinux (ELF) or bzImage built for x86_64' }]);
+    return fail([{ severity: 'error', code: 'kernel-image', path: kernelAt, message: err.message, hint: 'point kernel_image_path at a vmlinux (ELF) or bzImage built for x86_64' }]);
   }
   let initrd: { size: number } | undefined;
   if (spec.bootSource.initrd_path !== undefined) {
     try {
-      initrd = { size: fs.statSync(spec.bootSource.initrd_path).size };
+      // Opened, not just stat()ed: the same checks launch makes, so what plans also loads.
+      const { fd, size } = openRegularFile(spec.bootSource.initrd_path, 'initrd');
+      fs.closeSync(fd);
+      initrd = { size };
     } catch (err) {
-      return fail([{ severity: 'error', code: 'file-missing', path: ['boot-source', 'initrd_path'], message: `initrd cannot be read (${(err as NodeJS.ErrnoException).code}): ${spec.bootSource.initrd_path}` }]);
+      if (!(err instanceof FileError)) throw err;
+      return fail([{ severity: 'error', code: err.code, path: ['boot-source', 'initrd_path'], message: err.message, hint: 'point initrd_path at a cpio archive (a regular file)' }]);
     }
   }
   try {

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
+import { openRegularFile } from '../config/regular-file';
 import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
-import { HIMEM_START } from './layout';
+import { HIMEM_START, MMIO_GAP_START } from './layout';
 
 /** A part of the kernel file copied to guest memory; bytes past fileSize up to memSize are zeroed. */
 export interface KernelSegment {
@@ -62,22 +63,34 @@ const LOADED_HIGH = 1 << 0;
 const MIN_BZ_PROTOCOL = 0x020c;
 /** Program header tables bigger than this are not from a real kernel. */
 const MAX_PHDRS = 256;
+const ELF64_PHDR_SIZE = 56;
+/** The 64-bit boot protocol entry (startup_64) sits this far into the protected-mode code. */
+const BZ_ENTRY_64 = 0x200;
 /** Notes are read whole; real kernels carry a few KiB of them. */
 const MAX_NOTES_BYTES = 1 << 20;
 
+/**
+ * Reads a kernel file's headers. A FIFO, device, directory or socket is refused before any read
+ * (FileError, code 'file-type'), so a path that names one never blocks or streams forever; only
+ * header bytes are read, so the file's size costs nothing here (the plan bounds what is loaded).
+ */
 export function inspectKernelFile(file: string): KernelImage {
-  let fd: number;
+  const { fd, size } = openRegularFile(file, 'kernel image');
   try {
-    fd = fs.openSync(file, 'r');
-  } catch (err) {
-    throw new KernelImageError(file, `cannot open (${(err as NodeJS.ErrnoException).code})`);
-  }
-  try {
-    const size = fs.fstatSync(fd).size;
     const read: ImageReader = (offset, length) => {
       const len = Math.max(0, Math.min(length, size - offset));
       const buf = Buffer.alloc(len);
-      if (len > 0) fs.readSync(fd, buf, 0, len, offset);
+      let done = 0;
+      while (done < len) {
+        let got: number;
+        try {
+          got = fs.readSync(fd, buf, done, len - done, offset + done);
+        } catch (err) {
+          throw new KernelImageError(file, `cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+        }
+        if (got === 0) return buf.subarray(0, done); // shrank while being read: the checks see a truncated file
+        done += got;
+      }
       return buf;
     };
     return inspectKernel(file, size, read);
@@ -114,8 +127,8 @@ function inspectElf(file: string, fileSize: number, read: ImageReader): KernelIm
   const phnum = eh.readUInt16LE(56);
   if (phnum === 0) fail('ELF has no program headers');
   if (phnum > MAX_PHDRS) fail(`ELF has ${phnum} program headers (more than ${MAX_PHDRS})`);
-  if (phentsize < 56) fail(`ELF program header size ${phentsize} is too small`);
-  if (phoff + phnum * phentsize > fileSize) fail('ELF program headers extend past the end of the file');
+  if (phentsize !== ELF64_PHDR_SIZE) fail(`ELF program header size (e_phentsize) is ${phentsize}; ELF64 program headers are ${ELF64_PHDR_SIZE} bytes`);
+  if (phoff + phnum * phentsize > fileSize) fail(`ELF program headers (${phnum} at offset ${phoff}) extend past the end of the file (${fileSize} bytes): is the file truncated?`);
 
   const segments: KernelSegment[] = [];
   let pvhEntry: number | undefined;
@@ -127,11 +140,13 @@ function inspectElf(file: string, fileSize: number, read: ImageReader): KernelIm
     const paddr = num(ph.readBigUInt64LE(24));
     const filesz = num(ph.readBigUInt64LE(32));
     const memsz = num(ph.readBigUInt64LE(40));
-    if (offset + filesz > fileSize) fail(`ELF segment ${i} extends past the end of the file`);
+    if (offset + filesz > fileSize) fail(`ELF segment ${i} extends past the end of the file: its bytes are ${offset}..${offset + filesz}, the file has ${fileSize}; is the file truncated?`);
     if (type === PT_LOAD) {
       if (filesz > memsz) fail(`ELF segment ${i} has file size ${filesz} larger than its memory size ${memsz}`);
       if (memsz === 0) continue;
-      if (paddr < HIMEM_START) fail(`ELF segment ${i} loads at 0x${paddr.toString(16)}, below 1 MiB where fc-run keeps the boot structures`);
+      if (paddr < HIMEM_START) fail(`ELF segment ${i} loads at ${hex(paddr)}, below 1 MiB where fc-run keeps the boot structures`);
+      // No memory size helps here, so it is the image that is wrong, not mem_size_mib.
+      if (paddr + memsz > MMIO_GAP_START) fail(`ELF segment ${i} occupies ${hex(paddr)}..${hex(paddr + memsz)}, past 3 GiB where the MMIO gap starts; fc-run loads kernels below 3 GiB`);
       segments.push({ fileOffset: offset, fileSize: filesz, memSize: memsz, guestAddr: paddr });
     } else if (type === PT_NOTE) {
       pvhEntry ??= findPvhEntry(read(offset, Math.min(filesz, MAX_NOTES_BYTES)));
@@ -143,9 +158,12 @@ function inspectElf(file: string, fileSize: number, read: ImageReader): KernelIm
     const prev = segments[i - 1];
     if (prev.guestAddr + prev.memSize > segments[i].guestAddr) fail('ELF loadable segments overlap in physical memory');
   }
-  if (pvhEntry !== undefined) return { path: file, fileSize, format: 'pvh', entry: pvhEntry, segments };
-  const inside = segments.some((s) => entry >= s.guestAddr && entry < s.guestAddr + s.memSize);
-  if (!inside) fail(`ELF entry point 0x${entry.toString(16)} is not inside any loadable segment (is it a virtual address?)`);
+  const inside = (addr: number) => segments.some((s) => addr >= s.guestAddr && addr < s.guestAddr + s.memSize);
+  if (pvhEntry !== undefined) {
+    if (!inside(pvhEntry)) fail(`the PVH entry point ${hex(pvhEntry)} (Xen note PHYS32_ENTRY) is not inside any loadable segment`);
+    return { path: file, fileSize, format: 'pvh', entry: pvhEntry, segments };
+  }
+  if (!inside(entry)) fail(`ELF entry point ${hex(entry)} is not inside any loadable segment (is it a virtual address?)`);
   return { path: file, fileSize, format: 'elf', entry, segments };
 }
 
@@ -171,10 +189,14 @@ function findPvhEntry(notes: Buffer): number | undefined {
   return undefined;
 }
 
+/** The setup header fields read here end with init_size (0x260, 4 bytes). */
+const BZ_HEADER_END = 0x264;
+
 function inspectBzImage(file: string, fileSize: number, head: Buffer): KernelImage {
   const fail = (problem: string): never => {
     throw new KernelImageError(file, problem);
   };
+  if (head.length < BZ_HEADER_END) fail(`bzImage is truncated: the file ends at ${fileSize} bytes, inside its setup header (which ends at ${BZ_HEADER_END})`);
   const version = head.readUInt16LE(0x206);
   const versionText = `${version >> 8}.${(version & 0xff).toString().padStart(2, '0')}`;
   if (version < MIN_BZ_PROTOCOL) fail(`bzImage boot protocol ${versionText} is too old; the 64-bit entry needs 2.12 or later`);
@@ -183,9 +205,14 @@ function inspectBzImage(file: string, fileSize: number, head: Buffer): KernelIma
   if (!(head[0x211] & LOADED_HIGH)) fail('bzImage is not a "loaded high" kernel (zImage is not supported)');
   const setupSects = head[0x1f1] === 0 ? 4 : head[0x1f1];
   const setupBytes = (setupSects + 1) * 512;
-  if (setupBytes >= fileSize) fail('bzImage is truncated: nothing follows the setup sectors');
+  if (setupBytes >= fileSize) fail(`bzImage is truncated: its ${setupSects} setup sectors end at ${setupBytes} bytes, and the file has ${fileSize}`);
   const pmSize = fileSize - setupBytes;
+  if (pmSize <= BZ_ENTRY_64) fail(`bzImage is truncated: ${pmSize} bytes of kernel follow the setup sectors, too few to hold the 64-bit entry at offset ${hex(BZ_ENTRY_64)}`);
+  // syssize counts the protected-mode code in 16-byte units; more than the file holds means a cut-off copy.
+  const sysBytes = head.readUInt32LE(0x1f4) * 16;
+  if (sysBytes > pmSize + 15) fail(`bzImage is truncated: its header (syssize) says ${sysBytes} bytes of kernel follow the setup sectors, and the file has ${pmSize}`);
   const initSize = head.readUInt32LE(0x260);
+  if (initSize === 0) fail('bzImage header has init_size 0: the kernel does not say how much memory it needs to decompress');
   // The 64-bit entry decompresses the kernel at its preferred address (LOAD_PHYSICAL_ADDR,
   // 16 MiB by default) and needs init_size bytes from there; loading it there makes the region
   // it occupies exactly [pref_address, pref_address + init_size).
@@ -206,6 +233,10 @@ function inspectBzImage(file: string, fileSize: number, head: Buffer): KernelIma
       canLoadInitrdAbove4G: (xloadflags & XLF_CAN_BE_LOADED_ABOVE_4G) !== 0,
     },
   };
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
 }
 
 function align4(n: number): number {

@@ -178,30 +178,50 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
   if (lowEnd > L.HIMEM_START) e820.push({ start: L.HIMEM_START, size: lowEnd - L.HIMEM_START, type: 'ram' });
   if (regions[1]) e820.push({ start: regions[1].start, size: regions[1].size, type: 'ram' });
 
-  // The kernel must sit in RAM below the MMIO gap, where the boot page tables can reach it.
-  const kernelEnd = Math.max(...kernel.segments.map((s) => s.guestAddr + s.memSize));
-  if (kernelEnd > lowEnd) {
+  // The kernel must sit in RAM below the MMIO gap, where the boot page tables can reach it. A
+  // limit that no memory size lifts is the image's fault and is reported on the image.
+  const kernelEnd = kernel.segments.reduce((end, s) => Math.max(end, s.guestAddr + s.memSize), 0);
+  const what = kernel.bzimage ? `the kernel (with the ${kernel.bzimage.initSize} bytes its header's init_size asks for to decompress)` : 'the kernel';
+  if (kernelEnd > L.IDENTITY_MAPPED_BYTES && kernel.format !== 'pvh') {
+    error(
+      'kernel-above-identity-map',
+      ['boot-source', 'kernel_image_path'],
+      `${what} extends to ${hex(kernelEnd)}, beyond the first GiB that the boot page tables map`,
+      'use a kernel that loads and decompresses below 1 GiB, or a PVH kernel',
+    );
+  } else if (kernelEnd > L.MMIO_GAP_START) {
+    error('kernel-does-not-fit', ['boot-source', 'kernel_image_path'], `${what} extends to ${hex(kernelEnd)}, past 3 GiB where the MMIO gap starts; no memory size can hold it`);
+  } else if (kernelEnd > lowEnd) {
     error(
       'kernel-does-not-fit',
       ['machine-config', 'mem_size_mib'],
-      `the kernel occupies guest memory up to ${hex(kernelEnd)} (${mib(kernelEnd)} MiB) but RAM below the MMIO gap ends at ${hex(lowEnd)}`,
+      `${what} occupies guest memory up to ${hex(kernelEnd)} (${mib(kernelEnd)} MiB) but guest RAM ends at ${hex(lowEnd)} (mem_size_mib ${spec.machine.mem_size_mib})`,
       `raise mem_size_mib to at least ${Math.ceil(kernelEnd / L.MiB) + 1}`,
     );
-  } else if (kernelEnd > L.IDENTITY_MAPPED_BYTES && kernel.format !== 'pvh') {
-    error('kernel-above-identity-map', ['boot-source', 'kernel_image_path'], `the kernel extends to ${hex(kernelEnd)}, beyond the first GiB that the boot page tables map`);
   }
 
   let initrdPlan: BootPlan['initrd'];
   if (spec.bootSource.initrd_path !== undefined && initrd) {
+    // The initrd goes at the top of RAM below the MMIO gap, or below the highest address a
+    // bzImage says it can reach (initrd_addr_max), whichever is lower.
     const cap = kernel.bzimage ? kernel.bzimage.initrdAddrMax + 1 : Infinity;
     const top = Math.min(lowEnd, cap);
+    const limit =
+      cap < lowEnd ? `the kernel's initrd_addr_max (${hex(cap - 1)})`
+      : lowEnd === L.MMIO_GAP_START ? 'the MMIO gap at 3 GiB'
+      : `the end of guest RAM (mem_size_mib ${spec.machine.mem_size_mib})`;
+    const bottom = L.alignUp(kernelEnd, L.PAGE_SIZE);
     const guestAddr = L.alignDown(top - initrd.size, L.PAGE_SIZE);
-    if (guestAddr < L.alignUp(kernelEnd, L.PAGE_SIZE)) {
+    if (initrd.size === 0) {
+      error('initrd-empty', ['boot-source', 'initrd_path'], 'the initrd file is empty', 'point initrd_path at a cpio archive, or remove initrd_path');
+    } else if (guestAddr < bottom) {
+      const room = Math.max(0, L.alignDown(top, L.PAGE_SIZE) - bottom);
+      const canGrow = cap >= lowEnd && lowEnd < L.MMIO_GAP_START && bottom + initrd.size <= Math.min(cap, L.MMIO_GAP_START);
       error(
         'initrd-does-not-fit',
         ['boot-source', 'initrd_path'],
-        `the initrd (${initrd.size} bytes) does not fit between the kernel's end (${hex(kernelEnd)}) and ${hex(top)}`,
-        `raise mem_size_mib to at least ${Math.ceil((L.alignUp(kernelEnd, L.PAGE_SIZE) + initrd.size) / L.MiB) + 1}`,
+        `the initrd (${initrd.size} bytes, ${mib(initrd.size)} MiB) does not fit: it must lie between the kernel's end (${hex(kernelEnd)}) and ${limit}, which leaves ${room} bytes`,
+        canGrow ? `raise mem_size_mib to at least ${Math.ceil((bottom + initrd.size) / L.MiB) + 1}` : 'use a smaller initrd',
       );
     } else {
       initrdPlan = { path: spec.bootSource.initrd_path, size: initrd.size, guestAddr };

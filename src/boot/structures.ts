@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { openRegularFile } from '../config/regular-file';
 import { FcRunError } from '../errors';
 import type { GuestMemory } from '../kvm/memory';
 import type { BootPlan } from './plan';
@@ -64,6 +65,7 @@ const BP = {
   ramdisk_image: 0x218,
   ramdisk_size: 0x21c,
   cmd_line_ptr: 0x228,
+  setup_data: 0x250,
   kernel_alignment: 0x230,
   cmdline_size: 0x238,
   e820_table: 0x2d0,
@@ -81,6 +83,10 @@ function writeZeroPage(mem: GuestMemory, plan: BootPlan, setupHeader: Buffer | u
   zp.writeUInt32LE(plan.boot.cmdline.start, BP.cmd_line_ptr);
   zp.writeUInt32LE(plan.boot.cmdline.size - 1, BP.cmdline_size);
   if (!setupHeader) zp.writeUInt32LE(0x1000000, BP.kernel_alignment);
+  // Fields the boot loader owns: whatever the image's copy of the header held is not ours to pass on.
+  zp.writeUInt32LE(0, BP.ramdisk_image);
+  zp.writeUInt32LE(0, BP.ramdisk_size);
+  zp.writeBigUInt64LE(0n, BP.setup_data);
   if (plan.initrd) {
     zp.writeUInt32LE(plan.initrd.guestAddr % 2 ** 32, BP.ramdisk_image);
     zp.writeUInt32LE(plan.initrd.size % 2 ** 32, BP.ramdisk_size);
@@ -207,7 +213,7 @@ export function buildMpTable(vcpus: number, start: number): Buffer {
 }
 
 /** Reads a kernel segment from the file straight into guest memory and zeroes its tail. */
-function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fileSize: number; memSize: number; guestAddr: number }): void {
+function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fileSize: number; memSize: number; guestAddr: number }, what: string): void {
   mem.fill(seg.guestAddr, seg.memSize);
   let done = 0;
   while (done < seg.fileSize) {
@@ -215,16 +221,29 @@ function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fi
     const view = mem.view(seg.guestAddr + done, n);
     const target = view ?? Buffer.alloc(n);
     const got = fs.readSync(fd, target, 0, n, seg.fileOffset + done);
-    if (got !== n) throw new FcRunError('kernel-load', `short read from the kernel image at offset ${seg.fileOffset + done}: the file changed after planning`);
+    if (got !== n) throw new FcRunError('kernel-load', `short read from the ${what} at offset ${seg.fileOffset + done}: the file changed after planning`);
     if (!view) mem.write(seg.guestAddr + done, target);
     done += n;
   }
 }
 
+/**
+ * Opens a file the plan names, refusing one that is no longer the regular file of the size that
+ * was planned (replaced by a FIFO or device, or rewritten, between planning and launch).
+ */
+function openPlanned(file: string, what: string, plannedSize: number): number {
+  const { fd, size } = openRegularFile(file, what);
+  if (size !== plannedSize) {
+    fs.closeSync(fd);
+    throw new FcRunError('kernel-load', `${what} ${file} changed size since it was planned (${plannedSize} bytes then, ${size} now)`);
+  }
+  return fd;
+}
+
 function readFileInto(file: string, mem: GuestMemory, guestAddr: number, size: number): void {
-  const fd = fs.openSync(file, 'r');
+  const fd = openPlanned(file, 'initrd', size);
   try {
-    loadSegment(fd, mem, { fileOffset: 0, fileSize: size, memSize: size, guestAddr });
+    loadSegment(fd, mem, { fileOffset: 0, fileSize: size, memSize: size, guestAddr }, 'initrd');
   } finally {
     fs.closeSync(fd);
   }
@@ -232,11 +251,10 @@ function readFileInto(file: string, mem: GuestMemory, guestAddr: number, size: n
 
 /** Loads kernel and initrd, then writes every boot structure the plan names. */
 export function prepareGuestMemory(mem: GuestMemory, plan: BootPlan): void {
-  const fd = fs.openSync(plan.kernel.path, 'r');
+  const fd = openPlanned(plan.kernel.path, 'kernel image', plan.kernel.fileSize);
   let setupHeader: Buffer | undefined;
   try {
-    if (fs.fstatSync(fd).size !== plan.kernel.fileSize) throw new FcRunError('kernel-load', `kernel image ${plan.kernel.path} changed size since it was planned`);
-    for (const seg of plan.kernel.segments) loadSegment(fd, mem, seg);
+    for (const seg of plan.kernel.segments) loadSegment(fd, mem, seg, 'kernel image');
     if (plan.kernel.format === 'bzimage') {
       const head = Buffer.alloc(0x280);
       fs.readSync(fd, head, 0, head.length, 0);

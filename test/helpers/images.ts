@@ -48,7 +48,7 @@ export function buildElf(opts: ElfOptions): Buffer {
     file.writeUInt32LE(1, ph); // PT_LOAD
     file.writeUInt32LE(7, ph + 4);
     file.writeBigUInt64LE(BigInt(segOffsets[i]), ph + 8);
-    file.writeBigUInt64LE(BigInt(s.paddr + 0xffffffff80000000), ph + 16);
+    file.writeBigUInt64LE((BigInt(s.paddr) + 0xffffffff80000000n) & 0xffffffffffffffffn, ph + 16); // vaddr: the kernel map
     file.writeBigUInt64LE(BigInt(s.paddr), ph + 24);
     file.writeBigUInt64LE(BigInt(s.data.length), ph + 32);
     file.writeBigUInt64LE(BigInt(s.memsz ?? s.data.length), ph + 40);
@@ -110,8 +110,10 @@ export interface BzOptions {
 export function buildBzImage(opts: BzOptions = {}): Buffer {
   const setupSects = opts.setupSects ?? 4;
   const setupBytes = ((setupSects === 0 ? 4 : setupSects) + 1) * 512;
-  const file = Buffer.alloc(setupBytes + (opts.payloadBytes ?? 8192));
+  const payloadBytes = opts.payloadBytes ?? 8192;
+  const file = Buffer.alloc(setupBytes + payloadBytes);
   file[0x1f1] = setupSects;
+  file.writeUInt32LE(Math.ceil(payloadBytes / 16), 0x1f4); // syssize
   file.writeUInt16LE(0xaa55, 0x1fe);
   file.writeUInt32LE(0x53726448, 0x202);
   file.writeUInt16LE(opts.version ?? 0x020f, 0x206);

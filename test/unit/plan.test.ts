@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { canonicalJson, compilePlan, PlanError, planSpec } from '../../src/boot';
@@ -259,5 +260,72 @@ describe('golden plans', () => {
     const file = path.join(goldenDir, `${name}.plan.json`);
     if (process.env.UPDATE_GOLDEN === '1') fs.writeFileSync(file, text);
     expect(text).toBe(fs.readFileSync(file, 'utf8'));
+  });
+});
+
+describe('hostile kernel and initrd files are refused at plan time, located in the spec', () => {
+  // skipFiles leaves the validator's stat() checks out, so these reach the loader's own checks
+  // (which also guard the window between validation and planning).
+  const planErrorsRaw = (spec: unknown): { at: string; message: string; hint?: string }[] => {
+    try {
+      planSpec(load(ws, spec, { skipFiles: true }));
+    } catch (err) {
+      if (err instanceof SpecInvalidError) return err.issues.filter((i) => i.severity === 'error').map((i) => ({ at: `${i.code} @ /${i.path.join('/')}`, message: i.message, hint: i.hint }));
+      throw err;
+    }
+    throw new Error('expected the plan to be refused');
+  };
+
+  test('a FIFO as kernel or initrd (with a writer attached, so a regression cannot hang the test)', () => {
+    const fifo = path.join(ws.dir, `fifo-${process.pid}`);
+    execFileSync('mkfifo', [fifo]);
+    const writer = fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    try {
+      expect(planErrorsRaw({ 'boot-source': { kernel_image_path: fifo } })).toEqual([
+        { at: 'file-type @ /boot-source/kernel_image_path', message: `kernel image ${fifo} is a FIFO (named pipe); give a regular file`, hint: expect.any(String) },
+      ]);
+      expect(planErrorsRaw({ 'boot-source': { kernel_image_path: 'vmlinux', initrd_path: fifo } }).map((e) => e.at)).toEqual(['file-type @ /boot-source/initrd_path']);
+    } finally {
+      fs.closeSync(writer);
+    }
+  });
+
+  test('/dev/zero and a directory as kernel or initrd', () => {
+    expect(planErrorsRaw({ 'boot-source': { kernel_image_path: '/dev/zero' } }).map((e) => e.at)).toEqual(['file-type @ /boot-source/kernel_image_path']);
+    expect(planErrorsRaw({ 'boot-source': { kernel_image_path: ws.dir } })[0].message).toMatch(/is a directory/);
+    expect(planErrorsRaw({ 'boot-source': { kernel_image_path: 'vmlinux', initrd_path: '/dev/zero' } })[0]).toMatchObject({ at: 'file-type @ /boot-source/initrd_path', message: 'initrd /dev/zero is a character device; give a regular file' });
+  });
+
+  test('an empty initrd', () => {
+    ws.write('empty-initrd', '');
+    expect(planErrors({ 'boot-source': { kernel_image_path: 'vmlinux', initrd_path: 'empty-initrd' } })).toEqual(['initrd-empty @ /boot-source/initrd_path']);
+  });
+
+  test("an initrd above the bzImage's initrd_addr_max says that is the limit, and no memory size helps", () => {
+    ws.write('bz-low-max', buildBzImage({ initSize: 0x200000, initrdAddrMax: 0x01ffffff }));
+    fs.truncateSync(ws.write('initrd-15m.img', ''), 15 << 20);
+    const [e] = planErrorsRaw({ 'boot-source': { kernel_image_path: 'bz-low-max', initrd_path: 'initrd-15m.img' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 1024 } });
+    expect(e.at).toBe('initrd-does-not-fit @ /boot-source/initrd_path');
+    expect(e.message).toMatch(/between the kernel's end \(0x1200000\) and the kernel's initrd_addr_max \(0x1ffffff\), which leaves 14680064 bytes/);
+    expect(e.hint).toBe('use a smaller initrd');
+  });
+
+  test('an initrd bigger than RAM below the MMIO gap names the gap, not mem_size_mib', () => {
+    const big = ws.write('initrd-3g.img', '');
+    fs.truncateSync(big, 3 * GiB);
+    const [e] = planErrorsRaw({ 'boot-source': { kernel_image_path: 'vmlinux', initrd_path: 'initrd-3g.img' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 8192 } });
+    expect(e.message).toMatch(/and the MMIO gap at 3 GiB/);
+    expect(e.hint).toBe('use a smaller initrd');
+    ws.write('initrd-1m.img', Buffer.alloc(1 << 20, 1));
+    const [small] = planErrorsRaw({ 'boot-source': { kernel_image_path: 'vmlinux', initrd_path: 'initrd-1m.img' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 17 } });
+    expect(small.message).toMatch(/and the end of guest RAM \(mem_size_mib 17\)/);
+    expect(small.hint).toMatch(/raise mem_size_mib to at least 19/);
+  });
+
+  test('a bzImage whose init_size reaches past the first GiB is refused on the image, naming init_size', () => {
+    ws.write('bz-huge-init', buildBzImage({ initSize: 0xfff00000 }));
+    const [e] = planErrorsRaw({ 'boot-source': { kernel_image_path: 'bz-huge-init' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 8192 } });
+    expect(e.at).toBe('kernel-above-identity-map @ /boot-source/kernel_image_path');
+    expect(e.message).toMatch(/with the 4293918720 bytes its header's init_size asks for/);
   });
 });
