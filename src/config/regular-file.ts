@@ -22,7 +22,7 @@ export interface RegularFile {
 }
 
 /** What a non-regular file is, in words a user recognises. */
-function kindOf(st: fs.Stats): string {
+export function fileKind(st: fs.Stats): string {
   if (st.isDirectory()) return 'a directory';
   if (st.isFIFO()) return 'a FIFO (named pipe)';
   if (st.isCharacterDevice()) return 'a character device';
@@ -44,7 +44,7 @@ function unreadable(file: string, what: string, err: unknown): FileError {
 }
 
 function notRegular(file: string, what: string, st: fs.Stats): FileError {
-  return new FileError('file-type', file, `${what} ${file} is ${kindOf(st)}; give a regular file`);
+  return new FileError('file-type', file, `${what} ${file} is ${fileKind(st)}; give a regular file`);
 }
 
 /**

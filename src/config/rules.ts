@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { IssueList } from './issues';
 import { closestMatch } from './suggest';
 import { parseBitmap, parseRegisterNumber } from './cpu-template';
-import { fileKind } from './read';
+import { fileKind } from './regular-file';
 import type { CpuConfig, RateLimiter, VmSpec } from './vm-spec.generated';
 
 /** Linux's IFNAMSIZ is 16 including the terminating NUL. */

@@ -22,6 +22,7 @@ beforeAll(() => {
   ws.write('high-kernel', buildElf({ entry: 0x40000000, segments: [{ paddr: 0x40000000, data: Buffer.alloc(16), memsz: 4096 }] }));
   ws.write('short-cmdline.bz', buildBzImage({ cmdlineSize: 255 }));
   ws.write('text-kernel', 'this is not a kernel\n');
+  ws.write('empty-initrd', '');
   ws.write('big-initrd', Buffer.alloc(0)); // sized below with truncate
   fs.truncateSync(path.join(ws.dir, 'big-initrd'), 200 * 1024 * 1024);
 });
@@ -61,6 +62,7 @@ const CASES: Case[] = [
   { what: 'a kernel larger than RAM', spec: { 'boot-source': { kernel_image_path: 'big-kernel' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } }, code: 'kernel-does-not-fit', specOnly: false },
   { what: 'a kernel beyond the identity map', spec: { 'boot-source': { kernel_image_path: 'high-kernel' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 2048 } }, code: 'kernel-above-identity-map', specOnly: false },
   { what: 'an initrd larger than RAM', spec: { 'boot-source': { kernel_image_path: 'vmlinux', initrd_path: 'big-initrd' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 128 } }, code: 'initrd-does-not-fit', specOnly: false },
+  { what: 'an empty initrd', spec: { 'boot-source': { kernel_image_path: 'vmlinux', initrd_path: 'empty-initrd' } }, code: 'initrd-empty', specOnly: false },
   { what: 'a text file as kernel', spec: { 'boot-source': { kernel_image_path: 'text-kernel' } }, code: 'kernel-image', specOnly: false },
 ];
 
