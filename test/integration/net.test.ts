@@ -53,7 +53,7 @@ function rateRun(direction: 'tx' | 'rx'): RateRun {
 /**
  * What the limiter guarantees whatever the load: never more than the bucket plus the rate since it
  * was made (checked at every sample), and progress: a loaded machine may be slow, but not by more
- * than a generous factor (a limiter that stalls, or waits ten times too long, fails).
+ * than a generous factor (a limiter that stalls, or waits many times too long, fails).
  */
 function expectLimited(m: RateRun): void {
   expect(m.timedOut).toBe(false);
