@@ -19,7 +19,7 @@ const describeApi = canRun ? describe : describe.skip;
 if (!canRun) console.warn('SKIPPED: the API test needs /dev/kvm, /dev/net/tun and root (to create a network namespace)');
 
 const NS = `fcrun-api-${process.pid}`;
-const TAP = 'fcapi0';
+const TAP = `fcapi${process.pid}`; // unique: other test runs may share the machine
 
 function call(sock: string, method: string, url: string, body?: unknown): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {

@@ -20,6 +20,8 @@ const GID = 1000;
 let ws: Workspace;
 let base: string;
 const ids: string[] = [];
+/** Jail ids name cgroups, which the whole machine shares: unique to this process. */
+const jid = (name: string) => `${name}-${process.pid}`;
 beforeAll(() => {
   ws = new Workspace();
   base = path.join(ws.dir, 'jails');
@@ -63,11 +65,11 @@ describeJail('fc-run jail', () => {
   test('the jailed VMM runs chrooted as the given user, without capabilities, under seccomp, in its own PID namespace and cgroups', async () => {
     const kernel = ws.write('spin.elf', tinyGuestElf([0xeb, 0xfe])); // jmp $
     const spec = ws.write('spin.json', { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
-    const child = spawn(process.execPath, jailArgs(spec, 'spin', ['--cgroup', 'memory.limit_in_bytes=536870912', '--cgroup', 'pids.max=64']), { env: { ...process.env, NO_COLOR: '1' } });
+    const child = spawn(process.execPath, jailArgs(spec, jid('spin'), ['--cgroup', 'memory.limit_in_bytes=536870912', '--cgroup', 'pids.max=64']), { env: { ...process.env, NO_COLOR: '1' } });
     let err = '';
     child.stderr.on('data', (d) => (err += d));
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-    const root = path.join(base, 'fc-run', 'spin', 'root');
+    const root = path.join(base, 'fc-run', jid('spin'), 'root');
     try {
       let pid: number | undefined;
       const until = Date.now() + 30_000;
@@ -75,8 +77,11 @@ describeJail('fc-run jail', () => {
         if (Date.now() > until) throw new Error(`no process in the jail; stderr: ${err}`);
         await new Promise((r) => setTimeout(r, 50));
       }
-      // Give it time to reach the guest (seccomp goes on right before the vCPUs run).
-      await new Promise((r) => setTimeout(r, 1500));
+      // Seccomp goes on right before the vCPUs run: wait for that moment, however slow the machine.
+      while (statusOf(pid).Seccomp !== '2') {
+        if (Date.now() > until) throw new Error(`the jailed fc-run never reached its guest; stderr: ${err}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
       const st = statusOf(pid);
       expect(st.Uid.split(/\s+/)).toEqual([String(UID), String(UID), String(UID), String(UID)]);
       expect(st.Gid.split(/\s+/)).toEqual([String(GID), String(GID), String(GID), String(GID)]);
@@ -88,10 +93,10 @@ describeJail('fc-run jail', () => {
       expect(st.NSpid.split(/\s+/)).toEqual([String(pid), '1']); // PID 1 of a namespace of its own
       expect(fs.readlinkSync(`/proc/${pid}/ns/mnt`)).not.toBe(fs.readlinkSync('/proc/self/ns/mnt'));
       const cgroups = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-      expect(cgroups).toMatch(/:memory:\/fc-run\/spin$/m);
-      expect(cgroups).toMatch(/:pids:\/fc-run\/spin$/m);
-      expect(fs.readFileSync('/sys/fs/cgroup/memory/fc-run/spin/memory.limit_in_bytes', 'utf8').trim()).toBe('536870912');
-      expect(fs.readFileSync('/sys/fs/cgroup/pids/fc-run/spin/pids.max', 'utf8').trim()).toBe('64');
+      expect(cgroups).toContain(`:memory:/fc-run/${jid('spin')}\n`);
+      expect(cgroups).toContain(`:pids:/fc-run/${jid('spin')}\n`);
+      expect(fs.readFileSync(`/sys/fs/cgroup/memory/fc-run/${jid('spin')}/memory.limit_in_bytes`, 'utf8').trim()).toBe('536870912');
+      expect(fs.readFileSync(`/sys/fs/cgroup/pids/fc-run/${jid('spin')}/pids.max`, 'utf8').trim()).toBe('64');
       expect(fs.readlinkSync(`/proc/${pid}/ns/ipc`)).not.toBe(fs.readlinkSync('/proc/self/ns/ipc'));
       expect(fs.readlinkSync(`/proc/${pid}/ns/net`)).not.toBe(fs.readlinkSync('/proc/self/ns/net')); // no TAP: an empty one
       // A session of its own without a controlling terminal: nothing to type commands into.
@@ -113,13 +118,13 @@ describeJail('fc-run jail', () => {
     }
     expect(err).toMatch(/stopped by SIGTERM/);
     // The cgroups went with the VM.
-    expect(fs.existsSync('/sys/fs/cgroup/memory/fc-run/spin')).toBe(false);
+    expect(fs.existsSync(`/sys/fs/cgroup/memory/fc-run/${jid('spin')}`)).toBe(false);
   }, 60_000);
 
   test('a jailer killed outright (SIGKILL) still stops its VM', async () => {
     const spec = ws.write('spin2.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
-    const child = spawn(process.execPath, jailArgs(spec, 'spin2'), { stdio: 'ignore' });
-    const root = path.join(base, 'fc-run', 'spin2', 'root');
+    const child = spawn(process.execPath, jailArgs(spec, jid('spin2')), { stdio: 'ignore' });
+    const root = path.join(base, 'fc-run', jid('spin2'), 'root');
     let pid: number | undefined;
     const until = Date.now() + 30_000;
     while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
@@ -138,7 +143,7 @@ describeJail('fc-run jail', () => {
       'machine-config': { vcpu_count: 2, mem_size_mib: 64 },
       drives: [{ drive_id: 'disk0', path_on_host: disk, is_root_device: false, is_read_only: false }],
     });
-    const r = spawnSync(process.execPath, jailArgs(spec, 'probe'), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
+    const r = spawnSync(process.execPath, jailArgs(spec, jid('probe')), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
     const out = r.stdout.replace(/\r/g, '');
     expect(out).toContain('# probe done: 0 failed');
     expect(out).toContain('ok - blk-write');
@@ -149,9 +154,9 @@ describeJail('fc-run jail', () => {
   test('fds the jailer was given do not reach the jail', async () => {
     const spec = ws.write('fds.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
     const dirFd = fs.openSync('/', 'r');
-    const child = spawn(process.execPath, jailArgs(spec, 'fds'), { stdio: ['ignore', 'ignore', 'ignore', dirFd] });
+    const child = spawn(process.execPath, jailArgs(spec, jid('fds')), { stdio: ['ignore', 'ignore', 'ignore', dirFd] });
     fs.closeSync(dirFd);
-    const root = path.join(base, 'fc-run', 'fds', 'root');
+    const root = path.join(base, 'fc-run', jid('fds'), 'root');
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
     try {
       let pid: number | undefined;
@@ -175,7 +180,7 @@ describeJail('fc-run jail', () => {
 
   test('a jailer stopped while the jailed fc-run is still starting stops it too', async () => {
     const spec = ws.write('early.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 }, entropy: {} });
-    for (const [id, sig] of [['early-term', 'SIGTERM'], ['early-kill', 'SIGKILL']] as const) {
+    for (const [id, sig] of [[jid('early-term'), 'SIGTERM'], [jid('early-kill'), 'SIGKILL']] as const) {
       const child = spawn(process.execPath, jailArgs(spec, id), { stdio: 'ignore' });
       const root = path.join(base, 'fc-run', id, 'root');
       let pid: number | undefined;
@@ -198,7 +203,7 @@ describeJail('fc-run jail', () => {
       logger: { log_path: logPath, level: 'Info' },
       metrics: { metrics_path: metricsPath },
     });
-    const r = spawnSync(process.execPath, jailArgs(spec, 'monitored', ['--serial-out', 'none']), { encoding: 'utf8', timeout: 60_000 });
+    const r = spawnSync(process.execPath, jailArgs(spec, jid('monitored'), ['--serial-out', 'none']), { encoding: 'utf8', timeout: 60_000 });
     expect(r.status).toBe(0);
     expect(fs.readFileSync(logPath, 'utf8')).toMatch(/Guest-boot-time = \d+ us/);
     const lines = fs.readFileSync(metricsPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { fc_run: { reason: string } });
@@ -208,17 +213,17 @@ describeJail('fc-run jail', () => {
 
   test('refusals: an existing jail, a bad id, a log file the jailed user cannot write', () => {
     const spec = ws.write('small.json', { 'boot-source': { kernel_image_path: PROBE }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } });
-    const again = spawnSync(process.execPath, jailArgs(spec, 'probe'), { encoding: 'utf8' });
+    const again = spawnSync(process.execPath, jailArgs(spec, jid('probe')), { encoding: 'utf8' });
     expect(again.status).toBe(1);
-    expect(again.stderr).toMatch(/fc-run\/probe already exists: remove it, or use another --id/);
+    expect(again.stderr).toContain(`fc-run/${jid('probe')} already exists: remove it, or use another --id`);
     const badId = spawnSync(process.execPath, jailArgs(spec, '../x'), { encoding: 'utf8' });
     expect(badId.stderr).toMatch(/--id "..\/x": use 1 to 64 letters, digits or dashes/);
     const rootLog = ws.write('root.log', '');
     fs.chmodSync(rootLog, 0o600);
     const logged = ws.write('logged.json', { 'boot-source': { kernel_image_path: PROBE }, logger: { log_path: rootLog } });
-    const withLog = spawnSync(process.execPath, jailArgs(logged, 'logged'), { encoding: 'utf8' });
+    const withLog = spawnSync(process.execPath, jailArgs(logged, jid('logged')), { encoding: 'utf8' });
     expect(withLog.status).toBe(1);
     expect(withLog.stderr).toMatch(/the log file .*root\.log cannot be written by uid 1000/);
-    expect(fs.existsSync(path.join(base, 'fc-run', 'logged'))).toBe(false); // nothing left behind
+    expect(fs.existsSync(path.join(base, 'fc-run', jid('logged')))).toBe(false); // nothing left behind
   });
 });

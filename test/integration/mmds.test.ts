@@ -1,6 +1,7 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { createSealedNetns, SealedNetns } from '../helpers/netns';
 import { Workspace } from '../helpers/specs';
 
 /**
@@ -16,24 +17,19 @@ const canRun = fs.existsSync('/dev/kvm') && fs.existsSync('/dev/net/tun') && pro
 const describeNet = canRun ? describe : describe.skip;
 if (!canRun) console.warn('SKIPPED: the MMDS test needs /dev/kvm, /dev/net/tun and root (to create a network namespace)');
 
-const NS = `fcrun-mmds-${process.pid}`;
-const TAP = 'fcmmds0';
-const inNs = (...args: string[]) => execFileSync('ip', ['netns', 'exec', NS, ...args], { encoding: 'utf8' });
-const tapStat = (name: string) => Number(inNs('cat', `/sys/class/net/${TAP}/statistics/${name}`).trim());
 
 const CONTENTS = { latest: { 'meta-data': { 'ami-id': 'ami-0123456789', 'instance-id': 'i-fcrun', tags: { env: 'test' } } } };
 
 let ws: Workspace;
+let net: SealedNetns;
 describeNet('MMDS through virtio-net', () => {
   beforeAll(() => {
     ws = new Workspace();
-    execFileSync('ip', ['netns', 'add', NS]);
-    inNs('ip', 'link', 'set', 'lo', 'up');
-    inNs('ip', 'tuntap', 'add', 'dev', TAP, 'mode', 'tap');
-    inNs('ip', 'link', 'set', TAP, 'up');
+    // Sealed: the host sends nothing of its own to the guest, so the guest's TCP/IP sees only MMDS.
+    net = createSealedNetns('mmds');
   });
   afterAll(() => {
-    spawnSync('ip', ['netns', 'del', NS]);
+    net?.remove();
     ws?.remove();
   });
 
@@ -41,13 +37,13 @@ describeNet('MMDS through virtio-net', () => {
     const spec = ws.write(name, {
       'boot-source': { kernel_image_path: PROBE, boot_args: `console=ttyS0 probe.ip=10.202.0.2 ${bootArgs}` },
       'machine-config': { vcpu_count: 1, mem_size_mib: 64 },
-      'network-interfaces': [{ iface_id: 'eth0', host_dev_name: TAP, guest_mac: '06:00:0a:ca:00:02' }],
+      'network-interfaces': [{ iface_id: 'eth0', host_dev_name: net.tap, guest_mac: '06:00:0a:ca:00:02' }],
       'mmds-config': { network_interfaces: ['eth0'], ...mmdsConfig },
       ...(args.includes('--metadata') ? {} : { mmds: CONTENTS }),
     });
-    const rxBefore = tapStat('rx_packets');
-    const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, BIN, spec, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1' } });
-    return { out: r.stdout.replace(/\r/g, ''), status: r.status, stderr: r.stderr, tapFramesFromGuest: tapStat('rx_packets') - rxBefore };
+    const rxBefore = net.tapStat('rx_packets');
+    const r = spawnSync('ip', ['netns', 'exec', net.ns, process.execPath, BIN, spec, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1' } });
+    return { out: r.stdout.replace(/\r/g, ''), status: r.status, stderr: r.stderr, tapFramesFromGuest: net.tapStat('rx_packets') - rxBefore };
   }
 
   test('V2: the guest gets a session token, then a value as JSON; without a token it gets 401', () => {

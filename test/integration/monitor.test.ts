@@ -199,8 +199,10 @@ describeKvm('logs and metrics', () => {
     let got = '';
     reader.on('data', (d) => (got += d));
     const child = spawn(process.execPath, [BIN, spec, '--metrics-path', fifo], { env: { ...process.env, NO_COLOR: '1' }, stdio: 'ignore' });
+    // The reader ends when the last writer closes the pipe: everything written has been read then.
+    const ended = new Promise<void>((resolve) => reader.on('end', resolve));
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await ended;
     reader.destroy();
     expect(code).toBe(0);
     const fromPipe = got.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Line);
@@ -236,8 +238,9 @@ describeKvm('logs and metrics', () => {
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[1];
     console.log(`guest boot time with a log file: ${(median(times.file) / 1000).toFixed(1)} ms; with a full, unread log pipe: ${(median(times.pipe) / 1000).toFixed(1)} ms (median of 3); ${lost} log lines dropped and counted`);
     expect(lost).toBeGreaterThan(0);
-    // Same work either way; a writer that blocked would never finish (and the test would time out).
-    expect(median(times.pipe)).toBeLessThan(median(times.file) * 2);
+    // A writer that blocked would never finish (and the test would time out); one that waited a
+    // little on each line would take far longer than the file runs. Generous, for a loaded machine.
+    expect(median(times.pipe)).toBeLessThan(median(times.file) * 5 + 1_000_000);
   }, 120_000);
 
   test('SIGTERM stops a running VM cleanly: the last metrics line and the log say so', async () => {

@@ -206,8 +206,11 @@ describeKvm('virtio devices seen from the probe guest', () => {
     // the other four (write, flush, read back, out-of-range read) wait 0.5 s each.
     const limited = time(spec('limited.json', { ops: { size: 2, refill_time: 1000 } }));
     console.log(`probe block checks: ${free.toFixed(2)} s unlimited, ${limited.toFixed(2)} s at 2 ops/s`);
-    expect(limited - free).toBeGreaterThan(1.8);
-    expect(limited - free).toBeLessThan(4);
+    // What the bucket guarantees on any machine: the four requests beyond the full bucket cannot
+    // all be served sooner than 2 s after it was made (the run holds that and more). The other
+    // side, generously: a limiter that waited far too long would blow this, a loaded machine not.
+    expect(limited).toBeGreaterThanOrEqual(1.8);
+    expect(limited - free).toBeLessThan(20);
   });
 
   test('a missing drive file is refused before anything starts', () => {

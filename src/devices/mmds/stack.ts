@@ -30,9 +30,11 @@ const PROTO_TCP = 6;
 const TCP_HDR = 20;
 const F = { FIN: 0x01, SYN: 0x02, RST: 0x04, PSH: 0x08, ACK: 0x10 } as const;
 /** Request bytes held per connection: also the receive window fc-run advertises. */
-const INBOX_MAX = 8192;
+export const MMDS_INBOX_MAX = 8192;
 /** Responses waiting to be sent per connection before further requests wait in the inbox. */
-const OUTBOX_HIGH = 64 * 1024;
+export const MMDS_OUTBOX_HIGH = 64 * 1024;
+const INBOX_MAX = MMDS_INBOX_MAX;
+const OUTBOX_HIGH = MMDS_OUTBOX_HIGH;
 const DEFAULT_MSS = 536; // RFC 9293's default when the guest sends no MSS option
 const MAX_MSS = 1460;
 
@@ -63,6 +65,17 @@ export interface MmdsStackCounters {
   resetsSent: number;
   /** Replies dropped because the guest did not take frames (the pending queue was full). */
   repliesDropped: number;
+}
+
+export interface MmdsStackFootprint {
+  connections: number;
+  /** ARP replies and resets waiting for the guest. */
+  pendingFrames: number;
+  /** Request bytes held, over all connections (at most INBOX_MAX each). */
+  inboxBytes: number;
+  /** Response bytes not yet acknowledged, over all connections. */
+  outboxBytes: number;
+  largestOutbox: number;
 }
 
 interface Conn {
@@ -157,6 +170,19 @@ export class MmdsNetworkStack {
 
   get connectionCount(): number {
     return this.conns.size;
+  }
+
+  /** What the guest's traffic holds in memory here: every part of it has a fixed bound. */
+  footprint(): MmdsStackFootprint {
+    let inboxBytes = 0;
+    let outboxBytes = 0;
+    let largestOutbox = 0;
+    for (const c of this.conns.values()) {
+      inboxBytes += c.inbox.length;
+      outboxBytes += c.outbox.length;
+      largestOutbox = Math.max(largestOutbox, c.outbox.length);
+    }
+    return { connections: this.conns.size, pendingFrames: this.pending.length, inboxBytes, outboxBytes, largestOutbox };
   }
 
   /** Whether a frame is waiting for the guest. */

@@ -36,6 +36,15 @@ beforeAll(() => {
 });
 /** Sockets and servers a test opened: closed even when the test fails, so jest can exit. */
 const afterCleanup: (() => void)[] = [];
+
+/**
+ * Waits until `cond` holds: what a socket in this process receives arrives through Node's own
+ * loop, after an unknown delay on a loaded machine; the limit is for a bug, not a guess at speed.
+ */
+async function eventually(cond: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+}
 afterEach(() => {
   for (const f of afterCleanup.splice(0)) f();
 });
@@ -138,7 +147,7 @@ describe('vsock: malformed and unexpected packets', () => {
     send(drv, packet({ op: VSOCK_OP.REQUEST }));
     expect(received(drv, rx)).toEqual([VSOCK_OP.RESPONSE]);
     send(drv, packet({ op: VSOCK_OP.RW, payload: Buffer.from('from the guest') }));
-    await new Promise((r) => setTimeout(r, 100));
+    await eventually(() => got.length >= 'from the guest'.length);
     expect(got).toBe('from the guest');
     expect(vsock.counters.txBytes).toBe(14);
     // A reset from the guest closes the host socket and forgets the connection.
@@ -156,8 +165,8 @@ describe('vsock: malformed and unexpected packets', () => {
     host.on('data', (d) => (hostGot += d));
     await new Promise<void>((r) => host.once('connect', () => r()));
     afterCleanup.push(() => host.destroy());
-    host.write('CONNECT 5000\nping');
-    await new Promise((r) => setTimeout(r, 50));
+    // Handed to the kernel when the callback runs: then the device's reads will find it.
+    await new Promise<void>((r) => host.write('CONNECT 5000\nping', () => r()));
     poller.pumpInput(); // accepts
     poller.pumpInput(); // reads the CONNECT line (and "ping")
     expect(received(drv, rx)).toEqual([VSOCK_OP.REQUEST]);
@@ -178,7 +187,7 @@ describe('vsock: malformed and unexpected packets', () => {
       return b.readUInt16LE(30) === VSOCK_OP.RW ? b.toString('latin1', 44) : b.readUInt16LE(30);
     });
     expect(got).toEqual([VSOCK_OP.RST, 'ping']);
-    await new Promise((r) => setTimeout(r, 50));
+    await eventually(() => hostGot.includes('\n'));
     expect(hostGot).toBe(`OK ${hostPort}\n`);
   });
 });
