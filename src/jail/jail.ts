@@ -416,6 +416,12 @@ export function checkExecFile(execFile: string): void {
   }
 }
 
+/** Firecracker's form: root, the runtime, the id and users, and the exec file, checked before any file is read. */
+export function checkJailerHost(opts: JailerOptions): void {
+  checkCommon(opts);
+  checkExecFile(opts.execFile);
+}
+
 /** What the jail needs at its root in Firecracker's form, made when missing and removed afterwards. */
 function jailerEntries(): { rel: string; kind: 'dir' | 'file' | 'link'; target?: string }[] {
   const links = ['lib', 'lib64', 'bin', 'sbin'].filter((t) => fs.existsSync(`/${t}`)).map((t) => ({ rel: t, kind: 'link' as const, target: fs.readlinkSync(`/${t}`) }));
@@ -433,8 +439,7 @@ function jailerEntries(): { rel: string; kind: 'dir' | 'file' | 'link'; target?:
  * checked by the caller (see checkInsideSpec).
  */
 export function prepareJailerJail(opts: JailerOptions): PreparedJail {
-  checkCommon(opts);
-  checkExecFile(opts.execFile);
+  checkJailerHost(opts);
   const execName = path.basename(opts.execFile);
   const layout = jailLayout(opts.baseDir, execName, opts.id);
   const plan = cgroupPlanFor(opts.cgroups, opts.id, opts.parentCgroup ?? execName, opts.cgroupVersion, true);
