@@ -154,7 +154,11 @@ async function jailerFormCommand(io: Io, args: ParsedArgs, startNs: bigint): Pro
   let messagesOpen = daemonized;
   const messages = {
     write: (text: string) => {
-      if (messagesOpen) fs.writeSync(3, text);
+      try {
+        if (messagesOpen) fs.writeSync(3, text);
+      } catch {
+        messagesOpen = false; // the foreground is gone: nobody to tell
+      }
       return true;
     },
   };
