@@ -49,6 +49,8 @@ export interface CommandSpec {
   examples: [string, string][];
   /** Text after the options in --help. */
   notes?: string;
+  /** Arguments after `--` are the command's to pass on (ParsedArgs.rest), not positionals. */
+  passThrough?: boolean;
 }
 
 export type OptionValue = string | number | boolean | string[];

@@ -65,7 +65,7 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
       write(io.out, `fc-run v${VERSION}`);
       return EXIT_OK;
     }
-    return await command.run(io, parseArgs(rest, command.spec), startNs);
+    return await command.run(io, parseArgs(rest, command.spec, { passThrough: command.spec.passThrough }), startNs);
   } catch (err) {
     const code = handleFailure(io, err, early);
     return code === EXIT_OK ? EXIT_FAILURE : code;

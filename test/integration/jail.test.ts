@@ -117,8 +117,9 @@ describeJail('fc-run jail', () => {
       child.kill('SIGKILL');
     }
     expect(err).toMatch(/stopped by SIGTERM/);
-    // The cgroups went with the VM.
+    // The cgroups and the jail directory went with the VM.
     expect(fs.existsSync(`/sys/fs/cgroup/memory/fc-run/${jid('spin')}`)).toBe(false);
+    expect(fs.existsSync(path.dirname(root))).toBe(false);
   }, 60_000);
 
   test('a jailer killed outright (SIGKILL) still stops its VM', async () => {
@@ -211,11 +212,13 @@ describeJail('fc-run jail', () => {
     for (const f of [logPath, metricsPath]) expect([fs.statSync(f).uid, fs.statSync(f).mode & 0o777]).toEqual([UID, 0o600]);
   });
 
-  test('refusals: an existing jail, a bad id, a log file the jailed user cannot write', () => {
+  test('refusals: a jail left behind, a bad id, a log file the jailed user cannot write', () => {
     const spec = ws.write('small.json', { 'boot-source': { kernel_image_path: PROBE }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } });
-    const again = spawnSync(process.execPath, jailArgs(spec, jid('probe')), { encoding: 'utf8' });
+    // spin2's jailer was killed by SIGKILL (above): its jail directory is left, and named with its removal.
+    const again = spawnSync(process.execPath, jailArgs(spec, jid('spin2')), { encoding: 'utf8' });
     expect(again.status).toBe(1);
-    expect(again.stderr).toContain(`fc-run/${jid('probe')} already exists: remove it, or use another --id`);
+    expect(again.stderr).toContain(`${path.join(base, 'fc-run', jid('spin2'))} already exists, left behind by a run of microVM "${jid('spin2')}" that did not finish`);
+    expect(again.stderr).toContain(`rm -rf ${path.join(base, 'fc-run', jid('spin2'))}`);
     const badId = spawnSync(process.execPath, jailArgs(spec, '../x'), { encoding: 'utf8' });
     expect(badId.stderr).toMatch(/--id "..\/x": use 1 to 64 letters, digits or dashes/);
     const rootLog = ws.write('root.log', '');
@@ -225,5 +228,114 @@ describeJail('fc-run jail', () => {
     expect(withLog.status).toBe(1);
     expect(withLog.stderr).toMatch(/the log file .*root\.log cannot be written by uid 1000/);
     expect(fs.existsSync(path.join(base, 'fc-run', jid('logged')))).toBe(false); // nothing left behind
+  });
+  describe("Firecracker's jailer form", () => {
+    /** A jail root populated as Firecracker users do: the spec and its files copied in, paths as seen inside. */
+    function populate(id: string, spec: object, files: Record<string, Buffer>): string {
+      ids.push(id);
+      const root = path.join(base, 'fc-run', id, 'root');
+      fs.mkdirSync(root, { recursive: true, mode: 0o755 });
+      for (const [name, content] of Object.entries(files)) {
+        fs.mkdirSync(path.dirname(path.join(root, name)), { recursive: true });
+        fs.writeFileSync(path.join(root, name), content);
+      }
+      fs.writeFileSync(path.join(root, 'vm.json'), JSON.stringify(spec));
+      return root;
+    }
+    const jailer = (id: string, extra: string[], after: string[]) => [BIN, 'jail', '--id', id, '--exec-file', BIN, '--uid', String(UID), '--gid', String(GID), '--chroot-base-dir', base, ...extra, '--', ...after];
+    const spinSpec = { 'boot-source': { kernel_image_path: '/spin.elf' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } };
+    const spinFiles = () => ({ 'spin.elf': tinyGuestElf([0xeb, 0xfe]) });
+
+    test('the VMM runs chrooted in the jail root the user populated; its PID is in <root>/fc-run.pid; the root is left as it was', async () => {
+      const root = populate('fcj-spin', spinSpec, spinFiles());
+      const before = fs.readdirSync(root).sort();
+      const child = spawn(process.execPath, jailer('fcj-spin', ['--cgroup', 'pids.max=64', '--resource-limit', 'no-file=512'], ['--config-file', '/vm.json', '--no-api']), { env: { ...process.env, NO_COLOR: '1' } });
+      let err = '';
+      child.stderr.on('data', (d) => (err += d));
+      const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+      try {
+        let pid: number | undefined;
+        const until = Date.now() + 30_000;
+        while (!(pid = processIn(root))) {
+          if (Date.now() > until) throw new Error(`no process in the jail; stderr: ${err}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const pidFile = path.join(root, 'fc-run.pid');
+        const pidUntil = Date.now() + 10_000;
+        while (fs.readFileSync(pidFile, 'utf8').trim() !== String(pid) && Date.now() < pidUntil) await new Promise((r) => setTimeout(r, 50));
+        expect(fs.readFileSync(pidFile, 'utf8').trim()).toBe(String(pid));
+        const st = statusOf(pid);
+        expect(st.Uid.split(/\s+/)).toEqual([String(UID), String(UID), String(UID), String(UID)]);
+        expect(st.CapEff).toBe('0000000000000000');
+        expect(st.NSpid.split(/\s+/)).toEqual([String(pid), '1']);
+        expect(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8')).toMatch(/:pids:\/fc-run\/fcj-spin$/m);
+        expect(fs.readFileSync(`/proc/${pid}/limits`, 'utf8')).toMatch(/^Max open files\s+512\s+512/m);
+        // Firecracker's jailer keeps the host's network namespace unless --netns.
+        expect(fs.readlinkSync(`/proc/${pid}/ns/net`)).toBe(fs.readlinkSync('/proc/self/ns/net'));
+        expect(fs.readdirSync(`/proc/${pid}/root/dev`).sort()).toEqual(['kvm', 'net', 'null', 'urandom']);
+        // The jailer passed the id and start time, then the user's arguments.
+        const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+        expect(argv.slice(argv.indexOf('run'), argv.indexOf('run') + 3)).toEqual(['run', '--id', 'fcj-spin']);
+        expect(argv).toContain('--config-file');
+        child.kill('SIGTERM');
+        expect(await exited).toBe(0);
+      } finally {
+        child.kill('SIGKILL');
+      }
+      expect(fs.readdirSync(root).sort()).toEqual(before);
+      expect(fs.existsSync('/sys/fs/cgroup/pids/fc-run/fcj-spin')).toBe(false);
+    }, 60_000);
+
+    test('the probe guest runs from the jail; its writes land in the drive file in the jail', () => {
+      const root = populate(
+        'fcj-probe',
+        { 'boot-source': { kernel_image_path: '/probe.elf', boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 }, drives: [{ drive_id: 'disk0', path_on_host: 'disk.img', is_root_device: false, is_read_only: false }] },
+        { 'probe.elf': fs.readFileSync(PROBE), 'disk.img': Buffer.alloc(64 * 1024) },
+      );
+      fs.chownSync(path.join(root, 'disk.img'), UID, GID);
+      const r = spawnSync(process.execPath, jailer('fcj-probe', [], ['--config-file', '/vm.json']), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
+      const out = r.stdout.replace(/\r/g, '');
+      expect(out).toContain('# probe done: 0 failed');
+      expect(r.status).toBe(0);
+      expect(fs.readFileSync(path.join(root, 'disk.img')).toString('latin1', 512, 545)).toBe('written by the fc-run probe guest');
+    });
+
+    test('--daemonize returns once the VMM runs, in a session of its own with stdio on /dev/null; stopping it cleans up', async () => {
+      const root = populate('fcj-daemon', spinSpec, spinFiles());
+      const r = spawnSync(process.execPath, jailer('fcj-daemon', ['--daemonize'], ['--config-file', '/vm.json']), { encoding: 'utf8', timeout: 30_000 });
+      expect(r.status).toBe(0);
+      const pidFile = path.join(root, 'fc-run.pid');
+      const pid = Number(fs.readFileSync(pidFile, 'utf8'));
+      try {
+        expect(processIn(root)).toBe(pid);
+        const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        expect(Number(fields[3])).toBe(pid); // its own session
+        expect(Number(fields[4])).toBe(0); // no terminal
+        for (const fd of [0, 1, 2]) expect(fs.readlinkSync(`/proc/${pid}/fd/${fd}`)).toBe('/dev/null');
+      } finally {
+        process.kill(pid, 'SIGTERM');
+      }
+      // The background jailer removes what it made when the VM ends.
+      const until = Date.now() + 20_000;
+      while (fs.existsSync(pidFile) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      expect(fs.existsSync(pidFile)).toBe(false);
+    }, 60_000);
+
+    test('a jailer killed by SIGKILL leaves its pid file and cgroup; the next start says how to remove them', async () => {
+      const root = populate('fcj-killed', spinSpec, spinFiles());
+      const args = jailer('fcj-killed', ['--cgroup', 'pids.max=64'], ['--config-file', '/vm.json']);
+      const child = spawn(process.execPath, args, { stdio: 'ignore' });
+      let pid: number | undefined;
+      const until = Date.now() + 30_000;
+      while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      expect(pid).toBeDefined();
+      child.kill('SIGKILL');
+      const gone = Date.now() + 20_000;
+      while (fs.existsSync(`/proc/${pid}`) && Date.now() < gone) await new Promise((r) => setTimeout(r, 50));
+      const again = spawnSync(process.execPath, args, { encoding: 'utf8' });
+      expect(again.status).toBe(1);
+      expect(again.stderr).toContain(`Remove them with:\n  rm ${path.join(root, 'fc-run.pid')}\n  rmdir /sys/fs/cgroup/pids/fc-run/fcj-killed\nor use another --id`);
+    }, 90_000);
   });
 });
