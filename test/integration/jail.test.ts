@@ -22,6 +22,20 @@ let base: string;
 const ids: string[] = [];
 /** Jail ids name cgroups, which the whole machine shares: unique to this process. */
 const jid = (name: string) => `${name}-${process.pid}`;
+
+/** The pid of the process running chrooted in `root`, once there is one (undefined after `ms`). */
+async function jailedPid(root: string, ms: number): Promise<number | undefined> {
+  const until = Date.now() + ms;
+  let pid: number | undefined;
+  while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  return pid;
+}
+
+/** Waits up to `ms` for a process to be gone. */
+async function exited(pid: number | undefined, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (pid !== undefined && fs.existsSync(`/proc/${pid}`) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+}
 beforeAll(() => {
   ws = new Workspace();
   base = path.join(ws.dir, 'jails');
@@ -126,13 +140,10 @@ describeJail('fc-run jail', () => {
     const spec = ws.write('spin2.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
     const child = spawn(process.execPath, jailArgs(spec, jid('spin2')), { stdio: 'ignore' });
     const root = path.join(base, 'fc-run', jid('spin2'), 'root');
-    let pid: number | undefined;
-    const until = Date.now() + 30_000;
-    while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    const pid = await jailedPid(root, 30_000);
     expect(pid).toBeDefined();
     child.kill('SIGKILL');
-    const gone = Date.now() + 10_000;
-    while (fs.existsSync(`/proc/${pid}`) && Date.now() < gone) await new Promise((r) => setTimeout(r, 50));
+    await exited(pid, 10_000);
     expect(fs.existsSync(`/proc/${pid}`)).toBe(false);
   }, 60_000);
 
@@ -160,9 +171,7 @@ describeJail('fc-run jail', () => {
     const root = path.join(base, 'fc-run', jid('fds'), 'root');
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
     try {
-      let pid: number | undefined;
-      const until = Date.now() + 30_000;
-      while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      const pid = await jailedPid(root, 30_000);
       expect(pid).toBeDefined();
       const targets = fs.readdirSync(`/proc/${pid}/fd`).map((fd) => {
         try {
@@ -189,8 +198,7 @@ describeJail('fc-run jail', () => {
       while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
       expect(pid).toBeDefined();
       child.kill(sig); // at once: fc-run is still loading
-      const gone = Date.now() + 20_000;
-      while (fs.existsSync(`/proc/${pid}`) && Date.now() < gone) await new Promise((r) => setTimeout(r, 50));
+      await exited(pid, 20_000);
       expect([id, fs.existsSync(`/proc/${pid}`)]).toEqual([id, false]);
     }
   }, 90_000);
@@ -326,13 +334,10 @@ describeJail('fc-run jail', () => {
       const root = populate('fcj-killed', spinSpec, spinFiles());
       const args = jailer('fcj-killed', ['--cgroup', 'pids.max=64'], ['--config-file', '/vm.json']);
       const child = spawn(process.execPath, args, { stdio: 'ignore' });
-      let pid: number | undefined;
-      const until = Date.now() + 30_000;
-      while (!(pid = processIn(root)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      const pid = await jailedPid(root, 30_000);
       expect(pid).toBeDefined();
       child.kill('SIGKILL');
-      const gone = Date.now() + 20_000;
-      while (fs.existsSync(`/proc/${pid}`) && Date.now() < gone) await new Promise((r) => setTimeout(r, 50));
+      await exited(pid, 20_000);
       const again = spawnSync(process.execPath, args, { encoding: 'utf8' });
       expect(again.status).toBe(1);
       expect(again.stderr).toContain(`Remove them with:\n  rm ${path.join(root, 'fc-run.pid')}\n  rmdir /sys/fs/cgroup/pids/fc-run/fcj-killed\nor use another --id`);

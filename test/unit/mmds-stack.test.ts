@@ -1,87 +1,13 @@
 import { MmdsService } from '../../src/devices/mmds/service';
 import { MMDS_MAC, MmdsNetworkStack } from '../../src/devices/mmds/stack';
+import { arpFrame, F, GUEST_IP, GUEST_MAC, ip, MMDS_IP, Seg, sum16, tcpFrame } from '../helpers/guest-frames';
 
 /**
  * The MMDS network stack spoken to with raw Ethernet frames built here, as a guest's kernel
  * would send them: ARP, a TCP handshake, HTTP requests, and every kind of broken input.
  */
 
-const GUEST_MAC = Buffer.from([0x06, 0, 0, 0, 0, 0x02]);
-const GUEST_IP = ip('10.0.0.2');
-const MMDS_IP = ip('169.254.169.254');
-const F = { FIN: 1, SYN: 2, RST: 4, PSH: 8, ACK: 16 };
-
-function ip(text: string): number {
-  return text.split('.').reduce((n, p) => n * 256 + Number(p), 0);
-}
-
-function sum16(b: Buffer, start: number, end: number, initial = 0): number {
-  let s = initial;
-  let i = start;
-  for (; i + 1 < end; i += 2) s += b.readUInt16BE(i);
-  if (i < end) s += b[i] << 8;
-  while (s > 0xffff) s = (s & 0xffff) + Math.floor(s / 0x10000);
-  return s;
-}
-
-function arpRequest(target: number): Buffer {
-  const f = Buffer.alloc(42);
-  f.fill(0xff, 0, 6);
-  GUEST_MAC.copy(f, 6);
-  f.writeUInt16BE(0x0806, 12);
-  f.writeUInt16BE(1, 14);
-  f.writeUInt16BE(0x0800, 16);
-  f[18] = 6;
-  f[19] = 4;
-  f.writeUInt16BE(1, 20);
-  GUEST_MAC.copy(f, 22);
-  f.writeUInt32BE(GUEST_IP, 28);
-  f.writeUInt32BE(target, 38);
-  return f;
-}
-
-interface Seg {
-  srcPort: number;
-  dstPort?: number;
-  seq: number;
-  ack?: number;
-  flags: number;
-  window?: number;
-  options?: Buffer;
-  payload?: Buffer;
-  dst?: number;
-  protocol?: number;
-}
-
-function tcpFrame(s: Seg): Buffer {
-  const opts = s.options ?? Buffer.alloc(0);
-  const payload = s.payload ?? Buffer.alloc(0);
-  const tcpLen = 20 + opts.length + payload.length;
-  const f = Buffer.alloc(14 + 20 + tcpLen);
-  MMDS_MAC.copy(f, 0);
-  GUEST_MAC.copy(f, 6);
-  f.writeUInt16BE(0x0800, 12);
-  f[14] = 0x45;
-  f.writeUInt16BE(20 + tcpLen, 16);
-  f[22] = 64;
-  f[23] = s.protocol ?? 6;
-  f.writeUInt32BE(GUEST_IP, 26);
-  f.writeUInt32BE(s.dst ?? MMDS_IP, 30);
-  f.writeUInt16BE(~sum16(f, 14, 34) & 0xffff, 24);
-  const t = 34;
-  f.writeUInt16BE(s.srcPort, t);
-  f.writeUInt16BE(s.dstPort ?? 80, t + 2);
-  f.writeUInt32BE(s.seq >>> 0, t + 4);
-  f.writeUInt32BE((s.ack ?? 0) >>> 0, t + 8);
-  f[t + 12] = ((20 + opts.length) / 4) << 4;
-  f[t + 13] = s.flags;
-  f.writeUInt16BE(s.window ?? 65535, t + 14);
-  opts.copy(f, t + 20);
-  payload.copy(f, t + 20 + opts.length);
-  const pseudo = (GUEST_IP >>> 16) + (GUEST_IP & 0xffff) + ((s.dst ?? MMDS_IP) >>> 16) + ((s.dst ?? MMDS_IP) & 0xffff) + 6 + tcpLen;
-  f.writeUInt16BE(~sum16(f, t, t + tcpLen, pseudo) & 0xffff, t + 16);
-  return f;
-}
+const arpRequest = (target: number) => arpFrame(1, GUEST_MAC, GUEST_IP, target);
 
 interface Reply {
   dstMac: Buffer;
