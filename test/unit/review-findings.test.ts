@@ -1,5 +1,12 @@
 import { SpecSource } from '../../src/config/source';
 import { findDeepNesting } from '../../src/config/json-depth';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { errorsOf, minimalSpec, Workspace } from '../helpers/specs';
+
+let ws: Workspace;
+beforeAll(() => (ws = new Workspace()));
+afterAll(() => ws.remove());
 
 /** Regressions for bad input found by reviewing fc-run's front door, checked in process. */
 
@@ -32,5 +39,17 @@ describe('the depth check and comments', () => {
 
   test('brackets inside comments do not count', () => {
     expect(findDeepNesting(`/* ${'['.repeat(500)} */ // ${'{'.repeat(500)}\n[]`)).toBeUndefined();
+  });
+});
+
+describe('outputs named through a dangling symbolic link', () => {
+  test('a log through a dangling link and metrics at the link\'s target are one file', () => {
+    fs.symlinkSync('metrics.out', path.join(ws.dir, 'log-link'));
+    fs.mkdirSync(path.join(ws.dir, 'real'));
+    fs.symlinkSync('real', path.join(ws.dir, 'alias'));
+    fs.symlinkSync('alias/chained.out', path.join(ws.dir, 'chain-link'));
+    expect(errorsOf(ws, { ...minimalSpec(), logger: { log_path: 'log-link' }, metrics: { metrics_path: 'metrics.out' } })).toEqual(['output-overwrites @ /metrics/metrics_path']);
+    expect(errorsOf(ws, minimalSpec(), { flagOutputs: { logPath: path.join(ws.dir, 'chain-link'), metricsPath: path.join(ws.dir, 'real', 'chained.out') } })).toEqual(['output-overwrites @ /']);
+    expect(fs.existsSync(path.join(ws.dir, 'metrics.out'))).toBe(false);
   });
 });
