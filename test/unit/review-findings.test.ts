@@ -2,7 +2,8 @@ import { SpecSource } from '../../src/config/source';
 import { findDeepNesting } from '../../src/config/json-depth';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { errorsOf, minimalSpec, Workspace } from '../helpers/specs';
+import { errorsOf, load, minimalSpec, Workspace } from '../helpers/specs';
+import { checkRunnable } from '../../src/boot';
 
 let ws: Workspace;
 beforeAll(() => (ws = new Workspace()));
@@ -51,5 +52,15 @@ describe('outputs named through a dangling symbolic link', () => {
     expect(errorsOf(ws, { ...minimalSpec(), logger: { log_path: 'log-link' }, metrics: { metrics_path: 'metrics.out' } })).toEqual(['output-overwrites @ /metrics/metrics_path']);
     expect(errorsOf(ws, minimalSpec(), { flagOutputs: { logPath: path.join(ws.dir, 'chain-link'), metricsPath: path.join(ws.dir, 'real', 'chained.out') } })).toEqual(['output-overwrites @ /']);
     expect(fs.existsSync(path.join(ws.dir, 'metrics.out'))).toBe(false);
+  });
+});
+
+describe('--skip-files is never stricter than reading the files', () => {
+  test('cpu_template "V1N1" replaced by a cpu-config template file passes both ways, with the same warning', () => {
+    ws.write('tpl.json', { cpuid_modifiers: [] });
+    const spec = { ...minimalSpec(), 'machine-config': { vcpu_count: 1, mem_size_mib: 128, cpu_template: 'V1N1' }, 'cpu-config': 'tpl.json' };
+    const codes = (skipFiles: boolean) => checkRunnable(load(ws, spec, { skipFiles }), !skipFiles).map((i) => `${i.severity} ${i.code}`);
+    expect(codes(false)).toEqual(['warning cpu-template-overridden']);
+    expect(codes(true)).toEqual(['warning cpu-template-overridden']);
   });
 });
