@@ -318,7 +318,7 @@ export function specChecks(spec: ResolvedSpec, cmdlineLimit: number, issues: Pla
       'shorten boot_args',
     );
   }
-  if (spec.cpuConfig && spec.machine.cpu_template !== 'None') {
+  if (hasCustomTemplate(spec) && spec.machine.cpu_template !== 'None') {
     warning('cpu-template-overridden', ['machine-config', 'cpu_template'], `cpu_template "${spec.machine.cpu_template}" is replaced by the custom template in cpu-config`, 'remove one of them');
   }
   return { devices, cmdline };
@@ -331,6 +331,14 @@ export function checkSpecOnly(spec: ResolvedSpec): PlanIssue[] {
   return issues;
 }
 
+/**
+ * Whether a custom template replaces cpu_template. Asked of the spec, not of the loaded template:
+ * under --skip-files a template file is not read, and the answer must not change with that.
+ */
+function hasCustomTemplate(spec: ResolvedSpec): boolean {
+  return spec.cpuConfig !== undefined || (spec.raw['cpu-config'] !== undefined && spec.raw['cpu-config'] !== null);
+}
+
 /** Features the schema accepts for Firecracker compatibility but fc-run cannot run. */
 function refuseUnsupported(spec: ResolvedSpec, error: Report): void {
   const notYet = (path: (string | number)[], what: string, hint: string) =>
@@ -340,7 +348,7 @@ function refuseUnsupported(spec: ResolvedSpec, error: Report): void {
   if (spec.unsupported.memoryHotplug) notYet(['memory-hotplug'], 'memory hot-plug', 'remove the "memory-hotplug" section and size mem_size_mib instead');
   if (spec.machine.track_dirty_pages) notYet(['machine-config', 'track_dirty_pages'], 'dirty page tracking (snapshots)', 'set "track_dirty_pages": false');
   if (spec.machine.huge_pages !== 'None') notYet(['machine-config', 'huge_pages'], `huge_pages "${spec.machine.huge_pages}"`, 'set "huge_pages": "None"');
-  if (spec.machine.cpu_template === 'V1N1' && !spec.cpuConfig) {
+  if (spec.machine.cpu_template === 'V1N1' && !hasCustomTemplate(spec)) {
     // Which x86 template suits depends on the host, which a plan does not know: name none.
     error('wrong-architecture', ['machine-config', 'cpu_template'], 'cpu_template "V1N1" is an aarch64 template; fc-run runs x86_64 guests', 'use "None", an x86_64 static template made for the host\'s CPU, or a custom template in "cpu-config"');
   }

@@ -37,12 +37,33 @@ function identity(abs: string, readFiles: boolean): { key: string; charDevice: b
       /* does not exist yet: compare paths */
     }
     try {
-      return { key: `path:${path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs))}`, charDevice: false };
+      const target = danglingTarget(abs);
+      return { key: `path:${path.join(fs.realpathSync(path.dirname(target)), path.basename(target))}`, charDevice: false };
     } catch {
       /* no such directory: the plain path */
     }
   }
   return { key: `path:${abs}`, charDevice: false };
+}
+
+/**
+ * Where a path that does not exist (yet) will be created: a dangling symbolic link is followed to
+ * the file opening it with O_CREAT makes, so two outputs named through links are still compared
+ * by where they land.
+ */
+function danglingTarget(abs: string): string {
+  let at = abs;
+  for (let hops = 0; hops < 40; hops++) {
+    let link: string;
+    try {
+      if (!fs.lstatSync(at).isSymbolicLink()) return at;
+      link = fs.readlinkSync(at);
+    } catch {
+      return at;
+    }
+    at = path.resolve(path.dirname(at), link);
+  }
+  return at;
 }
 
 export function checkCollisions(

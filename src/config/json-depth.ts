@@ -1,3 +1,12 @@
+import { createScanner, SyntaxKind } from 'jsonc-parser';
+
+// jsonc-parser's SyntaxKind is a const enum, which isolatedModules cannot read: its values.
+const OPEN_BRACE = 1 as SyntaxKind;
+const CLOSE_BRACE = 2 as SyntaxKind;
+const OPEN_BRACKET = 3 as SyntaxKind;
+const CLOSE_BRACKET = 4 as SyntaxKind;
+const EOF = 17 as SyntaxKind;
+
 /**
  * Nesting limits for JSON that comes from outside (spec files, templates, metadata files, API
  * bodies). Every recursive walker in fc-run (the parser's tree, the schema validator, merge
@@ -15,23 +24,19 @@ export interface DepthViolation {
 
 /**
  * Scans JSON text without recursion and reports the first place where arrays and objects nest
- * deeper than `max`. Brackets inside strings do not count. Works on malformed text too (the
- * parser reports syntax errors separately), so it can run before parsing.
+ * deeper than `max`. It reads the text with the parser's own tokenizer, so what counts as a
+ * string or a comment here is exactly what the parser will see: a hand-written scan disagreed
+ * with it (a raw line break ends a string for jsonc-parser, a block comment may hold a quote) and
+ * let the parser recurse through brackets the scan had taken for string content. Works on
+ * malformed text too (the parser reports syntax errors separately), so it can run before parsing.
  */
 export function findDeepNesting(text: string, max = MAX_JSON_DEPTH): DepthViolation | undefined {
+  const scanner = createScanner(text, true);
   let depth = 0;
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c /* \ */) i++;
-      else if (c === 0x22 /* " */) inString = false;
-      continue;
-    }
-    if (c === 0x22) inString = true;
-    else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
-      if (++depth > max) return { offset: i, depth };
-    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+  for (let token = scanner.scan(); token !== EOF; token = scanner.scan()) {
+    if (token === OPEN_BRACE || token === OPEN_BRACKET) {
+      if (++depth > max) return { offset: scanner.getTokenOffset(), depth };
+    } else if (token === CLOSE_BRACE || token === CLOSE_BRACKET) {
       if (depth > 0) depth--;
     }
   }

@@ -89,33 +89,43 @@ function pruneAlternatives(errors: ErrorObject[], root: unknown): ErrorObject[] 
   const definitions = (compile().schema.definitions ?? {}) as Record<string, Record<string, unknown>>;
   const deref = (b: Record<string, unknown>) =>
     typeof b.$ref === 'string' ? (definitions[b.$ref.replace('#/definitions/', '')] ?? b) : b;
-  const composite = errors.filter((e) => e.keyword === 'oneOf' || e.keyword === 'anyOf');
-  let result = errors;
-  for (const c of composite) {
+  // Composites by the instance path they test: an error can belong only to a composite at its own
+  // path or an ancestor's, so each error is checked against those few, never against all of them
+  // (a spec with thousands of failing items would otherwise cost composites x errors).
+  const composites = new Map<string, { c: ErrorObject; branches: Record<string, unknown>[]; chosen: number }[]>();
+  for (const c of errors) {
+    if (c.keyword !== 'oneOf' && c.keyword !== 'anyOf') continue;
     const branches = (c.schema as Record<string, unknown>[]) ?? [];
     const data = valueAt(root, segments(c.instancePath));
     const chosen = branches.findIndex((b) => typeMatches(deref(b).type, data));
-    // An error belongs to branch k when ajv reports it under the branch's schema path, or, for a
-    // branch that is a $ref (whose errors ajv reports relative to the definition), when the schema
-    // object that failed lies inside the referenced definition. The schema path is checked first:
-    // small schemas such as { "type": "null" } also occur, by value, inside definitions.
-    const branchOf = (e: ErrorObject): number => {
-      const direct = branches.findIndex((_, k) => e.schemaPath.startsWith(`${c.schemaPath}/${k}/`));
-      if (direct >= 0) return direct;
-      return branches.findIndex(
-        (b) =>
-          typeof b.$ref === 'string' &&
-          (e.instancePath === c.instancePath || e.instancePath.startsWith(`${c.instancePath}/`)) &&
-          subschemas(deref(b)).has(JSON.stringify(e.parentSchema)),
-      );
-    };
-    result = result.filter((e) => {
-      if (e === c) return chosen < 0;
-      const k = branchOf(e);
-      return k < 0 || k === chosen;
-    });
+    const list = composites.get(c.instancePath) ?? [];
+    list.push({ c, branches, chosen });
+    composites.set(c.instancePath, list);
   }
-  return result;
+  if (composites.size === 0) return errors;
+  // An error belongs to branch k when ajv reports it under the branch's schema path, or, for a
+  // branch that is a $ref (whose errors ajv reports relative to the definition), when the schema
+  // object that failed lies inside the referenced definition. The schema path is checked first:
+  // small schemas such as { "type": "null" } also occur, by value, inside definitions.
+  const branchOf = (c: ErrorObject, branches: Record<string, unknown>[], e: ErrorObject): number => {
+    const direct = branches.findIndex((_, k) => e.schemaPath.startsWith(`${c.schemaPath}/${k}/`));
+    if (direct >= 0) return direct;
+    return branches.findIndex((b) => typeof b.$ref === 'string' && subschemas(deref(b)).has(JSON.stringify(e.parentSchema)));
+  };
+  return errors.filter((e) => {
+    const parts = e.instancePath.split('/');
+    for (let n = 1; n <= parts.length; n++) {
+      for (const { c, branches, chosen } of composites.get(parts.slice(0, n).join('/')) ?? []) {
+        if (e === c) {
+          if (chosen >= 0) return false;
+          continue;
+        }
+        const k = branchOf(c, branches, e);
+        if (k >= 0 && k !== chosen) return false;
+      }
+    }
+    return true;
+  });
 }
 
 const subschemaCache = new WeakMap<object, Set<string>>();
