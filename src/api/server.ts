@@ -112,11 +112,17 @@ function readBody(req: http.IncomingMessage, max: number, phase: (receiving: boo
       if (text.trim() === '') return resolve(undefined);
       const deep = findDeepNesting(text);
       if (deep) return reject(new ApiError(400, `the body nests arrays and objects deeper than ${MAX_JSON_DEPTH} levels (at character ${deep.offset}); at most ${MAX_JSON_DEPTH} are allowed`));
+      let value: unknown;
       try {
-        resolve(JSON.parse(text));
+        // A number past a double's range parses as Infinity and would be stored (and served) as null.
+        value = JSON.parse(text, (_k, v: unknown) => {
+          if (typeof v === 'number' && !Number.isFinite(v)) throw new ApiError(400, 'the body has a number beyond the range of a double');
+          return v;
+        });
       } catch (err) {
-        reject(new ApiError(400, `the body is not valid JSON: ${(err as Error).message}`));
+        return reject(err instanceof ApiError ? err : new ApiError(400, `the body is not valid JSON: ${(err as Error).message}`));
       }
+      resolve(value);
     });
     // The connection went away (or was closed to make room) before the body was complete.
     req.on('close', () => {

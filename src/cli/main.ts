@@ -51,6 +51,7 @@ export async function main(argv: string[], io: Io = { out: process.stdout, err: 
     if (argv[0] === 'help') {
       const about = argv[1] !== undefined ? COMMANDS[argv[1]] : undefined;
       if (argv[1] !== undefined && !about) throw new UsageError(`no command "${argv[1]}" (commands: ${Object.keys(COMMANDS).join(', ')})`);
+      if (argv.length > 2) throw new UsageError(`unexpected argument "${argv[2]}" (help takes one command name)`);
       write(io.out, about ? helpText(about.spec) : OVERVIEW);
       return EXIT_OK;
     }

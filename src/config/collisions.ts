@@ -80,7 +80,8 @@ export function checkCollisions(
   input(opts.metadataFile && path.resolve(opts.metadataFile), '--metadata');
   input(spec.bootSource.kernel_image_path, 'kernel_image_path', ['boot-source', 'kernel_image_path']);
   input(spec.bootSource.initrd_path, 'initrd_path', ['boot-source', 'initrd_path']);
-  spec.drives.forEach((d, i) => input(d.path_on_host, `drive "${d.drive_id}"`, ['drives', i, 'path_on_host']));
+  // A writable drive is written by the guest: it must not be the kernel, the spec or a template.
+  spec.drives.forEach((d, i) => (d.is_read_only ? input : output)(d.path_on_host, `drive "${d.drive_id}"`, ['drives', i, 'path_on_host']));
   if (spec.cpuConfig && spec.cpuConfig.source !== 'inline') input(spec.cpuConfig.source, 'the cpu-config template', ['cpu-config']);
 
   if (flags.logPath !== undefined) output(path.resolve(flags.logPath), '--log-path');
@@ -99,7 +100,9 @@ export function checkCollisions(
       seen.set(id.key, e);
       continue;
     }
-    if (!e.output && !first.output) continue; // two inputs may share a file (the writable-drive rule warns)
+    if (!e.output && !first.output) continue; // two inputs may share a file
+    // Two drives on one file: the rules warn (read-only sharing is fine, two writers the user's call).
+    if (e.at[0] === 'drives' && first.at[0] === 'drives') continue;
     // /dev/null and terminals may take any number of outputs.
     if (e.output && first.output && id.charDevice) continue;
     const [out, other] = e.output ? [e, first] : [first, e];

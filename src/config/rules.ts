@@ -258,7 +258,7 @@ export function checkCpuConfig(cfg: CpuConfig, at: (string | number)[], issues: 
 }
 
 // eslint-disable-next-line no-control-regex
-const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 
 /**
  * Strings in a spec end up as C strings, file names, interface names or the kernel command line,
@@ -267,6 +267,19 @@ const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
  * contents, which are data served to the guest as JSON.
  */
 function checkControlCharacters(spec: VmSpec, issues: IssueList): void {
+  // The kernel splits its command line at bytes it takes for white space, 0xa0 (the second byte
+  // of a UTF-8 no-break space) among them: only printable ASCII says what it seems to, which is
+  // also all Firecracker's command-line builder accepts.
+  const bootArgs = spec['boot-source']?.boot_args;
+  const odd = bootArgs !== undefined ? /[^\x20-\x7e]/.exec(bootArgs) : null;
+  if (odd && !CONTROL_CHARS.test(odd[0])) {
+    issues.error(
+      'boot-args-not-ascii',
+      ['boot-source', 'boot_args'],
+      `contains U+${odd[0].codePointAt(0)!.toString(16).padStart(4, '0').toUpperCase()} at position ${odd.index}; the kernel command line takes printable ASCII only`,
+      'write it with ASCII characters (a non-ASCII byte may split an argument in two)',
+    );
+  }
   const stack: { v: unknown; at: (string | number)[] }[] = [{ v: spec, at: [] }];
   while (stack.length > 0) {
     const { v, at } = stack.pop()!;
@@ -316,6 +329,30 @@ function checkReadable(file: string, at: (string | number)[], what: string, issu
   }
 }
 
+/**
+ * A log or metrics path fc-run will open for appending: a regular file or FIFO it can write (or a
+ * character device such as /dev/null), or a new file in a directory that exists.
+ */
+function checkOutputFile(file: string, at: (string | number)[], what: string, issues: IssueList, baseDir: string): void {
+  const abs = resolvePath(baseDir, file);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(abs);
+  } catch {
+    checkParentDir(file, at, what, issues, baseDir);
+    return;
+  }
+  if (!(st.isFile() || st.isFIFO() || st.isCharacterDevice())) {
+    issues.error('output-not-file', at, `${what} path ${abs} is ${fileKind(st)}; fc-run appends lines to a regular file or a named pipe`, 'point it at a file (it is created if missing) or a FIFO');
+    return;
+  }
+  try {
+    fs.accessSync(abs, fs.constants.W_OK);
+  } catch {
+    issues.error('file-permission', at, `${what} file ${abs} is not writable`, 'fix its permissions or choose another path');
+  }
+}
+
 function checkParentDir(file: string, at: (string | number)[], what: string, issues: IssueList, baseDir: string): void {
   const dir = path.dirname(resolvePath(baseDir, file));
   if (!fs.existsSync(dir)) issues.error('dir-missing', at, `the directory for ${what} does not exist: ${dir}`, 'create it, or pass --skip-files');
@@ -351,6 +388,6 @@ function checkFiles(spec: VmSpec, issues: IssueList, baseDir: string): void {
     checkParentDir(spec.vsock.uds_path, ['vsock', 'uds_path'], 'the vsock socket', issues, baseDir);
     checkSocketPath(spec.vsock.uds_path, ['vsock', 'uds_path'], issues, baseDir);
   }
-  if (spec.logger?.log_path) checkParentDir(spec.logger.log_path, ['logger', 'log_path'], 'the log', issues, baseDir);
-  if (spec.metrics) checkParentDir(spec.metrics.metrics_path, ['metrics', 'metrics_path'], 'the metrics', issues, baseDir);
+  if (spec.logger?.log_path) checkOutputFile(spec.logger.log_path, ['logger', 'log_path'], 'the log', issues, baseDir);
+  if (spec.metrics) checkOutputFile(spec.metrics.metrics_path, ['metrics', 'metrics_path'], 'the metrics', issues, baseDir);
 }

@@ -146,6 +146,15 @@ function checkTree(node: Node, text: string, path: (string | number)[], opts: Pa
         message: `${raw} is not written as a whole number`,
         hint: Number.isSafeInteger(Number(raw)) ? `write ${Number(raw)}` : 'every number here is an integer: write it with digits only',
       });
+    } else if (!Number.isFinite(Number(raw))) {
+      report({
+        severity: 'error',
+        code: 'number-too-large',
+        path,
+        offset: node.offset,
+        message: `${raw.length > 40 ? `${raw.slice(0, 37)}...` : raw} is beyond the range of a double; it would read as null`,
+        hint: 'use a smaller number, or a string',
+      });
     } else if (/^-?\d+$/.test(raw) && !Number.isSafeInteger(Number(raw))) {
       report({
         severity: 'error',

@@ -54,7 +54,14 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
   const extra: SpecIssue[] = [];
 
   const value = withoutNulls(source.value, []);
-  checkSchema(value.result, issues, undefined, value.nulled);
+  // Before the schema: a spec of 300,000 drives would get an error per field of each, gigabytes
+  // of them. No section of a real spec comes close to the limit.
+  const oversized = findOversized(value.result);
+  if (oversized) {
+    issues.error('too-many-items', oversized.at, `${oversized.what} has ${oversized.count} entries; fc-run reads at most ${MAX_ITEMS}`, 'a microVM has at most 19 virtio devices; split or shorten this list');
+  } else {
+    checkSchema(value.result, issues, undefined, value.nulled);
+  }
   const schemaOk = !issues.hasErrors;
   let resolved: ResolvedSpec | undefined;
   if (schemaOk) {
@@ -82,10 +89,39 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
     file,
     ...source.locate(i.path, i.code === 'unknown-property' || i.code === 'unknown-section' ? 'key' : 'value'),
   });
-  const all: SpecIssue[] = [...issues.items.map(locate), ...extra];
+  let all: SpecIssue[] = [...issues.items.map(locate), ...extra];
   all.sort((a, b) => (a.file === b.file ? (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0) : 0));
+  if (all.length > MAX_REPORTED_ISSUES) {
+    const rest = all.slice(MAX_REPORTED_ISSUES);
+    all = [
+      ...all.slice(0, MAX_REPORTED_ISSUES),
+      { severity: rest.some((i) => i.severity === 'error') ? 'error' : 'warning', code: 'more-issues', path: [], file, message: `and ${rest.length} more problems like these (only the first ${MAX_REPORTED_ISSUES} are shown)` },
+    ];
+  }
   if (!resolved || all.some((i) => i.severity === 'error')) throw new SpecInvalidError(file, all);
   return { spec: resolved, displayFile: file, warnings: all, locate };
+}
+
+/** Longest array, and most keys in one object, fc-run reads in a spec (outside the MMDS contents). */
+export const MAX_ITEMS = 1024;
+/** Issues reported for one spec: past this, one line says how many more there are. */
+export const MAX_REPORTED_ISSUES = 200;
+
+/** The first array or object (outside free-form data) larger than MAX_ITEMS, without recursion. */
+function findOversized(value: unknown): { at: (string | number)[]; what: string; count: number } | undefined {
+  const stack: { v: unknown; at: (string | number)[] }[] = [{ v: value, at: [] }];
+  while (stack.length > 0) {
+    const { v, at } = stack.pop()!;
+    if (Array.isArray(v)) {
+      if (v.length > MAX_ITEMS) return { at, what: 'this list', count: v.length };
+      v.forEach((item, i) => stack.push({ v: item, at: [...at, i] }));
+    } else if (v !== null && typeof v === 'object') {
+      const keys = Object.keys(v);
+      if (keys.length > MAX_ITEMS) return { at, what: 'this object', count: keys.length };
+      for (const k of keys) if (!(at.length === 0 && FREE_FORM.has(k))) stack.push({ v: (v as Record<string, unknown>)[k], at: [...at, k] });
+    }
+  }
+  return undefined;
 }
 
 /** Top-level keys holding free-form data (any JSON: null is a value, numbers may be fractional). */

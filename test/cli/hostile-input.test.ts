@@ -289,3 +289,59 @@ describe('command-line values', () => {
     expect(r.stderr).toMatch(/^rel\.json:\d+:\d+: error\[required\]/m);
   });
 });
+
+describe('what the review found', () => {
+  test('a spec of 300,000 drives is refused at once, with one line, not a million', () => {
+    const file = ws.write('many.json', `{"boot-source": {"kernel_image_path": "vmlinux"}, "drives": [${Array(300_000).fill('{}').join(',')}]}`);
+    const r = fcRun(['validate', '--skip-files', file]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('error[too-many-items]: /drives: this list has 300000 entries; fc-run reads at most 1024');
+    expect(r.err.split('\n').length).toBeLessThan(10);
+  });
+
+  test('at most 200 problems are listed per spec, then how many more', () => {
+    const drives = Array.from({ length: 300 }, () => ({ drive_id: 'x', path_on_host: 'data.ext4', is_root_device: false, is_read_only: true, bogus: 1 }));
+    const r = fcRun(['validate', '--skip-files', ws.write('capped.json', spec({ drives }))]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/error\[more-issues\]: and \d+ more problems like these \(only the first 200 are shown\)/);
+  });
+
+  test('a log path that is a directory, or not writable, is refused by validate as run would', () => {
+    fs.mkdirSync(path.join(ws.dir, 'logdir'), { recursive: true });
+    const r = fcRun(['validate', ws.write('logdir.json', spec({ logger: { log_path: 'logdir' } }))]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('error[output-not-file]: /logger/log_path');
+  });
+
+  test('C1 controls and line separators count as control characters; boot_args must be printable ASCII', () => {
+    const c1 = fcRun(['validate', ws.write('c1.json', spec({ drives: [{ drive_id: 'a\u0085b', path_on_host: 'data.ext4', is_root_device: false, is_read_only: true }] }))]);
+    expect(c1.code).toBe(2);
+    expect(c1.err).toContain('error[control-character]: /drives/0/drive_id');
+    const nbsp = fcRun(['validate', ws.write('nbsp.json', spec({ 'boot-source': { kernel_image_path: 'vmlinux', boot_args: 'console=ttyS0\u00a0init=/x' } }))]);
+    expect(nbsp.code).toBe(2);
+    expect(nbsp.err).toContain('error[boot-args-not-ascii]: /boot-source/boot_args');
+  });
+
+  test('a number beyond a double in the MMDS contents is refused rather than served as null', () => {
+    const r = fcRun(['validate', ws.write('inf.json', `{"boot-source": {"kernel_image_path": "vmlinux"}, "mmds": {"a": 1e400}}`)]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('error[number-too-large]: /mmds/a');
+  });
+
+  test('a writable drive may not be the spec, the kernel or a template: the guest would rewrite them', () => {
+    const s = path.join(ws.dir, 'self.json');
+    fs.writeFileSync(s, JSON.stringify(spec({ drives: [{ drive_id: 'd', path_on_host: 'self.json', is_root_device: false, is_read_only: false }] })));
+    const r = fcRun(['validate', s]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/error\[output-overwrites\]: \/drives\/0\/path_on_host: drive "d" .* is also the spec file/);
+    const ro = path.join(ws.dir, 'self-ro.json');
+    fs.writeFileSync(ro, JSON.stringify(spec({ drives: [{ drive_id: 'd', path_on_host: 'self-ro.json', is_root_device: false, is_read_only: true }] })));
+    expect(fcRun(['validate', ro]).code).toBe(0);
+  });
+
+  test('help takes one command name', () => {
+    const r = fcRun(['help', 'validate', 'extra']);
+    expect(r.code).toBe(1);
+    expect(r.err).toContain('unexpected argument "extra"');
+  });
+});
