@@ -150,6 +150,7 @@ export function checkFleet(specs: readonly LoadedSpec[], opts: FleetOptions): Sp
       }
     }
   }
+  for (const list of out) list.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0));
   return out;
 }
 

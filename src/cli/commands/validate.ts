@@ -116,8 +116,8 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
     if (summary.invalid) counts.push(`${summary.invalid} invalid`);
     if (summary.unreadable) counts.push(`${summary.unreadable} unreadable`);
     const issues = summary.errors || summary.warnings ? ` (${plural(summary.errors, 'error')}, ${plural(summary.warnings, 'warning')})` : '';
-    const extra = summary.problems ? `; ${plural(summary.problems, 'argument')} without specs` : '';
-    const line = `${plural(summary.specs, 'spec')}: ${counts.join(', ')}${issues}${extra}`;
+    const extra = summary.problems ? `; ${plural(summary.problems, 'directory problem')}` : '';
+    const line = (summary.specs ? `${plural(summary.specs, 'spec')}: ${counts.join(', ')}${issues}` : 'no specs checked') + extra;
     write(io.out, summary.valid ? line : c.red(line));
   }
   return summary.invalid ? EXIT_INVALID_SPEC : summary.unreadable || summary.problems ? EXIT_FAILURE : EXIT_OK;
