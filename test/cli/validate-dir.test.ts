@@ -92,6 +92,15 @@ describe('fc-run validate DIR', () => {
     expect(bad.code).toBe(1);
   });
 
+  test('a FIFO named *.json in a directory is refused at once, not waited on', () => {
+    write('fifo/ok.json', vm());
+    expect(spawnSync('mkfifo', [path.join(ws.dir, 'fifo', 'pipe.json')]).status).toBe(0);
+    const r = fcRun(['validate', 'fifo']);
+    expect(r.out).toMatch(/^FAIL  fifo\/pipe\.json: spec file \S*pipe\.json is a FIFO \(named pipe\); give a regular file$/m);
+    expect(r.lines[r.lines.length - 1]).toBe('2 specs: 1 ok, 1 unreadable (1 error, 0 warnings)');
+    expect(r.code).toBe(1);
+  });
+
   test('a directory without specs is an error (exit 1) that says what a spec is', () => {
     write('nothing/.git/HEAD.json', '{}');
     write('nothing/templates/t.json', { msr_modifiers: [] });

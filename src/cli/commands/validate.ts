@@ -11,11 +11,11 @@ import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './comm
 
 export const VALIDATE_SPEC: CommandSpec = {
   name: 'validate',
-  usage: 'fc-run validate [options] <spec-or-dir...>',
+  usage: 'fc-run validate [options] <spec|dir...>',
   summary:
     'Check specs the way `run` would before it touches KVM: the schema, the semantic rules, the boot plan (kernel headers and layout) and the files and sockets the VM would use. ' +
     'Directories are searched recursively for *.json specs. The specs are then checked against each other as VMs sharing one host: no TAP device, guest MAC, log, metrics or vsock path, or writable drive used by two of them. One line per file, then a summary.',
-  positionals: [{ name: 'spec-or-dir', describe: 'Spec files, or directories to search for *.json specs', variadic: true }],
+  positionals: [{ name: 'spec', describe: 'Spec files, or directories to search for *.json specs', variadic: true }],
   options: [
     { name: 'skip-files', kind: 'flag', describe: 'Read no file the spec names (kernel, initrd, drives, templates): for CI on stored specs whose artifacts live elsewhere; everything else is still checked' },
     { name: 'independent', kind: 'flag', describe: 'The specs are alternatives, not VMs that run together: skip the checks across specs' },
