@@ -7,7 +7,7 @@ import { MAX_CONFIG_FILE_BYTES } from './read';
  *
  * A file named on the command line is a spec, whatever its name. A directory is walked
  * recursively (symbolic links followed, each directory entered once, so a link loop ends the walk
- * instead of hanging it); hidden directories (.git, .cache, ...) and node_modules are skipped.
+ * instead of hanging it); hidden directories (.git, ...), hidden files and node_modules are skipped.
  * Every `*.json` file found is a spec, except:
  *   - a file some spec names in "cpu-config" (a CPU template, checked as part of that spec),
  *   - the --metadata file (MMDS contents, checked as part of every spec),
@@ -119,7 +119,7 @@ export function discoverSpecs(args: readonly string[], opts: { metadataFile?: st
       problems.push({
         display: arg,
         code: 'no-specs',
-        message: `no spec files under ${arg}: a spec is a *.json file that is not a CPU template or the --metadata file (hidden directories and node_modules are skipped)`,
+        message: `no spec files under ${arg}: a spec is a *.json file that is not a CPU template or the --metadata file (hidden files and directories and node_modules are skipped)`,
       });
     }
   }

@@ -106,7 +106,7 @@ describe('fc-run validate DIR', () => {
     write('nothing/templates/t.json', { msr_modifiers: [] });
     const r = fcRun(['validate', 'nothing']);
     expect(r.code).toBe(1);
-    expect(r.out).toContain('FAIL  no spec files under nothing: a spec is a *.json file that is not a CPU template or the --metadata file (hidden directories and node_modules are skipped)');
+    expect(r.out).toContain('FAIL  no spec files under nothing: a spec is a *.json file that is not a CPU template or the --metadata file (hidden files and directories and node_modules are skipped)');
     expect(r.lines[r.lines.length - 1]).toBe('no specs checked; 1 directory problem');
     // The other arguments are still checked.
     write('some/s.json', vm());

@@ -28,7 +28,7 @@ export const VALIDATE_SPEC: CommandSpec = {
     ['fc-run validate --skip-files --strict --json-lines specs/', 'CI check of a repository of stored specs whose artifacts live elsewhere'],
   ],
   notes:
-    'In a directory, every *.json file is a spec except a CPU template some spec names in "cpu-config", the --metadata file, and a file holding only CPU-template keys; hidden directories and node_modules are skipped. ' +
+    'In a directory, every *.json file is a spec except a CPU template some spec names in "cpu-config", the --metadata file, and a file holding only CPU-template keys; hidden files and directories and node_modules are skipped. ' +
     'A spec that fails the schema or the rules is left out of the checks across specs.\n' +
     'Exit status: 0 all valid, 2 some spec invalid, 1 some file unreadable, a directory without specs, or a usage error.',
 };
