@@ -28,10 +28,10 @@ beforeAll(() => {
 afterAll(() => ws.remove());
 
 describe('fc-run validate', () => {
-  test('exit 0 and one "ok" line per valid file', () => {
+  test('exit 0, one "ok" line per valid file (a file named twice is one spec) and a summary', () => {
     const r = fcRun(['validate', good, good]);
     expect(r.code).toBe(0);
-    expect(r.out.trim().split('\n')).toEqual([`ok    ${good}`, `ok    ${good}`]);
+    expect(r.out.trim().split('\n')).toEqual([`ok    ${good}`, '1 spec: 1 ok']);
   });
 
   test('exit 2 for an invalid spec, with file:line:col, JSON path, message and fix', () => {
@@ -167,7 +167,7 @@ describe('fc-run run', () => {
     // --skip-files: the probe kernel they name is built by `npm run build:probe`, not by `npm run build`.
     const v = fcRun(['validate', '--skip-files', ...specs]);
     expect(v.code).toBe(0);
-    expect(v.out.trim().split('\n')).toEqual(specs.map((s) => `ok    ${s}`));
+    expect(v.out.trim().split('\n')).toEqual([...specs.map((s) => `ok    ${s}`), '10 specs: 10 ok']);
     if (!fs.existsSync(path.join(ROOT, 'guest', 'probe', 'build', 'probe.elf'))) return;
     for (const t of ['C3', 'T2', 'T2S', 'T2CL', 'T2A']) {
       const stat = fcRun(['plan', '--json', path.join(dir, `vm_config_cpu_template_${t}.json`)]);

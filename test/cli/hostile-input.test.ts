@@ -73,7 +73,8 @@ describe('files that are not regular files, or too large', () => {
       ['/dev/zero', 'character device'],
       [ws.dir, 'directory'],
     ]) {
-      const r = fcRun(['validate', file], { timeout: 10_000 });
+      // validate searches a directory for specs; plan takes exactly one spec file.
+      const r = fcRun([kind === 'directory' ? 'plan' : 'validate', file], { timeout: 10_000 });
       expect(r.code).toBe(1);
       expect(r.out + r.err).toContain(kind);
     }
@@ -279,6 +280,7 @@ describe('command-line values', () => {
       expect.objectContaining({ type: 'issue', severity: 'warning', code: 'mmds-unreachable', file: warn }),
       expect.objectContaining({ type: 'result', file: warn, valid: true, warnings: 1 }),
       expect.objectContaining({ type: 'result', file: good, valid: true, warnings: 0 }),
+      { type: 'summary', valid: true, specs: 2, ok: 2, invalid: 0, unreadable: 0, problems: 0, errors: 0, warnings: 1 },
     ]);
   });
 

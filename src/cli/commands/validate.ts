@@ -1,5 +1,7 @@
-import { loadSpecFile } from '../../config/validate';
+import { LoadedSpec, loadSpecFile } from '../../config/validate';
 import { SpecInvalidError, SpecIssue } from '../../config/issues';
+import { discoverSpecs } from '../../config/discover';
+import { checkFleet } from '../../config/fleet';
 import { checkRunnable } from '../../boot';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../../errors';
 import { CommandSpec, ParsedArgs, UsageError } from '../args';
@@ -9,44 +11,54 @@ import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './comm
 
 export const VALIDATE_SPEC: CommandSpec = {
   name: 'validate',
-  usage: 'fc-run validate [options] <spec...>',
+  usage: 'fc-run validate [options] <spec|dir...>',
   summary:
-    'Check specs the way `run` would before it touches KVM: the schema, the semantic rules, the boot plan (kernel headers and layout) and the files and sockets the VM would use. One line per file.',
-  positionals: [{ name: 'spec', describe: 'Spec files', variadic: true }],
+    'Check specs the way `run` would before it touches KVM: the schema, the semantic rules, the boot plan (kernel headers and layout) and the files and sockets the VM would use. ' +
+    'Directories are searched recursively for *.json specs. The specs are then checked against each other as VMs sharing one host: no TAP device, guest MAC, log, metrics or vsock path, or writable drive used by two of them. One line per file, then a summary.',
+  positionals: [{ name: 'spec', describe: 'Spec files, or directories to search for *.json specs', variadic: true }],
   options: [
     { name: 'skip-files', kind: 'flag', describe: 'Read no file the spec names (kernel, initrd, drives, templates): for CI on stored specs whose artifacts live elsewhere; everything else is still checked' },
-    { name: 'json', kind: 'flag', describe: 'One JSON document with every result' },
+    { name: 'independent', kind: 'flag', describe: 'The specs are alternatives, not VMs that run together: skip the checks across specs' },
+    { name: 'json', kind: 'flag', describe: 'One JSON document with every result and a summary' },
     ...SPEC_OPTIONS,
     ...REPORT_OPTIONS,
   ],
   examples: [
     ['fc-run validate examples/*.json', 'validate every example, with its files'],
-    ['fc-run validate --skip-files --strict --json-lines specs/*.json', 'CI check of stored specs whose artifacts live elsewhere'],
+    ['fc-run validate --skip-files --strict --json-lines specs/', 'CI check of a repository of stored specs whose artifacts live elsewhere'],
   ],
-  notes: 'Exit status: 0 all valid, 2 some spec invalid, 1 some file unreadable or a usage error.',
+  notes:
+    'In a directory, every *.json file is a spec except a CPU template some spec names in "cpu-config", the --metadata file, and a file holding only CPU-template keys; hidden files and directories and node_modules are skipped. ' +
+    'A spec that fails the schema or the rules is left out of the checks across specs.\n' +
+    'Exit status: 0 all valid, 2 some spec invalid, 1 some file unreadable, a directory without specs, or a usage error.',
 };
 
 interface Outcome {
   file: string;
+  /** 'argument': a directory that could not be searched or held no spec. */
+  kind: 'spec' | 'argument';
   valid: boolean;
   errors: SpecIssue[];
   warnings: SpecIssue[];
   /** A failure that is not about the spec's contents (an unreadable file). */
   failure?: FcRunError;
+  /** Set when the spec loaded far enough for its resources to be known (for the checks across specs). */
+  loaded?: LoadedSpec;
 }
 
 function check(file: string, args: ParsedArgs, skipFiles: boolean, strict: boolean): Outcome {
+  let loaded: LoadedSpec | undefined;
   try {
-    const loaded = loadSpecFile(file, loadOptionsOf(args, skipFiles));
+    loaded = loadSpecFile(file, loadOptionsOf(args, skipFiles));
     const issues = applyStrict(checkRunnable(loaded, !skipFiles).filter((w) => w.severity === 'warning'), strict);
     const errors = issues.filter((i) => i.severity === 'error');
-    return { file, valid: errors.length === 0, errors, warnings: issues.filter((i) => i.severity === 'warning') };
+    return { file, kind: 'spec', valid: errors.length === 0, errors, warnings: issues.filter((i) => i.severity === 'warning'), loaded };
   } catch (err) {
     if (err instanceof SpecInvalidError) {
       const issues = applyStrict(err.issues, strict);
-      return { file, valid: false, errors: issues.filter((i) => i.severity === 'error'), warnings: issues.filter((i) => i.severity === 'warning') };
+      return { file, kind: 'spec', valid: false, errors: issues.filter((i) => i.severity === 'error'), warnings: issues.filter((i) => i.severity === 'warning'), loaded };
     }
-    if (err instanceof FcRunError) return { file, valid: false, errors: [], warnings: [], failure: err };
+    if (err instanceof FcRunError) return { file, kind: 'spec', valid: false, errors: [], warnings: [], failure: err };
     throw err;
   }
 }
@@ -56,7 +68,13 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
   const json = args.options.json === true;
   if (json && rep.jsonLines) throw new UsageError('--json and --json-lines are alternatives: choose one', 'validate');
   const skipFiles = args.options['skip-files'] === true;
-  const outcomes = args.positionals.map((file) => check(file, args, skipFiles, rep.strict));
+  const found = discoverSpecs(args.positionals, { metadataFile: args.options.metadata as string | undefined });
+  const outcomes: Outcome[] = found.specs.map((s) => check(s.display, args, skipFiles, rep.strict));
+  for (const p of found.problems) {
+    outcomes.push({ file: p.display, kind: 'argument', valid: false, errors: [], warnings: [], failure: new FcRunError(p.code, p.message, EXIT_FAILURE) });
+  }
+  if (args.options.independent !== true) addFleetIssues(outcomes, skipFiles);
+
   const c = painterFor(io.out);
   const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
   for (const r of outcomes) {
@@ -72,7 +90,7 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
         ...(r.failure ? { code: r.failure.code, message: r.failure.message } : {}),
       });
     } else if (r.failure) {
-      write(io.out, `${c.red('FAIL')}  ${r.file}: ${r.failure.message}`);
+      write(io.out, `${c.red('FAIL')}  ${r.failure.code === 'no-specs' || r.failure.code === 'dir-unreadable' ? r.failure.message : `${r.file}: ${r.failure.message}`}`);
     } else if (r.valid) {
       write(io.out, `${c.green('ok')}    ${r.file}${r.warnings.length ? c.yellow(` (${plural(r.warnings.length, 'warning')})`) : ''}`);
       reportIssues(io, r.warnings, rep);
@@ -81,8 +99,8 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
       reportIssues(io, [...r.errors, ...r.warnings].sort(byPosition), rep);
     }
   }
-  const invalid = outcomes.some((r) => !r.valid && !r.failure);
-  const failed = outcomes.some((r) => r.failure);
+
+  const summary = summarize(outcomes);
   if (json) {
     const files = outcomes.map((r) => ({
       file: r.file,
@@ -90,9 +108,46 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
       errors: r.failure ? [{ severity: 'error', code: r.failure.code, file: r.file, message: r.failure.message }] : r.errors.map(issueJson),
       warnings: r.warnings.map(issueJson),
     }));
-    write(io.out, JSON.stringify({ valid: !invalid && !failed, files }, null, 2));
+    write(io.out, JSON.stringify({ valid: summary.valid, files, summary }, null, 2));
+  } else if (rep.jsonLines) {
+    writeRecord(io.out, { type: 'summary', ...summary });
+  } else {
+    const counts = [`${summary.ok} ok`];
+    if (summary.invalid) counts.push(`${summary.invalid} invalid`);
+    if (summary.unreadable) counts.push(`${summary.unreadable} unreadable`);
+    const issues = summary.errors || summary.warnings ? ` (${plural(summary.errors, 'error')}, ${plural(summary.warnings, 'warning')})` : '';
+    const extra = summary.problems ? `; ${plural(summary.problems, 'directory problem')}` : '';
+    const line = (summary.specs ? `${plural(summary.specs, 'spec')}: ${counts.join(', ')}${issues}` : 'no specs checked') + extra;
+    write(io.out, summary.valid ? line : c.red(line));
   }
-  return invalid ? EXIT_INVALID_SPEC : failed ? EXIT_FAILURE : EXIT_OK;
+  return summary.invalid ? EXIT_INVALID_SPEC : summary.unreadable || summary.problems ? EXIT_FAILURE : EXIT_OK;
+}
+
+/** Specs that loaded are checked against each other as VMs on one host; conflicts make both invalid. */
+function addFleetIssues(outcomes: Outcome[], skipFiles: boolean): void {
+  const members = outcomes.filter((o): o is Outcome & { loaded: LoadedSpec } => o.loaded !== undefined);
+  if (members.length < 2) return;
+  const issues = checkFleet(members.map((m) => m.loaded), { readFiles: !skipFiles });
+  members.forEach((m, i) => {
+    if (issues[i].length === 0) return;
+    m.errors.push(...issues[i]);
+    m.valid = false;
+  });
+}
+
+function summarize(outcomes: Outcome[]) {
+  const specs = outcomes.filter((o) => o.kind === 'spec');
+  const s = {
+    specs: specs.length,
+    ok: specs.filter((o) => o.valid).length,
+    invalid: specs.filter((o) => !o.valid && !o.failure).length,
+    unreadable: specs.filter((o) => o.failure).length,
+    /** Arguments that named no spec (an empty or unreadable directory). */
+    problems: outcomes.length - specs.length,
+    errors: outcomes.reduce((n, o) => n + (o.failure ? 1 : o.errors.length), 0),
+    warnings: outcomes.reduce((n, o) => n + o.warnings.length, 0),
+  };
+  return { valid: s.ok === s.specs && s.problems === 0, ...s };
 }
 
 function byPosition(a: SpecIssue, b: SpecIssue): number {
