@@ -2,9 +2,11 @@ import { EXIT_FAILURE, EXIT_OK } from '../errors';
 import { CommandSpec, helpText, ParsedArgs, parseArgs, UsageError } from './args';
 import { handleFailure, Io, Reporting, write } from './io';
 import { JAIL_SPEC, jailCommand } from './commands/jail';
+import { MANIFEST_SPEC, manifestCommand } from './commands/manifest';
 import { PLAN_SPEC, planCommand } from './commands/plan';
 import { RUN_SPEC, runCommand } from './commands/run';
 import { SCHEMA_SPEC, schemaCommand } from './commands/schema';
+import { UNIT_SPEC, unitCommand } from './commands/unit';
 import { VALIDATE_SPEC, validateCommand } from './commands/validate';
 import { VERSION } from './version';
 
@@ -19,6 +21,8 @@ const COMMANDS: Record<string, Command> = {
   plan: { spec: PLAN_SPEC, run: planCommand },
   jail: { spec: JAIL_SPEC, run: jailCommand },
   schema: { spec: SCHEMA_SPEC, run: (io) => schemaCommand(io) },
+  unit: { spec: UNIT_SPEC, run: unitCommand },
+  manifest: { spec: MANIFEST_SPEC, run: manifestCommand },
 };
 
 const OVERVIEW = `Usage: fc-run <spec> [options]         launch the microVM a spec describes

@@ -16,6 +16,7 @@ import { VERSION } from '../version';
 import { SpecInvalidError } from '../../config/issues';
 import type { LogLevel } from '../../config/resolved';
 import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
+import { serviceNotify } from '../service-notify';
 
 /** Firecracker's limit on an API request body (its --http-api-max-payload-size default). */
 export const DEFAULT_API_MAX_PAYLOAD = 51200;
@@ -231,6 +232,8 @@ async function launchPlanned(
     process.exit(EXIT_FAILURE);
   };
   process.on('uncaughtException', onCrash);
+  // sd_notify (systemd Type=notify, `fc-run unit`): READY=1 once the guest runs, STOPPING=1 when it stops.
+  const notify = serviceNotify(io, rep, (m) => monitor.log.warn('vmm', m));
   let result;
   try {
     result = await launch(plan, {
@@ -244,14 +247,18 @@ async function launchPlanned(
       onRunning: (vm) => {
         hooks.running();
         if (api) api.vm = vm;
+        notify.ready(`running: ${plan.vcpus.count} vCPU(s), ${plan.memory.sizeMib} MiB`); // sd_notify
       },
     });
+    notify.stopping(`stopped: ${result.stop.detail}`); // sd_notify
   } catch (err) {
+    notify.stopping(`failed: ${(err as Error).message}`); // sd_notify
     // Whatever failed, the metrics so far are flushed (reason "fatal") before fc-run exits.
     monitor.fatal(`launch failed: ${(err as Error).message}`);
     throw err;
   } finally {
     process.off('uncaughtException', onCrash);
+    notify.close(); // sd_notify
     if (api) {
       api.vm = undefined;
       api.stopped = true;
