@@ -28,7 +28,8 @@ interface Endpoint {
   output: boolean;
 }
 
-function identity(abs: string, readFiles: boolean): { key: string; charDevice: boolean } {
+/** Identity of a path: dev/inode of an existing file, else where it would be created (see above). */
+export function fileIdentity(abs: string, readFiles: boolean): { key: string; charDevice: boolean } {
   if (readFiles) {
     try {
       const st = fs.statSync(abs);
@@ -43,7 +44,7 @@ function identity(abs: string, readFiles: boolean): { key: string; charDevice: b
       /* no such directory: the plain path */
     }
   }
-  return { key: `path:${abs}`, charDevice: false };
+  return { key: `path:${path.resolve(abs)}`, charDevice: false };
 }
 
 /**
@@ -94,7 +95,7 @@ export function checkCollisions(
 
   const seen = new Map<string, Endpoint>();
   for (const e of list) {
-    const id = identity(e.abs, opts.readFiles);
+    const id = fileIdentity(e.abs, opts.readFiles);
     const first = seen.get(id.key);
     if (!first) {
       seen.set(id.key, e);

@@ -1,5 +1,4 @@
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { fileIdentity } from './collisions';
 import { pointer, SpecIssue } from './issues';
 import type { LoadedSpec } from './validate';
 
@@ -38,24 +37,6 @@ interface Use {
   charDevice?: boolean;
 }
 
-/** Identity of a path: dev/inode of an existing file, else the path with its directory's links resolved. */
-function pathKey(abs: string, readFiles: boolean): { key: string; charDevice: boolean } {
-  if (readFiles) {
-    try {
-      const st = fs.statSync(abs);
-      return { key: `inode:${st.dev}:${st.ino}`, charDevice: st.isCharacterDevice() };
-    } catch {
-      /* not there yet */
-    }
-    try {
-      return { key: `path:${path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs))}`, charDevice: false };
-    } catch {
-      /* no such directory */
-    }
-  }
-  return { key: `path:${path.resolve(abs)}`, charDevice: false };
-}
-
 /** Up to this many other uses are listed in one message; the rest are counted. */
 const MAX_LISTED = 3;
 
@@ -75,7 +56,7 @@ export function checkFleet(specs: readonly LoadedSpec[], opts: FleetOptions): Sp
   };
   const file = (member: number, abs: string | undefined, what: string, at: (string | number)[], access: Access) => {
     if (abs === undefined) return;
-    const id = pathKey(abs, opts.readFiles);
+    const id = fileIdentity(abs, opts.readFiles);
     add(files, id.key, { member, what, at, access, shown: abs, charDevice: id.charDevice });
   };
 

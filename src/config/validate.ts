@@ -8,6 +8,7 @@ import { DEFAULT_MMDS_SIZE_LIMIT, ResolvedSpec } from './resolved';
 import type { VmSpec } from './vm-spec.generated';
 import { MAX_CONFIG_FILE_BYTES, readText } from './read';
 import { checkCollisions, FlagOutputs } from './collisions';
+import { findOversized, MAX_ITEMS, MAX_REPORTED_ISSUES, MAX_VALUES } from './size-limits';
 
 export interface LoadOptions {
   /** Do not require kernel, initrd, drive and template files to exist (validating stored specs in CI). */
@@ -56,9 +57,14 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
   const value = withoutNulls(source.value, []);
   // Before the schema: a spec of 300,000 drives would get an error per field of each, gigabytes
   // of them. No section of a real spec comes close to the limit.
-  const oversized = findOversized(value.result);
+  const oversized = findOversized(value.result, FREE_FORM);
   if (oversized) {
-    issues.error('too-many-items', oversized.at, `${oversized.what} has ${oversized.count} entries; fc-run reads at most ${MAX_ITEMS}`, 'a microVM has at most 19 virtio devices; split or shorten this list');
+    issues.error(
+      'too-many-items',
+      oversized.at,
+      oversized.what === 'the document' ? `the spec holds more than ${MAX_VALUES} values; fc-run reads at most that many` : `${oversized.what} has ${oversized.count} entries; fc-run reads at most ${MAX_ITEMS}`,
+      'a microVM has at most 19 virtio devices; shorten the lists',
+    );
   } else {
     checkSchema(value.result, issues, undefined, value.nulled);
   }
@@ -100,28 +106,6 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
   }
   if (!resolved || all.some((i) => i.severity === 'error')) throw new SpecInvalidError(file, all);
   return { spec: resolved, displayFile: file, warnings: all, locate };
-}
-
-/** Longest array, and most keys in one object, fc-run reads in a spec (outside the MMDS contents). */
-export const MAX_ITEMS = 1024;
-/** Issues reported for one spec: past this, one line says how many more there are. */
-export const MAX_REPORTED_ISSUES = 200;
-
-/** The first array or object (outside free-form data) larger than MAX_ITEMS, without recursion. */
-function findOversized(value: unknown): { at: (string | number)[]; what: string; count: number } | undefined {
-  const stack: { v: unknown; at: (string | number)[] }[] = [{ v: value, at: [] }];
-  while (stack.length > 0) {
-    const { v, at } = stack.pop()!;
-    if (Array.isArray(v)) {
-      if (v.length > MAX_ITEMS) return { at, what: 'this list', count: v.length };
-      v.forEach((item, i) => stack.push({ v: item, at: [...at, i] }));
-    } else if (v !== null && typeof v === 'object') {
-      const keys = Object.keys(v);
-      if (keys.length > MAX_ITEMS) return { at, what: 'this object', count: keys.length };
-      for (const k of keys) if (!(at.length === 0 && FREE_FORM.has(k))) stack.push({ v: (v as Record<string, unknown>)[k], at: [...at, k] });
-    }
-  }
-  return undefined;
 }
 
 /** Top-level keys holding free-form data (any JSON: null is a value, numbers may be fractional). */
