@@ -2,6 +2,10 @@ import { EXIT_FAILURE, EXIT_OK } from '../errors';
 import { CommandSpec, helpText, ParsedArgs, parseArgs, UsageError } from './args';
 import { handleFailure, Io, Reporting, write } from './io';
 import { JAIL_SPEC, jailCommand } from './commands/jail';
+import { LOGS_SPEC, logsCommand } from './commands/logs';
+import { PS_SPEC, psCommand } from './commands/ps';
+import { STOP_SPEC, stopCommand } from './commands/stop';
+import { UP_SPEC, upCommand } from './commands/up';
 import { PLAN_SPEC, planCommand } from './commands/plan';
 import { RUN_SPEC, runCommand } from './commands/run';
 import { SCHEMA_SPEC, schemaCommand } from './commands/schema';
@@ -19,6 +23,10 @@ const COMMANDS: Record<string, Command> = {
   plan: { spec: PLAN_SPEC, run: planCommand },
   jail: { spec: JAIL_SPEC, run: jailCommand },
   schema: { spec: SCHEMA_SPEC, run: (io) => schemaCommand(io) },
+  up: { spec: UP_SPEC, run: upCommand },
+  ps: { spec: PS_SPEC, run: psCommand },
+  logs: { spec: LOGS_SPEC, run: logsCommand },
+  stop: { spec: STOP_SPEC, run: stopCommand },
 };
 
 const OVERVIEW = `Usage: fc-run <spec> [options]         launch the microVM a spec describes
