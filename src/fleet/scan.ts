@@ -37,7 +37,7 @@ function problemText(err: unknown): string {
   if (err instanceof SpecInvalidError) {
     const errors = err.issues.filter((i) => i.severity === 'error');
     const first = errors[0];
-    const where = first ? `${first.line !== undefined ? `:${first.line}:${first.column}` : ''} ${first.message}` : '';
+    const where = first ? `${first.line !== undefined ? ` (line ${first.line}:${first.column})` : ''} ${first.message}` : '';
     return `invalid spec (${errors.length} error${errors.length === 1 ? '' : 's'})${where ? `; first:${where}` : ''}`;
   }
   if (err instanceof FcRunError) return err.message;

@@ -57,6 +57,7 @@ export function readWholeLog(file: string, old: string): Buffer {
  */
 export class LogFollower {
   private pos: number;
+  private oldSig: string;
 
   constructor(
     private readonly file: string,
@@ -65,19 +66,32 @@ export class LogFollower {
     startAt = sizeOf(file) ?? 0,
   ) {
     this.pos = startAt;
+    this.oldSig = signature(old);
   }
 
   poll(maxBytes = 1 << 20): Buffer {
-    const size = sizeOf(this.file) ?? 0;
     const parts: Buffer[] = [];
-    if (size < this.pos) {
+    // A rotation rewrites <file>.1; the file itself may already have grown past where we were.
+    const sig = signature(this.old);
+    const size = sizeOf(this.file) ?? 0;
+    if (sig !== this.oldSig || size < this.pos) {
+      this.oldSig = sig;
       const oldSize = sizeOf(this.old) ?? 0;
       if (oldSize > this.pos) parts.push(readRange(this.old, this.pos, Math.min(oldSize, this.pos + maxBytes)));
       this.pos = 0;
     }
-    const end = Math.min(size, this.pos + maxBytes);
+    const end = Math.min(sizeOf(this.file) ?? 0, this.pos + maxBytes);
     parts.push(readRange(this.file, this.pos, end));
     this.pos = end;
     return Buffer.concat(parts);
+  }
+}
+
+function signature(file: string): string {
+  try {
+    const st = fs.statSync(file, { bigint: true });
+    return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  } catch {
+    return '';
   }
 }

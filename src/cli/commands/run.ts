@@ -190,7 +190,8 @@ export async function runCommand(io: Io, args: ParsedArgs, startNs: bigint): Pro
       if (code !== EXIT_OK && exitReason === 'exited') exitReason = 'failed';
       return code;
     } catch (err) {
-      exitReason = err instanceof FcRunError ? `${err.code}: ${err.message}` : `error: ${(err as Error).message}`;
+      const firstIssue = err instanceof SpecInvalidError ? err.issues.find((i) => i.severity === 'error') : undefined;
+      exitReason = firstIssue ? `invalid spec: ${firstIssue.message}` : err instanceof FcRunError ? `${err.code}: ${err.message}` : `error: ${(err as Error).message}`;
       throw err;
     }
   }
