@@ -484,7 +484,7 @@ export interface FcRunSection {
    */
   restart?: 'never' | 'on-failure' | 'always';
   /**
-   * Wait before the first restart, in milliseconds; each further restart in a row doubles it, up to restart_delay_max_ms. A run that lasts at least restart_delay_max_ms resets it.
+   * Wait before the first restart, in milliseconds; each further restart in a row doubles it, up to restart_delay_max_ms. A run that lasts at least restart_delay_max_ms (and at least 10 s) resets it.
    */
   restart_delay_ms?: number;
   /**

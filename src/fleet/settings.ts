@@ -30,6 +30,14 @@ export function fleetSettings(section: FcRunSection | undefined): FleetSettings 
   };
 }
 
+/**
+ * A run at least this long counts as healthy and resets the backoff: the cap, but never less than
+ * 10 s, so a VM that fails slowly on a busy host is not mistaken for a healthy one.
+ */
+export function healthyRunMs(s: Pick<FleetSettings, 'restartDelayMaxMs'>): number {
+  return Math.max(s.restartDelayMaxMs, 10_000);
+}
+
 /** The wait before the n-th restart in a row (n >= 1): the base, doubling, capped. */
 export function restartDelay(n: number, s: Pick<FleetSettings, 'restartDelayMs' | 'restartDelayMaxMs'>): number {
   if (n <= 1) return Math.min(s.restartDelayMs, s.restartDelayMaxMs);

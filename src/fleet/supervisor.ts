@@ -6,7 +6,7 @@ import { Action, Desired, Known, reconcile } from './reconcile';
 import { claimRunDir, ensureRunDir, ExitRecord, FleetError, isAlive, readJson, readStates, SupervisorRecord, SUPERVISOR_FILE, vmFiles, writeJsonAtomic, writeState } from './rundir';
 import { scanDir } from './scan';
 import { rotateIfLarge } from './serial-log';
-import { DEFAULT_SETTINGS, FleetSettings, restartDelay, wantsRestart } from './settings';
+import { DEFAULT_SETTINGS, FleetSettings, healthyRunMs, restartDelay, wantsRestart } from './settings';
 import { stopVmProcess } from './stop';
 
 export interface FleetEvent {
@@ -254,7 +254,7 @@ export class Supervisor {
       vm.stoppedBy = vm.stoppedBy ?? 'supervisor';
     } else {
       const ran = now - (vm.startedAt ?? now);
-      vm.consecutive = ran >= vm.settings.restartDelayMaxMs ? 1 : vm.consecutive + 1;
+      vm.consecutive = ran >= healthyRunMs(vm.settings) ? 1 : vm.consecutive + 1;
       if (wantsRestart(vm.settings.restart, vm.lastExit.code)) {
         vm.state = 'waiting';
         vm.nextStartAt = now + restartDelay(vm.consecutive, vm.settings);

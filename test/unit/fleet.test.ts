@@ -139,7 +139,8 @@ describe('the supervisor, with a stand-in for fc-run (no KVM needed)', () => {
   const spec = (name: string, extra: Record<string, unknown> = {}, bootArgs = 'console=ttyS0') =>
     fs.writeFileSync(path.join(specs, name), JSON.stringify({ ...minimalSpec(), 'boot-source': { kernel_image_path: path.join(ws.dir, 'vmlinux'), boot_args: bootArgs }, ...extra }));
   const newSupervisor = () => {
-    sup = new Supervisor({ dir: specs, runDir, checkIntervalMs: 60000, pollMs: 50, fcRunBin: FAKE, report: (e) => events.push(e) });
+    const mine = events;
+    sup = new Supervisor({ dir: specs, runDir, checkIntervalMs: 60000, pollMs: 50, fcRunBin: FAKE, report: (e) => mine.push(e) });
     sup.start();
     return sup;
   };
