@@ -44,11 +44,38 @@ function problemText(err: unknown): string {
   return `cannot read it: ${(err as Error).message}`;
 }
 
+/** A spec's last result, reused while neither its text nor the files its plan read have changed. */
+interface CacheEntry {
+  text: string;
+  inputs: [string, string][];
+  result: Desired;
+}
+export type ScanCache = Map<string, CacheEntry>;
+
+function statSignature(file: string): string {
+  try {
+    const st = fs.statSync(file, { bigint: true });
+    return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  } catch {
+    return 'missing';
+  }
+}
+
+function readSpecText(file: string): string | undefined {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Reads the directory: each spec is validated and planned exactly as `fc-run run` would with the
  * flags the supervisor gives it, so a spec that would fail at launch is reported here instead.
+ * With a cache, a spec whose text and inputs (kernel, initrd, CPU template) are unchanged is not
+ * validated again: an idle supervisor then costs a read and a few stat calls per spec.
  */
-export function scanDir(dir: string, runDir: string, host: HostCpu = readHostCpu()): Map<string, Desired> {
+export function scanDir(dir: string, runDir: string, host: HostCpu = readHostCpu(), cache?: ScanCache): Map<string, Desired> {
   const files = listSpecFiles(dir);
   const { ids, conflicts } = assignIds(files);
   const out = new Map<string, Desired>();
@@ -58,8 +85,18 @@ export function scanDir(dir: string, runDir: string, host: HostCpu = readHostCpu
   for (const [id, rel] of ids) {
     const spec = path.join(dir, rel);
     const files = vmFiles(runDir, id);
+    const text = cache ? readSpecText(spec) : undefined;
+    const hit = text !== undefined ? cache?.get(spec) : undefined;
+    if (hit && hit.text === text && hit.result.id === id && hit.inputs.every(([f, sig]) => statSignature(f) === sig)) {
+      out.set(id, hit.result);
+      continue;
+    }
+    let inputs: string[] = [];
     try {
       const loaded = loadSpecFile(spec, { displayFile: spec, flagOutputs: { serialOut: files.serial, apiSock: files.sock } });
+      const s = loaded.spec;
+      const template = s.raw['cpu-config'];
+      inputs = [s.bootSource.kernel_image_path, s.bootSource.initrd_path, typeof template === 'string' ? path.resolve(path.dirname(spec), template) : undefined].filter((f): f is string => f !== undefined);
       const planned = planSpec(loaded);
       const hostProblems = hostIssues(loaded, host);
       if (hostProblems.length > 0) throw new SpecInvalidError(spec, hostProblems);
@@ -75,6 +112,9 @@ export function scanDir(dir: string, runDir: string, host: HostCpu = readHostCpu
     } catch (err) {
       out.set(id, { kind: 'invalid', id, spec, problem: problemText(err) });
     }
+    // An invalid spec's inputs are unknown (it may not even parse): only its text keys the cache.
+    if (cache && text !== undefined) cache.set(spec, { text, inputs: inputs.map((f) => [f, statSignature(f)]), result: out.get(id)! });
   }
+  if (cache) for (const key of cache.keys()) if (!files.includes(path.relative(dir, key).split(path.sep).join('/'))) cache.delete(key);
   return out;
 }

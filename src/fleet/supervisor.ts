@@ -4,7 +4,9 @@ import * as path from 'node:path';
 import { processStartTime } from './proc';
 import { Action, Desired, Known, reconcile } from './reconcile';
 import { claimRunDir, ensureRunDir, ExitRecord, FleetError, isAlive, readJson, readStates, SupervisorRecord, SUPERVISOR_FILE, vmFiles, writeJsonAtomic, writeState } from './rundir';
-import { scanDir } from './scan';
+import { readHostCpu } from '../boot';
+import type { HostCpu } from '../boot';
+import { scanDir, ScanCache } from './scan';
 import { rotateIfLarge } from './serial-log';
 import { DEFAULT_SETTINGS, FleetSettings, healthyRunMs, restartDelay, wantsRestart } from './settings';
 import { stopVmProcess } from './stop';
@@ -36,6 +38,7 @@ interface Vm extends Known {
   settings: FleetSettings;
 }
 
+const FULL_EVERY = 12;
 const DEFAULT_BIN = path.resolve(__dirname, '..', '..', 'bin', 'fc-run');
 
 /**
@@ -55,6 +58,9 @@ export class Supervisor {
   private record?: SupervisorRecord;
   private stopped = false;
   private pulling = false;
+  private readonly cache: ScanCache = new Map();
+  private host?: HostCpu;
+  private scans = 0;
 
   constructor(private readonly o: SupervisorOptions) {}
 
@@ -126,10 +132,16 @@ export class Supervisor {
     }
   }
 
-  /** Reads the directory again and converges. */
+  /**
+   * Reads the directory again and converges. Unchanged specs come from the cache, except on every
+   * FULL_EVERY-th call: then everything is validated again (a drive file removed, say).
+   */
   rescan(): void {
     if (this.stopped) return;
-    this.desired = scanDir(this.o.dir, this.o.runDir);
+    this.host ??= readHostCpu();
+    const full = this.scans++ % FULL_EVERY === 0;
+    this.desired = scanDir(this.o.dir, this.o.runDir, this.host, full ? undefined : this.cache);
+    if (full) this.cache.clear();
     this.reportProblems();
     this.converge();
   }
@@ -146,8 +158,9 @@ export class Supervisor {
     for (const spec of this.reportedProblems.keys()) {
       if (!now.has(spec)) this.o.report({ event: 'fixed', message: `${path.relative(this.o.dir, spec)}: valid again`, spec });
     }
+    const changed = now.size !== this.reportedProblems.size || [...now].some(([s, p]) => this.reportedProblems.get(s) !== p);
     this.reportedProblems = now;
-    if (this.record) {
+    if (this.record && changed) {
       this.record.problems = Object.fromEntries(now);
       writeJsonAtomic(path.join(this.o.runDir, SUPERVISOR_FILE), this.record);
     }
