@@ -10,7 +10,8 @@ import { readStates, vmFiles, writeState } from '../../src/fleet/rundir';
 import { DEFAULT_SETTINGS, restartDelay } from '../../src/fleet/settings';
 import { FleetEvent, Supervisor } from '../../src/fleet/supervisor';
 import { LogFollower } from '../../src/fleet/serial-log';
-import { minimalSpec, Workspace } from '../helpers/specs';
+import { errorsOf, load, minimalSpec, Workspace } from '../helpers/specs';
+import { planSpec } from '../../src/boot';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -44,6 +45,18 @@ describe('VM ids from spec paths', () => {
     expect([...ids]).toEqual([['db', 'db.json']]);
     expect([...conflicts]).toEqual([['web-a', ['web-a.json', 'web/a.json']]]);
   });
+});
+
+test('the "fc-run" section is fc-run\'s own: validated, but no part of the plan (fc-run run ignores it)', () => {
+  const ws = new Workspace();
+  try {
+    const plain = planSpec(load(ws, minimalSpec()));
+    const withSection = planSpec(load(ws, { ...minimalSpec(), 'fc-run': { restart: 'always', restart_delay_ms: 5, stop_grace_ms: 0, serial_log_max_bytes: 4096 } }));
+    expect(withSection.hash).toBe(plain.hash);
+    expect(errorsOf(ws, { ...minimalSpec(), 'fc-run': { restart: 'sometimes', stop_grace: 1 } })).toEqual(['enum @ /fc-run/restart', 'unknown-property @ /fc-run/stop_grace']);
+  } finally {
+    ws.remove();
+  }
 });
 
 test('restart backoff: 1 s doubling to a 60 s cap by default, both settable', () => {
