@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { EXIT_OK } from '../../errors';
 import { assertGitWorkTree, FleetError, FleetEvent, Supervisor } from '../../fleet';
-import type { CommandSpec, ParsedArgs } from '../args';
+import { CommandSpec, ParsedArgs, UsageError } from '../args';
 import { Io, write, writeRecord } from '../io';
 import { FLEET_OPTIONS, runDirOf } from './fleet-common';
 
@@ -34,6 +34,9 @@ export async function upCommand(io: Io, args: ParsedArgs): Promise<number> {
     throw new FleetError(`cannot read the spec directory ${dir}: ${(err as NodeJS.ErrnoException).code}`);
   }
   if (!st.isDirectory()) throw new FleetError(`${dir} is not a directory: fc-run up takes a directory of specs (run a single spec with fc-run run)`);
+  const runDir = runDirOf(args);
+  // Every state write would wake the directory watch and look like a change.
+  if (runDir === dir || runDir.startsWith(`${dir}${path.sep}`)) throw new UsageError(`--run-dir ${runDir} is inside the spec directory ${dir}: put it elsewhere`, 'up');
   const gitPull = args.options['git-pull-interval'] as number | undefined;
   if (gitPull !== undefined) await assertGitWorkTree(dir);
   const json = args.options.json === true;
@@ -43,7 +46,7 @@ export async function upCommand(io: Io, args: ParsedArgs): Promise<number> {
   };
   const sup = new Supervisor({
     dir,
-    runDir: runDirOf(args),
+    runDir,
     checkIntervalMs: (args.options['check-interval'] as number | undefined) ?? 5000,
     gitPullIntervalMs: gitPull,
     report,
