@@ -6,7 +6,8 @@
  *   not ok - NAME: detail
  *   # key: value          (facts the host-side test compares with the boot plan)
  *
- * then resets the machine through the i8042 controller. General-purpose registers only
+ * then resets the machine through the i8042 controller (with probe.wait=1 on the command line it
+ * first waits, halted, until a keyboard byte such as Ctrl-Alt-Del arrives). General-purpose registers only
  * (-mgeneral-regs-only): no SSE, no XSAVE, no INT3, so it runs on emulated KVM too.
  */
 #include <stdint.h>
@@ -1808,6 +1809,36 @@ static void reset(void) {
     outb(I8042_COMMAND, I8042_RESET);
 }
 
+/* ---- probe.wait=1: stay up after the checks (for fleets of VMs and snapshots) ---- */
+
+#define KBD_VECTOR 0x21
+#define I8042_DATA 0x60
+
+static volatile uint32_t kbd_bytes;
+
+/* Any keyboard byte is taken as Ctrl-Alt-Del (the only keys a VMM sends): the guest shuts down
+   as a Linux guest would, so a supervisor's graceful stop works on the probe too. */
+__attribute__((interrupt)) static void kbd_isr(struct interrupt_frame *frame) {
+    (void)frame;
+    while (inb(I8042_COMMAND) & 1) {
+        (void)inb(I8042_DATA);
+        kbd_bytes++;
+    }
+    lapic_write(LAPIC_EOI, 0);
+}
+
+static void wait_forever(void) {
+    set_gate(KBD_VECTOR, kbd_isr);
+    uint32_t bsp = lapic_read(LAPIC_ID) >> 24;
+    ioapic_write(0x10 + 2 * 1 + 1, bsp << 24);
+    ioapic_write(0x10 + 2 * 1, KBD_VECTOR); /* IRQ 1: fixed, physical, edge, active high, unmasked */
+    puts_("# probe waiting\n");
+    /* hlt with interrupts on: an idle vCPU, not a spinning one. */
+    while (kbd_bytes == 0) __asm__ volatile("sti; hlt" ::: "memory");
+    __asm__ volatile("cli");
+    puts_("# probe: ctrl-alt-del\n");
+}
+
 /* Parses a number: hex with 0x (parse_hex), else decimal; stops at the first other character. */
 static uint64_t parse_num(const char **p) {
     if ((*p)[0] == '0' && ((*p)[1] == 'x' || (*p)[1] == 'X')) {
@@ -1877,5 +1908,6 @@ void probe_main(const void *boot_info, int mode) {
     puts_("# probe done: ");
     put_dec((uint64_t)failures);
     puts_(" failed\n");
+    if (has_word(cmdline, "probe.wait=1")) wait_forever();
     reset();
 }

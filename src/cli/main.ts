@@ -3,6 +3,10 @@ import { CommandSpec, helpText, ParsedArgs, parseArgs, UsageError } from './args
 import { handleFailure, Io, Reporting, write } from './io';
 import { JAIL_SPEC, jailCommand } from './commands/jail';
 import { MANIFEST_SPEC, manifestCommand } from './commands/manifest';
+import { LOGS_SPEC, logsCommand } from './commands/logs';
+import { PS_SPEC, psCommand } from './commands/ps';
+import { STOP_SPEC, stopCommand } from './commands/stop';
+import { UP_SPEC, upCommand } from './commands/up';
 import { PLAN_SPEC, planCommand } from './commands/plan';
 import { RUN_SPEC, runCommand } from './commands/run';
 import { SCHEMA_SPEC, schemaCommand } from './commands/schema';
@@ -23,6 +27,10 @@ const COMMANDS: Record<string, Command> = {
   schema: { spec: SCHEMA_SPEC, run: (io) => schemaCommand(io) },
   unit: { spec: UNIT_SPEC, run: unitCommand },
   manifest: { spec: MANIFEST_SPEC, run: manifestCommand },
+  up: { spec: UP_SPEC, run: upCommand },
+  ps: { spec: PS_SPEC, run: psCommand },
+  logs: { spec: LOGS_SPEC, run: logsCommand },
+  stop: { spec: STOP_SPEC, run: stopCommand },
 };
 
 const OVERVIEW = `Usage: fc-run <spec> [options]         launch the microVM a spec describes

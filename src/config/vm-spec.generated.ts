@@ -48,6 +48,7 @@ export interface VmSpec {
    */
   pmem?: Pmem[];
   'memory-hotplug'?: MemoryHotplug;
+  'fc-run'?: FcRunSection;
 }
 /**
  * The guest kernel, its command line and an optional initrd.
@@ -470,4 +471,32 @@ export interface MemoryHotplug {
    * Block size in MiB.
    */
   block_size_mib?: number;
+}
+/**
+ * How `fc-run up` supervises this VM. Every field is optional; the defaults are shown.
+ *
+ * This interface was referenced by `VmSpec`'s JSON-Schema
+ * via the `definition` "FcRunSection".
+ */
+export interface FcRunSection {
+  /**
+   * When `fc-run up` starts the VM again after its fc-run process exits: "never"; "on-failure" (exit status other than 0; a guest reset or power-off is 0); "always".
+   */
+  restart?: 'never' | 'on-failure' | 'always';
+  /**
+   * Wait before the first restart, in milliseconds; each further restart in a row doubles it, up to restart_delay_max_ms. A run that lasts at least restart_delay_max_ms (and at least 10 s) resets it.
+   */
+  restart_delay_ms?: number;
+  /**
+   * Longest wait between restarts, in milliseconds (the cap of the doubling).
+   */
+  restart_delay_max_ms?: number;
+  /**
+   * When `fc-run up` or `fc-run stop` stops the VM, how long to wait after Ctrl-Alt-Del (sent through its API) before SIGTERM, in milliseconds; SIGKILL follows after as long again.
+   */
+  stop_grace_ms?: number;
+  /**
+   * Size at which the guest's serial log in the run directory is rotated; one older file is kept, so it takes at most about twice this on disk.
+   */
+  serial_log_max_bytes?: number;
 }

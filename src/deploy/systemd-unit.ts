@@ -199,8 +199,12 @@ export function templateUnit(opts: TemplateOptions): string {
     // `up` runs many VMs and sends no readiness notification: started means started.
     'Type=exec',
     `ExecStart=${unitWord(opts.node)} ${unitWord(opts.fcRun)} up %f`,
+    // The run directory (`fc-run up`'s default, /run/fc-run) outlives a restart of the unit, so a
+    // restarted `up` adopts the VMs it finds there.
+    ...(opts.user ? [] : ['RuntimeDirectory=fc-run', 'RuntimeDirectoryPreserve=yes']),
     'KillSignal=SIGTERM',
-    'KillMode=mixed',
+    // Stopping the unit stops the fleet: every fc-run gets SIGTERM and stops its VM cleanly.
+    'KillMode=control-group',
     `TimeoutStopSec=${opts.stopTimeoutSec}`,
     ...restartLines(opts.restart),
     ...(opts.runAs !== undefined && !opts.user ? [`User=${opts.runAs}`] : []),

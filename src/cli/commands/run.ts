@@ -68,6 +68,7 @@ export const RUN_SPEC: CommandSpec = {
     { name: 'parent-cpu-time-us', kind: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, valueName: 'US', describe: "Accepted for Firecracker compatibility (the parent's CPU time)" },
     { name: 'no-seccomp', kind: 'flag', describe: 'Leave out the seccomp filter (for debugging; not recommended)' },
     { name: 'exit-with-fd', kind: 'integer', min: 3, max: 65535, hidden: true, describe: 'Stop the VM when this inherited socket or pipe reaches end of stream (the jailer uses it)' },
+    { name: 'exit-record', kind: 'string', valueName: 'FILE', hidden: true, describe: 'When fc-run exits, write {code, reason, time} as JSON to this file (fc-run up reads it for VMs it cannot wait on)' },
     ...REPORT_OPTIONS,
     ...REFUSED_FIRECRACKER_FLAGS,
   ],
@@ -158,7 +159,48 @@ function watchLifeline(fd: number): void {
   lifeline.unref();
 }
 
+// --- exit record (for `fc-run up`) ---------------------------------------------------------
+// A supervisor that restarted cannot wait() on the VMs it adopted, so fc-run says itself how it
+// ended. Written on the 'exit' event so every path out (return, process.exit in a signal handler
+// or crash handler) leaves one; only SIGKILL leaves none, which the supervisor reports as such.
+let exitReason = 'exited';
+
+function recordExitTo(file: string): void {
+  const target = path.resolve(file);
+  try {
+    fs.rmSync(target, { force: true });
+  } catch {
+    // An unwritable place fails again at exit; nothing to add here.
+  }
+  process.once('exit', (code) => {
+    const record = { code, reason: exitReason, time: new Date().toISOString(), pid: process.pid };
+    try {
+      fs.writeFileSync(`${target}.tmp`, `${JSON.stringify(record)}\n`);
+      fs.renameSync(`${target}.tmp`, target);
+    } catch {
+      // Nowhere to report it at exit; the supervisor then falls back to the process status.
+    }
+  });
+}
+
 export async function runCommand(io: Io, args: ParsedArgs, startNs: bigint): Promise<number> {
+  if (args.options['exit-record'] !== undefined) {
+    recordExitTo(args.options['exit-record'] as string);
+    try {
+      const code = await runCommandInner(io, args, startNs);
+      if (code !== EXIT_OK && exitReason === 'exited') exitReason = 'failed';
+      return code;
+    } catch (err) {
+      const firstIssue = err instanceof SpecInvalidError ? err.issues.find((i) => i.severity === 'error') : undefined;
+      exitReason = firstIssue ? `invalid spec: ${firstIssue.message}` : err instanceof FcRunError ? `${err.code}: ${err.message}` : `error: ${(err as Error).message}`;
+      throw err;
+    }
+  }
+  return runCommandInner(io, args, startNs);
+}
+// --- end exit record ---------------------------------------------------------------------------
+
+async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promise<number> {
   const o = args.options;
   const rep: Reporting = reportingOf(args);
   const file = specArgument(args);
@@ -169,6 +211,7 @@ export async function runCommand(io: Io, args: ParsedArgs, startNs: bigint): Pro
   let closeApi = () => undefined as void;
   const early = (sig: NodeJS.Signals) => {
     if (running) return;
+    exitReason = `${sig} before the VM ran`;
     reportStatus(io, rep, 'signal', `${sig} before the VM ran`);
     closeApi();
     process.exit(EXIT_FAILURE);
@@ -226,6 +269,7 @@ async function launchPlanned(
   hooks.apiOpened(closeApi);
   // A bug that escapes every handler still leaves a log line and a last metrics line.
   const onCrash = (err: Error) => {
+    exitReason = `crashed: ${err.message}`;
     monitor.fatal(`fc-run crashed: ${err.stack ?? err.message}`);
     closeApi();
     process.stderr.write(`fc-run crashed: ${err.stack ?? err.message}\n`);
@@ -267,6 +311,7 @@ async function launchPlanned(
   }
   const boot = result.bootTimeNs !== undefined ? `, guest boot time ${(Number(result.bootTimeNs) / 1e6).toFixed(1)} ms` : '';
   const bootMs = result.bootTimeNs !== undefined ? Number(result.bootTimeNs) / 1e6 : undefined;
+  exitReason = `${result.stop.reason}: ${result.stop.detail}`;
   if (result.stop.reason in STOP_WORDS) {
     monitor.log.info('vmm', `the VM stopped: ${result.stop.detail}`);
     monitor.stop();

@@ -1,0 +1,10 @@
+export { Supervisor, assertGitWorkTree } from './supervisor';
+export type { FleetEvent, SupervisorOptions } from './supervisor';
+export { defaultRunDir, FleetError, isAlive, readStates, readSupervisor, vmFiles, writeJsonAtomic } from './rundir';
+export type { VmState, ExitRecord } from './rundir';
+export { idForSpec, assignIds } from './ids';
+export { reconcile } from './reconcile';
+export { restartDelay, fleetSettings, DEFAULT_SETTINGS } from './settings';
+export { LogFollower, readWholeLog, rotateIfLarge } from './serial-log';
+export { stopVmProcess } from './stop';
+export { processStartTime } from './proc';

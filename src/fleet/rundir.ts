@@ -1,0 +1,144 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { FcRunError } from '../errors';
+import { isSameProcess, processStartTime } from './proc';
+
+/** Where `fc-run up`, `ps`, `logs` and `stop` keep and find their VMs' files. */
+export function defaultRunDir(): string {
+  if (process.getuid?.() === 0) return '/run/fc-run';
+  const xdg = process.env.XDG_RUNTIME_DIR;
+  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'fc-run');
+  return path.join(os.tmpdir(), `fc-run-${process.getuid?.() ?? 'user'}`);
+}
+
+export class FleetError extends FcRunError {
+  constructor(message: string) {
+    super('fleet', message);
+  }
+}
+
+/** The files one VM has in the run directory. */
+export function vmFiles(runDir: string, id: string) {
+  const at = (suffix: string) => path.join(runDir, `${id}${suffix}`);
+  return {
+    state: at('.state.json'),
+    sock: at('.sock'),
+    serial: at('.serial.log'),
+    serialOld: at('.serial.log.1'),
+    exit: at('.exit.json'),
+    output: at('.fc-run.log'),
+    hold: at('.hold'),
+  };
+}
+
+export interface ExitRecord {
+  /** fc-run's exit status; null when it was ended by a signal (or nobody knows). */
+  code: number | null;
+  signal?: string;
+  reason: string;
+  time: string;
+}
+
+/** What `fc-run up` remembers about one VM; also what `fc-run ps` shows. */
+export interface VmState {
+  id: string;
+  /** The spec's absolute path and the directory `fc-run up` watches. */
+  spec: string;
+  dir: string;
+  state: 'starting' | 'running' | 'stopping' | 'exited' | 'waiting' | 'held';
+  pid?: number;
+  /** /proc/<pid>/stat start time of `pid`: with the pid, the process's identity. */
+  pidStart?: string;
+  planHash: string;
+  vcpus: number;
+  memMib: number;
+  /** When this run started (ms since the epoch). */
+  startedAt?: number;
+  /** Restarts since `fc-run up` first started it; consecutive ones drive the backoff. */
+  restarts: number;
+  consecutive: number;
+  /** When a waiting VM is due to start again (ms since the epoch). */
+  nextStartAt?: number;
+  lastExit?: ExitRecord;
+  /** The spec's stop grace period when it started, for `fc-run stop`. */
+  stopGraceMs?: number;
+}
+
+export function ensureRunDir(runDir: string): void {
+  try {
+    fs.mkdirSync(runDir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new FleetError(`cannot create the run directory ${runDir}: ${(err as NodeJS.ErrnoException).code}; choose another with --run-dir`);
+  }
+}
+
+/** Written whole or not at all: a reader never sees half a record, even if the writer is killed. */
+export function writeJsonAtomic(file: string, value: unknown): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, `${JSON.stringify(value)}\n`, { mode: 0o600 });
+  fs.renameSync(tmp, file);
+}
+
+export function readJson<T>(file: string): T | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+export function readStates(runDir: string): VmState[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(runDir);
+  } catch {
+    return [];
+  }
+  const out: VmState[] = [];
+  for (const n of names.filter((n) => n.endsWith('.state.json')).sort()) {
+    const s = readJson<VmState>(path.join(runDir, n));
+    if (s && typeof s.id === 'string') out.push(s);
+  }
+  return out;
+}
+
+export function writeState(runDir: string, s: VmState): void {
+  writeJsonAtomic(vmFiles(runDir, s.id).state, s);
+}
+
+/** Whether the VM a state describes is still running (pid and its start time both match). */
+export function isAlive(s: Pick<VmState, 'pid' | 'pidStart'>): boolean {
+  return isSameProcess(s.pid, s.pidStart);
+}
+
+export interface SupervisorRecord {
+  pid: number;
+  pidStart: string;
+  dir: string;
+  startedAt: number;
+  /** Specs that are skipped (invalid, or sharing an id): path → why. */
+  problems: Record<string, string>;
+}
+
+export const SUPERVISOR_FILE = 'up.json';
+
+/**
+ * Claims the run directory for one `fc-run up`: two supervisors would start every VM twice. A
+ * record left by one that died (its pid gone or reused) is taken over.
+ */
+export function claimRunDir(runDir: string, dir: string): SupervisorRecord {
+  const file = path.join(runDir, SUPERVISOR_FILE);
+  const other = readJson<SupervisorRecord>(file);
+  if (other && other.pid !== process.pid && isSameProcess(other.pid, other.pidStart)) {
+    throw new FleetError(`another fc-run up (pid ${other.pid}, for ${other.dir}) is using the run directory ${runDir}; stop it first, or give this one its own --run-dir`);
+  }
+  const me: SupervisorRecord = { pid: process.pid, pidStart: processStartTime(process.pid) ?? '', dir, startedAt: Date.now(), problems: {} };
+  writeJsonAtomic(file, me);
+  return me;
+}
+
+export function readSupervisor(runDir: string): (SupervisorRecord & { alive: boolean }) | undefined {
+  const r = readJson<SupervisorRecord>(path.join(runDir, SUPERVISOR_FILE));
+  return r ? { ...r, alive: isSameProcess(r.pid, r.pidStart) } : undefined;
+}

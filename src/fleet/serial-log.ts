@@ -1,0 +1,97 @@
+import * as fs from 'node:fs';
+
+/**
+ * Guest serial output goes from fc-run straight to a file (opened O_APPEND): a write to a regular
+ * file never waits for a reader, so a slow, stopped or restarting supervisor can never block the
+ * VM, as a full pipe would. The supervisor caps the file by copy-and-truncate: the old contents
+ * move to `<file>.1` and the file is cut to zero, after which fc-run's appends land at its start.
+ * What the guest writes between the copy and the cut (microseconds) is lost; nothing else is.
+ */
+export function rotateIfLarge(file: string, old: string, maxBytes: number): boolean {
+  let size: number;
+  try {
+    size = fs.statSync(file).size;
+  } catch {
+    return false;
+  }
+  if (size < maxBytes) return false;
+  fs.copyFileSync(file, old);
+  fs.truncateSync(file, 0);
+  return true;
+}
+
+function readRange(file: string, from: number, to: number): Buffer {
+  if (to <= from) return Buffer.alloc(0);
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(to - from);
+    const n = fs.readSync(fd, buf, 0, buf.length, from);
+    return buf.subarray(0, n);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function sizeOf(file: string): number | undefined {
+  try {
+    return fs.statSync(file).size;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Both files' contents, oldest first: everything of the log that is still kept. */
+export function readWholeLog(file: string, old: string): Buffer {
+  const parts: Buffer[] = [];
+  for (const f of [old, file]) {
+    const n = sizeOf(f);
+    if (n !== undefined) parts.push(readRange(f, 0, n));
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * Follows the log across rotations: `poll()` returns what was appended since the last call. When
+ * the file got shorter it was rotated: the rest of what we had not read is at the same offset in
+ * `<file>.1`, and reading goes on from the new file's start.
+ */
+export class LogFollower {
+  private pos: number;
+  private oldSig: string;
+
+  constructor(
+    private readonly file: string,
+    private readonly old: string,
+    /** Start at the current end (what was already printed). */
+    startAt = sizeOf(file) ?? 0,
+  ) {
+    this.pos = startAt;
+    this.oldSig = signature(old);
+  }
+
+  poll(maxBytes = 1 << 20): Buffer {
+    const parts: Buffer[] = [];
+    // A rotation rewrites <file>.1; the file itself may already have grown past where we were.
+    const sig = signature(this.old);
+    const size = sizeOf(this.file) ?? 0;
+    if (sig !== this.oldSig || size < this.pos) {
+      this.oldSig = sig;
+      const oldSize = sizeOf(this.old) ?? 0;
+      if (oldSize > this.pos) parts.push(readRange(this.old, this.pos, Math.min(oldSize, this.pos + maxBytes)));
+      this.pos = 0;
+    }
+    const end = Math.min(sizeOf(this.file) ?? 0, this.pos + maxBytes);
+    parts.push(readRange(this.file, this.pos, end));
+    this.pos = end;
+    return Buffer.concat(parts);
+  }
+}
+
+function signature(file: string): string {
+  try {
+    const st = fs.statSync(file, { bigint: true });
+    return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  } catch {
+    return '';
+  }
+}
