@@ -32,3 +32,39 @@ describe('systemd units: "$" is written "$$" only where systemd expands variable
     expect(unit).toMatch(/^ExecStart=.* run \S+vm\.json --id web/m);
   });
 });
+
+describe('API: connections pushed out to make room do not pile up', () => {
+  test('a client opening connections in a loop keeps at most a bounded number of server sockets open', async () => {
+    const { spawn } = await import('node:child_process');
+    const { startApi } = await import('../../src/api/server');
+    const sock = path.join(ws.dir, `flood-${process.pid}.sock`);
+    const ctx = {
+      id: 'flood',
+      version: 'test',
+      maxBody: 4096,
+      monitor: { log: { warn: () => undefined, info: () => undefined }, flush: () => true, countApiRequest: () => undefined },
+    } as unknown as import('../../src/api/server').ApiContext;
+    const server = await startApi(sock, ctx);
+    const fds = () => {
+      try {
+        return fs.readdirSync('/proc/self/fd').length;
+      } catch {
+        return Infinity;
+      }
+    };
+    const base = fds();
+    let most = 0;
+    const sampler = setInterval(() => (most = Math.max(most, fds() - base)), 5);
+    try {
+      // 1500 connections that each send half a request head and never finish or read: each pushes
+      // an older one out. The clients live in another process, so every fd counted here is the server's.
+      const flood = `const net=require('net');let n=0;const go=()=>{for(let i=0;i<100;i++){const c=net.connect(${JSON.stringify(sock)});c.on('error',()=>{});c.write('GET / HTTP/1.1\\r\\nX: ');n++}if(n<1500)setTimeout(go,10);else setTimeout(()=>process.exit(0),300)};go();`;
+      await new Promise<void>((resolve) => spawn(process.execPath, ['-e', flood], { stdio: 'ignore' }).on('exit', () => resolve()));
+    } finally {
+      clearInterval(sampler);
+      server.close();
+    }
+    // 16 connections and at most 16 lingering ones, plus slack for accepts not yet handled.
+    expect(most).toBeLessThan(80);
+  }, 60_000);
+});
