@@ -50,3 +50,28 @@ describe('validate --skip-files: /dev/null takes any number of outputs, as witho
     expect(r.code).toBe(2);
   });
 });
+
+describe('unit and manifest: host paths a sandbox or a Pod cannot take as they are', () => {
+  test('a log file directly in / is refused (ReadWritePaths=/, a read-write hostPath of the node\'s root)', () => {
+    ws.write('rootlog.json', { 'boot-source': { kernel_image_path: kernel() }, logger: { log_path: '/vm.log' } });
+    for (const args of [['unit', 'rootlog.json'], ['manifest', 'kubernetes', '--image', 'x/y:1', 'rootlog.json']]) {
+      const r = fcRun(args);
+      expect(r.err).toContain('the log directory is / (the file is directly in /)');
+      expect(r.out).not.toContain('ReadWritePaths=-/\n');
+      expect(r.code).toBe(2);
+    }
+  });
+
+  test("a vsock socket in /run/fc-run or a log in /etc/fc-run would collide with the Pod's own mounts", () => {
+    ws.write('clash1.json', { 'boot-source': { kernel_image_path: kernel() }, vsock: { guest_cid: 3, uds_path: '/run/fc-run/v.sock' } });
+    ws.write('clash2.json', { 'boot-source': { kernel_image_path: kernel() }, logger: { log_path: '/etc/fc-run/vm.log' } });
+    for (const [file, dir] of [['clash1.json', '/run/fc-run'], ['clash2.json', '/etc/fc-run']]) {
+      const r = fcRun(['manifest', 'kubernetes', '--image', 'x/y:1', file]);
+      expect(r.err).toContain(`collides with ${dir}, which the Pod mounts for fc-run itself`);
+      expect(r.code).toBe(2);
+    }
+    // A socket elsewhere under /run is fine.
+    ws.write('noclash.json', { 'boot-source': { kernel_image_path: kernel() }, vsock: { guest_cid: 3, uds_path: '/run/vm1/v.sock' } });
+    expect(fcRun(['manifest', 'kubernetes', '--image', 'x/y:1', 'noclash.json']).code).toBe(0);
+  });
+});
