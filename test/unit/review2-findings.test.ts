@@ -68,3 +68,14 @@ describe('API: connections pushed out to make room do not pile up', () => {
     expect(most).toBeLessThan(80);
   }, 60_000);
 });
+
+describe('jail cgroups: mount flags of a v1 hierarchy are not controllers', () => {
+  test('"rw" and "relatime" name no hierarchy; "cpu" does', async () => {
+    const { parseCgroupMounts, planCgroups, parseCgroupSetting } = await import('../../src/jail/cgroups');
+    const mounts = parseCgroupMounts('cgroup /sys/fs/cgroup/cpu cgroup rw,nosuid,relatime,cpu 0 0\ncgroup /sys/fs/cgroup/systemd cgroup rw,relatime,xattr,name=systemd 0 0\n');
+    expect([...mounts.v1.keys()]).toEqual(['cpu']);
+    const setting = parseCgroupSetting('rw.x=1');
+    if (typeof setting === 'string') throw new Error(setting);
+    expect(() => planCgroups([setting], { id: 'vm1', parent: 'fc-run', version: 1, mounts, v2Controllers: new Set() })).toThrow(/no cgroup v1 hierarchy for the "rw" controller/);
+  });
+});
