@@ -319,10 +319,19 @@ export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Pa
    * goes. Closing at once with input unread would reset the connection, and a client still
    * writing its request would lose the answer.
    */
-  const lingering = new WeakSet<net.Socket>();
+  const lingering = new Set<net.Socket>();
   const linger = (socket: net.Socket) => {
     if (lingering.has(socket)) return;
+    // Lingering sockets are out of `connections` but still hold fds: a client opening connections
+    // in a loop, each pushing an older one out, would otherwise keep hundreds open. At most
+    // maxConnections linger; the oldest is cut to make room.
+    if (lingering.size >= limits.maxConnections) {
+      const oldest = lingering.values().next().value as net.Socket;
+      lingering.delete(oldest);
+      oldest.destroy();
+    }
     lingering.add(socket);
+    socket.once('close', () => lingering.delete(socket));
     socket.end();
     socket.on('data', () => undefined);
     socket.resume();

@@ -44,7 +44,10 @@ export function fileIdentity(abs: string, readFiles: boolean): { key: string; ch
       /* no such directory: the plain path */
     }
   }
-  return { key: `path:${path.resolve(abs)}`, charDevice: false };
+  const resolved = path.resolve(abs);
+  // Without reading files (--skip-files) /dev/null is still known to be the null device: it may
+  // take any number of outputs, as when the files are read.
+  return { key: `path:${resolved}`, charDevice: resolved === '/dev/null' };
 }
 
 /**

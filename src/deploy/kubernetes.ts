@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import type { ResolvedSpec } from '../config/resolved';
+import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
 import { hostPathsOf, vmmOverheadMib } from './resources';
 
 /**
@@ -32,6 +33,8 @@ export interface KubernetesOptions {
 /** Where the ConfigMap's spec appears in the container. */
 export const SPEC_DIR = '/etc/fc-run';
 const SPEC_KEY = 'vm.json';
+/** Where the API socket goes in the container (an emptyDir). */
+const RUN_DIR = '/run/fc-run';
 
 type Json = Record<string, unknown>;
 
@@ -89,9 +92,15 @@ export function kubernetesObjects(spec: ResolvedSpec, opts: KubernetesOptions): 
   const volumes: Json[] = [{ name: 'spec', configMap: { name: `${objName}-spec` } }, { name: 'run', emptyDir: { medium: 'Memory' } }];
   const mounts: Json[] = [
     { name: 'spec', mountPath: SPEC_DIR, readOnly: true },
-    { name: 'run', mountPath: '/run/fc-run' },
+    { name: 'run', mountPath: RUN_DIR },
   ];
   hostPathsOf(spec).forEach((p, i) => {
+    // The spec's and the API socket's own mounts would be shadowed by (or shadow) a host path there.
+    for (const own of [SPEC_DIR, RUN_DIR]) {
+      if (p.path === own || p.path.startsWith(`${own}/`)) {
+        throw new FcRunError('deploy-mount-conflict', `the ${p.what} ${p.path} collides with ${own}, which the Pod mounts for fc-run itself; move it elsewhere`, EXIT_INVALID_SPEC);
+      }
+    }
     const name = volumeName(i, p.what);
     volumes.push({ name, hostPath: { path: p.path, type: p.kind === 'directory' ? 'DirectoryOrCreate' : p.path.startsWith('/dev/') ? 'BlockDevice' : 'File' } });
     mounts.push({ name, mountPath: p.path, readOnly: !p.writable });
@@ -135,7 +144,7 @@ export function kubernetesObjects(spec: ResolvedSpec, opts: KubernetesOptions): 
           name: 'vm',
           image: opts.image,
           command: ['fc-run'],
-          args: ['run', path.posix.join(SPEC_DIR, SPEC_KEY), '--id', opts.name, '--api-sock', '/run/fc-run/api.sock'],
+          args: ['run', path.posix.join(SPEC_DIR, SPEC_KEY), '--id', opts.name, '--api-sock', path.posix.join(RUN_DIR, 'api.sock')],
           // Requests equal limits: the Guaranteed QoS class, so the node evicts the VM last.
           resources: { requests: { ...limits }, limits },
           securityContext,

@@ -44,6 +44,11 @@ export function hostPathsOf(spec: ResolvedSpec): HostPath[] {
   const out: HostPath[] = [];
   const add = (p: HostPath) => {
     assertPrintablePath(p.path, p.what);
+    // A file directly in / makes / the directory to leave writable: the whole file system (a
+    // unit's ReadWritePaths=/, a pod's read-write hostPath of the node's root at /).
+    if (p.kind === 'directory' && p.path === '/') {
+      throw new FcRunError('deploy-root-directory', `the ${p.what} is / (the file is directly in /): a sandbox would have to leave the whole file system writable; put the file in a directory of its own`, EXIT_INVALID_SPEC);
+    }
     const same = out.find((o) => o.path === p.path && o.kind === p.kind);
     if (same) same.writable ||= p.writable;
     else out.push(p);

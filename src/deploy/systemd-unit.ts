@@ -27,11 +27,16 @@ export function unitFileName(name: string): string {
   return `fc-run-${name}.service`;
 }
 
-/** Writes one ExecStart argument or path-list entry: specifiers (%) and variables ($) escaped, quoted when needed. */
-export function unitWord(word: string): string {
+/**
+ * Writes one ExecStart argument (exec: true) or path-list entry: specifiers (%) escaped, quoted when
+ * needed. Only command lines expand variables, so only there is `$` written `$$`; in
+ * ReadWritePaths= or DeviceAllow= a `$$` would stay two dollar signs and name another path.
+ */
+export function unitWord(word: string, opts: { exec: boolean } = { exec: true }): string {
   assertPrintablePath(word, 'path');
-  const escaped = word.replace(/%/g, '%%').replace(/\$/g, '$$$$');
-  if (/^[A-Za-z0-9_@%+=:,./$-]+$/.test(escaped)) return escaped;
+  const specifiersEscaped = word.replace(/%/g, '%%');
+  const escaped = opts.exec ? specifiersEscaped.replace(/\$/g, '$$$$') : specifiersEscaped;
+  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(escaped) || (opts.exec && /^[A-Za-z0-9_@%+=:,./$-]+$/.test(escaped))) return escaped;
   return `"${escaped.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 }
 
@@ -90,7 +95,7 @@ function hardening(box: Sandbox, opts: Pick<UnitOptions, 'user' | 'runAs'>): str
   lines.push(`ProtectHome=${under(box.reads, HOME_ROOTS) ? 'read-only' : 'yes'}`);
   if (!under(box.reads, TMP_ROOTS)) lines.push('PrivateTmp=yes');
   lines.push('ProtectSystem=strict');
-  if (box.writes.length > 0) lines.push(`ReadWritePaths=${box.writes.map((p) => `-${unitWord(p)}`).join(' ')}`);
+  if (box.writes.length > 0) lines.push(`ReadWritePaths=${box.writes.map((p) => `-${unitWord(p, { exec: false })}`).join(' ')}`);
   lines.push(
     'ProtectKernelTunables=yes',
     'ProtectKernelModules=yes',
@@ -101,7 +106,7 @@ function hardening(box: Sandbox, opts: Pick<UnitOptions, 'user' | 'runAs'>): str
     'ProtectProc=invisible',
     'DevicePolicy=closed',
   );
-  for (const d of box.devices) lines.push(`DeviceAllow=${unitWord(d.path)} ${d.access}`);
+  for (const d of box.devices) lines.push(`DeviceAllow=${unitWord(d.path, { exec: false })} ${d.access}`);
   // A TAP lives in the host's network namespace; without one the VM needs no network at all.
   if (!box.taps) lines.push('PrivateNetwork=yes');
   // Attaching to a TAP that is owned by the service's user needs no capability; as root, an

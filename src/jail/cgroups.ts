@@ -20,13 +20,18 @@ function unescapeMount(field: string): string {
   return field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
+/** Mount options of a cgroup v1 mount that are not controllers. */
+const NOT_CONTROLLERS = new Set(['rw', 'ro', 'relatime', 'noatime', 'strictatime', 'nodiratime', 'lazytime', 'nosuid', 'nodev', 'noexec', 'sync', 'dirsync', 'xattr', 'noprefix', 'clone_children', 'cpuset_v2_mode', 'favordynmods']);
+
 /** The cgroup hierarchies in /proc/mounts text. */
 export function parseCgroupMounts(procMounts: string): CgroupMounts {
   const mounts: CgroupMounts = { v1: new Map() };
   for (const line of procMounts.split('\n')) {
     const [, dir, type, options] = line.split(' ');
     if (type === 'cgroup') {
-      for (const opt of options.split(',')) if (!mounts.v1.has(opt)) mounts.v1.set(opt, unescapeMount(dir));
+      // The options hold the hierarchy's controllers among mount flags (rw, relatime, ...) and
+      // cgroup v1 options (name=, xattr, ...): only a controller may take a --cgroup setting.
+      for (const opt of options.split(',')) if (!NOT_CONTROLLERS.has(opt) && !opt.includes('=') && !mounts.v1.has(opt)) mounts.v1.set(opt, unescapeMount(dir));
     } else if (type === 'cgroup2' && mounts.v2 === undefined) {
       mounts.v2 = unescapeMount(dir);
     }
