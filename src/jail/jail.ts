@@ -104,6 +104,16 @@ function checkTrusted(dir: string): void {
   const st = fs.lstatSync(dir);
   if (st.isSymbolicLink() || !st.isDirectory()) fail('jail-base', `${dir} must be a directory, not a link`);
   if (st.uid !== 0 || (st.mode & 0o022) !== 0) fail('jail-base', `${dir} must be owned by root and writable by root only (it holds jails): chown root:root ${shellWord(dir)} && chmod go-w ${shellWord(dir)}`);
+  // The jailer works by path as root (mounts, mknod, chown): a directory above the jail that
+  // another user can write lets that user swap what the path leads to between check and use.
+  // Sticky directories such as /tmp are fine: nobody else can rename what root made there.
+  for (let up = path.dirname(fs.realpathSync(dir)); ; up = path.dirname(up)) {
+    const a = fs.statSync(up);
+    if (a.uid !== 0 || ((a.mode & 0o022) !== 0 && (a.mode & 0o1000) === 0)) {
+      fail('jail-base', `${up}, above the jails in ${dir}, must be owned by root and writable by root only (or sticky, like /tmp): another user could otherwise replace the jail's path while the jailer works as root`);
+    }
+    if (up === '/') break;
+  }
 }
 
 /** The real file behind a spec path: a regular file or a block device. */
@@ -212,6 +222,10 @@ function refuseLeftovers(id: string, claim: { path: string; isDir: boolean }, pi
   const claimed = fs.existsSync(claim.path);
   const cgroups = plan.create.map((c) => c.dir).filter((d) => fs.existsSync(d));
   if (!claimed && cgroups.length === 0) return;
+  // fc-run's own leftovers only: a directory it did not make (no root/ in it) is the user's.
+  if (claimed && claim.isDir && !fs.existsSync(path.join(claim.path, 'root'))) {
+    fail('jail-exists', `${claim.path} exists, and fc-run jail did not make it (it has no root/); use another --id, or check what it is before you remove it`);
+  }
   const pid = readPid(pidFile);
   const running = pid !== undefined && isFcRun(pid) ? pid : cgroups.flatMap(cgroupProcesses)[0];
   if (running !== undefined) {

@@ -344,4 +344,37 @@ describeRoot('preparing a jail (root)', () => {
       ws.remove();
     }
   });
+
+  test('a directory at the jail path that fc-run did not make is not called a leftover (no rm -rf suggested)', () => {
+    const ws = new Workspace();
+    try {
+      const spec = load(ws, minimalSpec()).spec;
+      const id = `fcu-${process.pid}`;
+      const jailDir = path.join(base, 'fc-run', id);
+      fs.mkdirSync(jailDir, { recursive: true });
+      fs.writeFileSync(path.join(jailDir, 'precious.txt'), 'x');
+      const opts = { id, uid: UID, gid: UID, baseDir: base, cgroups: [], runArgs: [] };
+      expect(() => prepareJail(spec, opts)).toThrow(`${jailDir} exists, and fc-run jail did not make it`);
+      expect(() => prepareJail(spec, opts)).not.toThrow(/rm -rf/);
+      expect(fs.readFileSync(path.join(jailDir, 'precious.txt'), 'utf8')).toBe('x');
+      fs.rmSync(jailDir, { recursive: true });
+    } finally {
+      ws.remove();
+    }
+  });
+
+  test('a base directory below one another user can write is refused', () => {
+    const ws = new Workspace();
+    const open = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-open-'));
+    try {
+      fs.chmodSync(open, 0o777); // world-writable, not sticky
+      const unsafeBase = path.join(open, 'base');
+      fs.mkdirSync(unsafeBase, { mode: 0o755 });
+      const spec = load(ws, minimalSpec()).spec;
+      expect(() => prepareJail(spec, { id: `fcb-${process.pid}`, uid: UID, gid: UID, baseDir: unsafeBase, cgroups: [], runArgs: [] })).toThrow(`${open}, above the jails in ${unsafeBase}, must be owned by root and writable by root only`);
+    } finally {
+      fs.rmSync(open, { recursive: true, force: true });
+      ws.remove();
+    }
+  });
 });
