@@ -202,8 +202,9 @@ export class Supervisor {
     const f = vmFiles(this.o.runDir, id);
     const prev = this.vms.get(id);
     const samePlan = prev?.planHash === want.planHash;
-    for (const stale of [f.sock, f.exit, f.hold]) fs.rmSync(stale, { force: true });
-    const out = fs.openSync(f.output, 'w', 0o600);
+    for (const stale of [f.sock, f.exit, f.hold, f.output]) fs.rmSync(stale, { force: true });
+    // Created afresh ('wx'): a symlink planted at the log's name is never written through.
+    const out = fs.openSync(f.output, 'wx', 0o600);
     let child: ChildProcess;
     try {
       child = spawn(process.execPath, [this.o.fcRunBin ?? DEFAULT_BIN, 'run', want.spec, '--api-sock', f.sock, '--id', id, '--serial-out', f.serial, '--exit-record', f.exit], {
