@@ -207,7 +207,8 @@ export class Supervisor {
     const out = fs.openSync(f.output, 'wx', 0o600);
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, [this.o.fcRunBin ?? DEFAULT_BIN, 'run', want.spec, '--api-sock', f.sock, '--id', id, '--serial-out', f.serial, '--exit-record', f.exit], {
+      child = spawn(process.execPath, [this.o.fcRunBin ?? DEFAULT_BIN, 'run', want.spec, `--api-sock=${f.sock}`, `--id=${id}`, `--serial-out=${f.serial}`, `--exit-record=${f.exit}`], {
+        // '--opt=value': an id such as "-x" or "--help" (from a spec named -x.json) stays a value.
         // Its own process group: a Ctrl-C meant for `fc-run up` does not reach the VMs.
         detached: true,
         stdio: ['ignore', out, out],

@@ -1,5 +1,6 @@
 import { ChildProcess, execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { isSameProcess, processStartTime } from '../../src/fleet/proc';
@@ -148,4 +149,29 @@ test('symlinks planted at a VM\'s log names are replaced, never written or trunc
   fs.symlinkSync(big, link);
   expect(rotateIfLarge(link, `${link}.1`, 4096)).toBe(false);
   expect(fs.statSync(big).size).toBe(10000);
+});
+
+describe('spec names that look like options', () => {
+  let server: net.Server;
+  afterEach(() => server?.close());
+
+  test('"-x.json" and "--help.json" reach fc-run as the ids "-x" and "--help", not as options', async () => {
+    // A live socket at the vsock path: fc-run refuses it at launch on every host (exit 2), after
+    // it has parsed its arguments; an id taken for an option fails earlier, as a usage error.
+    const busy = path.join(ws.dir, `v${process.pid}.sock`);
+    server = net.createServer().listen(busy);
+    await new Promise((r) => server.once('listening', r));
+    for (const name of ['-x', '--help']) {
+      fs.writeFileSync(path.join(specs, `${name}.json`), JSON.stringify({ 'boot-source': { kernel_image_path: path.join(ws.dir, 'vmlinux') }, vsock: { guest_cid: 3, uds_path: busy }, 'fc-run': { restart: 'never' } }));
+    }
+    newSupervisor(BIN);
+    const exits = await waitFor('both exits', () => {
+      const e = events.filter((x) => x.event === 'exited');
+      return e.length === 2 && e;
+    });
+    for (const e of exits) {
+      expect(e.code).toBe(2);
+      expect(e.reason).toMatch(/live socket/);
+    }
+  }, 60000);
 });
