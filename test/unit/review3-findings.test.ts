@@ -175,3 +175,23 @@ describe('spec names that look like options', () => {
     }
   }, 60000);
 });
+
+test('a spec symlinked to /dev/zero is reported on every scan, without exhausting memory', () => {
+  fs.symlinkSync('/dev/zero', path.join(specs, 'z.json'));
+  newSupervisor();
+  // The first scan validates in full; later ones read the text for the cache first.
+  for (let i = 0; i < 3; i++) sup!.rescan();
+  expect(events.filter((e) => e.event === 'skipped').map((e) => e.message)).toEqual([expect.stringMatching(/z\.json: .*character device/)]);
+});
+
+test('a run directory removed under fc-run up is recreated; file errors are reported, not thrown', async () => {
+  fs.writeFileSync(path.join(specs, 'a.json'), JSON.stringify({ ...minimalSpec(), 'boot-source': { kernel_image_path: path.join(ws.dir, 'vmlinux'), boot_args: 'fake.exit=1' }, 'fc-run': { restart_delay_ms: 50 } }));
+  newSupervisor();
+  await waitFor('a started', () => events.find((e) => e.event === 'started'));
+  fs.rmSync(runDir, { recursive: true, force: true });
+  // Exits and restarts go on (each of them writes to the run directory); nothing is thrown.
+  const before = events.filter((e) => e.event === 'started').length;
+  sup!.rescan();
+  await waitFor('restarts after the removal', () => events.filter((e) => e.event === 'started').length >= before + 2);
+  expect(fs.existsSync(vmFiles(runDir, 'a').state)).toBe(true);
+});
