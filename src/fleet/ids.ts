@@ -8,6 +8,11 @@ import { createHash } from 'node:crypto';
  */
 export const MAX_ID = 64;
 
+/** The --id rule, which is also what makes an id safe as a file name in the run directory. */
+export function isValidId(id: unknown): id is string {
+  return typeof id === 'string' && id.length > 0 && id.length <= MAX_ID && /^[A-Za-z0-9-]+$/.test(id);
+}
+
 export function idForSpec(relPath: string): string {
   const bare = relPath.replace(/\\/g, '/').replace(/\.json$/i, '');
   const id = bare.replace(/[^A-Za-z0-9-]/g, '-');

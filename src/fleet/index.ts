@@ -1,6 +1,6 @@
 export { Supervisor, assertGitWorkTree } from './supervisor';
 export type { FleetEvent, SupervisorOptions } from './supervisor';
-export { defaultRunDir, FleetError, isAlive, readStates, readSupervisor, vmFiles, writeJsonAtomic } from './rundir';
+export { assertRunDirTrusted, defaultRunDir, FleetError, isAlive, readStates, readSupervisor, vmFiles, writeJsonAtomic } from './rundir';
 export type { VmState, ExitRecord } from './rundir';
 export { idForSpec, assignIds } from './ids';
 export { reconcile } from './reconcile';

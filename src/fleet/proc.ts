@@ -24,3 +24,24 @@ export function isSameProcess(pid: number | undefined, startTime: string | undef
   if (pid === undefined || startTime === undefined || !Number.isSafeInteger(pid) || pid <= 0) return false;
   return processStartTime(pid) === startTime;
 }
+
+/** A process's argv, or undefined when it is gone or unreadable. */
+export function commandLine(pid: number): string[] | undefined {
+  try {
+    const raw = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return raw.split('\0').filter((a, i, all) => i < all.length - 1 || a !== '');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * True when `argv` is an fc-run (or stand-in) launched by `fc-run up` for the VM `id`: it carries
+ * both `--id <id>` and `--exit-record`. A state file is only data; before anything is signalled,
+ * the process it names must look like the VM it claims to be.
+ */
+export function isFleetVmCommand(argv: readonly string[], id: string): boolean {
+  const hasId = argv.some((a, i) => a === `--id=${id}` || (a === '--id' && argv[i + 1] === id));
+  const hasRecord = argv.some((a) => a === '--exit-record' || a.startsWith('--exit-record='));
+  return hasId && hasRecord;
+}

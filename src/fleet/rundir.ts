@@ -2,7 +2,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FcRunError } from '../errors';
-import { isSameProcess, processStartTime } from './proc';
+import { isValidId } from './ids';
+import { commandLine, isFleetVmCommand, isSameProcess, processStartTime } from './proc';
 
 /** Where `fc-run up`, `ps`, `logs` and `stop` keep and find their VMs' files. */
 export function defaultRunDir(): string {
@@ -71,21 +72,88 @@ export function ensureRunDir(runDir: string): void {
   } catch (err) {
     throw new FleetError(`cannot create the run directory ${runDir}: ${(err as NodeJS.ErrnoException).code}; choose another with --run-dir`);
   }
+  assertRunDirTrusted(runDir);
+}
+
+/**
+ * The run directory's files decide which processes get signalled and which files get truncated
+ * or replaced: a directory another user can write to (or owns: a squatted /tmp/fc-run-<uid>)
+ * would let that user plant state files and symlinks. Refused rather than repaired.
+ */
+export function assertRunDirTrusted(runDir: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(runDir);
+  } catch (err) {
+    throw new FleetError(`cannot read the run directory ${runDir}: ${(err as NodeJS.ErrnoException).code}; choose another with --run-dir`);
+  }
+  const uid = process.geteuid?.();
+  if (!st.isDirectory()) throw new FleetError(`the run directory ${runDir} is not a directory; choose another with --run-dir`);
+  if (uid !== undefined && st.uid !== uid) throw new FleetError(`the run directory ${runDir} belongs to uid ${st.uid}, not to this user (uid ${uid}); remove it or choose another with --run-dir`);
+  if ((st.mode & 0o022) !== 0) throw new FleetError(`the run directory ${runDir} is writable by others (mode ${(st.mode & 0o777).toString(8)}); run "chmod go-w ${runDir}" or choose another with --run-dir`);
 }
 
 /** Written whole or not at all: a reader never sees half a record, even if the writer is killed. */
 export function writeJsonAtomic(file: string, value: unknown): void {
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, `${JSON.stringify(value)}\n`, { mode: 0o600 });
+  // 'wx' (O_EXCL) never writes through a symlink left at the temporary name.
+  fs.rmSync(tmp, { force: true });
+  fs.writeFileSync(tmp, `${JSON.stringify(value)}\n`, { mode: 0o600, flag: 'wx' });
   fs.renameSync(tmp, file);
 }
 
+/** Records are small: anything larger, or not a regular file (a FIFO, /dev/zero via a symlink), is not one. */
+const MAX_RECORD_BYTES = 1 << 20;
+
 export function readJson<T>(file: string): T | undefined {
+  let fd: number;
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
   } catch {
     return undefined;
   }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || st.size > MAX_RECORD_BYTES) return undefined;
+    return JSON.parse(fs.readFileSync(fd, 'utf8')) as T;
+  } catch {
+    return undefined;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+const VM_STATES: ReadonlySet<string> = new Set(['starting', 'running', 'stopping', 'exited', 'waiting', 'held']);
+const isCount = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const optional = (v: unknown, ok: (v: unknown) => boolean) => v === undefined || ok(v);
+
+/**
+ * Whether a state file's contents are a VmState for the id its name gives. Its id becomes file
+ * names (so "../x" would reach outside the run directory) and its pid gets signalled, so a
+ * truncated, hand-edited or planted file is ignored rather than trusted.
+ */
+export function isVmState(v: unknown, fileId: string): v is VmState {
+  if (typeof v !== 'object' || v === null) return false;
+  const s = v as Record<string, unknown>;
+  return (
+    s.id === fileId &&
+    isValidId(s.id) &&
+    typeof s.state === 'string' &&
+    VM_STATES.has(s.state) &&
+    typeof s.spec === 'string' &&
+    typeof s.dir === 'string' &&
+    typeof s.planHash === 'string' &&
+    isCount(s.vcpus) &&
+    isCount(s.memMib) &&
+    isCount(s.restarts) &&
+    isCount(s.consecutive) &&
+    optional(s.pid, (p) => isCount(p) && (p as number) > 0) &&
+    optional(s.pidStart, (p) => typeof p === 'string') &&
+    optional(s.startedAt, isCount) &&
+    optional(s.nextStartAt, isCount) &&
+    optional(s.stopGraceMs, isCount) &&
+    optional(s.lastExit, (e) => typeof e === 'object' && e !== null && typeof (e as ExitRecord).reason === 'string')
+  );
 }
 
 export function readStates(runDir: string): VmState[] {
@@ -97,8 +165,8 @@ export function readStates(runDir: string): VmState[] {
   }
   const out: VmState[] = [];
   for (const n of names.filter((n) => n.endsWith('.state.json')).sort()) {
-    const s = readJson<VmState>(path.join(runDir, n));
-    if (s && typeof s.id === 'string') out.push(s);
+    const s = readJson<unknown>(path.join(runDir, n));
+    if (isVmState(s, n.slice(0, -'.state.json'.length))) out.push(s);
   }
   return out;
 }
@@ -107,9 +175,14 @@ export function writeState(runDir: string, s: VmState): void {
   writeJsonAtomic(vmFiles(runDir, s.id).state, s);
 }
 
-/** Whether the VM a state describes is still running (pid and its start time both match). */
-export function isAlive(s: Pick<VmState, 'pid' | 'pidStart'>): boolean {
-  return isSameProcess(s.pid, s.pidStart);
+/**
+ * Whether the VM a state describes is still running: pid and its start time both match, and the
+ * process is an fc-run launched for this id (a state naming any other process is not believed).
+ */
+export function isAlive(s: Pick<VmState, 'id' | 'pid' | 'pidStart'>): boolean {
+  if (!isSameProcess(s.pid, s.pidStart)) return false;
+  const argv = commandLine(s.pid!);
+  return argv !== undefined && isFleetVmCommand(argv, s.id) && isSameProcess(s.pid, s.pidStart);
 }
 
 export interface SupervisorRecord {

@@ -4,6 +4,7 @@ import { hostIssues, planSpec, readHostCpu } from '../boot';
 import type { HostCpu } from '../boot';
 import { SpecInvalidError } from '../config/issues';
 import { loadSpecFile } from '../config/validate';
+import { readRegularFile } from '../config/regular-file';
 import { FcRunError } from '../errors';
 import { assignIds } from './ids';
 import type { Desired } from './reconcile';
@@ -63,7 +64,10 @@ function statSignature(file: string): string {
 
 function readSpecText(file: string): string | undefined {
   try {
-    return fs.readFileSync(file, 'utf8');
+    // Not readFileSync: a spec symlinked to /dev/zero or a FIFO (say, from a pulled repository)
+    // would exhaust memory or block the supervisor forever. Undefined sends it to full validation,
+    // which reports it.
+    return readRegularFile(file, 'spec file').toString('utf8');
   } catch {
     return undefined;
   }

@@ -8,16 +8,24 @@ import * as fs from 'node:fs';
  * What the guest writes between the copy and the cut (microseconds) is lost; nothing else is.
  */
 export function rotateIfLarge(file: string, old: string, maxBytes: number): boolean {
-  let size: number;
+  let fd: number;
   try {
-    size = fs.statSync(file).size;
+    // Never through a symlink: truncating would cut whatever file it points to.
+    fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
   } catch {
     return false;
   }
-  if (size < maxBytes) return false;
-  fs.copyFileSync(file, old);
-  fs.truncateSync(file, 0);
-  return true;
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || st.size < maxBytes) return false;
+    // Removed first, then created exclusively: a symlink at <file>.1 is replaced, not written through.
+    fs.rmSync(old, { force: true });
+    fs.copyFileSync(file, old, fs.constants.COPYFILE_EXCL);
+    fs.ftruncateSync(fd, 0);
+    return true;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 function readRange(file: string, from: number, to: number): Buffer {

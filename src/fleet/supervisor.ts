@@ -140,6 +140,12 @@ export class Supervisor {
     if (this.stopped) return;
     this.host ??= readHostCpu();
     const full = this.scans++ % FULL_EVERY === 0;
+    // Recreated if someone removed it while we ran (mode 0700, as at start).
+    try {
+      fs.mkdirSync(this.o.runDir, { recursive: true, mode: 0o700 });
+    } catch {
+      // Reported by the file operations that then fail.
+    }
     this.desired = scanDir(this.o.dir, this.o.runDir, this.host, full ? undefined : this.cache);
     if (full) this.cache.clear();
     this.reportProblems();
@@ -162,7 +168,11 @@ export class Supervisor {
     this.reportedProblems = now;
     if (this.record && changed) {
       this.record.problems = Object.fromEntries(now);
-      writeJsonAtomic(path.join(this.o.runDir, SUPERVISOR_FILE), this.record);
+      try {
+        writeJsonAtomic(path.join(this.o.runDir, SUPERVISOR_FILE), this.record);
+      } catch (err) {
+        this.o.report({ event: 'warning', message: `cannot save ${SUPERVISOR_FILE} in ${this.o.runDir}: ${(err as Error).message}` });
+      }
     }
   }
 
@@ -179,7 +189,15 @@ export class Supervisor {
       const hold = readJson<{ planHash: string }>(vmFiles(this.o.runDir, id).hold);
       if (hold) holds.set(id, hold.planHash);
     }
-    for (const a of reconcile(this.desired, this.vms, holds, Date.now())) this.act(a);
+    for (const a of reconcile(this.desired, this.vms, holds, Date.now())) {
+      // A failing file operation (the run directory removed, a full disk) must not end `fc-run up`
+      // from inside a timer: it is reported and tried again on the next check.
+      try {
+        this.act(a);
+      } catch (err) {
+        this.o.report({ event: 'warning', id: a.id, message: `${a.id}: cannot ${a.kind} it: ${(err as Error).message}; trying again at the next check` });
+      }
+    }
     this.scheduleWake();
   }
 
@@ -202,11 +220,13 @@ export class Supervisor {
     const f = vmFiles(this.o.runDir, id);
     const prev = this.vms.get(id);
     const samePlan = prev?.planHash === want.planHash;
-    for (const stale of [f.sock, f.exit, f.hold]) fs.rmSync(stale, { force: true });
-    const out = fs.openSync(f.output, 'w', 0o600);
+    for (const stale of [f.sock, f.exit, f.hold, f.output]) fs.rmSync(stale, { force: true });
+    // Created afresh ('wx'): a symlink planted at the log's name is never written through.
+    const out = fs.openSync(f.output, 'wx', 0o600);
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, [this.o.fcRunBin ?? DEFAULT_BIN, 'run', want.spec, '--api-sock', f.sock, '--id', id, '--serial-out', f.serial, '--exit-record', f.exit], {
+      child = spawn(process.execPath, [this.o.fcRunBin ?? DEFAULT_BIN, 'run', want.spec, `--api-sock=${f.sock}`, `--id=${id}`, `--serial-out=${f.serial}`, `--exit-record=${f.exit}`], {
+        // '--opt=value': an id such as "-x" or "--help" (from a spec named -x.json) stays a value.
         // Its own process group: a Ctrl-C meant for `fc-run up` does not reach the VMs.
         detached: true,
         stdio: ['ignore', out, out],
@@ -244,6 +264,15 @@ export class Supervisor {
     this.o.report({ event: 'started', id, message: `${id}: started${why === 'new' ? '' : ` (${why})`}, pid ${child.pid}`, pid: child.pid, why });
   }
 
+  /** Saves a VM's state; a failure is reported, not thrown (this runs from child and timer events). */
+  private save(vm: Vm): void {
+    try {
+      writeState(this.o.runDir, this.persisted(vm));
+    } catch (err) {
+      this.o.report({ event: 'warning', id: vm.id, message: `${vm.id}: cannot save its state in ${this.o.runDir}: ${(err as Error).message}` });
+    }
+  }
+
   private persisted(vm: Vm): Known {
     const { child: _c, settings: _s, ...rest } = vm;
     return rest;
@@ -273,7 +302,7 @@ export class Supervisor {
         vm.nextStartAt = now + restartDelay(vm.consecutive, vm.settings);
       } else vm.state = 'exited';
     }
-    writeState(this.o.runDir, this.persisted(vm));
+    this.save(vm);
     const code_ = vm.lastExit.code === null ? (signal ?? 'no status') : `status ${vm.lastExit.code}`;
     const next = vm.state === 'waiting' ? `; restarting in ${vm.nextStartAt! - now} ms` : '';
     this.o.report({ event: 'exited', id: vm.id, message: `${vm.id}: fc-run exited (${code_}): ${reason}${next}`, code: vm.lastExit.code, reason, next_start_ms: vm.state === 'waiting' ? vm.nextStartAt! - now : undefined });

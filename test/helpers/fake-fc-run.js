@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 'use strict';
 // Stands in for bin/fc-run in supervisor tests on hosts without KVM: takes the same arguments
-// (run <spec> --api-sock S --id ID --serial-out F --exit-record E), serves PUT /actions on the
+// (run <spec> --api-sock S --id ID --serial-out F --exit-record E, each also as --opt=value), serves PUT /actions on the
 // API socket (SendCtrlAltDel ends it with status 0, as a guest power-off would), writes serial
 // output, and writes the exit record fc-run writes. It stays up until stopped; a spec whose
 // boot_args contain "fake.exit=N" makes it exit with N after a moment instead.
@@ -10,6 +10,8 @@ const http = require('node:http');
 
 const argv = process.argv.slice(2);
 const opt = (name) => {
+  const joined = argv.find((a) => a.startsWith(`--${name}=`));
+  if (joined) return joined.slice(name.length + 3);
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : undefined;
 };

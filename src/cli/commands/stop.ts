@@ -1,5 +1,5 @@
 import { EXIT_OK } from '../../errors';
-import { isAlive, stopVmProcess, vmFiles, writeJsonAtomic, DEFAULT_SETTINGS } from '../../fleet';
+import { assertRunDirTrusted, isAlive, stopVmProcess, vmFiles, writeJsonAtomic, DEFAULT_SETTINGS } from '../../fleet';
 import type { CommandSpec, ParsedArgs } from '../args';
 import { Io, write } from '../io';
 import { FLEET_OPTIONS, runDirOf, stateOf } from './fleet-common';
@@ -17,6 +17,8 @@ export async function stopCommand(io: Io, args: ParsedArgs): Promise<number> {
   const runDir = runDirOf(args);
   const id = args.positionals[0];
   const s = stateOf(runDir, id, 'stop');
+  // Its files decide what gets signalled: only a directory no one else can write is believed.
+  assertRunDirTrusted(runDir);
   const f = vmFiles(runDir, id);
   // Written first: fc-run up, seeing the VM exit, must already know it was meant to stay down.
   writeJsonAtomic(f.hold, { planHash: s.planHash, time: new Date().toISOString() });
