@@ -5,6 +5,6 @@ export type { VmState, ExitRecord } from './rundir';
 export { idForSpec, assignIds } from './ids';
 export { reconcile } from './reconcile';
 export { restartDelay, fleetSettings, DEFAULT_SETTINGS } from './settings';
-export { LogFollower, readWholeLog, rotateIfLarge } from './serial-log';
+export { LogFollower, rotateIfLarge, streamWholeLog } from './serial-log';
 export { stopVmProcess } from './stop';
 export { processStartTime } from './proc';

@@ -49,13 +49,30 @@ function sizeOf(file: string): number | undefined {
 }
 
 /** Both files' contents, oldest first: everything of the log that is still kept. */
-export function readWholeLog(file: string, old: string): Buffer {
-  const parts: Buffer[] = [];
+/**
+ * Hands the whole log, the rotated older part first, to `emit` in 64 KiB pieces (a log may be
+ * far larger than memory). Returns how far the current file was read, where a follower goes on.
+ */
+export function streamWholeLog(file: string, old: string, emit: (chunk: Buffer) => void): number {
+  let end = 0;
   for (const f of [old, file]) {
-    const n = sizeOf(f);
-    if (n !== undefined) parts.push(readRange(f, 0, n));
+    let fd: number;
+    try {
+      fd = fs.openSync(f, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
+    } catch {
+      continue;
+    }
+    try {
+      if (!fs.fstatSync(fd).isFile()) continue;
+      const buf = Buffer.alloc(64 * 1024);
+      let pos = 0;
+      for (let n; (n = fs.readSync(fd, buf, 0, buf.length, pos)) > 0; pos += n) emit(Buffer.from(buf.subarray(0, n)));
+      if (f === file) end = pos;
+    } finally {
+      fs.closeSync(fd);
+    }
   }
-  return Buffer.concat(parts);
+  return end;
 }
 
 /**

@@ -51,7 +51,7 @@ test('the "fc-run" section is fc-run\'s own: validated, but no part of the plan 
   const ws = new Workspace();
   try {
     const plain = planSpec(load(ws, minimalSpec()));
-    const withSection = planSpec(load(ws, { ...minimalSpec(), 'fc-run': { restart: 'always', restart_delay_ms: 5, stop_grace_ms: 0, serial_log_max_bytes: 4096 } }));
+    const withSection = planSpec(load(ws, { ...minimalSpec(), 'fc-run': { restart: 'always', restart_delay_ms: 100, stop_grace_ms: 0, serial_log_max_bytes: 4096 } }));
     expect(withSection.hash).toBe(plain.hash);
     expect(errorsOf(ws, { ...minimalSpec(), 'fc-run': { restart: 'sometimes', stop_grace: 1 } })).toEqual(['enum @ /fc-run/restart', 'unknown-property @ /fc-run/stop_grace']);
   } finally {

@@ -1,11 +1,12 @@
 import { ChildProcess, execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { isSameProcess, processStartTime } from '../../src/fleet/proc';
 import { ensureRunDir, readStates, vmFiles } from '../../src/fleet/rundir';
-import { rotateIfLarge } from '../../src/fleet/serial-log';
+import { LogFollower, rotateIfLarge, streamWholeLog } from '../../src/fleet/serial-log';
 import { FleetEvent, Supervisor } from '../../src/fleet/supervisor';
 import { minimalSpec, Workspace } from '../helpers/specs';
 
@@ -185,7 +186,7 @@ test('a spec symlinked to /dev/zero is reported on every scan, without exhaustin
 });
 
 test('a run directory removed under fc-run up is recreated; file errors are reported, not thrown', async () => {
-  fs.writeFileSync(path.join(specs, 'a.json'), JSON.stringify({ ...minimalSpec(), 'boot-source': { kernel_image_path: path.join(ws.dir, 'vmlinux'), boot_args: 'fake.exit=1' }, 'fc-run': { restart_delay_ms: 50 } }));
+  fs.writeFileSync(path.join(specs, 'a.json'), JSON.stringify({ ...minimalSpec(), 'boot-source': { kernel_image_path: path.join(ws.dir, 'vmlinux'), boot_args: 'fake.exit=1' }, 'fc-run': { restart_delay_ms: 100 } }));
   newSupervisor();
   await waitFor('a started', () => events.find((e) => e.event === 'started'));
   fs.rmSync(runDir, { recursive: true, force: true });
@@ -194,4 +195,27 @@ test('a run directory removed under fc-run up is recreated; file errors are repo
   sup!.rescan();
   await waitFor('restarts after the removal', () => events.filter((e) => e.event === 'started').length >= before + 2);
   expect(fs.existsSync(vmFiles(runDir, 'a').state)).toBe(true);
+});
+
+describe('fc-run logs streams the log', () => {
+  test('the whole log, rotated part first, in pieces of at most 64 KiB; the follower starts where it stopped', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-logs-'));
+    try {
+      const file = path.join(dir, 'a.serial.log');
+      const old = `${file}.1`;
+      const a = Buffer.alloc(3 * 1024 * 1024 + 17, 'a');
+      const b = Buffer.alloc(2 * 1024 * 1024 + 5, 'b');
+      fs.writeFileSync(old, a);
+      fs.writeFileSync(file, b);
+      const pieces: Buffer[] = [];
+      const end = streamWholeLog(file, old, (c) => pieces.push(c));
+      expect(Math.max(...pieces.map((p) => p.length))).toBeLessThanOrEqual(64 * 1024);
+      expect(Buffer.concat(pieces).equals(Buffer.concat([a, b]))).toBe(true);
+      expect(end).toBe(b.length);
+      fs.appendFileSync(file, 'tail');
+      expect(new LogFollower(file, old, end).poll().toString()).toBe('tail');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

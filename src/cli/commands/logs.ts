@@ -1,7 +1,8 @@
 import { EXIT_OK } from '../../errors';
-import { LogFollower, readWholeLog, vmFiles } from '../../fleet';
+import * as fs from 'node:fs';
+import { LogFollower, streamWholeLog, vmFiles } from '../../fleet';
 import type { CommandSpec, ParsedArgs } from '../args';
-import { Io, writeRecord } from '../io';
+import type { Io } from '../io';
 import { FLEET_OPTIONS, runDirOf, stateOf } from './fleet-common';
 
 export const LOGS_SPEC: CommandSpec = {
@@ -22,14 +23,18 @@ export async function logsCommand(io: Io, args: ParsedArgs): Promise<number> {
   stateOf(runDir, id, 'logs');
   const f = vmFiles(runDir, id);
   const json = args.options.json === true;
+  let readerGone = false;
   const emit = (b: Buffer) => {
-    if (b.length === 0) return;
-    if (json) writeRecord(io.out, { id, data: b.toString('utf8') });
-    else io.out.write(b);
+    if (b.length === 0 || readerGone) return;
+    // Written synchronously: a slow reader of gigabytes of log must not make them pile up here.
+    const out = json ? Buffer.from(`${JSON.stringify({ id, data: b.toString('utf8') })}\n`) : b;
+    if (io.out === process.stdout) readerGone = !writeAll(1, out);
+    else io.out.write(out);
   };
-  emit(readWholeLog(f.serial, f.serialOld));
+  const readTo = streamWholeLog(f.serial, f.serialOld, emit);
   if (args.options.follow !== true) return EXIT_OK;
-  const follower = new LogFollower(f.serial, f.serialOld);
+  // From exactly where the full read stopped: nothing written in between is lost.
+  const follower = new LogFollower(f.serial, f.serialOld, readTo);
   await new Promise<void>((resolve) => {
     const timer = setInterval(() => emit(follower.poll()), 200);
     const done = () => {
@@ -43,4 +48,20 @@ export async function logsCommand(io: Io, args: ParsedArgs): Promise<number> {
     process.on('SIGTERM', done);
   });
   return EXIT_OK;
+}
+
+/** Writes all of `b`; false when the reader has gone (`fc-run logs x | head`). */
+function writeAll(fd: number, b: Buffer): boolean {
+  for (let off = 0; off < b.length; ) {
+    try {
+      off += fs.writeSync(fd, b, off);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EPIPE') return false;
+      // A non-blocking stdout (a pipe set so by another process) that is full: wait and go on.
+      if (code !== 'EAGAIN') throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+    }
+  }
+  return true;
 }
