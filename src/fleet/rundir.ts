@@ -1,3 +1,4 @@
+import { lockForLife } from '../kvm/file-lock';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -203,6 +204,12 @@ export const SUPERVISOR_FILE = 'up.json';
 export function claimRunDir(runDir: string, dir: string): SupervisorRecord {
   const file = path.join(runDir, SUPERVISOR_FILE);
   const other = readJson<SupervisorRecord>(file);
+  // The lock decides (two `up` started at the same instant would both pass the record check);
+  // the record only says who holds it.
+  if (!lockForLife(path.join(runDir, 'up.lock'))) {
+    const who = other && isSameProcess(other.pid, other.pidStart) ? ` (pid ${other.pid}, for ${other.dir})` : '';
+    throw new FleetError(`another fc-run up${who} is using the run directory ${runDir}; stop it first, or give this one its own --run-dir`);
+  }
   if (other && other.pid !== process.pid && isSameProcess(other.pid, other.pidStart)) {
     throw new FleetError(`another fc-run up (pid ${other.pid}, for ${other.dir}) is using the run directory ${runDir}; stop it first, or give this one its own --run-dir`);
   }

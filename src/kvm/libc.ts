@@ -31,6 +31,7 @@ export const sys = {
   /** memcpy(buf, buf, 0) returns buf: the address of a Buffer's memory. */
   addressOf: libc.func('memcpy', 'uintptr_t', ['void *', 'void *', 'size_t']),
   fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
+  flock: libc.func('int flock(int fd, int operation)'),
   prctl: libc.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)'),
   seccompFilter: libc.func('syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *']),
   timerfdCreate: libc.func('int timerfd_create(int clockid, int flags)'),

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Workspace } from '../helpers/specs';
@@ -49,3 +49,24 @@ test('ps, logs and stop on an empty run directory', () => {
   expect(r.code).toBe(1);
   expect(r.err).toMatch(/no VM "web" in .*empty-run/);
 });
+
+test('two fc-run up started at the same moment on one run directory: exactly one runs', async () => {
+  const runDir = path.join(ws.dir, 'race-run');
+  const specs = path.join(ws.dir, 'race-specs');
+  fs.mkdirSync(specs, { recursive: true });
+  const start = () => spawn(process.execPath, [BIN, 'up', specs, '--run-dir', runDir], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const procs = [start(), start()];
+  const errs = procs.map((p) => {
+    let e = '';
+    p.stderr!.on('data', (d) => (e += d));
+    return () => e;
+  });
+  try {
+    // The loser exits at once; give both time to get that far even on a loaded machine.
+    const loser = await Promise.race(procs.map((p, i) => new Promise<number>((resolve) => p.on('exit', () => resolve(i)))));
+    expect(errs[loser]()).toMatch(/another fc-run up .*is using the run directory/);
+    expect(procs[1 - loser].exitCode).toBeNull();
+  } finally {
+    for (const p of procs) p.kill('SIGKILL');
+  }
+}, 60_000);
