@@ -55,21 +55,25 @@ function fileKey(abs: string): string {
   }
 }
 
+function isDirectory(abs: string): boolean {
+  try {
+    return fs.statSync(abs).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 export function discoverSpecs(args: readonly string[], opts: { metadataFile?: string } = {}): Discovery {
   const problems: DiscoveryProblem[] = [];
   const skipped: Discovery['skipped'] = [];
   /** Every candidate, in order, with whether it was named explicitly. */
   const candidates: (FoundSpec & { explicit: boolean; fromDir?: string })[] = [];
 
+  // Not there or a link loop counts as a file: loading it reports why.
+  const dirs = new Set(args.filter((arg) => isDirectory(path.resolve(arg))));
   for (const arg of args) {
     const abs = path.resolve(arg);
-    let isDir = false;
-    try {
-      isDir = fs.statSync(abs).isDirectory();
-    } catch {
-      /* not there or a link loop: loading it as a file reports why */
-    }
-    if (!isDir) {
+    if (!dirs.has(arg)) {
       candidates.push({ abs, display: arg, explicit: true });
       continue;
     }
@@ -108,14 +112,7 @@ export function discoverSpecs(args: readonly string[], opts: { metadataFile?: st
   }
 
   for (const arg of args) {
-    const abs = path.resolve(arg);
-    let isDir = false;
-    try {
-      isDir = fs.statSync(abs).isDirectory();
-    } catch {
-      /* handled above */
-    }
-    if (isDir && !perDir.get(arg) && !problems.some((p) => p.display === arg)) {
+    if (dirs.has(arg) && !perDir.get(arg) && !problems.some((p) => p.display === arg)) {
       problems.push({
         display: arg,
         code: 'no-specs',
