@@ -3,29 +3,19 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { minimalSpec, Workspace } from '../helpers/specs';
+import { BIN, requireBuilt, runCli } from '../helpers/cli';
 
 /**
  * Every class of bad input a user (or a script) can hand fc-run at its front door, through the
  * real binary: a clear message, exit 1 or 2, no stack trace, no hang, no file touched.
  */
-const ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(ROOT, 'bin', 'fc-run');
-
 function fcRun(args: string[], opts: { timeout?: number } = {}) {
-  const r = spawnSync(process.execPath, [BIN, ...args], {
-    cwd: ROOT,
-    encoding: 'utf8',
-    timeout: opts.timeout ?? 20_000,
-    env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined },
-  });
-  if (r.error) throw r.error; // a timeout is a hang: fail loudly
-  expect(r.stderr).not.toMatch(/internal error|    at .*\.js:\d+|Maximum call stack/);
-  return { code: r.status, out: r.stdout, err: r.stderr };
+  return runCli(args, { timeout: opts.timeout ?? 20_000, hostile: true });
 }
 
 let ws: Workspace;
 beforeAll(() => {
-  if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('dist/ is missing: run `npm run build` (npm test does) before these tests');
+  requireBuilt();
   ws = new Workspace();
 });
 afterAll(() => ws.remove());

@@ -1,23 +1,17 @@
-import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Workspace } from '../helpers/specs';
+import { requireBuilt, runCli } from '../helpers/cli';
 
 /** Regressions for findings of the second review, through the built binary. */
-const ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(ROOT, 'bin', 'fc-run');
-
 let ws: Workspace;
 beforeAll(() => {
-  if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('dist/ is missing: run `npm run build` before these tests');
+  requireBuilt();
   ws = new Workspace();
 });
 afterAll(() => ws.remove());
 
 function fcRun(args: string[], env: Record<string, string | undefined> = {}) {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ws.dir, encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined, ...env } });
-  if (r.error) throw r.error;
-  return { code: r.status, out: r.stdout, err: r.stderr };
+  return runCli(args, { cwd: ws.dir, env });
 }
 
 const kernel = () => path.join(ws.dir, 'vmlinux');

@@ -2,28 +2,20 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Workspace } from '../helpers/specs';
+import { ROOT, requireBuilt, runCli } from '../helpers/cli';
 
 /** `fc-run validate` on directories of specs, through the built binary. */
-const ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(ROOT, 'bin', 'fc-run');
-
 let ws: Workspace;
 beforeAll(() => {
-  if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('dist/ is missing: run `npm run build` before these tests');
+  requireBuilt();
   ws = new Workspace();
 });
 afterAll(() => ws.remove());
 
 /** Runs in the workspace, so the names printed are the relative ones given. */
 function fcRun(args: string[]) {
-  const r = spawnSync(process.execPath, [BIN, ...args], {
-    cwd: ws.dir,
-    encoding: 'utf8',
-    timeout: 60_000,
-    env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined },
-  });
-  if (r.error) throw r.error;
-  return { code: r.status, out: r.stdout, err: r.stderr, lines: r.stdout.trim().split('\n') };
+  const r = runCli(args, { cwd: ws.dir });
+  return { ...r, lines: r.out.trim().split('\n') };
 }
 
 /** A runnable spec whose files live at the workspace root, wherever the spec itself is written. */
