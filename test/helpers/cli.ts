@@ -33,3 +33,17 @@ export function runCli(args: readonly string[], opts: { cwd?: string; env?: Node
   if (opts.hostile) expect(r.stderr).not.toMatch(/internal error|    at .*\.js:\d+|Maximum call stack/);
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
+
+/** The stand-in launcher the fleet tests use where there is no KVM. */
+export const FAKE_FC_RUN = path.join(ROOT, 'test', 'helpers', 'fake-fc-run.js');
+
+/** Polls `probe` every 25 ms until it gives a value; fails after `ms` saying what it waited for. */
+export async function waitFor<T>(what: string, probe: () => T | undefined | false, ms = 30000): Promise<T> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = probe();
+    if (v) return v;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

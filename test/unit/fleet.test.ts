@@ -11,22 +11,11 @@ import { DEFAULT_SETTINGS, restartDelay } from '../../src/fleet/settings';
 import { FleetEvent, Supervisor } from '../../src/fleet/supervisor';
 import { LogFollower } from '../../src/fleet/serial-log';
 import { errorsOf, load, minimalSpec, Workspace } from '../helpers/specs';
+import { BIN, FAKE_FC_RUN, ROOT, waitFor } from '../helpers/cli';
 import { planSpec } from '../../src/boot';
 
 const run = promisify(execFile);
-const ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(ROOT, 'bin', 'fc-run');
-const FAKE = path.join(ROOT, 'test', 'helpers', 'fake-fc-run.js');
-
-async function waitFor<T>(what: string, probe: () => T | undefined | false, ms = 30000): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = probe();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+const FAKE = FAKE_FC_RUN;
 
 describe('VM ids from spec paths', () => {
   test('paths map to --id-safe ids, deterministically', () => {

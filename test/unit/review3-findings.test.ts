@@ -9,24 +9,13 @@ import { ensureRunDir, readStates, vmFiles } from '../../src/fleet/rundir';
 import { LogFollower, rotateIfLarge, streamWholeLog } from '../../src/fleet/serial-log';
 import { FleetEvent, Supervisor } from '../../src/fleet/supervisor';
 import { minimalSpec, Workspace } from '../helpers/specs';
+import { BIN, FAKE_FC_RUN, ROOT, waitFor } from '../helpers/cli';
 
 // Regression tests for the review of the fleet supervisor (review3): hostile or corrupt run
 // directory contents, and spec names that look like options.
 
 const run = promisify(execFile);
-const ROOT = path.resolve(__dirname, '..', '..');
-const BIN = path.join(ROOT, 'bin', 'fc-run');
-const FAKE = path.join(ROOT, 'test', 'helpers', 'fake-fc-run.js');
-
-async function waitFor<T>(what: string, probe: () => T | undefined | false, ms = 30000): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = probe();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+const FAKE = FAKE_FC_RUN;
 
 let ws: Workspace;
 let specs: string;
