@@ -95,6 +95,17 @@ describe('fc-run validate', () => {
     expect(r.code).toBe(0);
   });
 
+  test("the first example of validate's --help works after the README's set-up: every example, with its files", () => {
+    // npm test runs `npm run setup`, which builds the probe guest and the examples' disk images.
+    const help = fcRun(['validate', '--help']);
+    expect(help.out).toContain('fc-run validate examples/*.json');
+    const examples = fs.readdirSync(path.join(ROOT, 'examples')).filter((f) => f.endsWith('.json')).map((f) => path.join('examples', f));
+    const r = fcRun(['validate', ...examples]);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(`${examples.length} specs: ${examples.length} ok`);
+  });
+
   test('color only on a terminal: plain text in pipes, ANSI codes when forced', () => {
     expect(fcRun(['validate', bad]).err).not.toMatch(/\u001b\[/);
     expect(fcRun(['validate', bad], { env: { NO_COLOR: undefined, FORCE_COLOR: '1' } }).err).toMatch(/\u001b\[31m/);
