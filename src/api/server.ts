@@ -3,7 +3,8 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import type { RunningVm } from '../boot/launch';
 import type { VmMonitor } from '../monitor/vm-monitor';
-import { FcRunError } from '../errors';
+import { EXIT_FAILURE, FcRunError } from '../errors';
+import { claimSocketPath } from '../kvm/unix-socket';
 import { findDeepNesting, MAX_JSON_DEPTH } from '../config/json-depth';
 
 /**
@@ -223,18 +224,6 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
   throw new ApiError(404, `no such path: ${shown(path)}`);
 }
 
-/** Whether something listens on a Unix socket path. */
-function inUse(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = net.connect(socketPath);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}
-
 export interface ApiServer {
   /** Stops listening and removes the socket file (if it is still the one this server made). */
   close(): void;
@@ -299,17 +288,8 @@ function parseFault(err: NodeJS.ErrnoException): { status: number; message: stri
  */
 export async function startApi(socketPath: string, ctx: ApiContext, limitsIn: Partial<ApiLimits> = {}): Promise<ApiServer> {
   const limits = { ...DEFAULT_API_LIMITS, ...limitsIn };
-  let existing: fs.Stats | undefined;
-  try {
-    existing = fs.lstatSync(socketPath);
-  } catch {
-    existing = undefined;
-  }
-  if (existing) {
-    if (!existing.isSocket()) throw new FcRunError('api-sock', `--api-sock ${socketPath} exists and is not a socket`);
-    if (await inUse(socketPath)) throw new FcRunError('api-sock', `--api-sock ${socketPath} is in use by another process`);
-    fs.unlinkSync(socketPath);
-  }
+  // The flag names a path the user chose: anything but a stale socket there is a usage error.
+  claimSocketPath(socketPath, '--api-sock', EXIT_FAILURE);
   const connections = new Map<net.Socket, Connection>();
   /** Connections answered on the raw socket: later parse errors on them are not answered again. */
   const answered = new WeakSet<net.Socket>();

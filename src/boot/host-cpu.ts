@@ -30,7 +30,16 @@ export function parseCpuinfo(text: string): HostCpu | undefined {
   return { vendor, family, model, stepping, modelName: field('model name') };
 }
 
-export function readHostCpu(file = '/proc/cpuinfo'): HostCpu {
+/** /proc/cpuinfo read once per process: the CPU does not change while fc-run runs. */
+let hostCpu: HostCpu | undefined;
+
+/** This host's CPU, read from /proc/cpuinfo (once) or from `file`. */
+export function readHostCpu(file?: string): HostCpu {
+  if (file === undefined) return (hostCpu ??= readCpuinfo('/proc/cpuinfo'));
+  return readCpuinfo(file);
+}
+
+function readCpuinfo(file: string): HostCpu {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -99,8 +108,9 @@ export function cpuTemplateHostProblem(name: X86StaticTemplate, host: HostCpu): 
  * Refuses a plan whose static CPU template does not fit this host, before anything starts. Exit
  * 2: the spec asks for something this host cannot give, and the fix is in the spec.
  */
-export function assertCpuTemplateFitsHost(template: CpuTemplatePlan, host: HostCpu = readHostCpu()): void {
+export function assertCpuTemplateFitsHost(template: CpuTemplatePlan, host?: HostCpu): void {
   if (template.kind !== 'static') return;
-  const problem = cpuTemplateHostProblem(template.name, host);
+  // Only a static template reads the host's CPU (an aarch64 machine validating specs has none).
+  const problem = cpuTemplateHostProblem(template.name, host ?? readHostCpu());
   if (problem) throw new FcRunError(problem.code, `${problem.message}; ${problem.hint}`, EXIT_INVALID_SPEC);
 }

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
-import { SpecInvalidError, SpecIssue } from '../config/issues';
+import type { SpecIssue } from '../config/issues';
 import { FileError, openRegularFile } from '../config/regular-file';
+import { failSpec } from '../config/validate';
 import type { LoadedSpec } from '../config/validate';
 import { inspectKernelFile, KernelImageError } from './kernel-image';
 import { checkSpecOnly, compilePlan, CompiledPlan, PlanError } from './plan';
@@ -27,9 +28,7 @@ export interface PlannedSpec extends CompiledPlan {
  */
 export function planSpec(loaded: LoadedSpec): PlannedSpec {
   const { spec } = loaded;
-  const fail = (issues: Omit<SpecIssue, 'file' | 'line' | 'column'>[]): never => {
-    throw new SpecInvalidError(loaded.displayFile, [...loaded.warnings, ...issues.map(loaded.locate)]);
-  };
+  const fail = (issues: Omit<SpecIssue, 'file' | 'line' | 'column'>[]): never => failSpec(loaded, issues);
   const kernelAt = ['boot-source', 'kernel_image_path'];
   let kernel;
   try {
@@ -65,12 +64,12 @@ export function planSpec(loaded: LoadedSpec): PlannedSpec {
  * template made for another CPU vendor or model. For `fc-run validate` (checking a spec for this
  * host) and `fc-run run` before launch; launch checks again in any case.
  */
-export function hostIssues(loaded: LoadedSpec, host: HostCpu = readHostCpu()): SpecIssue[] {
+export function hostIssues(loaded: LoadedSpec, host?: HostCpu): SpecIssue[] {
   const { spec } = loaded;
   const name = spec.machine.cpu_template;
   // A custom template replaces the static one (and has no host restriction).
   if (spec.cpuConfig || !isX86StaticTemplate(name)) return [];
-  const problem = cpuTemplateHostProblem(name, host);
+  const problem = cpuTemplateHostProblem(name, host ?? readHostCpu());
   if (!problem) return [];
   return [loaded.locate({ severity: 'error', code: problem.code, path: ['machine-config', 'cpu_template'], message: problem.message, hint: problem.hint })];
 }
@@ -78,40 +77,45 @@ export function hostIssues(loaded: LoadedSpec, host: HostCpu = readHostCpu()): S
 /** Throws SpecInvalidError (exit 2) when hostIssues finds anything. */
 export function assertSpecFitsHost(loaded: LoadedSpec, host?: HostCpu): void {
   const issues = hostIssues(loaded, host);
-  if (issues.length > 0) throw new SpecInvalidError(loaded.displayFile, [...loaded.warnings, ...issues]);
+  if (issues.length > 0) failSpec(loaded, issues);
 }
 
 /**
- * Everything `run` checks before it touches KVM, for `validate`: with the files, the whole plan
- * (kernel headers, layout) and the sockets the VM would create; without them (--skip-files),
- * every check that needs only the spec. Returns the warnings; throws SpecInvalidError.
+ * Everything `run` checks before it touches KVM: the whole plan (kernel headers, layout), the
+ * host's CPU for a static template, and the sockets the VM would create (skip those where they
+ * are made elsewhere, as in a jail). Throws SpecInvalidError.
+ */
+export function planRunnable(loaded: LoadedSpec, opts: { host?: HostCpu; sockets?: boolean } = {}): PlannedSpec {
+  const planned = planSpec(loaded);
+  assertSpecFitsHost(loaded, opts.host);
+  if (opts.sockets !== false) checkSockets(loaded);
+  return planned;
+}
+
+/**
+ * What `validate` checks: with the files, all `run` checks (planRunnable); without them
+ * (--skip-files), every check that needs only the spec. Returns the warnings; throws
+ * SpecInvalidError.
  */
 export function checkRunnable(loaded: LoadedSpec, readFiles: boolean): SpecIssue[] {
-  if (readFiles) {
-    const planned = planSpec(loaded);
-    assertSpecFitsHost(loaded);
-    checkSockets(loaded);
-    return planned.allWarnings;
-  }
+  if (readFiles) return planRunnable(loaded).allWarnings;
   const issues = checkSpecOnly(loaded.spec);
-  const located = [...loaded.warnings, ...issues.map(loaded.locate)];
-  if (issues.some((i) => i.severity === 'error')) throw new SpecInvalidError(loaded.displayFile, located);
-  return located;
+  if (issues.some((i) => i.severity === 'error')) failSpec(loaded, issues);
+  return [...loaded.warnings, ...issues.map(loaded.locate)];
 }
 
 /** A socket the VM would create must not be another live process's (a second VM's vsock). */
 export function checkSockets(loaded: LoadedSpec): void {
   const vsock = loaded.spec.vsock;
   if (vsock && socketPathState(vsock.uds_path) === 'live') {
-    throw new SpecInvalidError(loaded.displayFile, [
-      ...loaded.warnings,
-      loaded.locate({
+    failSpec(loaded, [
+      {
         severity: 'error',
         code: 'socket-in-use',
         path: ['vsock', 'uds_path'],
         message: `${vsock.uds_path} is a live socket: another process (another VM?) is listening on it`,
         hint: 'give each VM its own uds_path',
-      }),
+      },
     ]);
   }
 }

@@ -1,6 +1,7 @@
+import { fileIdentity } from './collisions';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MAX_CONFIG_FILE_BYTES } from './read';
+import { MAX_CONFIG_FILE_BYTES, readText } from './read';
 
 /**
  * Finds the spec files behind `fc-run validate`'s arguments, which may mix files and directories.
@@ -45,15 +46,8 @@ export interface Discovery {
 const SKIPPED_DIRS = new Set(['node_modules']);
 const CPU_TEMPLATE_KEYS = new Set(['kvm_capabilities', 'cpuid_modifiers', 'msr_modifiers', 'reg_modifiers', 'vcpu_features']);
 
-/** The identity of an existing file (device and inode), or its absolute path when it cannot be stat'ed. */
-function fileKey(abs: string): string {
-  try {
-    const st = fs.statSync(abs);
-    return `inode:${st.dev}:${st.ino}`;
-  } catch {
-    return `path:${abs}`;
-  }
-}
+/** The identity of a file: device and inode when it exists, else where it would be. */
+const fileKey = (abs: string): string => fileIdentity(abs, true).key;
 
 function isDirectory(abs: string): boolean {
   try {
@@ -172,9 +166,8 @@ function walk(root: string, display: string, problems: DiscoveryProblem[]): Foun
 /** The parsed contents of a small JSON file, or undefined when it is unreadable, too big or not JSON. */
 function peek(abs: string): unknown {
   try {
-    const st = fs.statSync(abs);
-    if (!st.isFile() || st.size > MAX_CONFIG_FILE_BYTES) return undefined;
-    return JSON.parse(fs.readFileSync(abs, 'utf8'));
+    // The same safe reader as for specs: a FIFO or device swapped in is refused, never waited on.
+    return JSON.parse(readText(abs, 'spec file', MAX_CONFIG_FILE_BYTES));
   } catch {
     return undefined;
   }

@@ -56,10 +56,11 @@ function notRegular(file: string, what: string, st: fs.Stats): FileError {
  * of a FIFO return at once instead of waiting for a writer. A file larger than maxBytes is refused
  * with its size and the limit, and `limitReason` says where the limit comes from.
  */
-export function openRegularFile(file: string, what: string, maxBytes = Number.MAX_SAFE_INTEGER, limitReason?: string): RegularFile {
+export function openRegularFile(file: string, what: string, maxBytes = Number.MAX_SAFE_INTEGER, limitReason?: string, opts: { noFollow?: boolean } = {}): RegularFile {
   let st: fs.Stats;
   try {
-    st = fs.statSync(file);
+    // noFollow: a symbolic link is refused as what it is, for files in a directory others may have touched.
+    st = opts.noFollow ? fs.lstatSync(file) : fs.statSync(file);
   } catch (err) {
     throw unreadable(file, what, err);
   }
@@ -67,7 +68,7 @@ export function openRegularFile(file: string, what: string, maxBytes = Number.MA
   let fd: number;
   try {
     // libuv adds O_CLOEXEC itself.
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | (opts.noFollow ? fs.constants.O_NOFOLLOW : 0));
   } catch (err) {
     // A socket swapped in after the stat fails here with ENXIO.
     if ((err as NodeJS.ErrnoException).code === 'ENXIO') throw new FileError('file-type', file, `${what} ${file} is not a regular file; give a regular file`);
@@ -92,8 +93,8 @@ export function openRegularFile(file: string, what: string, maxBytes = Number.MA
  * the size from fstat, so a file that grows while it is read is still refused at the limit and
  * never read past it.
  */
-export function readRegularFile(file: string, what: string, maxBytes = 64 * 1024 * 1024, limitReason?: string): Buffer {
-  const { fd, size } = openRegularFile(file, what, maxBytes, limitReason);
+export function readRegularFile(file: string, what: string, maxBytes = 64 * 1024 * 1024, limitReason?: string, opts: { noFollow?: boolean } = {}): Buffer {
+  const { fd, size } = openRegularFile(file, what, maxBytes, limitReason, opts);
   try {
     const chunks: Buffer[] = [];
     let total = 0;

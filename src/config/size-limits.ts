@@ -30,3 +30,8 @@ export function findOversized(value: unknown, freeForm: ReadonlySet<string> = ne
   return undefined;
 }
 
+
+/** What findOversized found, in words: `doc` names the document ("spec", "template"). */
+export function oversizedMessage(o: { what: string; count: number }, doc: string): string {
+  return o.what === 'the document' ? `the ${doc} holds more than ${MAX_VALUES} values; fc-run reads at most that many` : `${o.what} has ${o.count} entries; fc-run reads at most ${MAX_ITEMS}`;
+}

@@ -2,7 +2,7 @@ import { IssueList, SpecIssue } from './issues';
 import { checkSchema } from './schema';
 import { checkCpuConfig } from './rules';
 import { SpecSource } from './source';
-import { findOversized, MAX_ITEMS, MAX_VALUES } from './size-limits';
+import { findOversized, oversizedMessage } from './size-limits';
 import { readText } from './read';
 import { FcRunError } from '../errors';
 import type { CpuConfig } from './vm-spec.generated';
@@ -28,7 +28,7 @@ export function checkCpuConfigFile(file: string, shown: string, extra: SpecIssue
   const source = parsed.source;
   const issues = new IssueList();
   const oversized = findOversized(source.value);
-  if (oversized) issues.error('too-many-items', oversized.at, `${oversized.what} has more than the ${oversized.what === 'the document' ? MAX_VALUES : MAX_ITEMS} entries fc-run reads`, 'shorten the template');
+  if (oversized) issues.error('too-many-items', oversized.at, oversizedMessage(oversized, 'template'), 'shorten the template');
   else checkSchema(source.value, issues, 'CpuConfig');
   if (!issues.hasErrors) checkCpuConfig(source.value as CpuConfig, [], issues);
   extra.push(...issues.items.map((i) => ({ ...i, file: shown, ...source.locate(i.path, i.code === 'unknown-property' ? 'key' : 'value') })));

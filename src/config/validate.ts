@@ -8,7 +8,7 @@ import { DEFAULT_MMDS_SIZE_LIMIT, ResolvedSpec } from './resolved';
 import type { VmSpec } from './vm-spec.generated';
 import { MAX_CONFIG_FILE_BYTES, readText } from './read';
 import { checkCollisions, FlagOutputs } from './collisions';
-import { findOversized, MAX_ITEMS, MAX_REPORTED_ISSUES, MAX_VALUES } from './size-limits';
+import { findOversized, MAX_REPORTED_ISSUES, oversizedMessage } from './size-limits';
 
 export interface LoadOptions {
   /** Do not require kernel, initrd, drive and template files to exist (validating stored specs in CI). */
@@ -31,6 +31,11 @@ export interface LoadedSpec {
   warnings: SpecIssue[];
   /** Maps a path in the spec to its file position, for issues found after validation (planning). */
   locate(issue: Omit<SpecIssue, 'file' | 'line' | 'column'>): SpecIssue;
+}
+
+/** Refuses a loaded spec for reasons found after loading: its warnings and these issues, located in it. */
+export function failSpec(loaded: LoadedSpec, issues: Omit<SpecIssue, 'file' | 'line' | 'column'>[]): never {
+  throw new SpecInvalidError(loaded.displayFile, [...loaded.warnings, ...issues.map(loaded.locate)]);
 }
 
 /** Reads, validates and resolves a spec file. Throws SpecInvalidError listing every problem found. */
@@ -62,7 +67,7 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
     issues.error(
       'too-many-items',
       oversized.at,
-      oversized.what === 'the document' ? `the spec holds more than ${MAX_VALUES} values; fc-run reads at most that many` : `${oversized.what} has ${oversized.count} entries; fc-run reads at most ${MAX_ITEMS}`,
+      oversizedMessage(oversized, 'spec'),
       'a microVM has at most 19 virtio devices; shorten the lists',
     );
   } else {

@@ -1,4 +1,5 @@
 import { lockForLife } from '../kvm/file-lock';
+import { readRegularFile } from '../config/regular-file';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -107,20 +108,10 @@ export function writeJsonAtomic(file: string, value: unknown): void {
 const MAX_RECORD_BYTES = 1 << 20;
 
 export function readJson<T>(file: string): T | undefined {
-  let fd: number;
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    return JSON.parse(readRegularFile(file, 'run directory record', MAX_RECORD_BYTES, undefined, { noFollow: true }).toString('utf8')) as T;
   } catch {
     return undefined;
-  }
-  try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile() || st.size > MAX_RECORD_BYTES) return undefined;
-    return JSON.parse(fs.readFileSync(fd, 'utf8')) as T;
-  } catch {
-    return undefined;
-  } finally {
-    fs.closeSync(fd);
   }
 }
 

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { hostIssues, planSpec, readHostCpu } from '../boot';
+import { planRunnable, readHostCpu } from '../boot';
 import type { HostCpu } from '../boot';
 import { SpecInvalidError } from '../config/issues';
 import { loadSpecFile } from '../config/validate';
@@ -101,9 +101,7 @@ export function scanDir(dir: string, runDir: string, host: HostCpu = readHostCpu
       const s = loaded.spec;
       const template = s.raw['cpu-config'];
       inputs = [s.bootSource.kernel_image_path, s.bootSource.initrd_path, typeof template === 'string' ? path.resolve(path.dirname(spec), template) : undefined].filter((f): f is string => f !== undefined);
-      const planned = planSpec(loaded);
-      const hostProblems = hostIssues(loaded, host);
-      if (hostProblems.length > 0) throw new SpecInvalidError(spec, hostProblems);
+      const planned = planRunnable(loaded, { host, sockets: false });
       out.set(id, {
         kind: 'valid',
         id,

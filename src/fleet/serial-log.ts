@@ -30,7 +30,7 @@ export function rotateIfLarge(file: string, old: string, maxBytes: number): bool
 
 function readRange(file: string, from: number, to: number): Buffer {
   if (to <= from) return Buffer.alloc(0);
-  const fd = fs.openSync(file, 'r');
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
   try {
     const buf = Buffer.alloc(to - from);
     const n = fs.readSync(fd, buf, 0, buf.length, from);
@@ -48,7 +48,6 @@ function sizeOf(file: string): number | undefined {
   }
 }
 
-/** Both files' contents, oldest first: everything of the log that is still kept. */
 /**
  * Hands the whole log, the rotated older part first, to `emit` in 64 KiB pieces (a log may be
  * far larger than memory). Returns how far the current file was read, where a follower goes on.

@@ -1,8 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FcRunError } from '../errors';
-import { SpecInvalidError, SpecIssue } from '../config/issues';
-import { loadSpecFile, LoadedSpec } from '../config/validate';
+import type { SpecIssue } from '../config/issues';
+import { failSpec, loadSpecFile, LoadedSpec } from '../config/validate';
 import { resolveInRoot } from './inside';
 
 /**
@@ -54,6 +54,6 @@ export function checkInsideSpec(root: string, a: InsideSpecArgs): LoadedSpec {
   check(raw['boot-source']?.initrd_path, ['boot-source', 'initrd_path'], 'the initrd');
   (Array.isArray(raw.drives) ? raw.drives : []).forEach((d: Record<string, unknown>, i: number) => check(d?.path_on_host, ['drives', i, 'path_on_host'], `drive "${String(d?.drive_id)}" file`, true));
   check(raw['cpu-config'], ['cpu-config'], 'the CPU template file');
-  if (issues.length > 0) throw new SpecInvalidError(loaded.displayFile, [...loaded.warnings, ...issues]);
+  if (issues.length > 0) failSpec(loaded, issues);
   return loaded;
 }

@@ -95,10 +95,6 @@ export function shellWord(s: string): string {
   return /^[A-Za-z0-9_./@%+=:,-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
 /** A directory of the jail's path that only root may change: no symlink, root-owned, not group/world-writable. */
 function checkTrusted(dir: string): void {
   const st = fs.lstatSync(dir);
@@ -284,7 +280,7 @@ interface Enter {
  * unprivileged user.
  */
 function enterCommand(e: Enter): string[] {
-  const q = shellQuote;
+  const q = shellWord;
   const R = (rel: string) => q(path.join(e.root, rel));
   const bind = (src: string, rel: string, readOnly: boolean) => [`mount --bind ${q(src)} ${R(rel)}`, ...(readOnly ? [`mount -o remount,bind,ro ${R(rel)}`] : [])];
   const kvm = devNumbers('/dev/kvm', { major: 10, minor: 232 });

@@ -27,6 +27,7 @@ export const sys = {
   listen: libc.func('int listen(int fd, int backlog)'),
   accept4: libc.func('int accept4(int fd, void *addr, void *len, int flags)'),
   connect: libc.func('int connect(int fd, const void *addr, unsigned int len)'),
+  sendto: libc.func('long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, unsigned int addrlen)'),
   shutdown: libc.func('int shutdown(int fd, int how)'),
   /** memcpy(buf, buf, 0) returns buf: the address of a Buffer's memory. */
   addressOf: libc.func('memcpy', 'uintptr_t', ['void *', 'void *', 'size_t']),

@@ -1,14 +1,11 @@
 import { FcRunError } from '../errors';
-import { AF_UNIX, errno, errnoText, koffi, SOCK_CLOEXEC, sys } from './libc';
+import { AF_UNIX, errno, errnoText, SOCK_CLOEXEC, sys } from './libc';
 
 /**
  * The sd_notify protocol: one datagram of newline-separated KEY=VALUE lines sent to the
  * AF_UNIX socket named by $NOTIFY_SOCKET, which is how a Type=notify service tells systemd it is
  * ready or stopping. Node has no Unix datagram sockets, so the send is made here, by FFI.
  */
-
-const libc = koffi.load('libc.so.6');
-const sendto = libc.func('long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, unsigned int addrlen)');
 
 const SOCK_DGRAM = 2;
 /** Never block Node's event loop: a full receive queue is a failed notification, not a stall. */
@@ -81,7 +78,7 @@ export class SdNotifier {
   send(fields: Readonly<Record<string, string | number>>): void {
     if (this.fd < 0) throw new NotifySocketError('the notification socket is closed');
     const msg = notifyMessage(fields);
-    const n = Number(sendto(this.fd, msg, msg.length, MSG_DONTWAIT | MSG_NOSIGNAL, this.addr, this.addrLen));
+    const n = Number(sys.sendto(this.fd, msg, msg.length, MSG_DONTWAIT | MSG_NOSIGNAL, this.addr, this.addrLen));
     if (n < 0) throw new NotifySocketError(`sendto(NOTIFY_SOCKET=${this.socketName}) failed: ${errnoText(errno())}`);
   }
 

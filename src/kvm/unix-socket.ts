@@ -96,9 +96,9 @@ export function socketPathState(path: string): SocketPathState {
 }
 
 /** Makes way for a socket fc-run will create: removes a stale one, refuses anything else there. */
-export function claimSocketPath(path: string, what: string): void {
+export function claimSocketPath(path: string, what: string, notSocketExit = EXIT_INVALID_SPEC): void {
   const state = socketPathState(path);
   if (state === 'stale') fs.unlinkSync(path);
-  else if (state === 'live') throw new FcRunError('socket-in-use', `${what} ${path} is in use: another process (another VM?) listens there; choose another path`);
-  else if (state === 'not-socket') throw new FcRunError('socket-path-taken', `${what} ${path} exists and is not a socket; fc-run leaves it alone: choose another path`, EXIT_INVALID_SPEC);
+  else if (state === 'live') throw new FcRunError('socket-in-use', `${what} ${path} is in use by another process (another VM?): choose another path`);
+  else if (state === 'not-socket') throw new FcRunError('socket-path-taken', `${what} ${path} exists and is not a socket; fc-run leaves it alone: choose another path`, notSocketExit);
 }

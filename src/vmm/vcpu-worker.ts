@@ -60,7 +60,11 @@ function start(data: VcpuWorkerData): void {
   const m = registry.group(`vcpu${data.id}`, VCPU_FIELDS);
   // The exit count is bumped on every exit: straight into its shared slot, found once per reason.
   const group = registry.groups.find((g) => g.name === `vcpu${data.id}`)!;
-  const slotOf = (field: string) => group.offset + group.fields.indexOf(field);
+  const slotOf = (field: string) => {
+    const i = group.fields.indexOf(field);
+    if (i < 0) throw new Error(`vCPU metrics have no field ${field}`);
+    return group.offset + i;
+  };
   // -1: an I/O or MMIO exit, counted by direction where it is handled.
   const exitSlots = Int32Array.from({ length: 64 }, (_, reason) => {
     const field = exitField(reason);
@@ -68,6 +72,23 @@ function start(data: VcpuWorkerData): void {
   });
   const otherExitSlot = slotOf('exitsOther');
   const [ioInSlot, ioOutSlot, mmioReadSlot, mmioWriteSlot] = ['exitsIoIn', 'exitsIoOut', 'exitsMmioRead', 'exitsMmioWrite'].map(slotOf);
+  // Counters bumped on port and MMIO exits, as slots too: no accessor call on the exit path.
+  const slot = {
+    serialTxBytes: slotOf('serialTxBytes'),
+    serialRxReads: slotOf('serialRxReads'),
+    virtioRegisterAccesses: slotOf('virtioRegisterAccesses'),
+    serialBadReads: slotOf('serialBadReads'),
+    i8042Reads: slotOf('i8042Reads'),
+    i8042BadReads: slotOf('i8042BadReads'),
+    pioUnknownReads: slotOf('pioUnknownReads'),
+    serialBadWrites: slotOf('serialBadWrites'),
+    i8042BadWrites: slotOf('i8042BadWrites'),
+    i8042Writes: slotOf('i8042Writes'),
+    bootTimerWrites: slotOf('bootTimerWrites'),
+    pioUnknownWrites: slotOf('pioUnknownWrites'),
+    mmioUnknownWrites: slotOf('mmioUnknownWrites'),
+    mmioUnknownReads: slotOf('mmioUnknownReads'),
+  };
   const counts = registry.values;
   const log = new Logger({ ...data.logger, thread: `vcpu ${data.id}` });
   const control = new Int32Array(data.shared.control);
@@ -114,11 +135,11 @@ function start(data: VcpuWorkerData): void {
 
   const serial = new Serial8250(data.shared.serial, {
     out: (b) => {
-      m.serialTxBytes++;
+      counts[slot.serialTxBytes]++;
       if (data.serialOutFd >= 0) writeAll(data.serialOutFd, Buffer.of(b));
     },
     interrupt: () => signal(data.serialIrqFd),
-    received: () => m.serialRxReads++,
+    received: () => counts[slot.serialRxReads]++,
   });
   const i8042 = new I8042(data.shared.i8042, {
     reset: () => {
@@ -146,7 +167,7 @@ function start(data: VcpuWorkerData): void {
         Atomics.and(w.status, 0, ~value);
         return 0;
       }
-      m.virtioRegisterAccesses++;
+      counts[slot.virtioRegisterAccesses]++;
       return mailbox.access(w.index, offset, len, write, value);
     }
     return undefined;
@@ -156,18 +177,18 @@ function start(data: VcpuWorkerData): void {
     const { serial: com1, i8042: kbd } = data.ports;
     if (portNum >= com1 && portNum < com1 + 8) {
       if (size === 1) return serial.read(portNum - com1);
-      m.serialBadReads++;
+      counts[slot.serialBadReads]++;
       return ALL_ONES[size] ?? 0xff;
     }
     if (portNum === kbd || portNum === kbd + 4) {
       if (size === 1) {
-        m.i8042Reads++;
+        counts[slot.i8042Reads]++;
         return i8042.read(portNum - kbd);
       }
-      m.i8042BadReads++;
+      counts[slot.i8042BadReads]++;
       return ALL_ONES[size] ?? 0xff;
     }
-    m.pioUnknownReads++;
+    counts[slot.pioUnknownReads]++;
     return ALL_ONES[size] ?? 0xff;
   }
 
@@ -175,19 +196,19 @@ function start(data: VcpuWorkerData): void {
     const { serial: com1, i8042: kbd, bootTimer } = data.ports;
     if (portNum >= com1 && portNum < com1 + 8) {
       if (size === 1) return serial.write(portNum - com1, value);
-      m.serialBadWrites++;
+      counts[slot.serialBadWrites]++;
       return;
     }
     if (portNum === kbd || portNum === kbd + 4) {
       if (size !== 1) {
-        m.i8042BadWrites++;
+        counts[slot.i8042BadWrites]++;
         return;
       }
-      m.i8042Writes++;
+      counts[slot.i8042Writes]++;
       return i8042.write(portNum - kbd, value);
     }
     if (portNum === bootTimer && value === 123) {
-      m.bootTimerWrites++;
+      counts[slot.bootTimerWrites]++;
       // Report the first write only: a guest hammering the port must not flood the VMM thread.
       if (Atomics.compareExchange(control, 1, 0, 1) !== 0) return;
       const ns = process.hrtime.bigint() - BigInt(data.launchStartNs);
@@ -195,7 +216,7 @@ function start(data: VcpuWorkerData): void {
       return;
     }
     if (portNum === 0x80) return; // POST code / I/O delay port: writes are expected and meaningless
-    m.pioUnknownWrites++;
+    counts[slot.pioUnknownWrites]++;
   }
 
   function registers(): string {
@@ -251,8 +272,8 @@ function start(data: VcpuWorkerData): void {
           if (isWrite) for (let i = Math.min(len, 4) - 1; i >= 0; i--) value = value * 256 + bytes[X + 8 + i];
           const result = virtioAccess(addr, len, isWrite, value);
           if (result === undefined) {
-            if (isWrite) m.mmioUnknownWrites++;
-            else m.mmioUnknownReads++;
+            if (isWrite) counts[slot.mmioUnknownWrites]++;
+            else counts[slot.mmioUnknownReads]++;
             if (!isWrite) bytes.fill(0xff, X + 8, X + 8 + len);
           } else if (!isWrite) {
             for (let i = 0; i < len; i++) bytes[X + 8 + i] = i < 4 ? (result >>> (8 * i)) & 0xff : 0;

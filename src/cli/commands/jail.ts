@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadSpecFile } from '../../config/validate';
-import { assertSpecFitsHost, planSpec } from '../../boot';
+import { planRunnable } from '../../boot';
 import { checkJailerHost, FC_RUN_BIN, JailerOptions, prepareJail, prepareJailerJail, runJail } from '../../jail/jail';
 import { parseCgroupSetting, parentCgroupProblem } from '../../jail/cgroups';
 import { JAILER_SUPPLIED_FLAGS, jailLayout, parseResourceLimit, ResourceLimit } from '../../jail/jailer-flags';
@@ -80,8 +80,8 @@ async function fcRunFormCommand(io: Io, args: ParsedArgs): Promise<number> {
   if (args.rest.length > 0) throw new UsageError(`arguments after -- belong to Firecracker's jailer form (with --exec-file); in fc-run's form give the options before it`, 'jail');
   const rep = reportingOf(args);
   const loaded = loadSpecFile(args.positionals[0], loadOptionsOf(args));
-  planSpec(loaded); // refuse what cannot run before building anything
-  assertSpecFitsHost(loaded);
+  // Refuse what cannot run before building anything; the jail makes the sockets inside itself.
+  planRunnable(loaded, { sockets: false });
   const jail = prepareJail(loaded.spec, {
     id: o.id as string,
     uid: o.uid as number,

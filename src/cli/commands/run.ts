@@ -3,7 +3,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { loadSpecFile } from '../../config/validate';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../../config/resolved';
-import { assertSpecFitsHost, checkSockets, planSpec } from '../../boot';
+import { planRunnable } from '../../boot';
 import { launch, monitorFor, prewarmVcpuThreads } from '../../boot/launch';
 import type { BootPlan } from '../../boot';
 import type { MonitorConfig } from '../../monitor/vm-monitor';
@@ -231,9 +231,7 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
         apiSock: o['api-sock'] as string | undefined,
       },
     });
-    const planned = planSpec(loaded);
-    assertSpecFitsHost(loaded);
-    checkSockets(loaded);
+    const planned = planRunnable(loaded);
     const warnings = applyStrict(planned.allWarnings.filter((w) => w.severity === 'warning'), rep.strict);
     if (rep.strict && warnings.length > 0) throw new SpecInvalidError(loaded.displayFile, warnings);
     reportIssues(io, warnings, rep);
