@@ -7,7 +7,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const Ajv = require('ajv').default;
 const standaloneCode = require('ajv/dist/standalone').default;
-const { AJV_OPTIONS, CUSTOM_KEYWORDS } = require('../dist/config/schema-options');
+const { AJV_OPTIONS, CUSTOM_KEYWORDS, STANDALONE_DEFINITIONS } = require('../dist/config/schema-options');
 
 const root = path.resolve(__dirname, '..');
 const schema = JSON.parse(fs.readFileSync(path.join(root, 'schemas', 'vm.schema.json'), 'utf8'));
@@ -15,7 +15,7 @@ const ajv = new Ajv({ ...AJV_OPTIONS, code: { source: true } });
 for (const k of CUSTOM_KEYWORDS) ajv.addKeyword(k);
 ajv.addSchema(schema);
 const exportsMap = { spec: schema.$id };
-for (const name of Object.keys(schema.definitions)) exportsMap[name] = `${schema.$id}#/definitions/${name}`;
+for (const name of STANDALONE_DEFINITIONS) exportsMap[name] = `${schema.$id}#/definitions/${name}`;
 // ajv gathers a referenced schema's errors with `vErrors.concat(validateN.errors)`, copying every
 // error found so far at each call: a spec with thousands of failing drives took minutes. Appending
 // in place gives the same list in linear time (each call's array is its own, made afresh).

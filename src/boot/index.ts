@@ -9,6 +9,12 @@ import { socketPathState } from '../kvm/unix-socket';
 import { cpuTemplateHostProblem, HostCpu, readHostCpu } from './host-cpu';
 import { isX86StaticTemplate } from './static-cpu-templates';
 
+/** Starts vCPU threads ahead of need; worker_threads is loaded only by the commands that launch. */
+export function prewarmVcpuThreads(count: number): void {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  (require('../vmm/threads') as typeof import('../vmm/threads')).prewarmVcpuThreads(count);
+}
+
 export { compilePlan, canonicalJson, PlanError, PLAN_VERSION } from './plan';
 export type { BootPlan, CompiledPlan, DevicePlan, PlanIssue } from './plan';
 export { inspectKernel, inspectKernelFile, KernelImageError } from './kernel-image';

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../sha256';
 import type { RateLimiter } from '../config/vm-spec.generated';
 import type { CustomCpuTemplate, LogLevel, ResolvedSpec } from '../config/resolved';
 import type { KernelImage, KernelSegment } from './kernel-image';
@@ -285,7 +285,7 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
     metrics: spec.metrics && { path: spec.metrics.metrics_path, emitId: spec.metrics.emit_id, properties: spec.metrics.properties },
   };
   const stable = canonicalJson(plan);
-  return { plan: JSON.parse(stable) as BootPlan, hash: createHash('sha256').update(stable).digest('hex'), warnings: issues };
+  return { plan: JSON.parse(stable) as BootPlan, hash: sha256Hex(stable), warnings: issues };
 }
 
 /** As Firecracker: a custom template (cpu-config) wins over cpu_template, which is then unused. */

@@ -1,14 +1,30 @@
 import * as path from 'node:path';
-import chalk, { Chalk } from 'chalk';
 import { pointer, SpecIssue } from '../config/issues';
+import type { Output } from './output';
 
-export type Painter = Chalk;
+type Paint = (text: string) => string;
+
+/** The few ANSI styles fc-run's messages use; every one is the identity when colors are off. */
+export interface Painter {
+  red: Paint & { bold: Paint };
+  yellow: Paint & { bold: Paint };
+  green: Paint;
+  cyan: Paint;
+  bold: Paint;
+  dim: Paint;
+}
 
 /** Colors only when the stream is a terminal, unless NO_COLOR / FORCE_COLOR say otherwise. */
-export function painterFor(stream: NodeJS.WriteStream): Painter {
+export function painterFor(stream: Output): Painter {
   const forced = process.env.FORCE_COLOR !== undefined && process.env.FORCE_COLOR !== '0';
-  const level = process.env.NO_COLOR !== undefined ? 0 : forced || stream.isTTY ? 1 : 0;
-  return new chalk.Instance({ level: level as 0 | 1 });
+  const on = process.env.NO_COLOR !== undefined ? false : forced || stream.isTTY === true;
+  const style =
+    (open: number, close: number): Paint =>
+    (text) =>
+      on ? `\x1b[${open}m${text}\x1b[${close}m` : text;
+  const bold = style(1, 22);
+  const withBold = (paint: Paint) => Object.assign(paint, { bold: (text: string) => bold(paint(text)) });
+  return { red: withBold(style(31, 39)), yellow: withBold(style(33, 39)), green: style(32, 39), cyan: style(36, 39), bold, dim: style(2, 22) };
 }
 
 /** A file name as the user would type it: relative when it lies under the working directory. */

@@ -2,10 +2,11 @@ import { SpecInvalidError, SpecIssue } from '../config/issues';
 import { EXIT_FAILURE, FcRunError } from '../errors';
 import { UsageError } from './args';
 import { formatIssue, issueJson, painterFor } from './format';
+import type { Output } from './output';
 
 export interface Io {
-  out: NodeJS.WriteStream;
-  err: NodeJS.WriteStream;
+  out: Output;
+  err: Output;
 }
 
 /**
@@ -17,12 +18,12 @@ export interface Reporting {
   strict: boolean;
 }
 
-export function write(stream: NodeJS.WriteStream, text: string): void {
+export function write(stream: Output, text: string): void {
   stream.write(text.endsWith('\n') ? text : `${text}\n`);
 }
 
 /** One JSON record on one line; keys with undefined values are left out. */
-export function writeRecord(stream: NodeJS.WriteStream, record: Record<string, unknown>): void {
+export function writeRecord(stream: Output, record: Record<string, unknown>): void {
   stream.write(`${JSON.stringify(record)}\n`);
 }
 

@@ -1,5 +1,4 @@
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { PACKAGE_VERSION } from '../package-root';
 
-/** fc-run's version, from package.json (two levels above both src/cli and dist/cli). */
-export const VERSION: string = (JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+/** fc-run's version, from package.json. */
+export const VERSION: string = PACKAGE_VERSION;

@@ -1,43 +1,55 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { AJV_OPTIONS, CUSTOM_KEYWORDS } from './schema-options';
+import { AJV_OPTIONS, CUSTOM_KEYWORDS, STANDALONE_DEFINITIONS } from './schema-options';
 import { IssueList } from './issues';
 import { closestMatch } from './suggest';
+import { SCHEMA_PATH } from '../package-root';
 
-/** schemas/ sits at the package root, two levels above both src/config and dist/config. */
-export const SCHEMA_PATH = path.resolve(__dirname, '..', '..', 'schemas', 'vm.schema.json');
+export { SCHEMA_PATH };
+
+type Entry = 'spec' | (typeof STANDALONE_DEFINITIONS)[number];
 
 interface Compiled {
-  schema: Record<string, unknown>;
-  /** Validator for the whole spec ("spec") or one definition (e.g. "CpuConfig"). */
-  validator(name: string): ValidateFunction;
+  /** Validator for the whole spec ("spec") or one of the STANDALONE_DEFINITIONS. */
+  validator(name: Entry): ValidateFunction;
 }
 let compiled: Compiled | undefined;
+let schemaJson: Record<string, unknown> | undefined;
 
+/** The spec schema (schemas/vm.schema.json), read once, when first needed. */
 export function loadSchema(): Record<string, unknown> {
-  return compile().schema;
+  return (schemaJson ??= JSON.parse(fs.readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, unknown>);
 }
 
-/** Where `npm run build` puts the precompiled validators (next to this module in dist/). */
-const PRECOMPILED = path.join(__dirname, 'schema-validator.generated.js');
+/**
+ * The validators `npm run build` precompiles next to this module in dist/ (and the bundler then
+ * inlines); absent when the sources run under ts-jest, where the schema is compiled instead.
+ */
+function precompiled(): Record<string, ValidateFunction> | undefined {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require('./schema-validator.generated.js') as Record<string, ValidateFunction>;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' && String((err as Error).message).includes('schema-validator.generated')) return undefined;
+    throw err;
+  }
+}
 
 function compile(): Compiled {
   if (compiled) return compiled;
-  const schema = JSON.parse(fs.readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, unknown>;
-  if (fs.existsSync(PRECOMPILED)) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const validators = require(PRECOMPILED) as Record<string, ValidateFunction>;
-    compiled = { schema, validator: (name) => validators[name] };
+  const validators = precompiled();
+  if (validators) {
+    compiled = { validator: (name) => validators[name] };
     return compiled;
   }
+  const schema = loadSchema();
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const Ajv = (require('ajv') as typeof import('ajv')).default;
   const ajv = new Ajv({ ...AJV_OPTIONS });
   for (const k of CUSTOM_KEYWORDS) ajv.addKeyword(k);
   ajv.addSchema(schema);
   const id = String(schema.$id);
-  compiled = { schema, validator: (name) => ajv.getSchema(name === 'spec' ? id : `${id}#/definitions/${name}`) as ValidateFunction };
+  compiled = { validator: (name) => ajv.getSchema(name === 'spec' ? id : `${id}#/definitions/${name}`) as ValidateFunction };
   return compiled;
 }
 
@@ -46,7 +58,7 @@ function compile(): Compiled {
  * for a CPU template file) and turns ajv's errors into issues that say what is wrong in words a
  * user can act on.
  */
-export function checkSchema(value: unknown, issues: IssueList, definition?: string, nulled: Set<string> = new Set()): void {
+export function checkSchema(value: unknown, issues: IssueList, definition?: (typeof STANDALONE_DEFINITIONS)[number], nulled: Set<string> = new Set()): void {
   const validate = compile().validator(definition ?? 'spec');
   if (validate(value)) return;
   for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues, nulled);
@@ -86,7 +98,7 @@ function typeMatches(schemaType: unknown, v: unknown): boolean {
  * meant (the first whose type matches the value); if none matches, keep one type error.
  */
 function pruneAlternatives(errors: ErrorObject[], root: unknown): ErrorObject[] {
-  const definitions = (compile().schema.definitions ?? {}) as Record<string, Record<string, unknown>>;
+  const definitions = (loadSchema().definitions ?? {}) as Record<string, Record<string, unknown>>;
   const deref = (b: Record<string, unknown>) =>
     typeof b.$ref === 'string' ? (definitions[b.$ref.replace('#/definitions/', '')] ?? b) : b;
   // Composites by the instance path they test: an error can belong only to a composite at its own
@@ -190,7 +202,7 @@ function describe(err: ErrorObject, issues: IssueList, nulled: Set<string>): voi
     }
     case 'oneOf':
     case 'anyOf': {
-      const definitions = (compile().schema.definitions ?? {}) as Record<string, Record<string, unknown>>;
+      const definitions = (loadSchema().definitions ?? {}) as Record<string, Record<string, unknown>>;
       const types = ((err.schema as Record<string, unknown>[]) ?? []).map((b) =>
         String(b.type ?? (typeof b.$ref === 'string' ? definitions[b.$ref.replace('#/definitions/', '')]?.type : undefined) ?? 'value'),
       );

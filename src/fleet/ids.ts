@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../sha256';
 
 /**
  * A VM's id under `fc-run up` is its spec's path relative to the directory, without ".json",
@@ -17,7 +17,7 @@ export function idForSpec(relPath: string): string {
   const bare = relPath.replace(/\\/g, '/').replace(/\.json$/i, '');
   const id = bare.replace(/[^A-Za-z0-9-]/g, '-');
   if (id.length <= MAX_ID) return id;
-  const tag = createHash('sha256').update(bare).digest('hex').slice(0, 12);
+  const tag = sha256Hex(bare).slice(0, 12);
   return `${id.slice(0, MAX_ID - tag.length - 1)}-${tag}`;
 }
 

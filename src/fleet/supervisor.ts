@@ -10,6 +10,7 @@ import { scanDir, ScanCache } from './scan';
 import { rotateIfLarge } from './serial-log';
 import { DEFAULT_SETTINGS, FleetSettings, healthyRunMs, restartDelay, wantsRestart } from './settings';
 import { stopVmProcess } from './stop';
+import { FC_RUN_BIN } from '../package-root';
 
 export interface FleetEvent {
   event: 'started' | 'adopted' | 'exited' | 'waiting' | 'stopping' | 'stopped' | 'forgotten' | 'skipped' | 'fixed' | 'git-pull' | 'warning';
@@ -39,7 +40,7 @@ interface Vm extends Known {
 }
 
 const FULL_EVERY = 12;
-const DEFAULT_BIN = path.resolve(__dirname, '..', '..', 'bin', 'fc-run');
+const DEFAULT_BIN = FC_RUN_BIN;
 
 /**
  * `fc-run up`: keeps one fc-run process per spec in a directory running, and the host matching

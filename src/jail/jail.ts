@@ -7,6 +7,7 @@ import type { ResolvedSpec } from '../config/resolved';
 import { closeOnExecAll } from '../kvm/libc';
 import { cgroupProcesses, CgroupPlan, createCgroups, parseCgroupMounts, parseCgroupSetting, planCgroups } from './cgroups';
 import { effectiveLimits, jailedRunArgs, jailLayout, prlimitFlags, ResourceLimit } from './jailer-flags';
+import { FC_RUN_BIN, PACKAGE_ROOT } from '../package-root';
 
 /**
  * The jailer: runs `fc-run run` for one microVM in a jail, as Firecracker's jailer runs
@@ -80,9 +81,8 @@ export interface PreparedJail {
 }
 
 const ID = /^[A-Za-z0-9-]{1,64}$/;
-const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
 /** The fc-run the jail runs: this one, mounted read-only at /opt/fc-run. */
-export const FC_RUN_BIN = path.join(PACKAGE_ROOT, 'bin', 'fc-run');
+export { FC_RUN_BIN };
 /** Where the pid of the jailed fc-run comes back from the jail (the lifeline socket). */
 const LIFELINE_FD = 3;
 

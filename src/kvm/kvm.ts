@@ -1,7 +1,7 @@
 import {
   addressOf,
   errno,
-  koffi,
+  koffiModule,
   MAP_SHARED,
   O_CLOEXEC,
   O_RDWR,
@@ -27,6 +27,8 @@ import {
   kvm_userspace_memory_region,
   sizeOf,
 } from './structs';
+
+const koffi = koffiModule();
 
 export interface CpuidEntry {
   function: number;

@@ -1,48 +1,82 @@
-import koffi from 'koffi';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import type { IKoffiLib } from 'koffi';
 import { FcRunError } from '../errors';
+
+type Koffi = typeof import('koffi');
+type NativeFunction = ReturnType<IKoffiLib['func']>;
 
 /**
  * The libc calls fc-run makes. koffi is the only FFI in the project and this folder the only place
  * that uses it. ioctl is declared non-variadic per argument kind: on x86_64 System V the variadic
  * and fixed calling conventions pass integer and pointer arguments identically.
+ *
+ * koffi (a native addon, ~25 ms to load) and libc are loaded on first use, so commands that never
+ * touch KVM or a socket (validate, plan, schema, help) do not pay for them. The first use binds
+ * every function at once, so no binding happens later (after seccomp, on a vCPU's exit path).
  */
-const libc = koffi.load('libc.so.6');
-
-export const sys = {
-  open: libc.func('int open(const char *path, int flags, int mode)'),
-  close: libc.func('int close(int fd)'),
-  ioctlInt: libc.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
-  ioctlPtr: libc.func('ioctl', 'int', ['int', 'unsigned long', 'void *']),
-  mmap: libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)'),
-  munmap: libc.func('int munmap(void *addr, size_t len)'),
-  madvise: libc.func('int madvise(void *addr, size_t len, int advice)'),
-  eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
-  write: libc.func('long write(int fd, const void *buf, size_t count)'),
-  read: libc.func('long read(int fd, void *buf, size_t count)'),
-  syscall3: libc.func('syscall', 'long', ['long', 'long', 'long', 'long']),
-  socket: libc.func('int socket(int domain, int type, int protocol)'),
-  bind: libc.func('int bind(int fd, const void *addr, unsigned int len)'),
-  listen: libc.func('int listen(int fd, int backlog)'),
-  accept4: libc.func('int accept4(int fd, void *addr, void *len, int flags)'),
-  connect: libc.func('int connect(int fd, const void *addr, unsigned int len)'),
-  sendto: libc.func('long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, unsigned int addrlen)'),
-  shutdown: libc.func('int shutdown(int fd, int how)'),
+const DECLARATIONS = {
+  open: ['int open(const char *path, int flags, int mode)'],
+  close: ['int close(int fd)'],
+  ioctlInt: ['ioctl', 'int', ['int', 'unsigned long', 'unsigned long']],
+  ioctlPtr: ['ioctl', 'int', ['int', 'unsigned long', 'void *']],
+  mmap: ['void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)'],
+  munmap: ['int munmap(void *addr, size_t len)'],
+  madvise: ['int madvise(void *addr, size_t len, int advice)'],
+  eventfd: ['int eventfd(unsigned int initval, int flags)'],
+  write: ['long write(int fd, const void *buf, size_t count)'],
+  read: ['long read(int fd, void *buf, size_t count)'],
+  syscall3: ['syscall', 'long', ['long', 'long', 'long', 'long']],
+  socket: ['int socket(int domain, int type, int protocol)'],
+  bind: ['int bind(int fd, const void *addr, unsigned int len)'],
+  listen: ['int listen(int fd, int backlog)'],
+  accept4: ['int accept4(int fd, void *addr, void *len, int flags)'],
+  connect: ['int connect(int fd, const void *addr, unsigned int len)'],
+  sendto: ['long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, unsigned int addrlen)'],
+  shutdown: ['int shutdown(int fd, int how)'],
   /** memcpy(buf, buf, 0) returns buf: the address of a Buffer's memory. */
-  addressOf: libc.func('memcpy', 'uintptr_t', ['void *', 'void *', 'size_t']),
-  fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
-  flock: libc.func('int flock(int fd, int operation)'),
-  prctl: libc.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)'),
-  seccompFilter: libc.func('syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *']),
-  timerfdCreate: libc.func('int timerfd_create(int clockid, int flags)'),
-  timerfdSettime: libc.func('int timerfd_settime(int fd, int flags, const void *newValue, void *oldValue)'),
-  epollCreate1: libc.func('int epoll_create1(int flags)'),
-  epollCtl: libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)'),
-  epollWait: libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)'),
+  addressOf: ['memcpy', 'uintptr_t', ['void *', 'void *', 'size_t']],
+  fcntl: ['int fcntl(int fd, int cmd, int arg)'],
+  flock: ['int flock(int fd, int operation)'],
+  prctl: ['int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)'],
+  seccompFilter: ['syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *']],
+  timerfdCreate: ['int timerfd_create(int clockid, int flags)'],
+  timerfdSettime: ['int timerfd_settime(int fd, int flags, const void *newValue, void *oldValue)'],
+  epollCreate1: ['int epoll_create1(int flags)'],
+  epollCtl: ['int epoll_ctl(int epfd, int op, int fd, void *event)'],
+  epollWait: ['int epoll_wait(int epfd, void *events, int maxevents, int timeout)'],
   /** Identity on the address: turns an address (from another thread) back into a koffi pointer. */
-  pointerAt: libc.func('memcpy', 'void *', ['uintptr_t', 'uintptr_t', 'size_t']),
-};
+  pointerAt: ['memcpy', 'void *', ['uintptr_t', 'uintptr_t', 'size_t']],
+} as const;
+
+let koffiLoaded: Koffi | undefined;
+
+/** The koffi module, loaded on first call. */
+export function koffiModule(): Koffi {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return (koffiLoaded ??= require('koffi') as Koffi);
+}
+
+export const sys = {} as { readonly [K in keyof typeof DECLARATIONS]: NativeFunction };
+
+function bindAll(): void {
+  const libc = koffiModule().load('libc.so.6');
+  for (const [name, decl] of Object.entries(DECLARATIONS)) {
+    const fn = (libc.func as (...args: unknown[]) => NativeFunction)(...decl);
+    Object.defineProperty(sys, name, { value: fn, enumerable: true, writable: false, configurable: false });
+  }
+}
+
+for (const name of Object.keys(DECLARATIONS)) {
+  Object.defineProperty(sys, name, {
+    enumerable: true,
+    configurable: true,
+    get() {
+      bindAll();
+      return (sys as Record<string, NativeFunction>)[name];
+    },
+  });
+}
 
 export const O_RDWR = 0o2;
 export const O_CLOEXEC = 0o2000000;
@@ -99,7 +133,7 @@ export function tgkill(tid: number, signal: number): void {
 }
 
 export function errno(): number {
-  return koffi.errno();
+  return koffiModule().errno();
 }
 
 /** "EINVAL (Invalid argument)" for an errno value. */
@@ -140,12 +174,11 @@ export class SyscallError extends FcRunError {
 
 /** Address of a koffi pointer as a bigint, for handing to another thread. */
 export function addressOf(ptr: Pointer): bigint {
-  return koffi.address(ptr) as bigint;
+  return koffiModule().address(ptr) as bigint;
 }
 
 /** An ArrayBuffer over native memory (no copy). */
 export function viewOf(ptr: Pointer, length: number): ArrayBuffer {
-  return koffi.view(ptr, length) as ArrayBuffer;
+  return koffiModule().view(ptr as never, length) as ArrayBuffer;
 }
 
-export { koffi };

@@ -1,4 +1,6 @@
-import { koffi } from './libc';
+import { koffiModule } from './libc';
+
+const koffi = koffiModule();
 
 /**
  * koffi registers struct names process-wide, and a module can be evaluated more than once in one

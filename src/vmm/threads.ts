@@ -1,8 +1,8 @@
-import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { VCPU_WORKER_SCRIPT } from '../package-root';
 
-/** Compiled worker script; tests running TypeScript sources still start the built worker. */
-const WORKER_SCRIPT = path.resolve(__dirname, '..', '..', 'dist', 'vmm', 'vcpu-worker.js');
+/** The bundled worker script; tests running TypeScript sources still start the built worker. */
+const WORKER_SCRIPT = VCPU_WORKER_SCRIPT;
 
 /**
  * vCPU threads started ahead of need. A new worker takes tens of milliseconds to load its

@@ -1,10 +1,10 @@
-import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { FcRunError } from '../errors';
 import type { VmmMessage, VmmWorkerData } from './vmm-worker';
 import { signalEventfd } from './event-loop';
+import { VMM_WORKER_SCRIPT } from '../package-root';
 
-const SCRIPT = path.resolve(__dirname, '..', '..', 'dist', 'vmm', 'vmm-worker.js');
+const SCRIPT = VMM_WORKER_SCRIPT;
 
 export interface VmmThread {
   /** Ends the VMM thread's loop. */

@@ -1,5 +1,5 @@
 import { EXIT_OK } from '../../errors';
-import * as fs from 'node:fs';
+import { FdOutput } from '../output';
 import { LogFollower, streamWholeLog, vmFiles } from '../../fleet';
 import type { CommandSpec, ParsedArgs } from '../args';
 import type { Io } from '../io';
@@ -28,7 +28,7 @@ export async function logsCommand(io: Io, args: ParsedArgs): Promise<number> {
     if (b.length === 0 || readerGone) return;
     // Written synchronously: a slow reader of gigabytes of log must not make them pile up here.
     const out = json ? Buffer.from(`${JSON.stringify({ id, data: b.toString('utf8') })}\n`) : b;
-    if (io.out === process.stdout) readerGone = !writeAll(1, out);
+    if (io.out instanceof FdOutput) readerGone = !io.out.write(out);
     else io.out.write(out);
   };
   const readTo = streamWholeLog(f.serial, f.serialOld, emit);
@@ -48,20 +48,4 @@ export async function logsCommand(io: Io, args: ParsedArgs): Promise<number> {
     process.on('SIGTERM', done);
   });
   return EXIT_OK;
-}
-
-/** Writes all of `b`; false when the reader has gone (`fc-run logs x | head`). */
-function writeAll(fd: number, b: Buffer): boolean {
-  for (let off = 0; off < b.length; ) {
-    try {
-      off += fs.writeSync(fd, b, off);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EPIPE') return false;
-      // A non-blocking stdout (a pipe set so by another process) that is full: wait and go on.
-      if (code !== 'EAGAIN') throw err;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
-    }
-  }
-  return true;
 }

@@ -3,11 +3,10 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { loadSpecFile } from '../../config/validate';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../../config/resolved';
-import { planRunnable } from '../../boot';
-import { launch, monitorFor, prewarmVcpuThreads } from '../../boot/launch';
+import { planRunnable, prewarmVcpuThreads } from '../../boot';
 import type { BootPlan } from '../../boot';
 import type { MonitorConfig } from '../../monitor/vm-monitor';
-import { ApiContext, startApi } from '../../api/server';
+import type { ApiContext } from '../../api/server';
 import { EXIT_FAILURE, EXIT_OK, FcRunError } from '../../errors';
 import { CommandSpec, OptionSpec, ParsedArgs, UsageError } from '../args';
 import { applyStrict, Io, reportIssues, reportStatus, Reporting, write } from '../io';
@@ -254,6 +253,11 @@ async function launchPlanned(
   startNs: bigint,
   hooks: { running: () => void; apiOpened: (close: () => void) => void },
 ): Promise<number> {
+  // Loaded only now: KVM, the device models and the API are not needed to refuse a spec.
+  /* eslint-disable @typescript-eslint/no-require-imports */
+  const { launch, monitorFor } = require('../../boot/launch') as typeof import('../../boot/launch');
+  const { startApi } = require('../../api/server') as typeof import('../../api/server');
+  /* eslint-enable @typescript-eslint/no-require-imports */
   const serialOutFd = serialTarget(o['serial-out'] as string | undefined);
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
   const serialIn = process.stdin.isTTY && serialOutFd === 1 ? process.stdin : undefined;

@@ -1,4 +1,3 @@
-import * as path from 'node:path';
 import { loadSpecFile } from '../../config/validate';
 import { planSpec } from '../../boot';
 import { EXIT_OK } from '../../errors';
@@ -8,9 +7,10 @@ import { CommandSpec, ParsedArgs, UsageError } from '../args';
 import { Io, reportIssues, reportStatus, write } from '../io';
 import { instanceIdProblem } from './run';
 import { REPORT_OPTIONS, reportingOf } from './common';
+import { FC_RUN_BIN } from '../../package-root';
 
 /** bin/fc-run of this installation (the same from src/ under ts-jest and from dist/). */
-export const FC_RUN_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'fc-run');
+export { FC_RUN_BIN };
 
 const RESTART = ['no', 'on-failure', 'always'] as const;
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env node
+// Bundles the compiled tree (dist/) into one file per entry point: the CLI and the two thread
+// entries. A start then reads one file instead of resolving and reading dozens of modules. After
+// bundling, the CLI is warmed up in this process (plan and validate on an example, whose outcome
+// does not matter) and V8's code cache for what ran is written beside the bundle
+// (dist/bundle/cli.js.cache), which bin/fc-run hands to V8 at every start.
+'use strict';
+const fs = require('node:fs');
+const path = require('node:path');
+const esbuild = require('esbuild');
+
+const root = path.resolve(__dirname, '..');
+const outdir = path.join(root, 'dist', 'bundle');
+const ENTRIES = { cli: 'dist/cli/main.js', 'vcpu-worker': 'dist/vmm/vcpu-worker.js', 'vmm-worker': 'dist/vmm/vmm-worker.js' };
+
+// The spec validator is precompiled (scripts/gen-validator.js); the schema compiler `ajv` is only
+// the fallback for sources run under ts-jest, so it stays out of the bundles (ajv/dist/runtime/*,
+// which the precompiled code uses, is bundled). koffi is a native addon: loaded from node_modules.
+const ajvCompilerOutside = {
+  name: 'ajv-compiler-outside',
+  setup(build) {
+    build.onResolve({ filter: /^ajv$/ }, () => ({ path: 'ajv', external: true }));
+  },
+};
+
+async function bundle() {
+  fs.rmSync(outdir, { recursive: true, force: true });
+  await esbuild.build({
+    entryPoints: Object.fromEntries(Object.entries(ENTRIES).map(([name, file]) => [name, path.join(root, file)])),
+    outdir,
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    // jsonc-parser's CommonJS build loads its parts with require calls a bundler cannot follow.
+    mainFields: ['module', 'main'],
+    external: ['koffi'],
+    plugins: [ajvCompilerOutside],
+    // Whitespace and syntax only: identifiers stay, so an internal error's stack still names the function.
+    minifyWhitespace: true,
+    minifySyntax: true,
+    charset: 'ascii',
+    legalComments: 'none',
+    logLevel: 'warning',
+  });
+}
+
+async function warmUpAndCache() {
+  const { loadBundle } = require(path.join(root, 'dist', 'code-cache.js'));
+  const file = path.join(outdir, 'cli.js');
+  const loaded = loadBundle(file, require);
+  const sink = { write: () => true, isTTY: false };
+  const io = { out: sink, err: sink };
+  // The hot paths only: a bigger cache costs more to read and deserialize at every start than the
+  // rarer paths cost to compile when they run.
+  const example = path.join(root, 'examples', 'hello.json');
+  for (const argv of [['plan', example], ['validate', example]]) await loaded.exports.main(argv, io);
+  fs.writeFileSync(`${file}.cache`, loaded.createCache());
+}
+
+(async () => {
+  await bundle();
+  for (const name of Object.keys(ENTRIES)) {
+    const text = fs.readFileSync(path.join(outdir, `${name}.js`));
+    if (text.some((b) => b > 0x7f)) throw new Error(`bundle: dist/bundle/${name}.js is not ASCII (bin/fc-run reads it as Latin-1)`);
+  }
+  // The CLI bundle is stored already wrapped as Node's loader would wrap it, so V8 compiles the
+  // file's own text (no 600 KB concatenation at every start). Workers load theirs with require.
+  const { BUNDLE_PREFIX, BUNDLE_SUFFIX } = require(path.join(root, 'dist', 'code-cache.js'));
+  const cli = path.join(outdir, 'cli.js');
+  fs.writeFileSync(cli, BUNDLE_PREFIX + fs.readFileSync(cli, 'latin1') + BUNDLE_SUFFIX, 'latin1');
+  await warmUpAndCache();
+  const sizes = fs.readdirSync(outdir).map((f) => `${f} ${(fs.statSync(path.join(outdir, f)).size / 1024).toFixed(0)} KiB`);
+  console.log(`bundled: ${sizes.join(', ')}`);
+})().catch((err) => {
+  console.error(`bundle: ${err.stack || err}`);
+  process.exit(1);
+});

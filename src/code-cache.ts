@@ -1,0 +1,40 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as vm from 'node:vm';
+
+/**
+ * Loads the CLI bundle (dist/bundle/cli.js: one CommonJS module written by scripts/bundle.js as a
+ * bare function expression, the wrapper Node's own loader would add) compiled with V8's code
+ * cache stored beside it (cli.js.cache, written by scripts/bundle.js after a warm-up), so a start
+ * parses and compiles almost nothing. A cache V8 rejects (another Node.js version, a rebuilt
+ * bundle) is ignored: the bundle is then compiled as usual.
+ */
+export interface LoadedBundle {
+  exports: Record<string, unknown>;
+  /** Whether a code cache was found and V8 accepted it. */
+  cacheUsed: boolean;
+  /** The code cache V8 would write now (what ran so far included). */
+  createCache(): Buffer;
+}
+
+/** What the bundle file starts with: the parameters Node's CommonJS wrapper passes. */
+export const BUNDLE_PREFIX = '(function (exports, require, module, __filename, __dirname) {';
+export const BUNDLE_SUFFIX = '\n})';
+
+/** `requireFn` resolves the bundle's own requires (node: built-ins, koffi from node_modules). */
+export function loadBundle(file: string, requireFn: NodeJS.Require): LoadedBundle {
+  // esbuild writes ASCII only (scripts/bundle.js checks), so Latin-1 decoding is exact and cheap.
+  const source = fs.readFileSync(file, 'latin1');
+  if (!source.startsWith(BUNDLE_PREFIX)) throw new Error(`${file} is not an fc-run bundle (rebuild with npm run build)`);
+  let cachedData: Buffer | undefined;
+  try {
+    cachedData = fs.readFileSync(`${file}.cache`);
+  } catch {
+    cachedData = undefined;
+  }
+  const script = new vm.Script(source, { filename: file, cachedData });
+  const module = { exports: {} as Record<string, unknown> };
+  const run = script.runInThisContext() as (...args: unknown[]) => void;
+  run.call(module.exports, module.exports, requireFn, module, file, path.dirname(file));
+  return { exports: module.exports, cacheUsed: cachedData !== undefined && !script.cachedDataRejected, createCache: () => script.createCachedData() };
+}

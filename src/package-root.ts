@@ -1,0 +1,31 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+/**
+ * The fc-run package's root directory (where package.json, bin/, schemas/ and dist/ are), found
+ * from this file's location upward. The compiled tree (dist/<folder>/x.js), the bundles
+ * (dist/bundle/x.js) and the sources under ts-jest (src/x.ts) all sit at different depths.
+ */
+function findPackageRoot(from: string): string {
+  for (let dir = from; ; dir = path.dirname(dir)) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown };
+      if (pkg.name === 'fc-run') return dir;
+    } catch {
+      // not here: look one level up
+    }
+    if (path.dirname(dir) === dir) throw new Error(`fc-run: cannot find its package.json above ${from}`);
+  }
+}
+
+export const PACKAGE_ROOT = findPackageRoot(__dirname);
+
+/** The package's version, from its package.json. */
+export const PACKAGE_VERSION: string = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+
+/** Paths inside the package. */
+export const FC_RUN_BIN = path.join(PACKAGE_ROOT, 'bin', 'fc-run');
+export const SCHEMA_PATH = path.join(PACKAGE_ROOT, 'schemas', 'vm.schema.json');
+/** Thread entry points: bundled, each one file (scripts/bundle.js). */
+export const VCPU_WORKER_SCRIPT = path.join(PACKAGE_ROOT, 'dist', 'bundle', 'vcpu-worker.js');
+export const VMM_WORKER_SCRIPT = path.join(PACKAGE_ROOT, 'dist', 'bundle', 'vmm-worker.js');
