@@ -1,0 +1,114 @@
+#!/usr/bin/env node
+// Creation rate: launches the 1-vCPU probe guest back to back on every core, a fixed number of
+// times, and reports VMs per core per second (the design's reference: 5), failures (must be 0),
+// spawn → first serial byte (p50, p99), CPU per launch against `node -e 0` measured in the same
+// run, the guest's share of that CPU (time Linux accounted to running the guest), and peak RSS
+// with 1 and with 32 vCPUs (the cost of each further vCPU thread). Needs /dev/kvm.
+// Usage: node bench/rate.js [launches=100]
+'use strict';
+const { execFileSync, spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..');
+const launches = Number(process.argv[2] ?? 100);
+if (!Number.isInteger(launches) || launches < 1 || process.argv.length > 3) {
+  console.error('usage: node bench/rate.js [launches=100]');
+  process.exit(1);
+}
+if (!fs.existsSync('/dev/kvm')) {
+  console.error('bench:rate launches real microVMs and needs /dev/kvm, which this host does not have');
+  process.exit(1);
+}
+const probe = path.join(root, 'guest', 'probe', 'build', 'probe.elf');
+if (!fs.existsSync(probe)) execFileSync('make', ['-s', '-C', path.join(root, 'guest', 'probe')], { stdio: 'inherit' });
+const tool = path.join(os.tmpdir(), `fc-run-rusage-${process.getuid()}`);
+execFileSync('cc', ['-O2', '-o', tool, path.join(__dirname, 'c', 'rusage.c')]);
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-bench-rate-'));
+function specFile(vcpus) {
+  const file = path.join(dir, `probe-${vcpus}.json`);
+  const spec = { 'boot-source': { kernel_image_path: probe, boot_args: 'console=ttyS0 reboot=k panic=1' }, 'machine-config': { vcpu_count: vcpus, mem_size_mib: 64 } };
+  fs.writeFileSync(file, JSON.stringify(spec));
+  return file;
+}
+
+/** One process under the rusage tool: first stdout byte (ms after spawn), its cost, its exit. */
+function launch(argv) {
+  return new Promise((resolve) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn(tool, ['--keep-stdout', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let firstByte;
+    let report = '';
+    child.stdout.once('data', () => (firstByte = Number(process.hrtime.bigint() - t0) / 1e6));
+    child.stdout.resume();
+    child.stderr.on('data', (d) => (report += d));
+    child.on('close', () => {
+      const [wall, user, sys, rss, code, guest] = report.trim().split('\n').pop().split(' ').map(Number);
+      resolve({ firstByte, wallMs: wall / 1000, cpuMs: (user + sys) / 1000, guestMs: guest / 1000, rssMiB: rss / 1024, code });
+    });
+  });
+}
+
+const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))];
+const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+
+(async () => {
+  const cores = os.availableParallelism();
+  const node = process.execPath;
+  const bin = path.join(root, 'bin', 'fc-run');
+  const one = specFile(1);
+  await launch([node, bin, one]); // warm the page cache
+
+  // The baseline, in the same run: node -e 0, as many times as there are launches, as many at once.
+  const baseline = [];
+  let next = 0;
+  await Promise.all(Array.from({ length: cores }, async () => {
+    while (next++ < launches) baseline.push(await launch([node, '-e', '0']));
+  }));
+
+  const runs = [];
+  next = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(Array.from({ length: cores }, async () => {
+    while (next++ < launches) runs.push(await launch([node, bin, one]));
+  }));
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const ok = runs.filter((r) => r.code === 0 && r.firstByte !== undefined);
+  const failures = runs.length - ok.length;
+
+  const nodeCpu = pct(baseline.map((r) => r.cpuMs), 50);
+  const cpu = pct(ok.map((r) => r.cpuMs), 50);
+  const guestShare = sum(ok.map((r) => r.guestMs)) / sum(ok.map((r) => r.cpuMs));
+  const vmmCpu = pct(ok.map((r) => r.cpuMs - r.guestMs), 50);
+  console.log(`Probe guest (1 vCPU, 64 MiB) launched ${launches} times, ${cores} at a time on ${cores} cores`);
+  console.log(`  rate                  ${(launches / seconds / cores).toFixed(2)} VMs per core per second   (target >= 5)   ${(launches / seconds).toFixed(1)} VMs/s in all`);
+  console.log(`  failures              ${failures}`);
+  if (ok.length > 0) {
+    console.log(`  spawn -> first byte   p50 ${pct(ok.map((r) => r.firstByte), 50).toFixed(1)} ms   p99 ${pct(ok.map((r) => r.firstByte), 99).toFixed(1)} ms`);
+    console.log(`  CPU per launch        ${cpu.toFixed(1)} ms   ${(cpu / nodeCpu).toFixed(2)}x of node -e 0 (${nodeCpu.toFixed(1)} ms)   target <= 2x`);
+    console.log(`    of which the guest  ${(guestShare * 100).toFixed(1)} %   (the VMM's own: ${vmmCpu.toFixed(1)} ms per launch, ${(vmmCpu / nodeCpu).toFixed(2)}x of node -e 0)`);
+    console.log(`  peak RSS              ${pct(ok.map((r) => r.rssMiB), 50).toFixed(1)} MiB   node -e 0: ${pct(baseline.map((r) => r.rssMiB), 50).toFixed(1)} MiB`);
+  }
+
+  // Memory per vCPU thread: 32 vCPUs against 1, one at a time.
+  const many = specFile(32);
+  const rss1 = [];
+  const rss32 = [];
+  for (let i = 0; i < 5; i++) {
+    rss1.push((await launch([node, bin, one])).rssMiB);
+    rss32.push((await launch([node, bin, many])).rssMiB);
+  }
+  const perVcpu = (pct(rss32, 50) - pct(rss1, 50)) / 31;
+  console.log(`  peak RSS, 32 vCPUs    ${pct(rss32, 50).toFixed(1)} MiB   ${perVcpu.toFixed(2)} MiB per further vCPU   (target <= 5)`);
+  fs.rmSync(dir, { recursive: true, force: true });
+  if (failures > 0) {
+    const codes = runs.filter((r) => r.code !== 0 || r.firstByte === undefined).map((r) => r.code);
+    console.error(`launches failed (exit codes: ${codes.join(' ')})`);
+    process.exit(1);
+  }
+})().catch((err) => {
+  console.error(err.stack || err.message);
+  process.exit(1);
+});
