@@ -3,7 +3,8 @@
 // entries. A start then reads one file instead of resolving and reading dozens of modules. After
 // bundling, the CLI is warmed up in this process (plan and validate on an example, whose outcome
 // does not matter) and V8's code cache for what ran is written beside the bundle
-// (dist/bundle/cli.js.cache), which bin/fc-run hands to V8 at every start.
+// (dist/bundle/cli.js.cache), which bin/fc-run hands to V8 at every start; each thread bundle
+// gets the cache of its module evaluation the same way (src/vmm/threads.ts loads them).
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
@@ -58,18 +59,43 @@ async function warmUpAndCache() {
   fs.writeFileSync(`${file}.cache`, loaded.createCache());
 }
 
+/**
+ * A thread bundle's code cache, made in a thread as the bundle runs there: its modules are
+ * evaluated (a vCPU thread then waits for its vCPU; the VMM thread stops at its missing launch
+ * data, which is expected here) and what V8 compiled so far is written beside it.
+ */
+function threadCache(file) {
+  const { Worker } = require('node:worker_threads');
+  const code = `
+    const { compileBundle, runBundle } = require(${JSON.stringify(path.join(root, 'dist', 'code-cache.js'))});
+    const file = ${JSON.stringify(file)};
+    const compiled = compileBundle(file);
+    try { runBundle(compiled, file, require('node:module').createRequire(file)); } catch {}
+    require('node:fs').writeFileSync(file + '.cache', compiled.script.createCachedData());
+    require('node:worker_threads').parentPort.postMessage('cached');`;
+  return new Promise((resolve, reject) => {
+    const w = new Worker(code, { eval: true });
+    w.once('message', () => w.terminate().then(resolve, reject));
+    w.once('error', reject);
+    w.once('exit', (c) => (fs.existsSync(`${file}.cache`) ? resolve() : reject(new Error(`no code cache for ${file} (thread exit ${c})`))));
+  });
+}
+
 (async () => {
   await bundle();
   for (const name of Object.keys(ENTRIES)) {
     const text = fs.readFileSync(path.join(outdir, `${name}.js`));
     if (text.some((b) => b > 0x7f)) throw new Error(`bundle: dist/bundle/${name}.js is not ASCII (bin/fc-run reads it as Latin-1)`);
   }
-  // The CLI bundle is stored already wrapped as Node's loader would wrap it, so V8 compiles the
-  // file's own text (no 600 KB concatenation at every start). Workers load theirs with require.
+  // Each bundle is stored already wrapped as Node's loader would wrap it, so V8 compiles the
+  // file's own text (no 600 KB concatenation at every start); src/code-cache.ts loads it.
   const { BUNDLE_PREFIX, BUNDLE_SUFFIX } = require(path.join(root, 'dist', 'code-cache.js'));
-  const cli = path.join(outdir, 'cli.js');
-  fs.writeFileSync(cli, BUNDLE_PREFIX + fs.readFileSync(cli, 'latin1') + BUNDLE_SUFFIX, 'latin1');
+  for (const name of Object.keys(ENTRIES)) {
+    const file = path.join(outdir, `${name}.js`);
+    fs.writeFileSync(file, BUNDLE_PREFIX + fs.readFileSync(file, 'latin1') + BUNDLE_SUFFIX, 'latin1');
+  }
   await warmUpAndCache();
+  for (const name of ['vcpu-worker', 'vmm-worker']) await threadCache(path.join(outdir, `${name}.js`));
   const sizes = fs.readdirSync(outdir).map((f) => `${f} ${(fs.statSync(path.join(outdir, f)).size / 1024).toFixed(0)} KiB`);
   console.log(`bundled: ${sizes.join(', ')}`);
 })().catch((err) => {

@@ -3,10 +3,10 @@ import * as path from 'node:path';
 import * as vm from 'node:vm';
 
 /**
- * Loads the CLI bundle (dist/bundle/cli.js: one CommonJS module written by scripts/bundle.js as a
- * bare function expression, the wrapper Node's own loader would add) compiled with V8's code
- * cache stored beside it (cli.js.cache, written by scripts/bundle.js after a warm-up), so a start
- * parses and compiles almost nothing. A cache V8 rejects (another Node.js version, a rebuilt
+ * Loads a bundle (dist/bundle/*.js: one CommonJS module written by scripts/bundle.js as a bare
+ * function expression, the wrapper Node's own loader would add) compiled with V8's code cache
+ * stored beside it (FILE.cache, written by scripts/bundle.js: the CLI's after a warm-up, each
+ * thread's after loading), so a start parses and compiles almost nothing. A cache V8 rejects (another Node.js version, a rebuilt
  * bundle) is ignored: the bundle is then compiled as usual.
  */
 export interface LoadedBundle {
@@ -21,8 +21,13 @@ export interface LoadedBundle {
 export const BUNDLE_PREFIX = '(function (exports, require, module, __filename, __dirname) {';
 export const BUNDLE_SUFFIX = '\n})';
 
-/** `requireFn` resolves the bundle's own requires (node: built-ins, koffi from node_modules). */
-export function loadBundle(file: string, requireFn: NodeJS.Require): LoadedBundle {
+/** A bundle compiled (with its code cache when V8 accepts it), not yet run. */
+export interface CompiledBundle {
+  script: vm.Script;
+  cacheUsed: boolean;
+}
+
+export function compileBundle(file: string): CompiledBundle {
   // esbuild writes ASCII only (scripts/bundle.js checks), so Latin-1 decoding is exact and cheap.
   const source = fs.readFileSync(file, 'latin1');
   if (!source.startsWith(BUNDLE_PREFIX)) throw new Error(`${file} is not an fc-run bundle (rebuild with npm run build)`);
@@ -33,8 +38,19 @@ export function loadBundle(file: string, requireFn: NodeJS.Require): LoadedBundl
     cachedData = undefined;
   }
   const script = new vm.Script(source, { filename: file, cachedData });
+  return { script, cacheUsed: cachedData !== undefined && !script.cachedDataRejected };
+}
+
+/** Runs a compiled bundle as a CommonJS module; `requireFn` resolves its requires (node: built-ins, koffi). */
+export function runBundle(compiled: CompiledBundle, file: string, requireFn: NodeJS.Require): Record<string, unknown> {
   const module = { exports: {} as Record<string, unknown> };
-  const run = script.runInThisContext() as (...args: unknown[]) => void;
+  const run = compiled.script.runInThisContext() as (...args: unknown[]) => void;
   run.call(module.exports, module.exports, requireFn, module, file, path.dirname(file));
-  return { exports: module.exports, cacheUsed: cachedData !== undefined && !script.cachedDataRejected, createCache: () => script.createCachedData() };
+  return module.exports;
+}
+
+export function loadBundle(file: string, requireFn: NodeJS.Require): LoadedBundle {
+  const compiled = compileBundle(file);
+  const exports = runBundle(compiled, file, requireFn);
+  return { exports, cacheUsed: compiled.cacheUsed, createCache: () => compiled.script.createCachedData() };
 }

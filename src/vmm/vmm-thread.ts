@@ -2,9 +2,10 @@ import { Worker } from 'node:worker_threads';
 import { FcRunError } from '../errors';
 import type { VmmMessage, VmmWorkerData } from './vmm-worker';
 import { signalEventfd } from './event-loop';
+import { threadLoaderCode } from './threads';
 import { VMM_WORKER_SCRIPT } from '../package-root';
 
-const SCRIPT = VMM_WORKER_SCRIPT;
+const VMM_THREAD_CODE = threadLoaderCode(VMM_WORKER_SCRIPT);
 
 export interface VmmThread {
   /** Ends the VMM thread's loop. */
@@ -18,7 +19,7 @@ export interface VmmThread {
 /** Starts the VMM thread and resolves once every device model is built (files opened). */
 export function startVmmThread(data: VmmWorkerData): Promise<VmmThread> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(SCRIPT, { workerData: data, name: 'vmm' });
+    const w = new Worker(VMM_THREAD_CODE, { eval: true, workerData: data, name: 'vmm' });
     let resolveStopped: (c: Record<string, unknown>) => void = () => undefined;
     const stopped = new Promise<Record<string, unknown>>((r) => (resolveStopped = r));
     let ready = false;

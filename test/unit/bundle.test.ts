@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { BUNDLE_PREFIX } from '../../src/code-cache';
 import { PACKAGE_ROOT, VCPU_WORKER_SCRIPT, VMM_WORKER_SCRIPT } from '../../src/package-root';
+import { threadLoaderCode } from '../../src/vmm/threads';
 
 // The bundles scripts/bundle.js writes (npm run build): what bin/fc-run and the threads load.
 const BUNDLE = path.join(PACKAGE_ROOT, 'dist', 'bundle');
@@ -52,23 +53,41 @@ describe('bundles', () => {
     expect(r.loaded.length).toBeGreaterThan(0); // the probe does see what loads
   });
 
-  it('the vCPU thread bundle loads (koffi and the device models included) and waits for its vCPU', async () => {
-    const w = new Worker(VCPU_WORKER_SCRIPT);
-    const errors: Error[] = [];
-    w.on('error', (e) => errors.push(e));
-    await new Promise((resolve) => w.once('online', resolve));
-    // Module evaluation is over once a message round-trips the event loop; the thread stays idle.
-    await new Promise((resolve) => setImmediate(resolve));
-    await w.terminate();
-    expect(errors).toEqual([]);
+  it('the thread bundles are stored wrapped and their code caches are accepted in a thread', async () => {
+    for (const bundle of [VCPU_WORKER_SCRIPT, VMM_WORKER_SCRIPT]) {
+      expect(fs.readFileSync(bundle, 'latin1').startsWith(BUNDLE_PREFIX)).toBe(true);
+      const code = `const { compileBundle } = require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))});
+        require('node:worker_threads').parentPort.postMessage(compileBundle(${JSON.stringify(bundle)}).cacheUsed);`;
+      const w = new Worker(code, { eval: true });
+      const used = await new Promise((resolve, reject) => {
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+      await w.terminate();
+      expect(used).toBe(true);
+    }
   });
 
-  it('the VMM thread bundle loads its modules and then needs the data a launch gives it', async () => {
-    const w = new Worker(VMM_WORKER_SCRIPT);
+  it('the vCPU thread loads its bundle (koffi and the device models included) and waits for its vCPU', async () => {
+    const w = new Worker(`${threadLoaderCode(VCPU_WORKER_SCRIPT)}; require('node:worker_threads').parentPort.postMessage('loaded');`, { eval: true });
+    const errors: Error[] = [];
+    w.on('error', (e) => errors.push(e));
+    // The message is posted only after the bundle's modules were evaluated without throwing.
+    const first = await new Promise((resolve) => {
+      w.once('message', resolve);
+      w.once('exit', () => resolve('exited'));
+    });
+    await w.terminate();
+    expect(errors).toEqual([]);
+    expect(first).toBe('loaded');
+  });
+
+  it('the VMM thread loads its bundle and then needs the data a launch gives it', async () => {
+    const w = new Worker(threadLoaderCode(VMM_WORKER_SCRIPT), { eval: true });
     const failure = await new Promise<Error>((resolve) => w.once('error', resolve));
     await w.terminate();
     // Not a missing module: the first statement that reads workerData failed.
-    expect(failure.message).not.toMatch(/Cannot find module/);
+    expect(failure.message).not.toMatch(/Cannot find module|not an fc-run bundle/);
     expect(failure.message).toMatch(/undefined/);
   });
 
