@@ -186,12 +186,29 @@ const SECCOMP_FILTER_FLAG_TSYNC = 1;
  * Needs no privilege: no_new_privs is set first, as the kernel requires.
  */
 export function installSeccomp(deny = SECCOMP_RET_KILL_PROCESS): void {
-  if (process.arch !== 'x64') throw new SyscallError('seccomp', 22, 'the seccomp filter is built for x86_64 only');
-  const filter = buildFilter(deny);
+  loadFilter(buildFilter(deny), SECCOMP_FILTER_FLAG_TSYNC);
+}
+
+/**
+ * Installs a BPF program (struct sock_filter[], e.g. one of compileSeccompilerJson's) on the
+ * calling thread only: the process's other threads keep their filters; threads this one starts
+ * later inherit it. Irreversible. Like installSeccomp, sets no_new_privs first (for the process).
+ */
+export function installThreadFilter(program: Buffer): void {
+  const count = program.length / 8;
+  if (!Number.isInteger(count) || count < 1 || count > 4096) {
+    throw new SyscallError('seccomp', 22, `a BPF program is 1 to 4096 instructions of 8 bytes, not ${program.length} bytes`);
+  }
+  loadFilter(program, 0);
+}
+
+function loadFilter(filter: Buffer, flags: number): void {
+  if (process.arch !== 'x64') throw new SyscallError('seccomp', 22, 'seccomp filters are built for x86_64 only');
   if (sys.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) !== 0) throw new SyscallError('prctl(PR_SET_NO_NEW_PRIVS)', errno());
-  const fprog = Buffer.alloc(16);
+  const fprog = Buffer.alloc(16); // struct sock_fprog: u16 len, (padding), pointer
   fprog.writeUInt16LE(filter.length / 8, 0);
   fprog.writeBigUInt64LE(BigInt(sys.addressOf(filter, filter, 0)), 8);
-  const r = Number(sys.seccompFilter(SYS.seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, fprog));
+  const r = Number(sys.seccompFilter(SYS.seccomp, SECCOMP_SET_MODE_FILTER, flags, fprog));
+  // With TSYNC, a positive result is the id of a thread that could not take the filter.
   if (r !== 0) throw new SyscallError('seccomp(SECCOMP_SET_MODE_FILTER)', r > 0 ? 16 : errno(), r > 0 ? `thread ${r} could not take the filter` : undefined);
 }
