@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { MonitorConfig, VmMonitor } from '../monitor/vm-monitor';
 import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
-import { installSeccomp } from '../kvm/seccomp';
+import { installSeccomp, installThreadFilter } from '../kvm/seccomp';
 import { ControlClient, createControlChannel } from '../vmm/control';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
 import { Kvm } from '../kvm/kvm';
@@ -38,10 +38,23 @@ export interface LaunchOptions {
   monitor?: VmMonitor;
   /** Install the seccomp filter before the guest runs (default true). */
   seccomp?: boolean;
+  /** Per-thread filters (--seccomp-filter), each installed by its thread on top of the process-wide one. */
+  threadFilters?: ThreadFilters;
   /** Called when the VM starts running (its stop handlers, SIGTERM included, are in place). */
   onRunning?: (vm: RunningVm) => void;
   /** Largest MMDS contents the API may set (bytes). */
   mmdsSizeLimit?: number;
+}
+
+/**
+ * BPF programs for Firecracker's thread categories: `api` for the main thread (CLI, API server),
+ * `vmm` for the VMM thread (device models), `vcpu` for every vCPU thread. Node's own helper
+ * threads (libuv's pool, V8's) keep the process-wide filter only.
+ */
+export interface ThreadFilters {
+  api?: Buffer;
+  vmm?: Buffer;
+  vcpu?: Buffer;
 }
 
 /** What the API can do to a running VM. */
@@ -76,7 +89,15 @@ const QUEUES: Record<string, number> = { block: 1, entropy: 1, net: 2, vsock: 3 
  * write of the queue index to QueueNotify signals it without a VM exit), then the VMM thread that
  * owns the device models.
  */
-async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: unknown, monitor: VmMonitor, mmdsSizeLimit: number): Promise<{ windows: VirtioWindows; thread?: VmmThread; control?: ControlClient }> {
+async function startDevices(
+  vm: Vm,
+  mem: GuestMemory,
+  plan: BootPlan,
+  mmdsData: unknown,
+  monitor: VmMonitor,
+  mmdsSizeLimit: number,
+  vmmFilter: Buffer | undefined,
+): Promise<{ windows: VirtioWindows; thread?: VmmThread; control?: ControlClient }> {
   const mailbox = createMailboxes(plan.vcpus.count);
   const mailboxFd = eventfd();
   const setups: VirtioDeviceSetup[] = [];
@@ -102,7 +123,7 @@ async function startDevices(vm: Vm, mem: GuestMemory, plan: BootPlan, mmdsData: 
   if (setups.length === 0) return { windows };
   const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {}, sizeLimit: mmdsSizeLimit };
   const control = createControlChannel(mmdsSizeLimit + 64 * 1024, eventfd());
-  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, ...monitor.shared() });
+  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, seccompFilter: vmmFilter, ...monitor.shared() });
   return { windows, thread, control: new ControlClient(control) };
 }
 
@@ -146,7 +167,8 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   for (const v of vcpus) configureVcpu(v, plan, cpuid);
 
   const monitor = opts.monitor ?? monitorFor(plan, {});
-  const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT);
+  const vmmFilter = opts.seccomp === false ? undefined : opts.threadFilters?.vmm;
+  const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT, vmmFilter);
   const micro = new MicroVm(vm, vcpus, {
     virtio: virtio.windows,
     vmmThread: virtio.thread,
@@ -161,12 +183,19 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
     },
     launchStartNs: opts.startNs,
     monitor,
+    vcpuSeccompFilter: opts.seccomp === false ? undefined : opts.threadFilters?.vcpu,
   });
   // Everything is open and every thread that exists is set up: from here on the process may not
   // start programs, create processes, open network sockets or change the system (src/kvm/seccomp.ts).
   if (opts.seccomp !== false) {
     installSeccomp();
     monitor.log.info('vmm', 'seccomp filter installed');
+    const custom = opts.threadFilters;
+    if (custom) {
+      if (custom.api) installThreadFilter(custom.api);
+      const has = (k: keyof ThreadFilters) => (custom[k] ? k : `${k} (none)`);
+      monitor.log.info('vmm', `per-thread seccomp filters from --seccomp-filter: ${[has('api'), has('vmm'), has('vcpu')].join(', ')}`);
+    }
   } else {
     monitor.log.warn('vmm', 'running without a seccomp filter (--no-seccomp)');
   }

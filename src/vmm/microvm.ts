@@ -22,6 +22,8 @@ export interface MicroVmOptions {
   ports: { serial: number; serialIrq: number; i8042: number; i8042Irq: number; bootTimer: number };
   launchStartNs: bigint;
   monitor: VmMonitor;
+  /** Each vCPU thread's own seccomp filter (--seccomp-filter's vcpu category). */
+  vcpuSeccompFilter?: Buffer;
 }
 
 export interface RunResult {
@@ -140,6 +142,7 @@ export class MicroVm {
           launchStartNs: this.opts.launchStartNs.toString(),
           ports: { serial: this.opts.ports.serial, i8042: this.opts.ports.i8042, bootTimer: this.opts.ports.bootTimer },
           virtio: this.opts.virtio,
+          seccompFilter: this.opts.vcpuSeccompFilter,
           ...this.opts.monitor.shared(),
         };
         const w = takeVcpuThread();

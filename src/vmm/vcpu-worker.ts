@@ -20,6 +20,7 @@ import { exitField, VCPU_FIELDS } from '../monitor/vm-metrics';
 import { formatRegisters } from './registers';
 import { MailboxClient } from './mmio-mailbox';
 import { MMIO } from '../devices/virtio/mmio';
+import { installThreadFilter } from '../kvm/seccomp';
 
 /**
  * One vCPU thread: runs KVM_RUN in a loop and handles port and MMIO exits right here, with device
@@ -41,6 +42,8 @@ export interface VcpuWorkerData {
   virtio: VirtioWindows;
   metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
   logger: SharedLoggerOptions;
+  /** This thread's own seccomp filter (--seccomp-filter's vcpu category), installed before KVM_RUN. */
+  seccompFilter?: Uint8Array;
 }
 
 /** The virtio-mmio windows a vCPU dispatches to, and how it reaches their device models. */
@@ -313,6 +316,8 @@ function start(data: VcpuWorkerData): void {
   }
 
   try {
+    // Right before the guest runs, as Firecracker does: the thread's own filter, if one was given.
+    if (data.seccompFilter) installThreadFilter(Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength));
     port.postMessage({ kind: 'ready', vcpu: data.id, tid: gettid() } satisfies VcpuMessage);
     loop();
   } catch (err) {

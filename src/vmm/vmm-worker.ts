@@ -18,6 +18,7 @@ import type { RateLimiterConfig } from '../limits/token-bucket';
 import { VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
 import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
 import { serveMailboxes } from './mmio-mailbox';
+import { installThreadFilter } from '../kvm/seccomp';
 
 /**
  * The VMM thread: owns every virtio device and runs the epoll loop over their fds (queue
@@ -50,6 +51,8 @@ export interface VmmWorkerData {
   /** Shared metrics memory (device groups and `mmds` are this thread's to write). */
   metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
   logger: SharedLoggerOptions;
+  /** This thread's own seccomp filter (--seccomp-filter's vmm category), installed before its loop runs. */
+  seccompFilter?: Uint8Array;
 }
 
 export type VmmMessage = { kind: 'ready' } | { kind: 'error'; message: string } | { kind: 'stopped'; counters: Record<string, unknown> };
@@ -206,6 +209,8 @@ function mmdsStack(ipv4: string, service: MmdsService, metrics: Record<string, n
 let built: ReturnType<typeof build>;
 try {
   built = build();
+  // Every device is built and every file open: from here on this thread has only its own filter's calls.
+  if (data.seccompFilter) installThreadFilter(Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength));
   port.postMessage({ kind: 'ready' } satisfies VmmMessage);
 } catch (err) {
   port.postMessage({ kind: 'error', message: (err as Error).message } satisfies VmmMessage);

@@ -16,6 +16,9 @@ import { SpecInvalidError } from '../../config/issues';
 import type { LogLevel } from '../../config/resolved';
 import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
 import { serviceNotify } from '../service-notify';
+import { compileSeccompilerJson } from '../../kvm/seccompiler';
+import type { ThreadFilters } from '../../boot/launch';
+import { readText } from '../../config/read';
 
 /** Firecracker's limit on an API request body (its --http-api-max-payload-size default). */
 export const DEFAULT_API_MAX_PAYLOAD = 51200;
@@ -42,7 +45,6 @@ const MONITOR_OPTIONS: OptionSpec[] = [
 
 /** Firecracker's flags that fc-run does not implement: refused by name, with what to do instead. */
 const REFUSED_FIRECRACKER_FLAGS: OptionSpec[] = [
-  { name: 'seccomp-filter', kind: 'refused', takesValue: true, describe: '', hidden: true, why: 'custom seccomp filters are not built yet; fc-run installs its own filter (or none with --no-seccomp)' },
   { name: 'describe-snapshot', kind: 'refused', takesValue: true, describe: '', hidden: true, why: 'snapshots are not built yet' },
   { name: 'snapshot-version', kind: 'refused', takesValue: false, describe: '', hidden: true, why: 'snapshots are not built yet' },
   { name: 'enable-pci', kind: 'refused', takesValue: false, describe: '', hidden: true, why: 'fc-run has virtio-mmio devices only; remove the flag' },
@@ -66,6 +68,13 @@ export const RUN_SPEC: CommandSpec = {
     { name: 'start-time-cpu-us', kind: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, valueName: 'US', describe: 'Accepted for Firecracker compatibility (the process CPU time at start)' },
     { name: 'parent-cpu-time-us', kind: 'integer', min: 0, max: Number.MAX_SAFE_INTEGER, valueName: 'US', describe: "Accepted for Firecracker compatibility (the parent's CPU time)" },
     { name: 'no-seccomp', kind: 'flag', describe: 'Leave out the seccomp filter (for debugging; not recommended)' },
+    {
+      name: 'seccomp-filter',
+      kind: 'string',
+      valueName: 'FILE',
+      describe:
+        "Per-thread seccomp filters in the JSON form of Firecracker's seccompiler (categories vmm, api, vcpu), installed on top of fc-run's own filter (not seccompiler-bin's compiled output)",
+    },
     { name: 'exit-with-fd', kind: 'integer', min: 3, max: 65535, hidden: true, describe: 'Stop the VM when this inherited socket or pipe reaches end of stream (the jailer uses it)' },
     { name: 'exit-record', kind: 'string', valueName: 'FILE', hidden: true, describe: 'When fc-run exits, write {code, reason, time} as JSON to this file (fc-run up reads it for VMs it cannot wait on)' },
     ...REPORT_OPTIONS,
@@ -199,6 +208,18 @@ export async function runCommand(io: Io, args: ParsedArgs, startNs: bigint): Pro
 }
 // --- end exit record ---------------------------------------------------------------------------
 
+/**
+ * --seccomp-filter FILE: Firecracker's seccompiler JSON, compiled to one BPF program per thread
+ * category before anything is launched (a bad file is refused with exit 2, naming the JSON path).
+ */
+function threadFiltersOf(o: Record<string, unknown>): ThreadFilters | undefined {
+  const file = o['seccomp-filter'] as string | undefined;
+  if (file === undefined) return undefined;
+  if (o['no-seccomp'] === true) throw new UsageError('--seccomp-filter and --no-seccomp cannot be combined: give one of them', 'run');
+  const programs = compileSeccompilerJson(readText(path.resolve(file), 'seccomp filter file'), file);
+  return { api: programs.get('api'), vmm: programs.get('vmm'), vcpu: programs.get('vcpu') };
+}
+
 async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promise<number> {
   const o = args.options;
   const rep: Reporting = reportingOf(args);
@@ -219,6 +240,7 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
   process.on('SIGINT', early);
   try {
     if (o['exit-with-fd'] !== undefined) watchLifeline(o['exit-with-fd'] as number);
+    const threadFilters = threadFiltersOf(o);
     // Every VM has a vCPU 0: its thread loads while the spec is validated and planned.
     if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(1);
     const loaded = loadSpecFile(file, {
@@ -234,7 +256,7 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
     const warnings = applyStrict(planned.allWarnings.filter((w) => w.severity === 'warning'), rep.strict);
     if (rep.strict && warnings.length > 0) throw new SpecInvalidError(loaded.displayFile, warnings);
     reportIssues(io, warnings, rep);
-    return await launchPlanned(io, rep, o, planned.plan, loaded.spec.mmds?.data, startNs, {
+    return await launchPlanned(io, rep, o, planned.plan, loaded.spec.mmds?.data, threadFilters, startNs, {
       running: () => (running = true),
       apiOpened: (close) => (closeApi = close),
     });
@@ -250,6 +272,7 @@ async function launchPlanned(
   o: Record<string, unknown>,
   plan: BootPlan,
   mmdsData: unknown,
+  threadFilters: ThreadFilters | undefined,
   startNs: bigint,
   hooks: { running: () => void; apiOpened: (close: () => void) => void },
 ): Promise<number> {
@@ -289,6 +312,7 @@ async function launchPlanned(
       mmdsData,
       monitor,
       seccomp: o['no-seccomp'] !== true,
+      threadFilters,
       mmdsSizeLimit,
       onRunning: (vm) => {
         hooks.running();
