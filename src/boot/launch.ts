@@ -123,7 +123,7 @@ async function startDevices(
   if (setups.length === 0) return { windows };
   const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {}, sizeLimit: mmdsSizeLimit };
   const control = createControlChannel(mmdsSizeLimit + 64 * 1024, eventfd());
-  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, seccompFilter: vmmFilter, ...monitor.shared() });
+  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, seccompFilter: vmmFilter, seccompFd: vmmFilter ? eventfd() : undefined, ...monitor.shared() });
   return { windows, thread, control: new ControlClient(control) };
 }
 
@@ -193,6 +193,7 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
     const custom = opts.threadFilters;
     if (custom) {
       if (custom.api) installThreadFilter(custom.api);
+      await virtio.thread?.installFilter();
       const has = (k: keyof ThreadFilters) => (custom[k] ? k : `${k} (none)`);
       monitor.log.info('vmm', `per-thread seccomp filters from --seccomp-filter: ${[has('api'), has('vmm'), has('vcpu')].join(', ')}`);
     }

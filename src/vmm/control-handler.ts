@@ -33,7 +33,7 @@ export function controlHandler(t: ControlTargets): (req: unknown) => ControlRepl
       const next = r.op === 'mmds-put' ? r.data : mergePatch(service.getData(), r.data);
       if (next === null || typeof next !== 'object' || Array.isArray(next)) return { ok: false, status: 400, message: 'the MMDS contents must be a JSON object' };
       const size = Buffer.byteLength(JSON.stringify(next));
-      if (size > sizeLimit) return { ok: false, status: 400, message: `the MMDS contents would be ${size} bytes; the limit is ${sizeLimit}` };
+      if (size > sizeLimit) return { ok: false, status: 413, message: `the MMDS contents would be ${size} bytes; the limit is ${sizeLimit}` };
       service.setData(next);
       t.log.info('devices/mmds', `MMDS contents replaced through the API (${size} bytes)`);
       return { ok: true };

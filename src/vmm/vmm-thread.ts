@@ -14,6 +14,12 @@ export interface VmmThread {
   onFailure(listener: (message: string) => void): void;
   /** Device counters, once the thread has stopped. */
   stopped: Promise<Record<string, unknown>>;
+  /**
+   * Has the thread install its own seccomp filter (VmmWorkerData.seccompFilter) and resolves once
+   * it has. Called after the process-wide filter: a thread with a filter of its own would make
+   * that one (SECCOMP_FILTER_FLAG_TSYNC) fail.
+   */
+  installFilter(): Promise<void>;
 }
 
 /** Starts the VMM thread and resolves once every device model is built (files opened). */
@@ -24,6 +30,7 @@ export function startVmmThread(data: VmmWorkerData): Promise<VmmThread> {
     const stopped = new Promise<Record<string, unknown>>((r) => (resolveStopped = r));
     let ready = false;
     let stopping = false;
+    let filtered: ((error?: string) => void) | undefined;
     const listeners: ((message: string) => void)[] = [];
     const failed = (message: string) => {
       if (!ready) reject(new FcRunError('device-setup', message));
@@ -39,8 +46,23 @@ export function startVmmThread(data: VmmWorkerData): Promise<VmmThread> {
           },
           onFailure: (l) => listeners.push(l),
           stopped,
+          installFilter: () => {
+            if (!data.seccompFilter || data.seccompFd === undefined) return Promise.resolve();
+            const done = new Promise<void>((res, rej) => (filtered = (error) => (error ? rej(new FcRunError('seccomp', error)) : res())));
+            signalEventfd(data.seccompFd);
+            return done;
+          },
         });
-      } else if (m.kind === 'error') failed(m.message);
+      } else if (m.kind === 'filtered') {
+        filtered?.();
+        filtered = undefined;
+      }
+      else if (m.kind === 'error') {
+        // A thread that could not take its filter fails the launch (which is waiting for it).
+        if (filtered) filtered(m.message);
+        else failed(m.message);
+        filtered = undefined;
+      }
       else resolveStopped(m.counters);
     });
     w.on('error', (err) => failed(`the VMM thread failed: ${err.stack ?? err}`));

@@ -51,11 +51,13 @@ export interface VmmWorkerData {
   /** Shared metrics memory (device groups and `mmds` are this thread's to write). */
   metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
   logger: SharedLoggerOptions;
-  /** This thread's own seccomp filter (--seccomp-filter's vmm category), installed before its loop runs. */
+  /** This thread's own seccomp filter (--seccomp-filter's vmm category), installed when seccompFd is signalled. */
   seccompFilter?: Uint8Array;
+  /** Signalled by the main thread once the process-wide filter is in place (see VmmThread.installFilter). */
+  seccompFd?: number;
 }
 
-export type VmmMessage = { kind: 'ready' } | { kind: 'error'; message: string } | { kind: 'stopped'; counters: Record<string, unknown> };
+export type VmmMessage = { kind: 'ready' } | { kind: 'filtered' } | { kind: 'error'; message: string } | { kind: 'stopped'; counters: Record<string, unknown> };
 
 const data = workerData as VmmWorkerData;
 const port = parentPort!;
@@ -195,6 +197,21 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
     });
   }
   loop.add(data.stopFd, () => loop.stop());
+  const { seccompFilter, seccompFd } = data;
+  if (seccompFilter && seccompFd !== undefined) {
+    // Every device is built and every file open: from here on this thread makes only its own filter's calls.
+    loop.add(seccompFd, () => {
+      drainEventfd(seccompFd);
+      loop.remove(seccompFd);
+      try {
+        installThreadFilter(Buffer.from(seccompFilter.buffer, seccompFilter.byteOffset, seccompFilter.byteLength));
+        port.postMessage({ kind: 'filtered' } satisfies VmmMessage);
+      } catch (err) {
+        port.postMessage({ kind: 'error', message: `VMM thread: cannot install its seccomp filter: ${(err as Error).message}` } satisfies VmmMessage);
+        loop.stop();
+      }
+    });
+  }
   return { transports, loop };
 }
 
@@ -209,8 +226,6 @@ function mmdsStack(ipv4: string, service: MmdsService, metrics: Record<string, n
 let built: ReturnType<typeof build>;
 try {
   built = build();
-  // Every device is built and every file open: from here on this thread has only its own filter's calls.
-  if (data.seccompFilter) installThreadFilter(Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength));
   port.postMessage({ kind: 'ready' } satisfies VmmMessage);
 } catch (err) {
   port.postMessage({ kind: 'error', message: (err as Error).message } satisfies VmmMessage);

@@ -120,9 +120,10 @@ describeKvm('fc-run up with probe guests (KVM)', () => {
 
   test('deleting a spec stops its VM (Ctrl-Alt-Del reaches the probe)', async () => {
     fs.rmSync(path.join(specs, 'vm9.json'));
+    // The supervisor may see the process end (and forget the VM) before its stop sequence reports how.
+    const stopped = await waitFor('vm9 stopped', () => sup.events.find((e) => e.event === 'stopped' && e.id === 'vm9'));
     await waitFor('vm9 gone', () => !ps().some((v) => v.id === 'vm9'));
-    const stopped = sup.events.find((e) => e.event === 'stopped' && e.id === 'vm9');
-    expect(stopped?.how).toBe('ctrl-alt-del');
+    expect(stopped.how).toBe('ctrl-alt-del');
     expect(ps().map((r) => r.pid)).toEqual(ids.slice(0, 9).map((id) => first.get(id)));
   }, 600_000);
 

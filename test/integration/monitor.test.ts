@@ -277,8 +277,9 @@ describeKvm('logs and metrics', () => {
     // One file for both would interleave log lines with metrics lines.
     const both = path.join(ws.dir, 'both.out');
     const same = run([spec, '--metrics-path', both, '--log-path', path.join(ws.dir, '.', 'both.out')]);
-    expect(same.code).toBe(1);
-    expect(same.err).toMatch(/the log and the metrics would both go to .*both\.out/);
+    // Found with the other output collisions, before anything is opened (exit 2, as validate reports it).
+    expect(same.code).toBe(2);
+    expect(same.err).toMatch(/error\[output-overwrites\]: --metrics-path and --log-path are the same file \(.*both\.out\)/);
     expect(same.out).toBe('');
   });
 });
