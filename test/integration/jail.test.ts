@@ -316,6 +316,9 @@ describeJail('fc-run jail', () => {
       const pidFile = path.join(root, 'fc-run.pid');
       const pid = Number(fs.readFileSync(pidFile, 'utf8'));
       try {
+        // The PID is known once the process is started; it enters the chroot a moment later.
+        const until = Date.now() + 20_000;
+        while (processIn(root) !== pid && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
         expect(processIn(root)).toBe(pid);
         const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
         const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');

@@ -82,7 +82,8 @@ test('contents at the size limit: the whole store reads back as JSON and text, n
   expect(get(service, '/', true).body.length).toBe(size);
   expect(get(service, '/', false).body.length).toBeLessThanOrEqual(size);
   const over = handle({ op: 'mmds-patch', data: { more: 'x'.repeat(400) } });
-  expect(over).toMatchObject({ ok: false, status: 400 });
+  // 413 Payload Too Large, as Firecracker answers when its MMDS data store's limit is exceeded.
+  expect(over).toMatchObject({ ok: false, status: 413 });
   expect((over as { message: string }).message).toMatch(/limit is 51200/);
 });
 
