@@ -239,7 +239,7 @@ describe('command-line values', () => {
     [['x.json', '--id', 'my vm'], /--id may contain only letters, digits and "-"/],
     [['x.json', '--config-file', 'y.json'], /give the spec once/],
     [['--api-sock', '/tmp/x.sock'], /needs a spec/],
-    [['x.json', '--seccomp-filter', 'f.bpf'], /--seccomp-filter is not supported by fc-run: custom seccomp filters/],
+    [['x.json', '--enable-pci'], /--enable-pci is not supported by fc-run: fc-run has virtio-mmio devices only/],
     [['x.json', '--describe-snapshot', 's'], /--describe-snapshot is not supported by fc-run: snapshots/],
     [['plan', 'a.json', 'b.json'], /unexpected argument "b.json"/],
     [['jail', 'x.json', '--id', 'vm1', '--uid', 'root', '--gid', '0'], /--uid must be a whole number/],

@@ -27,7 +27,7 @@ describe('fc-run jail: usage errors (exit 1, before anything is read)', () => {
     ['no spec after --', [...JAILER, '--', '--no-api'], /the microVM's spec is missing: give it after --, e.g. -- --config-file \/vm.json \(a path inside the jail\)/],
     ['nothing after --', [...JAILER], /the microVM's spec is missing/],
     ['an unknown run flag after --', [...JAILER, '--', '--config-file', '/vm.json', '--bogus'], /after --: unknown option --bogus/],
-    ['a Firecracker flag fc-run refuses', [...JAILER, '--', '--config-file', '/vm.json', '--seccomp-filter', '/f.bpf'], /after --: option --seccomp-filter is not supported by fc-run: custom seccomp filters are not built yet/],
+    ['a Firecracker flag fc-run refuses', [...JAILER, '--', '--config-file', '/vm.json', '--enable-pci'], /after --: option --enable-pci is not supported by fc-run: fc-run has virtio-mmio devices only/],
     ['--id after --', [...JAILER, '--', '--config-file', '/vm.json', '--id', 'other'], /after --: --id is given by the jailer itself/],
     ['a run flag before --', [...JAILER, '--serial-out', 'none', '--', '--config-file', '/vm.json'], /--serial-out is the jailed fc-run's option: in Firecracker's jailer form give it after --/],
     ['a malformed --cgroup', [...JAILER, '--cgroup', 'memory.max', '--', '/vm.json'], /option --cgroup expected <controller>.<file>=<value>/],

@@ -173,7 +173,7 @@ describe('the jailer command line', () => {
   test('the run arguments are checked by the run command parser, and what the jailer passes itself is refused', () => {
     const opts = (rest: string[]) => () => jailerOptionsOf(parse([...base, '--', ...rest]), 0n);
     expect(opts(['--config-file', '/vm.json', '--bogus'])).toThrow(/^after --: unknown option --bogus/);
-    expect(opts(['--config-file', '/vm.json', '--seccomp-filter', 'f.bpf'])).toThrow(/after --: option --seccomp-filter is not supported by fc-run/);
+    expect(opts(['--config-file', '/vm.json', '--enable-pci'])).toThrow(/after --: option --enable-pci is not supported by fc-run/);
     expect(opts(['--config-file', '/vm.json', '--id', 'x'])).toThrow(/after --: --id is given by the jailer itself/);
     expect(opts(['--config-file', '/vm.json', '--start-time-us', '1'])).toThrow(/--start-time-us is given by the jailer itself/);
     expect(opts(['--no-api'])).toThrow(/spec is missing: give it after --, e.g. -- --config-file \/vm.json/);
