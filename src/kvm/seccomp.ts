@@ -1,4 +1,5 @@
 import { errno, sys, SyscallError } from './libc';
+import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS } from './seccompiler';
 
 /**
  * A seccomp filter for the running VMM: once the microVM is set up, fc-run's threads may no longer
@@ -106,9 +107,7 @@ const BPF_JGE_K = 0x35;
 const X32_SYSCALL_BIT = 0x40000000;
 const BPF_RET_K = 0x06;
 
-export const SECCOMP_RET_KILL_PROCESS = 0x80000000;
-export const SECCOMP_RET_ALLOW = 0x7fff0000;
-const SECCOMP_RET_ERRNO = 0x00050000;
+export { SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS };
 
 /** Offsets in struct seccomp_data. */
 const NR = 0;

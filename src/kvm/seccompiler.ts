@@ -85,13 +85,14 @@ export interface CompileOptions {
   allowMissingCategories?: boolean;
 }
 
+/** seccomp return actions (linux/seccomp.h); the built-in filter (seccomp.ts) uses them too. */
 export const SECCOMP_RET_KILL_PROCESS = 0x80000000;
-const SECCOMP_RET_KILL_THREAD = 0x00000000;
-const SECCOMP_RET_TRAP = 0x00030000;
-const SECCOMP_RET_ERRNO = 0x00050000;
-const SECCOMP_RET_TRACE = 0x7ff00000;
-const SECCOMP_RET_LOG = 0x7ffc0000;
-const SECCOMP_RET_ALLOW = 0x7fff0000;
+export const SECCOMP_RET_KILL_THREAD = 0x00000000;
+export const SECCOMP_RET_TRAP = 0x00030000;
+export const SECCOMP_RET_ERRNO = 0x00050000;
+export const SECCOMP_RET_TRACE = 0x7ff00000;
+export const SECCOMP_RET_LOG = 0x7ffc0000;
+export const SECCOMP_RET_ALLOW = 0x7fff0000;
 
 const PLAIN_ACTIONS: Record<string, number> = {
   allow: SECCOMP_RET_ALLOW,
