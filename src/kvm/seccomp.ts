@@ -1,5 +1,5 @@
 import { errno, sys, SyscallError } from './libc';
-import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS } from './seccompiler';
+import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS } from './seccomp-actions';
 
 /**
  * A seccomp filter for the running VMM: once the microVM is set up, fc-run's threads may no longer

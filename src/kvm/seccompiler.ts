@@ -1,6 +1,15 @@
 import { parseTree, type Node } from 'jsonc-parser';
 import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
 import { X86_64_SYSCALLS } from './syscall-table';
+import {
+  SECCOMP_RET_ALLOW,
+  SECCOMP_RET_ERRNO,
+  SECCOMP_RET_KILL_PROCESS,
+  SECCOMP_RET_KILL_THREAD,
+  SECCOMP_RET_LOG,
+  SECCOMP_RET_TRACE,
+  SECCOMP_RET_TRAP,
+} from './seccomp-actions';
 
 /**
  * A compiler for seccomp filters written in the JSON form of Firecracker's seccompiler, x86_64
@@ -85,14 +94,7 @@ export interface CompileOptions {
   allowMissingCategories?: boolean;
 }
 
-/** seccomp return actions (linux/seccomp.h); the built-in filter (seccomp.ts) uses them too. */
-export const SECCOMP_RET_KILL_PROCESS = 0x80000000;
-export const SECCOMP_RET_KILL_THREAD = 0x00000000;
-export const SECCOMP_RET_TRAP = 0x00030000;
-export const SECCOMP_RET_ERRNO = 0x00050000;
-export const SECCOMP_RET_TRACE = 0x7ff00000;
-export const SECCOMP_RET_LOG = 0x7ffc0000;
-export const SECCOMP_RET_ALLOW = 0x7fff0000;
+export { SECCOMP_RET_KILL_PROCESS };
 
 const PLAIN_ACTIONS: Record<string, number> = {
   allow: SECCOMP_RET_ALLOW,
