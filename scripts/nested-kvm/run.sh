@@ -41,7 +41,7 @@ if [ ! -f "$work/initramfs-$K.cpio.gz" ] || [ "$here/init" -nt "$work/initramfs-
     echo "$n" >> "$R/modules.order"
   done
   gcc -O2 -static -o "$R/kvmtest" "$here/kvmtest.c"
-  cp "$here/init" "$R/init"
+  cp "$here/init" "$R/init"; chmod 755 "$R/init"
   (cd "$R" && find . | cpio -o -H newc --quiet) | gzip -1 > "$work/initramfs-$K.cpio.gz"
   rm -rf "$R"
 fi
