@@ -144,6 +144,16 @@ const PATCHABLE: Record<string, { idKey: string; limiters: string[]; what: strin
 
 const ACTIONS = ['FlushMetrics', 'SendCtrlAltDel'];
 
+/** Runs an operation on the VM; its refusals (the VM stopping, say) become API errors with their message. */
+async function vmOperation<T>(op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (err) {
+    if (err instanceof FcRunError) throw new ApiError(err.code === 'vm-stopped' ? 503 : 400, err.message);
+    throw err;
+  }
+}
+
 async function route(ctx: ApiContext, method: string, url: string, req: http.IncomingMessage, receiving: (on: boolean) => void): Promise<{ status: number; body?: unknown }> {
   const path = url.split('?')[0].replace(/\/+$/, '') || '/';
   const allow = (methods: string[]) => {
@@ -177,7 +187,18 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
   };
   if (path === '/') {
     allow(['GET']);
-    return { status: 200, body: { id: ctx.id, state: ctx.vm ? 'Running' : 'Not started', vmm_version: ctx.version, app_name: 'fc-run' } };
+    return { status: 200, body: { id: ctx.id, state: ctx.vm ? (ctx.vm.paused ? 'Paused' : 'Running') : 'Not started', vmm_version: ctx.version, app_name: 'fc-run' } };
+  }
+  if (path === '/vm') {
+    allow(['PATCH']);
+    const body = await objectBody('{"state": "Paused"}');
+    const unknown = Object.keys(body).filter((k) => k !== 'state');
+    if (unknown.length > 0) throw new ApiError(400, `unknown field ${shown(unknown[0])} (only "state" can change)`);
+    const vm = running();
+    if (body.state === 'Paused') await vmOperation(() => vm.pause());
+    else if (body.state === 'Resumed') await vmOperation(() => vm.resume());
+    else throw new ApiError(400, `state must be "Paused" or "Resumed", got ${typeof body.state === 'string' ? shown(body.state) : typeName(body.state)}`);
+    return { status: 204 };
   }
   if (path === '/actions') {
     allow(['PUT']);

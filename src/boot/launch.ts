@@ -62,6 +62,12 @@ export interface RunningVm {
   sendCtrlAltDel(): void;
   /** Requests to the VMM thread (MMDS contents, rate limiters); absent without virtio devices. */
   control?: ControlClient;
+  /** Every vCPU out of the guest and the devices quiet; resolves once that holds. */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  readonly paused: boolean;
+  /** Every vCPU's registers, formatted (the VM is paused for the moment it takes). */
+  dumpRegisters(): Promise<string[]>;
 }
 
 /** The logs and metrics of a VM with this plan. */
@@ -203,6 +209,15 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   monitor.log.info('vmm', `running ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)`);
   monitor.start();
   const done = micro.run();
-  opts.onRunning?.({ sendCtrlAltDel: () => micro.i8042.sendCtrlAltDel(), control: virtio.control });
+  opts.onRunning?.({
+    sendCtrlAltDel: () => micro.i8042.sendCtrlAltDel(),
+    control: virtio.control,
+    pause: () => micro.pause(),
+    resume: () => micro.resume(),
+    get paused() {
+      return micro.isPaused;
+    },
+    dumpRegisters: () => micro.dumpRegisters(),
+  });
   return done;
 }

@@ -22,6 +22,8 @@ export class GuestMemoryError extends FcRunError {
  */
 const CHUNK = 1 << 30;
 
+export const PAGE_SIZE = 4096;
+
 interface Region extends RegionDescriptor {
   chunks: Uint8Array[];
 }
@@ -45,6 +47,30 @@ export class GuestMemory {
       if (hostAddr === 0xffffffffffffffffn) throw new SyscallError('mmap(guest memory)', errno(), `${r.size} bytes at guest 0x${r.start.toString(16)}`);
       return { guestAddr: r.start, size: r.size, hostAddr, chunks: [] as Uint8Array[] };
     });
+    const mem = new GuestMemory(regions, true);
+    mem.mapViews();
+    return mem;
+  }
+
+  /**
+   * Maps guest memory from a memory file (a snapshot's), each region at its offset in the file
+   * (regions back to back). The mapping is private: the guest's writes are copied on write, the
+   * file is never modified, and pages are read in only when touched, so mapping costs the same
+   * whatever the memory size.
+   */
+  static mapFile(ranges: { start: number; size: number }[], fd: number): GuestMemory {
+    let offset = 0;
+    const regions: Region[] = [];
+    for (const r of ranges) {
+      const ptr = sys.mmap(null, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, offset);
+      const hostAddr = addressOf(ptr);
+      if (hostAddr === 0xffffffffffffffffn) {
+        for (const done of regions) sys.munmap(sys.pointerAt(done.hostAddr, done.hostAddr, 0), done.size);
+        throw new SyscallError('mmap(memory file)', errno(), `${r.size} bytes at file offset ${offset}`);
+      }
+      regions.push({ guestAddr: r.start, size: r.size, hostAddr, chunks: [] });
+      offset += r.size;
+    }
     const mem = new GuestMemory(regions, true);
     mem.mapViews();
     return mem;
@@ -135,6 +161,28 @@ export class GuestMemory {
   }
 
 
+
+  /**
+   * Which pages of region `index` are resident (mincore): one byte per page, bit 0 set when the
+   * page is in memory. Pages of anonymous memory the guest never touched are not, so a memory file
+   * can leave them out (as holes).
+   */
+  residentPages(index: number): Uint8Array {
+    const r = this.regions[index];
+    const vec = Buffer.alloc(Math.ceil(r.size / PAGE_SIZE));
+    if (sys.mincore(sys.pointerAt(r.hostAddr, r.hostAddr, 0), r.size, vec) < 0) throw new SyscallError('mincore', errno(), `guest region at 0x${r.guestAddr.toString(16)}`);
+    return vec;
+  }
+
+  /** Region `index`'s bytes [offset, offset+len), zero-copy (within one chunk). */
+  regionBytes(index: number, offset: number, len: number): Uint8Array {
+    const r = this.regions[index];
+    return this.view(r.guestAddr + offset, len) ?? (() => {
+      const copy = new Uint8Array(len);
+      this.read(r.guestAddr + offset, copy);
+      return copy;
+    })();
+  }
 
   /** Unmaps memory this instance allocated. Views become invalid. */
   release(): void {

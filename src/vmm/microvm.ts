@@ -2,11 +2,13 @@ import type { Worker } from 'node:worker_threads';
 import { FcRunError } from '../errors';
 import type { Vcpu, Vm } from '../kvm/kvm';
 import * as os from 'node:os';
+import { writeSync } from 'node:fs';
+import { LogLevel } from '../monitor/logger';
 import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError, tgkill } from '../kvm/libc';
 import { KVM_RUN_OFFSETS } from '../kvm/structs';
 import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
-import { SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuMessage } from './shared';
+import { CONTROL, CONTROL_WORDS, SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuAnswer, VcpuMessage, VcpuRequest } from './shared';
 import type { VmMonitor } from '../monitor/vm-monitor';
 import type { VcpuWorkerData, VirtioWindows } from './vcpu-worker';
 import { takeVcpuThread } from './threads';
@@ -14,7 +16,13 @@ import { takeVcpuThread } from './threads';
 export interface MicroVmOptions {
   /** virtio-mmio windows, and the VMM thread that owns their devices. */
   virtio: VirtioWindows;
-  vmmThread?: { stop(): void; onFailure(listener: (message: string) => void): void; stopped: Promise<unknown> };
+  vmmThread?: {
+    stop(): void;
+    onFailure(listener: (message: string) => void): void;
+    stopped: Promise<unknown>;
+    pause?(): Promise<void>;
+    resume?(): Promise<void>;
+  };
   /** A terminal to read guest serial input from (raw mode); Ctrl-A x stops the VM. */
   serialIn?: NodeJS.ReadStream;
   /** fd guest serial output is written to; -1 discards it. */
@@ -49,6 +57,14 @@ export class MicroVm {
   private readonly serialIrqFd: number;
   private readonly keyboardIrqFd: number;
   private workers: Worker[] = [];
+  /** Each running vCPU thread's id, for the kick signal. */
+  private readonly tids = new Map<number, number>();
+  private readonly control: Int32Array;
+  private stopping = false;
+  /** Set while paused (or pausing): pause() and resume() are serialized through it. */
+  private pausing: Promise<void> | undefined;
+  private paused = false;
+  private answers = new Map<number, (a: VcpuAnswer) => void>();
 
   constructor(
     vm: Vm,
@@ -58,8 +74,9 @@ export class MicroVm {
     this.shared = {
       serial: Serial8250.createState(),
       i8042: I8042.createState(),
-      control: new SharedArrayBuffer(8),
+      control: new SharedArrayBuffer(4 * CONTROL_WORDS),
     };
+    this.control = new Int32Array(this.shared.control);
     this.serialIrqFd = eventfd();
     this.keyboardIrqFd = eventfd();
     vm.registerIrqfd(this.serialIrqFd, opts.ports.serialIrq);
@@ -72,16 +89,110 @@ export class MicroVm {
   }
 
   /**
-   * Stops every vCPU: sets the stop word, sets immediate_exit in each kvm_run page (a thread about
-   * to enter KVM_RUN returns at once) and signals each thread (one inside KVM_RUN returns EINTR).
+   * Gets every vCPU out of the guest: sets immediate_exit in each kvm_run page (a thread about to
+   * enter KVM_RUN returns at once), signals each thread (one inside KVM_RUN returns EINTR) and
+   * wakes parked threads. The control words say what they do next (stop or park).
    */
-  private kick(tids: Map<number, number>): void {
-    Atomics.store(new Int32Array(this.shared.control), 0, 1);
+  private kick(): void {
     for (const v of this.vcpus) {
       new Uint8Array(v.mapRun())[KVM_RUN_OFFSETS.immediate_exit] = 1;
-      const tid = tids.get(v.id);
+      const tid = this.tids.get(v.id);
       if (tid !== undefined) tgkill(tid, os.constants.signals[VCPU_KICK_SIGNAL]);
     }
+    this.wakeParked();
+  }
+
+  private wakeParked(): void {
+    Atomics.add(this.control, CONTROL.WAKE, 1);
+    Atomics.notify(this.control, CONTROL.WAKE);
+  }
+
+  /** Whether the VM is paused (every vCPU parked, the devices quiet). */
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /**
+   * Pauses the VM: every vCPU out of KVM_RUN and parked, then the device threads quiesced. Resolves
+   * once all of that holds; rejects if the VM stops first.
+   */
+  pause(): Promise<void> {
+    const next = (this.pausing ?? Promise.resolve()).then(async () => {
+      if (this.paused) return;
+      if (this.stopping) throw new FcRunError('vm-stopped', 'the microVM is stopping');
+      Atomics.store(this.control, CONTROL.PAUSE, 1);
+      await this.untilParked();
+      await this.opts.vmmThread?.pause?.();
+      this.paused = true;
+      this.opts.monitor.log.info('vmm', 'paused');
+    });
+    this.pausing = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Resumes a paused VM: devices first, then the vCPUs. */
+  resume(): Promise<void> {
+    const next = (this.pausing ?? Promise.resolve()).then(async () => {
+      if (!this.paused) return;
+      if (this.stopping) throw new FcRunError('vm-stopped', 'the microVM is stopping');
+      await this.opts.vmmThread?.resume?.();
+      Atomics.store(this.control, CONTROL.PAUSE, 0);
+      this.wakeParked();
+      this.paused = false;
+      this.opts.monitor.log.info('vmm', 'resumed');
+    });
+    this.pausing = next.catch(() => undefined);
+    return next;
+  }
+
+  /**
+   * Every vCPU's registers, formatted, without stopping the VM: a running VM is paused for the
+   * moment it takes to read them (each vCPU thread reads its own), then resumed.
+   */
+  async dumpRegisters(): Promise<string[]> {
+    const wasPaused = this.paused;
+    await this.pause();
+    try {
+      return (await this.requestFromVcpus(VcpuRequest.REGISTERS)) as string[];
+    } finally {
+      if (!wasPaused && !this.stopping) await this.resume();
+    }
+  }
+
+  /** Resolves when every vCPU thread is parked, kicking until then (a signal can land just before a thread blocks). */
+  private untilParked(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (this.stopping) return reject(new FcRunError('vm-stopped', 'the microVM stopped while pausing'));
+        if (Atomics.load(this.control, CONTROL.PARKED) >= this.vcpus.length) return resolve();
+        this.kick();
+        setTimeout(check, 2);
+      };
+      check();
+    });
+  }
+
+  /**
+   * Asks every parked vCPU thread for something (its registers, its saved state) and resolves with
+   * the answers in vCPU order. The VM must be paused.
+   */
+  requestFromVcpus(kind: (typeof VcpuRequest)[keyof typeof VcpuRequest]): Promise<unknown[]> {
+    if (!this.paused) return Promise.reject(new FcRunError('vm-not-paused', 'the microVM must be paused first'));
+    Atomics.store(this.control, CONTROL.REQUEST_KIND, kind);
+    const gen = Atomics.add(this.control, CONTROL.REQUEST_GEN, 1) + 1;
+    const pending = this.vcpus.map(
+      (v) =>
+        new Promise<unknown>((resolve, reject) => {
+          this.answers.set(v.id, (a) => {
+            if (a.gen !== gen) return;
+            this.answers.delete(v.id);
+            if (a.error !== undefined) reject(new FcRunError('vcpu-request', `vCPU ${v.id}: ${a.error}`));
+            else resolve(a.value);
+          });
+        }),
+    );
+    this.wakeParked();
+    return Promise.all(pending);
   }
 
   /** Starts every vCPU and resolves when the VM has stopped and every vCPU thread has ended. */
@@ -92,7 +203,7 @@ export class MicroVm {
       let bootTimeNs: bigint | undefined;
       let stop: StopReport | undefined;
       let running = this.vcpus.length;
-      const tids = new Map<number, number>();
+      const tids = this.tids;
       let kickTimer: NodeJS.Timeout | undefined;
       this.opts.vmmThread?.onFailure((message) => finish({ kind: 'stop', vcpu: -1, reason: 'vmm-error', detail: message }));
       const detachInput = this.attachSerialInput(() =>
@@ -103,9 +214,23 @@ export class MicroVm {
       const onSignal = (sig: NodeJS.Signals) => finish({ kind: 'stop', vcpu: -1, reason: 'stopped', detail: `stopped by ${sig}` });
       process.on('SIGTERM', onSignal);
       process.on('SIGINT', onSignal);
+      // SIGQUIT: where is the guest? Every vCPU's registers, to the log (or stderr without one).
+      const onQuit = () => {
+        this.dumpRegisters().then(
+          (dumps) => {
+            const text = dumps.map((d, i) => `vCPU ${i} registers (SIGQUIT):\n${d}`).join('\n');
+            const log = this.opts.monitor.log;
+            if (log.enabled(LogLevel.Warning)) log.warn('vmm', text);
+            else writeSync(2, `fc-run: ${text}\n`);
+          },
+          (err: Error) => this.opts.monitor.log.warn('vmm', `SIGQUIT: cannot read the registers: ${err.message}`),
+        );
+      };
+      process.on('SIGQUIT', onQuit);
       const cleanup = () => {
         process.off('SIGTERM', onSignal);
         process.off('SIGINT', onSignal);
+        process.off('SIGQUIT', onQuit);
         this.opts.vmmThread?.stop();
         detachInput();
         if (kickTimer) clearInterval(kickTimer);
@@ -126,9 +251,13 @@ export class MicroVm {
       const finish = (report: StopReport) => {
         if (stop) return;
         stop = report;
-        this.kick(tids);
+        this.stopping = true;
+        Atomics.store(this.control, CONTROL.STOP, 1);
+        const gen = Atomics.load(this.control, CONTROL.REQUEST_GEN);
+        for (const [vcpu, answered] of this.answers) answered({ kind: 'answer', vcpu, gen, error: 'the microVM stopped' });
+        this.kick();
         // A signal can land just before a thread blocks; kicking again until all threads end is cheap.
-        kickTimer = setInterval(() => this.kick(tids), 20);
+        kickTimer = setInterval(() => this.kick(), 20);
       };
       for (const vcpu of this.vcpus) {
         const data: VcpuWorkerData = {
@@ -149,7 +278,9 @@ export class MicroVm {
         w.on('message', (m: VcpuMessage) => {
           if (m.kind === 'ready') {
             tids.set(m.vcpu, m.tid);
-            if (stop) this.kick(tids);
+            if (stop || Atomics.load(this.control, CONTROL.PAUSE) !== 0) this.kick();
+          } else if (m.kind === 'answer') {
+            this.answers.get(m.vcpu)?.(m);
           } else if (m.kind === 'boot-time') {
             if (bootTimeNs === undefined) {
               bootTimeNs = BigInt(m.ns);

@@ -6,8 +6,31 @@
 export interface SharedState {
   serial: SharedArrayBuffer;
   i8042: SharedArrayBuffer;
-  /** [0]: 0 running, 1 stop requested. */
+  /** Int32 words indexed by CONTROL. */
   control: SharedArrayBuffer;
+}
+
+/**
+ * The words of SharedState.control. STOP: 1 once the VM must stop. BOOT_TIMER: 1 once the boot time
+ * was reported. PAUSE: 1 while the VM is to be paused. PARKED: how many vCPU threads are parked
+ * (out of KVM_RUN with any pending I/O completed, waiting). WAKE: bumped (and notified) on every
+ * change a parked thread must look at. REQUEST_GEN / REQUEST_KIND: a request to every parked
+ * thread (REQUEST_KIND, see VcpuRequest), answered once per generation.
+ */
+export const CONTROL = { STOP: 0, BOOT_TIMER: 1, PAUSE: 2, PARKED: 3, WAKE: 4, REQUEST_GEN: 5, REQUEST_KIND: 6 } as const;
+export const CONTROL_WORDS = 8;
+
+/** What a parked vCPU thread can be asked for. */
+export const VcpuRequest = { SAVE_STATE: 1, REGISTERS: 2 } as const;
+
+/** A parked vCPU's answer to a request (VcpuRequest), for the request generation `gen`. */
+export interface VcpuAnswer {
+  kind: 'answer';
+  vcpu: number;
+  gen: number;
+  /** SAVE_STATE: the vCPU's state (src/kvm/vcpu-state). REGISTERS: its registers, formatted. */
+  value?: unknown;
+  error?: string;
 }
 
 /** What a vCPU thread reports when the VM must stop. */
@@ -34,7 +57,7 @@ export interface ReadyReport {
   tid: number;
 }
 
-export type VcpuMessage = StopReport | BootTimeReport | ReadyReport;
+export type VcpuMessage = StopReport | BootTimeReport | ReadyReport | VcpuAnswer;
 
 /** The signal that kicks a vCPU thread out of KVM_RUN (Node installs a no-op handler for it). */
 export const VCPU_KICK_SIGNAL = 'SIGUSR2';

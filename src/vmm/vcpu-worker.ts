@@ -13,11 +13,11 @@ import {
 import { KVM_RUN_OFFSETS } from '../kvm/structs';
 import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
-import { SharedState, StopReport, VcpuMessage } from './shared';
+import { CONTROL, SharedState, StopReport, VcpuMessage, VcpuRequest } from './shared';
 import { Logger, MetricsRegistry } from '../monitor';
 import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
 import { exitField, VCPU_FIELDS } from '../monitor/vm-metrics';
-import { formatRegisters } from './registers';
+import { describeInternalError, formatRegisters } from './registers';
 import { MailboxClient } from './mmio-mailbox';
 import { MMIO } from '../devices/virtio/mmio';
 import { installThreadFilter } from '../kvm/seccomp';
@@ -54,6 +54,7 @@ export interface VirtioWindows {
 }
 
 const port = parentPort!;
+
 
 /** The thread starts idle (see threads.ts) and runs one vCPU once it is told which. */
 function start(data: VcpuWorkerData): void {
@@ -128,7 +129,7 @@ function start(data: VcpuWorkerData): void {
   function stop(report: Omit<StopReport, 'kind' | 'vcpu'>): void {
     if (stopped) return;
     stopped = true;
-    Atomics.store(control, 0, 1);
+    Atomics.store(control, CONTROL.STOP, 1);
     const failed = report.reason !== 'reset' && report.reason !== 'shutdown' && report.reason !== 'halt' && report.reason !== 'stopped';
     if (failed) m.failures++;
     if (failed) log.error('vmm/vcpu', `${report.detail}${report.registers ? `\n${report.registers}` : ''}`);
@@ -153,7 +154,7 @@ function start(data: VcpuWorkerData): void {
   });
 
   const ALL_ONES = [0, 0xff, 0xffff, 0, 0xffffffff];
-  const mailbox = new MailboxClient(data.virtio.mailbox, data.id, data.virtio.mailboxFd, () => stopped || Atomics.load(control, 0) !== 0);
+  const mailbox = new MailboxClient(data.virtio.mailbox, data.id, data.virtio.mailboxFd, () => stopped || Atomics.load(control, CONTROL.STOP) !== 0);
   const windows = data.virtio.windows.map((w) => ({ ...w, status: new Int32Array(w.interruptStatus) }));
 
   /**
@@ -213,7 +214,7 @@ function start(data: VcpuWorkerData): void {
     if (portNum === bootTimer && value === 123) {
       counts[slot.bootTimerWrites]++;
       // Report the first write only: a guest hammering the port must not flood the VMM thread.
-      if (Atomics.compareExchange(control, 1, 0, 1) !== 0) return;
+      if (Atomics.compareExchange(control, CONTROL.BOOT_TIMER, 0, 1) !== 0) return;
       const ns = process.hrtime.bigint() - BigInt(data.launchStartNs);
       port.postMessage({ kind: 'boot-time', vcpu: data.id, ns: ns.toString() } satisfies VcpuMessage);
       return;
@@ -230,14 +231,63 @@ function start(data: VcpuWorkerData): void {
     }
   }
 
+  function saveState(): unknown {
+    throw new Error('saving vCPU state is not built yet');
+  }
+
+  /** Answers a request made to every parked vCPU (CONTROL.REQUEST_KIND). */
+  function answer(gen: number): void {
+    const kind = Atomics.load(control, CONTROL.REQUEST_KIND);
+    try {
+      if (kind === VcpuRequest.REGISTERS) port.postMessage({ kind: 'answer', vcpu: data.id, gen, value: registers() } satisfies VcpuMessage);
+      else if (kind === VcpuRequest.SAVE_STATE) port.postMessage({ kind: 'answer', vcpu: data.id, gen, value: saveState() } satisfies VcpuMessage);
+      else port.postMessage({ kind: 'answer', vcpu: data.id, gen, error: `unknown request ${kind}` } satisfies VcpuMessage);
+    } catch (err) {
+      port.postMessage({ kind: 'answer', vcpu: data.id, gen, error: (err as Error).message } satisfies VcpuMessage);
+    }
+  }
+
+  /** Pause: the thread waits until resumed (or stopped), answering requests meanwhile. */
+  function park(bytes: Uint8Array): void {
+    let answered = Atomics.load(control, CONTROL.REQUEST_GEN);
+    Atomics.add(control, CONTROL.PARKED, 1);
+    Atomics.notify(control, CONTROL.PARKED);
+    try {
+      for (;;) {
+        const wake = Atomics.load(control, CONTROL.WAKE);
+        const gen = Atomics.load(control, CONTROL.REQUEST_GEN);
+        if (gen !== answered) {
+          answered = gen;
+          answer(gen);
+        }
+        if (Atomics.load(control, CONTROL.STOP) !== 0 || Atomics.load(control, CONTROL.PAUSE) === 0) break;
+        Atomics.wait(control, CONTROL.WAKE, wake, 1000);
+      }
+    } finally {
+      Atomics.sub(control, CONTROL.PARKED, 1);
+      Atomics.notify(control, CONTROL.PARKED);
+    }
+    bytes[KVM_RUN_OFFSETS.immediate_exit] = 0;
+  }
+
   function loop(): void {
     const page = vcpu.mapRun();
     const run = new DataView(page);
     const bytes = new Uint8Array(page);
     const X = KVM_RUN_OFFSETS.exit;
     while (!stopped) {
-      if (Atomics.load(control, 0) !== 0) return;
-      if (!vcpu.run()) continue; // EINTR: check the control word again
+      if (Atomics.load(control, CONTROL.STOP) !== 0) return;
+      if (Atomics.load(control, CONTROL.PAUSE) !== 0) {
+        // KVM_RUN with immediate_exit set completes the I/O or MMIO exit just handled (the guest's
+        // register gets the value read) without running guest code, so a parked vCPU's state is
+        // whole. It can end in one more exit (the next round of a string I/O instruction): that
+        // is handled first, and the next turn parks.
+        bytes[KVM_RUN_OFFSETS.immediate_exit] = 1;
+        if (!vcpu.run()) {
+          park(bytes);
+          continue;
+        }
+      } else if (!vcpu.run()) continue; // EINTR: check the control words again
       const reason = run.getUint32(KVM_RUN_OFFSETS.exit_reason, true);
       const exitSlot = reason < 64 ? exitSlots[reason] : otherExitSlot;
       if (exitSlot >= 0) counts[exitSlot]++;
@@ -296,11 +346,9 @@ function start(data: VcpuWorkerData): void {
           else stop({ reason: 'internal-error', detail: type === KVM_SYSTEM_EVENT_CRASH ? 'the guest reported a crash' : `system event ${type}`, registers: registers() });
           break;
         }
-        case KVM_EXIT.INTERNAL_ERROR: {
-          const sub = run.getUint32(X, true);
-          stop({ reason: 'internal-error', detail: `KVM internal error, suberror ${sub} on vCPU ${data.id}`, registers: registers() });
+        case KVM_EXIT.INTERNAL_ERROR:
+          stop({ reason: 'internal-error', detail: `${describeInternalError(run, X)} on vCPU ${data.id}`, registers: registers() });
           break;
-        }
         case KVM_EXIT.FAIL_ENTRY: {
           const why = run.getBigUint64(X, true);
           stop({ reason: 'fail-entry', detail: `KVM could not enter the guest on vCPU ${data.id} (hardware reason 0x${why.toString(16)})`, registers: registers() });

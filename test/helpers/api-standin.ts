@@ -33,7 +33,14 @@ export async function startStandIn(sock: string, opts: { mmds?: unknown; mmdsSiz
       version: 'test',
       maxBody: sizeLimit + 4096,
       monitor: { log: { warn: (_o: string, m: string) => warnings.push(m), info: () => undefined }, flush: () => true, countApiRequest: () => undefined } as unknown as VmMonitor,
-      vm: { sendCtrlAltDel: () => void standIn.ctrlAltDel++, control },
+      vm: {
+        sendCtrlAltDel: () => void standIn.ctrlAltDel++,
+        control,
+        paused: false,
+        pause: async () => void ((standIn.ctx.vm as { paused: boolean }).paused = true),
+        resume: async () => void ((standIn.ctx.vm as { paused: boolean }).paused = false),
+        dumpRegisters: async () => ['rip=0x0'],
+      } as ApiContext['vm'],
     },
     close: async () => {
       server.close();

@@ -107,6 +107,10 @@ describe('the API server', () => {
     ['PATCH', '/drives/limited', '{"rate_limiter": {"__proto__": {}}}', /unknown field "__proto__"/],
     ['PATCH', '/network-interfaces/eth0', '{"iface_id": ["eth0"], "tx_rate_limiter": {}}', /iface_id must be a string, got an array/],
     ['PATCH', '/network-interfaces/eth0', '{"tx_rate_limiter": 1}', /expected an object/],
+    ['PATCH', '/vm', '{"state": "Stopped"}', /state must be "Paused" or "Resumed", got "Stopped"/],
+    ['PATCH', '/vm', '{"state": 1}', /state must be "Paused" or "Resumed", got a number/],
+    ['PATCH', '/vm', '{"state": "Paused", "x": 1}', /unknown field "x"/],
+    ['PATCH', '/vm', '[]', /needs a JSON object body/],
   ])('%s %s %s: 400 with a message saying what is wrong', async (method, url, body, pattern) => {
     fault(await one(sock, requestBytes(method, url, body)), 400, pattern);
   });
@@ -117,6 +121,11 @@ describe('the API server', () => {
     fault(await one(sock, requestBytes('PATCH', '/drives/free', '{"rate_limiter":{"ops":{"size":5,"refill_time":100}}}')), 400, /no rate_limiter configured at start/);
     expect((await one(sock, requestBytes('PUT', '/actions', '{"action_type":"SendCtrlAltDel"}'))).status).toBe(204);
     expect(api.ctrlAltDel).toBeGreaterThanOrEqual(1);
+    expect((await one(sock, requestBytes('PATCH', '/vm', '{"state":"Paused"}'))).status).toBe(204);
+    expect(JSON.parse((await one(sock, requestBytes('GET', '/'))).body).state).toBe('Paused');
+    expect((await one(sock, requestBytes('PATCH', '/vm', '{"state":"Resumed"}'))).status).toBe(204);
+    expect(JSON.parse((await one(sock, requestBytes('GET', '/'))).body).state).toBe('Running');
+    fault(await one(sock, requestBytes('PUT', '/vm', '{"state":"Paused"}')), 405);
     fault(await one(sock, requestBytes('DELETE', '/mmds')), 405);
     fault(await one(sock, requestBytes('GET', '/nowhere')), 404);
     fault(await one(sock, requestBytes('PUT', '/mmds', `{"blob":"${'x'.repeat(10_000)}"}`)), 413);
