@@ -7,6 +7,7 @@
 # code is emulated twice): the probe suite takes ~2 min, test/integration ~6-9 min.
 #
 # Usage: bash scripts/nested-kvm/run.sh [jest paths and options...]   (default: test/integration)
+#        bash scripts/nested-kvm/run.sh --sh 'COMMAND'   (any command in the checkout, e.g. a bench)
 # Needs root. Build the checkout first (npm ci && npm run setup): the guest builds nothing.
 # Exit status: jest's. The guest's console log is in $FC_RUN_CACHE/nested-kvm/console.log.
 set -euo pipefail
@@ -47,13 +48,23 @@ if [ ! -f "$work/initramfs-$K.cpio.gz" ] || [ "$here/init" -nt "$work/initramfs-
 fi
 
 echo "$PATH" > "$work/scratch/host-path"
-printf '%q ' "${@:-test/integration}" > "$work/scratch/jest-args"
+if [ "${1:-}" = "--sh" ]; then
+  shift
+  [ $# -ge 1 ] || { echo "--sh needs a command" >&2; exit 2; }
+  printf '%s\n' "$*" > "$work/scratch/job-cmd"
+  run='bash /mnt/nested-kvm/job-cmd 2>&1 | sed "s/^/JOB| /"; r=${PIPESTATUS[0]}; (exit $r)'
+  marker='command'
+else
+  printf '%q ' "${@:-test/integration}" > "$work/scratch/jest-args"
+  run='CI=true node node_modules/.bin/jest --ci --colors=false $(cat /mnt/nested-kvm/jest-args) 2>&1'
+  marker='jest'
+fi
 cat > "$work/scratch/job.sh" <<JOB
 cd $(printf '%q' "$repo")
 modprobe -a tun veth bridge 2>&1 | head -3
 t0=\$(date +%s)
-eval "CI=true node node_modules/.bin/jest --ci --colors=false \$(cat /mnt/nested-kvm/jest-args)" 2>&1
-echo "jest rc=\$?, took \$(( \$(date +%s) - t0 )) s"
+eval $(printf '%q' "$run")
+echo "$marker rc=\$?, took \$(( \$(date +%s) - t0 )) s"
 JOB
 log="$work/console.log"
 timeout "${TIMEOUT:-5400}" qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max -m "${MEM:-4096}" -smp "${SMP:-2}" \
@@ -62,7 +73,7 @@ timeout "${TIMEOUT:-5400}" qemu-system-x86_64 -accel tcg,thread=multi,tb-size=51
   -append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4 modopt.kvm-amd=nested=0 job=job.sh" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$work/scratch",mount_tag=scratch,security_model=none >/dev/null 2>&1 || true
-sed -e 's/\x1b\[[0-9;]*[A-Za-z]//g' "$log" | grep -E "KVMTEST|^(PASS|FAIL)|✕|Tests:|jest rc" || true
-rc=$(sed -n 's/.*jest rc=\([0-9]*\).*/\1/p' "$log" | tail -1)
+sed -e 's/\x1b\[[0-9;]*[A-Za-z]//g' "$log" | grep -E "KVMTEST|^(PASS|FAIL)|✕|Tests:|^JOB\| |(jest|command) rc" | sed 's/^JOB| //' || true
+rc=$(sed -n 's/.*\(jest\|command\) rc=\([0-9]*\).*/\2/p' "$log" | tail -1)
 [ -n "$rc" ] || { echo "the guest did not finish the job: see $log" >&2; exit 1; }
 exit "$rc"
