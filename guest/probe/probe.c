@@ -7,8 +7,11 @@
  *   # key: value          (facts the host-side test compares with the boot plan)
  *
  * then resets the machine through the i8042 controller (with probe.wait=1 on the command line it
- * first waits, halted, until a keyboard byte such as Ctrl-Alt-Del arrives). General-purpose registers only
- * (-mgeneral-regs-only): no SSE, no XSAVE, no INT3, so it runs on emulated KVM too.
+ * first waits, halted, until a keyboard byte such as Ctrl-Alt-Del arrives; with probe.snapshot=1 it
+ * prepares state, waits the same way, and checks that state and its devices afterwards, to survive
+ * a snapshot and restore: see snapshot_mode). probe.vsock=init brings a vsock device up without
+ * its two connections. General-purpose registers only (-mgeneral-regs-only): no SSE, no XSAVE,
+ * no INT3, so it runs on emulated KVM too.
  */
 #include <stdint.h>
 #include "io.h"
@@ -542,7 +545,8 @@ struct vq {
     } used_ring[VQ_SIZE];
 } __attribute__((aligned(4096)));
 
-static struct vq vqs[6];
+#define VQ_MAX 8 /* block, entropy, net (2) and vsock (3), with room for a second drive */
+static struct vq vqs[VQ_MAX];
 static int nvq;
 static uint8_t dma[4][4096] __attribute__((aligned(4096)));
 
@@ -576,7 +580,7 @@ static struct vq *virtio_init_n(uint64_t base, uint64_t extra_features, uint64_t
     mmio_write(base, 0x24, 1);
     mmio_write(base, 0x20, (uint32_t)(want >> 32));
     mmio_write(base, 0x70, 1 | 2 | 8);
-    if (!(mmio_read(base, 0x70) & 8) || nvq + nq > 6) return 0;
+    if (!(mmio_read(base, 0x70) & 8) || nvq + nq > VQ_MAX) return 0;
     struct vq *first = &vqs[nvq];
     for (int i = 0; i < nq; i++) {
         struct vq *q = &vqs[nvq++];
@@ -652,6 +656,15 @@ static int mem_eq(const uint8_t *a, const uint8_t *b, int n) {
     return 1;
 }
 
+/* The drive probe.snapshot=1 writes to: the first writable one (else the first one) the checks
+   initialized. */
+static struct {
+    uint64_t base;
+    struct vq *q;
+    uint64_t capacity;
+    int ro;
+} snap_blk;
+
 static void check_block(uint64_t base) {
     uint64_t offered;
     struct vq *q = virtio_init(base, (1ull << 5) | (1ull << 9), &offered);
@@ -661,6 +674,7 @@ static void check_block(uint64_t base) {
     }
     int ro = (offered >> 5) & 1;
     uint64_t capacity = (uint64_t)mmio_read(base, 0x100) | ((uint64_t)mmio_read(base, 0x104) << 32);
+    if (!snap_blk.q || (snap_blk.ro && !ro)) snap_blk.base = base, snap_blk.q = q, snap_blk.capacity = capacity, snap_blk.ro = ro;
     puts_("# blk-capacity-sectors: ");
     put_dec(capacity);
     puts_("\n");
@@ -711,6 +725,11 @@ static void check_block(uint64_t base) {
         not_ok("blk-bounds", "a read past the end of the disk did not fail with IOERR");
 }
 
+static struct {
+    uint64_t base;
+    struct vq *q;
+} snap_rng;
+
 static void check_rng(uint64_t base) {
     uint64_t offered;
     struct vq *q = virtio_init(base, 0, &offered);
@@ -718,6 +737,7 @@ static void check_rng(uint64_t base) {
         not_ok("rng", "the device refused FEATURES_OK");
         return;
     }
+    if (!snap_rng.q) snap_rng.base = base, snap_rng.q = q;
     uint8_t *buf = dma[3];
     for (int i = 0; i < 64; i++) buf[i] = 0;
     q->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)buf, 64, VRING_DESC_F_WRITE, 0};
@@ -1599,23 +1619,29 @@ static void check_mmds(struct nic *n, uint32_t mmds_ip) {
  * The NIC: its MAC, then with probe.ip= and probe.peer= an ARP round trip with the peer, and with
  * probe.ip= and probe.mmds= the MMDS exchange (check_mmds).
  */
+/* The first NIC stays open for probe.snapshot=1, which ARPs the peer again after a restore. */
+static struct nic snap_nic;
+static int snap_nic_open;
+
 static void check_net(uint64_t base) {
-    static struct nic n;
-    if (!nic_open(&n, base)) {
+    static struct nic later; /* a second NIC's state (it is not used again) */
+    struct nic *n = snap_nic_open ? &later : &snap_nic;
+    if (!nic_open(n, base)) {
         not_ok("net-init", "the device refused FEATURES_OK");
         return;
     }
+    if (n == &snap_nic) snap_nic_open = 1;
     puts_("# net-mac: ");
-    put_mac(n.mac);
+    put_mac(n->mac);
     puts_("\n");
-    n.ip = cmdline_ip("probe.ip=");
+    n->ip = cmdline_ip("probe.ip=");
     uint32_t peer = cmdline_ip("probe.peer="), mmds = cmdline_ip("probe.mmds=");
-    if (!n.ip || (!peer && !mmds)) {
+    if (!n->ip || (!peer && !mmds)) {
         ok("net-init");
         return;
     }
-    if (peer) check_net_arp(&n, peer);
-    if (mmds) check_mmds(&n, mmds);
+    if (peer) check_net_arp(n, peer);
+    if (mmds) check_mmds(n, mmds);
 }
 
 /* ---- virtio-vsock: one connection each way ---- */
@@ -1627,11 +1653,29 @@ struct vsock_hdr {
     uint32_t flags, buf_alloc, fwd_cnt;
 } __attribute__((packed));
 
+#define VSOCK_OP_REQUEST 1
+#define VSOCK_OP_RESPONSE 2
+#define VSOCK_OP_RST 3
+#define VSOCK_OP_SHUTDOWN 4
+#define VSOCK_OP_RW 5
+#define VSOCK_OP_CREDIT_UPDATE 6
+#define VSOCK_OP_CREDIT_REQUEST 7
+#define VSOCK_EVENT_TRANSPORT_RESET 0
+#define VSOCK_EVENT_NONE 0xffffffffu /* written into the event buffer before it is posted */
+
 #define VSOCK_RX_BUFS 4
 static uint8_t vsock_rx[VSOCK_RX_BUFS][2048] __attribute__((aligned(16)));
 static uint8_t vsock_tx[2048] __attribute__((aligned(16)));
+static volatile uint32_t vsock_event __attribute__((aligned(16))); /* struct virtio_vsock_event */
 static uint64_t vsock_cid;
 static uint32_t vsock_fwd;
+
+/* The vsock device, kept for probe.snapshot=1 (base 0: there is none). */
+static struct {
+    uint64_t base;
+    struct vq *rx, *tx, *ev;
+    uint16_t rx_seen, ev_seen;
+} vs;
 
 static void vsock_post_rx(struct vq *rx, uint16_t id) {
     rx->avail_ring[rx->avail_idx % VQ_SIZE] = id;
@@ -1640,48 +1684,86 @@ static void vsock_post_rx(struct vq *rx, uint16_t id) {
     __sync_synchronize();
 }
 
-static int vsock_send(uint64_t base, struct vq *tx, uint32_t sport, uint32_t dport, uint16_t op, uint32_t flags, const char *data, uint32_t len) {
+/* Gives the device the one event buffer (descriptor 0 of the event queue) and notifies it. The
+   device keeps it until it has an event to report; a driver must always leave it one. */
+static void vsock_post_event_buffer(void) {
+    vsock_event = VSOCK_EVENT_NONE;
+    vs.ev->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)&vsock_event, sizeof vsock_event, VRING_DESC_F_WRITE, 0};
+    vsock_post_rx(vs.ev, 0);
+    mmio_write(vs.base, 0x50, 2);
+}
+
+/* Takes every event the device has delivered, giving the buffer straight back (for Firecracker's
+   device that notification is also the driver's acknowledgement of a transport reset, after which
+   it delivers packets again). Returns how many were TRANSPORT_RESET. */
+static int vsock_take_events(void) {
+    int resets = 0;
+    while (vs.ev->used_idx != vs.ev_seen) {
+        __sync_synchronize();
+        uint32_t id = vs.ev->used_ring[vs.ev_seen % VQ_SIZE].id;
+        vs.ev_seen++;
+        if (id == 0 && vsock_event == VSOCK_EVENT_TRANSPORT_RESET) resets++;
+        mmio_write(vs.base, 0x64, mmio_read(vs.base, 0x60));
+        vsock_post_event_buffer();
+    }
+    return resets;
+}
+
+static int vsock_send(uint32_t sport, uint32_t dport, uint16_t op, uint32_t flags, const char *data, uint32_t len) {
     struct vsock_hdr *h = (struct vsock_hdr *)vsock_tx;
     *h = (struct vsock_hdr){vsock_cid, 2, sport, dport, len, 1, op, flags, 65536, vsock_fwd};
     for (uint32_t i = 0; i < len; i++) vsock_tx[sizeof *h + i] = (uint8_t)data[i];
-    tx->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)vsock_tx, (uint32_t)sizeof *h + len, 0, 0};
-    return virtio_submit_q(base, tx, 1) >= 0;
+    vs.tx->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)vsock_tx, (uint32_t)sizeof *h + len, 0, 0};
+    return virtio_submit_q(vs.base, vs.tx, 1) >= 0;
 }
 
-/* Waits for the next packet on the RX queue (any op); copies it out and re-posts the buffer. */
-static int vsock_recv(uint64_t base, struct vq *rx, uint16_t *seen, struct vsock_hdr *h, char *data, uint32_t max) {
-    for (uint64_t i = 0; i < 3000000000ull; i++) {
-        if (rx->used_idx == *seen) {
-            __asm__ volatile("pause");
-            continue;
-        }
+/* Takes the next packet from the RX queue if one is waiting (any op): copies its header to *h and
+   up to `max` bytes of its payload to data (NUL-terminated), re-posts the buffer. 0: none. */
+static int vsock_poll(struct vsock_hdr *h, char *data, uint32_t max) {
+    struct vq *rx = vs.rx;
+    while (rx->used_idx != vs.rx_seen) {
         __sync_synchronize();
-        uint32_t id = rx->used_ring[*seen % VQ_SIZE].id;
-        (*seen)++;
-        if (id >= VSOCK_RX_BUFS) return 0;
+        uint32_t id = rx->used_ring[vs.rx_seen % VQ_SIZE].id;
+        vs.rx_seen++;
+        if (id >= VSOCK_RX_BUFS) continue; /* not a buffer we posted */
         const struct vsock_hdr *in = (const struct vsock_hdr *)vsock_rx[id];
         *h = *in;
         uint32_t n = in->len < max ? in->len : max;
+        if (n > sizeof vsock_rx[id] - sizeof *in) n = sizeof vsock_rx[id] - sizeof *in;
         for (uint32_t k = 0; k < n; k++) data[k] = (char)vsock_rx[id][sizeof *in + k];
         data[n] = 0;
-        if (in->op == 5) vsock_fwd += in->len;
+        if (in->op == VSOCK_OP_RW) vsock_fwd += in->len;
         vsock_post_rx(rx, (uint16_t)id);
-        mmio_write(base, 0x50, 0);
-        uint32_t isr = mmio_read(base, 0x60);
-        mmio_write(base, 0x64, isr);
+        mmio_write(vs.base, 0x50, 0);
+        mmio_write(vs.base, 0x64, mmio_read(vs.base, 0x60));
         return 1;
+    }
+    return 0;
+}
+
+/* Waits for the next packet on the RX queue (any op). */
+static int vsock_recv(struct vsock_hdr *h, char *data, uint32_t max) {
+    for (uint64_t i = 0; i < 3000000000ull; i++) {
+        if (vsock_poll(h, data, max)) return 1;
+        __asm__ volatile("pause");
     }
     return 0;
 }
 
 static void check_vsock(uint64_t base) {
     uint64_t offered;
+    if (vs.base) return; /* one vsock device per VM */
     struct vq *rx = virtio_init_n(base, 0, &offered, 3);
     if (!rx) {
         not_ok("vsock-init", "the device refused FEATURES_OK");
         return;
     }
-    struct vq *tx = rx + 1;
+    vs.base = base;
+    vs.rx = rx;
+    vs.tx = rx + 1;
+    vs.ev = rx + 2;
+    vs.rx_seen = rx->used_idx;
+    vs.ev_seen = vs.ev->used_idx;
     vsock_cid = (uint64_t)mmio_read(base, 0x100) | ((uint64_t)mmio_read(base, 0x104) << 32);
     puts_("# vsock-cid: ");
     put_dec(vsock_cid);
@@ -1691,7 +1773,11 @@ static void check_vsock(uint64_t base) {
         vsock_post_rx(rx, i);
     }
     mmio_write(base, 0x50, 0);
-    uint16_t seen = 0;
+    vsock_post_event_buffer();
+    if (has_word(cmdline, "probe.vsock=init")) { /* the device only: no connections now */
+        ok("vsock-init");
+        return;
+    }
     struct vsock_hdr h;
     char data[256];
     uint32_t host_port = 0;
@@ -1702,7 +1788,7 @@ static void check_vsock(uint64_t base) {
     ({                                                                                 \
         int found_ = 0, done_ = 0;                                                     \
         for (int tries_ = 0; tries_ < 16 && !done_; tries_++) {                        \
-            if (!vsock_recv(base, rx, &seen, &h, data, 255)) break;                    \
+            if (!vsock_recv(&h, data, 255)) break;                                     \
             if (h.op == 1 && h.dst_port == 5000) host_port = h.src_port;               \
             if (h.dst_port == (port) && (h.op == (want_op) || h.op == 3)) {            \
                 found_ = h.op == (want_op);                                            \
@@ -1713,14 +1799,14 @@ static void check_vsock(uint64_t base) {
     })
 
     /* Guest-initiated: connect to host port 6000 from guest port 1234. */
-    vsock_send(base, tx, 1234, 6000, 1, 0, 0, 0);
+    vsock_send(1234, 6000, 1, 0, 0, 0);
     if (!VSOCK_WAIT(1234, 2)) {
         not_ok("vsock-guest-connect", "no RESPONSE to the guest's REQUEST for host port 6000");
         return;
     }
     ok("vsock-guest-connect");
     static const char hello[] = "hello host";
-    vsock_send(base, tx, 1234, 6000, 5, 0, hello, sizeof hello - 1);
+    vsock_send(1234, 6000, 5, 0, hello, sizeof hello - 1);
     if (!VSOCK_WAIT(1234, 5)) {
         not_ok("vsock-guest-data", "no data came back from the host");
         return;
@@ -1729,7 +1815,7 @@ static void check_vsock(uint64_t base) {
     puts_(data);
     puts_("\n");
     ok("vsock-guest-data");
-    vsock_send(base, tx, 1234, 6000, 4, 3, 0, 0);
+    vsock_send(1234, 6000, 4, 3, 0, 0);
 
     /* Host-initiated: wait for a REQUEST to guest port 5000 (unless it came already), answer,
        echo what arrives. A new connection: its forwarded-byte count starts again. */
@@ -1739,7 +1825,7 @@ static void check_vsock(uint64_t base) {
         not_ok("vsock-host-connect", "no REQUEST from the host for guest port 5000");
         return;
     }
-    vsock_send(base, tx, 5000, host_port, 2, 0, 0, 0);
+    vsock_send(5000, host_port, 2, 0, 0, 0);
     ok("vsock-host-connect");
     if (!VSOCK_WAIT(5000, 5)) {
         not_ok("vsock-host-data", "no data from the host");
@@ -1751,9 +1837,9 @@ static void check_vsock(uint64_t base) {
     char reply[256] = "pong:";
     uint32_t n = 5;
     for (uint32_t i = 0; data[i] && n < 250; i++) reply[n++] = data[i];
-    vsock_send(base, tx, 5000, host_port, 5, 0, reply, n);
+    vsock_send(5000, host_port, 5, 0, reply, n);
     ok("vsock-host-data");
-    vsock_send(base, tx, 5000, host_port, 4, 3, 0, 0);
+    vsock_send(5000, host_port, 4, 3, 0, 0);
 }
 
 static void check_virtio(void) {
@@ -1827,11 +1913,16 @@ __attribute__((interrupt)) static void kbd_isr(struct interrupt_frame *frame) {
     lapic_write(LAPIC_EOI, 0);
 }
 
-static void wait_forever(void) {
+/* Routes the keyboard interrupt (IRQ 1) to kbd_isr on this CPU. */
+static void arm_keyboard(void) {
     set_gate(KBD_VECTOR, kbd_isr);
     uint32_t bsp = lapic_read(LAPIC_ID) >> 24;
     ioapic_write(0x10 + 2 * 1 + 1, bsp << 24);
     ioapic_write(0x10 + 2 * 1, KBD_VECTOR); /* IRQ 1: fixed, physical, edge, active high, unmasked */
+}
+
+static void wait_forever(void) {
+    arm_keyboard();
     puts_("# probe waiting\n");
     /* hlt with interrupts on: an idle vCPU, not a spinning one. */
     while (kbd_bytes == 0) __asm__ volatile("sti; hlt" ::: "memory");
@@ -1889,6 +1980,455 @@ static void report_cpu(void) {
     }
 }
 
+
+/* ---- probe.snapshot=1: state that must survive a snapshot and restore ---- */
+
+/*
+ * After the usual checks, with probe.snapshot=1 on the command line (instead of probe.wait=1):
+ *
+ *   prepare   a pattern over probe.snapshot_mib= MiB (default 4) of RAM the probe does not otherwise
+ *             use (from 8 MiB up; every 64-bit word derived from its address and a seed taken
+ *             from the TSC and kvm-clock, never zero), a counter, kvm-clock time T0; on a
+ *             writable virtio-blk drive a pattern written to sector probe.snapshot_sector=
+ *             (default: the last), flushed and read back
+ *   "# probe snapshot-ready", then halted (HLT, interrupts on) until a keyboard byte arrives
+ *             (Ctrl-Alt-Del through the API): a VMM snapshots the VM here and restores it
+ *   checks    snapshot-memory (every word), snapshot-counter (the copy in memory equals the copy
+ *             the vCPU held in r12 across the wait: registers and memory are of the same moment),
+ *             snapshot-kvm-clock (T1 > T0 and still ticking), snapshot-blk-persisted (the sector
+ *             written before) and snapshot-blk-write (a write, flush and read of the next sector
+ *             down, or up when probe.snapshot_sector= is sector 0), snapshot-rng (64 fresh bytes,
+ *             not the ones read before), for vsock "# snapshot-vsock-reset seen|none" (a
+ *             TRANSPORT_RESET event: the driver drops its connection state and acknowledges it)
+ *             and with probe.snapshot_vsock_port=P snapshot-vsock-connect and snapshot-vsock-echo
+ *             (a new connection to host CID 2 port P: one line sent must come back unchanged),
+ *             for a NIC with probe.ip= and probe.peer= snapshot-net-arp
+ *   "# probe restored: N failed"  (N: every not ok since boot), then reset through the i8042.
+ *
+ * probe.snapshot_rounds=N runs N rounds (prepare, wait, checks) before the reset;
+ * probe.snapshot_loop=1 runs rounds until the VM is stopped. (probe.vsock=init keeps the usual vsock
+ * check from needing a host on ports 6000 and 5000.) Rounds after the first rewrite half the
+ * pattern's pages with a new seed (odd pages in round 2, even ones in round 3, ...), so a restored
+ * diff snapshot must hold both the base's pages and the diff's.
+ */
+extern char __stack_top[];
+
+#define SNAP_REGION_FLOOR (8ull << 20)
+#define SNAP_IDENTITY_MAPPED (1ull << 30)
+#define SNAP_PAGE 4096ull
+#define SNAP_SECTOR 512
+
+static struct {
+    uint32_t round;
+    uint64_t region, region_bytes;  /* 0 bytes: no room for the pattern */
+    uint64_t seed_for[2];           /* pattern seed of the even and the odd pages */
+    volatile uint64_t counter;      /* pages written */
+    uint64_t pages_expected;        /* what the counter must say */
+    uint64_t t0;                    /* kvm-clock just before the wait */
+    int blk_ready;                  /* the sector was written and read back before the wait */
+    uint64_t sector, sector2, blk_seed;
+} snap;
+
+static uint8_t snap_sector_out[SNAP_SECTOR] __attribute__((aligned(512)));
+static uint8_t snap_sector_in[SNAP_SECTOR] __attribute__((aligned(512)));
+
+static uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* The pattern word at `addr`: never 0, so a page that comes back zeroed is caught. */
+static inline uint64_t snap_word(uint64_t addr, uint64_t seed) { return mix64(addr ^ seed) | 1; }
+
+/* A seed no earlier one equals: the TSC and kvm-clock of this moment, mixed. */
+static uint64_t snap_new_seed(void) {
+    static uint64_t last;
+    uint64_t seed;
+    do seed = mix64(rdtsc() ^ (kvmclock_ok ? kvmclock_ns() << 17 : 0) ^ last);
+    while (seed == last || seed == 0);
+    return last = seed;
+}
+
+/* probe.KEY=NUMBER (decimal or 0x hex): 1 and *out when present, 0 when absent, -1 (not ok
+   snapshot-options printed) when it is not a number. */
+static int cmdline_num(const char *key, uint64_t *out) {
+    char v[24];
+    if (!cmdline_value(key, v, sizeof v)) return 0;
+    const char *p = v;
+    *out = parse_num(&p);
+    if (*p || p == v) {
+        puts_("# snapshot-bad-option: ");
+        puts_(key);
+        puts_("\n");
+        not_ok("snapshot-options", "an option's value is not a number (decimal or 0x hex)");
+        return -1;
+    }
+    return 1;
+}
+
+/* Where the pattern goes: from 8 MiB (or the end of the probe's image, if higher) in the RAM range
+   there, below the identity-mapped first GiB, at most `bytes`. */
+static void snap_pick_region(uint64_t bytes) {
+    uint64_t start = (uint64_t)(uintptr_t)__stack_top;
+    if (start < SNAP_REGION_FLOOR) start = SNAP_REGION_FLOOR;
+    start = (start + (2ull << 20) - 1) & ~((2ull << 20) - 1);
+    for (int i = 0; i < nranges; i++) {
+        if (ranges[i].type != 1) continue;
+        uint64_t lo = ranges[i].addr, hi = ranges[i].addr + ranges[i].size - SNAP_PAGE; /* check_memory uses the top */
+        if (hi > SNAP_IDENTITY_MAPPED) hi = SNAP_IDENTITY_MAPPED;
+        if (lo < start) lo = start;
+        lo = (lo + SNAP_PAGE - 1) & ~(SNAP_PAGE - 1);
+        if (hi <= lo + 16 * SNAP_PAGE) continue;
+        uint64_t n = hi - lo < bytes ? hi - lo : bytes;
+        snap.region = lo;
+        snap.region_bytes = n & ~(SNAP_PAGE - 1);
+        return;
+    }
+}
+
+/* Writes the pattern with `seed` over the pages of the given parity (-1: all of them). */
+static void snap_write_pages(int parity, uint64_t seed) {
+    uint64_t pages = snap.region_bytes / SNAP_PAGE;
+    for (uint64_t pg = 0; pg < pages; pg++) {
+        if (parity >= 0 && (int)(pg & 1) != parity) continue;
+        volatile uint64_t *w = (volatile uint64_t *)(uintptr_t)(snap.region + pg * SNAP_PAGE);
+        for (uint64_t k = 0; k < SNAP_PAGE / 8; k++) w[k] = snap_word((uint64_t)(uintptr_t)&w[k], seed);
+        snap.counter++;
+        snap.pages_expected++;
+    }
+}
+
+/* Words of the region that do not hold the pattern; the first such word, what it held and what it
+   should have held go to first, found and want. */
+static uint64_t snap_bad_words(uint64_t *first, uint64_t *found, uint64_t *want) {
+    uint64_t bad = 0;
+    for (uint64_t a = snap.region; a < snap.region + snap.region_bytes; a += 8) {
+        uint64_t expect = snap_word(a, snap.seed_for[((a - snap.region) / SNAP_PAGE) & 1]);
+        uint64_t got = *(volatile uint64_t *)(uintptr_t)a;
+        if (got != expect) {
+            if (!bad) *first = a, *found = got, *want = expect;
+            bad++;
+        }
+    }
+    return bad;
+}
+
+/* The 512 bytes of `sector` for `seed`: a readable tag, the seed and sector number, then
+   bytes derived from all three. */
+static void snap_sector_pattern(uint8_t *buf, const char *tag, uint64_t sector, uint64_t seed) {
+    int i = 0;
+    for (; tag[i] && i < 31; i++) buf[i] = (uint8_t)tag[i];
+    for (; i < 32; i++) buf[i] = '\n';
+    for (int k = 0; k < 8; k++) buf[32 + k] = (uint8_t)(seed >> (8 * k)), buf[40 + k] = (uint8_t)(sector >> (8 * k));
+    for (i = 48; i < SNAP_SECTOR; i += 8) {
+        uint64_t v = mix64(seed ^ (sector << 20) ^ (uint64_t)i);
+        for (int k = 0; k < 8; k++) buf[i + k] = (uint8_t)(v >> (8 * k));
+    }
+}
+
+#define SNAP_TAG_BEFORE "fc-run probe snapshot sector"
+#define SNAP_TAG_AFTER "fc-run probe restored sector"
+
+/* Writes `out` to `sector`, flushes and reads it back into snap_sector_in: 0, or why not. */
+static const char *snap_blk_write(uint64_t sector) {
+    if (blk_request(snap_blk.base, snap_blk.q, 1, sector, snap_sector_out, SNAP_SECTOR, 0) != 0) return "the write failed";
+    if (blk_request(snap_blk.base, snap_blk.q, 4, 0, 0, 0, 0) != 0) return "the flush failed";
+    if (blk_request(snap_blk.base, snap_blk.q, 0, sector, snap_sector_in, SNAP_SECTOR, 1) != 0) return "reading it back failed";
+    if (!mem_eq(snap_sector_in, snap_sector_out, SNAP_SECTOR)) return "it did not read back what was written";
+    return 0;
+}
+
+static void snap_prepare_blk(void) {
+    snap.blk_ready = 0;
+    if (!snap_blk.q) return;
+    if (snap_blk.ro) {
+        puts_("# snapshot-blk: read-only drive, not written\n");
+        return;
+    }
+    uint64_t cap = snap_blk.capacity, sector = cap - 1;
+    int given = cmdline_num("probe.snapshot_sector=", &sector);
+    if (given < 0) return;
+    if (cap < 2 || sector >= cap) {
+        not_ok("snapshot-prepare-blk", "the snapshot sector is beyond the end of the drive (or it has fewer than 2 sectors)");
+        return;
+    }
+    snap.sector = sector;
+    snap.sector2 = sector > 0 ? sector - 1 : sector + 1;
+    snap.blk_seed = snap_new_seed();
+    puts_("# snapshot-blk-sectors: ");
+    put_dec(snap.sector);
+    puts_(" ");
+    put_dec(snap.sector2);
+    puts_("\n");
+    snap_sector_pattern(snap_sector_out, SNAP_TAG_BEFORE, snap.sector, snap.blk_seed);
+    const char *why = snap_blk_write(snap.sector);
+    if (why) {
+        not_ok("snapshot-prepare-blk", why);
+        return;
+    }
+    snap.blk_ready = 1;
+    ok("snapshot-prepare-blk");
+}
+
+static void snap_prepare(void) {
+    snap.round++;
+    put_fact("snapshot-round", snap.round);
+    if (snap.round == 1) {
+        uint64_t mib = 4;
+        if (cmdline_num("probe.snapshot_mib=", &mib) < 0 || mib == 0 || mib > 512) mib = 4;
+        snap_pick_region(mib << 20);
+    }
+    if (!snap.region_bytes) {
+        not_ok("snapshot-prepare-memory", "no RAM above 8 MiB (below 1 GiB) to hold the pattern");
+    } else {
+        uint64_t seed = snap_new_seed();
+        int parity = snap.round == 1 ? -1 : (int)(~snap.round & 1); /* round 2: odd pages */
+        if (parity < 0) snap.seed_for[0] = snap.seed_for[1] = seed;
+        else snap.seed_for[parity] = seed;
+        snap_write_pages(parity, seed);
+        puts_("# snapshot-memory: ");
+        put_hex(snap.region);
+        puts_(" ");
+        put_hex(snap.region_bytes);
+        puts_(" seed ");
+        put_hex(seed);
+        puts_(parity < 0 ? " all pages\n" : parity ? " odd pages\n" : " even pages\n");
+        uint64_t first, found, want;
+        if (snap_bad_words(&first, &found, &want)) not_ok("snapshot-prepare-memory", "the pattern did not read back as written");
+        else ok("snapshot-prepare-memory");
+    }
+    snap_prepare_blk();
+    if (kvmclock_ok) snap.t0 = kvmclock_ns();
+}
+
+/* Halts (interrupts on) until a keyboard byte arrives. `token` rides in r12 across the wait, and
+   whatever is in r12 afterwards comes back: a restored vCPU returns what its registers held. */
+static uint64_t snap_halt_until_key(uint64_t token) {
+    register uint64_t held __asm__("r12") = token;
+    __asm__ volatile("1:\n\t"
+                     "sti\n\t"
+                     "hlt\n\t"
+                     "cli\n\t"
+                     "cmpl $0, %1\n\t"
+                     "je 1b"
+                     : "+r"(held)
+                     : "m"(kbd_bytes)
+                     : "memory", "cc");
+    return held;
+}
+
+static void snap_check_memory(uint64_t held) {
+    if (snap.region_bytes) {
+        uint64_t first = 0, found = 0, want = 0;
+        uint64_t bad = snap_bad_words(&first, &found, &want);
+        if (bad) {
+            put_fact("snapshot-memory-bad-words", bad);
+            puts_("# snapshot-memory-first-bad: ");
+            put_hex(first);
+            puts_(" holds ");
+            put_hex(found);
+            puts_(" expected ");
+            put_hex(want);
+            puts_("\n");
+            not_ok("snapshot-memory", "words of the pattern changed across the wait");
+        } else {
+            ok("snapshot-memory");
+        }
+    }
+    uint64_t counter = snap.counter;
+    puts_("# snapshot-counter: ");
+    put_dec(counter);
+    puts_(" register ");
+    put_dec(held);
+    puts_(" expected ");
+    put_dec(snap.pages_expected);
+    puts_("\n");
+    if (counter != held) not_ok("snapshot-counter", "the counter in memory differs from the copy the vCPU held in a register");
+    else if (counter != snap.pages_expected) not_ok("snapshot-counter", "the counter does not count the pages written");
+    else ok("snapshot-counter");
+}
+
+static void snap_check_kvmclock(void) {
+    if (!kvmclock_ok) {
+        puts_("# snapshot-kvm-clock: none\n");
+        return;
+    }
+    uint64_t t1 = kvmclock_ns(), t2 = t1;
+    for (int i = 0; i < 1000000 && t2 == t1; i++) t2 = kvmclock_ns();
+    puts_("# snapshot-kvm-clock-ns: ");
+    put_dec(snap.t0);
+    puts_(" ");
+    put_dec(t1);
+    puts_("\n");
+    if (t1 <= snap.t0) {
+        not_ok("snapshot-kvm-clock", "kvm-clock after the wait is not later than before it");
+    } else if (t2 <= t1) {
+        not_ok("snapshot-kvm-clock", "kvm-clock no longer advances");
+    } else {
+        put_fact("snapshot-waited-ms", (t1 - snap.t0) / 1000000);
+        ok("snapshot-kvm-clock");
+        return;
+    }
+    kvmclock_ok = 0; /* deadlines fall back to counting turns: they still end */
+}
+
+static void snap_check_blk(void) {
+    if (!snap.blk_ready) return;
+    snap_sector_pattern(snap_sector_out, SNAP_TAG_BEFORE, snap.sector, snap.blk_seed);
+    if (blk_request(snap_blk.base, snap_blk.q, 0, snap.sector, snap_sector_in, SNAP_SECTOR, 1) != 0)
+        not_ok("snapshot-blk-persisted", "reading the sector written before the wait failed");
+    else if (!mem_eq(snap_sector_in, snap_sector_out, SNAP_SECTOR))
+        not_ok("snapshot-blk-persisted", "the sector written before the wait does not hold what was written");
+    else
+        ok("snapshot-blk-persisted");
+    snap_sector_pattern(snap_sector_out, SNAP_TAG_AFTER, snap.sector2, snap_new_seed());
+    const char *why = snap_blk_write(snap.sector2);
+    if (why) not_ok("snapshot-blk-write", why);
+    else ok("snapshot-blk-write");
+}
+
+static void snap_check_rng(void) {
+    if (!snap_rng.q) return;
+    uint8_t *buf = dma[3], before[64];
+    for (int i = 0; i < 64; i++) before[i] = buf[i], buf[i] = 0;
+    snap_rng.q->desc[0] = (struct vring_desc){(uint64_t)(uintptr_t)buf, 64, VRING_DESC_F_WRITE, 0};
+    int64_t got = virtio_submit(snap_rng.base, snap_rng.q);
+    int nonzero = 0;
+    for (int i = 0; i < 64; i++) nonzero += buf[i] != 0;
+    put_fact("snapshot-rng-bytes", (uint64_t)(got < 0 ? 0 : got));
+    if (got != 64 || nonzero <= 32) not_ok("snapshot-rng", "the entropy device returned no random bytes");
+    else if (mem_eq(buf, before, 64)) not_ok("snapshot-rng", "the entropy device returned the bytes it returned before");
+    else ok("snapshot-rng");
+}
+
+/* Waits for a packet to `lport` from host port `rport`, answering credit requests on the way;
+   returns its op (with the payload in data), or 0 when `ms` pass. */
+static int snap_vsock_wait(uint32_t lport, uint32_t rport, struct vsock_hdr *h, char *data, uint32_t max, uint32_t ms) {
+    struct deadline give_up = deadline_in(ms);
+    while (!expired(&give_up)) {
+        vsock_take_events(); /* a late reset event is acknowledged, or the device holds packets back */
+        if (!vsock_poll(h, data, max)) {
+            __asm__ volatile("pause");
+            continue;
+        }
+        if (h->dst_port != lport || h->src_port != rport || h->src_cid != 2) continue;
+        if (h->op == VSOCK_OP_CREDIT_REQUEST) {
+            vsock_send(lport, rport, VSOCK_OP_CREDIT_UPDATE, 0, 0, 0);
+            continue;
+        }
+        if (h->op == VSOCK_OP_CREDIT_UPDATE) continue;
+        return h->op;
+    }
+    return 0;
+}
+
+static void snap_check_vsock(void) {
+    if (!vs.base) return;
+    /* Firecracker writes the event before it saves the VM; a VMM may also send it on resume. */
+    struct deadline grace = deadline_in(200);
+    int resets = vsock_take_events();
+    while (!resets && !expired(&grace)) {
+        __asm__ volatile("pause");
+        resets = vsock_take_events();
+    }
+    puts_(resets ? "# snapshot-vsock-reset seen\n" : "# snapshot-vsock-reset none\n");
+    /* What a driver does on a transport reset, and what a closed connection needs anyway: packets
+       of earlier connections are dropped, the byte counts start again, the CID is read again. */
+    struct vsock_hdr h;
+    char data[256];
+    uint64_t dropped = 0;
+    while (vsock_poll(&h, data, 0)) dropped++;
+    vsock_fwd = 0;
+    vsock_cid = (uint64_t)mmio_read(vs.base, 0x100) | ((uint64_t)mmio_read(vs.base, 0x104) << 32);
+    put_fact("snapshot-vsock-dropped-packets", dropped);
+    put_fact("snapshot-vsock-cid", vsock_cid);
+
+    uint64_t port;
+    int given = cmdline_num("probe.snapshot_vsock_port=", &port);
+    if (given == 0) puts_("# snapshot-vsock-connect: skipped (no probe.snapshot_vsock_port=)\n");
+    if (given <= 0) return;
+    uint32_t rport = (uint32_t)port, lport = 3000 + snap.round % 1000;
+    put_fact("snapshot-vsock-local-port", lport);
+    vsock_send(lport, rport, VSOCK_OP_REQUEST, 0, 0, 0);
+    int op = snap_vsock_wait(lport, rport, &h, data, 0, 20000);
+    if (op != VSOCK_OP_RESPONSE) {
+        not_ok("snapshot-vsock-connect", op == VSOCK_OP_RST ? "the host refused the connection (RST)" : "no RESPONSE to the guest's REQUEST");
+        if (op) vsock_send(lport, rport, VSOCK_OP_RST, 0, 0, 0);
+        return;
+    }
+    ok("snapshot-vsock-connect");
+    char line[64] = "probe snapshot round ";
+    uint32_t len = 21;
+    {
+        char digits[12];
+        int nd = 0;
+        uint32_t r = snap.round;
+        do digits[nd++] = (char)('0' + r % 10), r /= 10;
+        while (r && nd < 10);
+        while (nd) line[len++] = digits[--nd];
+        line[len++] = '\n';
+        line[len] = 0;
+    }
+    vsock_send(lport, rport, VSOCK_OP_RW, 0, line, len);
+    char reply[64];
+    uint32_t got = 0;
+    while (got < len) {
+        op = snap_vsock_wait(lport, rport, &h, data, sizeof data - 1, 10000);
+        if (op != VSOCK_OP_RW) break;
+        for (uint32_t i = 0; i < h.len && i < sizeof data - 1 && got < sizeof reply - 1; i++) reply[got++] = data[i];
+    }
+    reply[got] = 0;
+    puts_("# snapshot-vsock-reply: ");
+    put_escaped(reply, got);
+    puts_("\n");
+    if (got == len && mem_eq((const uint8_t *)reply, (const uint8_t *)line, (int)len)) ok("snapshot-vsock-echo");
+    else not_ok("snapshot-vsock-echo", op == VSOCK_OP_RW || op == 0 ? "the host did not echo the line" : "the host closed the connection before echoing the line");
+    vsock_send(lport, rport, VSOCK_OP_SHUTDOWN, 3, 0, 0);
+}
+
+static void snap_check_net(void) {
+    uint32_t peer = cmdline_ip("probe.peer=");
+    if (!snap_nic_open || !snap_nic.ip || !peer) return;
+    uint8_t mac[6];
+    int r = arp_resolve(&snap_nic, peer, mac, 10000);
+    if (r <= 0) {
+        not_ok("snapshot-net-arp", r < 0 ? "the transmit queue did not complete" : "no ARP reply arrived");
+        return;
+    }
+    puts_("# snapshot-net-peer-mac: ");
+    put_mac(mac);
+    puts_("\n");
+    ok("snapshot-net-arp");
+}
+
+static void snapshot_mode(void) {
+    uint64_t rounds = 1;
+    int loop = has_word(cmdline, "probe.snapshot_loop=1");
+    if (cmdline_num("probe.snapshot_rounds=", &rounds) <= 0 || rounds == 0) rounds = 1;
+    arm_keyboard();
+    for (;;) {
+        snap_prepare();
+        /* Bytes left from an earlier Ctrl-Alt-Del must not end this wait. */
+        while (inb(I8042_COMMAND) & 1) (void)inb(I8042_DATA);
+        kbd_bytes = 0;
+        puts_("# probe snapshot-ready\n");
+        uint64_t held = snap_halt_until_key(snap.counter);
+        puts_("# probe: ctrl-alt-del\n");
+        snap_check_memory(held);
+        snap_check_kvmclock();
+        snap_check_blk();
+        snap_check_rng();
+        snap_check_vsock();
+        snap_check_net();
+        puts_("# probe restored: ");
+        put_dec((uint64_t)failures);
+        puts_(" failed\n");
+        if (!loop && snap.round >= rounds) return;
+    }
+}
+
 void probe_main(const void *boot_info, int mode) {
     outb(BOOT_TIMER_PORT, BOOT_TIMER_MAGIC);
     puts_("# fc-run probe guest\n");
@@ -1908,6 +2448,7 @@ void probe_main(const void *boot_info, int mode) {
     puts_("# probe done: ");
     put_dec((uint64_t)failures);
     puts_(" failed\n");
-    if (has_word(cmdline, "probe.wait=1")) wait_forever();
+    if (has_word(cmdline, "probe.snapshot=1")) snapshot_mode();
+    else if (has_word(cmdline, "probe.wait=1")) wait_forever();
     reset();
 }

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import * as nodePath from 'node:path';
 import type { RunningVm } from '../boot/launch';
 import type { VmMonitor } from '../monitor/vm-monitor';
 import { EXIT_FAILURE, FcRunError } from '../errors';
@@ -217,6 +218,25 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
     if (action === 'InstanceStart') throw new ApiError(400, 'the microVM starts from its spec; InstanceStart is not needed');
     const got = typeof action === 'string' ? shown(action) : typeName(action);
     throw new ApiError(400, `action_type must be ${ACTIONS.map((a) => `"${a}"`).join(' or ')}, got ${got}`);
+  }
+  if (path === '/snapshot/create') {
+    allow(['PUT']);
+    const body = await objectBody('{"snapshot_type": "Full", "snapshot_path": "vm.snap", "mem_file_path": "vm.mem"}');
+    const unknown = Object.keys(body).filter((k) => !['snapshot_type', 'snapshot_path', 'mem_file_path'].includes(k));
+    if (unknown.length > 0) throw new ApiError(400, `unknown field ${shown(unknown[0])} (a snapshot takes snapshot_type, snapshot_path and mem_file_path)`);
+    const type = body.snapshot_type ?? 'Full';
+    if (type !== 'Full' && type !== 'Diff') throw new ApiError(400, `snapshot_type must be "Full" or "Diff", got ${typeof type === 'string' ? shown(type) : typeName(type)}`);
+    const file = (key: string) => {
+      const v = body[key];
+      if (typeof v !== 'string' || v.length === 0) throw new ApiError(400, `${key} must be a non-empty path, got ${typeof v === 'string' ? 'an empty string' : typeName(v)}`);
+      if (v.includes('\0') || v.length > 4096) throw new ApiError(400, `${key} is not a usable path`);
+      return nodePath.resolve(v);
+    };
+    const req = { type: type as 'Full' | 'Diff', snapshotPath: file('snapshot_path'), memFilePath: file('mem_file_path') };
+    const vm = running();
+    const report = await vmOperation(() => vm.createSnapshot(req));
+    ctx.monitor.log.info('api', `snapshot written: ${report.snapshotPath} (${report.stateBytes} bytes of state, ${report.memory.written} of ${report.memory.size} bytes of memory) in ${report.ms.toFixed(1)} ms`);
+    return { status: 204 };
   }
   if (path === '/mmds') {
     allow(['GET', 'PUT', 'PATCH']);

@@ -13,6 +13,7 @@ import { KVM_IOEVENTFD_FLAG_DATAMATCH } from '../kvm/ioctls';
 import { createMailboxes } from '../vmm/mmio-mailbox';
 import { startVmmThread, VmmThread } from '../vmm/vmm-thread';
 import type { VirtioDeviceSetup } from '../vmm/vmm-worker';
+import type { DevicesState } from '../vmm/devices-state';
 import type { VirtioWindows } from '../vmm/vcpu-worker';
 import { MMIO } from '../devices/virtio/mmio';
 export { prewarmVcpuThreads } from '../vmm/threads';
@@ -21,6 +22,12 @@ import type { RateLimiterConfig } from '../limits/token-bucket';
 import { prepareGuestMemory } from './structures';
 import { configureVcpu } from './vcpu-setup';
 import { assertCpuTemplateFitsHost, vendorFromCpuid } from './host-cpu';
+import type { Vcpu } from '../kvm/kvm';
+import { createSnapshot, SnapshotReport, SnapshotRequest } from '../vmm/snapshot';
+import { openMemoryFile } from '../vmm/snapshot-memory';
+import type { VmSnapshot } from '../vmm/snapshot-file';
+import type { LegacyState } from '../vmm/microvm';
+import { restoreVcpuState, restoreVmState, vcpuStateSupport, VcpuStateSupport } from '../kvm/snapshot-state';
 
 /** Where KVM keeps the TSS for real-mode emulation: three pages just below the BIOS area at 4 GiB. */
 const KVM_TSS_ADDRESS = 0xfffbd000;
@@ -44,6 +51,8 @@ export interface LaunchOptions {
   onRunning?: (vm: RunningVm) => void;
   /** Largest MMDS contents the API may set (bytes). */
   mmdsSizeLimit?: number;
+  /** The plan's hash (recorded in snapshots). */
+  planHash?: string;
 }
 
 /**
@@ -68,6 +77,8 @@ export interface RunningVm {
   readonly paused: boolean;
   /** Every vCPU's registers, formatted (the VM is paused for the moment it takes). */
   dumpRegisters(): Promise<string[]>;
+  /** Writes a snapshot of the paused VM (PUT /snapshot/create). */
+  createSnapshot(req: SnapshotRequest): Promise<SnapshotReport>;
 }
 
 /** The logs and metrics of a VM with this plan. */
@@ -93,9 +104,11 @@ const QUEUES: Record<string, number> = { block: 1, entropy: 1, net: 2, vsock: 3 
 /**
  * Wires the plan's virtio devices: an irqfd per device (its IRQ), an ioeventfd per queue (a
  * write of the queue index to QueueNotify signals it without a VM exit), then the VMM thread that
- * owns the device models.
+ * owns the device models. With `restore` (a snapshot's device state) the devices get that state
+ * and the VMM thread starts paused: the caller resumes it (VmmThread.resume) once the vCPUs and
+ * interrupt controllers are restored.
  */
-async function startDevices(
+export async function startDevices(
   vm: Vm,
   mem: GuestMemory,
   plan: BootPlan,
@@ -103,6 +116,7 @@ async function startDevices(
   monitor: VmMonitor,
   mmdsSizeLimit: number,
   vmmFilter: Buffer | undefined,
+  restore: DevicesState | undefined,
 ): Promise<{ windows: VirtioWindows; thread?: VmmThread; control?: ControlClient }> {
   const mailbox = createMailboxes(plan.vcpus.count);
   const mailboxFd = eventfd();
@@ -129,8 +143,23 @@ async function startDevices(
   if (setups.length === 0) return { windows };
   const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {}, sizeLimit: mmdsSizeLimit };
   const control = createControlChannel(mmdsSizeLimit + 64 * 1024, eventfd());
-  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, seccompFilter: vmmFilter, seccompFd: vmmFilter ? eventfd() : undefined, ...monitor.shared() });
+  const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, seccompFilter: vmmFilter, seccompFd: vmmFilter ? eventfd() : undefined, restore, ...monitor.shared() });
   return { windows, thread, control: new ControlClient(control) };
+}
+
+/** KVM's VM with its in-kernel interrupt controllers and PIT, as boot and restore both make it. */
+function createMachine(plan: BootPlan): { kvm: Kvm; vm: Vm } {
+  // Before KVM is touched: a template for another CPU is a spec problem, whatever KVM offers.
+  assertCpuTemplateFitsHost(plan.cpuTemplate);
+  if (!fs.existsSync('/dev/kvm')) throw new FcRunError('no-kvm', '/dev/kvm does not exist: fc-run needs a Linux host with KVM');
+  const kvm = new Kvm();
+  const max = kvm.maxVcpus();
+  if (plan.vcpus.count > max) throw new FcRunError('too-many-vcpus', `the plan has ${plan.vcpus.count} vCPUs but this host's KVM allows ${max}`);
+  const vm = kvm.createVm();
+  vm.setTssAddr(KVM_TSS_ADDRESS);
+  vm.createIrqchip();
+  vm.createPit2();
+  return { kvm, vm };
 }
 
 /**
@@ -139,18 +168,7 @@ async function startDevices(
  * the guest stops.
  */
 export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunResult> {
-  // Before KVM is touched: a template for another CPU is a spec problem, whatever KVM offers.
-  assertCpuTemplateFitsHost(plan.cpuTemplate);
-  if (!fs.existsSync('/dev/kvm')) throw new FcRunError('no-kvm', '/dev/kvm does not exist: fc-run needs a Linux host with KVM');
-
-  const kvm = new Kvm();
-  const max = kvm.maxVcpus();
-  if (plan.vcpus.count > max) throw new FcRunError('too-many-vcpus', `the plan has ${plan.vcpus.count} vCPUs but this host's KVM allows ${max}`);
-  const vm = kvm.createVm();
-  vm.setTssAddr(KVM_TSS_ADDRESS);
-  vm.createIrqchip();
-  vm.createPit2();
-
+  const { kvm, vm } = createMachine(plan);
   const mem = GuestMemory.allocate(plan.memory.regions);
   mem.describe().forEach((r, slot) => vm.setUserMemoryRegion(slot, r.guestAddr, r.size, r.hostAddr));
   try {
@@ -171,10 +189,46 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   }
   const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));
   for (const v of vcpus) configureVcpu(v, plan, cpuid);
+  return runMachine({ kvm, vm, mem, vcpus, plan }, opts);
+}
 
+/** What restoring a snapshot hands to the machine start on top of what a boot does. */
+export interface RestoredParts {
+  /** Device states (the VMM thread applies them before serving anything). */
+  devices: unknown;
+  /** Serial and i8042 register state. */
+  legacy: LegacyState;
+  /** Start with every vCPU parked (resumed through the API). */
+  paused: boolean;
+}
+
+interface Machine {
+  kvm: Kvm;
+  vm: Vm;
+  mem: GuestMemory;
+  vcpus: Vcpu[];
+  plan: BootPlan;
+  restored?: RestoredParts;
+}
+
+/**
+ * Starts a machine whose memory and vCPUs are ready (booted or restored): the device threads,
+ * the seccomp filters, then the vCPUs; resolves when the guest stops.
+ */
+async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
+  const { vm, mem, vcpus, plan } = m;
   const monitor = opts.monitor ?? monitorFor(plan, {});
   const vmmFilter = opts.seccomp === false ? undefined : opts.threadFilters?.vmm;
-  const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT, vmmFilter);
+  // Read now, while /dev/kvm may still be asked anything: what a vCPU's saved state holds. A KVM
+  // that cannot snapshot still runs the VM; taking a snapshot then says why not.
+  let snapshotSupport: VcpuStateSupport | undefined;
+  let noSnapshots: string | undefined;
+  try {
+    snapshotSupport = vcpuStateSupport(m.kvm);
+  } catch (err) {
+    noSnapshots = (err as Error).message;
+  }
+  const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT, vmmFilter, m.restored?.devices as DevicesState | undefined);
   const micro = new MicroVm(vm, vcpus, {
     virtio: virtio.windows,
     vmmThread: virtio.thread,
@@ -190,7 +244,12 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
     launchStartNs: opts.startNs,
     monitor,
     vcpuSeccompFilter: opts.seccomp === false ? undefined : opts.threadFilters?.vcpu,
+    legacy: m.restored?.legacy,
+    startPaused: m.restored?.paused,
+    snapshotSupport,
   });
+  // A restored VMM thread starts paused; one that is to run is resumed before any vCPU is.
+  if (m.restored && !m.restored.paused) await virtio.thread?.resume();
   // Everything is open and every thread that exists is set up: from here on the process may not
   // start programs, create processes, open network sockets or change the system (src/kvm/seccomp.ts).
   if (opts.seccomp !== false) {
@@ -206,7 +265,7 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   } else {
     monitor.log.warn('vmm', 'running without a seccomp filter (--no-seccomp)');
   }
-  monitor.log.info('vmm', `running ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)`);
+  monitor.log.info('vmm', `${m.restored ? 'restored' : 'running'} ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)${m.restored?.paused ? ', paused' : ''}`);
   monitor.start();
   const done = micro.run();
   opts.onRunning?.({
@@ -218,6 +277,41 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
       return micro.isPaused;
     },
     dumpRegisters: () => micro.dumpRegisters(),
+    createSnapshot: (req) =>
+      noSnapshots !== undefined
+        ? Promise.reject(new FcRunError('kvm-snapshot-unsupported', noSnapshots))
+        : createSnapshot({ micro, vm, mem, vmmThread: virtio.thread, plan, planHash: opts.planHash ?? '', drivePaths: plan.devices.flatMap((d) => (d.kind === 'block' ? [d.path] : [])) }, req),
   });
   return done;
+}
+
+/**
+ * Restores a snapshot on KVM: the plan it was taken from (with the caller's back-end overrides),
+ * guest memory mapped copy-on-write from the memory file, the VM's and every vCPU's state, and the
+ * devices' state; runs it (or leaves it paused) until the guest stops.
+ */
+export async function restoreSnapshot(snapshot: VmSnapshot, memFile: string, plan: BootPlan, paused: boolean, opts: LaunchOptions): Promise<RunResult> {
+  // The memory file first: a wrong one is refused before KVM is touched.
+  const fd = openMemoryFile(memFile, plan.memory.regions);
+  let mem: GuestMemory;
+  let machine: { kvm: Kvm; vm: Vm };
+  try {
+    machine = createMachine(plan);
+    mem = GuestMemory.mapFile(plan.memory.regions, fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const { kvm, vm } = machine;
+  mem.describe().forEach((r, slot) => vm.setUserMemoryRegion(slot, r.guestAddr, r.size, r.hostAddr));
+  let support: VcpuStateSupport | undefined;
+  try {
+    support = vcpuStateSupport(kvm);
+  } catch {
+    support = undefined; // restoring needs none of it; a KVM without it refuses the parts itself
+  }
+  const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));
+  vcpus.forEach((v, i) => restoreVcpuState(v, snapshot.vcpus[i], support));
+  // After the vCPUs: setting kvm-clock updates each vCPU's clock page, which their state would overwrite.
+  restoreVmState(vm, snapshot.vm);
+  return runMachine({ kvm, vm, mem, vcpus, plan, restored: { devices: snapshot.devices, legacy: snapshot.legacy, paused } }, opts);
 }

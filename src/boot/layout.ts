@@ -61,3 +61,11 @@ export function alignUp(n: number, align: number): number {
 export function alignDown(n: number, align: number): number {
   return Math.floor(n / align) * align;
 }
+
+/** Guest RAM as KVM memory slots: below the 32-bit MMIO gap, and the rest above 4 GiB. */
+export function guestRamRegions(sizeMib: number): { start: number; size: number }[] {
+  const bytes = sizeMib * MiB;
+  const regions = [{ start: 0, size: Math.min(bytes, MMIO_GAP_START) }];
+  if (bytes > MMIO_GAP_START) regions.push({ start: MMIO_GAP_END, size: bytes - MMIO_GAP_START });
+  return regions;
+}

@@ -169,8 +169,7 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
 
   const memBytes = spec.machine.mem_size_mib * L.MiB;
   const lowEnd = Math.min(memBytes, L.MMIO_GAP_START);
-  const regions: MemoryRange[] = [{ start: 0, size: lowEnd }];
-  if (memBytes > L.MMIO_GAP_START) regions.push({ start: L.MMIO_GAP_END, size: memBytes - L.MMIO_GAP_START });
+  const regions = L.guestRamRegions(spec.machine.mem_size_mib);
   const e820: BootPlan['memory']['e820'] = [
     { start: 0, size: L.RESERVED_LOW_START, type: 'ram' },
     { start: L.RESERVED_LOW_START, size: L.HIMEM_START - L.RESERVED_LOW_START, type: 'reserved' },

@@ -26,6 +26,7 @@ const COMMANDS: Record<string, () => Command> = {
   ps: () => ((m: typeof import('./commands/ps')) => ({ spec: m.PS_SPEC, run: m.psCommand }))(require('./commands/ps')),
   logs: () => ((m: typeof import('./commands/logs')) => ({ spec: m.LOGS_SPEC, run: m.logsCommand }))(require('./commands/logs')),
   stop: () => ((m: typeof import('./commands/stop')) => ({ spec: m.STOP_SPEC, run: m.stopCommand }))(require('./commands/stop')),
+  restore: () => ((m: typeof import('./commands/restore')) => ({ spec: m.RESTORE_SPEC, run: m.restoreCommand }))(require('./commands/restore')),
 };
 /* eslint-enable @typescript-eslint/no-require-imports */
 

@@ -27,6 +27,10 @@ const io = (nr: number) => ioc(IOC_NONE, nr, 0);
 const ior = (nr: number, t: unknown) => ioc(IOC_READ, nr, sizeOf(t));
 const iow = (nr: number, t: unknown) => ioc(IOC_WRITE, nr, sizeOf(t));
 const iowr = (nr: number, t: unknown) => ioc(IOC_READ | IOC_WRITE, nr, sizeOf(t));
+/** For the state structures (src/kvm/state-abi.ts), whose sizes are fixed by the ABI. */
+const iorN = (nr: number, size: number) => ioc(IOC_READ, nr, size);
+const iowN = (nr: number, size: number) => ioc(IOC_WRITE, nr, size);
+const iowrN = (nr: number, size: number) => ioc(IOC_READ | IOC_WRITE, nr, size);
 
 /** Request numbers, named as in <linux/kvm.h>; sizes come from the declared structs. */
 export const KVM = {
@@ -58,6 +62,25 @@ export const KVM = {
   GET_CPUID2: iowr(0x91, kvm_cpuid2),
   GET_MP_STATE: ior(0x98, kvm_mp_state),
   SET_MP_STATE: iow(0x99, kvm_mp_state),
+  // Snapshot state (sizes from <linux/kvm.h>, <asm/kvm.h>; see state-abi.ts).
+  GET_MSR_INDEX_LIST: iowrN(0x02, 4),
+  GET_IRQCHIP: iowrN(0x62, 520),
+  SET_IRQCHIP: iorN(0x63, 520),
+  SET_CLOCK: iowN(0x7b, 48),
+  GET_CLOCK: iorN(0x7c, 48),
+  GET_PIT2: iorN(0x9f, 112),
+  SET_PIT2: iowN(0xa0, 112),
+  GET_VCPU_EVENTS: iorN(0x9f, 64),
+  SET_VCPU_EVENTS: iowN(0xa0, 64),
+  GET_DEBUGREGS: iorN(0xa1, 128),
+  SET_DEBUGREGS: iowN(0xa2, 128),
+  SET_TSC_KHZ: io(0xa2),
+  GET_TSC_KHZ: io(0xa3),
+  GET_XSAVE: iorN(0xa4, 4096),
+  SET_XSAVE: iowN(0xa5, 4096),
+  GET_XCRS: iorN(0xa6, 392),
+  SET_XCRS: iowN(0xa7, 392),
+  GET_XSAVE2: iorN(0xcf, 4096),
 } as const;
 
 export type KvmIoctl = keyof typeof KVM;
@@ -73,6 +96,14 @@ export const KVM_CAP = {
   IOEVENTFD: 36,
   NR_VCPUS: 9,
   MAX_VCPUS: 66,
+  VCPU_EVENTS: 41,
+  DEBUGREGS: 50,
+  XSAVE: 55,
+  XCRS: 56,
+  TSC_CONTROL: 60,
+  GET_TSC_KHZ: 61,
+  ADJUST_CLOCK: 39,
+  XSAVE2: 208,
 } as const;
 
 export const KVM_EXIT = {

@@ -93,7 +93,7 @@ function encode(type: unknown, value: unknown): Buffer {
 }
 
 /** ioctl with the request's name in any error. */
-function ioctl(fd: number, name: KvmIoctl, arg: number | Buffer, context?: string): number {
+export function ioctl(fd: number, name: KvmIoctl, arg: number | Buffer, context?: string): number {
   const r = typeof arg === 'number' ? sys.ioctlInt(fd, KVM[name], arg) : sys.ioctlPtr(fd, KVM[name], arg);
   if (r < 0) throw new SyscallError(`ioctl(KVM_${name})`, errno(), context);
   return r;

@@ -4,6 +4,8 @@
  * device asks "how long until this request may go?" instead of polling.
  */
 
+import { bigText, I64_MAX, int, record, snapshotInvalid } from '../state-check';
+
 /** Monotonic time in nanoseconds. */
 export type Clock = () => bigint;
 
@@ -17,6 +19,29 @@ export interface BucketConfig {
   /** Milliseconds to refill the whole bucket from empty; greater than 0. */
   refill_time: number;
 }
+
+/**
+ * A bucket as a snapshot keeps it. Counts are bigints as decimal text. Time is kept as a duration
+ * (since the last refill), never as a clock reading: the restoring process's monotonic clock has
+ * another origin, so an absolute time from the saving one would mean nothing there.
+ */
+export interface BucketState {
+  /** The bucket's configuration (it may have been changed through the API since the VM started). */
+  size: number;
+  one_time_burst: number;
+  refill_time: number;
+  /** Tokens available; negative while an oversized request is being paid back. */
+  budget: string;
+  /** One-time burst tokens not spent yet. */
+  burstLeft: string;
+  /** Earned fraction of a token, in token-nanoseconds (below refill_time in ns). */
+  carry: string;
+  /** Nanoseconds between the last refill and the save. */
+  sinceRefillNs: string;
+}
+
+/** The most debt a bucket may be restored with (an oversized request is at most a few MiB). */
+const MAX_DEBT = 1n << 53n;
 
 export class TokenBucket {
   readonly size: bigint;
@@ -39,6 +64,35 @@ export class TokenBucket {
     this.budget = this.size;
     this.burst = BigInt(config.one_time_burst ?? 0);
     this.last = clock();
+  }
+
+  saveState(): BucketState {
+    return {
+      size: this.config.size,
+      one_time_burst: this.config.one_time_burst ?? 0,
+      refill_time: this.config.refill_time,
+      budget: String(this.budget),
+      burstLeft: String(this.burst),
+      carry: String(this.carry),
+      sinceRefillNs: String(this.clock() - this.last),
+    };
+  }
+
+  /** A bucket as it was saved, its last refill as long ago (by `clock`) as it was then. */
+  static fromState(state: unknown, where: string, clock: Clock = monotonicClock): TokenBucket {
+    const s = record(state, where, ['size', 'one_time_burst', 'refill_time', 'budget', 'burstLeft', 'carry', 'sinceRefillNs']);
+    const config: BucketConfig = {
+      size: int(s.size, `${where}.size`, 1, Number.MAX_SAFE_INTEGER),
+      one_time_burst: int(s.one_time_burst, `${where}.one_time_burst`, 0, Number.MAX_SAFE_INTEGER),
+      refill_time: int(s.refill_time, `${where}.refill_time`, 1, Number.MAX_SAFE_INTEGER),
+    };
+    const b = new TokenBucket(config, clock);
+    b.budget = bigText(s.budget, `${where}.budget`, -MAX_DEBT, b.size);
+    b.burst = bigText(s.burstLeft, `${where}.burstLeft`, 0n, BigInt(config.one_time_burst!));
+    b.carry = bigText(s.carry, `${where}.carry`, 0n, I64_MAX);
+    if (b.carry >= b.refillNs) throw snapshotInvalid(`${where}.carry`, `must be below refill_time in nanoseconds (${b.refillNs})`);
+    b.last = clock() - bigText(s.sinceRefillNs, `${where}.sinceRefillNs`, 0n, I64_MAX);
+    return b;
   }
 
   /** Adds the tokens earned since the last refill: size tokens per refill_time, exactly. */
@@ -104,6 +158,12 @@ export interface RateLimiterConfig {
   ops?: BucketConfig;
 }
 
+/** A rate limiter as a snapshot keeps it; null: no such bucket. */
+export interface RateLimiterState {
+  bandwidth: BucketState | null;
+  ops: BucketState | null;
+}
+
 export interface LimiterCounters {
   /** Requests that had to wait. */
   throttled: number;
@@ -138,6 +198,23 @@ export class RateLimiter {
   patch(change: { bandwidth?: BucketConfig | null; ops?: BucketConfig | null }): void {
     if (change.bandwidth !== undefined) this.bandwidth = change.bandwidth ? new TokenBucket(change.bandwidth, this.clock) : undefined;
     if (change.ops !== undefined) this.ops = change.ops ? new TokenBucket(change.ops, this.clock) : undefined;
+  }
+
+  saveState(): RateLimiterState {
+    return { bandwidth: this.bandwidth?.saveState() ?? null, ops: this.ops?.saveState() ?? null };
+  }
+
+  /**
+   * Puts back saved buckets, configuration included: the limits in force when the snapshot was
+   * taken (API changes included) win over the ones the limiter was made with, as in Firecracker.
+   * Checks everything before changing anything.
+   */
+  restoreState(state: unknown, where: string): void {
+    const s = record(state, where, ['bandwidth', 'ops']);
+    const bandwidth = s.bandwidth === null ? undefined : TokenBucket.fromState(s.bandwidth, `${where}.bandwidth`, this.clock);
+    const ops = s.ops === null ? undefined : TokenBucket.fromState(s.ops, `${where}.ops`, this.clock);
+    this.bandwidth = bandwidth;
+    this.ops = ops;
   }
 
   get unlimited(): boolean {

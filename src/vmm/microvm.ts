@@ -12,6 +12,7 @@ import { CONTROL, CONTROL_WORDS, SharedState, StopReport, VCPU_KICK_SIGNAL, Vcpu
 import type { VmMonitor } from '../monitor/vm-monitor';
 import type { VcpuWorkerData, VirtioWindows } from './vcpu-worker';
 import { takeVcpuThread } from './threads';
+import type { VcpuStateSupport } from '../kvm/snapshot-state';
 
 export interface MicroVmOptions {
   /** virtio-mmio windows, and the VMM thread that owns their devices. */
@@ -32,6 +33,18 @@ export interface MicroVmOptions {
   monitor: VmMonitor;
   /** Each vCPU thread's own seccomp filter (--seccomp-filter's vcpu category). */
   vcpuSeccompFilter?: Buffer;
+  /** Serial and i8042 register state to start from (a restored snapshot's). */
+  legacy?: LegacyState;
+  /** Every vCPU parks before running guest code, until resume(). */
+  startPaused?: boolean;
+  /** What this host's KVM can save of a vCPU (for snapshots). */
+  snapshotSupport?: VcpuStateSupport;
+}
+
+/** The legacy devices' register state (checked when it is loaded: it may come from a file). */
+export interface LegacyState {
+  serial: unknown;
+  i8042: unknown;
 }
 
 export interface RunResult {
@@ -77,6 +90,14 @@ export class MicroVm {
       control: new SharedArrayBuffer(4 * CONTROL_WORDS),
     };
     this.control = new Int32Array(this.shared.control);
+    if (opts.legacy) {
+      Serial8250.restoreState(this.shared.serial, opts.legacy.serial, 'legacy.serial');
+      I8042.restoreState(this.shared.i8042, opts.legacy.i8042, 'legacy.i8042');
+    }
+    if (opts.startPaused) {
+      Atomics.store(this.control, CONTROL.PAUSE, 1);
+      this.paused = true;
+    }
     this.serialIrqFd = eventfd();
     this.keyboardIrqFd = eventfd();
     vm.registerIrqfd(this.serialIrqFd, opts.ports.serialIrq);
@@ -105,6 +126,11 @@ export class MicroVm {
   private wakeParked(): void {
     Atomics.add(this.control, CONTROL.WAKE, 1);
     Atomics.notify(this.control, CONTROL.WAKE);
+  }
+
+  /** The legacy devices' register state (the VM must be paused). */
+  saveLegacyState(): LegacyState {
+    return { serial: Serial8250.saveState(this.shared.serial), i8042: I8042.saveState(this.shared.i8042) };
   }
 
   /** Whether the VM is paused (every vCPU parked, the devices quiet). */
@@ -272,6 +298,7 @@ export class MicroVm {
           ports: { serial: this.opts.ports.serial, i8042: this.opts.ports.i8042, bootTimer: this.opts.ports.bootTimer },
           virtio: this.opts.virtio,
           seccompFilter: this.opts.vcpuSeccompFilter,
+          snapshotSupport: this.opts.snapshotSupport,
           ...this.opts.monitor.shared(),
         };
         const w = takeVcpuThread();

@@ -21,6 +21,7 @@ import { describeInternalError, formatRegisters } from './registers';
 import { MailboxClient } from './mmio-mailbox';
 import { MMIO } from '../devices/virtio/mmio';
 import { installThreadFilter } from '../kvm/seccomp';
+import { saveVcpuState, VcpuStateSupport } from '../kvm/snapshot-state';
 
 /**
  * One vCPU thread: runs KVM_RUN in a loop and handles port and MMIO exits right here, with device
@@ -44,6 +45,8 @@ export interface VcpuWorkerData {
   logger: SharedLoggerOptions;
   /** This thread's own seccomp filter (--seccomp-filter's vcpu category), installed before KVM_RUN. */
   seccompFilter?: Uint8Array;
+  /** What this host's KVM can save (read by the main thread); absent when it cannot snapshot. */
+  snapshotSupport?: VcpuStateSupport;
 }
 
 /** The virtio-mmio windows a vCPU dispatches to, and how it reaches their device models. */
@@ -232,8 +235,12 @@ function start(data: VcpuWorkerData): void {
   }
 
   function saveState(): unknown {
-    throw new Error('saving vCPU state is not built yet');
+    if (!data.snapshotSupport) throw new Error("this host's KVM cannot save a vCPU's state");
+    return saveVcpuState(vcpu, data.snapshotSupport);
   }
+
+  /** The last request generation this thread answered (a request can come before it first parks). */
+  let answeredGen = 0;
 
   /** Answers a request made to every parked vCPU (CONTROL.REQUEST_KIND). */
   function answer(gen: number): void {
@@ -249,15 +256,14 @@ function start(data: VcpuWorkerData): void {
 
   /** Pause: the thread waits until resumed (or stopped), answering requests meanwhile. */
   function park(bytes: Uint8Array): void {
-    let answered = Atomics.load(control, CONTROL.REQUEST_GEN);
     Atomics.add(control, CONTROL.PARKED, 1);
     Atomics.notify(control, CONTROL.PARKED);
     try {
       for (;;) {
         const wake = Atomics.load(control, CONTROL.WAKE);
         const gen = Atomics.load(control, CONTROL.REQUEST_GEN);
-        if (gen !== answered) {
-          answered = gen;
+        if (gen !== answeredGen) {
+          answeredGen = gen;
           answer(gen);
         }
         if (Atomics.load(control, CONTROL.STOP) !== 0 || Atomics.load(control, CONTROL.PAUSE) === 0) break;

@@ -15,10 +15,15 @@ import { openTap } from '../kvm/tap';
 import { TimerFd } from '../kvm/timerfd';
 import { Throttle } from '../limits/throttle';
 import type { RateLimiterConfig } from '../limits/token-bucket';
-import { VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
+import { MMIO, VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
 import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
 import { serveMailboxes } from './mmio-mailbox';
 import { installThreadFilter } from '../kvm/seccomp';
+import { EPOLLIN } from '../kvm/libc';
+import { FcRunError } from '../errors';
+import { snapshotMismatch } from '../state-check';
+import { DEVICES_STATE_FORMAT, DevicesState, planRestore, RestorePlan, SavedDevice, savedLimiter } from './devices-state';
+import { SNAPSHOT_OP, SnapshotChannel } from './snapshot-channel';
 
 /**
  * The VMM thread: owns every virtio device and runs the epoll loop over their fds (queue
@@ -55,9 +60,28 @@ export interface VmmWorkerData {
   seccompFilter?: Uint8Array;
   /** Signalled by the main thread once the process-wide filter is in place (see VmmThread.installFilter). */
   seccompFd?: number;
+  /** Pause, save and resume requests (VmmThread.pause/saveDevices/resume); startVmmThread makes it. */
+  snapshot?: SnapshotChannel;
+  /**
+   * Saved device state to restore (a snapshot's): the devices are built from `devices` as for a
+   * boot, then given this state before anything is served. The thread then comes up paused, as a
+   * restored Firecracker VM does: VmmThread.resume() starts the devices, and only then do they
+   * raise interrupts (vsock's transport reset event, work the guest queued before the snapshot),
+   * so call it once the guest's interrupt controller and vCPUs are restored. A state that is
+   * malformed or does not fit `devices` fails the start with a 'snapshot-invalid' or
+   * 'snapshot-mismatch' error (exit 2).
+   */
+  restore?: DevicesState;
 }
 
-export type VmmMessage = { kind: 'ready' } | { kind: 'filtered' } | { kind: 'error'; message: string } | { kind: 'stopped'; counters: Record<string, unknown> };
+export type SnapshotReply = { kind: 'snapshot'; seq: number; ok: true; state?: DevicesState } | { kind: 'snapshot'; seq: number; ok: false; message: string };
+
+export type VmmMessage =
+  | { kind: 'ready' }
+  | { kind: 'filtered' }
+  | { kind: 'error'; message: string; code?: string; exitCode?: number }
+  | { kind: 'stopped'; counters: Record<string, unknown> }
+  | SnapshotReply;
 
 const data = workerData as VmmWorkerData;
 const port = parentPort!;
@@ -67,12 +91,30 @@ const log = new Logger({ ...data.logger, thread: 'vmm' });
 /** Rate limiters that can be changed while the VM runs, by "drive:<id>", "iface:<id>" and "entropy". */
 const limiters = new Map<string, Partial<Record<LimiterName, Throttle>>>();
 
+/** What a device model keeps for a snapshot (every back end has these). */
+interface Snapshottable {
+  saveState(): unknown;
+  restoreState(state: unknown, where: string): void;
+}
+
+interface BuiltDevice {
+  setup: VirtioDeviceSetup;
+  transport: VirtioMmio;
+  model: Snapshottable;
+}
+
 function build(): { transports: VirtioMmio[]; loop: EventLoop } {
   const mem = GuestMemory.attach(data.memory);
   const registry = MetricsRegistry.attach(data.metrics.buffer, data.metrics.layout);
   const loop = new EventLoop();
   loop.onError = (err) => port.postMessage({ kind: 'error', message: `VMM thread: ${err.stack ?? err.message}` } satisfies VmmMessage);
   const transports: VirtioMmio[] = [];
+  const built: BuiltDevice[] = [];
+  // The saved state is matched with the devices first: a snapshot of other devices fails before any is built.
+  const restore: RestorePlan | undefined = data.restore === undefined ? undefined : planRestore(data.restore, data.devices);
+  // A restored VM comes up paused: devices get their state before they serve anything, and what
+  // they do on waking (interrupts) waits for resume().
+  if (restore) loop.pause();
   let mmds: MmdsService | undefined;
   if (data.mmds) {
     mmds = new MmdsService({ version: data.mmds.version, imdsCompat: data.mmds.imdsCompat });
@@ -96,10 +138,13 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
     const metrics = registry.group(deviceGroup(d));
     const holder: { t?: VirtioMmio } = {};
     const malformed = () => holder.t?.countMalformedChain();
-    let backend: VirtioBackend;
+    const saved = restore?.devices.get(d.index);
+    /** The limiter a device is built with: its setup's, or an empty one for saved limits to go into. */
+    const limiter = (config: RateLimiterConfig | undefined, field: string) => config ?? (savedLimiter(saved, field) ? {} : undefined);
+    let backend: VirtioBackend & Snapshottable;
     if (d.kind === 'block') {
       try {
-        const t = throttle(d.rateLimiter, () => blk.resume(), metrics);
+        const t = throttle(limiter(d.rateLimiter, 'rateLimiter'), () => blk.resume(), metrics);
         const blk: BlockDevice = new BlockDevice(mem, {
           id: d.id,
           path: d.path,
@@ -129,8 +174,8 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         mac: d.mac ? Uint8Array.from(d.mac.split(':').map((x) => parseInt(x, 16))) : undefined,
         mtu: d.mtu,
         onMalformed: malformed,
-        rxThrottle: (rx = throttle(d.rxRateLimiter, () => net.resume('rx'), metrics, 'rxThrottled', 'rxRateLimiterEvents')),
-        txThrottle: (tx = throttle(d.txRateLimiter, () => net.resume('tx'), metrics, 'txThrottled', 'txRateLimiterEvents')),
+        rxThrottle: (rx = throttle(limiter(d.rxRateLimiter, 'rxRateLimiter'), () => net.resume('rx'), metrics, 'rxThrottled', 'rxRateLimiterEvents')),
+        txThrottle: (tx = throttle(limiter(d.txRateLimiter, 'txRateLimiter'), () => net.resume('tx'), metrics, 'txThrottled', 'txRateLimiterEvents')),
         local: d.mmds && mmds ? mmdsStack(data.mmds!.ipv4Address, mmds, metrics) : undefined,
         watchTap: (on) => {
           if (on === watching) return;
@@ -152,7 +197,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         throw new Error(`vsock: ${(err as Error).message}`);
       }
     } else {
-      const t = throttle(d.rateLimiter, () => rng.resume(), metrics);
+      const t = throttle(limiter(d.rateLimiter, 'rateLimiter'), () => rng.resume(), metrics);
       const rng: EntropyDevice = new EntropyDevice(mem, malformed, t);
       limiters.set('entropy', { rate_limiter: t });
       backend = rng;
@@ -167,6 +212,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
     };
     holder.t = t;
     transports[d.index] = t;
+    built.push({ setup: d, transport: t, model: backend });
     const queueEvents = d.notifyFds.map((_, q) => `queue${q}Events`);
     d.notifyFds.forEach((fd, q) =>
       loop.add(fd, () => {
@@ -176,27 +222,56 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
       }),
     );
   }
+  if (restore) {
+    for (const b of built) {
+      const saved = restore.devices.get(b.setup.index)!;
+      b.transport.restoreState(saved.transport, `${saved.where}.transport`);
+      b.model.restoreState(saved.device, `${saved.where}.device`);
+    }
+    if (restore.mmds !== null) {
+      if (!mmds || !data.mmds) throw snapshotMismatch('mmds', 'the snapshot has MMDS contents but this VM has no "mmds-config"');
+      mmds.restoreState(restore.mmds, 'mmds', data.mmds.sizeLimit);
+    }
+    log.info('vmm', `restored the state of ${built.length} virtio device(s)${restore.mmds !== null ? ' and the MMDS' : ''}; they start on resume`);
+  }
+  const notifyFds = new Map(data.devices.map((d) => [d.index, d.notifyFds]));
+  let pausedAccessLogged = false;
   loop.add(data.mailboxFd, () => {
     drainEventfd(data.mailboxFd);
     serveMailboxes(data.mailbox, (dev, offset, len, write, value) => {
       const t = transports[dev];
       if (!t) return 0xffffffff;
+      if (loop.isPaused) {
+        // vCPUs are paused before this thread, so nothing should come; whatever does is answered
+        // (a vCPU never waits on a paused thread), and a queue notification is left pending in
+        // the queue's ioeventfd, as KVM would have, for after resume().
+        if (!pausedAccessLogged) log.warn('vmm', `an MMIO access to virtio device ${dev} arrived while the devices were paused (pause the vCPUs first); answered`);
+        pausedAccessLogged = true;
+        const fd = write && len === 4 && offset === MMIO.QUEUE_NOTIFY ? notifyFds.get(dev)?.[value >>> 0] : undefined;
+        if (fd !== undefined) {
+          signalEventfd(fd);
+          return 0;
+        }
+      }
       if (write) {
         t.write(offset, len, value);
         return 0;
       }
       return t.read(offset, len);
     });
-  });
+  }, EPOLLIN, true);
   const control = data.control;
   if (control) {
     const handle = controlHandler({ mmds: mmds && data.mmds ? { service: mmds, sizeLimit: data.mmds.sizeLimit } : undefined, limiters, log });
+    // Served while paused too: MMDS contents and rate limiters may change then (a limiter's timer
+    // armed meanwhile fires after resume).
     loop.add(control.fd, () => {
       drainEventfd(control.fd);
       serveControl(control, handle);
-    });
+    }, EPOLLIN, true);
   }
-  loop.add(data.stopFd, () => loop.stop());
+  loop.add(data.stopFd, () => loop.stop(), EPOLLIN, true);
+  if (data.snapshot) serveSnapshots(data.snapshot, loop, built, mmds, restore !== undefined);
   const { seccompFilter, seccompFd } = data;
   if (seccompFilter && seccompFd !== undefined) {
     // Every device is built and every file open: from here on this thread makes only its own filter's calls.
@@ -210,9 +285,55 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
         port.postMessage({ kind: 'error', message: `VMM thread: cannot install its seccomp filter: ${(err as Error).message}` } satisfies VmmMessage);
         loop.stop();
       }
-    });
+    }, EPOLLIN, true);
   }
   return { transports, loop };
+}
+
+/**
+ * Pause, save and resume, asked for through the snapshot channel and answered with a 'snapshot'
+ * message. Every device runs on this thread and serves a request to its end before the loop
+ * looks for the next event (block I/O is synchronous), so once the pause request is being handled
+ * no device is in the middle of anything: pausing is taking the device fds out of the loop.
+ */
+function serveSnapshots(channel: SnapshotChannel, loop: EventLoop, built: BuiltDevice[], mmds: MmdsService | undefined, restored: boolean): void {
+  const command = new Int32Array(channel.command);
+  /** Restored devices wake (interrupts, a look at every queue) on the first resume. */
+  let wakePending = restored;
+  const save = (): DevicesState => ({
+    format: DEVICES_STATE_FORMAT,
+    devices: built.map((b) => ({ index: b.setup.index, id: b.setup.id, kind: b.setup.kind, transport: b.transport.saveState(), device: b.model.saveState() }) as SavedDevice),
+    mmds: mmds?.saveState() ?? null,
+  });
+  loop.add(channel.fd, () => {
+    drainEventfd(channel.fd);
+    const op = Atomics.load(command, 0);
+    const seq = Atomics.load(command, 1);
+    try {
+      switch (op) {
+        case SNAPSHOT_OP.PAUSE:
+          loop.pause();
+          port.postMessage({ kind: 'snapshot', seq, ok: true } satisfies VmmMessage);
+          return;
+        case SNAPSHOT_OP.SAVE:
+          if (!loop.isPaused) throw new Error('the devices can be saved only while they are paused (pause() first)');
+          port.postMessage({ kind: 'snapshot', seq, ok: true, state: save() } satisfies VmmMessage);
+          return;
+        case SNAPSHOT_OP.RESUME:
+          loop.resume();
+          if (wakePending) {
+            wakePending = false;
+            for (const b of built) b.transport.wakeAfterRestore();
+          }
+          port.postMessage({ kind: 'snapshot', seq, ok: true } satisfies VmmMessage);
+          return;
+        default:
+          throw new Error(`unknown snapshot request ${op}`);
+      }
+    } catch (err) {
+      port.postMessage({ kind: 'snapshot', seq, ok: false, message: (err as Error).message } satisfies VmmMessage);
+    }
+  }, EPOLLIN, true);
 }
 
 /** An MMDS network stack whose counters live in its interface's metrics group. */
@@ -228,7 +349,8 @@ try {
   built = build();
   port.postMessage({ kind: 'ready' } satisfies VmmMessage);
 } catch (err) {
-  port.postMessage({ kind: 'error', message: (err as Error).message } satisfies VmmMessage);
+  const e = err as Error;
+  port.postMessage({ kind: 'error', message: e.message, ...(e instanceof FcRunError ? { code: e.code, exitCode: e.exitCode } : {}) } satisfies VmmMessage);
   process.exit(0);
 }
 built!.loop.run();

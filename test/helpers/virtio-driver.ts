@@ -31,6 +31,18 @@ export class TestDriver {
     this.queueSize = queueSize;
   }
 
+  /**
+   * This driver, carrying on with another device (one restored from a snapshot of this one): the
+   * same rings, the same place in them, as a guest's driver after a restore.
+   */
+  withDevice(dev: VirtioMmio): TestDriver {
+    const d = new TestDriver(this.mem, dev, this.queueSize);
+    d.avail = [...this.avail];
+    d.lastUsed = [...this.lastUsed];
+    d.nextBuf = this.nextBuf;
+    return d;
+  }
+
   static memory(): GuestMemory {
     return GuestMemory.allocate([{ start: 0, size: MEM_SIZE }]);
   }

@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { KVM } from '../../src/kvm/ioctls';
 import * as S from '../../src/kvm/structs';
+import { STATE_SIZES, XSAVE_MIN } from '../../src/kvm/state-abi';
 
 /**
  * The koffi struct declarations must match the kernel's C layout exactly, or every ioctl passes
@@ -29,6 +30,21 @@ const structs: [string, unknown, string[]][] = [
   ['kvm_mp_state', S.kvm_mp_state, ['mp_state']],
 ];
 
+/** The snapshot's opaque KVM structures (src/kvm/state-abi.ts): only their sizes matter. */
+const stateStructs: [keyof typeof STATE_SIZES, string][] = [
+  ['regs', 'kvm_regs'],
+  ['sregs', 'kvm_sregs'],
+  ['xcrs', 'kvm_xcrs'],
+  ['debugregs', 'kvm_debugregs'],
+  ['lapic', 'kvm_lapic_state'],
+  ['vcpuEvents', 'kvm_vcpu_events'],
+  ['msrEntry', 'kvm_msr_entry'],
+  ['cpuidEntry', 'kvm_cpuid_entry2'],
+  ['irqchip', 'kvm_irqchip'],
+  ['pit2', 'kvm_pit_state2'],
+  ['clock', 'kvm_clock_data'],
+];
+
 const ioctls = Object.keys(KVM).map((k) => `KVM_${k}`);
 
 function cLayout(): Record<string, number> {
@@ -43,6 +59,8 @@ function cLayout(): Record<string, number> {
         `  printf("sizeof ${name} %zu\\n", sizeof(struct ${name}));`,
         ...fields.map((f) => `  printf("offsetof ${name}.${f} %zu\\n", offsetof(struct ${name}, ${f}));`),
       ]),
+      ...stateStructs.map(([, name]) => `  printf("sizeof ${name} %zu\\n", sizeof(struct ${name}));`),
+      '  printf("sizeof kvm_xsave %zu\\n", sizeof(struct kvm_xsave));',
       ...ioctls.map((i) => `  printf("ioctl ${i} %lu\\n", (unsigned long)${i});`),
       '  printf("offsetof kvm_run.immediate_exit %zu\\n", offsetof(struct kvm_run, immediate_exit));',
       '  printf("offsetof kvm_run.exit_reason %zu\\n", offsetof(struct kvm_run, exit_reason));',
@@ -68,6 +86,14 @@ const c = cLayout();
 test.each(structs)('struct %s has the C size and field offsets', (name, type, fields) => {
   expect(S.sizeOf(type)).toBe(c[`sizeof ${name}`]);
   for (const f of fields) expect([f, S.offsetOf(type, f)]).toEqual([f, c[`offsetof ${name}.${f}`]]);
+});
+
+test.each(stateStructs)('snapshot part %s is the size of struct %s', (part, name) => {
+  expect(STATE_SIZES[part]).toBe(c[`sizeof ${name}`]);
+});
+
+test('the smallest XSAVE area is struct kvm_xsave', () => {
+  expect(XSAVE_MIN).toBe(c['sizeof kvm_xsave']);
 });
 
 test('every ioctl number matches <linux/kvm.h>', () => {

@@ -17,7 +17,8 @@ import type { LogLevel } from '../../config/resolved';
 import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
 import { serviceNotify } from '../service-notify';
 import { compileSeccompilerJson } from '../../kvm/seccompiler';
-import type { ThreadFilters } from '../../boot/launch';
+import type { LaunchOptions, ThreadFilters } from '../../boot/launch';
+import type { RunResult } from '../../vmm/microvm';
 import { readText } from '../../config/read';
 
 /** Firecracker's limit on an API request body (its --http-api-max-payload-size default). */
@@ -33,7 +34,7 @@ export function instanceIdProblem(id: string): string | undefined {
 export const LOG_LEVELS = ['Error', 'Warning', 'Info', 'Debug', 'Trace', 'Off'] as const;
 
 /** Logging and metrics flags, shared by `run` and Firecracker's command line. */
-const MONITOR_OPTIONS: OptionSpec[] = [
+export const MONITOR_OPTIONS: OptionSpec[] = [
   { name: 'id', kind: 'string', valueName: 'ID', check: instanceIdProblem, describe: 'The microVM id in log lines, metrics and the API (default: anonymous-instance)' },
   { name: 'log-path', kind: 'string', valueName: 'PATH', describe: 'Log to this file or named pipe (overrides logger.log_path)' },
   { name: 'level', kind: 'string', valueName: 'LEVEL', choices: LOG_LEVELS, caseInsensitive: true, describe: 'Log level (overrides logger.level)' },
@@ -152,7 +153,7 @@ function monitorConfig(plan: BootPlan, o: Record<string, unknown>): MonitorConfi
   };
 }
 
-function watchLifeline(fd: number): void {
+export function watchLifeline(fd: number): void {
   let kind: fs.Stats | undefined;
   try {
     kind = fs.fstatSync(fd);
@@ -212,7 +213,7 @@ export async function runCommand(io: Io, args: ParsedArgs, startNs: bigint): Pro
  * --seccomp-filter FILE: Firecracker's seccompiler JSON, compiled to one BPF program per thread
  * category before anything is launched (a bad file is refused with exit 2, naming the JSON path).
  */
-function threadFiltersOf(o: Record<string, unknown>): ThreadFilters | undefined {
+export function threadFiltersOf(o: Record<string, unknown>): ThreadFilters | undefined {
   const file = o['seccomp-filter'] as string | undefined;
   if (file === undefined) return undefined;
   if (o['no-seccomp'] === true) throw new UsageError('--seccomp-filter and --no-seccomp cannot be combined: give one of them', 'run');
@@ -261,6 +262,7 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
     return await launchPlanned(io, rep, o, planned.plan, loaded.spec.mmds?.data, threadFilters, startNs, {
       running: () => (running = true),
       apiOpened: (close) => (closeApi = close),
+      planHash: planned.hash,
     });
   } finally {
     process.off('SIGTERM', early);
@@ -268,7 +270,14 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
   }
 }
 
-async function launchPlanned(
+/** How the machine starts: a boot of the plan (run), or a snapshot restored onto it (restore). */
+export type MachineStart = (opts: LaunchOptions) => Promise<RunResult>;
+
+/**
+ * Starts the planned VM with everything around it (serial output, logs and metrics, the API,
+ * sd_notify, crash handling) and reports how it ended.
+ */
+export async function launchPlanned(
   io: Io,
   rep: Reporting,
   o: Record<string, unknown>,
@@ -276,7 +285,7 @@ async function launchPlanned(
   mmdsData: unknown,
   threadFilters: ThreadFilters | undefined,
   startNs: bigint,
-  hooks: { running: () => void; apiOpened: (close: () => void) => void },
+  hooks: { running: () => void; apiOpened: (close: () => void) => void; planHash: string; start?: MachineStart },
 ): Promise<number> {
   // Loaded only now: KVM, the device models and the API are not needed to refuse a spec.
   /* eslint-disable @typescript-eslint/no-require-imports */
@@ -307,7 +316,9 @@ async function launchPlanned(
   const notify = serviceNotify(io, rep, (m) => monitor.log.warn('vmm', m));
   let result;
   try {
-    result = await launch(plan, {
+    const start: MachineStart = hooks.start ?? ((opts) => launch(plan, opts));
+    result = await start({
+      planHash: hooks.planHash,
       serialOutFd,
       startNs,
       serialIn,

@@ -9,6 +9,7 @@ export const I8042_DATA_OFFSET = 0; // port 0x60
 export const I8042_COMMAND_OFFSET = 4; // port 0x64
 
 import { spinLock, spinUnlock } from './spinlock';
+import { bytes, int, record, snapshotInvalid } from '../../state-check';
 
 const W = { CONTROL: 0, STATUS: 1, PENDING_CMD: 2, OUT_HEAD: 3, OUT_TAIL: 4, LOCK: 5 } as const;
 const WORDS = 8;
@@ -41,6 +42,21 @@ const CMD = {
 /** Set-2 make codes for Ctrl, Alt, Delete (Delete is an extended key). */
 const CTRL_ALT_DEL = [0x14, 0x11, 0xe0, 0x71];
 
+/**
+ * The controller as a snapshot keeps it: control byte, status byte, the command waiting for its
+ * data byte (0: none), and the bytes waiting for the guest, in order (indices are not saved: a
+ * restore lays the bytes out from 0).
+ */
+export interface I8042State {
+  control: number;
+  status: number;
+  pendingCommand: number;
+  out: number[];
+}
+
+/** Commands that wait for a data byte (the only values PENDING_CMD takes besides 0). */
+const DATA_COMMANDS = [0, CMD.WRITE_CTR, CMD.WRITE_OUTP, CMD.WRITE_AUX];
+
 export interface I8042Sinks {
   /** The guest asked the controller to pulse the CPU reset line. */
   reset(): void;
@@ -66,6 +82,45 @@ export class I8042 {
     w[W.CONTROL] = CB_KBD_INT | CB_TRANSLATE;
     w[W.STATUS] = SB_SYSTEM | SB_KBD_ENABLED;
     return sab;
+  }
+
+  /** Reads the state from the shared memory of a controller (call while no vCPU runs). */
+  static saveState(state: SharedArrayBuffer): I8042State {
+    const w = new Int32Array(state, 0, WORDS);
+    const out = new Uint8Array(state, WORDS * 4, OUT_CAPACITY);
+    spinLock(w, W.LOCK);
+    try {
+      const bytes: number[] = [];
+      for (let i = w[W.OUT_HEAD]; i !== w[W.OUT_TAIL]; i = (i + 1) % OUT_CAPACITY) bytes.push(out[i]);
+      return { control: w[W.CONTROL], status: w[W.STATUS], pendingCommand: w[W.PENDING_CMD], out: bytes };
+    } finally {
+      spinUnlock(w, W.LOCK);
+    }
+  }
+
+  /** Writes saved state into a controller's shared memory (before any vCPU runs), every field checked first. */
+  static restoreState(state: SharedArrayBuffer, saved: unknown, where: string): void {
+    const s = record(saved, where, ['control', 'status', 'pendingCommand', 'out']);
+    const control = int(s.control, `${where}.control`, 0, 0xff);
+    const status = int(s.status, `${where}.status`, 0, 0xff);
+    const pendingCommand = int(s.pendingCommand, `${where}.pendingCommand`, 0, 0xff);
+    if (!(DATA_COMMANDS as number[]).includes(pendingCommand)) throw snapshotInvalid(`${where}.pendingCommand`, `0x${pendingCommand.toString(16)} is no command that waits for a data byte (0 for none, 0x60, 0xd1, 0xd4)`);
+    const bytesOut = bytes(s.out, `${where}.out`, OUT_CAPACITY - 1);
+    const w = new Int32Array(state, 0, WORDS);
+    const out = new Uint8Array(state, WORDS * 4, OUT_CAPACITY);
+    spinLock(w, W.LOCK);
+    try {
+      w[W.CONTROL] = control;
+      // OUT_FULL follows the bytes waiting, whatever the file says.
+      w[W.STATUS] = bytesOut.length > 0 ? status | SB_OUT_FULL : status & ~SB_OUT_FULL;
+      w[W.PENDING_CMD] = pendingCommand;
+      out.fill(0);
+      out.set(bytesOut, 0);
+      w[W.OUT_HEAD] = 0;
+      w[W.OUT_TAIL] = bytesOut.length;
+    } finally {
+      spinUnlock(w, W.LOCK);
+    }
   }
 
   private withLock<T>(fn: () => T): T {

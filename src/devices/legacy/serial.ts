@@ -9,6 +9,7 @@
  */
 
 import { spinLock, spinUnlock } from './spinlock';
+import { bool, bytes, int, record } from '../../state-check';
 
 const REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10 } as const;
 const WORDS = 16;
@@ -29,6 +30,24 @@ const MCR_LOOP = 0x10;
 const MSR_DEFAULT = 0xb0; // DCD, DSR, CTS
 const FCR_ENABLE = 0x01;
 const FCR_CLEAR_RX = 0x02;
+
+/**
+ * The UART as a snapshot keeps it: its registers and the bytes waiting in the receive FIFO, in
+ * order. The FIFO's head and tail indices are not saved: a restore lays the bytes out from 0, so
+ * a file cannot point them outside the FIFO.
+ */
+export interface SerialState {
+  ier: number;
+  lcr: number;
+  mcr: number;
+  scr: number;
+  dll: number;
+  dlh: number;
+  fcr: number;
+  /** A THR-empty interrupt is pending (reading IIR clears it). */
+  threPending: boolean;
+  rx: number[];
+}
 
 export interface SerialSinks {
   /** Bytes the guest transmits. */
@@ -59,6 +78,52 @@ export class Serial8250 {
     w[REG.LCR] = 0x03; // 8N1
     w[REG.MCR] = 0x08; // OUT2
     return sab;
+  }
+
+  /** Reads the state from the shared memory of a device (call while no vCPU runs). */
+  static saveState(state: SharedArrayBuffer): SerialState {
+    const w = new Int32Array(state, 0, WORDS);
+    const rx = new Uint8Array(state, WORDS * 4, SERIAL_RX_CAPACITY);
+    spinLock(w, REG.LOCK);
+    try {
+      const bytes: number[] = [];
+      for (let i = w[REG.RX_HEAD]; i !== w[REG.RX_TAIL]; i = (i + 1) % SERIAL_RX_CAPACITY) bytes.push(rx[i]);
+      return { ier: w[REG.IER], lcr: w[REG.LCR], mcr: w[REG.MCR], scr: w[REG.SCR], dll: w[REG.DLL], dlh: w[REG.DLH], fcr: w[REG.FCR], threPending: w[REG.THRE_PENDING] !== 0, rx: bytes };
+    } finally {
+      spinUnlock(w, REG.LOCK);
+    }
+  }
+
+  /**
+   * Writes saved state into a device's shared memory (before any vCPU runs), every field checked
+   * first: registers are bytes (IER four bits, MCR five, as writes leave them), the FIFO holds at
+   * most its capacity less one.
+   */
+  static restoreState(state: SharedArrayBuffer, saved: unknown, where: string): void {
+    const s = record(saved, where, ['ier', 'lcr', 'mcr', 'scr', 'dll', 'dlh', 'fcr', 'threPending', 'rx']);
+    const reg = (k: string, max = 0xff) => int(s[k], `${where}.${k}`, 0, max);
+    const values = { ier: reg('ier', 0x0f), lcr: reg('lcr'), mcr: reg('mcr', 0x1f), scr: reg('scr'), dll: reg('dll'), dlh: reg('dlh'), fcr: reg('fcr') };
+    const threPending = bool(s.threPending, `${where}.threPending`);
+    const fifo = bytes(s.rx, `${where}.rx`, SERIAL_RX_CAPACITY - 1);
+    const w = new Int32Array(state, 0, WORDS);
+    const rx = new Uint8Array(state, WORDS * 4, SERIAL_RX_CAPACITY);
+    spinLock(w, REG.LOCK);
+    try {
+      w[REG.IER] = values.ier;
+      w[REG.LCR] = values.lcr;
+      w[REG.MCR] = values.mcr;
+      w[REG.SCR] = values.scr;
+      w[REG.DLL] = values.dll;
+      w[REG.DLH] = values.dlh;
+      w[REG.FCR] = values.fcr;
+      w[REG.THRE_PENDING] = threPending ? 1 : 0;
+      rx.fill(0);
+      rx.set(fifo, 0);
+      w[REG.RX_HEAD] = 0;
+      w[REG.RX_TAIL] = fifo.length;
+    } finally {
+      spinUnlock(w, REG.LOCK);
+    }
   }
 
   private lock(): void {

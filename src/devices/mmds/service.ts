@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { MAX_JSON_DEPTH, valueDepthExceeds } from '../../config/json-depth';
+import { bool, oneOf, record, snapshotInvalid } from '../../state-check';
 
 /**
  * The microVM metadata service above the network: a JSON document, V2 session tokens, and the
@@ -81,14 +83,59 @@ export function parseRequest(data: Buffer): ParseResult {
   return { kind: 'request', request: { method: m[1], path: m[2].split('?')[0], headers }, consumed: end + 4 };
 }
 
+/**
+ * The metadata service as a snapshot keeps it: its contents and settings. Session tokens are not
+ * kept. A token's expiry is a reading of the saving process's clock and the tokens themselves are
+ * secrets better left out of a file that clones share; a restored guest's next request with an
+ * old token gets 401 (V2) and it asks for a new one, as every IMDSv2 client does when a token
+ * expires. Firecracker keeps even less: only the version and the IMDS-compat setting, not the
+ * contents, and its token key is new in each process, so its old tokens stop working too.
+ */
+export interface MmdsState {
+  version: 'V1' | 'V2';
+  imdsCompat: boolean;
+  /** The JSON document (an object). */
+  data: unknown;
+}
+
 export class MmdsService {
   private data: unknown = {};
+  private version: 'V1' | 'V2';
+  private imdsCompat: boolean;
   private readonly tokens = new Map<string, number>();
   readonly counters: MmdsCounters = { requests: 0, badRequests: 0, tokensIssued: 0, noToken: 0, invalidToken: 0, notFound: 0 };
   private readonly clock: Clock;
 
   constructor(private readonly opts: MmdsOptions) {
     this.clock = opts.clock ?? Date.now;
+    this.version = opts.version;
+    this.imdsCompat = opts.imdsCompat;
+  }
+
+  saveState(): MmdsState {
+    return { version: this.version, imdsCompat: this.imdsCompat, data: this.data };
+  }
+
+  /**
+   * Puts back saved contents and settings (they win over the ones the service was made with: the
+   * guest goes on seeing what it saw). The contents obey the limits the API applies: a JSON
+   * object, at most MAX_JSON_DEPTH levels deep and `sizeLimit` bytes as JSON. Tokens issued before
+   * are forgotten (see MmdsState).
+   */
+  restoreState(state: unknown, where: string, sizeLimit: number): void {
+    const s = record(state, where, ['version', 'imdsCompat', 'data']);
+    const version = oneOf(s.version, `${where}.version`, ['V1', 'V2'] as const);
+    const imdsCompat = bool(s.imdsCompat, `${where}.imdsCompat`);
+    const data = s.data;
+    if (data === null || typeof data !== 'object' || Array.isArray(data)) throw snapshotInvalid(`${where}.data`, 'the MMDS contents must be a JSON object');
+    // Depth first: JSON.stringify below recurses.
+    if (valueDepthExceeds(data)) throw snapshotInvalid(`${where}.data`, `the MMDS contents nest deeper than ${MAX_JSON_DEPTH} levels`);
+    const size = Buffer.byteLength(JSON.stringify(data));
+    if (size > sizeLimit) throw snapshotInvalid(`${where}.data`, `the MMDS contents are ${size} bytes; the limit is ${sizeLimit}`);
+    this.version = version;
+    this.imdsCompat = imdsCompat;
+    this.data = data;
+    this.tokens.clear();
   }
 
   /** Replaces the document (from the spec, --metadata, or the API). */
@@ -137,17 +184,17 @@ export class MmdsService {
     const token = req.headers.get('x-metadata-token') ?? req.headers.get('x-aws-ec2-metadata-token');
     if (token === undefined) {
       this.counters.noToken++;
-      if (this.opts.version === 'V2') return text(401, 'a session token is required: PUT /latest/api/token first');
+      if (this.version === 'V2') return text(401, 'a session token is required: PUT /latest/api/token first');
     } else if (!this.tokenValid(token)) {
       this.counters.invalidToken++;
-      if (this.opts.version === 'V2') return text(401, 'the session token is invalid or expired');
+      if (this.version === 'V2') return text(401, 'the session token is invalid or expired');
     }
     const value = this.lookup(req.path);
     if (value === undefined) {
       this.counters.notFound++;
       return text(404, 'not found');
     }
-    const json = !this.opts.imdsCompat && /application\/json/i.test(req.headers.get('accept') ?? '');
+    const json = !this.imdsCompat && /application\/json/i.test(req.headers.get('accept') ?? '');
     if (json) return { status: 200, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(value) };
     if (typeof value === 'string') return text(200, value);
     if (value !== null && typeof value === 'object' && !Array.isArray(value)) {

@@ -2,7 +2,9 @@ import * as fs from 'node:fs';
 import type { GuestMemory } from '../../kvm/memory';
 import { Chain, scatter, VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
-import type { Throttle } from '../../limits/throttle';
+import { restoreThrottle, Throttle } from '../../limits/throttle';
+import type { RateLimiterState } from '../../limits/token-bucket';
+import { bool, int, record, snapshotMismatch } from '../../state-check';
 
 export const VIRTIO_ID_BLOCK = 2;
 export const VIRTIO_BLK_F_RO = 1n << 5n;
@@ -34,6 +36,18 @@ export interface BlockOptions {
   onMalformed?: () => void;
   /** The drive's rate limiter: bandwidth counts data bytes, ops counts requests. */
   throttle?: Throttle;
+}
+
+/**
+ * A drive as a snapshot keeps it. The backing file's path is not in it: the restore opens whatever
+ * file its caller names (a clone needs a copy of its own), and only checks that the guest, which
+ * read the capacity and read-only flag at boot, would see the same ones.
+ */
+export interface BlockState {
+  capacityBytes: number;
+  readOnly: boolean;
+  /** The drive's rate limiter; null: none. */
+  rateLimiter: RateLimiterState | null;
 }
 
 /** Bytes a request moves: its buffers between the header and the status byte. */
@@ -103,6 +117,24 @@ export class BlockDevice implements VirtioBackend {
       return;
     }
     this.io.usedBuffers([q]);
+  }
+
+  /**
+   * Requests are served synchronously on the VMM thread, so between two events nothing is in
+   * flight: the state is the capacity the guest saw and the rate limiter's buckets.
+   */
+  saveState(): BlockState {
+    return { capacityBytes: this.capacityBytes, readOnly: this.opts.readOnly, rateLimiter: this.opts.throttle?.saveState() ?? null };
+  }
+
+  /** Checks the saved drive against this one and puts back its rate limiter (after the transport's restore). */
+  restoreState(state: unknown, where: string): void {
+    const s = record(state, where, ['capacityBytes', 'readOnly', 'rateLimiter']);
+    const capacity = int(s.capacityBytes, `${where}.capacityBytes`, 0, Number.MAX_SAFE_INTEGER);
+    const readOnly = bool(s.readOnly, `${where}.readOnly`);
+    if (capacity !== this.capacityBytes) throw snapshotMismatch(`${where}.capacityBytes`, `the guest saw a disk of ${capacity} bytes; ${this.opts.path} has ${this.capacityBytes} (restore with a copy of the disk the snapshot was taken with)`);
+    if (readOnly !== this.opts.readOnly) throw snapshotMismatch(`${where}.readOnly`, `the guest saw a ${readOnly ? 'read-only' : 'writable'} disk; this drive is ${this.opts.readOnly ? 'read-only' : 'writable'}`);
+    restoreThrottle(this.opts.throttle, s.rateLimiter, `${where}.rateLimiter`);
   }
 
   /** The rate limiter's timer fired. */

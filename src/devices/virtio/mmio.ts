@@ -1,5 +1,6 @@
 import type { GuestMemory } from '../../kvm/memory';
-import { QUEUE_MAX_SIZE, QueueError, VirtQueue } from './queue';
+import { QUEUE_MAX_SIZE, QueueError, QueuePositions, VirtQueue } from './queue';
+import { bigText, bool, int, list, record, snapshotInvalid, U32_MAX, U64_MAX } from '../../state-check';
 
 /** virtio-mmio register offsets (virtio 1.x, section 4.2.2). */
 export const MMIO = {
@@ -53,6 +54,13 @@ export interface VirtioBackend {
   notify(index: number): void;
   /** The driver reset the device: drop queues and in-flight state. */
   reset(): void;
+  /**
+   * The VM runs again after a restore (the transport is about to look at every queue once):
+   * anything the device must tell the guest about the restore happens here (vsock's transport
+   * reset event), not while the state is put back, since the guest's interrupt controller may
+   * not be restored yet then.
+   */
+  restored?(): void;
 }
 
 /** How a device reaches the outside: raise its interrupt, and report malformed guest input. */
@@ -72,6 +80,38 @@ interface QueueRegs {
   driver: bigint;
   device: bigint;
 }
+
+/** One queue's registers, and where the device is in it when the device is active. */
+export interface QueueRegsState {
+  size: number;
+  ready: boolean;
+  /** Guest addresses (64-bit, as decimal text). */
+  desc: string;
+  driver: string;
+  device: string;
+  /** Present exactly when the device is active (DRIVER_OK and not NEEDS_RESET). */
+  positions: QueuePositions | null;
+}
+
+/**
+ * The transport as a snapshot keeps it: what the driver wrote to the registers and where the
+ * device is in each ring. Whether the device is active follows from `status`.
+ */
+export interface MmioTransportState {
+  deviceId: number;
+  status: number;
+  deviceFeaturesSel: number;
+  driverFeaturesSel: number;
+  /** The features the driver wrote (64-bit, as decimal text). */
+  driverFeatures: string;
+  queueSel: number;
+  configGeneration: number;
+  /** The shared interrupt status word (bit 0: used buffers, bit 1: configuration change). */
+  interruptStatus: number;
+  queues: QueueRegsState[];
+}
+
+const STATUS_BITS = STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.DRIVER_OK | STATUS.FEATURES_OK | STATUS.NEEDS_RESET | STATUS.FAILED;
 
 /** Counters a transport keeps (metrics read them). */
 export interface TransportCounters {
@@ -328,6 +368,133 @@ export class VirtioMmio {
     } catch (err) {
       this.fail((err as Error).message);
     }
+  }
+
+  /** The registers, and the device's place in each ring when it is active (for a snapshot). */
+  saveState(): MmioTransportState {
+    return {
+      deviceId: this.backend.deviceId,
+      status: this.status,
+      deviceFeaturesSel: this.deviceFeaturesSel,
+      driverFeaturesSel: this.driverFeaturesSel,
+      driverFeatures: String(this.driverFeatures),
+      queueSel: this.queueSel,
+      configGeneration: this.configGeneration,
+      interruptStatus: Atomics.load(this.interruptStatus, 0),
+      queues: this.queues.map((q, i) => ({
+        size: q.size,
+        ready: q.ready,
+        desc: String(q.desc),
+        driver: String(q.driver),
+        device: String(q.device),
+        positions: this.active ? this.active[i].saveState() : null,
+      })),
+    };
+  }
+
+  /**
+   * Puts the transport back as saved, on a device fresh from its constructor: the registers, and,
+   * when the device was active, its queues (checked as activation checks them: sizes, alignment,
+   * guest RAM) with the device's place in each, and the back end activated on them. The back end
+   * restores its own state after this. Everything is checked before anything changes; a bad field
+   * throws a 'snapshot-invalid' FcRunError.
+   */
+  restoreState(state: unknown, where: string): void {
+    const s = record(state, where, ['deviceId', 'status', 'deviceFeaturesSel', 'driverFeaturesSel', 'driverFeatures', 'queueSel', 'configGeneration', 'interruptStatus', 'queues']);
+    const deviceId = int(s.deviceId, `${where}.deviceId`, 0, U32_MAX);
+    if (deviceId !== this.backend.deviceId) throw snapshotInvalid(`${where}.deviceId`, `the saved device is virtio device type ${deviceId}, this one is type ${this.backend.deviceId}`);
+    const status = int(s.status, `${where}.status`, 0, 0xff);
+    if (status & ~STATUS_BITS) throw snapshotInvalid(`${where}.status`, `0x${status.toString(16)} has bits no virtio status has`);
+    const deviceFeaturesSel = int(s.deviceFeaturesSel, `${where}.deviceFeaturesSel`, 0, U32_MAX);
+    const driverFeaturesSel = int(s.driverFeaturesSel, `${where}.driverFeaturesSel`, 0, U32_MAX);
+    const driverFeatures = bigText(s.driverFeatures, `${where}.driverFeatures`, 0n, U64_MAX);
+    const queueSel = int(s.queueSel, `${where}.queueSel`, 0, U32_MAX);
+    const configGeneration = int(s.configGeneration, `${where}.configGeneration`, 0, Number.MAX_SAFE_INTEGER);
+    const interruptStatus = int(s.interruptStatus, `${where}.interruptStatus`, 0, INT_VRING | INT_CONFIG);
+    if (status & STATUS.FEATURES_OK) {
+      // What setStatus enforces: FEATURES_OK only for offered features, VERSION_1 among them.
+      const unsupported = driverFeatures & ~this.deviceFeatures;
+      if (unsupported) throw snapshotInvalid(`${where}.driverFeatures`, `the driver accepted features 0x${unsupported.toString(16)} this device does not offer`);
+      if (!(driverFeatures & VIRTIO_F_VERSION_1)) throw snapshotInvalid(`${where}.driverFeatures`, 'FEATURES_OK without VIRTIO_F_VERSION_1');
+    }
+    if (status & STATUS.DRIVER_OK && !(status & STATUS.FEATURES_OK)) throw snapshotInvalid(`${where}.status`, 'DRIVER_OK without FEATURES_OK');
+    const activated = (status & STATUS.DRIVER_OK) !== 0 && (status & STATUS.NEEDS_RESET) === 0;
+    const savedQueues = list(s.queues, `${where}.queues`, this.backend.queueCount);
+    if (savedQueues.length !== this.backend.queueCount) throw snapshotInvalid(`${where}.queues`, `expected ${this.backend.queueCount} queues, got ${savedQueues.length}`);
+    const regs: QueueRegs[] = [];
+    const positions: unknown[] = [];
+    savedQueues.forEach((raw, i) => {
+      const at = `${where}.queues[${i}]`;
+      const q = record(raw, at, ['size', 'ready', 'desc', 'driver', 'device', 'positions']);
+      const r: QueueRegs = {
+        size: int(q.size, `${at}.size`, 0, U32_MAX),
+        ready: bool(q.ready, `${at}.ready`),
+        desc: bigText(q.desc, `${at}.desc`, 0n, U64_MAX),
+        driver: bigText(q.driver, `${at}.driver`, 0n, U64_MAX),
+        device: bigText(q.device, `${at}.device`, 0n, U64_MAX),
+      };
+      if (activated) {
+        if (!r.ready) throw snapshotInvalid(`${at}.ready`, 'the device is active but this queue is not ready');
+        if (q.positions === null) throw snapshotInvalid(`${at}.positions`, 'the device is active but its place in this queue is missing');
+      } else if (q.positions !== null) {
+        throw snapshotInvalid(`${at}.positions`, 'the device is not active, so it has no place in its queues');
+      }
+      regs.push(r);
+      positions.push(q.positions);
+    });
+    const eventIdx = (driverFeatures & VIRTIO_RING_F_EVENT_IDX) !== 0n;
+    let queues: VirtQueue[] | undefined;
+    if (activated) {
+      queues = regs.map((r, i) => {
+        const at = `${where}.queues[${i}]`;
+        for (const f of ['desc', 'driver', 'device'] as const) {
+          if (r[f] > BigInt(Number.MAX_SAFE_INTEGER)) throw snapshotInvalid(`${at}.${f}`, `0x${r[f].toString(16)} is beyond any guest RAM`);
+        }
+        let q: VirtQueue;
+        try {
+          // The queue checks size, alignment and that each area lies in guest RAM, as at activation.
+          q = new VirtQueue(this.mem, { size: r.size, descTable: Number(r.desc), availRing: Number(r.driver), usedRing: Number(r.device) }, eventIdx);
+        } catch (err) {
+          if (err instanceof QueueError) throw snapshotInvalid(at, err.message);
+          throw err;
+        }
+        q.restoreState(positions[i], `${at}.positions`);
+        return q;
+      });
+    }
+    // Checked: now change the transport.
+    this.status = status;
+    this.deviceFeaturesSel = deviceFeaturesSel;
+    this.driverFeaturesSel = driverFeaturesSel;
+    this.driverFeatures = driverFeatures;
+    this.queueSel = queueSel;
+    this.configGeneration = configGeneration;
+    this.queues = regs;
+    Atomics.store(this.interruptStatus, 0, interruptStatus);
+    this.active = undefined;
+    if (queues) {
+      this.active = queues;
+      (this.io as { features: bigint }).features = driverFeatures;
+      try {
+        this.backend.activate(queues, this.io);
+      } catch (err) {
+        // As at DRIVER_OK: a host-side failure (a TAP refusing its offloads) fails the device,
+        // which the driver then resets; the snapshot itself was fine.
+        this.fail(`cannot activate after the restore: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  /**
+   * The VM runs again after a restore: the back end finishes its restore, then every queue is
+   * looked at once, as if the driver had just notified it. Notifications the driver sent before
+   * the snapshot may not have been seen, and with VIRTIO_F_EVENT_IDX it will not send them again;
+   * a notification with nothing new is harmless.
+   */
+  wakeAfterRestore(): void {
+    if (!this.active) return;
+    this.guarded(() => this.backend.restored?.());
+    for (let q = 0; q < this.backend.queueCount && this.active; q++) this.queueNotified(q);
   }
 
   private reset(): void {

@@ -2,7 +2,26 @@ import type { GuestMemory } from '../../kvm/memory';
 import { setTapOffload, tapRead, tapWrite, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_BYTES } from '../../kvm/tap';
 import { gather, scatter, VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
-import type { Throttle } from '../../limits/throttle';
+import { restoreThrottle, Throttle } from '../../limits/throttle';
+import type { RateLimiterState } from '../../limits/token-bucket';
+import { int, record, snapshotInvalid, snapshotMismatch, text } from '../../state-check';
+
+/**
+ * An interface as a snapshot keeps it. The TAP is not in it: the restore opens the TAP its caller
+ * names (a clone gets one of its own). The MAC and MTU are, since the guest read them at boot and
+ * keeps using them: a restore must offer the same ones.
+ */
+export interface NetState {
+  /** "aa:bb:cc:dd:ee:ff", or null when the device offers none. */
+  mac: string | null;
+  mtu: number | null;
+  rxRateLimiter: RateLimiterState | null;
+  txRateLimiter: RateLimiterState | null;
+}
+
+function macText(mac: Uint8Array | undefined): string | null {
+  return mac ? Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join(':') : null;
+}
 
 export const VIRTIO_ID_NET = 1;
 export const NET_F = {
@@ -126,6 +145,27 @@ export class NetDevice implements VirtioBackend {
     this.io = undefined;
     this.pendingLen = 0;
     this.opts.watchTap(false);
+  }
+
+  /**
+   * A frame read from the TAP and not yet delivered is not kept: a snapshot may drop a frame in
+   * flight, as a real network may, and TCP sends it again.
+   */
+  saveState(): NetState {
+    return { mac: macText(this.opts.mac), mtu: this.opts.mtu ?? null, rxRateLimiter: this.opts.rxThrottle?.saveState() ?? null, txRateLimiter: this.opts.txThrottle?.saveState() ?? null };
+  }
+
+  /** Checks the saved interface against this one and puts back its rate limiters (after the transport's restore). */
+  restoreState(state: unknown, where: string): void {
+    const s = record(state, where, ['mac', 'mtu', 'rxRateLimiter', 'txRateLimiter']);
+    const mac = s.mac === null ? null : text(s.mac, `${where}.mac`, 17);
+    if (mac !== null && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw snapshotInvalid(`${where}.mac`, `${JSON.stringify(mac)} is not a MAC address in the form aa:bb:cc:dd:ee:ff`);
+    const mtu = s.mtu === null ? null : int(s.mtu, `${where}.mtu`, 1, 0xffff);
+    const mine = macText(this.opts.mac);
+    if (mac !== mine) throw snapshotMismatch(`${where}.mac`, `the guest saw ${mac === null ? 'no MAC address' : `MAC ${mac}`}; this interface has ${mine === null ? 'none' : mine} (a restored guest keeps the MAC it read at boot: give the restore the same guest_mac)`);
+    if (mtu !== (this.opts.mtu ?? null)) throw snapshotMismatch(`${where}.mtu`, `the guest saw MTU ${mtu ?? 'none'}; this interface has ${this.opts.mtu ?? 'none'}`);
+    restoreThrottle(this.opts.rxThrottle, s.rxRateLimiter, `${where}.rxRateLimiter`);
+    restoreThrottle(this.opts.txThrottle, s.txRateLimiter, `${where}.txRateLimiter`);
   }
 
   notify(index: number): void {

@@ -1,4 +1,5 @@
 import type { GuestMemory } from '../../kvm/memory';
+import { int, record, U16_MAX } from '../../state-check';
 
 /**
  * A split virtqueue (virtio 1.x, section 2.7) read and written in guest memory. Every index,
@@ -49,6 +50,19 @@ export interface QueueConfig {
   descTable: number;
   availRing: number;
   usedRing: number;
+}
+
+/**
+ * Where the device is in a queue, for a snapshot: the rings themselves are in guest memory, which
+ * the snapshot keeps whole. Each is a free-running 16-bit index.
+ */
+export interface QueuePositions {
+  /** The next available-ring entry the device will take. */
+  nextAvail: number;
+  /** The next used-ring entry the device will fill (the used index it last published). */
+  nextUsed: number;
+  /** The used index at the last interrupt decision (VIRTIO_F_EVENT_IDX suppression). */
+  signalledUsed: number;
 }
 
 export class VirtQueue {
@@ -117,9 +131,45 @@ export class VirtQueue {
     return undefined;
   }
 
+  saveState(): QueuePositions {
+    return { nextAvail: this.lastAvail, nextUsed: this.usedIdx, signalledUsed: this.signalledUsed };
+  }
+
+  /**
+   * Puts the device back where it was in the rings. Any 16-bit values are accepted: they are
+   * compared with what the guest wrote in its rings only through pop(), which already treats a
+   * driver's index that moved by more than the queue size as a broken ring (the device fails).
+   */
+  restoreState(state: unknown, where: string): void {
+    const s = record(state, where, ['nextAvail', 'nextUsed', 'signalledUsed']);
+    const nextAvail = int(s.nextAvail, `${where}.nextAvail`, 0, U16_MAX);
+    const nextUsed = int(s.nextUsed, `${where}.nextUsed`, 0, U16_MAX);
+    const signalledUsed = int(s.signalledUsed, `${where}.signalledUsed`, 0, U16_MAX);
+    this.lastAvail = nextAvail;
+    this.usedIdx = nextUsed;
+    this.signalledUsed = signalledUsed;
+  }
+
+  /**
+   * Asks the driver to notify the device when it adds the next chain. With VIRTIO_F_EVENT_IDX the
+   * driver notifies only when its available index passes avail_event, which pop() sets to the
+   * device's own position: a device that takes one chain and then waits for more (vsock's event
+   * queue) must move avail_event up to the driver's index, or the next addition goes unnoticed.
+   */
+  armNotification(): void {
+    if (!this.eventIdx) return; // without event index the driver notifies unless told not to, and fc-run never tells it
+    this.setU16(this.cfg.usedRing + 4 + 8 * this.cfg.size, this.availIndex());
+    fence();
+  }
+
+  /** The driver's available index (how many chains it has published, modulo 2^16). */
+  availIndex(): number {
+    return this.u16(this.cfg.availRing + 2);
+  }
+
   /** Number of chains the driver has made available and the device has not taken. */
   pending(): number {
-    return (this.u16(this.cfg.availRing + 2) - this.lastAvail) & 0xffff;
+    return (this.availIndex() - this.lastAvail) & 0xffff;
   }
 
   /**

@@ -2,7 +2,14 @@ import { randomFillSync } from 'node:crypto';
 import type { GuestMemory } from '../../kvm/memory';
 import type { VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
-import type { Throttle } from '../../limits/throttle';
+import { restoreThrottle, Throttle } from '../../limits/throttle';
+import type { RateLimiterState } from '../../limits/token-bucket';
+import { record } from '../../state-check';
+
+/** The entropy device as a snapshot keeps it: only its rate limiter has state. */
+export interface EntropyState {
+  rateLimiter: RateLimiterState | null;
+}
 
 export const VIRTIO_ID_ENTROPY = 4;
 /** Most bytes handed out per request; a larger buffer is filled up to this. */
@@ -22,6 +29,16 @@ export class EntropyDevice implements VirtioBackend {
     private readonly onMalformed?: () => void,
     private readonly throttle?: Throttle,
   ) {}
+
+  saveState(): EntropyState {
+    return { rateLimiter: this.throttle?.saveState() ?? null };
+  }
+
+  /** Puts back the rate limiter's buckets (after the transport's restore). */
+  restoreState(state: unknown, where: string): void {
+    const s = record(state, where, ['rateLimiter']);
+    restoreThrottle(this.throttle, s.rateLimiter, `${where}.rateLimiter`);
+  }
 
   /** The rate limiter's timer fired. */
   resume(): void {

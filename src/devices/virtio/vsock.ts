@@ -3,11 +3,17 @@ import { EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT } from '../../kvm/libc';
 import { acceptUnix, claimSocketPath, closeFd, connectUnix, listenUnix, readSome, shutdownWrite, writeSome } from '../../kvm/unix-socket';
 import { gather, scatter, VirtQueue } from './queue';
 import type { DeviceIo, VirtioBackend } from './mmio';
+import { int, record, U32_MAX } from '../../state-check';
 
 export const VIRTIO_ID_VSOCK = 19;
 const RX = 0;
 const TX = 1;
+const EVENT = 2;
 const HDR = 44;
+/** virtio_vsock_event.id: the device lost its connections; the driver resets its sockets and reads the guest CID again. */
+export const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0;
+/** struct virtio_vsock_event is one le32; Linux's driver ignores an event whose used length is not exactly this. */
+const EVENT_BYTES = 4;
 export const VSOCK_OP = { REQUEST: 1, RESPONSE: 2, RST: 3, SHUTDOWN: 4, RW: 5, CREDIT_UPDATE: 6, CREDIT_REQUEST: 7 } as const;
 const TYPE_STREAM = 1;
 const HOST_CID = 2;
@@ -89,6 +95,18 @@ export interface VsockCounters {
   invalidPackets: number;
 }
 
+/**
+ * The vsock device as a snapshot keeps it. Connections are not in it: their host sockets belong
+ * to the saving process. A restore starts with none and, when the guest's driver is active, sends
+ * it VIRTIO_VSOCK_EVENT_TRANSPORT_RESET so it resets its sockets (as Firecracker does).
+ */
+export interface VsockState {
+  /** The CID the guest was given (the restore may give another: the driver reads it again on the reset event). */
+  guestCid: number;
+  /** The next host-side port for a host-initiated connection. */
+  nextLocalPort: number;
+}
+
 export interface VsockOptions {
   guestCid: number;
   udsPath: string;
@@ -120,6 +138,20 @@ export class VsockDevice implements VirtioBackend {
   /** The guest has no receive buffers: sockets are not read until it adds some (no busy loop). */
   private rxStarved = false;
   private readonly scratch = Buffer.alloc(MAX_PAYLOAD);
+  /** A transport reset event waits for an event buffer from the driver. */
+  private resetToSend = false;
+  /**
+   * A transport reset event was delivered and the driver has not answered it yet (its answer is
+   * an event buffer added after it handled the event; the driver's available index at the
+   * delivery is kept to tell). Until then, and while the event waits to be sent, nothing goes to
+   * the guest: a connection offered before the driver reset its sockets would be reset with them.
+   */
+  private resetUnacked: { availIndex: number } | undefined;
+
+  /** Nothing goes to the guest while a transport reset is due or unanswered. */
+  private get holdingRx(): boolean {
+    return this.resetToSend || this.resetUnacked !== undefined;
+  }
 
   constructor(
     private readonly mem: GuestMemory,
@@ -154,12 +186,77 @@ export class VsockDevice implements VirtioBackend {
     for (const c of [...this.connections.values()]) if (!c.awaitingResponse) this.drop(c);
     this.control.length = 0;
     this.rxStarved = false;
+    this.resetToSend = false;
+    this.resetUnacked = undefined;
     this.queues = undefined;
     this.io = undefined;
   }
 
+  saveState(): VsockState {
+    return { guestCid: this.opts.guestCid, nextLocalPort: this.nextLocalPort };
+  }
+
+  /**
+   * After the transport's restore: every connection is dropped (their host sockets were the
+   * saving process's), and when the driver is active a transport reset event is due, sent by
+   * restored() once the VM runs again.
+   */
+  restoreState(state: unknown, where: string): void {
+    const s = record(state, where, ['guestCid', 'nextLocalPort']);
+    int(s.guestCid, `${where}.guestCid`, 3, U32_MAX);
+    const nextLocalPort = int(s.nextLocalPort, `${where}.nextLocalPort`, FIRST_LOCAL_PORT, 0xfffffffe);
+    for (const c of [...this.connections.values()]) this.drop(c);
+    for (const fd of [...this.handshakes.keys()]) this.closeHandshake(fd);
+    this.control.length = 0;
+    this.nextLocalPort = nextLocalPort;
+    this.resetUnacked = undefined;
+    this.resetToSend = this.queues !== undefined;
+  }
+
+  /** The VM runs again after a restore: the transport reset event goes out. */
+  restored(): void {
+    this.sendResetEvent();
+  }
+
+  /** Delivers a pending transport reset event, if the driver has an event buffer for it. */
+  private sendResetEvent(): void {
+    const evq = this.queues?.[EVENT];
+    if (!evq || !this.resetToSend) return;
+    let used = false;
+    for (let chain = evq.pop(); chain; chain = evq.pop()) {
+      used = true;
+      const room = chain.error ? 0 : chain.segments.reduce((n, s) => n + (s.writable ? s.len : 0), 0);
+      if (room < EVENT_BYTES) {
+        this.invalid();
+        evq.push(chain.head, 0);
+        continue;
+      }
+      const event = Buffer.alloc(EVENT_BYTES);
+      event.writeUInt32LE(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
+      evq.push(chain.head, scatter(this.mem, chain.segments, event));
+      this.resetToSend = false;
+      this.resetUnacked = { availIndex: evq.availIndex() };
+      break;
+    }
+    // Either way the driver's next event buffer must be noticed: it is the answer, or the place for the event.
+    evq.armNotification();
+    if (used) this.io?.usedBuffers([evq]);
+  }
+
+  /** The driver added event buffers: room for a waiting event, or its answer to the one delivered. */
+  private eventQueueNotified(): void {
+    if (this.resetToSend) return this.sendResetEvent();
+    const evq = this.queues![EVENT];
+    if (!this.resetUnacked || evq.availIndex() === this.resetUnacked.availIndex) return;
+    this.resetUnacked = undefined;
+    // What waited for the answer (replies, connections offered meanwhile) goes now.
+    this.flushRx();
+    if (this.control.length < MAX_CONTROL) this.processTx();
+  }
+
   notify(index: number): void {
     if (!this.queues) return;
+    if (index === EVENT) return this.eventQueueNotified();
     if (index === TX) this.processTx();
     else if (index === RX) {
       this.rxStarved = false;
@@ -246,7 +343,7 @@ export class VsockDevice implements VirtioBackend {
 
   private watch(c: Connection): void {
     if (!this.live(c) || c.hungUp) return;
-    const reading = c.established && !c.hostDone && !c.guestNoRecv && !this.rxStarved && this.credit(c) > 0;
+    const reading = c.established && !c.hostDone && !c.guestNoRecv && !this.rxStarved && !this.holdingRx && this.credit(c) > 0;
     const want = (reading ? EPOLLIN : 0) | (c.pendingOut.length > 0 ? EPOLLOUT : 0);
     if (want !== c.watching) {
       c.watching = want;
@@ -295,7 +392,7 @@ export class VsockDevice implements VirtioBackend {
   /** Moves host bytes to the guest while it has credit and receive buffers. */
   private readHost(c: Connection): void {
     const rx = this.queues?.[RX];
-    if (!rx || !this.live(c)) return;
+    if (!rx || !this.live(c) || this.holdingRx) return;
     while (this.credit(c) > 0 && !c.hostDone && !c.guestNoRecv) {
       // Control packets go first, and without receive buffers nothing can move: stop watching the
       // socket for input (a level-triggered fd would spin) until flushRx re-arms it.
@@ -421,7 +518,7 @@ export class VsockDevice implements VirtioBackend {
    */
   private flushRx(): void {
     const rx = this.queues?.[RX];
-    if (!rx) return;
+    if (!rx || this.holdingRx) return;
     for (;;) {
       let used = false;
       while (this.control.length > 0) {

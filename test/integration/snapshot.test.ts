@@ -1,0 +1,188 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Workspace } from '../helpers/specs';
+import {
+  apiCall,
+  EchoListener,
+  expectedSnapshotChecks,
+  FcRunProcess,
+  parseSnapshotOutput,
+  PROBE,
+  SECTOR_TAG_AFTER,
+  SECTOR_TAG_BEFORE,
+  sectorTag,
+  sendCtrlAltDel,
+  snapshotProbeSpec,
+  startEchoListener,
+  startFcRun,
+  waitForApi,
+} from '../helpers/probe-snapshot';
+
+/**
+ * Snapshots on KVM with the probe guest in its snapshot mode: it prepares (memory pattern,
+ * counter, kvm-clock, a disk sector), says it is ready and waits halted. The test pauses it, takes
+ * a snapshot, kills it, restores the snapshot in a new fc-run process (or two, side by side, with
+ * their own disk copies and vsock paths) and presses Ctrl-Alt-Del: the restored guest checks that
+ * memory, registers, time, the disk, entropy and vsock (after the transport reset) all carry on.
+ */
+const hasKvm = fs.existsSync('/dev/kvm');
+const describeKvm = hasKvm ? describe : describe.skip;
+if (!hasKvm) console.warn('SKIPPED: the snapshot tests need /dev/kvm, which this host does not have');
+const canTap = hasKvm && fs.existsSync('/dev/net/tun') && process.getuid?.() === 0;
+
+const VSOCK_PORT = 7000;
+let ws: Workspace;
+const runs: FcRunProcess[] = [];
+const listeners: EchoListener[] = [];
+beforeAll(() => {
+  if (hasKvm && !fs.existsSync(PROBE)) throw new Error(`${PROBE} is missing: run \`npm run build:probe\``);
+  ws = new Workspace();
+});
+afterEach(async () => {
+  for (const r of runs.splice(0)) if (r.child.exitCode === null && r.child.signalCode === null) r.child.kill('SIGKILL');
+  for (const l of listeners.splice(0)) await l.close();
+});
+afterAll(() => ws?.remove());
+
+function started(run: FcRunProcess): FcRunProcess {
+  runs.push(run);
+  return run;
+}
+
+async function echo(uds: string): Promise<EchoListener> {
+  const l = await startEchoListener(uds, VSOCK_PORT);
+  listeners.push(l);
+  return l;
+}
+
+/** Boots the probe in snapshot mode, waits until it is ready, pauses it and writes a snapshot. */
+async function bootAndSnapshot(name: string, opts: { networkInterfaces?: object[]; prefix?: string[] } = {}) {
+  const drive = ws.write(`${name}.img`, Buffer.alloc(64 * 1024));
+  const uds = path.join(ws.dir, `${name}.vsock`);
+  await echo(uds);
+  const api = path.join(ws.dir, `${name}.api`);
+  const spec = ws.write(`${name}.json`, snapshotProbeSpec({ disk: drive, entropy: true, vsock: { cid: 7, uds }, vsockPort: VSOCK_PORT, vcpus: 2, networkInterfaces: opts.networkInterfaces }));
+  const run = started(startFcRun([spec, '--api-sock', api], { prefix: opts.prefix }));
+  await waitForApi(api);
+  await run.waitForReady();
+  expect((await apiCall(api, 'PUT', '/snapshot/create', { snapshot_path: 'x', mem_file_path: 'y' })).body).toMatch(/must be paused/);
+  expect((await apiCall(api, 'PATCH', '/vm', { state: 'Paused' })).status).toBe(204);
+  const snap = path.join(ws.dir, `${name}.snap`);
+  const mem = path.join(ws.dir, `${name}.mem`);
+  const created = await apiCall(api, 'PUT', '/snapshot/create', { snapshot_type: 'Full', snapshot_path: snap, mem_file_path: mem });
+  expect(created).toEqual({ status: 204, body: '' });
+  run.child.kill('SIGKILL');
+  await run.exited;
+  return { drive, snap, mem, spec, bootOutput: run.output() };
+}
+
+/** Restored output: the checks after the wait, as parseSnapshotOutput reads them. */
+function expectRestoredChecks(output: string, opts: { netArp?: boolean } = {}) {
+  const out = parseSnapshotOutput(output);
+  expect(out.notOk).toEqual([]);
+  expect(out.rounds).toHaveLength(1);
+  const [round] = out.rounds;
+  expect(round.ok).toEqual(expectedSnapshotChecks({ blk: true, rng: true, vsockConnect: true, netArp: opts.netArp }));
+  expect(round.vsockReset).toBe('seen');
+  expect(round.restoredFailed).toBe(0);
+}
+
+describeKvm('snapshots', () => {
+  test('pause, snapshot, restore in a new process: the guest carries on where it stopped (memory, registers, time, disk, entropy, vsock)', async () => {
+    const { drive, snap, mem, bootOutput } = await bootAndSnapshot('one');
+    expect(bootOutput).not.toContain('# probe: ctrl-alt-del');
+    // The memory file is sparse: 64 MiB of guest memory, a few MiB written.
+    const st = fs.statSync(mem);
+    expect(st.size).toBe(64 * 1024 * 1024);
+    expect(st.blocks * 512).toBeLessThan(24 * 1024 * 1024);
+    const memBefore = fs.readFileSync(mem);
+
+    // --describe-snapshot: what the file holds.
+    const described = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), '--describe-snapshot', snap], { encoding: 'utf8' });
+    expect(described.status).toBe(0);
+    expect(described.stdout).toMatch(/vCPUs: +2/);
+
+    const uds = path.join(ws.dir, 'one-restored.vsock');
+    const l = await echo(uds);
+    const api = path.join(ws.dir, 'one-restored.api');
+    const run = started(startFcRun(['restore', snap, '--mem', mem, '--resume', '--api-sock', api, '--vsock-uds', uds]));
+    await waitForApi(api);
+    expect(JSON.parse((await apiCall(api, 'GET', '/')).body).state).toBe('Running');
+    expect(await sendCtrlAltDel(api)).toBe(204);
+    const code = await run.exited;
+    expectRestoredChecks(run.output());
+    expect(run.output()).toContain('\n# probe restored: 0 failed\n');
+    expect(code).toBe(0);
+    expect(l.received).toEqual(['probe snapshot round 1\n']);
+    expect(sectorTag(drive, 127)).toBe(SECTOR_TAG_BEFORE);
+    expect(sectorTag(drive, 126)).toBe(SECTOR_TAG_AFTER);
+    // Copy on write: the restored guest wrote memory, the memory file is as it was.
+    expect(fs.readFileSync(mem).equals(memBefore)).toBe(true);
+  }, 600_000);
+
+  test('two clones of one snapshot at once, each with its own disk copy, vsock path (and TAP): both pass; a paused restore waits for PATCH /vm', async () => {
+    // The TAPs live in a namespace of the test's own (the guest sends nothing on them here).
+    let netns: { name: string; remove: () => void } | undefined;
+    const taps = ['fcsa', 'fcsb'].map((t) => `${t}${process.pid % 100000}`);
+    if (canTap) {
+      const name = `fcrun-snap-${process.pid}`;
+      spawnSync('ip', ['netns', 'del', name]);
+      execFileSync('ip', ['netns', 'add', name]);
+      netns = { name, remove: () => void spawnSync('ip', ['netns', 'del', name]) };
+      for (const t of [...taps, `fcso${process.pid % 100000}`]) {
+        execFileSync('ip', ['netns', 'exec', name, 'ip', 'tuntap', 'add', 'dev', t, 'mode', 'tap']);
+        execFileSync('ip', ['netns', 'exec', name, 'ip', 'link', 'set', t, 'up']);
+      }
+    }
+    try {
+      const prefix = netns ? ['ip', 'netns', 'exec', netns.name] : undefined;
+      const nics = netns ? [{ iface_id: 'eth0', host_dev_name: `fcso${process.pid % 100000}`, guest_mac: '06:00:ac:10:00:02' }] : undefined;
+      const { drive, snap, mem } = await bootAndSnapshot('base', { networkInterfaces: nics, prefix });
+      const clones = await Promise.all(
+        ['a', 'b'].map(async (c, i) => {
+          const disk = ws.write(`clone-${c}.img`, fs.readFileSync(drive));
+          const uds = path.join(ws.dir, `clone-${c}.vsock`);
+          const l = await echo(uds);
+          const api = path.join(ws.dir, `clone-${c}.api`);
+          const args = ['restore', snap, '--mem', mem, '--api-sock', api, '--vsock-uds', uds, '--drive', `snapdisk=${disk}`];
+          if (netns) args.push('--tap', `eth0=${taps[i]}`);
+          // Clone a starts paused and is resumed through the API; clone b starts running.
+          if (c === 'b') args.push('--resume');
+          const run = started(startFcRun(args, { prefix }));
+          await waitForApi(api);
+          return { c, disk, api, run, l };
+        }),
+      );
+      const a = clones[0];
+      expect(JSON.parse((await apiCall(a.api, 'GET', '/')).body).state).toBe('Paused');
+      expect((await apiCall(a.api, 'PATCH', '/vm', { state: 'Resumed' })).status).toBe(204);
+      for (const k of clones) expect(await sendCtrlAltDel(k.api)).toBe(204);
+      for (const k of clones) {
+        const code = await k.run.exited;
+        expectRestoredChecks(k.run.output());
+        expect(code).toBe(0);
+        expect(k.l.received).toEqual(['probe snapshot round 1\n']);
+        expect(sectorTag(k.disk, 126)).toBe(SECTOR_TAG_AFTER);
+      }
+      // The original disk was not written by either clone.
+      expect(sectorTag(drive, 126)).toBe('\0'.repeat(28));
+    } finally {
+      netns?.remove();
+    }
+  }, 900_000);
+
+  test('a snapshot restored with a memory file of another size, or a corrupted state file, is refused with exit 2 before the guest runs', async () => {
+    const { snap, mem } = await bootAndSnapshot('bad');
+    const short = ws.write('short.mem', Buffer.alloc(4096));
+    const r1 = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'restore', snap, '--mem', short, '--resume'], { encoding: 'utf8' });
+    expect(r1.status).toBe(2);
+    expect(r1.stderr).toMatch(/does not fit the snapshot/);
+    const bytes = fs.readFileSync(snap);
+    bytes[bytes.length >> 1] ^= 0x40;
+    const flipped = ws.write('flipped.snap', bytes);
+    const r2 = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'restore', flipped, '--mem', mem, '--resume'], { encoding: 'utf8' });
+    expect(r2.status).toBe(2);
+    expect(r2.stderr).toMatch(/checksum/);
+  }, 600_000);
+});
