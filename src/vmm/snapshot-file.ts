@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
 import { findDeepNesting, MAX_JSON_DEPTH } from '../config/json-depth';
 import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
 import { CPUID_MAX_ENTRIES, IRQCHIP_IDS, MP_STATE_MAX, MSRS_MAX, STATE_SIZES, VCPU_FIXED_PARTS, VcpuState, VmState, XSAVE_MAX, XSAVE_MIN } from '../kvm/state-abi';
@@ -177,6 +178,7 @@ export function decodeSnapshotFile(buf: Uint8Array, source: string): VmSnapshot 
   const fcRunVersion = r.str(h.fcRunVersion, 'header.fcRunVersion', 64, /^[0-9A-Za-z.+-]+$/);
   const planHash = r.str(h.planHash, 'header.planHash', 128, /^[0-9a-z:]*$/);
   const createdAt = r.str(h.createdAt, 'header.createdAt', 40, /^\d{4}-\d\d-\d\dT[0-9:.]+Z$/);
+  if (Number.isNaN(Date.parse(createdAt))) fail('header.createdAt', `is not a valid time: ${describe(createdAt)}`);
   if (h.snapshotType !== 'Full') fail('header.snapshotType', `must be "Full", not ${describe(h.snapshotType)}`);
   const vcpuCount = r.int(h.vcpuCount, 'header.vcpuCount', 1, 32);
   const mem = r.obj(h.memory, 'header.memory', ['regions']);
@@ -184,10 +186,10 @@ export function decodeSnapshotFile(buf: Uint8Array, source: string): VmSnapshot 
     const reg = r.obj(x, `header.memory.regions[${i}]`, ['start', 'size']);
     return { start: r.int(reg.start, `header.memory.regions[${i}].start`, 0, 2 ** 52), size: r.int(reg.size, `header.memory.regions[${i}].size`, 4096, 2 ** 50) };
   });
-  const cpuTemplate = r.str(h.cpuTemplate, 'header.cpuTemplate', 64);
+  const cpuTemplate = r.str(h.cpuTemplate, 'header.cpuTemplate', 64, /^[A-Za-z0-9_-]+$/);
   const devList = r.list(h.devices, 'header.devices', 0, 64).map((x, i) => {
     const d = r.obj(x, `header.devices[${i}]`, ['kind', 'id']);
-    return { kind: r.str(d.kind, `header.devices[${i}].kind`, 16), id: r.str(d.id, `header.devices[${i}].id`, 256) };
+    return { kind: r.str(d.kind, `header.devices[${i}].kind`, 16, /^[a-z]+$/), id: r.str(d.id, `header.devices[${i}].id`, 256, /^[A-Za-z0-9_-]+$/) };
   });
   const header: VmSnapshotHeader = { fcRunVersion, planHash, createdAt, snapshotType: 'Full', vcpuCount, memory: { regions }, cpuTemplate, devices: devList, plan: h.plan };
 
@@ -220,6 +222,11 @@ export function decodeSnapshotFile(buf: Uint8Array, source: string): VmSnapshot 
 /** Same as decodeSnapshotFile; the name restore uses. */
 export const readVmSnapshot = decodeSnapshotFile;
 
+/** The format version as Firecracker's --snapshot-version prints its own: "v1.0.0". */
+export function snapshotVersionText(format = SNAPSHOT_FORMAT): string {
+  return `v${format}.0.0`;
+}
+
 /** What a snapshot holds, as data (`--describe-snapshot --json`). */
 export function snapshotSummary(s: VmSnapshot): Record<string, unknown> {
   return {
@@ -248,4 +255,32 @@ export function describeSnapshot(s: VmSnapshot): string {
     `devices:      ${s.header.devices.length === 0 ? 'none' : s.header.devices.map((d) => `${d.kind} ${d.id}`).join(', ')}`,
   ];
   return lines.join('\n') + '\n';
+}
+
+/** Reads and checks a state file from disk (its size first: it is read whole; a FIFO or device is refused, not waited on). */
+export function readSnapshotFile(file: string): VmSnapshot {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
+  } catch (err) {
+    throw new SnapshotFileError(file, `cannot be opened: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new SnapshotFileError(file, 'is not a regular file');
+    if (st.size > MAX_SNAPSHOT_BYTES) throw new SnapshotFileError(file, `is ${st.size} bytes, more than any VM state file (${MAX_SNAPSHOT_BYTES}): is it the memory file?`);
+    const buf = Buffer.alloc(st.size);
+    let done = 0;
+    while (done < buf.length) {
+      const n = fs.readSync(fd, buf, done, buf.length - done, done);
+      if (n === 0) break;
+      done += n;
+    }
+    return decodeSnapshotFile(buf.subarray(0, done), file);
+  } catch (err) {
+    if (err instanceof FcRunError) throw err;
+    throw new SnapshotFileError(file, `cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  } finally {
+    fs.closeSync(fd);
+  }
 }

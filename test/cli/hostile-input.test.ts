@@ -240,7 +240,7 @@ describe('command-line values', () => {
     [['x.json', '--config-file', 'y.json'], /give the spec once/],
     [['--api-sock', '/tmp/x.sock'], /needs a spec/],
     [['x.json', '--enable-pci'], /--enable-pci is not supported by fc-run: fc-run has virtio-mmio devices only/],
-    [['x.json', '--describe-snapshot', 's'], /--describe-snapshot is not supported by fc-run: snapshots/],
+    [['x.json', '--describe-snapshot', 's'], /--describe-snapshot only prints and exits: leave out the spec/],
     [['plan', 'a.json', 'b.json'], /unexpected argument "b.json"/],
     [['jail', 'x.json', '--id', 'vm1', '--uid', 'root', '--gid', '0'], /--uid must be a whole number/],
   ])('%j is a usage error (exit 1) that names the problem', (args, message) => {

@@ -295,12 +295,13 @@ export function startFcRun(args: string[], opts: { prefix?: string[] } = {}): Fc
 }
 
 /** Waits until the API socket answers (GET /). */
-export async function waitForApi(sock: string, timeoutMs = 60_000): Promise<void> {
+export async function waitForApi(sock: string, timeoutMs = 60_000, opts: { started?: boolean } = {}): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     if (fs.existsSync(sock)) {
       const r = await apiCall(sock, 'GET', '/').catch(() => undefined);
-      if (r?.status === 200) return;
+      // With `started`, until the VM is set up (restored or booted): its state is no longer "Not started".
+      if (r?.status === 200 && (!opts.started || (JSON.parse(r.body) as { state: string }).state !== 'Not started')) return;
     }
     if (Date.now() > until) throw new Error(`the API socket ${sock} did not answer within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 50));

@@ -107,7 +107,7 @@ describeKvm('snapshots', () => {
     const l = await echo(uds);
     const api = path.join(ws.dir, 'one-restored.api');
     const run = started(startFcRun(['restore', snap, '--mem', mem, '--resume', '--api-sock', api, '--vsock-uds', uds]));
-    await waitForApi(api);
+    await waitForApi(api, 120_000, { started: true });
     expect(JSON.parse((await apiCall(api, 'GET', '/')).body).state).toBe('Running');
     expect(await sendCtrlAltDel(api)).toBe(204);
     const code = await run.exited;
@@ -150,7 +150,7 @@ describeKvm('snapshots', () => {
           // Clone a starts paused and is resumed through the API; clone b starts running.
           if (c === 'b') args.push('--resume');
           const run = started(startFcRun(args, { prefix }));
-          await waitForApi(api);
+          await waitForApi(api, 120_000, { started: true });
           return { c, disk, api, run, l };
         }),
       );

@@ -4,14 +4,13 @@ import { canonicalJson, planRunnable, prewarmVcpuThreads } from '../../boot';
 import { applyOverrides, BackendOverrides, checkSnapshotPlan, planWithoutBackends } from '../../boot/snapshot-plan';
 import { loadSpecFile } from '../../config/validate';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, FcRunError } from '../../errors';
-import { readVmSnapshot, VmSnapshot } from '../../vmm/snapshot-file';
+import { readSnapshotFile } from '../../vmm/snapshot-file';
 import { CommandSpec, ParsedArgs, UsageError } from '../args';
 import { Io, reportStatus, Reporting } from '../io';
 import { loadOptionsOf, REPORT_OPTIONS, reportingOf } from './common';
 import { launchPlanned, MONITOR_OPTIONS, threadFiltersOf, watchLifeline } from './run';
 
 /** The largest VM state file read (the state of 32 vCPUs and every device is far smaller). */
-const MAX_STATE_FILE = 64 * 1024 * 1024;
 
 export const RESTORE_SPEC: CommandSpec = {
   name: 'restore',
@@ -53,31 +52,6 @@ function pairs(values: unknown, option: string): Map<string, string> {
     out.set(id, v.slice(eq + 1));
   }
   return out;
-}
-
-/** Reads and checks the state file (size first: it is read whole). */
-export function readSnapshotFile(file: string): VmSnapshot {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  } catch (err) {
-    throw new FcRunError('snapshot-invalid', `cannot open the snapshot ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, EXIT_INVALID_SPEC);
-  }
-  try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw new FcRunError('snapshot-invalid', `the snapshot ${file} is not a regular file`, EXIT_INVALID_SPEC);
-    if (st.size > MAX_STATE_FILE) throw new FcRunError('snapshot-invalid', `the snapshot ${file} is ${st.size} bytes, more than any VM state file (${MAX_STATE_FILE}): is it the memory file?`, EXIT_INVALID_SPEC);
-    const buf = Buffer.alloc(st.size);
-    let done = 0;
-    while (done < buf.length) {
-      const n = fs.readSync(fd, buf, done, buf.length - done, done);
-      if (n === 0) break;
-      done += n;
-    }
-    return readVmSnapshot(buf.subarray(0, done), file);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 export async function restoreCommand(io: Io, args: ParsedArgs, startNs: bigint): Promise<number> {

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { describeSnapshot, readSnapshotFile, snapshotSummary, snapshotVersionText } from '../../vmm/snapshot-file';
 import { loadSpecFile } from '../../config/validate';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../../config/resolved';
 import { planRunnable, prewarmVcpuThreads } from '../../boot';
@@ -46,8 +47,6 @@ export const MONITOR_OPTIONS: OptionSpec[] = [
 
 /** Firecracker's flags that fc-run does not implement: refused by name, with what to do instead. */
 const REFUSED_FIRECRACKER_FLAGS: OptionSpec[] = [
-  { name: 'describe-snapshot', kind: 'refused', takesValue: true, describe: '', hidden: true, why: 'snapshots are not built yet' },
-  { name: 'snapshot-version', kind: 'refused', takesValue: false, describe: '', hidden: true, why: 'snapshots are not built yet' },
   { name: 'enable-pci', kind: 'refused', takesValue: false, describe: '', hidden: true, why: 'fc-run has virtio-mmio devices only; remove the flag' },
 ];
 
@@ -76,6 +75,8 @@ export const RUN_SPEC: CommandSpec = {
       describe:
         "Per-thread seccomp filters in the JSON form of Firecracker's seccompiler (categories vmm, api, vcpu), installed on top of fc-run's own filter (not seccompiler-bin's compiled output)",
     },
+    { name: 'describe-snapshot', kind: 'string', valueName: 'FILE', describe: "Print what a snapshot's state file holds (format version first, as Firecracker does) and exit; exit 2 if it is not a usable snapshot" },
+    { name: 'snapshot-version', kind: 'flag', describe: 'Print the snapshot format version this fc-run writes and reads, and exit' },
     { name: 'exit-with-fd', kind: 'integer', min: 3, max: 65535, hidden: true, describe: 'Stop the VM when this inherited socket or pipe reaches end of stream (the jailer uses it)' },
     { name: 'exit-record', kind: 'string', valueName: 'FILE', hidden: true, describe: 'When fc-run exits, write {code, reason, time} as JSON to this file (fc-run up reads it for VMs it cannot wait on)' },
     ...REPORT_OPTIONS,
@@ -221,9 +222,28 @@ export function threadFiltersOf(o: Record<string, unknown>): ThreadFilters | und
   return { api: programs.get('api'), vmm: programs.get('vmm'), vcpu: programs.get('vcpu') };
 }
 
+/** --describe-snapshot FILE and --snapshot-version: answered without a spec, nothing launched. */
+function snapshotQuery(io: Io, args: ParsedArgs): number | undefined {
+  const o = args.options;
+  const describe = o['describe-snapshot'] as string | undefined;
+  if (describe === undefined && o['snapshot-version'] !== true) return undefined;
+  if (describe !== undefined && o['snapshot-version'] === true) throw new UsageError('give --describe-snapshot or --snapshot-version, not both', 'run');
+  if (args.positionals.length > 0 || o['config-file'] !== undefined) throw new UsageError(`--${describe !== undefined ? 'describe-snapshot' : 'snapshot-version'} only prints and exits: leave out the spec`, 'run');
+  if (describe === undefined) {
+    io.out.write(`${snapshotVersionText()}\n`);
+    return EXIT_OK;
+  }
+  const snap = readSnapshotFile(path.resolve(describe));
+  if (reportingOf(args).jsonLines) io.out.write(`${JSON.stringify({ event: 'snapshot', file: describe, ...snapshotSummary(snap) })}\n`);
+  else io.out.write(`${snapshotVersionText()}\n${describeSnapshot(snap)}`);
+  return EXIT_OK;
+}
+
 async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promise<number> {
   const o = args.options;
   const rep: Reporting = reportingOf(args);
+  const query = snapshotQuery(io, args);
+  if (query !== undefined) return query;
   const file = specArgument(args);
   if (o['start-time-us'] !== undefined) startNs = BigInt(o['start-time-us'] as number) * 1000n;
   // Until the VM runs (and MicroVm handles them), SIGTERM and SIGINT end fc-run here; as PID 1 of
