@@ -235,7 +235,8 @@ async function route(ctx: ApiContext, method: string, url: string, req: http.Inc
     const req = { type: type as 'Full' | 'Diff', snapshotPath: file('snapshot_path'), memFilePath: file('mem_file_path') };
     const vm = running();
     const report = await vmOperation(() => vm.createSnapshot(req));
-    ctx.monitor.log.info('api', `snapshot written: ${report.snapshotPath} (${report.stateBytes} bytes of state, ${report.memory.written} of ${report.memory.size} bytes of memory) in ${report.ms.toFixed(1)} ms`);
+    const diff = report.diff ? `; Diff: ${report.diff.pages} changed page(s), ${report.diff.method}` : '';
+    ctx.monitor.log.info('api', `${type} snapshot written: ${report.snapshotPath} (${report.stateBytes} bytes of state, ${report.memory.written} of ${report.memory.size} bytes of memory${diff}) in ${report.ms.toFixed(1)} ms`);
     return { status: 204 };
   }
   if (path === '/mmds') {

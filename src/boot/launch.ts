@@ -24,6 +24,7 @@ import { configureVcpu } from './vcpu-setup';
 import { assertCpuTemplateFitsHost, vendorFromCpuid } from './host-cpu';
 import type { Vcpu } from '../kvm/kvm';
 import { createSnapshot, SnapshotReport, SnapshotRequest } from '../vmm/snapshot';
+import { DirtyPages } from '../vmm/dirty-pages';
 import { openMemoryFile } from '../vmm/snapshot-memory';
 import type { VmSnapshot } from '../vmm/snapshot-file';
 import type { LegacyState } from '../vmm/microvm';
@@ -200,6 +201,8 @@ export interface RestoredParts {
   legacy: LegacyState;
   /** Start with every vCPU parked (resumed through the API). */
   paused: boolean;
+  /** The memory file, kept open when the plan tracks dirty pages (the first Diff compares with it). */
+  memFd?: number;
 }
 
 interface Machine {
@@ -228,6 +231,8 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
   } catch (err) {
     noSnapshots = (err as Error).message;
   }
+  // track_dirty_pages: what each snapshot held, so that a Diff holds only what changed since.
+  const dirty = plan.memory.trackDirtyPages ? new DirtyPages(m.restored?.memFd) : undefined;
   const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT, vmmFilter, m.restored?.devices as DevicesState | undefined);
   const micro = new MicroVm(vm, vcpus, {
     virtio: virtio.windows,
@@ -280,7 +285,7 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
     createSnapshot: (req) =>
       noSnapshots !== undefined
         ? Promise.reject(new FcRunError('kvm-snapshot-unsupported', noSnapshots))
-        : createSnapshot({ micro, vm, mem, vmmThread: virtio.thread, plan, planHash: opts.planHash ?? '', drivePaths: plan.devices.flatMap((d) => (d.kind === 'block' ? [d.path] : [])) }, req),
+        : createSnapshot({ micro, vm, mem, vmmThread: virtio.thread, plan, planHash: opts.planHash ?? '', drivePaths: plan.devices.flatMap((d) => (d.kind === 'block' ? [d.path] : [])), dirty }, req),
   });
   return done;
 }
@@ -293,14 +298,17 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
 export async function restoreSnapshot(snapshot: VmSnapshot, memFile: string, plan: BootPlan, paused: boolean, opts: LaunchOptions): Promise<RunResult> {
   // The memory file first: a wrong one is refused before KVM is touched.
   const fd = openMemoryFile(memFile, plan.memory.regions);
+  const keepFd = plan.memory.trackDirtyPages === true;
   let mem: GuestMemory;
   let machine: { kvm: Kvm; vm: Vm };
   try {
     machine = createMachine(plan);
     mem = GuestMemory.mapFile(plan.memory.regions, fd);
-  } finally {
+  } catch (err) {
     fs.closeSync(fd);
+    throw err;
   }
+  if (!keepFd) fs.closeSync(fd);
   const { kvm, vm } = machine;
   mem.describe().forEach((r, slot) => vm.setUserMemoryRegion(slot, r.guestAddr, r.size, r.hostAddr));
   let support: VcpuStateSupport | undefined;
@@ -313,5 +321,5 @@ export async function restoreSnapshot(snapshot: VmSnapshot, memFile: string, pla
   vcpus.forEach((v, i) => restoreVcpuState(v, snapshot.vcpus[i], support));
   // After the vCPUs: setting kvm-clock updates each vCPU's clock page, which their state would overwrite.
   restoreVmState(vm, snapshot.vm);
-  return runMachine({ kvm, vm, mem, vcpus, plan, restored: { devices: snapshot.devices, legacy: snapshot.legacy, paused } }, opts);
+  return runMachine({ kvm, vm, mem, vcpus, plan, restored: { devices: snapshot.devices, legacy: snapshot.legacy, paused, memFd: keepFd ? fd : undefined } }, opts);
 }

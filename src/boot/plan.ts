@@ -89,6 +89,8 @@ export interface BootPlan {
     /** The memory map the guest is told about (zero page e820 or PVH memmap). */
     e820: (MemoryRange & { type: E820Type })[];
     mmioGap: MemoryRange;
+    /** `track_dirty_pages`: the VM can take Diff snapshots (present only when true). */
+    trackDirtyPages?: true;
   };
   boot: {
     gdt: number;
@@ -238,7 +240,13 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
     spec: spec.specFile,
     vcpus: { count: spec.machine.vcpu_count, smt: spec.machine.smt },
     cpuTemplate: cpuTemplatePlan(spec),
-    memory: { sizeMib: spec.machine.mem_size_mib, regions, e820, mmioGap: { start: L.MMIO_GAP_START, size: L.MMIO_GAP_END - L.MMIO_GAP_START } },
+    memory: {
+      sizeMib: spec.machine.mem_size_mib,
+      regions,
+      e820,
+      mmioGap: { start: L.MMIO_GAP_START, size: L.MMIO_GAP_END - L.MMIO_GAP_START },
+      ...(spec.machine.track_dirty_pages ? { trackDirtyPages: true as const } : {}),
+    },
     boot: {
       gdt: L.GDT_START,
       idt: L.IDT_START,
@@ -345,7 +353,6 @@ function refuseUnsupported(spec: ResolvedSpec, error: Report): void {
   if (spec.unsupported.balloon) notYet(['balloon'], 'the balloon device', 'remove the "balloon" section');
   if (spec.unsupported.pmem.length > 0) notYet(['pmem'], 'virtio-pmem', 'remove the "pmem" section; use a drive instead');
   if (spec.unsupported.memoryHotplug) notYet(['memory-hotplug'], 'memory hot-plug', 'remove the "memory-hotplug" section and size mem_size_mib instead');
-  if (spec.machine.track_dirty_pages) notYet(['machine-config', 'track_dirty_pages'], 'dirty page tracking (snapshots)', 'set "track_dirty_pages": false');
   if (spec.machine.huge_pages !== 'None') notYet(['machine-config', 'huge_pages'], `huge_pages "${spec.machine.huge_pages}"`, 'set "huge_pages": "None"');
   if (spec.machine.cpu_template === 'V1N1' && !hasCustomTemplate(spec)) {
     // Which x86 template suits depends on the host, which a plan does not know: name none.

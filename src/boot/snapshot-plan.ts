@@ -45,6 +45,7 @@ export function checkSnapshotPlan(raw: unknown, source: string): BootPlan {
   const memory = obj(p.memory, 'memory');
   const sizeMib = int(memory.sizeMib, 'memory.sizeMib', 1, 1024 * 1024);
   same(memory.regions, L.guestRamRegions(sizeMib), 'memory.regions');
+  if (memory.trackDirtyPages !== undefined) same(memory.trackDirtyPages, true, 'memory.trackDirtyPages');
   const template = obj(p.cpuTemplate, 'cpuTemplate');
   const kind = oneOf(template.kind, 'cpuTemplate.kind', ['none', 'custom', 'static'] as const);
   if (kind === 'static') {

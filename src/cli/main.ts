@@ -27,6 +27,7 @@ const COMMANDS: Record<string, () => Command> = {
   logs: () => ((m: typeof import('./commands/logs')) => ({ spec: m.LOGS_SPEC, run: m.logsCommand }))(require('./commands/logs')),
   stop: () => ((m: typeof import('./commands/stop')) => ({ spec: m.STOP_SPEC, run: m.stopCommand }))(require('./commands/stop')),
   restore: () => ((m: typeof import('./commands/restore')) => ({ spec: m.RESTORE_SPEC, run: m.restoreCommand }))(require('./commands/restore')),
+  snapshot: () => ((m: typeof import('./commands/snapshot')) => ({ spec: m.SNAPSHOT_SPEC, run: m.snapshotCommand }))(require('./commands/snapshot')),
 };
 /* eslint-enable @typescript-eslint/no-require-imports */
 

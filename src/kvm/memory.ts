@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { FcRunError } from '../errors';
 import { addressOf, errno, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, sys, SyscallError, viewOf } from './libc';
 
@@ -37,6 +38,8 @@ export class GuestMemory {
   private constructor(
     private readonly regions: Region[],
     private readonly owner: boolean,
+    /** Mapped from a file (a restored snapshot): a page never touched holds the file's bytes, not zeros. */
+    readonly fileBacked = false,
   ) {}
 
   /** Maps fresh, zeroed memory for the given ranges. */
@@ -71,7 +74,7 @@ export class GuestMemory {
       regions.push({ guestAddr: r.start, size: r.size, hostAddr, chunks: [] });
       offset += r.size;
     }
-    const mem = new GuestMemory(regions, true);
+    const mem = new GuestMemory(regions, true, true);
     mem.mapViews();
     return mem;
   }
@@ -172,6 +175,40 @@ export class GuestMemory {
     const vec = Buffer.alloc(Math.ceil(r.size / PAGE_SIZE));
     if (sys.mincore(sys.pointerAt(r.hostAddr, r.hostAddr, 0), r.size, vec) < 0) throw new SyscallError('mincore', errno(), `guest region at 0x${r.guestAddr.toString(16)}`);
     return vec;
+  }
+
+  /**
+   * Which pages of region `index` may hold something other than zeros: one byte per page, 1 when
+   * it may. Anonymous memory: pages present or swapped out (/proc/self/pagemap), since a page the
+   * guest never touched reads as zeros. Memory mapped from a file: every page (an untouched page
+   * holds the file's bytes).
+   */
+  populatedPages(index: number): Uint8Array {
+    const r = this.regions[index];
+    const pages = Math.ceil(r.size / PAGE_SIZE);
+    const out = new Uint8Array(pages);
+    if (this.fileBacked) return out.fill(1);
+    const PRESENT = 1n << 63n;
+    const SWAPPED = 1n << 62n;
+    const fd = fs.openSync('/proc/self/pagemap', 'r');
+    try {
+      const batch = 8192;
+      const buf = Buffer.alloc(8 * batch);
+      const first = Number(r.hostAddr / BigInt(PAGE_SIZE));
+      for (let p = 0; p < pages; p += batch) {
+        const n = Math.min(batch, pages - p);
+        let got = 0;
+        while (got < 8 * n) {
+          const k = fs.readSync(fd, buf, got, 8 * n - got, (first + p) * 8 + got);
+          if (k === 0) throw new SyscallError('read(/proc/self/pagemap)', 5, 'short read');
+          got += k;
+        }
+        for (let i = 0; i < n; i++) if ((buf.readBigUInt64LE(8 * i) & (PRESENT | SWAPPED)) !== 0n) out[p + i] = 1;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    return out;
   }
 
   /** Region `index`'s bytes [offset, offset+len), zero-copy (within one chunk). */

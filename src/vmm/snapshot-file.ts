@@ -41,7 +41,8 @@ export interface VmSnapshotHeader {
   planHash: string;
   /** ISO 8601 */
   createdAt: string;
-  snapshotType: 'Full';
+  /** A Diff's memory file holds only the pages changed since the snapshot before it (merge it onto that one's). */
+  snapshotType: 'Full' | 'Diff';
   vcpuCount: number;
   memory: { regions: { start: number; size: number }[] };
   /** The template's name, or "none" / "custom". */
@@ -179,7 +180,7 @@ export function decodeSnapshotFile(buf: Uint8Array, source: string): VmSnapshot 
   const planHash = r.str(h.planHash, 'header.planHash', 128, /^[0-9a-z:]*$/);
   const createdAt = r.str(h.createdAt, 'header.createdAt', 40, /^\d{4}-\d\d-\d\dT[0-9:.]+Z$/);
   if (Number.isNaN(Date.parse(createdAt))) fail('header.createdAt', `is not a valid time: ${describe(createdAt)}`);
-  if (h.snapshotType !== 'Full') fail('header.snapshotType', `must be "Full", not ${describe(h.snapshotType)}`);
+  if (h.snapshotType !== 'Full' && h.snapshotType !== 'Diff') fail('header.snapshotType', `must be "Full" or "Diff", not ${describe(h.snapshotType)}`);
   const vcpuCount = r.int(h.vcpuCount, 'header.vcpuCount', 1, 32);
   const mem = r.obj(h.memory, 'header.memory', ['regions']);
   const regions = r.list(mem.regions, 'header.memory.regions', 1, 8).map((x, i) => {
@@ -191,7 +192,7 @@ export function decodeSnapshotFile(buf: Uint8Array, source: string): VmSnapshot 
     const d = r.obj(x, `header.devices[${i}]`, ['kind', 'id']);
     return { kind: r.str(d.kind, `header.devices[${i}].kind`, 16, /^[a-z]+$/), id: r.str(d.id, `header.devices[${i}].id`, 256, /^[A-Za-z0-9_-]+$/) };
   });
-  const header: VmSnapshotHeader = { fcRunVersion, planHash, createdAt, snapshotType: 'Full', vcpuCount, memory: { regions }, cpuTemplate, devices: devList, plan: h.plan };
+  const header: VmSnapshotHeader = { fcRunVersion, planHash, createdAt, snapshotType: h.snapshotType, vcpuCount, memory: { regions }, cpuTemplate, devices: devList, plan: h.plan };
 
   const vcpus = r.list(top.vcpus, 'vcpus', vcpuCount, vcpuCount).map((x, i): VcpuState => {
     const at = `vcpus[${i}]`;

@@ -8,6 +8,7 @@ import type { VcpuState } from '../kvm/state-abi';
 import type { MicroVm } from './microvm';
 import { VcpuRequest } from './shared';
 import { writeVmSnapshot } from './snapshot-file';
+import { digestMemory, DirtyMethod, DirtyPages } from './dirty-pages';
 import { MemoryFileReport, writeFileAtomically, writeMemoryFile } from './snapshot-memory';
 import type { VmmThread } from './vmm-thread';
 
@@ -23,6 +24,8 @@ export interface SnapshotReport {
   stateBytes: number;
   memory: MemoryFileReport;
   ms: number;
+  /** A Diff: how many pages it holds and how they were found. */
+  diff?: { pages: number; method: DirtyMethod };
 }
 
 /** The plan as a snapshot records it: the parts restore needs to check, and the whole plan. */
@@ -42,6 +45,8 @@ export interface SnapshotSubject {
   planHash: string;
   /** Files the VM writes to (its drives): a snapshot may not be written over them. */
   drivePaths: string[];
+  /** With `track_dirty_pages`: what changed since the last snapshot (Diff snapshots need it). */
+  dirty?: DirtyPages;
 }
 
 function sameFile(a: string, b: string): boolean {
@@ -63,7 +68,7 @@ function sameFile(a: string, b: string): boolean {
 export async function createSnapshot(s: SnapshotSubject, req: SnapshotRequest): Promise<SnapshotReport> {
   const t0 = process.hrtime.bigint();
   if (!s.micro.isPaused) throw new FcRunError('vm-not-paused', 'the microVM must be paused before a snapshot is taken: PATCH /vm {"state": "Paused"} first');
-  if (req.type === 'Diff') throw new FcRunError('snapshot-diff', 'Diff snapshots are not built yet: take a Full snapshot');
+  if (req.type === 'Diff' && !s.dirty) throw new FcRunError('snapshot-diff', 'a Diff snapshot needs "track_dirty_pages": true in the spec\'s machine-config (fc-run then remembers what each snapshot held); take a Full snapshot');
   if (req.snapshotPath === req.memFilePath || sameFile(req.snapshotPath, req.memFilePath)) throw new FcRunError('snapshot-path', 'snapshot_path and mem_file_path must be two different files');
   for (const target of [req.snapshotPath, req.memFilePath]) {
     const drive = s.drivePaths.find((d) => sameFile(d, target));
@@ -90,10 +95,20 @@ export async function createSnapshot(s: SnapshotSubject, req: SnapshotRequest): 
     devices,
     legacy,
   });
-  const memory = writeMemoryFile(s.mem, req.memFilePath);
+  // A Diff holds the pages that changed since the last snapshot; with tracking, every snapshot
+  // becomes the baseline for the next once both files are written.
+  const changed = req.type === 'Diff' ? s.dirty!.changed(s.mem) : undefined;
+  const memory = writeMemoryFile(s.mem, req.memFilePath, { only: changed?.pages });
   writeFileAtomically(req.snapshotPath, 'snapshot file', (fd) => {
     let done = 0;
     while (done < bytes.length) done += fs.writeSync(fd, bytes, done, bytes.length - done);
   });
-  return { snapshotPath: req.snapshotPath, stateBytes: bytes.length, memory, ms: Number(process.hrtime.bigint() - t0) / 1e6 };
+  if (s.dirty) s.dirty.snapshotWritten(changed?.digests ?? digestMemory(s.mem));
+  return {
+    snapshotPath: req.snapshotPath,
+    stateBytes: bytes.length,
+    memory,
+    ms: Number(process.hrtime.bigint() - t0) / 1e6,
+    ...(changed ? { diff: { pages: changed.count, method: changed.method } } : {}),
+  };
 }

@@ -72,13 +72,15 @@ export interface SnapshotVmOptions extends SnapshotProbeOptions {
   vsock?: { cid: number; uds: string };
   /** Network interfaces, as the spec takes them. */
   networkInterfaces?: object[];
+  /** machine-config.track_dirty_pages (Diff snapshots). */
+  trackDirtyPages?: boolean;
 }
 
 /** A spec (as an object: write it with Workspace.write) that boots the probe in snapshot mode. */
 export function snapshotProbeSpec(o: SnapshotVmOptions = {}): Record<string, unknown> {
   return {
     'boot-source': { kernel_image_path: o.kernel ?? PROBE, boot_args: snapshotBootArgs(o) },
-    'machine-config': { vcpu_count: o.vcpus ?? 1, mem_size_mib: o.memMib ?? 64 },
+    'machine-config': { vcpu_count: o.vcpus ?? 1, mem_size_mib: o.memMib ?? 64, ...(o.trackDirtyPages ? { track_dirty_pages: true } : {}) },
     ...(o.disk ? { drives: [{ drive_id: 'snapdisk', path_on_host: o.disk, is_root_device: false, is_read_only: false }] } : {}),
     ...(o.entropy ? { entropy: {} } : {}),
     ...(o.vsock ? { vsock: { guest_cid: o.vsock.cid, uds_path: o.vsock.uds } } : {}),

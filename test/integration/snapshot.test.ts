@@ -172,6 +172,72 @@ describeKvm('snapshots', () => {
     }
   }, 900_000);
 
+  test('Diff snapshots (track_dirty_pages): Full, run on, Diff of what changed, merge, restore: the guest carries on; a Diff of a restored VM too', async () => {
+    const drive = ws.write('diff.img', Buffer.alloc(64 * 1024));
+    const uds = path.join(ws.dir, 'diff.vsock');
+    await echo(uds);
+    const api = path.join(ws.dir, 'diff.api');
+    const spec = ws.write('diff.json', snapshotProbeSpec({ disk: drive, vsock: { cid: 7, uds }, vsockPort: VSOCK_PORT, rounds: 3, mib: 2, trackDirtyPages: true, memMib: 64 }));
+    const logFile = path.join(ws.dir, 'diff.log');
+    const run = started(startFcRun([spec, '--api-sock', api, '--log-path', logFile, '--level', 'Info']));
+    await waitForApi(api);
+    const file = (n: string) => path.join(ws.dir, n);
+    const snapshot = async (type: 'Full' | 'Diff', snap: string, mem: string) => {
+      expect((await apiCall(api, 'PATCH', '/vm', { state: 'Paused' })).status).toBe(204);
+      expect(await apiCall(api, 'PUT', '/snapshot/create', { snapshot_type: type, snapshot_path: file(snap), mem_file_path: file(mem) })).toEqual({ status: 204, body: '' });
+    };
+    const allocated = (f: string) => fs.statSync(file(f)).blocks * 512;
+    // Round 1 ready: a Full snapshot; the guest goes on (round 1's checks, round 2's preparation: half the pattern rewritten).
+    await run.waitForReady(1);
+    await snapshot('Full', 'full.snap', 'full.mem');
+    expect((await apiCall(api, 'PATCH', '/vm', { state: 'Resumed' })).status).toBe(204);
+    expect(await sendCtrlAltDel(api)).toBe(204);
+    await run.waitForReady(2);
+    await snapshot('Diff', 'diff1.snap', 'diff1.mem');
+    run.child.kill('SIGKILL');
+    await run.exited;
+    // The Diff holds what changed: the rewritten half of the 2 MiB pattern and a little more, far less than the Full.
+    expect(fs.statSync(file('diff1.mem')).size).toBe(64 * 1024 * 1024);
+    expect(allocated('diff1.mem')).toBeGreaterThanOrEqual(1024 * 1024);
+    expect(allocated('diff1.mem')).toBeLessThan(allocated('full.mem') / 2);
+    expect(fs.readFileSync(logFile, 'utf8')).toMatch(/Diff snapshot written: .*diff1\.snap .*changed page\(s\), compared with the last snapshot/);
+    const described = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), '--describe-snapshot', file('diff1.snap')], { encoding: 'utf8' });
+    expect(described.stdout).toMatch(/type: +Diff/);
+
+    // Merge and restore the Diff: round 2's checks pass, then round 3 is prepared and waits.
+    const merged = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'snapshot', 'merge', file('full.mem'), file('diff1.mem'), '-o', file('merged1.mem')], { encoding: 'utf8' });
+    expect(merged.status).toBe(0);
+    const api2 = path.join(ws.dir, 'diff2.api');
+    const log2 = path.join(ws.dir, 'diff2.log');
+    const uds2 = path.join(ws.dir, 'diff2.vsock');
+    await echo(uds2);
+    const r2 = started(startFcRun(['restore', file('diff1.snap'), '--mem', file('merged1.mem'), '--resume', '--api-sock', api2, '--vsock-uds', uds2, '--log-path', log2, '--level', 'Info']));
+    await waitForApi(api2, 120_000, { started: true });
+    expect(await sendCtrlAltDel(api2)).toBe(204);
+    await r2.waitForOutput(/# probe restored: 0 failed\n[\s\S]*# probe snapshot-ready\n/);
+    // A Diff of the restored VM: compared with the memory file it was restored from.
+    expect((await apiCall(api2, 'PATCH', '/vm', { state: 'Paused' })).status).toBe(204);
+    expect(await apiCall(api2, 'PUT', '/snapshot/create', { snapshot_type: 'Diff', snapshot_path: file('diff2.snap'), mem_file_path: file('diff2.mem') })).toEqual({ status: 204, body: '' });
+    r2.child.kill('SIGKILL');
+    await r2.exited;
+    expect(fs.readFileSync(log2, 'utf8')).toMatch(/Diff snapshot written: .*changed page\(s\), compared with the restored memory file/);
+    expect(allocated('diff2.mem')).toBeLessThan(allocated('full.mem') / 2);
+
+    // Both Diffs over the Full, and the last state: round 3's checks pass and the guest resets.
+    expect(spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'snapshot', 'merge', file('full.mem'), file('diff1.mem'), file('diff2.mem'), '-o', file('merged2.mem')]).status).toBe(0);
+    const api3 = path.join(ws.dir, 'diff3.api');
+    const uds3 = path.join(ws.dir, 'diff3.vsock');
+    await echo(uds3);
+    const r3 = started(startFcRun(['restore', file('diff2.snap'), '--mem', file('merged2.mem'), '--resume', '--api-sock', api3, '--vsock-uds', uds3]));
+    await waitForApi(api3, 120_000, { started: true });
+    expect(await sendCtrlAltDel(api3)).toBe(204);
+    const code = await r3.exited;
+    const out = parseSnapshotOutput(r3.output());
+    expect(out.notOk).toEqual([]);
+    expect(r3.output()).toContain('\n# probe restored: 0 failed\n');
+    expect(code).toBe(0);
+  }, 900_000);
+
   test('a snapshot restored with a memory file of another size, or a corrupted state file, is refused with exit 2 before the guest runs', async () => {
     const { snap, mem } = await bootAndSnapshot('bad');
     const short = ws.write('short.mem', Buffer.alloc(4096));

@@ -184,7 +184,6 @@ describe('features fc-run does not run yet are refused at plan time, never ignor
     ['balloon', { balloon: { amount_mib: 0, deflate_on_oom: false } }, 'not-supported @ /balloon'],
     ['pmem', { pmem: [{ id: 'p', path_on_host: 'data.ext4' }] }, 'not-supported @ /pmem'],
     ['memory hot-plug', { 'memory-hotplug': { total_size_mib: 1024 } }, 'not-supported @ /memory-hotplug'],
-    ['dirty page tracking', { 'machine-config': { vcpu_count: 1, mem_size_mib: 128, track_dirty_pages: true } }, 'not-supported @ /machine-config/track_dirty_pages'],
     ['huge pages', { 'machine-config': { vcpu_count: 1, mem_size_mib: 128, huge_pages: '2M' } }, 'not-supported @ /machine-config/huge_pages'],
     ['an aarch64 template', { 'machine-config': { vcpu_count: 1, mem_size_mib: 128, cpu_template: 'V1N1' } }, 'wrong-architecture @ /machine-config/cpu_template'],
     ['vhost-user', { drives: [{ drive_id: 'v', is_root_device: false, socket: '/run/vhost.sock' }] }, 'not-supported @ /drives/0/socket'],

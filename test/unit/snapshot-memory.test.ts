@@ -2,7 +2,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { GuestMemory, PAGE_SIZE } from '../../src/kvm/memory';
-import { openMemoryFile, writeMemoryFile } from '../../src/vmm/snapshot-memory';
+import { dataExtents, mergeMemoryFiles, openMemoryFile, writeMemoryFile } from '../../src/vmm/snapshot-memory';
+import { digestMemory, DirtyPages } from '../../src/vmm/dirty-pages';
 
 const MiB = 1 << 20;
 const regions = [
@@ -69,5 +70,85 @@ describe('the snapshot memory file', () => {
     expect(() => writeMemoryFile(mem, blocked)).toThrow(/exists and is not a regular file/);
     expect(fs.readdirSync(dir).sort()).toEqual(['mem', 'sub']);
     mem.release();
+  });
+
+  const pattern = (n: number) => Uint8Array.from({ length: PAGE_SIZE }, (_, i) => (i * 13 + n) & 0xff);
+  const changedList = (pages: Uint8Array[]) => pages.flatMap((bits, r) => [...bits].flatMap((b, p) => (b ? [`${r}:${p}`] : [])));
+
+  test('Diff: exactly the pages that changed since the last snapshot (one rewritten to zeros included), written as data among holes; merged over the Full it gives memory as it is now', () => {
+    const mem = GuestMemory.allocate(regions);
+    for (let p = 0; p < 16; p++) mem.write(p * PAGE_SIZE, pattern(p));
+    mem.write(16 * MiB, pattern(99));
+    const dirty = new DirtyPages();
+    // Before any snapshot the baseline is zeroed memory: every page with data.
+    expect(dirty.changed(mem).count).toBe(17);
+    writeMemoryFile(mem, path.join(dir, 'full.mem'));
+    dirty.snapshotWritten(digestMemory(mem));
+    expect(dirty.changed(mem).count).toBe(0);
+
+    mem.write(3 * PAGE_SIZE, pattern(50)); // rewritten
+    mem.fill(5 * PAGE_SIZE, PAGE_SIZE, 0); // now zero: the Diff must carry the zeros
+    mem.write(16 * MiB + 2 * MiB, pattern(51)); // a page never written before, in region 1
+    mem.write(7 * PAGE_SIZE, pattern(7)); // written with what it already held: not a change
+    const ch = dirty.changed(mem);
+    expect(ch.method).toBe('compared with the last snapshot');
+    expect(changedList(ch.pages)).toEqual(['0:3', '0:5', `1:${(2 * MiB) / PAGE_SIZE}`]);
+    const diffFile = path.join(dir, 'diff.mem');
+    const report = writeMemoryFile(mem, diffFile, { only: ch.pages });
+    expect(report.written).toBe(3 * PAGE_SIZE);
+    const fd = fs.openSync(diffFile, 'r');
+    expect(dataExtents(fd, 12 * MiB)).toEqual([
+      [3 * PAGE_SIZE, 4 * PAGE_SIZE],
+      [5 * PAGE_SIZE, 6 * PAGE_SIZE],
+      [8 * MiB + 2 * MiB, 8 * MiB + 2 * MiB + PAGE_SIZE],
+    ]);
+    fs.closeSync(fd);
+    dirty.snapshotWritten(ch.digests);
+
+    const merged = path.join(dir, 'merged.mem');
+    const m = mergeMemoryFiles(path.join(dir, 'full.mem'), [diffFile], merged);
+    expect(m.fromEach[1]).toBe(3 * PAGE_SIZE);
+    writeMemoryFile(mem, path.join(dir, 'now.mem'));
+    expect(fs.readFileSync(merged).equals(fs.readFileSync(path.join(dir, 'now.mem')))).toBe(true);
+    mem.release();
+  });
+
+  test('a restored VM: the first Diff compares with the memory file it was restored from, whether or not a page was read in', () => {
+    const mem = GuestMemory.allocate(regions);
+    for (let p = 0; p < 8; p++) mem.write(p * PAGE_SIZE, pattern(p));
+    const file = path.join(dir, 'base.mem');
+    writeMemoryFile(mem, file);
+    mem.release();
+    const fd = openMemoryFile(file, regions);
+    const restored = GuestMemory.mapFile(regions, fd);
+    expect(restored.fileBacked).toBe(true);
+    const dirty = new DirtyPages(fd); // takes the descriptor
+    restored.write(2 * PAGE_SIZE, pattern(70));
+    restored.write(9 * PAGE_SIZE, pattern(71));
+    const probe = new Uint8Array(PAGE_SIZE);
+    restored.read(4 * PAGE_SIZE, probe); // read only: no change
+    const ch = dirty.changed(restored);
+    expect(ch.method).toBe('compared with the restored memory file');
+    expect(changedList(ch.pages)).toEqual(['0:2', '0:9']);
+    // A Full of a restored VM keeps every page of the file, even those never read in.
+    writeMemoryFile(restored, path.join(dir, 'again.mem'));
+    const again = fs.readFileSync(path.join(dir, 'again.mem'));
+    expect(Buffer.from(again.subarray(6 * PAGE_SIZE, 7 * PAGE_SIZE))).toEqual(Buffer.from(pattern(6)));
+    expect(Buffer.from(again.subarray(9 * PAGE_SIZE, 10 * PAGE_SIZE))).toEqual(Buffer.from(pattern(71)));
+    dirty.snapshotWritten(ch.digests);
+    restored.release();
+  });
+
+  test('merge refuses files of different sizes, an output that is an input, and what is not a file (exit 2); nothing is left behind', () => {
+    const a = path.join(dir, 'a.mem');
+    const b = path.join(dir, 'b.mem');
+    fs.writeFileSync(a, Buffer.alloc(4 * PAGE_SIZE, 1));
+    fs.writeFileSync(b, Buffer.alloc(2 * PAGE_SIZE, 2));
+    expect(() => mergeMemoryFiles(a, [b], path.join(dir, 'o.mem'))).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/b\.mem is 8192 bytes but .*a\.mem is 16384/) }));
+    fs.truncateSync(b, 4 * PAGE_SIZE);
+    expect(() => mergeMemoryFiles(a, [b], b)).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/is the input/) }));
+    expect(() => mergeMemoryFiles(a, [dir], path.join(dir, 'o.mem'))).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/not a regular file/) }));
+    expect(() => mergeMemoryFiles(a, [path.join(dir, 'missing')], path.join(dir, 'o.mem'))).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/ENOENT/) }));
+    expect(fs.readdirSync(dir).sort()).toEqual(['a.mem', 'b.mem']);
   });
 });

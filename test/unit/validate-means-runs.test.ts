@@ -44,7 +44,6 @@ const CASES: Case[] = [
   { what: 'balloon', spec: m({ balloon: { amount_mib: 16, deflate_on_oom: true } }), code: 'not-supported', specOnly: true },
   { what: 'pmem', spec: m({ pmem: [{ id: 'p', path_on_host: 'data.ext4' }] }), code: 'not-supported', specOnly: true },
   { what: 'memory hot-plug', spec: m({ 'memory-hotplug': { total_size_mib: 1024 } }), code: 'not-supported', specOnly: true },
-  { what: 'dirty page tracking', spec: mc({ track_dirty_pages: true }), code: 'not-supported', specOnly: true },
   { what: 'huge pages', spec: mc({ huge_pages: '2M' }), code: 'not-supported', specOnly: true },
   { what: 'kvm_capabilities', spec: m({ 'cpu-config': { kvm_capabilities: ['171'] } }), code: 'not-supported', specOnly: true },
   { what: 'vhost-user drive', spec: m({ drives: [{ drive_id: 'v', socket: 'v.sock', is_root_device: false }] }), code: 'not-supported', specOnly: true },
