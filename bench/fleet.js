@@ -70,15 +70,24 @@ function cpuTicks(pid) {
   return Number(fields[14 - 3]) + Number(fields[15 - 3]);
 }
 
-async function idleCpu(up) {
+/** Percent of one core each process used over the same window. */
+async function idleCpu(pids) {
   // Past start-up's tail (lazy compilation, the first full garbage collections).
   await sleep(10000);
   const t0 = process.hrtime.bigint();
-  const c0 = cpuTicks(up.pid);
+  const c0 = pids.map(cpuTicks);
   await sleep(idleSeconds * 1000);
-  const cpuS = (cpuTicks(up.pid) - c0) / ticksPerSecond;
   const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
-  return (100 * cpuS) / wallS;
+  return pids.map((pid, i) => (100 * (cpuTicks(pid) - c0[i])) / ticksPerSecond / wallS);
+}
+
+/**
+ * The baseline, in the same run and window: a bare Node process with what an idle supervisor
+ * cannot do without (a recursive watch of the directory, a 1 s and a 5 s timer), doing nothing.
+ */
+function nodeFloor(dir) {
+  const code = `require('fs').watch(${JSON.stringify(dir)}, { recursive: true }, () => {}); setInterval(() => {}, 1000); setInterval(() => {}, 5000);`;
+  return spawn(process.execPath, ['-e', code], { stdio: 'ignore' });
 }
 
 async function shutdown(up, runDir) {
@@ -90,6 +99,7 @@ async function shutdown(up, runDir) {
   let idleUp;
   let idleRunDir;
   let idleWhat;
+  let idleDir;
   if (hasKvm) {
     const one = await converge(path.join(base, 'one'), path.join(base, 'run-one'), (writeSpecs(path.join(base, 'one'), 1, 'on-failure'), 1));
     await shutdown(one.up, path.join(base, 'run-one'));
@@ -100,10 +110,12 @@ async function shutdown(up, runDir) {
     console.log(`  one guest      ${one.ms.toFixed(0).padStart(8)} ms`);
     console.log(`  twenty guests  ${twenty.ms.toFixed(0).padStart(8)} ms   ${(twenty.ms / one.ms).toFixed(2)}x of one guest (20x would be fully serial)`);
     idleUp = twenty.up;
+    idleDir = path.join(base, 'twenty');
     idleWhat = 'with 20 probe guests running (halted)';
   } else {
     console.log('fc-run up convergence: SKIPPED (needs /dev/kvm, which this host does not have)');
     const dir = path.join(base, 'failing');
+    idleDir = dir;
     writeSpecs(dir, 20, 'never');
     idleRunDir = path.join(base, 'run-failing');
     idleUp = spawn(process.execPath, [bin, 'up', dir, '--run-dir', idleRunDir], { stdio: 'ignore' });
@@ -115,9 +127,14 @@ async function shutdown(up, runDir) {
     }
     idleWhat = 'with 20 valid specs whose VMs failed at launch (no KVM), re-read every 5 s';
   }
-  const pct = await idleCpu(idleUp);
+  const floor = nodeFloor(idleDir);
+  const [pct, floorPct] = await idleCpu([idleUp.pid, floor.pid]);
+  floor.kill('SIGKILL');
   console.log(`fc-run up idle CPU over ${idleSeconds} s ${idleWhat}:`);
-  console.log(`  ${pct.toFixed(3)} % of one core   ${(pct / 1).toFixed(2)}x of the 1 % target`);
+  console.log(`  fc-run up        ${pct.toFixed(3)} % of one core   ${(pct / 1).toFixed(2)}x of the 1 % target`);
+  console.log(`  Node's floor     ${floorPct.toFixed(3)} % of one core   (node -e with the same watch and timers, same window)`);
+  console.log(`  ratio            ${floorPct > 0 ? (pct / floorPct).toFixed(2) + 'x' : 'n/a (the floor used no measurable CPU: ticks are 10 ms)'} of Node's floor`);
+  console.log(JSON.stringify({ bench: 'fleet-idle', seconds: idleSeconds, upPct: pct, nodeFloorPct: floorPct }));
   await shutdown(idleUp, idleRunDir);
   fs.rmSync(base, { recursive: true, force: true });
 })().catch((err) => {

@@ -254,7 +254,7 @@ function brokenPromise(s: VmSnapshot): string | undefined {
   const h = s.header;
   if (!(Number.isSafeInteger(h.vcpuCount) && h.vcpuCount >= 1 && h.vcpuCount <= 32)) return `vcpuCount ${h.vcpuCount}`;
   if (s.vcpus.length !== h.vcpuCount) return `${s.vcpus.length} vCPUs for vcpuCount ${h.vcpuCount}`;
-  if (h.snapshotType !== 'Full') return `snapshotType ${h.snapshotType}`;
+  if (h.snapshotType !== 'Full' && h.snapshotType !== 'Diff') return `snapshotType ${h.snapshotType}`;
   if (Number.isNaN(Date.parse(h.createdAt))) return `createdAt ${JSON.stringify(h.createdAt)} is no time`;
   for (const [i, v] of s.vcpus.entries()) {
     for (const [k, size] of Object.entries(VCPU_FIXED_PARTS)) {

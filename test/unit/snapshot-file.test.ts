@@ -261,13 +261,13 @@ describe('the snapshot state file', () => {
         refused(edited((b) => delete b.header[k]), new RegExp(`header lacks the field "${k}"`));
       }
       refused(edited((b) => (b.header = [])), /header must be an object, not a list/);
-      refused(edited((b) => (b.header.snapshotType = 'Diff')), /header.snapshotType must be "Full", not "Diff"/);
+      refused(edited((b) => (b.header.snapshotType = 'Partial')), /header.snapshotType must be "Full" or "Diff", not "Partial"/);
       refused(edited((b) => (b.header.fcRunVersion = '1.0 beta')), /header.fcRunVersion must be a string/);
       refused(edited((b) => (b.header.planHash = 'SHA256:AB')), /header.planHash must be a string/);
       refused(edited((b) => (b.header.memory.regions = [])), /header.memory.regions must be a list of 1 to 8 entries, not 0 entries/);
       refused(edited((b) => (b.header.memory.regions[0].size = 100)), /header.memory.regions\[0\].size must be an integer from 4096/);
       refused(edited((b) => (b.header.memory.regions[0].start = -1)), /header.memory.regions\[0\].start must be an integer/);
-      refused(edited((b) => (b.header.devices[1].id = 'x'.repeat(300))), /header.devices\[1\].id must be a string of at most 256 characters, not a string of 300 characters/);
+      refused(edited((b) => (b.header.devices[1].id = 'x'.repeat(300))), /header.devices\[1\].id must be a string of at most 256 characters matching .*, not a string of 300 characters/);
       refused(edited((b) => (b.header.devices[0].extra = 1)), /header.devices\[0\] has an unknown field "extra"/);
       refused(edited((b) => (b.header.cpuTemplate = 7)), /header.cpuTemplate must be a string .*not number 7/);
     });
