@@ -207,7 +207,9 @@ async function round(mib, i) {
     await waitForApi(restApi, true);
     await expectStatus(restApi, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' }, 204);
     await rest.waitFor('# probe restored: ');
-    const code = await Promise.race([rest.exited, sleep(TIMEOUT_MS).then(() => 'timeout')]);
+    let timer;
+    const code = await Promise.race([rest.exited, new Promise((r) => (timer = setTimeout(r, TIMEOUT_MS, 'timeout')))]);
+    clearTimeout(timer);
     const out = rest.output().replace(/\r/g, '');
     r.verified = code === 0 && out.includes('\n# probe restored: 0 failed\n') && !/^not ok/m.test(out);
     if (!r.verified) console.error(`round ${i + 1}, ${mib} MiB: the restored guest's checks failed (exit ${code}):\n${out}\n${rest.stderr()}`);
@@ -271,7 +273,7 @@ const verdict = (ok) => (ok ? 'PASS' : 'MISS');
   const [small, big] = SIZES.map((s) => res[s]);
   const sizeSpread = Math.max(small.restoreMs, big.restoreMs) / Math.min(small.restoreMs, big.restoreMs) - 1;
 
-  const col = (s) => String(s).padStart(16);
+  const col = (s) => String(s).padStart(22);
   const row = (label, f) => console.log(`  ${label.padEnd(44)}${SIZES.map((s) => col(f(res[s]))).join('')}`);
   console.log(`\nMedians of ${rounds} round(s); times from the spawn of fc-run, taken by this process`);
   row('guest memory', (r) => `${r.memBytes / MiB} MiB`);
@@ -280,7 +282,7 @@ const verdict = (ok) => (ok ? 'PASS' : 'MISS');
   row('restore --resume: spawn -> first serial byte', (r) => fmtMs(r.restoreMs));
   row('  of which spawn -> "restoring" status line', (r) => fmtMs(r.restoreStatusLineMs));
   row('restore / cold boot (ready line)', (r) => `${r.ratio.toFixed(3)} ${verdict(r.ratio <= 0.7)}`);
-  row('restore / cold boot (first byte, stricter)', (r) => `${r.ratioFirstByte.toFixed(3)} ${verdict(r.ratioFirstByte <= 0.7)}`);
+  row('restore / cold boot to first byte (stricter)', (r) => `${r.ratioFirstByte.toFixed(3)} ${verdict(r.ratioFirstByte <= 0.7)}`);
   row('PUT /snapshot/create', (r) => fmtMs(r.createMs));
   row('state file: size / allocated', (r) => `${fmtBytes(r.stateBytes)} / ${fmtBytes(r.stateAllocatedBytes)}`);
   row('memory file: size / allocated', (r) => `${fmtBytes(r.memBytes)} / ${fmtBytes(r.memAllocatedBytes)}`);

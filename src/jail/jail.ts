@@ -533,12 +533,15 @@ export function prepareJailerJail(opts: JailerOptions): PreparedJail {
   }
 }
 
+/** How long the jailer waits for the jailed process's "ready" after its PID before reporting it started anyway. */
+const READY_FALLBACK_MS = 30_000;
+
 export interface RunJailOptions {
   /** The jailed fc-run's stdio: this process's (default), or /dev/null (daemonized). */
   stdio?: 'inherit' | 'ignore';
   /** Where the jailer's own messages go (default stderr). */
   err?: { write(text: string): unknown };
-  /** Called once the jailed fc-run's PID is known (and written to the pid file). */
+  /** Called once the jailed fc-run's PID is known (and written to the pid file) and it handles SIGTERM. */
   onStarted?: (pid: number) => void;
 }
 
@@ -559,21 +562,37 @@ export function runJail(jail: PreparedJail, opts: RunJailOptions = {}): Promise<
     const child = spawn(jail.command[0], jail.command.slice(1), { stdio: [io, io, io, 'pipe'] });
     const lifeline = child.stdio[LIFELINE_FD] as import('node:net').Socket | null;
     lifeline?.on('error', () => undefined);
+    // The jail's shell sends "<pid>\n" before it starts fc-run, and fc-run "ready\n" once its
+    // signal handlers are in place (bin/fc-run): only then is the VM reported started, so that a
+    // SIGTERM sent to it from then on cannot be lost (PID 1 of a namespace ignores a signal that
+    // comes before its handler exists).
     let reported = '';
+    let pid: number | undefined;
+    let announced = false;
+    let fallback: NodeJS.Timeout | undefined;
     lifeline?.on('data', (chunk: Buffer) => {
-      if (reported.includes('\n') || reported.length > 32) return;
+      if (announced || reported.length > 64) return;
       reported += chunk.toString('latin1');
       const m = /^(\d+)\n/.exec(reported);
       if (!m) return;
-      const pid = Number(m[1]);
-      try {
-        const fd = fs.openSync(jail.pidFile, fs.constants.O_WRONLY | fs.constants.O_TRUNC | fs.constants.O_NOFOLLOW);
-        fs.writeSync(fd, `${pid}\n`);
-        fs.closeSync(fd);
-      } catch {
-        // the pid file is a convenience; the run goes on
+      if (pid === undefined) {
+        pid = Number(m[1]);
+        try {
+          const fd = fs.openSync(jail.pidFile, fs.constants.O_WRONLY | fs.constants.O_TRUNC | fs.constants.O_NOFOLLOW);
+          fs.writeSync(fd, `${pid}\n`);
+          fs.closeSync(fd);
+        } catch {
+          // the pid file is a convenience; the run goes on
+        }
       }
-      opts.onStarted?.(pid);
+      const announce = () => {
+        if (announced || pid === undefined) return;
+        announced = true;
+        opts.onStarted?.(pid);
+      };
+      if (reported.slice(m[0].length).startsWith('ready\n')) announce();
+      // An --exec-file that never says ready (not fc-run's bin/fc-run) is reported started anyway.
+      else if (!fallback) fallback = setTimeout(announce, READY_FALLBACK_MS).unref();
     });
     // unshare (our child) ignores SIGTERM and SIGINT while it waits: the signal goes to the jailed
     // fc-run itself, its child (PID 1 of the new namespace), and the lifeline closes too, for a
@@ -597,6 +616,7 @@ export function runJail(jail: PreparedJail, opts: RunJailOptions = {}): Promise<
     process.on('SIGTERM', forward);
     process.on('SIGINT', forward);
     const done = (code: number) => {
+      if (fallback) clearTimeout(fallback);
       process.off('SIGTERM', forward);
       process.off('SIGINT', forward);
       lifeline?.destroy();
