@@ -36,6 +36,20 @@ describe("a snapshot's plan", () => {
     expect(checked.logger).toBeUndefined();
   });
 
+  test('track_dirty_pages: the plan says so only when it is on (other plans keep their hash); a snapshot plan with any other value is refused', () => {
+    const off = fullPlan();
+    const on = fullPlan({ 'machine-config': { vcpu_count: 2, mem_size_mib: 4096 + 128, track_dirty_pages: true } });
+    const explicitOff = fullPlan({ 'machine-config': { vcpu_count: 2, mem_size_mib: 4096 + 128, track_dirty_pages: false } });
+    expect(off.plan.memory.trackDirtyPages).toBeUndefined();
+    expect(explicitOff.hash).toBe(off.hash);
+    expect(on.plan.memory.trackDirtyPages).toBe(true);
+    expect(on.hash).not.toBe(off.hash);
+    expect(checkSnapshotPlan(stored(on.plan), 'vm.snap').memory.trackDirtyPages).toBe(true);
+    const bad = stored(on.plan);
+    bad.memory.trackDirtyPages = 'yes';
+    expect(() => checkSnapshotPlan(bad, 'vm.snap')).toThrow(/memory.trackDirtyPages must be true/);
+  });
+
   test.each([
     ['another plan version', (p: any) => (p.planVersion = 99), /planVersion is 99; this fc-run restores plans of version 1/],
     ['memory slots that do not follow from the size', (p: any) => (p.memory.regions[0].size += 4096), /memory.regions must be/],
