@@ -1993,7 +1993,7 @@ static void report_cpu(void) {
  *             (default: the last), flushed and read back
  *   "# probe snapshot-ready", then halted (HLT, interrupts on) until a keyboard byte arrives
  *             (Ctrl-Alt-Del through the API): a VMM snapshots the VM here and restores it.
- *             With kvm-clock, a 1 ms LAPIC timer wakes the vCPU during the wait: when kvm-clock's
+ *             With kvm-clock, a 10 ms LAPIC timer wakes the vCPU during the wait: when kvm-clock's
  *             version has changed (KVM rewrites it when a VMM restores the clock, as a restore
  *             does) it prints "# probe woke: kvm-clock rewritten" and waits on, so a restored
  *             guest says at once that it runs again (bench/snapshot.js times that line)
@@ -2234,7 +2234,7 @@ static uint64_t snap_halt(uint64_t token, uint32_t seen) {
     return held;
 }
 
-/* The wait for the key. With kvm-clock, a periodic 1 ms LAPIC timer (1 GHz APIC bus in KVM,
+/* The wait for the key. With kvm-clock, a periodic 10 ms LAPIC timer (1 GHz APIC bus in KVM,
    divide by 1) wakes the vCPU; a changed kvm-clock version means the VMM set the clock again
    (a restore does): that is said once per change, then the wait goes on. */
 static uint64_t snap_halt_until_key(uint64_t token) {
@@ -2243,7 +2243,7 @@ static uint64_t snap_halt_until_key(uint64_t token) {
         set_gate(TIMER_VECTOR, spurious_isr); /* EOI only: the wake-up is what counts */
         lapic_write(LAPIC_TIMER_DIVIDE, 0xb);
         lapic_write(LAPIC_LVT_TIMER, (1u << 17) | TIMER_VECTOR); /* periodic */
-        lapic_write(LAPIC_TIMER_INITIAL, 1000000);
+        lapic_write(LAPIC_TIMER_INITIAL, 10000000); /* 10 ms */
     }
     uint64_t held = snap_halt(token, seen);
     while (kbd_bytes == 0) {
