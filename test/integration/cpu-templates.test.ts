@@ -55,8 +55,16 @@ function configureAndReadBack(plan: BootPlan) {
     return Array.from({ length: plan.vcpus.count }, (_, i) => {
       const vcpu = vm.createVcpu(i);
       fds.push(vcpu.fd);
+      // What fc-run hands KVM_SET_CPUID2, for a KVM that does not report it back as given.
+      let given: CpuidEntry[] = [];
+      const set = vcpu.setCpuid.bind(vcpu);
+      vcpu.setCpuid = (entries: CpuidEntry[]) => {
+        given = entries;
+        set(entries);
+      };
       configureVcpu(vcpu, plan, supported);
-      return { cpuid: vcpu.getCpuid(), archCapabilities: vcpu.getMsrs([IA32_ARCH_CAPABILITIES])[0] };
+      const cpuid = vcpu.getCpuid();
+      return { cpuid: kvmEchoesCpuid ? cpuid : given, archCapabilities: vcpu.getMsrs([IA32_ARCH_CAPABILITIES])[0] };
     });
   } finally {
     for (const fd of fds.reverse()) sys.close(fd);
@@ -70,10 +78,34 @@ function entryFor(entries: CpuidEntry[], leaf: number, subleaf: number): CpuidEn
   return e;
 }
 
+/**
+ * Whether KVM_GET_CPUID2 returns what KVM_SET_CPUID2 was given (leaf 1, with bits the host has
+ * cleared). Hardware KVM does; the instruction-emulating KVM of some hosts answers with its own
+ * CPUID, and there the test checks what fc-run gives KVM_SET_CPUID2 instead.
+ */
+let kvmEchoesCpuid = true;
+function probeCpuidEcho(): boolean {
+  const kvm = new Kvm();
+  const vm = kvm.createVm();
+  const vcpu = vm.createVcpu(0);
+  try {
+    const entries = kvm.supportedCpuid().map((e) => (e.function === 1 ? { ...e, ecx: (e.ecx & ~((1 << 12) | (1 << 22))) >>> 0 } : e));
+    vcpu.setCpuid(entries);
+    const back = vcpu.getCpuid().find((e) => e.function === 1)!;
+    return back.ecx === entries.find((e) => e.function === 1)!.ecx;
+  } finally {
+    sys.close(vcpu.fd);
+    sys.close(vm.fd);
+    kvm.close();
+  }
+}
+
 describeKvm('static CPU templates: what KVM is given', () => {
   // The same VM without a template: KVM's own run-time CPUID updates apply to both alike.
   let plain: ReturnType<typeof configureAndReadBack>;
   beforeAll(() => {
+    kvmEchoesCpuid = probeCpuidEcho();
+    if (!kvmEchoesCpuid) console.warn("this host's KVM does not report back the CPUID it is given (an instruction-emulating KVM): checking what fc-run passes to KVM_SET_CPUID2");
     plain = configureAndReadBack(planOf(ws.write('plain.json', { 'boot-source': { kernel_image_path: PROBE }, 'machine-config': { vcpu_count: 2, mem_size_mib: 128 } })));
   });
 
@@ -120,7 +152,7 @@ describeKvm('static CPU templates: the probe guest boots with each (Firecracker-
     if (problem) {
       expect(stat.code).toBe(2);
       // Refused as a spec error at the template's position, as validate reports it.
-      expect(stat.err).toMatch(/:\d+:\d+: error\[cpu-template-vendor\]: /);
+      expect(stat.err).toMatch(new RegExp(`:\\d+:\\d+: error\\[${problem.code}\\]: `));
       expect(stat.err).toContain(problem.message);
       expect(stat.out).toBe('');
     } else {
