@@ -25,6 +25,7 @@ import { assertCpuTemplateFitsHost, vendorFromCpuid } from './host-cpu';
 import type { Vcpu } from '../kvm/kvm';
 import { createSnapshot, SnapshotReport, SnapshotRequest } from '../vmm/snapshot';
 import { DirtyPages } from '../vmm/dirty-pages';
+import { planRestore } from '../vmm/devices-state';
 import { openMemoryFile } from '../vmm/snapshot-memory';
 import type { VmSnapshot } from '../vmm/snapshot-file';
 import type { LegacyState } from '../vmm/microvm';
@@ -52,6 +53,8 @@ export interface LaunchOptions {
   onRunning?: (vm: RunningVm) => void;
   /** Largest MMDS contents the API may set (bytes). */
   mmdsSizeLimit?: number;
+  /** Files this process writes (log, metrics, serial output, API socket): never a snapshot's target. */
+  outputPaths?: string[];
   /** The plan's hash (recorded in snapshots). */
   planHash?: string;
 }
@@ -141,7 +144,11 @@ export async function startDevices(
     mailbox,
     mailboxFd,
   };
-  if (setups.length === 0) return { windows };
+  if (setups.length === 0) {
+    // No device thread to check a snapshot's device state: it must say there are no devices.
+    if (restore !== undefined) planRestore(restore, []);
+    return { windows };
+  }
   const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {}, sizeLimit: mmdsSizeLimit };
   const control = createControlChannel(mmdsSizeLimit + 64 * 1024, eventfd());
   const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, seccompFilter: vmmFilter, seccompFd: vmmFilter ? eventfd() : undefined, restore, ...monitor.shared() });
@@ -193,6 +200,14 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   return runMachine({ kvm, vm, mem, vcpus, plan }, opts);
 }
 
+/** Files a snapshot may not be written over: the VM's drives and this process's own output files. */
+function protectedPaths(plan: BootPlan, opts: LaunchOptions): { path: string; what: string }[] {
+  return [
+    ...plan.devices.flatMap((d) => (d.kind === 'block' ? [{ path: d.path, what: `the VM's drive ${d.id}` }] : [])),
+    ...(opts.outputPaths ?? []).map((p) => ({ path: p, what: "one of this fc-run's own files (log, metrics, serial output, API socket)" })),
+  ];
+}
+
 /** What restoring a snapshot hands to the machine start on top of what a boot does. */
 export interface RestoredParts {
   /** Device states (the VMM thread applies them before serving anything). */
@@ -234,43 +249,53 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
   // track_dirty_pages: what each snapshot held, so that a Diff holds only what changed since.
   const dirty = plan.memory.trackDirtyPages ? new DirtyPages(m.restored?.memFd) : undefined;
   const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT, vmmFilter, m.restored?.devices as DevicesState | undefined);
-  const micro = new MicroVm(vm, vcpus, {
-    virtio: virtio.windows,
-    vmmThread: virtio.thread,
-    serialOutFd: opts.serialOutFd,
-    serialIn: opts.serialIn,
-    ports: {
-      serial: plan.legacy.serial.port,
-      serialIrq: plan.legacy.serial.irq,
-      i8042: plan.legacy.i8042.port,
-      i8042Irq: plan.legacy.i8042.irq,
-      bootTimer: plan.legacy.bootTimerPort,
-    },
-    launchStartNs: opts.startNs,
-    monitor,
-    vcpuSeccompFilter: opts.seccomp === false ? undefined : opts.threadFilters?.vcpu,
-    legacy: m.restored?.legacy,
-    startPaused: m.restored?.paused,
-    snapshotSupport,
-  });
-  // A restored VMM thread starts paused; one that is to run is resumed before any vCPU is.
-  if (m.restored && !m.restored.paused) await virtio.thread?.resume();
-  // Everything is open and every thread that exists is set up: from here on the process may not
-  // start programs, create processes, open network sockets or change the system (src/kvm/seccomp.ts).
-  if (opts.seccomp !== false) {
-    installSeccomp();
-    monitor.log.info('vmm', 'seccomp filter installed');
-    const custom = opts.threadFilters;
-    if (custom) {
-      if (custom.api) installThreadFilter(custom.api);
-      await virtio.thread?.installFilter();
-      const has = (k: keyof ThreadFilters) => (custom[k] ? k : `${k} (none)`);
-      monitor.log.info('vmm', `per-thread seccomp filters from --seccomp-filter: ${[has('api'), has('vmm'), has('vcpu')].join(', ')}`);
+  // Anything that fails from here until the vCPUs run (a restored snapshot's legacy device state,
+  // a seccomp filter) stops the device thread first: a thread left in epoll_wait would keep the
+  // process from exiting.
+  let micro: MicroVm;
+  try {
+    micro = new MicroVm(vm, vcpus, {
+      virtio: virtio.windows,
+      vmmThread: virtio.thread,
+      serialOutFd: opts.serialOutFd,
+      serialIn: opts.serialIn,
+      ports: {
+        serial: plan.legacy.serial.port,
+        serialIrq: plan.legacy.serial.irq,
+        i8042: plan.legacy.i8042.port,
+        i8042Irq: plan.legacy.i8042.irq,
+        bootTimer: plan.legacy.bootTimerPort,
+      },
+      launchStartNs: opts.startNs,
+      monitor,
+      vcpuSeccompFilter: opts.seccomp === false ? undefined : opts.threadFilters?.vcpu,
+      legacy: m.restored?.legacy,
+      startPaused: m.restored?.paused,
+      snapshotSupport,
+    });
+    // A restored VMM thread starts paused; one that is to run is resumed before any vCPU is.
+    if (m.restored && !m.restored.paused) await virtio.thread?.resume();
+    // Everything is open and every thread that exists is set up: from here on the process may not
+    // start programs, create processes, open network sockets or change the system (src/kvm/seccomp.ts).
+    if (opts.seccomp !== false) {
+      installSeccomp();
+      monitor.log.info('vmm', 'seccomp filter installed');
+      const custom = opts.threadFilters;
+      if (custom) {
+        if (custom.api) installThreadFilter(custom.api);
+        await virtio.thread?.installFilter();
+        const has = (k: keyof ThreadFilters) => (custom[k] ? k : `${k} (none)`);
+        monitor.log.info('vmm', `per-thread seccomp filters from --seccomp-filter: ${[has('api'), has('vmm'), has('vcpu')].join(', ')}`);
+      }
+    } else {
+      monitor.log.warn('vmm', 'running without a seccomp filter (--no-seccomp)');
     }
-  } else {
-    monitor.log.warn('vmm', 'running without a seccomp filter (--no-seccomp)');
+    monitor.log.info('vmm', `${m.restored ? 'restored' : 'running'} ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)${m.restored?.paused ? ', paused' : ''}`);
+  } catch (err) {
+    virtio.thread?.stop();
+    if (virtio.thread) await Promise.race([virtio.thread.stopped, new Promise((r) => setTimeout(r, 2000).unref())]);
+    throw err;
   }
-  monitor.log.info('vmm', `${m.restored ? 'restored' : 'running'} ${plan.vcpus.count} vCPU(s), ${plan.devices.length} virtio device(s)${m.restored?.paused ? ', paused' : ''}`);
   monitor.start();
   const done = micro.run();
   opts.onRunning?.({
@@ -285,7 +310,7 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
     createSnapshot: (req) =>
       noSnapshots !== undefined
         ? Promise.reject(new FcRunError('kvm-snapshot-unsupported', noSnapshots))
-        : createSnapshot({ micro, vm, mem, vmmThread: virtio.thread, plan, planHash: opts.planHash ?? '', drivePaths: plan.devices.flatMap((d) => (d.kind === 'block' ? [d.path] : [])), dirty }, req),
+        : micro.whilePaused(() => createSnapshot({ micro, vm, mem, vmmThread: virtio.thread, plan, planHash: opts.planHash ?? '', protectedPaths: protectedPaths(plan, opts), dirty }, req)),
   });
   return done;
 }

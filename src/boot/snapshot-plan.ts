@@ -25,9 +25,10 @@ export function checkSnapshotPlan(raw: unknown, source: string): BootPlan {
   const bucket = (v: unknown, where: string) => {
     if (v === undefined) return;
     const b = obj(v, where);
-    int(b.size, `${where}.size`, 0, Number.MAX_SAFE_INTEGER);
+    // As the spec's rules have them: a bucket that exists limits something.
+    int(b.size, `${where}.size`, 1, Number.MAX_SAFE_INTEGER);
     int(b.one_time_burst, `${where}.one_time_burst`, 0, Number.MAX_SAFE_INTEGER);
-    int(b.refill_time_ms, `${where}.refill_time_ms`, 0, Number.MAX_SAFE_INTEGER);
+    int(b.refill_time_ms, `${where}.refill_time_ms`, 1, Number.MAX_SAFE_INTEGER);
   };
   const limiter = (v: unknown, where: string) => {
     if (v === undefined) return;
@@ -65,6 +66,7 @@ export function checkSnapshotPlan(raw: unknown, source: string): BootPlan {
     const id = str(d.id, `${at}.id`, /^[A-Za-z0-9_-]+$/, 64);
     const k = oneOf(d.kind, `${at}.kind`, ['block', 'net', 'vsock', 'entropy'] as const);
     if (ids.has(`${k}:${id}`)) fail(`${at}.id`, `repeats ${id}`);
+    if ((k === 'vsock' || k === 'entropy') && [...ids].some((x) => x.startsWith(`${k}:`))) fail(`${at}.kind`, `is a second ${k} device; a VM has at most one`);
     ids.add(`${k}:${id}`);
     if (k === 'block') {
       str(d.path, `${at}.path`, /^\//);
@@ -136,4 +138,31 @@ export function planWithoutBackends(plan: BootPlan): unknown {
     metrics: undefined,
     devices: plan.devices.map((d) => (d.kind === 'net' ? { ...d, tap: '' } : d.kind === 'block' ? { ...d, path: '' } : d.kind === 'vsock' ? { ...d, udsPath: '' } : d)),
   };
+}
+
+/** What checkSnapshot needs of a snapshot file (vmm/snapshot-file.ts's VmSnapshot). */
+interface SnapshotLike {
+  header: { vcpuCount: number; memory: { regions: { start: number; size: number }[] }; cpuTemplate: string; devices: { kind: string; id: string }[]; plan: unknown };
+  vcpus: unknown[];
+}
+
+/**
+ * A snapshot's plan, checked (checkSnapshotPlan), and its header's summary checked against it: a
+ * header that says something the plan does not is a damaged or forged file, refused (exit 2)
+ * rather than described or restored.
+ */
+export function checkSnapshot(snapshot: SnapshotLike, source: string): BootPlan {
+  const plan = checkSnapshotPlan(snapshot.header.plan, source);
+  const fail = (what: string): never => {
+    throw new FcRunError('snapshot-invalid', `${source}: the snapshot's header does not match its plan: ${what}`, EXIT_INVALID_SPEC);
+  };
+  const h = snapshot.header;
+  if (h.vcpuCount !== plan.vcpus.count) fail(`${h.vcpuCount} vCPUs in the header, ${plan.vcpus.count} in the plan`);
+  if (snapshot.vcpus.length !== plan.vcpus.count) fail(`the plan has ${plan.vcpus.count} vCPUs but the file holds the state of ${snapshot.vcpus.length}`);
+  if (canonicalJson(h.memory.regions) !== canonicalJson(plan.memory.regions)) fail('the memory regions differ');
+  const template = plan.cpuTemplate.kind === 'static' ? plan.cpuTemplate.name : plan.cpuTemplate.kind;
+  if (h.cpuTemplate !== template) fail(`CPU template ${h.cpuTemplate} in the header, ${template} in the plan`);
+  const devices = plan.devices.map((d) => ({ kind: d.kind, id: d.id }));
+  if (canonicalJson(h.devices) !== canonicalJson(devices)) fail('the devices differ');
+  return plan;
 }

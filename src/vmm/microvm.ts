@@ -74,7 +74,7 @@ export class MicroVm {
   private readonly tids = new Map<number, number>();
   private readonly control: Int32Array;
   private stopping = false;
-  /** Set while paused (or pausing): pause() and resume() are serialized through it. */
+  /** The last of the serialized operations (pause, resume, register dump, snapshot): see exclusive(). */
   private pausing: Promise<void> | undefined;
   private paused = false;
   private answers = new Map<number, (a: VcpuAnswer) => void>();
@@ -139,50 +139,74 @@ export class MicroVm {
   }
 
   /**
+   * Runs `op` after every pause, resume, register dump or snapshot asked for before it has
+   * finished, and before any asked for after it starts: they never interleave (a resume asked for
+   * during a snapshot waits for it; two snapshots are taken one after the other).
+   */
+  private exclusive<T>(op: () => Promise<T>): Promise<T> {
+    const next = (this.pausing ?? Promise.resolve()).then(op);
+    this.pausing = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    return next;
+  }
+
+  /**
    * Pauses the VM: every vCPU out of KVM_RUN and parked, then the device threads quiesced. Resolves
    * once all of that holds; rejects if the VM stops first.
    */
   pause(): Promise<void> {
-    const next = (this.pausing ?? Promise.resolve()).then(async () => {
-      if (this.paused) return;
-      if (this.stopping) throw new FcRunError('vm-stopped', 'the microVM is stopping');
-      Atomics.store(this.control, CONTROL.PAUSE, 1);
-      await this.untilParked();
-      await this.opts.vmmThread?.pause?.();
-      this.paused = true;
-      this.opts.monitor.log.info('vmm', 'paused');
-    });
-    this.pausing = next.catch(() => undefined);
-    return next;
+    return this.exclusive(() => this.pauseNow());
   }
 
   /** Resumes a paused VM: devices first, then the vCPUs. */
   resume(): Promise<void> {
-    const next = (this.pausing ?? Promise.resolve()).then(async () => {
-      if (!this.paused) return;
-      if (this.stopping) throw new FcRunError('vm-stopped', 'the microVM is stopping');
-      await this.opts.vmmThread?.resume?.();
-      Atomics.store(this.control, CONTROL.PAUSE, 0);
-      this.wakeParked();
-      this.paused = false;
-      this.opts.monitor.log.info('vmm', 'resumed');
+    return this.exclusive(() => this.resumeNow());
+  }
+
+  /** Runs `op` while the VM stays paused (nothing resumes it meanwhile): taking a snapshot. */
+  whilePaused<T>(op: () => Promise<T>): Promise<T> {
+    return this.exclusive(async () => {
+      if (!this.paused) throw new FcRunError('vm-not-paused', 'the microVM must be paused before a snapshot is taken: PATCH /vm {"state": "Paused"} first');
+      return op();
     });
-    this.pausing = next.catch(() => undefined);
-    return next;
+  }
+
+  private async pauseNow(): Promise<void> {
+    if (this.paused) return;
+    if (this.stopping) throw new FcRunError('vm-stopped', 'the microVM is stopping');
+    Atomics.store(this.control, CONTROL.PAUSE, 1);
+    await this.untilParked();
+    await this.opts.vmmThread?.pause?.();
+    this.paused = true;
+    this.opts.monitor.log.info('vmm', 'paused');
+  }
+
+  private async resumeNow(): Promise<void> {
+    if (!this.paused) return;
+    if (this.stopping) throw new FcRunError('vm-stopped', 'the microVM is stopping');
+    await this.opts.vmmThread?.resume?.();
+    Atomics.store(this.control, CONTROL.PAUSE, 0);
+    this.wakeParked();
+    this.paused = false;
+    this.opts.monitor.log.info('vmm', 'resumed');
   }
 
   /**
    * Every vCPU's registers, formatted, without stopping the VM: a running VM is paused for the
    * moment it takes to read them (each vCPU thread reads its own), then resumed.
    */
-  async dumpRegisters(): Promise<string[]> {
-    const wasPaused = this.paused;
-    await this.pause();
-    try {
-      return (await this.requestFromVcpus(VcpuRequest.REGISTERS)) as string[];
-    } finally {
-      if (!wasPaused && !this.stopping) await this.resume();
-    }
+  dumpRegisters(): Promise<string[]> {
+    return this.exclusive(async () => {
+      const wasPaused = this.paused;
+      await this.pauseNow();
+      try {
+        return (await this.requestFromVcpus(VcpuRequest.REGISTERS)) as string[];
+      } finally {
+        if (!wasPaused && !this.stopping) await this.resumeNow();
+      }
+    });
   }
 
   /** Resolves when every vCPU thread is parked, kicking until then (a signal can land just before a thread blocks). */

@@ -9,7 +9,8 @@ import type { MicroVm } from './microvm';
 import { VcpuRequest } from './shared';
 import { writeVmSnapshot } from './snapshot-file';
 import { digestMemory, DirtyMethod, DirtyPages } from './dirty-pages';
-import { MemoryFileReport, writeFileAtomically, writeMemoryFile } from './snapshot-memory';
+import { DEVICES_STATE_FORMAT } from './devices-state';
+import { MemoryFileReport, PreparedFile, prepareFile, writeAll, writeMemoryFile } from './snapshot-memory';
 import type { VmmThread } from './vmm-thread';
 
 /** PUT /snapshot/create, in fc-run's terms. */
@@ -43,8 +44,8 @@ export interface SnapshotSubject {
   vmmThread?: VmmThread;
   plan: SnapshotPlan;
   planHash: string;
-  /** Files the VM writes to (its drives): a snapshot may not be written over them. */
-  drivePaths: string[];
+  /** Files a snapshot may not be written over (the VM's drives, this process's own output files). */
+  protectedPaths: { path: string; what: string }[];
   /** With `track_dirty_pages`: what changed since the last snapshot (Diff snapshots need it). */
   dirty?: DirtyPages;
 }
@@ -71,12 +72,12 @@ export async function createSnapshot(s: SnapshotSubject, req: SnapshotRequest): 
   if (req.type === 'Diff' && !s.dirty) throw new FcRunError('snapshot-diff', 'a Diff snapshot needs "track_dirty_pages": true in the spec\'s machine-config (fc-run then remembers what each snapshot held); take a Full snapshot');
   if (req.snapshotPath === req.memFilePath || sameFile(req.snapshotPath, req.memFilePath)) throw new FcRunError('snapshot-path', 'snapshot_path and mem_file_path must be two different files');
   for (const target of [req.snapshotPath, req.memFilePath]) {
-    const drive = s.drivePaths.find((d) => sameFile(d, target));
-    if (drive) throw new FcRunError('snapshot-path', `${target} is the VM's drive ${drive}: a snapshot must not be written over a disk`);
+    const taken = s.protectedPaths.find((p) => p.path === target || sameFile(p.path, target));
+    if (taken) throw new FcRunError('snapshot-path', `${target} is ${taken.what}: a snapshot must not be written over it`);
   }
   const vcpus = (await s.micro.requestFromVcpus(VcpuRequest.SAVE_STATE)) as VcpuState[];
   const vm = saveVmState(s.vm);
-  const devices = s.vmmThread ? await s.vmmThread.saveDevices() : {};
+  const devices = s.vmmThread ? await s.vmmThread.saveDevices() : { format: DEVICES_STATE_FORMAT, devices: [], mmds: null };
   const legacy = s.micro.saveLegacyState();
   const bytes = writeVmSnapshot({
     header: {
@@ -86,7 +87,7 @@ export async function createSnapshot(s: SnapshotSubject, req: SnapshotRequest): 
       snapshotType: req.type,
       vcpuCount: s.plan.vcpus.count,
       memory: { regions: s.plan.memory.regions },
-      cpuTemplate: s.plan.cpuTemplate.name ?? s.plan.cpuTemplate.kind,
+      cpuTemplate: s.plan.cpuTemplate.kind === 'static' && s.plan.cpuTemplate.name ? s.plan.cpuTemplate.name : s.plan.cpuTemplate.kind,
       devices: s.plan.devices.map((d) => ({ kind: d.kind, id: d.id })),
       plan: s.plan,
     },
@@ -98,11 +99,21 @@ export async function createSnapshot(s: SnapshotSubject, req: SnapshotRequest): 
   // A Diff holds the pages that changed since the last snapshot; with tracking, every snapshot
   // becomes the baseline for the next once both files are written.
   const changed = req.type === 'Diff' ? s.dirty!.changed(s.mem) : undefined;
-  const memory = writeMemoryFile(s.mem, req.memFilePath, { only: changed?.pages });
-  writeFileAtomically(req.snapshotPath, 'snapshot file', (fd) => {
-    let done = 0;
-    while (done < bytes.length) done += fs.writeSync(fd, bytes, done, bytes.length - done);
-  });
+  // Both files are written beside their targets first and renamed into place only when both are
+  // complete: a failure leaves the old pair as it was.
+  const memTmp = prepareFile(req.memFilePath, 'memory file');
+  let stateTmp: PreparedFile | undefined;
+  let memory: MemoryFileReport;
+  try {
+    stateTmp = prepareFile(req.snapshotPath, 'snapshot file');
+    memory = writeMemoryFile(s.mem, memTmp, { only: changed?.pages });
+    writeAll(stateTmp, bytes);
+    memTmp.commit();
+    stateTmp.commit();
+  } finally {
+    memTmp.abort();
+    stateTmp?.abort();
+  }
   if (s.dirty) s.dirty.snapshotWritten(changed?.digests ?? digestMemory(s.mem));
   return {
     snapshotPath: req.snapshotPath,

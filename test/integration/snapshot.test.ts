@@ -57,7 +57,7 @@ async function echo(uds: string): Promise<EchoListener> {
 }
 
 /** Boots the probe in snapshot mode, waits until it is ready, pauses it and writes a snapshot. */
-async function bootAndSnapshot(name: string, opts: { networkInterfaces?: object[]; prefix?: string[] } = {}) {
+async function bootAndSnapshot(name: string, opts: { networkInterfaces?: object[]; prefix?: string[]; createChecks?: boolean } = {}) {
   const drive = ws.write(`${name}.img`, Buffer.alloc(64 * 1024));
   const uds = path.join(ws.dir, `${name}.vsock`);
   await echo(uds);
@@ -70,6 +70,19 @@ async function bootAndSnapshot(name: string, opts: { networkInterfaces?: object[
   expect((await apiCall(api, 'PATCH', '/vm', { state: 'Paused' })).status).toBe(204);
   const snap = path.join(ws.dir, `${name}.snap`);
   const mem = path.join(ws.dir, `${name}.mem`);
+  if (opts.createChecks) {
+    // A snapshot_path that cannot be written: refused, and the memory file it came with not written either.
+    const blocked = path.join(ws.dir, `${name}.blocked`);
+    fs.mkdirSync(blocked);
+    const before = fs.readdirSync(ws.dir).sort();
+    const refused = await apiCall(api, 'PUT', '/snapshot/create', { snapshot_type: 'Full', snapshot_path: blocked, mem_file_path: mem });
+    expect(refused.status).toBe(400);
+    expect(refused.body).toMatch(/exists and is not a regular file/);
+    expect(fs.readdirSync(ws.dir).sort()).toEqual(before);
+    // Two at once: both are written, one after the other.
+    const two = await Promise.all(['x', 'y'].map((t) => apiCall(api, 'PUT', '/snapshot/create', { snapshot_type: 'Full', snapshot_path: `${snap}.${t}`, mem_file_path: `${mem}.${t}` })));
+    expect(two).toEqual([{ status: 204, body: '' }, { status: 204, body: '' }]);
+  }
   const created = await apiCall(api, 'PUT', '/snapshot/create', { snapshot_type: 'Full', snapshot_path: snap, mem_file_path: mem });
   expect(created).toEqual({ status: 204, body: '' });
   run.child.kill('SIGKILL');
@@ -197,7 +210,7 @@ describeKvm('snapshots', () => {
     run.child.kill('SIGKILL');
     await run.exited;
     // The Diff holds what changed: the rewritten half of the 2 MiB pattern and a little more, far less than the Full.
-    expect(fs.statSync(file('diff1.mem')).size).toBe(64 * 1024 * 1024);
+    expect(fs.statSync(file('diff1.mem')).size).toBeGreaterThan(64 * 1024 * 1024); // memory, then the page bitmap and footer
     expect(allocated('diff1.mem')).toBeGreaterThanOrEqual(1024 * 1024);
     expect(allocated('diff1.mem')).toBeLessThan(allocated('full.mem') / 2);
     expect(fs.readFileSync(logFile, 'utf8')).toMatch(/Diff snapshot written: .*diff1\.snap .*changed page\(s\), compared with the last snapshot/);
@@ -207,6 +220,10 @@ describeKvm('snapshots', () => {
     // Merge and restore the Diff: round 2's checks pass, then round 3 is prepared and waits.
     const merged = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'snapshot', 'merge', file('full.mem'), file('diff1.mem'), '-o', file('merged1.mem')], { encoding: 'utf8' });
     expect(merged.status).toBe(0);
+    // The Diff's own memory file is not a memory image: restore refuses it and says to merge.
+    const unmerged = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'restore', file('diff1.snap'), '--mem', file('diff1.mem'), '--resume'], { encoding: 'utf8' });
+    expect(unmerged.status).toBe(2);
+    expect(unmerged.stderr).toMatch(/is a Diff snapshot's: merge it onto its base first/);
     const api2 = path.join(ws.dir, 'diff2.api');
     const log2 = path.join(ws.dir, 'diff2.log');
     const uds2 = path.join(ws.dir, 'diff2.vsock');
@@ -239,7 +256,7 @@ describeKvm('snapshots', () => {
   }, 900_000);
 
   test('a snapshot restored with a memory file of another size, or a corrupted state file, is refused with exit 2 before the guest runs', async () => {
-    const { snap, mem } = await bootAndSnapshot('bad');
+    const { snap, mem } = await bootAndSnapshot('bad', { createChecks: true });
     const short = ws.write('short.mem', Buffer.alloc(4096));
     const r1 = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'restore', snap, '--mem', short, '--resume'], { encoding: 'utf8' });
     expect(r1.status).toBe(2);

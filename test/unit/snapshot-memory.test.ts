@@ -139,16 +139,58 @@ describe('the snapshot memory file', () => {
     restored.release();
   });
 
-  test('merge refuses files of different sizes, an output that is an input, and what is not a file (exit 2); nothing is left behind', () => {
-    const a = path.join(dir, 'a.mem');
-    const b = path.join(dir, 'b.mem');
-    fs.writeFileSync(a, Buffer.alloc(4 * PAGE_SIZE, 1));
-    fs.writeFileSync(b, Buffer.alloc(2 * PAGE_SIZE, 2));
-    expect(() => mergeMemoryFiles(a, [b], path.join(dir, 'o.mem'))).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/b\.mem is 8192 bytes but .*a\.mem is 16384/) }));
-    fs.truncateSync(b, 4 * PAGE_SIZE);
-    expect(() => mergeMemoryFiles(a, [b], b)).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/is the input/) }));
-    expect(() => mergeMemoryFiles(a, [dir], path.join(dir, 'o.mem'))).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/not a regular file/) }));
-    expect(() => mergeMemoryFiles(a, [path.join(dir, 'missing')], path.join(dir, 'o.mem'))).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/ENOENT/) }));
-    expect(fs.readdirSync(dir).sort()).toEqual(['a.mem', 'b.mem']);
+  test('a Diff carries a bitmap of its pages: merged right even when copied without holes; restore refuses it unmerged and says to merge', () => {
+    const mem = GuestMemory.allocate(regions);
+    for (let p = 0; p < 8; p++) mem.write(p * PAGE_SIZE, pattern(p));
+    const full = path.join(dir, 'full.mem');
+    writeMemoryFile(mem, full);
+    const dirty = new DirtyPages();
+    dirty.snapshotWritten(digestMemory(mem));
+    mem.fill(2 * PAGE_SIZE, PAGE_SIZE, 0);
+    mem.write(6 * PAGE_SIZE, pattern(60));
+    const diff = path.join(dir, 'diff.mem');
+    writeMemoryFile(mem, diff, { only: dirty.changed(mem).pages });
+    expect(fs.statSync(diff).size).toBeGreaterThan(12 * MiB);
+    expect(() => openMemoryFile(diff, regions)).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(/is a Diff snapshot's: merge it onto its base first/) }));
+    // Copied with every hole filled in (cp --sparse=never): still exactly its two pages.
+    const dense = path.join(dir, 'dense.mem');
+    fs.writeFileSync(dense, fs.readFileSync(diff));
+    const m = mergeMemoryFiles(full, [dense], path.join(dir, 'merged.mem'));
+    expect(m.fromEach[1]).toBe(2 * PAGE_SIZE);
+    writeMemoryFile(mem, path.join(dir, 'now.mem'));
+    expect(fs.readFileSync(path.join(dir, 'merged.mem')).equals(fs.readFileSync(path.join(dir, 'now.mem')))).toBe(true);
+    mem.release();
+  });
+
+  test('merge refuses a Diff of another memory size, a damaged bitmap, a base that is a Diff, an output that is an input, and what is not a file (exit 2); nothing is left behind', () => {
+    const mk = (name: string, rs: { start: number; size: number }[]) => {
+      const m = GuestMemory.allocate(rs);
+      m.write(0, pattern(1));
+      const base = path.join(dir, `${name}.base`);
+      writeMemoryFile(m, base);
+      const d = new DirtyPages();
+      d.snapshotWritten(digestMemory(m));
+      m.write(PAGE_SIZE, pattern(2));
+      const diff = path.join(dir, `${name}.diff`);
+      writeMemoryFile(m, diff, { only: d.changed(m).pages });
+      m.release();
+      return { base, diff };
+    };
+    const a = mk('a', regions);
+    const b = mk('b', [{ start: 0, size: 4 * MiB }]);
+    const out = path.join(dir, 'o.mem');
+    const refused = (f: () => unknown, message: RegExp) => expect(f).toThrow(expect.objectContaining({ exitCode: 2, message: expect.stringMatching(message) }));
+    refused(() => mergeMemoryFiles(a.base, [b.diff], out), /is a Diff of 4194304 bytes of guest memory but .*a\.base holds 12582912/);
+    refused(() => mergeMemoryFiles(a.diff, [a.diff], out), /a\.diff is a Diff memory file: the base is a Full/);
+    refused(() => mergeMemoryFiles(a.base, [a.base], out), /a\.base is not a Diff memory file/);
+    refused(() => mergeMemoryFiles(a.base, [a.diff], a.diff), /is the input/);
+    refused(() => mergeMemoryFiles(a.base, [dir], out), /not a regular file/);
+    refused(() => mergeMemoryFiles(a.base, [path.join(dir, 'missing')], out), /ENOENT/);
+    const bytes = fs.readFileSync(a.diff);
+    bytes[12 * MiB] ^= 0x80; // one more page marked than the footer counts
+    const damaged = path.join(dir, 'damaged.diff');
+    fs.writeFileSync(damaged, bytes);
+    refused(() => mergeMemoryFiles(a.base, [damaged], out), /damaged: its bitmap marks 2 pages, its footer says 1/);
+    expect(fs.readdirSync(dir).sort()).toEqual(['a.base', 'a.diff', 'b.base', 'b.diff', 'damaged.diff']);
   });
 });

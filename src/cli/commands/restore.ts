@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { canonicalJson, planRunnable, prewarmVcpuThreads } from '../../boot';
-import { applyOverrides, BackendOverrides, checkSnapshotPlan, planWithoutBackends } from '../../boot/snapshot-plan';
+import { applyOverrides, BackendOverrides, checkSnapshot, planWithoutBackends } from '../../boot/snapshot-plan';
 import { loadSpecFile } from '../../config/validate';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, FcRunError } from '../../errors';
 import { readSnapshotFile } from '../../vmm/snapshot-file';
@@ -79,8 +79,7 @@ export async function restoreCommand(io: Io, args: ParsedArgs, startNs: bigint):
     if (o['exit-with-fd'] !== undefined) watchLifeline(o['exit-with-fd'] as number);
     const threadFilters = threadFiltersOf(o);
     const snapshot = readSnapshotFile(path.resolve(file));
-    const stored = checkSnapshotPlan(snapshot.header.plan, file);
-    if (stored.vcpus.count !== snapshot.vcpus.length) throw new FcRunError('snapshot-invalid', `${file}: the plan has ${stored.vcpus.count} vCPUs but the snapshot holds the state of ${snapshot.vcpus.length}`, EXIT_INVALID_SPEC);
+    const stored = checkSnapshot(snapshot, file);
     if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(stored.vcpus.count);
     if (o.spec !== undefined) {
       const planned = planRunnable(loadSpecFile(o.spec as string, loadOptionsOf(args)));

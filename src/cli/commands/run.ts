@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { describeSnapshot, readSnapshotFile, snapshotSummary, snapshotVersionText } from '../../vmm/snapshot-file';
+import { checkSnapshot } from '../../boot/snapshot-plan';
 import { loadSpecFile } from '../../config/validate';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../../config/resolved';
 import { planRunnable, prewarmVcpuThreads } from '../../boot';
@@ -234,6 +235,7 @@ function snapshotQuery(io: Io, args: ParsedArgs): number | undefined {
     return EXIT_OK;
   }
   const snap = readSnapshotFile(path.resolve(describe));
+  checkSnapshot(snap, describe);
   if (reportingOf(args).jsonLines) io.out.write(`${JSON.stringify({ event: 'snapshot', file: describe, ...snapshotSummary(snap) })}\n`);
   else io.out.write(`${snapshotVersionText()}\n${describeSnapshot(snap)}`);
   return EXIT_OK;
@@ -315,7 +317,8 @@ export async function launchPlanned(
   const serialOutFd = serialTarget(o['serial-out'] as string | undefined);
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
   const serialIn = process.stdin.isTTY && serialOutFd === 1 ? process.stdin : undefined;
-  const monitor = monitorFor(plan, monitorConfig(plan, o));
+  const monitorCfg = monitorConfig(plan, o);
+  const monitor = monitorFor(plan, monitorCfg);
   const mmdsSizeLimit = (o['mmds-size-limit'] as number | undefined) ?? DEFAULT_MMDS_SIZE_LIMIT;
   const maxBody = (o['http-api-max-payload-size'] as number | undefined) ?? Math.max(DEFAULT_API_MAX_PAYLOAD, mmdsSizeLimit + 4096);
   const apiSock = o['api-sock'] as string | undefined;
@@ -339,6 +342,10 @@ export async function launchPlanned(
     const start: MachineStart = hooks.start ?? ((opts) => launch(plan, opts));
     result = await start({
       planHash: hooks.planHash,
+      // Files this fc-run writes: a snapshot is never written over one of them.
+      outputPaths: [monitorCfg.log?.path, monitorCfg.metrics?.path, o['serial-out'] as string | undefined, apiSock, o['exit-record'] as string | undefined]
+        .filter((f): f is string => f !== undefined && f !== 'none' && f !== '-')
+        .map((f) => path.resolve(f)),
       serialOutFd,
       startNs,
       serialIn,
