@@ -19,7 +19,8 @@ export function snapshotMismatch(where: string, what: string): FcRunError {
   return new FcRunError('snapshot-mismatch', `the snapshot does not fit this VM's devices at ${where}: ${what}`, EXIT_INVALID_SPEC);
 }
 
-function describe(v: unknown): string {
+/** A value as an error message shows it (short: long strings by their length). */
+export function describeValue(v: unknown): string {
   if (v === undefined) return 'nothing';
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -32,7 +33,7 @@ function describe(v: unknown): string {
  * A plain object with exactly the `required` keys (and any of `optional`); returns it for reading.
  */
 export function record(v: unknown, where: string, required: readonly string[], optional: readonly string[] = []): Record<string, unknown> {
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw snapshotInvalid(where, `expected an object, got ${describe(v)}`);
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw snapshotInvalid(where, `expected an object, got ${describeValue(v)}`);
   const o = v as Record<string, unknown>;
   for (const k of Object.keys(o)) {
     if (!required.includes(k) && !optional.includes(k)) throw snapshotInvalid(where, `unknown field ${JSON.stringify(k)}`);
@@ -45,7 +46,7 @@ export function record(v: unknown, where: string, required: readonly string[], o
 
 /** An integer in [min, max]. */
 export function int(v: unknown, where: string, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw snapshotInvalid(where, `expected an integer from ${min} to ${max}, got ${describe(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw snapshotInvalid(where, `expected an integer from ${min} to ${max}, got ${describeValue(v)}`);
   return v;
 }
 
@@ -53,25 +54,25 @@ export const U16_MAX = 0xffff;
 export const U32_MAX = 0xffffffff;
 
 export function bool(v: unknown, where: string): boolean {
-  if (typeof v !== 'boolean') throw snapshotInvalid(where, `expected true or false, got ${describe(v)}`);
+  if (typeof v !== 'boolean') throw snapshotInvalid(where, `expected true or false, got ${describeValue(v)}`);
   return v;
 }
 
 export function oneOf<T extends string>(v: unknown, where: string, allowed: readonly T[]): T {
-  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw snapshotInvalid(where, `expected one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}, got ${describe(v)}`);
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw snapshotInvalid(where, `expected one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}, got ${describeValue(v)}`);
   return v as T;
 }
 
 /** A string of at most `maxLength` characters. */
 export function text(v: unknown, where: string, maxLength: number): string {
-  if (typeof v !== 'string' || v.length > maxLength) throw snapshotInvalid(where, `expected a string of at most ${maxLength} characters, got ${describe(v)}`);
+  if (typeof v !== 'string' || v.length > maxLength) throw snapshotInvalid(where, `expected a string of at most ${maxLength} characters, got ${describeValue(v)}`);
   return v;
 }
 
 /** A bigint saved as decimal text (JSON has no 64-bit integers), in [min, max]. */
 export function bigText(v: unknown, where: string, min: bigint, max: bigint): bigint {
   // Bounded length before BigInt(): a megabyte of digits is refused, not parsed.
-  if (typeof v !== 'string' || !/^-?\d{1,20}$/.test(v)) throw snapshotInvalid(where, `expected an integer as decimal text, got ${describe(v)}`);
+  if (typeof v !== 'string' || !/^-?\d{1,20}$/.test(v)) throw snapshotInvalid(where, `expected an integer as decimal text, got ${describeValue(v)}`);
   const b = BigInt(v);
   if (b < min || b > max) throw snapshotInvalid(where, `${v} is outside ${min}..${max}`);
   return b;
@@ -83,7 +84,7 @@ export const I64_MAX = (1n << 63n) - 1n;
 
 /** An array of at most `maxLength` elements. */
 export function list(v: unknown, where: string, maxLength: number): unknown[] {
-  if (!Array.isArray(v)) throw snapshotInvalid(where, `expected an array, got ${describe(v)}`);
+  if (!Array.isArray(v)) throw snapshotInvalid(where, `expected an array, got ${describeValue(v)}`);
   if (v.length > maxLength) throw snapshotInvalid(where, `expected at most ${maxLength} elements, got ${v.length}`);
   return v;
 }

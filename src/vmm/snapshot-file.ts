@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { findDeepNesting, MAX_JSON_DEPTH } from '../config/json-depth';
 import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
+import { describeValue } from '../state-check';
 import { CPUID_MAX_ENTRIES, IRQCHIP_IDS, MP_STATE_MAX, MSRS_MAX, STATE_SIZES, VCPU_FIXED_PARTS, VcpuState, VmState, XSAVE_MAX, XSAVE_MIN } from '../kvm/state-abi';
 
 /**
@@ -101,34 +102,26 @@ export const writeVmSnapshot = encodeSnapshotFile;
 
 type Fail = (where: string, what: string) => never;
 
-function describe(v: unknown): string {
-  if (v === undefined) return 'nothing';
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'string') return v.length > 40 ? `a string of ${v.length} characters` : JSON.stringify(v);
-  if (typeof v === 'object') return 'an object';
-  return `${typeof v} ${String(v)}`;
-}
 
 function reader(fail: Fail) {
   const obj = (v: unknown, where: string, keys: readonly string[]): Record<string, unknown> => {
-    if (v === null || typeof v !== 'object' || Array.isArray(v)) return fail(where, `must be an object, not ${describe(v)}`);
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) return fail(where, `must be an object, not ${describeValue(v)}`);
     const o = v as Record<string, unknown>;
     for (const k of Object.keys(o)) if (!keys.includes(k)) fail(where, `has an unknown field ${JSON.stringify(k.slice(0, 64))}`);
     for (const k of keys) if (!Object.prototype.hasOwnProperty.call(o, k)) fail(where, `lacks the field ${JSON.stringify(k)}`);
     return o;
   };
   const int = (v: unknown, where: string, min: number, max: number): number =>
-    Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max ? (v as number) : fail(where, `must be an integer from ${min} to ${max}, not ${describe(v)}`);
+    Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max ? (v as number) : fail(where, `must be an integer from ${min} to ${max}, not ${describeValue(v)}`);
   const str = (v: unknown, where: string, max: number, pattern?: RegExp): string =>
-    typeof v === 'string' && v.length <= max && (!pattern || pattern.test(v)) ? v : fail(where, `must be a string of at most ${max} characters${pattern ? ` matching ${pattern}` : ''}, not ${describe(v)}`);
+    typeof v === 'string' && v.length <= max && (!pattern || pattern.test(v)) ? v : fail(where, `must be a string of at most ${max} characters${pattern ? ` matching ${pattern}` : ''}, not ${describeValue(v)}`);
   const list = (v: unknown, where: string, min: number, max: number): unknown[] =>
-    Array.isArray(v) && v.length >= min && v.length <= max ? v : fail(where, `must be a list of ${min} to ${max} entries, not ${Array.isArray(v) ? `${v.length} entries` : describe(v)}`);
+    Array.isArray(v) && v.length >= min && v.length <= max ? v : fail(where, `must be a list of ${min} to ${max} entries, not ${Array.isArray(v) ? `${v.length} entries` : describeValue(v)}`);
   /** Base64 bytes whose decoded length is `exact`, or a multiple of `unit` within [min, max]. */
   const bytes = (v: unknown, where: string, rule: { exact: number } | { unit: number; min: number; max: number }): Uint8Array => {
     const maxLen = 'exact' in rule ? rule.exact : rule.max;
     if (typeof v !== 'string' || v.length > Math.ceil(maxLen / 3) * 4 || v.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(v)) {
-      return fail(where, `must be base64 of at most ${maxLen} bytes, not ${describe(v)}`);
+      return fail(where, `must be base64 of at most ${maxLen} bytes, not ${describeValue(v)}`);
     }
     const buf = Buffer.from(v, 'base64');
     const ok = 'exact' in rule ? buf.length === rule.exact : buf.length % rule.unit === 0 && buf.length >= rule.min && buf.length <= rule.max;
@@ -179,8 +172,8 @@ export function decodeSnapshotFile(buf: Uint8Array, source: string): VmSnapshot 
   const fcRunVersion = r.str(h.fcRunVersion, 'header.fcRunVersion', 64, /^[0-9A-Za-z.+-]+$/);
   const planHash = r.str(h.planHash, 'header.planHash', 128, /^[0-9a-z:]*$/);
   const createdAt = r.str(h.createdAt, 'header.createdAt', 40, /^\d{4}-\d\d-\d\dT[0-9:.]+Z$/);
-  if (Number.isNaN(Date.parse(createdAt))) fail('header.createdAt', `is not a valid time: ${describe(createdAt)}`);
-  if (h.snapshotType !== 'Full' && h.snapshotType !== 'Diff') fail('header.snapshotType', `must be "Full" or "Diff", not ${describe(h.snapshotType)}`);
+  if (Number.isNaN(Date.parse(createdAt))) fail('header.createdAt', `is not a valid time: ${describeValue(createdAt)}`);
+  if (h.snapshotType !== 'Full' && h.snapshotType !== 'Diff') fail('header.snapshotType', `must be "Full" or "Diff", not ${describeValue(h.snapshotType)}`);
   const vcpuCount = r.int(h.vcpuCount, 'header.vcpuCount', 1, 32);
   const mem = r.obj(h.memory, 'header.memory', ['regions']);
   const regions = r.list(mem.regions, 'header.memory.regions', 1, 8).map((x, i) => {

@@ -246,7 +246,7 @@ describe('the snapshot state file', () => {
     });
 
     test('top level: not an object, unknown fields, missing fields', () => {
-      refused(wrapBody('[]'), /the body must be an object, not a list/);
+      refused(wrapBody('[]'), /the body must be an object, not an array/);
       refused(wrapBody('null'), /the body must be an object, not null/);
       refused(wrapBody('"FCRUNSNP"'), /the body must be an object, not "FCRUNSNP"/);
       refused(edited((b) => (b.extra = 1)), /the body has an unknown field "extra"/);
@@ -260,7 +260,7 @@ describe('the snapshot state file', () => {
       for (const k of ['fcRunVersion', 'planHash', 'createdAt', 'snapshotType', 'vcpuCount', 'memory', 'cpuTemplate', 'devices', 'plan']) {
         refused(edited((b) => delete b.header[k]), new RegExp(`header lacks the field "${k}"`));
       }
-      refused(edited((b) => (b.header = [])), /header must be an object, not a list/);
+      refused(edited((b) => (b.header = [])), /header must be an object, not an array/);
       refused(edited((b) => (b.header.snapshotType = 'Partial')), /header.snapshotType must be "Full" or "Diff", not "Partial"/);
       refused(edited((b) => (b.header.fcRunVersion = '1.0 beta')), /header.fcRunVersion must be a string/);
       refused(edited((b) => (b.header.planHash = 'SHA256:AB')), /header.planHash must be a string/);
@@ -322,7 +322,7 @@ describe('the snapshot state file', () => {
       refused(edited((b) => (b.vcpus[0].regs = b64(new Uint8Array(144)).replace(/^A/, '-'))), /vcpus\[0\].regs must be base64/); // base64url
       refused(edited((b) => (b.vcpus[0].vcpuEvents = b64(new Uint8Array(64)).slice(1))), /vcpuEvents must be base64/); // length not a multiple of 4
       refused(edited((b) => (b.vcpus[0].debugregs = `${b64(new Uint8Array(126))}\n`)), /debugregs must be base64/);
-      refused(edited((b) => (b.vcpus[0].xcrs = Array.from(new Uint8Array(392)))), /xcrs must be base64 .*not a list/);
+      refused(edited((b) => (b.vcpus[0].xcrs = Array.from(new Uint8Array(392)))), /xcrs must be base64 .*not an array/);
       refused(edited((b) => (b.vcpus[0].regs = null)), /regs must be base64 .*not null/);
     });
 
