@@ -9,7 +9,7 @@ import { GuestMemory } from '../kvm/memory';
 import { MicroVm, RunResult } from '../vmm/microvm';
 import type { Vm } from '../kvm/kvm';
 import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError } from '../kvm/libc';
-import { KVM_IOEVENTFD_FLAG_DATAMATCH } from '../kvm/ioctls';
+import { KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/ioctls';
 import { createMailboxes } from '../vmm/mmio-mailbox';
 import { startVmmThread, VmmThread } from '../vmm/vmm-thread';
 import type { VirtioDeviceSetup } from '../vmm/vmm-worker';
@@ -24,7 +24,8 @@ import { configureVcpu } from './vcpu-setup';
 import { assertCpuTemplateFitsHost, vendorFromCpuid } from './host-cpu';
 import type { Vcpu } from '../kvm/kvm';
 import { createSnapshot, SnapshotReport, SnapshotRequest } from '../vmm/snapshot';
-import { DirtyPages } from '../vmm/dirty-pages';
+import { DirtyLogChoice, DirtyPages } from '../vmm/dirty-pages';
+import { dirtyLogProblem } from '../kvm/dirty-log';
 import { planRestore } from '../vmm/devices-state';
 import { openMemoryFile } from '../vmm/snapshot-memory';
 import type { VmSnapshot } from '../vmm/snapshot-file';
@@ -178,7 +179,7 @@ function createMachine(plan: BootPlan): { kvm: Kvm; vm: Vm } {
 export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunResult> {
   const { kvm, vm } = createMachine(plan);
   const mem = GuestMemory.allocate(plan.memory.regions);
-  mem.describe().forEach((r, slot) => vm.setUserMemoryRegion(slot, r.guestAddr, r.size, r.hostAddr));
+  const dirtyLog = registerMemory(kvm, vm, mem, plan);
   try {
     prepareGuestMemory(mem, plan);
   } catch (err) {
@@ -197,7 +198,24 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   }
   const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));
   for (const v of vcpus) configureVcpu(v, plan, cpuid);
-  return runMachine({ kvm, vm, mem, vcpus, plan }, opts);
+  return runMachine({ kvm, vm, mem, vcpus, plan, dirtyLog }, opts);
+}
+
+/**
+ * Registers guest memory with KVM. With `track_dirty_pages`, KVM logs the guest's writes when its
+ * dirty log passes a self-test on this host (and FC_RUN_DIRTY_PAGES is not "compare"), and the
+ * VMM records its own writes; otherwise Diff snapshots find changed pages by comparison.
+ */
+function registerMemory(kvm: Kvm, vm: Vm, mem: GuestMemory, plan: BootPlan): DirtyLogChoice | undefined {
+  let choice: DirtyLogChoice | undefined;
+  if (plan.memory.trackDirtyPages) {
+    const problem = process.env.FC_RUN_DIRTY_PAGES === 'compare' ? 'FC_RUN_DIRTY_PAGES=compare' : dirtyLogProblem(kvm);
+    choice = problem === undefined ? { vm, slots: mem.describe().map((r, slot) => ({ slot, size: r.size })) } : { problem };
+    if (problem === undefined) mem.enableDirtyTracking();
+  }
+  const flags = choice && 'vm' in choice ? KVM_MEM_LOG_DIRTY_PAGES : 0;
+  mem.describe().forEach((r, slot) => vm.setUserMemoryRegion(slot, r.guestAddr, r.size, r.hostAddr, flags));
+  return choice;
 }
 
 /** Files a snapshot may not be written over: the VM's drives and this process's own output files. */
@@ -227,6 +245,8 @@ interface Machine {
   vcpus: Vcpu[];
   plan: BootPlan;
   restored?: RestoredParts;
+  /** With track_dirty_pages: KVM's dirty log to use, or why it is not used. */
+  dirtyLog?: DirtyLogChoice;
 }
 
 /**
@@ -247,7 +267,10 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
     noSnapshots = (err as Error).message;
   }
   // track_dirty_pages: what each snapshot held, so that a Diff holds only what changed since.
-  const dirty = plan.memory.trackDirtyPages ? new DirtyPages(m.restored?.memFd) : undefined;
+  const dirty = plan.memory.trackDirtyPages ? new DirtyPages(m.restored?.memFd, m.dirtyLog && 'vm' in m.dirtyLog ? m.dirtyLog : undefined) : undefined;
+  if (m.dirtyLog) {
+    monitor.log.info('vmm', 'vm' in m.dirtyLog ? "track_dirty_pages: KVM's dirty log (its self-test passed) and the VMM's own writes" : `track_dirty_pages: changed pages are found by comparing page digests (KVM's dirty log is not used: ${m.dirtyLog.problem})`);
+  }
   const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT, vmmFilter, m.restored?.devices as DevicesState | undefined);
   // Anything that fails from here until the vCPUs run (a restored snapshot's legacy device state,
   // a seccomp filter) stops the device thread first: a thread left in epoll_wait would keep the
@@ -335,7 +358,7 @@ export async function restoreSnapshot(snapshot: VmSnapshot, memFile: string, pla
   }
   if (!keepFd) fs.closeSync(fd);
   const { kvm, vm } = machine;
-  mem.describe().forEach((r, slot) => vm.setUserMemoryRegion(slot, r.guestAddr, r.size, r.hostAddr));
+  const dirtyLog = registerMemory(kvm, vm, mem, plan);
   let support: VcpuStateSupport | undefined;
   try {
     support = vcpuStateSupport(kvm);
@@ -346,5 +369,5 @@ export async function restoreSnapshot(snapshot: VmSnapshot, memFile: string, pla
   vcpus.forEach((v, i) => restoreVcpuState(v, snapshot.vcpus[i], support));
   // After the vCPUs: setting kvm-clock updates each vCPU's clock page, which their state would overwrite.
   restoreVmState(vm, snapshot.vm);
-  return runMachine({ kvm, vm, mem, vcpus, plan, restored: { devices: snapshot.devices, legacy: snapshot.legacy, paused, memFd: keepFd ? fd : undefined } }, opts);
+  return runMachine({ kvm, vm, mem, vcpus, plan, restored: { devices: snapshot.devices, legacy: snapshot.legacy, paused, memFd: keepFd ? fd : undefined }, dirtyLog }, opts);
 }

@@ -64,6 +64,7 @@ export const KVM = {
   SET_MP_STATE: iow(0x99, kvm_mp_state),
   // Snapshot state (sizes from <linux/kvm.h>, <asm/kvm.h>; see state-abi.ts).
   GET_MSR_INDEX_LIST: iowrN(0x02, 4),
+  GET_DIRTY_LOG: iowN(0x42, 16),
   GET_IRQCHIP: iowrN(0x62, 520),
   SET_IRQCHIP: iorN(0x63, 520),
   SET_CLOCK: iowN(0x7b, 48),
@@ -133,6 +134,7 @@ export const KVM_SYSTEM_EVENT_SHUTDOWN = 1;
 export const KVM_SYSTEM_EVENT_RESET = 2;
 export const KVM_SYSTEM_EVENT_CRASH = 3;
 export const KVM_PIT_SPEAKER_DUMMY = 1;
+export const KVM_MEM_LOG_DIRTY_PAGES = 1 << 0;
 export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
 export const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;

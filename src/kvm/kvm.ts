@@ -2,6 +2,8 @@ import {
   addressOf,
   errno,
   koffiModule,
+  MAP_ANONYMOUS,
+  MAP_PRIVATE,
   MAP_SHARED,
   O_CLOEXEC,
   O_RDWR,
@@ -169,8 +171,34 @@ export class Vm {
     readonly fd: number,
   ) {}
 
-  setUserMemoryRegion(slot: number, guestPhysAddr: number, size: number, hostAddr: bigint): void {
-    ioctl(this.fd, 'SET_USER_MEMORY_REGION', encode(kvm_userspace_memory_region, { slot, flags: 0, guest_phys_addr: guestPhysAddr, memory_size: size, userspace_addr: hostAddr }), `slot ${slot} at 0x${guestPhysAddr.toString(16)}, ${size} bytes`);
+  /** `flags`: KVM_MEM_LOG_DIRTY_PAGES to have KVM log the guest's writes to the slot. */
+  setUserMemoryRegion(slot: number, guestPhysAddr: number, size: number, hostAddr: bigint, flags = 0): void {
+    ioctl(this.fd, 'SET_USER_MEMORY_REGION', encode(kvm_userspace_memory_region, { slot, flags, guest_phys_addr: guestPhysAddr, memory_size: size, userspace_addr: hostAddr }), `slot ${slot} at 0x${guestPhysAddr.toString(16)}, ${size} bytes`);
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG: the pages of slot `slot` (of `size` bytes) the guest wrote since the last
+   * call, one byte per page (1 = written); KVM clears its log as it answers.
+   */
+  dirtyLog(slot: number, size: number): Uint8Array {
+    const pages = Math.ceil(size / 4096);
+    // KVM writes the bitmap through a pointer: native memory, not a movable JavaScript buffer.
+    const bytes = Math.ceil(Math.ceil(pages / 64) * 8 / 4096) * 4096;
+    const ptr = sys.mmap(null, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const addr = addressOf(ptr);
+    if (addr === 0xffffffffffffffffn) throw new SyscallError('mmap(dirty bitmap)', errno());
+    try {
+      const arg = Buffer.alloc(16);
+      arg.writeUInt32LE(slot, 0);
+      arg.writeBigUInt64LE(addr, 8);
+      ioctl(this.fd, 'GET_DIRTY_LOG', arg, `slot ${slot}`);
+      const bitmap = new Uint8Array(viewOf(ptr, bytes));
+      const out = new Uint8Array(pages);
+      for (let p = 0; p < pages; p++) if (bitmap[p >> 3] & (1 << (p & 7))) out[p] = 1;
+      return out;
+    } finally {
+      sys.munmap(ptr, bytes);
+    }
   }
 
   setTssAddr(addr: number): void {

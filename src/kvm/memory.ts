@@ -8,6 +8,11 @@ export interface RegionDescriptor {
   size: number;
   /** Host virtual address of the mapping, valid in every thread of the process. */
   hostAddr: bigint;
+  /**
+   * With dirty tracking: one bit per page, set by the VMM's own writes into guest memory (what
+   * KVM's dirty log cannot see), shared by every thread.
+   */
+  dirty?: SharedArrayBuffer;
 }
 
 export class GuestMemoryError extends FcRunError {
@@ -27,6 +32,7 @@ export const PAGE_SIZE = 4096;
 
 interface Region extends RegionDescriptor {
   chunks: Uint8Array[];
+  dirtyBits?: Int32Array;
 }
 
 /**
@@ -81,7 +87,8 @@ export class GuestMemory {
 
   /** Views memory another thread allocated (same process). */
   static attach(descriptors: RegionDescriptor[]): GuestMemory {
-    const mem = new GuestMemory(descriptors.map((d) => ({ ...d, chunks: [] })), false);
+    const mem = new GuestMemory(descriptors.map((d) => ({ ...d, chunks: [], dirtyBits: d.dirty && new Int32Array(d.dirty) })), false);
+    mem.tracking = descriptors.some((d) => d.dirty !== undefined);
     mem.mapViews();
     return mem;
   }
@@ -97,7 +104,45 @@ export class GuestMemory {
   }
 
   describe(): RegionDescriptor[] {
-    return this.regions.map(({ guestAddr, size, hostAddr }) => ({ guestAddr, size, hostAddr }));
+    return this.regions.map(({ guestAddr, size, hostAddr, dirty }) => ({ guestAddr, size, hostAddr, ...(dirty ? { dirty } : {}) }));
+  }
+
+  /**
+   * Starts recording the pages the VMM writes (markDirty): call it before the device thread
+   * attaches (it gets the bitmaps through describe()).
+   */
+  enableDirtyTracking(): void {
+    for (const r of this.regions) {
+      r.dirty = new SharedArrayBuffer(Math.ceil(r.size / PAGE_SIZE / 32) * 4);
+      r.dirtyBits = new Int32Array(r.dirty);
+    }
+    this.tracking = true;
+  }
+
+  private tracking = false;
+
+  /** Records that the VMM wrote [gpa, gpa+len) (with dirty tracking on; otherwise nothing). */
+  markDirty(gpa: number, len: number): void {
+    if (!this.tracking || len <= 0) return;
+    for (const r of this.regions) {
+      const from = Math.max(gpa, r.guestAddr);
+      const to = Math.min(gpa + len, r.guestAddr + r.size);
+      if (from >= to || !r.dirtyBits) continue;
+      for (let p = Math.floor((from - r.guestAddr) / PAGE_SIZE); p * PAGE_SIZE < to - r.guestAddr; p++) Atomics.or(r.dirtyBits, p >> 5, 1 << (p & 31));
+    }
+  }
+
+  /** The pages of region `index` the VMM wrote since the last call (one byte per page), and clears them. */
+  takeDirty(index: number): Uint8Array {
+    const r = this.regions[index];
+    const out = new Uint8Array(Math.ceil(r.size / PAGE_SIZE));
+    if (!r.dirtyBits) return out;
+    for (let w = 0; w < r.dirtyBits.length; w++) {
+      const bits = Atomics.exchange(r.dirtyBits, w, 0);
+      if (bits === 0) continue;
+      for (let b = 0; b < 32; b++) if (bits & (1 << b) && w * 32 + b < out.length) out[w * 32 + b] = 1;
+    }
+    return out;
   }
 
 

@@ -1,30 +1,42 @@
 import { hash } from 'node:crypto';
 import * as fs from 'node:fs';
+import type { Vm } from '../kvm/kvm';
 import { GuestMemory, PAGE_SIZE } from '../kvm/memory';
 
 /**
  * Which guest pages changed since the last snapshot, for Diff snapshots (`track_dirty_pages`).
  *
- * fc-run finds them by comparison, not with KVM's dirty log: the log only sees writes the guest
- * makes through KVM, not the VMM's own writes into guest memory (virtio buffers, block reads), and
- * it has been seen to come back empty on an instruction-emulating KVM that reports the capability.
- * A comparison is exact whoever wrote the page. Each page is remembered by a 128-bit digest
- * (SHA-256, truncated) taken when a snapshot is written; a Diff holds the pages whose digest
- * differs. The digests cost 16 bytes per 4 KiB page (8 MiB for 2 GiB) and a pass over guest memory
- * at each snapshot; a VM without `track_dirty_pages` pays nothing.
+ * Two ways, chosen at launch:
+ * - KVM's dirty log, when it passes a self-test on this host (src/kvm/dirty-log.ts): the pages
+ *   the guest wrote, joined with the pages the VMM may have written (every buffer a device may
+ *   write and the used rings, recorded by the virtqueues: GuestMemory.markDirty), which the log
+ *   cannot see. Nothing is read or hashed.
+ * - Otherwise comparison: each page is remembered by a 128-bit digest (SHA-256, truncated) taken
+ *   when a snapshot is written, and a Diff holds the pages whose digest differs. Exact whoever
+ *   wrote the page; costs 16 bytes per 4 KiB page (8 MiB for 2 GiB) and a pass over guest memory
+ *   at each snapshot.
+ * Before any snapshot (and without a memory file it was restored from) the baseline is zeroed
+ * memory: the first Diff holds every page that holds data, either way.
  */
 const DIGEST = 16;
 const ZERO_DIGEST = hash('sha256', Buffer.alloc(PAGE_SIZE), 'buffer').subarray(0, DIGEST);
 
-export type DirtyMethod = 'no earlier snapshot: every page that holds data' | 'compared with the last snapshot' | 'compared with the restored memory file';
+export type DirtyMethod =
+  | 'no earlier snapshot: every page that holds data'
+  | 'compared with the last snapshot'
+  | 'compared with the restored memory file'
+  | "KVM's dirty log and the VMM's own writes";
+
+/** KVM's dirty log, on for these slots (one per memory region, in order), or why it is not used. */
+export type DirtyLogChoice = { vm: Vm; slots: { slot: number; size: number }[] } | { problem: string };
 
 export interface ChangedPages {
   /** One byte per page per region, 1 = changed. */
   pages: Uint8Array[];
   count: number;
   method: DirtyMethod;
-  /** Digests of memory now, to become the baseline once the snapshot is written. */
-  digests: Buffer[];
+  /** Digests of memory now, to become the baseline once the snapshot is written (comparison only). */
+  digests?: Buffer[];
 }
 
 function digestPage(bytes: Uint8Array): Buffer {
@@ -53,8 +65,33 @@ export class DirtyPages {
    * `restoredFrom`: an open memory file the VM was restored from (its pages are the baseline until
    * the first snapshot; the tracker closes it then). Without it, the baseline is memory at start.
    */
-  constructor(private restoredFrom?: number) {
+  /** Whether there is a snapshot or restored memory file to compare with (the log then applies). */
+  private baselined: boolean;
+
+  constructor(
+    private restoredFrom?: number,
+    private readonly log?: { vm: Vm; slots: { slot: number; size: number }[] },
+  ) {
     this.method = restoredFrom === undefined ? 'no earlier snapshot: every page that holds data' : 'compared with the restored memory file';
+    this.baselined = restoredFrom !== undefined;
+    if (log && restoredFrom !== undefined) this.closeRestored(); // the log starts at the restore
+  }
+
+  private closeRestored(): void {
+    if (this.restoredFrom === undefined) return;
+    fs.closeSync(this.restoredFrom);
+    this.restoredFrom = undefined;
+  }
+
+  /** Pages written since the last call, by the guest (KVM's log) or the VMM; clears both. */
+  private drainLog(mem: GuestMemory): Uint8Array[] {
+    const log = this.log!;
+    return log.slots.map((s, i) => {
+      const guest = log.vm.dirtyLog(s.slot, s.size);
+      const vmm = mem.takeDirty(i);
+      for (let p = 0; p < guest.length; p++) guest[p] |= vmm[p];
+      return guest;
+    });
   }
 
   /** The baseline's digests, computed when first needed. */
@@ -85,6 +122,11 @@ export class DirtyPages {
 
   /** The pages that differ from the baseline. */
   changed(mem: GuestMemory): ChangedPages {
+    if (this.log && this.baselined) {
+      const pages = this.drainLog(mem);
+      const count = pages.reduce((n, bits) => n + bits.reduce((m, b) => m + b, 0), 0);
+      return { pages, count, method: "KVM's dirty log and the VMM's own writes" };
+    }
     const base = this.baseline(mem);
     const now = digestMemory(mem);
     let count = 0;
@@ -102,13 +144,19 @@ export class DirtyPages {
     return { pages, count, method: this.method, digests: now };
   }
 
-  /** A snapshot holding memory as `digests` describe it was written: it is the new baseline. */
-  snapshotWritten(digests: Buffer[]): void {
-    this.digests = digests;
-    this.method = 'compared with the last snapshot';
-    if (this.restoredFrom !== undefined) {
-      fs.closeSync(this.restoredFrom);
-      this.restoredFrom = undefined;
+  /**
+   * A snapshot of memory as it is now was written (the VM still paused): it is the new baseline.
+   * `changed` is what the snapshot's changed() said, if it was a Diff.
+   */
+  snapshotWritten(mem: GuestMemory, changed?: ChangedPages): void {
+    this.baselined = true;
+    this.closeRestored();
+    if (this.log) {
+      // A Diff from the log already drained it; anything else starts the log afresh here.
+      if (changed?.digests !== undefined || changed === undefined) this.drainLog(mem);
+      return;
     }
+    this.digests = changed?.digests ?? digestMemory(mem);
+    this.method = 'compared with the last snapshot';
   }
 }

@@ -8,7 +8,7 @@ import type { VcpuState } from '../kvm/state-abi';
 import type { MicroVm } from './microvm';
 import { VcpuRequest } from './shared';
 import { writeVmSnapshot } from './snapshot-file';
-import { digestMemory, DirtyMethod, DirtyPages } from './dirty-pages';
+import { DirtyMethod, DirtyPages } from './dirty-pages';
 import { DEVICES_STATE_FORMAT } from './devices-state';
 import { MemoryFileReport, PreparedFile, prepareFile, writeAll, writeMemoryFile } from './snapshot-memory';
 import type { VmmThread } from './vmm-thread';
@@ -114,7 +114,7 @@ export async function createSnapshot(s: SnapshotSubject, req: SnapshotRequest): 
     memTmp.abort();
     stateTmp?.abort();
   }
-  if (s.dirty) s.dirty.snapshotWritten(changed?.digests ?? digestMemory(s.mem));
+  s.dirty?.snapshotWritten(s.mem, changed);
   return {
     snapshotPath: req.snapshotPath,
     stateBytes: bytes.length,

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { GuestMemory, PAGE_SIZE } from '../../src/kvm/memory';
 import { dataExtents, mergeMemoryFiles, openMemoryFile, writeMemoryFile } from '../../src/vmm/snapshot-memory';
-import { digestMemory, DirtyPages } from '../../src/vmm/dirty-pages';
+import { DirtyPages } from '../../src/vmm/dirty-pages';
 
 const MiB = 1 << 20;
 const regions = [
@@ -83,7 +83,7 @@ describe('the snapshot memory file', () => {
     // Before any snapshot the baseline is zeroed memory: every page with data.
     expect(dirty.changed(mem).count).toBe(17);
     writeMemoryFile(mem, path.join(dir, 'full.mem'));
-    dirty.snapshotWritten(digestMemory(mem));
+    dirty.snapshotWritten(mem);
     expect(dirty.changed(mem).count).toBe(0);
 
     mem.write(3 * PAGE_SIZE, pattern(50)); // rewritten
@@ -103,7 +103,7 @@ describe('the snapshot memory file', () => {
       [8 * MiB + 2 * MiB, 8 * MiB + 2 * MiB + PAGE_SIZE],
     ]);
     fs.closeSync(fd);
-    dirty.snapshotWritten(ch.digests);
+    dirty.snapshotWritten(mem, ch);
 
     const merged = path.join(dir, 'merged.mem');
     const m = mergeMemoryFiles(path.join(dir, 'full.mem'), [diffFile], merged);
@@ -135,7 +135,7 @@ describe('the snapshot memory file', () => {
     const again = fs.readFileSync(path.join(dir, 'again.mem'));
     expect(Buffer.from(again.subarray(6 * PAGE_SIZE, 7 * PAGE_SIZE))).toEqual(Buffer.from(pattern(6)));
     expect(Buffer.from(again.subarray(9 * PAGE_SIZE, 10 * PAGE_SIZE))).toEqual(Buffer.from(pattern(71)));
-    dirty.snapshotWritten(ch.digests);
+    dirty.snapshotWritten(restored, ch);
     restored.release();
   });
 
@@ -145,7 +145,7 @@ describe('the snapshot memory file', () => {
     const full = path.join(dir, 'full.mem');
     writeMemoryFile(mem, full);
     const dirty = new DirtyPages();
-    dirty.snapshotWritten(digestMemory(mem));
+    dirty.snapshotWritten(mem);
     mem.fill(2 * PAGE_SIZE, PAGE_SIZE, 0);
     mem.write(6 * PAGE_SIZE, pattern(60));
     const diff = path.join(dir, 'diff.mem');
@@ -169,7 +169,7 @@ describe('the snapshot memory file', () => {
       const base = path.join(dir, `${name}.base`);
       writeMemoryFile(m, base);
       const d = new DirtyPages();
-      d.snapshotWritten(digestMemory(m));
+      d.snapshotWritten(m);
       m.write(PAGE_SIZE, pattern(2));
       const diff = path.join(dir, `${name}.diff`);
       writeMemoryFile(m, diff, { only: d.changed(m).pages });

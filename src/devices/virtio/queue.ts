@@ -110,12 +110,14 @@ export class VirtQueue {
   }
 
   private setU16(addr: number, value: number): void {
+    this.mem.markDirty(addr, 2);
     const view = this.viewFor(addr, 2);
     if (view) view.dv.setUint16(view.at, value, true);
     else this.mem.write(addr, Uint8Array.of(value & 0xff, (value >> 8) & 0xff));
   }
 
   private setU32(addr: number, value: number): void {
+    this.mem.markDirty(addr, 4);
     const view = this.viewFor(addr, 4);
     if (view) view.dv.setUint32(view.at, value >>> 0, true);
     else this.mem.write(addr, Uint8Array.of(value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff));
@@ -239,7 +241,11 @@ export class VirtQueue {
         continue;
       }
       if (!this.mem.contains(d.addr, d.len)) throw new QueueError(`buffer [0x${d.addr.toString(16)}, +${d.len}) is outside guest RAM`);
-      segments.push({ addr: d.addr, len: d.len, writable: (d.flags & VIRTQ_DESC_F_WRITE) !== 0 });
+      const writable = (d.flags & VIRTQ_DESC_F_WRITE) !== 0;
+      // A buffer the device may write: counted as written for Diff snapshots (KVM's dirty log
+      // sees only the guest's own writes).
+      if (writable) this.mem.markDirty(d.addr, d.len);
+      segments.push({ addr: d.addr, len: d.len, writable });
       if (segments.length > QUEUE_MAX_SIZE) throw new QueueError('descriptor chain is longer than the queue allows');
       if (!(d.flags & VIRTQ_DESC_F_NEXT)) return segments;
       i = d.next;
