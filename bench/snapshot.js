@@ -14,6 +14,18 @@
 // Times are taken by this process (host clock); figures are medians over the rounds. The snapshot
 // files are restored straight after being written (in the page cache).
 // Targets: restore / cold boot <= 0.7 for each size; the two sizes' restore medians within 20 %.
+//
+// Diff snapshots, each round and size, once for each way fc-run finds changed pages: its default
+// (KVM's dirty log where its launch self-test passes, page digests otherwise) and page digests
+// forced (FC_RUN_DIRTY_PAGES=compare in fc-run's environment). A separate boot of the same guest
+// with machine-config track_dirty_pages and probe.snapshot_rounds=2 (the Full figures above stay
+// those of a VM without tracking): first ready line, Paused, PUT /snapshot/create Full (timed),
+// Resumed, Ctrl-Alt-Del (round 1's checks must pass; round 2 rewrites half the pattern's pages),
+// second ready line, Paused, PUT /snapshot/create Diff (timed), SIGKILL; then
+// `fc-run snapshot merge FULL.mem DIFF.mem -o MERGED.mem` (timed, spawn to exit) and
+// `fc-run restore DIFF.snap --mem MERGED.mem --resume`, Ctrl-Alt-Del: round 2's checks must pass
+// ("# probe restored: 0 failed", exit 0). The method each run used and the pages each Diff held
+// come from fc-run's log (--log-path, --level Info).
 // Usage: node bench/snapshot.js [rounds=5] [pattern-mib=1]
 //   pattern-mib: probe.snapshot_mib=, the RAM the probe fills with a pattern before it is ready (1-512)
 'use strict';
@@ -77,9 +89,11 @@ const median = (xs) => {
  * Starts `fc-run ARGS`, timed from just before the spawn. Serial output (stdout) is kept with the
  * arrival time of every chunk, so the time of any byte of it can be looked up.
  */
-function startFcRun(args) {
+function startFcRun(args, extraEnv = {}) {
+  const env = { ...process.env, NO_COLOR: '1', ...extraEnv };
+  for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
   const t0 = now();
-  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [bin, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   const chunks = []; // { end, t }: the bytes before `end` had arrived by `t`
   let out = '';
@@ -103,11 +117,11 @@ function startFcRun(args) {
   child.once('error', () => undefined);
   /** ms from the spawn to the arrival of byte `offset` of the serial output. */
   const byteMs = (offset) => msSince(t0, chunks.find((c) => c.end > offset).t);
-  /** Resolves with the offset where `text` starts in the serial output, once it is there. */
-  const waitFor = async (text, timeoutMs = TIMEOUT_MS) => {
+  /** Resolves with the offset where `text` starts in the serial output (at or after `from`), once it is there. */
+  const waitFor = async (text, timeoutMs = TIMEOUT_MS, from = 0) => {
     const until = Date.now() + timeoutMs;
     for (;;) {
-      const i = out.indexOf(text);
+      const i = out.indexOf(text, from);
       if (i >= 0) return i;
       if (code !== undefined) throw new Error(`fc-run ${args[0]} exited (${code}) before printing ${JSON.stringify(text)}\nstderr:\n${err}\nserial:\n${out.slice(-2000)}`);
       if (Date.now() > until) throw new Error(`fc-run ${args[0]}: no ${JSON.stringify(text)} within ${timeoutMs} ms\nstderr:\n${err}\nserial:\n${out.slice(-2000)}`);
@@ -220,6 +234,105 @@ async function round(mib, i) {
   return r;
 }
 
+/** The two ways fc-run finds a Diff's pages, as this bench runs them: fc-run's environment for each. */
+const DIFF_HOWS = {
+  default: { label: 'default', env: { FC_RUN_DIRTY_PAGES: undefined } },
+  compare: { label: 'FC_RUN_DIRTY_PAGES=compare', env: { FC_RUN_DIRTY_PAGES: 'compare' } },
+};
+
+/** What fc-run's log says about track_dirty_pages and the snapshots it wrote. */
+function parseSnapshotLog(text) {
+  const r = {};
+  const setup = /track_dirty_pages: (.*)/.exec(text);
+  if (setup) {
+    r.trackingLine = setup[1].trim();
+    r.tracking = /^KVM's dirty log \(its self-test passed\)/.test(r.trackingLine) ? 'dirty log' : /comparing page digests/.test(r.trackingLine) ? 'page digests' : 'unknown';
+  }
+  const full = /Full snapshot written: .* in ([\d.]+) ms/.exec(text);
+  if (full) r.fullInternalMs = Number(full[1]);
+  const diff = /Diff snapshot written: .*; Diff: (\d+) changed page\(s\), (.*)\) in ([\d.]+) ms/.exec(text);
+  if (diff) {
+    r.diffPages = Number(diff[1]);
+    r.diffMethod = diff[2];
+    r.diffInternalMs = Number(diff[3]);
+  }
+  return r;
+}
+
+/**
+ * One Diff round for one memory size and one way of finding changed pages (a key of DIFF_HOWS):
+ * boot with track_dirty_pages, Full at the first ready line, Diff at the second, merge, restore the
+ * Diff with the merged memory, check.
+ */
+async function diffRound(mib, i, how) {
+  const env = DIFF_HOWS[how].env;
+  const base = path.join(dir, `${mib}-${i}-diff-${how}`);
+  const spec = `${base}.json`;
+  fs.writeFileSync(
+    spec,
+    JSON.stringify({
+      // snapshotProbeSpec({ memMib, mib, rounds: 2, trackDirtyPages: true }): no devices.
+      'boot-source': { kernel_image_path: probe, boot_args: `console=ttyS0 reboot=k panic=1 probe.snapshot=1 probe.snapshot_rounds=2 probe.snapshot_mib=${patternMib} probe.vsock=init` },
+      'machine-config': { vcpu_count: 1, mem_size_mib: mib, track_dirty_pages: true },
+    }),
+  );
+  const f = (n) => `${base}.${n}`;
+  const [fullSnap, fullMem, diffSnap, diffMem, merged, api, log, restApi, restLog] = ['full.snap', 'full.mem', 'diff.snap', 'diff.mem', 'merged.mem', 'api', 'log', 'restored.api', 'restored.log'].map(f);
+  const r = { how };
+
+  const run = startFcRun([spec, '--api-sock', api, '--log-path', log, '--level', 'Info'], env);
+  try {
+    const at1 = await run.waitFor(`${READY}\r\n`);
+    await waitForApi(api);
+    await expectStatus(api, 'PATCH', '/vm', { state: 'Paused' }, 204);
+    let t = now();
+    await expectStatus(api, 'PUT', '/snapshot/create', { snapshot_type: 'Full', snapshot_path: fullSnap, mem_file_path: fullMem }, 204);
+    r.fullCreateMs = msSince(t);
+    await expectStatus(api, 'PATCH', '/vm', { state: 'Resumed' }, 204);
+    await expectStatus(api, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' }, 204);
+    const at2 = await run.waitFor(`${READY}\r\n`, TIMEOUT_MS, at1 + READY.length);
+    // Round 1's checks, between the two ready lines, ran on a VM that was paused, snapshotted and resumed.
+    r.round1Ok = run.output().slice(at1, at2).replace(/\r/g, '').includes('\n# probe restored: 0 failed\n');
+    await expectStatus(api, 'PATCH', '/vm', { state: 'Paused' }, 204);
+    t = now();
+    await expectStatus(api, 'PUT', '/snapshot/create', { snapshot_type: 'Diff', snapshot_path: diffSnap, mem_file_path: diffMem }, 204);
+    r.diffCreateMs = msSince(t);
+  } finally {
+    await run.kill();
+  }
+  Object.assign(r, parseSnapshotLog(fs.readFileSync(log, 'utf8')));
+  r.fullMem = fileSizes(fullMem);
+  r.diffMem = fileSizes(diffMem);
+
+  // Merge (spawn to exit, Node's start included, as a user pays it).
+  const m = startFcRun(['snapshot', 'merge', fullMem, diffMem, '-o', merged, '--json']);
+  const mergeCode = await m.exited;
+  r.mergeMs = msSince(m.t0);
+  if (mergeCode !== 0) throw new Error(`fc-run snapshot merge exited ${mergeCode}:\n${m.stderr()}`);
+  r.mergedMem = fileSizes(merged);
+
+  // Restore the Diff's state with the merged memory; Ctrl-Alt-Del: round 2's checks must pass.
+  const rest = startFcRun(['restore', diffSnap, '--mem', merged, '--resume', '--api-sock', restApi, '--log-path', restLog, '--level', 'Info'], env);
+  try {
+    await rest.waitFor('\n');
+    r.restoreMs = rest.byteMs(0);
+    await waitForApi(restApi, true);
+    await expectStatus(restApi, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' }, 204);
+    await rest.waitFor('# probe restored: ');
+    let timer;
+    const code = await Promise.race([rest.exited, new Promise((res) => (timer = setTimeout(res, TIMEOUT_MS, 'timeout')))]);
+    clearTimeout(timer);
+    const out = rest.output().replace(/\r/g, '');
+    r.restoreExit = code;
+    r.verified = r.round1Ok && code === 0 && out.includes('\n# probe restored: 0 failed\n') && !/^not ok/m.test(out);
+    if (!r.verified) console.error(`round ${i + 1}, ${mib} MiB, Diff (${DIFF_HOWS[how].label}): checks failed (round 1 ${r.round1Ok ? 'ok' : 'FAILED'}, restored guest exit ${code}):\n${out}\n${rest.stderr()}`);
+  } finally {
+    await rest.kill();
+  }
+  for (const x of [spec, fullSnap, fullMem, diffSnap, diffMem, merged, api, log, restApi, restLog]) fs.rmSync(x, { force: true });
+  return r;
+}
+
 /** `fc-run --version`: spawn to exit, the floor any fc-run command pays (Node start, the bundle). */
 async function versionMs() {
   const p = startFcRun(['--version']);
@@ -234,6 +347,7 @@ const verdict = (ok) => (ok ? 'PASS' : 'MISS');
 
 (async () => {
   const runs = Object.fromEntries(SIZES.map((s) => [s, []]));
+  const diffRuns = Object.fromEntries(SIZES.map((s) => [s, Object.fromEntries(Object.keys(DIFF_HOWS).map((h) => [h, []]))]));
   const floor = [];
   console.log(`fc-run snapshot restore vs cold boot: probe guest (probe.snapshot=1, ${patternMib} MiB pattern, 1 vCPU), ${rounds} round(s)`);
   for (let i = 0; i < rounds; i++) {
@@ -246,6 +360,16 @@ const verdict = (ok) => (ok ? 'PASS' : 'MISS');
         `  round ${i + 1} ${String(mib).padStart(4)} MiB: cold first byte ${fmtMs(r.coldFirstByteMs)}, cold ready ${fmtMs(r.coldReadyMs)}, ` +
           `create ${fmtMs(r.createMs)}, restore ${fmtMs(r.restoreMs)}${r.verified ? '' : ' (CHECKS FAILED)'}`,
       );
+      // Then the Diff runs; which method goes first alternates too.
+      for (const how of i % 2 ? Object.keys(DIFF_HOWS).reverse() : Object.keys(DIFF_HOWS)) {
+        const d = await diffRound(mib, i, how);
+        diffRuns[mib][how].push(d);
+        console.log(
+          `  round ${i + 1} ${String(mib).padStart(4)} MiB Diff (${DIFF_HOWS[how].label}): ${d.tracking ?? 'tracking ?'}, Full create ${fmtMs(d.fullCreateMs)}, ` +
+            `Diff create ${fmtMs(d.diffCreateMs)} (${d.diffPages ?? '?'} pages, ${d.diffMethod ?? '?'}), merge ${fmtMs(d.mergeMs)}, ` +
+            `Diff mem ${fmtBytes(d.diffMem.bytes)} / ${fmtBytes(d.diffMem.allocated)}, restore ${d.verified ? 'ok' : 'CHECKS FAILED'}`,
+        );
+      }
     }
   }
 
@@ -267,6 +391,42 @@ const verdict = (ok) => (ok ? 'PASS' : 'MISS');
       verified: rs.filter((r) => r.verified).length,
       runs: rs.map((r) => ({ coldFirstByteMs: r.coldFirstByteMs, coldReadyMs: r.coldReadyMs, createMs: r.createMs, restoreMs: r.restoreMs })),
     };
+    res[mib].diff = {};
+    for (const how of Object.keys(DIFF_HOWS)) {
+      const ds = diffRuns[mib][how];
+      const dm = (g) => median(ds.map(g).filter((x) => x !== undefined));
+      const seen = (k) => [...new Set(ds.map((d) => d[k] ?? '?'))];
+      res[mib].diff[how] = {
+        env: Object.fromEntries(Object.entries(DIFF_HOWS[how].env).filter(([, v]) => v !== undefined)),
+        tracking: seen('tracking'),
+        trackingLine: seen('trackingLine'),
+        diffMethod: seen('diffMethod'),
+        fullCreateMs: dm((d) => d.fullCreateMs),
+        diffCreateMs: dm((d) => d.diffCreateMs),
+        fullCreateInternalMs: dm((d) => d.fullInternalMs),
+        diffCreateInternalMs: dm((d) => d.diffInternalMs),
+        mergeMs: dm((d) => d.mergeMs),
+        fullMemBytes: dm((d) => d.fullMem.bytes),
+        fullMemAllocatedBytes: dm((d) => d.fullMem.allocated),
+        diffMemBytes: dm((d) => d.diffMem.bytes),
+        diffMemAllocatedBytes: dm((d) => d.diffMem.allocated),
+        mergedMemAllocatedBytes: dm((d) => d.mergedMem.allocated),
+        diffPages: dm((d) => d.diffPages),
+        diffRestoreMs: dm((d) => d.restoreMs),
+        verified: ds.filter((d) => d.verified).length,
+        runs: ds.map((d) => ({
+          tracking: d.tracking,
+          diffMethod: d.diffMethod,
+          fullCreateMs: d.fullCreateMs,
+          diffCreateMs: d.diffCreateMs,
+          mergeMs: d.mergeMs,
+          diffPages: d.diffPages,
+          fullMemAllocatedBytes: d.fullMem.allocated,
+          diffMemAllocatedBytes: d.diffMem.allocated,
+          verified: d.verified,
+        })),
+      };
+    }
     res[mib].ratio = res[mib].restoreMs / res[mib].coldReadyMs;
     res[mib].ratioFirstByte = res[mib].restoreMs / res[mib].coldFirstByteMs;
   }
@@ -287,6 +447,19 @@ const verdict = (ok) => (ok ? 'PASS' : 'MISS');
   row('state file: size / allocated', (r) => `${fmtBytes(r.stateBytes)} / ${fmtBytes(r.stateAllocatedBytes)}`);
   row('memory file: size / allocated', (r) => `${fmtBytes(r.memBytes)} / ${fmtBytes(r.memAllocatedBytes)}`);
   row('restored guest checks passed', (r) => `${r.verified}/${rounds}`);
+  for (const how of Object.keys(DIFF_HOWS)) {
+    const d = (f) => (r) => f(r.diff[how]);
+    console.log(`  Diff snapshots, ${DIFF_HOWS[how].label} (track_dirty_pages):`);
+    row('  method used (fc-run log)', d((x) => x.tracking.join(' + ')));
+    row('  PUT /snapshot/create Full', d((x) => fmtMs(x.fullCreateMs)));
+    row('  PUT /snapshot/create Diff', d((x) => fmtMs(x.diffCreateMs)));
+    row('    of which fc-run\'s own (Full / Diff)', d((x) => `${x.fullCreateInternalMs.toFixed(1)} / ${x.diffCreateInternalMs.toFixed(1)} ms`));
+    row('  snapshot merge (spawn -> exit)', d((x) => fmtMs(x.mergeMs)));
+    row('  Full memory file: size / allocated', d((x) => `${fmtBytes(x.fullMemBytes)} / ${fmtBytes(x.fullMemAllocatedBytes)}`));
+    row('  Diff memory file: size / allocated', d((x) => `${fmtBytes(x.diffMemBytes)} / ${fmtBytes(x.diffMemAllocatedBytes)}`));
+    row('  pages in the Diff', d((x) => String(x.diffPages)));
+    row('  merged Diff restored, checks passed', d((x) => `${x.verified}/${rounds}`));
+  }
   console.log(`  ${'fc-run --version (spawn -> exit)'.padEnd(44)}${col(fmtMs(median(floor)))}`);
   console.log(
     `\nTargets: restore / cold boot <= 0.70: ${SIZES.map((s) => `${s} MiB ${res[s].ratio.toFixed(3)} ${verdict(res[s].ratio <= 0.7)}`).join(', ')}` +
@@ -304,6 +477,7 @@ const verdict = (ok) => (ok ? 'PASS' : 'MISS');
       sizeSpreadMaxPct: 20,
       pass: SIZES.every((s) => res[s].ratio <= 0.7) && sizeSpread <= 0.2,
     },
+    diffRestoresVerified: SIZES.every((s) => Object.values(res[s].diff).every((x) => x.verified === rounds)),
   };
   console.log(JSON.stringify(json));
   cleanup();

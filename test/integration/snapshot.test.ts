@@ -287,8 +287,8 @@ describeKvm('snapshots', () => {
     expect(code).toBe(0);
   }
 
-  test('a snapshot restored with a memory file of another size, or a corrupted state file, is refused with exit 2 before the guest runs', async () => {
-    const { snap, mem } = await bootAndSnapshot('bad', { createChecks: true });
+  test('a snapshot restored with a memory file of another size, a corrupted or truncated state file, another VM\'s spec or an unknown override is refused with exit 2 before the guest runs; a failed or concurrent create leaves nothing wrong', async () => {
+    const { snap, mem, spec } = await bootAndSnapshot('bad', { createChecks: true });
     const short = ws.write('short.mem', Buffer.alloc(4096));
     const r1 = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'restore', snap, '--mem', short, '--resume'], { encoding: 'utf8' });
     expect(r1.status).toBe(2);
@@ -299,5 +299,21 @@ describeKvm('snapshots', () => {
     const r2 = spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), 'restore', flipped, '--mem', mem, '--resume'], { encoding: 'utf8' });
     expect(r2.status).toBe(2);
     expect(r2.stderr).toMatch(/checksum/);
+    const fcRun = (args: string[]) => spawnSync(process.execPath, [path.join(__dirname, '..', '..', 'bin', 'fc-run'), ...args], { encoding: 'utf8' });
+    // Truncated: the length in its header says so.
+    const truncated = ws.write('truncated.snap', fs.readFileSync(snap).subarray(0, 1000));
+    const r3 = fcRun(['restore', truncated, '--mem', mem, '--resume']);
+    expect(r3.status).toBe(2);
+    expect(r3.stderr).toMatch(/truncated|too short/);
+    // --spec: another VM's spec (here one vCPU fewer) is refused before anything runs.
+    const specObj = JSON.parse(fs.readFileSync(spec, 'utf8'));
+    const other = ws.write('bad-other.json', { ...specObj, 'machine-config': { ...specObj['machine-config'], vcpu_count: 1 } });
+    const r4 = fcRun(['restore', snap, '--mem', mem, '--resume', '--spec', other]);
+    expect(r4.status).toBe(2);
+    expect(r4.stderr).toMatch(/does not describe the VM of/);
+    // An override for a drive the snapshot does not have is refused.
+    const r6 = fcRun(['restore', snap, '--mem', mem, '--resume', '--drive', 'nosuch=/tmp/x.img']);
+    expect(r6.status).toBe(2);
+    expect(r6.stderr).toMatch(/the snapshot has no drive "nosuch" \(it has: snapdisk\)/);
   }, 600_000);
 });
