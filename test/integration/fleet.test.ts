@@ -2,6 +2,7 @@ import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Workspace } from '../helpers/specs';
+import { tinyGuestElf } from '../helpers/images';
 
 /**
  * fc-run up with real VMs: the probe guest with probe.wait=1 stays up (halted) until Ctrl-Alt-Del.
@@ -164,5 +165,40 @@ describeKvm('fc-run up with probe guests (KVM)', () => {
     git(origin, 'commit', '-q', '-m', 'ten');
     await waitFor('vm10 running', () => ps().some((v) => v.id === 'vm10' && v.state === 'running') && waiting('vm10'));
     expect(ps()).toHaveLength(10);
+  }, 600_000);
+
+  test('a crashing guest is restarted with a doubling backoff; an invalid spec is skipped while the others run', async () => {
+    if (sup && sup.proc.exitCode === null) {
+      sup.proc.kill('SIGTERM');
+      await new Promise((r) => sup.proc.once('exit', r));
+    }
+    if (fs.existsSync(runDir)) for (const r of ps()) if (r.pid) process.kill(r.pid, 'SIGKILL');
+    runDir = path.join(ws.dir, 'run-crash');
+    specs = path.join(ws.dir, 'crash-specs');
+    fs.mkdirSync(specs);
+    writeSpec('steady.json');
+    // ud2 with no IDT: a triple fault, so fc-run exits 1 each time the guest starts.
+    fs.writeFileSync(path.join(ws.dir, 'ud2.elf'), tinyGuestElf([0x0f, 0x0b]));
+    fs.writeFileSync(
+      path.join(specs, 'crash.json'),
+      JSON.stringify({
+        'boot-source': { kernel_image_path: path.join(ws.dir, 'ud2.elf') },
+        'machine-config': { vcpu_count: 1, mem_size_mib: 16 },
+        'fc-run': { restart: 'on-failure', restart_delay_ms: 300, restart_delay_max_ms: 1200 },
+      }),
+    );
+    fs.writeFileSync(path.join(specs, 'bad.json'), JSON.stringify({ 'boot-source': { kernel_image_path: PROBE }, 'machine-config': { vcpu_count: 64, mem_size_mib: 32 } }));
+    sup = up(specs);
+    await waitFor('steady running', () => ps().some((v) => v.id === 'steady' && v.state === 'running') && waiting('steady'));
+    const exits = await waitFor('four crashes', () => {
+      const e = sup.events.filter((x) => x.event === 'exited' && x.id === 'crash');
+      return e.length >= 4 && e;
+    });
+    expect(exits.every((e) => e.code === 1)).toBe(true);
+    // The waits before each restart: 300 ms, doubling, capped at 1200 ms.
+    expect(exits.slice(0, 4).map((e) => e.next_start_ms as number).map((ms) => Math.round(ms / 100) * 100)).toEqual([300, 600, 1200, 1200]);
+    expect(sup.events.some((e) => e.event === 'skipped' && /bad/.test(String(e.message)))).toBe(true);
+    expect(ps().some((v) => v.id === 'bad')).toBe(false);
+    expect(ps().find((v) => v.id === 'steady')!.state).toBe('running');
   }, 600_000);
 });
