@@ -153,6 +153,11 @@ export async function startDevices(
   const mmds = plan.mmds && { version: plan.mmds.version, ipv4Address: plan.mmds.ipv4Address, imdsCompat: plan.mmds.imdsCompat, data: mmdsData ?? {}, sizeLimit: mmdsSizeLimit };
   const control = createControlChannel(mmdsSizeLimit + 64 * 1024, eventfd());
   const thread = await startVmmThread({ memory: mem.describe(), devices: setups, mailbox, mailboxFd, stopFd: eventfd(), mmds, control, seccompFilter: vmmFilter, seccompFd: vmmFilter ? eventfd() : undefined, restore, ...monitor.shared() });
+  // process.exit waits for every worker thread to end, and this one sits in epoll_wait until told
+  // to stop: whatever path exits the process (a signal before the VM runs, a crash handler) tells it.
+  const stopOnExit = () => thread.stop();
+  process.on('exit', stopOnExit);
+  void thread.stopped.then(() => process.off('exit', stopOnExit));
   return { windows, thread, control: new ControlClient(control) };
 }
 
