@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest Linux kernel (vmlinux + bzImage) from Debian's linux-source package with the
-# config fragment beside this script, and a busybox initramfs from Debian's busybox-static.
+# config fragment and the kernel changes in patches/ beside this script (see emulating-host.json),
+# and a busybox initramfs from Debian's busybox-static.
 # Artifacts are cached outside git (FC_RUN_CACHE, default ~/.cache/fc-run) keyed by the kernel
 # version and the fragment's hash, then copied to guest/linux/build/.
 set -euo pipefail
@@ -11,7 +12,7 @@ series=6.1
 
 need=()
 dpkg -s "linux-source-$series" >/dev/null 2>&1 || need+=("linux-source-$series")
-for pkg in build-essential bc bison flex libelf-dev libssl-dev busybox-static cpio xz-utils; do
+for pkg in build-essential bc bison flex libelf-dev libssl-dev busybox-static cpio xz-utils patch; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -23,15 +24,23 @@ fi
 
 tarball=$(ls /usr/src/linux-source-$series.tar.xz)
 version=$(dpkg-query -W -f='${Version}' "linux-source-$series")
-key="$version-$(sha256sum "$here/microvm.config" | cut -c1-12)"
+# The kernel changes in patches/ (boot options that only act when given) are part of the key.
+patches=$(ls "$here"/patches/*.patch 2>/dev/null | sort || true)
+phash=$( (cat "$here/microvm.config"; for p in $patches; do cat "$p"; done) | sha256sum | cut -c1-12)
+key="$version-$phash"
 kdir="$cache/linux-$key"
 
 if [ ! -f "$kdir/vmlinux" ] || [ ! -f "$kdir/bzImage" ]; then
-  src="$cache/src-$version"
+  src="$cache/src-$version-$phash"
   if [ ! -d "$src" ]; then
     echo "extracting $tarball"
+    rm -rf "$src.tmp"
     mkdir -p "$src.tmp"
     tar -xf "$tarball" -C "$src.tmp" --strip-components=1
+    for p in $patches; do
+      echo "applying $(basename "$p")"
+      patch -s -p1 -d "$src.tmp" < "$p"
+    done
     mv "$src.tmp" "$src"
   fi
   obj="$cache/obj-$key"
@@ -71,4 +80,6 @@ fi
 mkdir -p "$out"
 cp "$kdir/vmlinux" "$kdir/bzImage" "$kdir/config" "$out/"
 cp "$ird/initramfs.cpio.gz" "$out/"
+# The /init of the root disk the device test builds (see spin-init.S).
+gcc -nostdlib -static -o "$out/spin-init" "$here/spin-init.S"
 echo "guest Linux ready in $out: $(ls "$out" | tr '\n' ' ')"

@@ -58,7 +58,7 @@ describeKvm('a real Linux kernel boots through fc-run', () => {
     const { plan } = JSON.parse(planned.stdout) as { plan: Plan & { kernel: { format: string } } };
     expect(plan.kernel.format).toBe(format);
 
-    const r = spawnSync(process.execPath, [BIN, spec], { encoding: 'utf8', timeout: 280_000, env: { ...process.env, NO_COLOR: '1' } });
+    const r = spawnSync(process.execPath, [BIN, spec], { encoding: 'utf8', timeout: 600_000, env: { ...process.env, NO_COLOR: '1' } });
     const out = r.stdout.replace(/\r/g, '');
 
     expect(out).toMatch(/^Linux version 6\.1\./m);
@@ -96,5 +96,5 @@ describeKvm('a real Linux kernel boots through fc-run', () => {
       expect(r.stderr).toMatch(/rip=0xffffffff8/);
       expect(r.status).toBe(1);
     }
-  }, 300_000);
+  }, 660_000);
 });
