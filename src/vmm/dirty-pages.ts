@@ -83,15 +83,23 @@ export class DirtyPages {
     this.restoredFrom = undefined;
   }
 
-  /** Pages written since the last call, by the guest (KVM's log) or the VMM; clears both. */
+  /**
+   * Pages written since the last snapshot that was written, by the guest (KVM's log) or the VMM.
+   * Reading KVM's log clears it, so what is read is kept here until a snapshot holding it is
+   * written: a snapshot that fails loses nothing for the next one.
+   */
+  private pending: Uint8Array[] | undefined;
+
   private drainLog(mem: GuestMemory): Uint8Array[] {
     const log = this.log!;
-    return log.slots.map((s, i) => {
+    const pending = (this.pending ??= log.slots.map((s) => new Uint8Array(Math.ceil(s.size / PAGE_SIZE))));
+    log.slots.forEach((s, i) => {
       const guest = log.vm.dirtyLog(s.slot, s.size);
       const vmm = mem.takeDirty(i);
-      for (let p = 0; p < guest.length; p++) guest[p] |= vmm[p];
-      return guest;
+      const into = pending[i];
+      for (let p = 0; p < into.length; p++) into[p] |= guest[p] | vmm[p];
     });
+    return pending.map((bits) => bits.slice());
   }
 
   /** The baseline's digests, computed when first needed. */
@@ -152,8 +160,9 @@ export class DirtyPages {
     this.baselined = true;
     this.closeRestored();
     if (this.log) {
-      // A Diff from the log already drained it; anything else starts the log afresh here.
-      if (changed?.digests !== undefined || changed === undefined) this.drainLog(mem);
+      // Everything written up to now is in this snapshot: start again from nothing.
+      this.drainLog(mem);
+      this.pending = undefined;
       return;
     }
     this.digests = changed?.digests ?? digestMemory(mem);

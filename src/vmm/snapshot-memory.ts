@@ -19,6 +19,8 @@ export interface MemoryFileReport {
 export interface PreparedFile {
   readonly fd: number;
   readonly target: string;
+  /** Flushes the new file to disk (commit does too). */
+  flush(): void;
   commit(): void;
   /** Removes the new file unless it was committed (safe to call after commit). */
   abort(): void;
@@ -55,12 +57,24 @@ export function prepareFile(target: string, what: string): PreparedFile {
     open = false;
     fs.closeSync(fd);
   };
+  let flushed = false;
+  const flush = () => {
+    if (flushed) return;
+    try {
+      fs.fdatasyncSync(fd);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new FcRunError('snapshot-write', `cannot write the ${what} ${target}: ${code ?? (err as Error).message}`);
+    }
+    flushed = true;
+  };
   return {
     fd,
     target,
+    flush,
     commit() {
+      flush();
       try {
-        fs.fdatasyncSync(fd);
         close();
         fs.renameSync(tmp, target);
         done = true;
@@ -79,6 +93,37 @@ export function prepareFile(target: string, what: string): PreparedFile {
       fs.rmSync(tmp, { force: true });
     },
   };
+}
+
+/**
+ * Puts two prepared files in place together (a snapshot's memory and state files): both are
+ * flushed first, then renamed; if the second rename fails the first target gets its old file back,
+ * so a failure never leaves a new file beside an old one.
+ */
+export function commitPair(first: PreparedFile, second: PreparedFile): void {
+  first.flush();
+  second.flush();
+  let backup: string | undefined;
+  if (fs.existsSync(first.target)) {
+    backup = path.join(path.dirname(first.target), `.fcrun${process.pid}-${++tmpCounter}.old`);
+    try {
+      fs.linkSync(first.target, backup);
+    } catch {
+      backup = undefined; // no hard links here: the pair is then only as safe as the renames
+    }
+  }
+  try {
+    first.commit();
+    try {
+      second.commit();
+    } catch (err) {
+      if (backup) fs.renameSync(backup, first.target);
+      backup = undefined;
+      throw err;
+    }
+  } finally {
+    if (backup) fs.rmSync(backup, { force: true });
+  }
 }
 
 /** Writes all of `bytes` at the start of a prepared file. */

@@ -10,7 +10,7 @@ import { VcpuRequest } from './shared';
 import { writeVmSnapshot } from './snapshot-file';
 import { DirtyMethod, DirtyPages } from './dirty-pages';
 import { DEVICES_STATE_FORMAT } from './devices-state';
-import { MemoryFileReport, PreparedFile, prepareFile, writeAll, writeMemoryFile } from './snapshot-memory';
+import { commitPair, MemoryFileReport, PreparedFile, prepareFile, writeAll, writeMemoryFile } from './snapshot-memory';
 import type { VmmThread } from './vmm-thread';
 
 /** PUT /snapshot/create, in fc-run's terms. */
@@ -108,8 +108,7 @@ export async function createSnapshot(s: SnapshotSubject, req: SnapshotRequest): 
     stateTmp = prepareFile(req.snapshotPath, 'snapshot file');
     memory = writeMemoryFile(s.mem, memTmp, { only: changed?.pages });
     writeAll(stateTmp, bytes);
-    memTmp.commit();
-    stateTmp.commit();
+    commitPair(memTmp, stateTmp);
   } finally {
     memTmp.abort();
     stateTmp?.abort();

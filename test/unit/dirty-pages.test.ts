@@ -1,4 +1,9 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { GuestMemory, PAGE_SIZE } from '../../src/kvm/memory';
+import { DirtyPages } from '../../src/vmm/dirty-pages';
+import { commitPair, prepareFile, writeAll } from '../../src/vmm/snapshot-memory';
 import { VirtQueue, VIRTQ_DESC_F_WRITE } from '../../src/devices/virtio/queue';
 
 const MiB = 1 << 20;
@@ -54,5 +59,71 @@ describe("the VMM's own writes into guest memory, for Diff snapshots with KVM's 
     q.push(chain.head, 10);
     expect(pagesOf(mem.takeDirty(0))).toEqual([0x3]);
     mem.release();
+  });
+});
+
+describe('Diff snapshots that fail lose nothing', () => {
+  test("with KVM's dirty log: pages read from the log stay pending until a snapshot holding them is written", () => {
+    const mem = GuestMemory.allocate([{ start: 0, size: MiB }]);
+    mem.enableDirtyTracking();
+    const pages = MiB / PAGE_SIZE;
+    // KVM's log as KVM_GET_DIRTY_LOG behaves: each read returns what was written since, and clears it.
+    let written = new Uint8Array(pages);
+    const vm = { dirtyLog: () => {
+      const out = written;
+      written = new Uint8Array(pages);
+      return out;
+    } };
+    const dirty = new DirtyPages(undefined, { vm: vm as never, slots: [{ slot: 0, size: MiB }] });
+    dirty.snapshotWritten(mem); // a Full: the baseline
+    written[3] = 1;
+    mem.markDirty(7 * PAGE_SIZE, 1);
+    expect(pagesOf(dirty.changed(mem).pages[0])).toEqual([3, 7]);
+    // That Diff was never written (a bad path, a full disk): the next one still holds its pages.
+    written[9] = 1;
+    const again = dirty.changed(mem);
+    expect(again.method).toBe("KVM's dirty log and the VMM's own writes");
+    expect(pagesOf(again.pages[0])).toEqual([3, 7, 9]);
+    dirty.snapshotWritten(mem, again);
+    expect(pagesOf(dirty.changed(mem).pages[0])).toEqual([]);
+    mem.release();
+  });
+});
+
+describe('the memory and state files of a snapshot go in place together', () => {
+  let dir: string;
+  beforeEach(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-pair-'))));
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  test('when the state file cannot be renamed into place, the old memory file comes back and nothing is left behind', () => {
+    const mem = path.join(dir, 'vm.mem');
+    const snap = path.join(dir, 'vm.snap');
+    fs.writeFileSync(mem, 'old memory');
+    const m = prepareFile(mem, 'memory file');
+    const st = prepareFile(snap, 'snapshot file');
+    writeAll(m, Buffer.from('new memory'));
+    writeAll(st, Buffer.from('new state'));
+    fs.mkdirSync(snap); // the state file's rename now fails (a directory is in the way)
+    fs.writeFileSync(path.join(snap, 'x'), '');
+    try {
+      expect(() => commitPair(m, st)).toThrow(/cannot write the snapshot file/);
+    } finally {
+      m.abort();
+      st.abort();
+    }
+    expect(fs.readFileSync(mem, 'utf8')).toBe('old memory');
+    expect(fs.readdirSync(dir).sort()).toEqual(['vm.mem', 'vm.snap']);
+  });
+
+  test('both written: both in place', () => {
+    const m = prepareFile(path.join(dir, 'vm.mem'), 'memory file');
+    const st = prepareFile(path.join(dir, 'vm.snap'), 'snapshot file');
+    writeAll(m, Buffer.from('memory'));
+    writeAll(st, Buffer.from('state'));
+    commitPair(m, st);
+    m.abort();
+    st.abort();
+    expect(fs.readdirSync(dir).sort()).toEqual(['vm.mem', 'vm.snap']);
+    expect(fs.readFileSync(path.join(dir, 'vm.snap'), 'utf8')).toBe('state');
   });
 });
