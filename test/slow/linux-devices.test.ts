@@ -4,6 +4,9 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { createSealedNetns, SealedNetns } from '../helpers/netns';
+import { KVM } from '../../src/kvm/ioctls';
+import { Kvm } from '../../src/kvm/kvm';
+import { sys } from '../../src/kvm/libc';
 import { Workspace } from '../helpers/specs';
 
 /**
@@ -58,6 +61,22 @@ afterAll(() => {
   ws?.remove();
 });
 
+/** The TSC rate KVM gives a vCPU on this host (KVM_GET_TSC_KHZ), for the profile's tsc_early_khz. */
+function hostTscKhz(): number {
+  const kvm = new Kvm();
+  const vm = kvm.createVm();
+  const vcpu = vm.createVcpu(0);
+  try {
+    const khz = sys.ioctlInt(vcpu.fd, KVM.GET_TSC_KHZ, 0);
+    if (khz <= 0) throw new Error('KVM_GET_TSC_KHZ failed: the profile needs the host TSC rate');
+    return khz;
+  } finally {
+    sys.close(vcpu.fd);
+    sys.close(vm.fd);
+    kvm.close();
+  }
+}
+
 /** A root disk: ext4 holding /init (and the directories the kernel mounts on). */
 function rootDisk(): string {
   const dir = path.join(ws.dir, 'rootfs');
@@ -87,7 +106,7 @@ describeKvm('Linux drives fc-run devices with its own drivers', () => {
     const spec = ws.write('linux-devices.json', {
       'boot-source': {
         kernel_image_path: path.join(BUILD, 'vmlinux'),
-        boot_args: ['console=ttyS0', 'reboot=k', 'panic=1', 'init=/init', `ip=${GUEST_IP}::${HOST_IP}:255.255.255.0::eth0:off`, ...profile.bootArgs.map((a) => a.arg)].join(' '),
+        boot_args: ['console=ttyS0', 'reboot=k', 'panic=1', 'init=/init', `ip=${GUEST_IP}::${HOST_IP}:255.255.255.0::eth0:off`, ...profile.bootArgs.map((a) => a.arg.replace('{hostTscKhz}', String(hostTscKhz())))].join(' '),
       },
       'machine-config': { vcpu_count: VCPUS, mem_size_mib: 128 },
       'cpu-config': path.join(LINUX, profile.cpuConfig),
