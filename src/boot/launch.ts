@@ -231,6 +231,18 @@ function protectedPaths(plan: BootPlan, opts: LaunchOptions): { path: string; wh
   ];
 }
 
+/**
+ * What this KVM can save of a vCPU, read while /dev/kvm may still be asked anything (before the
+ * seccomp filters). A KVM that cannot snapshot still runs the VM; taking a snapshot then says why not.
+ */
+function snapshotsOf(kvm: Kvm): { support?: VcpuStateSupport; problem?: string } {
+  try {
+    return { support: vcpuStateSupport(kvm) };
+  } catch (err) {
+    return { problem: (err as Error).message };
+  }
+}
+
 /** What restoring a snapshot hands to the machine start on top of what a boot does. */
 export interface RestoredParts {
   /** Device states (the VMM thread applies them before serving anything). */
@@ -252,6 +264,8 @@ interface Machine {
   restored?: RestoredParts;
   /** With track_dirty_pages: KVM's dirty log to use, or why it is not used. */
   dirtyLog?: DirtyLogChoice;
+  /** snapshotsOf(kvm), when the caller has it already (a restore). */
+  snapshots?: { support?: VcpuStateSupport; problem?: string };
 }
 
 /**
@@ -262,15 +276,7 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
   const { vm, mem, vcpus, plan } = m;
   const monitor = opts.monitor ?? monitorFor(plan, {});
   const vmmFilter = opts.seccomp === false ? undefined : opts.threadFilters?.vmm;
-  // Read now, while /dev/kvm may still be asked anything: what a vCPU's saved state holds. A KVM
-  // that cannot snapshot still runs the VM; taking a snapshot then says why not.
-  let snapshotSupport: VcpuStateSupport | undefined;
-  let noSnapshots: string | undefined;
-  try {
-    snapshotSupport = vcpuStateSupport(m.kvm);
-  } catch (err) {
-    noSnapshots = (err as Error).message;
-  }
+  const { support: snapshotSupport, problem: noSnapshots } = m.snapshots ?? snapshotsOf(m.kvm);
   // track_dirty_pages: what each snapshot held, so that a Diff holds only what changed since.
   const dirty = plan.memory.trackDirtyPages ? new DirtyPages(m.restored?.memFd, m.dirtyLog && 'vm' in m.dirtyLog ? m.dirtyLog : undefined) : undefined;
   if (m.dirtyLog) {
@@ -364,15 +370,11 @@ export async function restoreSnapshot(snapshot: VmSnapshot, memFile: string, pla
   if (!keepFd) fs.closeSync(fd);
   const { kvm, vm } = machine;
   const dirtyLog = registerMemory(kvm, vm, mem, plan);
-  let support: VcpuStateSupport | undefined;
-  try {
-    support = vcpuStateSupport(kvm);
-  } catch {
-    support = undefined; // restoring needs none of it; a KVM without it refuses the parts itself
-  }
+  // Restoring needs none of it (a KVM without it refuses the parts itself); snapshots of the restored VM do.
+  const snapshots = snapshotsOf(kvm);
   const vcpus = Array.from({ length: plan.vcpus.count }, (_, i) => vm.createVcpu(i));
-  vcpus.forEach((v, i) => restoreVcpuState(v, snapshot.vcpus[i], support));
+  vcpus.forEach((v, i) => restoreVcpuState(v, snapshot.vcpus[i], snapshots.support));
   // After the vCPUs: setting kvm-clock updates each vCPU's clock page, which their state would overwrite.
   restoreVmState(vm, snapshot.vm);
-  return runMachine({ kvm, vm, mem, vcpus, plan, restored: { devices: snapshot.devices, legacy: snapshot.legacy, paused, memFd: keepFd ? fd : undefined }, dirtyLog }, opts);
+  return runMachine({ kvm, vm, mem, vcpus, plan, restored: { devices: snapshot.devices, legacy: snapshot.legacy, paused, memFd: keepFd ? fd : undefined }, dirtyLog, snapshots }, opts);
 }

@@ -23,7 +23,6 @@ const DECLARATIONS = {
   mmap: ['void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)'],
   munmap: ['int munmap(void *addr, size_t len)'],
   madvise: ['int madvise(void *addr, size_t len, int advice)'],
-  mincore: ['int mincore(void *addr, size_t len, void *vec)'],
   lseek: ['int64_t lseek(int fd, int64_t off, int whence)'],
   eventfd: ['int eventfd(unsigned int initval, int flags)'],
   write: ['long write(int fd, const void *buf, size_t count)'],

@@ -211,18 +211,6 @@ export class GuestMemory {
 
 
   /**
-   * Which pages of region `index` are resident (mincore): one byte per page, bit 0 set when the
-   * page is in memory. Pages of anonymous memory the guest never touched are not, so a memory file
-   * can leave them out (as holes).
-   */
-  residentPages(index: number): Uint8Array {
-    const r = this.regions[index];
-    const vec = Buffer.alloc(Math.ceil(r.size / PAGE_SIZE));
-    if (sys.mincore(sys.pointerAt(r.hostAddr, r.hostAddr, 0), r.size, vec) < 0) throw new SyscallError('mincore', errno(), `guest region at 0x${r.guestAddr.toString(16)}`);
-    return vec;
-  }
-
-  /**
    * Which pages of region `index` may hold something other than zeros: one byte per page, 1 when
    * it may. Anonymous memory: pages present or swapped out (/proc/self/pagemap), since a page the
    * guest never touched reads as zeros. Memory mapped from a file: every page (an untouched page

@@ -59,20 +59,17 @@ export function digestMemory(mem: GuestMemory): Buffer[] {
 
 export class DirtyPages {
   private digests: Buffer[] | undefined;
-  private method: DirtyMethod;
-
-  /**
-   * `restoredFrom`: an open memory file the VM was restored from (its pages are the baseline until
-   * the first snapshot; the tracker closes it then). Without it, the baseline is memory at start.
-   */
   /** Whether there is a snapshot or restored memory file to compare with (the log then applies). */
   private baselined: boolean;
 
+  /**
+   * `restoredFrom`: an open memory file the VM was restored from (its pages are the baseline until
+   * the first snapshot; the tracker closes it then). Without it, the baseline is zeroed memory.
+   */
   constructor(
     private restoredFrom?: number,
     private readonly log?: { vm: Vm; slots: { slot: number; size: number }[] },
   ) {
-    this.method = restoredFrom === undefined ? 'no earlier snapshot: every page that holds data' : 'compared with the restored memory file';
     this.baselined = restoredFrom !== undefined;
     if (log && restoredFrom !== undefined) this.closeRestored(); // the log starts at the restore
   }
@@ -128,6 +125,12 @@ export class DirtyPages {
     });
   }
 
+  /** What the digests are compared with. */
+  private get method(): DirtyMethod {
+    if (this.digests) return 'compared with the last snapshot';
+    return this.restoredFrom === undefined ? 'no earlier snapshot: every page that holds data' : 'compared with the restored memory file';
+  }
+
   /** The pages that differ from the baseline. */
   changed(mem: GuestMemory): ChangedPages {
     if (this.log && this.baselined) {
@@ -166,6 +169,5 @@ export class DirtyPages {
       return;
     }
     this.digests = changed?.digests ?? digestMemory(mem);
-    this.method = 'compared with the last snapshot';
   }
 }

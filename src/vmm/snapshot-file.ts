@@ -97,9 +97,6 @@ export function encodeSnapshotFile(s: VmSnapshot): Buffer {
   return Buffer.concat([prefix, body, digest]);
 }
 
-/** Same as encodeSnapshotFile; the name the snapshot writer uses. */
-export const writeVmSnapshot = encodeSnapshotFile;
-
 type Fail = (where: string, what: string) => never;
 
 
@@ -212,9 +209,6 @@ export function decodeSnapshotFile(buf: Uint8Array, source: string): VmSnapshot 
   const legacy = r.obj(top.legacy, 'legacy', ['serial', 'i8042']);
   return { header, vcpus, vm, devices: top.devices, legacy: { serial: legacy.serial, i8042: legacy.i8042 } };
 }
-
-/** Same as decodeSnapshotFile; the name restore uses. */
-export const readVmSnapshot = decodeSnapshotFile;
 
 /** The format version as Firecracker's --snapshot-version prints its own: "v1.0.0". */
 export function snapshotVersionText(format = SNAPSHOT_FORMAT): string {

@@ -7,7 +7,7 @@ import { saveVmState } from '../kvm/snapshot-state';
 import type { VcpuState } from '../kvm/state-abi';
 import type { MicroVm } from './microvm';
 import { VcpuRequest } from './shared';
-import { writeVmSnapshot } from './snapshot-file';
+import { encodeSnapshotFile } from './snapshot-file';
 import { DirtyMethod, DirtyPages } from './dirty-pages';
 import { DEVICES_STATE_FORMAT } from './devices-state';
 import { commitPair, MemoryFileReport, PreparedFile, prepareFile, writeAll, writeMemoryFile } from './snapshot-memory';
@@ -79,7 +79,7 @@ export async function createSnapshot(s: SnapshotSubject, req: SnapshotRequest): 
   const vm = saveVmState(s.vm);
   const devices = s.vmmThread ? await s.vmmThread.saveDevices() : { format: DEVICES_STATE_FORMAT, devices: [], mmds: null };
   const legacy = s.micro.saveLegacyState();
-  const bytes = writeVmSnapshot({
+  const bytes = encodeSnapshotFile({
     header: {
       fcRunVersion: PACKAGE_VERSION,
       planHash: s.planHash,
