@@ -80,7 +80,6 @@ export async function restoreCommand(io: Io, args: ParsedArgs, startNs: bigint):
     const threadFilters = threadFiltersOf(o);
     const snapshot = readSnapshotFile(path.resolve(file));
     const stored = checkSnapshot(snapshot, file);
-    if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(stored.vcpus.count);
     if (o.spec !== undefined) {
       const planned = planRunnable(loadSpecFile(o.spec as string, loadOptionsOf(args)));
       if (canonicalJson(planWithoutBackends(planned.plan)) !== canonicalJson(planWithoutBackends(stored))) {
@@ -88,6 +87,8 @@ export async function restoreCommand(io: Io, args: ParsedArgs, startNs: bigint):
       }
     }
     const plan = applyOverrides(stored, overrides);
+    // Only once nothing is left to refuse: no vCPU thread is starting while fc-run exits 2.
+    if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(plan.vcpus.count);
     reportStatus(io, rep, 'restoring', `${file}: taken ${snapshot.header.createdAt} from plan ${snapshot.header.planHash}, ${plan.vcpus.count} vCPU(s), ${plan.memory.sizeMib} MiB${resume ? '' : ', paused'}`, {
       plan_hash: snapshot.header.planHash,
       created_at: snapshot.header.createdAt,
