@@ -46,6 +46,7 @@ const DECLARATIONS = {
   epollCreate1: ['int epoll_create1(int flags)'],
   epollCtl: ['int epoll_ctl(int epfd, int op, int fd, void *event)'],
   epollWait: ['int epoll_wait(int epfd, void *events, int maxevents, int timeout)'],
+  exit: ['void _exit(int status)'],
   /** Identity on the address: turns an address (from another thread) back into a koffi pointer. */
   pointerAt: ['memcpy', 'void *', ['uintptr_t', 'uintptr_t', 'size_t']],
 } as const;
@@ -121,6 +122,12 @@ export function closeOnExecAll(): void {
     const fd = Number(name);
     if (fd > 2) sys.fcntl(fd, F_SETFD, FD_CLOEXEC);
   }
+}
+
+/** Ends the process at once with `status` (libc's `_exit`: no atexit handlers, no thread teardown). */
+export function hardExit(status: number): never {
+  sys.exit(status);
+  throw new Error('_exit returned');
 }
 
 /** The calling thread's kernel id. */

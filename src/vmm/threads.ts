@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import { PACKAGE_ROOT, VCPU_WORKER_SCRIPT } from '../package-root';
+import { hardExit } from '../kvm/libc';
 
 /**
  * What a thread runs (`new Worker(code, { eval: true })`) to load its bundle (dist/bundle/, one
@@ -14,7 +15,41 @@ export function threadLoaderCode(bundle: string): string {
   return `require(${loader}).loadBundle(${file}, require('node:module').createRequire(${file}));`;
 }
 
-const VCPU_THREAD_CODE = threadLoaderCode(VCPU_WORKER_SCRIPT);
+/** Whether this process has started a thread (see {@link exitProcess}). */
+let threadsStarted = false;
+
+/** Starts a thread running `bundle`; every thread fc-run starts goes through here. */
+export function startThread(bundle: string, name: string, workerData?: object): Worker {
+  threadsStarted = true;
+  return new Worker(threadLoaderCode(bundle), { eval: true, name, workerData });
+}
+
+/**
+ * Ends the process with `code`, as process.exit does ('exit' listeners run: the exit record, the
+ * last metrics line), but without Node's teardown of the threads when fc-run started any.
+ * process.exit stops each thread by terminating its JavaScript and then joins it. A thread
+ * stopped that way while it is inside a koffi call (loading koffi itself, defining its structs,
+ * setting up a vCPU) aborts the whole process with a fatal error (SIGABRT) instead of giving
+ * `code`: seen when a spec was refused or a signal came while a vCPU thread started ahead of need
+ * was still loading, and reproduced by exiting at random moments after starting threads. A thread
+ * blocked in a system call (KVM_RUN, epoll_wait) also holds up the join. So once threads exist the
+ * last step, Node's `process.reallyExit`, becomes libc's `_exit`: the kernel ends every thread at
+ * once, and nothing is lost, since fc-run writes its output and files synchronously.
+ */
+export function exitProcess(code: number): void {
+  if (threadsStarted) {
+    const proc = process as unknown as { reallyExit: (code?: number) => void };
+    const nodeExit = proc.reallyExit.bind(process);
+    proc.reallyExit = (c?: number) => {
+      try {
+        hardExit(c ?? 0);
+      } catch {
+        nodeExit(c); // koffi could not be loaded: Node's own way out
+      }
+    };
+  }
+  process.exit(code);
+}
 
 /**
  * vCPU threads started ahead of need. A new worker takes tens of milliseconds to load its
@@ -24,7 +59,7 @@ const VCPU_THREAD_CODE = threadLoaderCode(VCPU_WORKER_SCRIPT);
 const idle: Worker[] = [];
 
 function spawn(): Worker {
-  const w = new Worker(VCPU_THREAD_CODE, { eval: true, name: 'vcpu' });
+  const w = startThread(VCPU_WORKER_SCRIPT, 'vcpu');
   w.unref();
   return w;
 }

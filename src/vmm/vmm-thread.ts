@@ -1,14 +1,11 @@
-import { Worker } from 'node:worker_threads';
 import { FcRunError } from '../errors';
 import type { SnapshotReply, VmmMessage, VmmWorkerData } from './vmm-worker';
 import type { DevicesState } from './devices-state';
 import { signalEventfd } from './event-loop';
-import { threadLoaderCode } from './threads';
+import { startThread } from './threads';
 import { VMM_WORKER_SCRIPT } from '../package-root';
 import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError } from '../kvm/libc';
 import { createSnapshotChannel, SNAPSHOT_OP } from './snapshot-channel';
-
-const VMM_THREAD_CODE = threadLoaderCode(VMM_WORKER_SCRIPT);
 
 export interface VmmThread {
   /** Ends the VMM thread's loop. */
@@ -56,7 +53,7 @@ export function startVmmThread(data: VmmWorkerData): Promise<VmmThread> {
   const snapshot = data.snapshot ?? createSnapshotChannel(eventfd());
   const command = new Int32Array(snapshot.command);
   return new Promise((resolve, reject) => {
-    const w = new Worker(VMM_THREAD_CODE, { eval: true, workerData: { ...data, snapshot } satisfies VmmWorkerData, name: 'vmm' });
+    const w = startThread(VMM_WORKER_SCRIPT, 'vmm', { ...data, snapshot } satisfies VmmWorkerData);
     let resolveStopped: (c: Record<string, unknown>) => void = () => undefined;
     const stopped = new Promise<Record<string, unknown>>((r) => (resolveStopped = r));
     let ready = false;
