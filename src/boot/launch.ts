@@ -17,6 +17,7 @@ import type { DevicesState } from '../vmm/devices-state';
 import type { VirtioWindows } from '../vmm/vcpu-worker';
 import { MMIO } from '../devices/virtio/mmio';
 export { prewarmVcpuThreads } from '../vmm/threads';
+import { vcpuThreadsMode } from '../vmm/threads';
 import type { BootPlan, RateLimiterPlan } from './plan';
 import type { RateLimiterConfig } from '../limits/token-bucket';
 import { prepareGuestMemory } from './structures';
@@ -306,6 +307,7 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
       legacy: m.restored?.legacy,
       startPaused: m.restored?.paused,
       snapshotSupport,
+      vcpuThreads: vcpuThreadsMode(),
     });
     // A restored VMM thread starts paused; one that is to run is resumed before any vCPU is.
     if (m.restored && !m.restored.paused) await virtio.thread?.resume();

@@ -1,6 +1,7 @@
 import type { Worker } from 'node:worker_threads';
 import { FcRunError } from '../errors';
 import type { Vcpu, Vm } from '../kvm/kvm';
+import { VcpuThreadGroup } from '../kvm/vcpu-threads';
 import * as os from 'node:os';
 import { writeSync } from 'node:fs';
 import { LogLevel } from '../monitor/logger';
@@ -39,7 +40,15 @@ export interface MicroVmOptions {
   startPaused?: boolean;
   /** What this host's KVM can save of a vCPU (for snapshots). */
   snapshotSupport?: VcpuStateSupport;
+  /**
+   * How vCPUs run: 'worker', a worker thread (a V8 isolate) per vCPU calling KVM_RUN itself;
+   * 'native', a native thread per vCPU (native/vcpu-threads.c) and one worker for every vCPU's
+   * exits. Default 'worker'.
+   */
+  vcpuThreads?: VcpuThreadsMode;
 }
+
+export type VcpuThreadsMode = 'worker' | 'native';
 
 /** The legacy devices' register state (checked when it is loaded: it may come from a file). */
 export interface LegacyState {
@@ -78,6 +87,8 @@ export class MicroVm {
   private pausing: Promise<void> | undefined;
   private paused = false;
   private answers = new Map<number, (a: VcpuAnswer) => void>();
+  /** The native vCPU threads' futex group ('native' mode), poked whenever the control words change. */
+  private readonly group: VcpuThreadGroup | undefined;
 
   constructor(
     vm: Vm,
@@ -90,6 +101,7 @@ export class MicroVm {
       control: new SharedArrayBuffer(4 * CONTROL_WORDS),
     };
     this.control = new Int32Array(this.shared.control);
+    this.group = opts.vcpuThreads === 'native' ? VcpuThreadGroup.create() : undefined;
     if (opts.legacy) {
       Serial8250.restoreState(this.shared.serial, opts.legacy.serial, 'legacy.serial');
       I8042.restoreState(this.shared.i8042, opts.legacy.i8042, 'legacy.i8042');
@@ -126,6 +138,7 @@ export class MicroVm {
   private wakeParked(): void {
     Atomics.add(this.control, CONTROL.WAKE, 1);
     Atomics.notify(this.control, CONTROL.WAKE);
+    this.group?.poke();
   }
 
   /** The legacy devices' register state (the VM must be paused). */
@@ -309,23 +322,23 @@ export class MicroVm {
         // A signal can land just before a thread blocks; kicking again until all threads end is cheap.
         kickTimer = setInterval(() => this.kick(), 20);
       };
-      for (const vcpu of this.vcpus) {
-        const data: VcpuWorkerData = {
-          id: vcpu.id,
-          fd: vcpu.fd,
-          mmapSize: vcpu.mmapSize,
-          shared: this.shared,
-          serialOutFd: this.opts.serialOutFd,
-          serialIrqFd: this.serialIrqFd,
-          keyboardIrqFd: this.keyboardIrqFd,
-          launchStartNs: this.opts.launchStartNs.toString(),
-          ports: { serial: this.opts.ports.serial, i8042: this.opts.ports.i8042, bootTimer: this.opts.ports.bootTimer },
-          virtio: this.opts.virtio,
-          seccompFilter: this.opts.vcpuSeccompFilter,
-          snapshotSupport: this.opts.snapshotSupport,
-          ...this.opts.monitor.shared(),
-        };
-        const w = takeVcpuThread();
+      const dataOf = (vcpu: Vcpu): VcpuWorkerData => ({
+        id: vcpu.id,
+        fd: vcpu.fd,
+        mmapSize: vcpu.mmapSize,
+        shared: this.shared,
+        serialOutFd: this.opts.serialOutFd,
+        serialIrqFd: this.serialIrqFd,
+        keyboardIrqFd: this.keyboardIrqFd,
+        launchStartNs: this.opts.launchStartNs.toString(),
+        ports: { serial: this.opts.ports.serial, i8042: this.opts.ports.i8042, bootTimer: this.opts.ports.bootTimer },
+        virtio: this.opts.virtio,
+        seccompFilter: this.opts.vcpuSeccompFilter,
+        snapshotSupport: this.opts.snapshotSupport,
+        ...this.opts.monitor.shared(),
+      });
+      /** A thread that handles the exits of vCPU `first` (and, native, of every other vCPU too). */
+      const watch = (w: Worker, first: number, what: string) => {
         w.on('message', (m: VcpuMessage) => {
           if (m.kind === 'ready') {
             tids.set(m.vcpu, m.tid);
@@ -342,7 +355,7 @@ export class MicroVm {
           } else finish(m);
         });
         w.on('error', (err) => {
-          if (!stop) finish({ kind: 'stop', vcpu: vcpu.id, reason: 'vmm-error', detail: `vCPU ${vcpu.id} thread crashed: ${err.stack ?? err}` });
+          if (!stop) finish({ kind: 'stop', vcpu: first, reason: 'vmm-error', detail: `${what} crashed: ${err.stack ?? err}` });
         });
         w.on('exit', () => {
           running--;
@@ -355,7 +368,19 @@ export class MicroVm {
           }
         });
         this.workers.push(w);
-        w.postMessage({ kind: 'start', data });
+      };
+      if (this.group) {
+        // Every vCPU on a native thread of its own, their exits handled by one worker.
+        running = 1;
+        const w = takeVcpuThread();
+        watch(w, this.vcpus[0].id, 'the vCPU exit thread');
+        w.postMessage({ kind: 'start-all', data: this.vcpus.map(dataOf), group: this.group.address, kickSignal: os.constants.signals[VCPU_KICK_SIGNAL] });
+      } else {
+        for (const vcpu of this.vcpus) {
+          const w = takeVcpuThread();
+          watch(w, vcpu.id, `vCPU ${vcpu.id} thread`);
+          w.postMessage({ kind: 'start', data: dataOf(vcpu) });
+        }
       }
     });
   }

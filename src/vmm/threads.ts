@@ -2,6 +2,7 @@ import { Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import { PACKAGE_ROOT, VCPU_WORKER_SCRIPT } from '../package-root';
 import { hardExit } from '../kvm/libc';
+import { FcRunError } from '../errors';
 
 /**
  * What a thread runs (`new Worker(code, { eval: true })`) to load its bundle (dist/bundle/, one
@@ -65,6 +66,8 @@ function spawn(): Worker {
 }
 
 export function prewarmVcpuThreads(count: number): void {
+  // With native vCPU threads, one worker handles every vCPU's exits.
+  if (vcpuThreadsMode() === 'native') count = Math.min(count, 1);
   while (idle.length < count) idle.push(spawn());
 }
 
@@ -73,4 +76,15 @@ export function takeVcpuThread(): Worker {
   const w = idle.shift() ?? spawn();
   w.ref();
   return w;
+}
+
+/**
+ * How vCPUs run (MicroVmOptions.vcpuThreads): FC_RUN_VCPU_THREADS=native puts each vCPU on a
+ * native thread with one worker for all their exits; unset or "worker", a worker per vCPU.
+ */
+export function vcpuThreadsMode(): 'worker' | 'native' {
+  const v = process.env.FC_RUN_VCPU_THREADS;
+  if (v === undefined || v === '' || v === 'worker') return 'worker';
+  if (v === 'native') return 'native';
+  throw new FcRunError('bad-environment', `FC_RUN_VCPU_THREADS is "${v}": it can be "worker" (a worker thread per vCPU, the default) or "native" (a native thread per vCPU)`);
 }

@@ -1,0 +1,202 @@
+// Native vCPU threads for fc-run (loaded with koffi by src/kvm/vcpu-threads.ts).
+//
+// Each vCPU gets a plain pthread whose only job is KVM_RUN: it enters the guest when told, and
+// when KVM returns it publishes the result and wakes the one JavaScript thread that handles every
+// vCPU's exits. A thread costs a small stack instead of a V8 isolate (about 10 MiB each). The
+// handshake is two futex words per vCPU and one per group, no file descriptors:
+//
+//   JavaScript                         vCPU thread
+//   fcv_vcpu_run(v): state = RUNNING ->  wakes, ioctl(KVM_RUN), result = ret or -errno,
+//                                        state = IDLE, group seq++ (wakes fcv_group_wait)
+//   fcv_group_wait(g, seen, ms)  <-
+//   reads the exit from kvm_run, handles it, fcv_vcpu_run(v) again ...
+//
+// The thread blocks every signal but the kick signal, so a kick (tgkill) lands on it and makes
+// KVM_RUN return EINTR; the process's handler for that signal (Node's) only records it. An
+// optional seccomp filter is installed by the thread itself before it first enters the guest.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/filter.h>
+#include <linux/futex.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FCV_KVM_RUN 0xAE80
+
+enum { FCV_STARTING = 0, FCV_IDLE = 1, FCV_RUNNING = 2, FCV_QUIT = 3, FCV_DONE = 4 };
+
+struct fcv_group {
+  uint32_t seq;     // bumped on every vCPU event (exit, start, end) and by fcv_group_poke
+  uint32_t waiters; // JavaScript threads inside fcv_group_wait
+};
+
+struct fcv_vcpu {
+  struct fcv_group *group;
+  int fd;
+  int kick_signal;
+  uint32_t state;
+  int tid;
+  long result; // KVM_RUN's return value, or -errno
+  int filter_error; // errno of a seccomp filter that could not be installed (the thread then ends)
+  struct sock_fprog filter;
+  pthread_t thread;
+};
+
+static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *timeout) {
+  return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
+}
+
+static void bump(struct fcv_group *g) {
+  __atomic_add_fetch(&g->seq, 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&g->waiters, __ATOMIC_SEQ_CST) != 0) futex(&g->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+}
+
+static void set_state(struct fcv_vcpu *v, uint32_t s) {
+  __atomic_store_n(&v->state, s, __ATOMIC_SEQ_CST);
+  futex(&v->state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+}
+
+static void *vcpu_main(void *arg) {
+  struct fcv_vcpu *v = arg;
+  sigset_t set;
+  sigfillset(&set);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  sigemptyset(&set);
+  sigaddset(&set, v->kick_signal);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  v->tid = (int)syscall(SYS_gettid);
+  if (v->filter.len > 0) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &v->filter) != 0) {
+      v->filter_error = errno;
+      __atomic_store_n(&v->state, FCV_DONE, __ATOMIC_SEQ_CST);
+      bump(v->group);
+      return NULL;
+    }
+  }
+  __atomic_store_n(&v->state, FCV_IDLE, __ATOMIC_SEQ_CST);
+  bump(v->group);
+  for (;;) {
+    uint32_t s;
+    while ((s = __atomic_load_n(&v->state, __ATOMIC_SEQ_CST)) == FCV_IDLE) futex(&v->state, FUTEX_WAIT_PRIVATE, FCV_IDLE, NULL);
+    if (s != FCV_RUNNING) break;
+    long r = ioctl(v->fd, FCV_KVM_RUN, 0);
+    v->result = r < 0 ? -(long)errno : r;
+    // Only this thread leaves RUNNING; a QUIT set meanwhile is seen at the top of the loop.
+    uint32_t running = FCV_RUNNING;
+    __atomic_compare_exchange_n(&v->state, &running, FCV_IDLE, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    bump(v->group);
+  }
+  __atomic_store_n(&v->state, FCV_DONE, __ATOMIC_SEQ_CST);
+  bump(v->group);
+  return NULL;
+}
+
+struct fcv_group *fcv_group_new(void) {
+  return calloc(1, sizeof(struct fcv_group));
+}
+
+void fcv_group_free(struct fcv_group *g) {
+  free(g);
+}
+
+uint32_t fcv_group_seq(struct fcv_group *g) {
+  return __atomic_load_n(&g->seq, __ATOMIC_SEQ_CST);
+}
+
+// Wakes fcv_group_wait (another thread has something for the JavaScript thread to look at).
+void fcv_group_poke(struct fcv_group *g) {
+  bump(g);
+}
+
+// Waits until the group's sequence differs from `seen` or `timeout_ms` passes; returns it.
+uint32_t fcv_group_wait(struct fcv_group *g, uint32_t seen, int timeout_ms) {
+  struct timespec ts = { timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L };
+  __atomic_add_fetch(&g->waiters, 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&g->seq, __ATOMIC_SEQ_CST) == seen) futex(&g->seq, FUTEX_WAIT_PRIVATE, seen, &ts);
+  __atomic_sub_fetch(&g->waiters, 1, __ATOMIC_SEQ_CST);
+  return __atomic_load_n(&g->seq, __ATOMIC_SEQ_CST);
+}
+
+// Starts the thread of vCPU `id` (named "fc_vcpu <id>", as Firecracker names its) on KVM vCPU `fd`. `filter`/`filter_len`: a classic BPF program (sock_filter
+// array, copied) for the thread's own seccomp filter, or NULL/0. Returns NULL and sets errno if no
+// thread could be made.
+struct fcv_vcpu *fcv_vcpu_start(struct fcv_group *g, int id, int fd, int kick_signal, const void *filter, int filter_len, int stack_kib) {
+  struct fcv_vcpu *v = calloc(1, sizeof(struct fcv_vcpu));
+  if (!v) return NULL;
+  v->group = g;
+  v->fd = fd;
+  v->kick_signal = kick_signal;
+  if (filter && filter_len > 0) {
+    v->filter.filter = malloc((size_t)filter_len * sizeof(struct sock_filter));
+    if (!v->filter.filter) {
+      free(v);
+      errno = ENOMEM;
+      return NULL;
+    }
+    memcpy(v->filter.filter, filter, (size_t)filter_len * sizeof(struct sock_filter));
+    v->filter.len = (unsigned short)filter_len;
+  }
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  if (stack_kib > 0) pthread_attr_setstacksize(&attr, (size_t)stack_kib * 1024);
+  int err = pthread_create(&v->thread, &attr, vcpu_main, v);
+  pthread_attr_destroy(&attr);
+  if (err != 0) {
+    free(v->filter.filter);
+    free(v);
+    errno = err;
+    return NULL;
+  }
+  char name[16];
+  snprintf(name, sizeof name, "fc_vcpu %d", id);
+  pthread_setname_np(v->thread, name);
+  return v;
+}
+
+int fcv_vcpu_state(struct fcv_vcpu *v) {
+  return (int)__atomic_load_n(&v->state, __ATOMIC_SEQ_CST);
+}
+
+int fcv_vcpu_tid(struct fcv_vcpu *v) {
+  return v->tid;
+}
+
+long fcv_vcpu_result(struct fcv_vcpu *v) {
+  return v->result;
+}
+
+int fcv_vcpu_filter_error(struct fcv_vcpu *v) {
+  return v->filter_error;
+}
+
+// Enters the guest once; 0, or -1 if the thread is not idle (starting, running, quitting or done).
+int fcv_vcpu_run(struct fcv_vcpu *v) {
+  uint32_t idle = FCV_IDLE;
+  if (!__atomic_compare_exchange_n(&v->state, &idle, FCV_RUNNING, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return -1;
+  futex(&v->state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+  return 0;
+}
+
+// Tells the thread to end once it is out of KVM_RUN (kick it if it may be inside).
+void fcv_vcpu_quit(struct fcv_vcpu *v) {
+  uint32_t s = __atomic_load_n(&v->state, __ATOMIC_SEQ_CST);
+  if (s != FCV_DONE) set_state(v, FCV_QUIT);
+}
+
+// Waits for the thread to end and frees it. Only after fcv_vcpu_quit (and a kick).
+void fcv_vcpu_join(struct fcv_vcpu *v) {
+  pthread_join(v->thread, NULL);
+  free(v->filter.filter);
+  free(v);
+}

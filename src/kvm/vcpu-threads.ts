@@ -1,0 +1,158 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { FcRunError } from '../errors';
+import { PACKAGE_ROOT } from '../package-root';
+import { koffiModule, Pointer, sys } from './libc';
+
+/**
+ * Native vCPU threads (native/vcpu-threads.c, built by `npm run build` into dist/native/): a
+ * plain pthread per vCPU that only runs KVM_RUN, while one JavaScript thread handles every vCPU's
+ * exits. A vCPU then costs a thread stack, not a V8 isolate. See the C file for the handshake.
+ */
+export const NATIVE_VCPU_LIBRARY = path.join(PACKAGE_ROOT, 'dist', 'native', 'libfcrun-vcpu.so');
+
+/** A native vCPU thread's state word (native/vcpu-threads.c). */
+export const VCPU_THREAD = { STARTING: 0, IDLE: 1, RUNNING: 2, QUIT: 3, DONE: 4 } as const;
+
+type Fn = (...args: unknown[]) => unknown;
+interface Library {
+  groupNew: Fn;
+  groupFree: Fn;
+  groupSeq: Fn;
+  groupPoke: Fn;
+  groupWait: Fn;
+  start: Fn;
+  state: Fn;
+  tid: Fn;
+  result: Fn;
+  filterError: Fn;
+  run: Fn;
+  quit: Fn;
+  join: Fn;
+}
+
+let library: Library | undefined;
+
+function lib(): Library {
+  if (library) return library;
+  if (!fs.existsSync(NATIVE_VCPU_LIBRARY)) {
+    throw new FcRunError('native-vcpu-missing', `${NATIVE_VCPU_LIBRARY} does not exist: build fc-run with "npm run build" (it compiles native/vcpu-threads.c with cc)`);
+  }
+  const l = koffiModule().load(NATIVE_VCPU_LIBRARY);
+  const f = (decl: string) => l.func(decl) as Fn;
+  library = {
+    groupNew: f('void *fcv_group_new(void)'),
+    groupFree: f('void fcv_group_free(void *g)'),
+    groupSeq: f('uint32_t fcv_group_seq(void *g)'),
+    groupPoke: f('void fcv_group_poke(void *g)'),
+    groupWait: f('uint32_t fcv_group_wait(void *g, uint32_t seen, int timeoutMs)'),
+    start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib)'),
+    state: f('int fcv_vcpu_state(void *v)'),
+    tid: f('int fcv_vcpu_tid(void *v)'),
+    result: f('long fcv_vcpu_result(void *v)'),
+    filterError: f('int fcv_vcpu_filter_error(void *v)'),
+    run: f('int fcv_vcpu_run(void *v)'),
+    quit: f('void fcv_vcpu_quit(void *v)'),
+    join: f('void fcv_vcpu_join(void *v)'),
+  };
+  return library;
+}
+
+/** Whether the native vCPU thread library was built (npm run build). */
+export function nativeVcpuThreadsBuilt(): boolean {
+  return fs.existsSync(NATIVE_VCPU_LIBRARY);
+}
+
+/**
+ * The futex word a group's vCPU threads bump on every event and the handling thread waits on.
+ * Made on the main thread (which pokes it to wake the handler: pause, resume, requests, stop) and
+ * opened by address on the thread that handles the exits.
+ */
+export class VcpuThreadGroup {
+  private constructor(readonly ptr: Pointer) {}
+
+  static create(): VcpuThreadGroup {
+    const ptr = lib().groupNew();
+    if (ptr === null) throw new FcRunError('native-vcpu', 'cannot allocate a vCPU thread group');
+    return new VcpuThreadGroup(ptr);
+  }
+
+  /** The group made by another thread, from {@link address}. */
+  static at(address: bigint): VcpuThreadGroup {
+    return new VcpuThreadGroup(sys.pointerAt(address, address, 0));
+  }
+
+  get address(): bigint {
+    return koffiModule().address(this.ptr) as bigint;
+  }
+
+  seq(): number {
+    return lib().groupSeq(this.ptr) as number;
+  }
+
+  /** Waits until the sequence is no longer `seen` (or `timeoutMs` passes) and returns it. */
+  wait(seen: number, timeoutMs: number): number {
+    return lib().groupWait(this.ptr, seen, timeoutMs) as number;
+  }
+
+  /** Wakes the thread waiting in {@link wait}. */
+  poke(): void {
+    lib().groupPoke(this.ptr);
+  }
+
+  /** Only once no thread uses it any more. */
+  free(): void {
+    lib().groupFree(this.ptr);
+  }
+}
+
+/** One native vCPU thread. */
+export class NativeVcpuThread {
+  private readonly ptr: Pointer;
+
+  /**
+   * Starts the thread of vCPU `id` (KVM vCPU fd `fd`), named "fc_vcpu <id>". It blocks every
+   * signal but `kickSignal`, installs `filter` (a seccomp BPF program) if given, then waits idle.
+   */
+  constructor(group: VcpuThreadGroup, id: number, fd: number, kickSignal: number, filter?: Buffer, stackKib = 256) {
+    const count = filter ? filter.length / 8 : 0;
+    if (!Number.isInteger(count) || count > 4096) throw new FcRunError('native-vcpu', `a seccomp filter is whole 8-byte instructions, at most 4096, not ${filter!.length} bytes`);
+    const ptr = lib().start(group.ptr, id, fd, kickSignal, filter ?? null, count, stackKib);
+    if (ptr === null) throw new FcRunError('native-vcpu', `cannot start the thread of vCPU ${id} (errno ${koffiModule().errno()})`);
+    this.ptr = ptr;
+  }
+
+  state(): number {
+    return lib().state(this.ptr) as number;
+  }
+
+  /** The thread's kernel id (once it has left STARTING). */
+  tid(): number {
+    return lib().tid(this.ptr) as number;
+  }
+
+  /** What the last KVM_RUN returned: its value, or minus its errno. */
+  result(): number {
+    return Number(lib().result(this.ptr));
+  }
+
+  /** The errno of a seccomp filter the thread could not install (it has then ended). */
+  filterError(): number {
+    return lib().filterError(this.ptr) as number;
+  }
+
+  /** Enters the guest once; false if the thread was not idle. */
+  run(): boolean {
+    return lib().run(this.ptr) === 0;
+  }
+
+  /** Tells the thread to end once out of KVM_RUN. */
+  quit(): void {
+    lib().quit(this.ptr);
+  }
+
+  /** Waits for the thread to end (after quit, out of KVM_RUN) and frees it. */
+  join(): void {
+    lib().join(this.ptr);
+  }
+}
