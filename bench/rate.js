@@ -3,7 +3,9 @@
 // times, and reports VMs per core per second (the design's reference: 5), failures (must be 0),
 // spawn → first serial byte (p50, p99), CPU per launch against `node -e 0` measured in the same
 // run, the guest's share of that CPU (time Linux accounted to running the guest), and peak RSS
-// with 1 and with 32 vCPUs (the cost of each further vCPU thread). Needs /dev/kvm.
+// with 1 and with 32 vCPUs (the cost of each further vCPU thread). Every measure is taken for
+// both ways of running vCPUs (FC_RUN_VCPU_THREADS): a worker per vCPU, and native threads with one
+// worker for every vCPU's exits. Needs /dev/kvm.
 // Usage: node bench/rate.js [launches=100]
 'use strict';
 const { execFileSync, spawn } = require('node:child_process');
@@ -35,10 +37,11 @@ function specFile(vcpus) {
 }
 
 /** One process under the rusage tool: first stdout byte (ms after spawn), its cost, its exit. */
-function launch(argv) {
+function launch(argv, mode) {
   return new Promise((resolve) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn(tool, ['--keep-stdout', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = mode === undefined ? process.env : { ...process.env, FC_RUN_VCPU_THREADS: mode };
+    const child = spawn(tool, ['--keep-stdout', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let firstByte;
     let report = '';
     child.stdout.once('data', () => (firstByte = Number(process.hrtime.bigint() - t0) / 1e6));
@@ -68,44 +71,45 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
     while (next++ < launches) baseline.push(await launch([node, '-e', '0']));
   }));
 
-  const runs = [];
-  next = 0;
-  const t0 = process.hrtime.bigint();
-  await Promise.all(Array.from({ length: cores }, async () => {
-    while (next++ < launches) runs.push(await launch([node, bin, one]));
-  }));
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  const ok = runs.filter((r) => r.code === 0 && r.firstByte !== undefined);
-  const failures = runs.length - ok.length;
-
   const nodeCpu = pct(baseline.map((r) => r.cpuMs), 50);
-  const cpu = pct(ok.map((r) => r.cpuMs), 50);
-  const guestShare = sum(ok.map((r) => r.guestMs)) / sum(ok.map((r) => r.cpuMs));
-  const vmmCpu = pct(ok.map((r) => r.cpuMs - r.guestMs), 50);
-  console.log(`Probe guest (1 vCPU, 64 MiB) launched ${launches} times, ${cores} at a time on ${cores} cores`);
-  console.log(`  rate                  ${(launches / seconds / cores).toFixed(2)} VMs per core per second   (target >= 5)   ${(launches / seconds).toFixed(1)} VMs/s in all`);
-  console.log(`  failures              ${failures}`);
-  if (ok.length > 0) {
-    console.log(`  spawn -> first byte   p50 ${pct(ok.map((r) => r.firstByte), 50).toFixed(1)} ms   p99 ${pct(ok.map((r) => r.firstByte), 99).toFixed(1)} ms`);
-    console.log(`  CPU per launch        ${cpu.toFixed(1)} ms   ${(cpu / nodeCpu).toFixed(2)}x of node -e 0 (${nodeCpu.toFixed(1)} ms)   target <= 2x`);
-    console.log(`    of which the guest  ${(guestShare * 100).toFixed(1)} %   (the VMM's own: ${vmmCpu.toFixed(1)} ms per launch, ${(vmmCpu / nodeCpu).toFixed(2)}x of node -e 0)`);
-    console.log(`  peak RSS              ${pct(ok.map((r) => r.rssMiB), 50).toFixed(1)} MiB   node -e 0: ${pct(baseline.map((r) => r.rssMiB), 50).toFixed(1)} MiB`);
-  }
-
-  // Memory per vCPU thread: 32 vCPUs against 1, one at a time.
   const many = specFile(32);
-  const rss1 = [];
-  const rss32 = [];
-  for (let i = 0; i < 5; i++) {
-    rss1.push((await launch([node, bin, one])).rssMiB);
-    rss32.push((await launch([node, bin, many])).rssMiB);
+  let failed = [];
+  for (const mode of ['worker', 'native']) {
+    const runs = [];
+    next = 0;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: cores }, async () => {
+      while (next++ < launches) runs.push(await launch([node, bin, one], mode));
+    }));
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    const ok = runs.filter((r) => r.code === 0 && r.firstByte !== undefined);
+    failed = failed.concat(runs.filter((r) => r.code !== 0 || r.firstByte === undefined).map((r) => `${mode}:${r.code}`));
+    const cpu = pct(ok.map((r) => r.cpuMs), 50);
+    const guestShare = sum(ok.map((r) => r.guestMs)) / sum(ok.map((r) => r.cpuMs));
+    const vmmCpu = pct(ok.map((r) => r.cpuMs - r.guestMs), 50);
+    console.log(`vCPU threads: ${mode === 'worker' ? 'a worker per vCPU (the default)' : 'native, one worker for every vCPU\'s exits (FC_RUN_VCPU_THREADS=native)'}`);
+    console.log(`  Probe guest (1 vCPU, 64 MiB) launched ${launches} times, ${cores} at a time on ${cores} cores`);
+    console.log(`  rate                  ${(launches / seconds / cores).toFixed(2)} VMs per core per second   (target >= 5)   ${(launches / seconds).toFixed(1)} VMs/s in all`);
+    console.log(`  failures              ${runs.length - ok.length}`);
+    if (ok.length > 0) {
+      console.log(`  spawn -> first byte   p50 ${pct(ok.map((r) => r.firstByte), 50).toFixed(1)} ms   p99 ${pct(ok.map((r) => r.firstByte), 99).toFixed(1)} ms`);
+      console.log(`  CPU per launch        ${cpu.toFixed(1)} ms   ${(cpu / nodeCpu).toFixed(2)}x of node -e 0 (${nodeCpu.toFixed(1)} ms)   target <= 2x`);
+      console.log(`    of which the guest  ${(guestShare * 100).toFixed(1)} %   (the VMM's own: ${vmmCpu.toFixed(1)} ms per launch, ${(vmmCpu / nodeCpu).toFixed(2)}x of node -e 0)`);
+      console.log(`  peak RSS              ${pct(ok.map((r) => r.rssMiB), 50).toFixed(1)} MiB   node -e 0: ${pct(baseline.map((r) => r.rssMiB), 50).toFixed(1)} MiB`);
+    }
+    // Memory per vCPU thread: 32 vCPUs against 1, one at a time.
+    const rss1 = [];
+    const rss32 = [];
+    for (let i = 0; i < 5; i++) {
+      rss1.push((await launch([node, bin, one], mode)).rssMiB);
+      rss32.push((await launch([node, bin, many], mode)).rssMiB);
+    }
+    const perVcpu = (pct(rss32, 50) - pct(rss1, 50)) / 31;
+    console.log(`  peak RSS, 32 vCPUs    ${pct(rss32, 50).toFixed(1)} MiB   ${perVcpu.toFixed(2)} MiB per further vCPU   (target <= 5)`);
   }
-  const perVcpu = (pct(rss32, 50) - pct(rss1, 50)) / 31;
-  console.log(`  peak RSS, 32 vCPUs    ${pct(rss32, 50).toFixed(1)} MiB   ${perVcpu.toFixed(2)} MiB per further vCPU   (target <= 5)`);
   fs.rmSync(dir, { recursive: true, force: true });
-  if (failures > 0) {
-    const codes = runs.filter((r) => r.code !== 0 || r.firstByte === undefined).map((r) => r.code);
-    console.error(`launches failed (exit codes: ${codes.join(' ')})`);
+  if (failed.length > 0) {
+    console.error(`launches failed (mode:exit code): ${failed.join(' ')}`);
     process.exit(1);
   }
 })().catch((err) => {

@@ -449,6 +449,16 @@ function startAll(datas: VcpuWorkerData[], groupAddress: bigint, kickSignal: num
     if (first) first.stop({ reason: 'vmm-error', detail });
     else port.postMessage({ kind: 'stop', vcpu: -1, reason: 'vmm-error', detail } satisfies VcpuMessage);
   }
+  // This thread runs what a vCPU worker runs but KVM_RUN: it takes the same filter (after the
+  // native threads were made, which install their own and must not inherit this one on top).
+  const own = datas[0]?.seccompFilter;
+  if (own && vcpus.length === datas.length) {
+    try {
+      installThreadFilter(Buffer.from(own.buffer, own.byteOffset, own.byteLength));
+    } catch (err) {
+      vcpus[0].c.stop({ reason: 'vmm-error', detail: `the vCPU exit thread could not install its seccomp filter: ${(err as Error).message}` });
+    }
+  }
   const ctl = control;
   const stopWord = () => ctl === undefined || Atomics.load(ctl, CONTROL.STOP) !== 0;
   const fail = (v: (typeof vcpus)[number], err: unknown) => v.c.stop({ reason: 'vmm-error', detail: `vCPU ${v.c.data.id} failed: ${(err as Error).stack ?? err}` });

@@ -241,7 +241,10 @@ describeKvm('snapshots', () => {
     // The Diff holds what changed: the rewritten half of the 2 MiB pattern and a little more, far less than the Full.
     expect(fs.statSync(file('diff1.mem')).size).toBeGreaterThan(64 * 1024 * 1024); // memory, then the page bitmap and footer
     expect(allocated('diff1.mem')).toBeGreaterThanOrEqual(1024 * 1024);
-    expect(allocated('diff1.mem')).toBeLessThan(allocated('full.mem') / 2);
+    // "A little more": the guest's stack, page tables and counters, a few dozen pages whose number
+    // depends on the host's KVM (a nested KVM's dirty log reports a few more), not half a Full.
+    expect(allocated('diff1.mem')).toBeLessThan(1024 * 1024 + 256 * 1024);
+    expect(allocated('diff1.mem')).toBeLessThan(allocated('full.mem'));
     const log1 = fs.readFileSync(logFile, 'utf8');
     expect(log1).toContain(how === 'log' ? "track_dirty_pages: KVM's dirty log (its self-test passed)" : 'track_dirty_pages: changed pages are found by comparing page digests');
     expect(log1).toMatch(/Diff snapshot written: .*diff1\.snap /);

@@ -1,0 +1,66 @@
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Workspace } from '../helpers/specs';
+import { tinyGuestElf } from '../helpers/images';
+
+/**
+ * Native vCPU threads (FC_RUN_VCPU_THREADS=native: a pthread per vCPU runs KVM_RUN, one worker
+ * handles every vCPU's exits). The probe suite (every vCPU count up to 32, both boot protocols)
+ * and the pause/resume/SIGQUIT suite run again in this mode, plus what only this mode has: the
+ * threads are named as Firecracker names its own.
+ */
+process.env.FC_RUN_VCPU_THREADS = 'native';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const BIN = path.join(ROOT, 'bin', 'fc-run');
+const hasKvm = fs.existsSync('/dev/kvm');
+const describeKvm = hasKvm ? describe : describe.skip;
+if (!hasKvm) console.warn('SKIPPED: native vCPU thread tests need /dev/kvm');
+
+describe('with native vCPU threads', () => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  require('./probe.test');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  require('./pause.test');
+});
+
+// mov dx, 0x3f8; mov al, 'x'; 1: out dx, al; jmp 1b
+const CHATTY = [0x66, 0xba, 0xf8, 0x03, 0xb0, 0x78, 0xee, 0xeb, 0xfd];
+
+describeKvm('native vCPU threads of a running VM', () => {
+  let ws: Workspace;
+  beforeAll(() => (ws = new Workspace()));
+  afterAll(() => ws?.remove());
+
+  test('one thread per vCPU, named "fc_vcpu N" as Firecracker names its own; SIGTERM ends the VM with exit 0', async () => {
+    const threadsOf = async (vcpus: number, mode: string) => {
+      const spec = ws.write(`chatty-${vcpus}-${mode}.json`, {
+        'boot-source': { kernel_image_path: ws.write('chatty.elf', tinyGuestElf(CHATTY)) },
+        'machine-config': { vcpu_count: vcpus, mem_size_mib: 16 },
+      });
+      const out = path.join(ws.dir, `serial-${vcpus}-${mode}.out`);
+      const child = spawn(process.execPath, [BIN, spec, '--serial-out', out], { env: { ...process.env, FC_RUN_VCPU_THREADS: mode } });
+      const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+      try {
+        const end = Date.now() + 60_000;
+        while (!(fs.existsSync(out) && fs.statSync(out).size > 0)) {
+          if (Date.now() > end) throw new Error('no serial output');
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const dir = `/proc/${child.pid}/task`;
+        const names = fs.readdirSync(dir).map((t) => fs.readFileSync(`${dir}/${t}/comm`, 'utf8').trim());
+        child.kill('SIGTERM');
+        expect(await exited).toBe(0);
+        return names;
+      } finally {
+        child.kill('SIGKILL');
+      }
+    };
+    const native = await threadsOf(4, 'native');
+    expect(native.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 0', 'fc_vcpu 1', 'fc_vcpu 2', 'fc_vcpu 3']);
+    // With a worker per vCPU (the default) no thread has that name.
+    const workers = await threadsOf(4, 'worker');
+    expect(workers.filter((n) => n.startsWith('fc_vcpu'))).toEqual([]);
+  }, 180_000);
+});
