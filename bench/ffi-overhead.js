@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The cost of one KVM exit round trip, by FFI: a real-mode guest executes `out` N times and the
 // host runs the KVM_RUN loop (1) in C, (2) in Node through koffi, (3) in Node through ffi-rs,
-// (4) in fc-run's own vCPU thread (a long-mode guest doing the same loop, timed against N = 0).
+// (4) in fc-run's own vCPU thread (a long-mode guest doing the same loop, timed against N = 0) and
+// (5) in fc-run with native vCPU threads (FC_RUN_VCPU_THREADS=native: each exit handed to the exit thread).
 // All in the same run, alternating; prints µs per exit and the ratio to C.
 // Usage: node bench/ffi-overhead.js [exits=20000] [rounds=3]
 'use strict';
@@ -73,14 +74,14 @@ const ffiRsRun = (vcpu) =>
 const koffiRun = (vcpu) => sys.ioctlInt(vcpu.fd, KVM.RUN, 0);
 
 /** fc-run end to end: a long-mode guest doing the loop then resetting; (t(N) - t(0)) / N. */
-function fcRunLoop(n) {
+function fcRunLoop(n, mode = 'worker') {
   const time = (count) => {
     const kernel = path.join(dir, `loop-${count}.elf`);
     fs.writeFileSync(kernel, elfWithCode(longModeLoop(count)));
     const spec = path.join(dir, `loop-${count}.json`);
     fs.writeFileSync(spec, JSON.stringify({ 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } }));
     const t0 = process.hrtime.bigint();
-    const r = spawnSync(process.execPath, [path.join(root, 'bin', 'fc-run'), spec], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [path.join(root, 'bin', 'fc-run'), spec], { encoding: 'utf8', env: { ...process.env, FC_RUN_VCPU_THREADS: mode } });
     if (r.status !== 0) throw new Error(`fc-run failed: ${r.stderr}`);
     return Number(process.hrtime.bigint() - t0);
   };
@@ -124,18 +125,19 @@ function elfWithCode(code) {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const kvm = new Kvm();
-const results = { C: [], koffi: [], 'ffi-rs': [], 'fc-run vCPU loop': [] };
+const results = { C: [], koffi: [], 'ffi-rs': [], 'fc-run vCPU loop': [], 'fc-run native vCPU': [] };
 for (let i = 0; i < rounds; i++) {
   results.C.push(cLoop(N));
   results.koffi.push(timeLoop(kvm, N, koffiRun));
   results['ffi-rs'].push(timeLoop(kvm, N, ffiRsRun));
   results['fc-run vCPU loop'].push(fcRunLoop(N));
+  results['fc-run native vCPU'].push(fcRunLoop(N, 'native'));
 }
 fs.rmSync(dir, { recursive: true, force: true });
 const c = median(results.C);
 console.log(`KVM exit round trip, guest \`out\` loop of ${N} exits (median of ${rounds} alternating rounds)`);
 for (const [name, xs] of Object.entries(results)) {
   const m = median(xs);
-  const note = name === 'fc-run vCPU loop' ? '   target <= 1.5x' : '';
+  const note = name.startsWith('fc-run') ? '   target <= 1.5x' : '';
   console.log(`  ${name.padEnd(18)} ${m.toFixed(2).padStart(7)} µs/exit   ${(m / c).toFixed(2)}x of C${note}`);
 }
