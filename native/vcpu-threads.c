@@ -8,7 +8,7 @@
 //   JavaScript                         vCPU thread
 //   fcv_vcpu_run(v): state = RUNNING ->  wakes, ioctl(KVM_RUN), result = ret or -errno,
 //                                        state = IDLE, group seq++ (wakes fcv_group_wait)
-//   fcv_group_wait(g, seen, ms)  <-
+//   notification pipe / fcv_group_wait  <-
 //   reads the exit from kvm_run, handles it, fcv_vcpu_run(v) again ...
 //
 // The thread blocks every signal but the kick signal, so a kick (tgkill) lands on it and makes
@@ -38,7 +38,9 @@ enum { FCV_STARTING = 0, FCV_IDLE = 1, FCV_RUNNING = 2, FCV_QUIT = 3, FCV_DONE =
 
 struct fcv_group {
   uint32_t seq;     // bumped on every vCPU event (exit, start, end) and by fcv_group_poke
-  uint32_t waiters; // JavaScript threads inside fcv_group_wait
+  uint32_t waiters; // threads inside fcv_group_wait
+  int notify_fd;    // written (one byte) when the group has news and is armed; -1: none
+  uint32_t notified; // 1 once written, until fcv_group_rearm: one byte per round, never a full pipe
 };
 
 struct fcv_vcpu {
@@ -60,6 +62,12 @@ static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *t
 static void bump(struct fcv_group *g) {
   __atomic_add_fetch(&g->seq, 1, __ATOMIC_SEQ_CST);
   if (__atomic_load_n(&g->waiters, __ATOMIC_SEQ_CST) != 0) futex(&g->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+  if (g->notify_fd >= 0 && __atomic_exchange_n(&g->notified, 1, __ATOMIC_SEQ_CST) == 0) {
+    char one = 1;
+    ssize_t r;
+    do r = write(g->notify_fd, &one, 1);
+    while (r < 0 && errno == EINTR);
+  }
 }
 
 static void set_state(struct fcv_vcpu *v, uint32_t s) {
@@ -102,8 +110,17 @@ static void *vcpu_main(void *arg) {
   return NULL;
 }
 
-struct fcv_group *fcv_group_new(void) {
-  return calloc(1, sizeof(struct fcv_group));
+// A group; `notify_fd` (or -1) is written one byte when something happened since fcv_group_rearm,
+// so an event loop (the main thread's) can watch its other end.
+struct fcv_group *fcv_group_new(int notify_fd) {
+  struct fcv_group *g = calloc(1, sizeof(struct fcv_group));
+  if (g) g->notify_fd = notify_fd;
+  return g;
+}
+
+// Lets the next event write to the notification fd again. Call it before looking at the vCPUs.
+void fcv_group_rearm(struct fcv_group *g) {
+  __atomic_store_n(&g->notified, 0, __ATOMIC_SEQ_CST);
 }
 
 void fcv_group_free(struct fcv_group *g) {

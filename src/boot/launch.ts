@@ -14,7 +14,7 @@ import { createMailboxes } from '../vmm/mmio-mailbox';
 import { startVmmThread, VmmThread } from '../vmm/vmm-thread';
 import type { VirtioDeviceSetup } from '../vmm/vmm-worker';
 import type { DevicesState } from '../vmm/devices-state';
-import type { VirtioWindows } from '../vmm/vcpu-worker';
+import type { VirtioWindows } from '../vmm/vcpu-exits';
 import { MMIO } from '../devices/virtio/mmio';
 export { prewarmVcpuThreads } from '../vmm/threads';
 import { vcpuThreadsMode } from '../vmm/threads';

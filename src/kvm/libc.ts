@@ -47,6 +47,7 @@ const DECLARATIONS = {
   epollCtl: ['int epoll_ctl(int epfd, int op, int fd, void *event)'],
   epollWait: ['int epoll_wait(int epfd, void *events, int maxevents, int timeout)'],
   exit: ['void _exit(int status)'],
+  pipe2: ['int pipe2(void *fds, int flags)'],
   /** Identity on the address: turns an address (from another thread) back into a koffi pointer. */
   pointerAt: ['memcpy', 'void *', ['uintptr_t', 'uintptr_t', 'size_t']],
 } as const;

@@ -17,6 +17,7 @@ export const VCPU_THREAD = { STARTING: 0, IDLE: 1, RUNNING: 2, QUIT: 3, DONE: 4 
 type Fn = (...args: unknown[]) => unknown;
 interface Library {
   groupNew: Fn;
+  groupRearm: Fn;
   groupFree: Fn;
   groupSeq: Fn;
   groupPoke: Fn;
@@ -41,7 +42,8 @@ function lib(): Library {
   const l = koffiModule().load(NATIVE_VCPU_LIBRARY);
   const f = (decl: string) => l.func(decl) as Fn;
   library = {
-    groupNew: f('void *fcv_group_new(void)'),
+    groupNew: f('void *fcv_group_new(int notifyFd)'),
+    groupRearm: f('void fcv_group_rearm(void *g)'),
     groupFree: f('void fcv_group_free(void *g)'),
     groupSeq: f('uint32_t fcv_group_seq(void *g)'),
     groupPoke: f('void fcv_group_poke(void *g)'),
@@ -71,8 +73,9 @@ export function nativeVcpuThreadsBuilt(): boolean {
 export class VcpuThreadGroup {
   private constructor(readonly ptr: Pointer) {}
 
-  static create(): VcpuThreadGroup {
-    const ptr = lib().groupNew();
+  /** `notifyFd`: written one byte when something happened since {@link rearm} (-1: none). */
+  static create(notifyFd = -1): VcpuThreadGroup {
+    const ptr = lib().groupNew(notifyFd);
     if (ptr === null) throw new FcRunError('native-vcpu', 'cannot allocate a vCPU thread group');
     return new VcpuThreadGroup(ptr);
   }
@@ -93,6 +96,11 @@ export class VcpuThreadGroup {
   /** Waits until the sequence is no longer `seen` (or `timeoutMs` passes) and returns it. */
   wait(seen: number, timeoutMs: number): number {
     return lib().groupWait(this.ptr, seen, timeoutMs) as number;
+  }
+
+  /** Lets the next event write to the notification fd again; call it before looking at the vCPUs. */
+  rearm(): void {
+    lib().groupRearm(this.ptr);
   }
 
   /** Wakes the thread waiting in {@link wait}. */

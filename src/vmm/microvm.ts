@@ -5,13 +5,16 @@ import { VcpuThreadGroup } from '../kvm/vcpu-threads';
 import * as os from 'node:os';
 import { writeSync } from 'node:fs';
 import { LogLevel } from '../monitor/logger';
-import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError, tgkill } from '../kvm/libc';
+import { EFD_CLOEXEC, EFD_NONBLOCK, errno, O_CLOEXEC, O_NONBLOCK, sys, SyscallError, tgkill } from '../kvm/libc';
 import { KVM_RUN_OFFSETS } from '../kvm/structs';
 import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
 import { CONTROL, CONTROL_WORDS, SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuAnswer, VcpuMessage, VcpuRequest } from './shared';
 import type { VmMonitor } from '../monitor/vm-monitor';
-import type { VcpuWorkerData, VirtioWindows } from './vcpu-worker';
+import { NativeVcpus } from './vcpu-exits';
+import type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
+import * as net from 'node:net';
+import { closeSync } from 'node:fs';
 import { takeVcpuThread } from './threads';
 import type { VcpuStateSupport } from '../kvm/snapshot-state';
 
@@ -89,6 +92,8 @@ export class MicroVm {
   private answers = new Map<number, (a: VcpuAnswer) => void>();
   /** The native vCPU threads' futex group ('native' mode), poked whenever the control words change. */
   private readonly group: VcpuThreadGroup | undefined;
+  /** The pipe the native vCPU threads notify the main thread through. */
+  private readonly notify: { read: number; write: number } | undefined;
 
   constructor(
     vm: Vm,
@@ -101,7 +106,14 @@ export class MicroVm {
       control: new SharedArrayBuffer(4 * CONTROL_WORDS),
     };
     this.control = new Int32Array(this.shared.control);
-    this.group = opts.vcpuThreads === 'native' ? VcpuThreadGroup.create() : undefined;
+    if (opts.vcpuThreads === 'native') {
+      // The native vCPU threads write a byte to this pipe when they have news; the main thread's
+      // event loop reads it and handles their exits (NativeVcpus). Made here, before any filter.
+      const fds = Buffer.alloc(8);
+      if (sys.pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw new SyscallError('pipe2', errno());
+      this.notify = { read: fds.readInt32LE(0), write: fds.readInt32LE(4) };
+      this.group = VcpuThreadGroup.create(this.notify.write);
+    }
     if (opts.legacy) {
       Serial8250.restoreState(this.shared.serial, opts.legacy.serial, 'legacy.serial');
       I8042.restoreState(this.shared.i8042, opts.legacy.i8042, 'legacy.i8042');
@@ -337,48 +349,73 @@ export class MicroVm {
         snapshotSupport: this.opts.snapshotSupport,
         ...this.opts.monitor.shared(),
       });
-      /** A thread that handles the exits of vCPU `first` (and, native, of every other vCPU too). */
-      const watch = (w: Worker, first: number, what: string) => {
-        w.on('message', (m: VcpuMessage) => {
-          if (m.kind === 'ready') {
-            tids.set(m.vcpu, m.tid);
-            if (stop || Atomics.load(this.control, CONTROL.PAUSE) !== 0) this.kick();
-          } else if (m.kind === 'answer') {
-            this.answers.get(m.vcpu)?.(m);
-          } else if (m.kind === 'boot-time') {
-            if (bootTimeNs === undefined) {
-              bootTimeNs = BigInt(m.ns);
-              const us = Number(bootTimeNs / 1000n);
-              this.opts.monitor.vmm.bootTimeUs = us;
-              this.opts.monitor.log.info('vmm', `Guest-boot-time = ${us} us ${Math.floor(us / 1000)} ms (written by vCPU ${m.vcpu})`);
-            }
-          } else finish(m);
-        });
-        w.on('error', (err) => {
-          if (!stop) finish({ kind: 'stop', vcpu: first, reason: 'vmm-error', detail: `${what} crashed: ${err.stack ?? err}` });
-        });
-        w.on('exit', () => {
-          running--;
-          if (running === 0) {
-            if (stop) settle();
-            else {
-              cleanup();
-              reject(new FcRunError('vcpu-threads', 'every vCPU thread ended without reporting why the VM stopped'));
-            }
+      const onMessage = (m: VcpuMessage) => {
+        if (m.kind === 'ready') {
+          tids.set(m.vcpu, m.tid);
+          if (stop || Atomics.load(this.control, CONTROL.PAUSE) !== 0) this.kick();
+        } else if (m.kind === 'answer') {
+          this.answers.get(m.vcpu)?.(m);
+        } else if (m.kind === 'boot-time') {
+          if (bootTimeNs === undefined) {
+            bootTimeNs = BigInt(m.ns);
+            const us = Number(bootTimeNs / 1000n);
+            this.opts.monitor.vmm.bootTimeUs = us;
+            this.opts.monitor.log.info('vmm', `Guest-boot-time = ${us} us ${Math.floor(us / 1000)} ms (written by vCPU ${m.vcpu})`);
           }
-        });
-        this.workers.push(w);
+        } else finish(m);
       };
-      if (this.group) {
-        // Every vCPU on a native thread of its own, their exits handled by one worker.
+      /** One of the things running vCPUs (a worker, or the native threads together) has ended. */
+      const ended = () => {
+        running--;
+        if (running === 0) {
+          if (stop) settle();
+          else {
+            cleanup();
+            reject(new FcRunError('vcpu-threads', 'every vCPU thread ended without reporting why the VM stopped'));
+          }
+        }
+      };
+      if (this.group && this.notify) {
+        // Every vCPU on a native thread of its own, their exits handled here, on the main thread,
+        // whenever the threads' pipe says there is news (and at once, for the first time).
         running = 1;
-        const w = takeVcpuThread();
-        watch(w, this.vcpus[0].id, 'the vCPU exit thread');
-        w.postMessage({ kind: 'start-all', data: this.vcpus.map(dataOf), group: this.group.address, kickSignal: os.constants.signals[VCPU_KICK_SIGNAL] });
+        const group = this.group;
+        const notify = this.notify;
+        const native = new NativeVcpus(this.vcpus.map(dataOf), group, os.constants.signals[VCPU_KICK_SIGNAL], onMessage);
+        const pipe = new net.Socket({ fd: notify.read, readable: true, writable: false });
+        let done = false;
+        const scan = () => {
+          if (done) return;
+          group.rearm();
+          let live: number;
+          try {
+            live = native.scan();
+          } catch (err) {
+            if (!stop) finish({ kind: 'stop', vcpu: this.vcpus[0].id, reason: 'vmm-error', detail: `handling vCPU exits failed: ${(err as Error).stack ?? err}` });
+            native.quitAll();
+            return;
+          }
+          if (live > 0) return;
+          done = true;
+          pipe.destroy();
+          closeSync(notify.write);
+          group.free();
+          ended();
+        };
+        pipe.on('data', scan);
+        pipe.on('error', (err) => {
+          if (!stop) finish({ kind: 'stop', vcpu: this.vcpus[0].id, reason: 'vmm-error', detail: `the vCPU threads' notification pipe failed: ${err.message}` });
+        });
+        setImmediate(scan);
       } else {
         for (const vcpu of this.vcpus) {
           const w = takeVcpuThread();
-          watch(w, vcpu.id, `vCPU ${vcpu.id} thread`);
+          w.on('message', onMessage);
+          w.on('error', (err) => {
+            if (!stop) finish({ kind: 'stop', vcpu: vcpu.id, reason: 'vmm-error', detail: `vCPU ${vcpu.id} thread crashed: ${err.stack ?? err}` });
+          });
+          w.on('exit', ended);
+          this.workers.push(w);
           w.postMessage({ kind: 'start', data: dataOf(vcpu) });
         }
       }

@@ -66,8 +66,8 @@ function spawn(): Worker {
 }
 
 export function prewarmVcpuThreads(count: number): void {
-  // With native vCPU threads, one worker handles every vCPU's exits.
-  if (vcpuThreadsMode() === 'native') count = Math.min(count, 1);
+  // Native vCPU threads need no worker: the main thread handles their exits.
+  if (vcpuThreadsMode() === 'native') return;
   while (idle.length < count) idle.push(spawn());
 }
 

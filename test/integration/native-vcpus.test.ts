@@ -5,8 +5,8 @@ import { Workspace } from '../helpers/specs';
 import { tinyGuestElf } from '../helpers/images';
 
 /**
- * Native vCPU threads (FC_RUN_VCPU_THREADS=native: a pthread per vCPU runs KVM_RUN, one worker
- * handles every vCPU's exits). The probe suite (every vCPU count up to 32, both boot protocols)
+ * Native vCPU threads (FC_RUN_VCPU_THREADS=native: a pthread per vCPU runs KVM_RUN, the main
+ * thread handles every vCPU's exits). The probe suite (every vCPU count up to 32, both boot protocols)
  * and the pause/resume/SIGQUIT suite run again in this mode, plus what only this mode has: the
  * threads are named as Firecracker names its own.
  */

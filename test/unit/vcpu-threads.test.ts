@@ -116,6 +116,31 @@ describe('native vCPU threads', () => {
     expect(JSON.parse(r.out)).toBe(22);
   });
 
+  it("tell an event loop through the group's notification fd: one byte per round, again once rearmed", () => {
+    const r = child(`${WAIT}
+      const fds = Buffer.alloc(8);
+      if (libc.sys.pipe2(fds, 0o4000) < 0) throw new Error('pipe2');
+      const [rd, wr] = [fds.readInt32LE(0), fds.readInt32LE(4)];
+      const drain = () => { let n = 0; const b = Buffer.alloc(64); for (;;) { try { n += fs.readSync(rd, b); } catch { return n; } } };
+      const group = t.VcpuThreadGroup.create(wr);
+      const th = new t.NativeVcpuThread(group, 0, libc.sys.eventfd(0, 0), 12);
+      until(group, () => th.state() === t.VCPU_THREAD.IDLE);
+      const afterStart = drain();
+      // Three exits without a rearm: still the one byte (nobody looked yet), so the pipe never fills.
+      for (let i = 0; i < 3; i++) { const s = group.seq(); th.run(); until(group, () => th.state() === t.VCPU_THREAD.IDLE && group.seq() !== s); }
+      const unarmed = drain();
+      group.rearm();
+      const s = group.seq(); th.run(); until(group, () => th.state() === t.VCPU_THREAD.IDLE && group.seq() !== s);
+      const rearmed = drain();
+      group.rearm();
+      group.poke();
+      const poked = drain();
+      th.quit(); until(group, () => th.state() === t.VCPU_THREAD.DONE); th.join();
+      out({ afterStart, unarmed, rearmed, poked });`);
+    expect(r.err).toBe('');
+    expect(JSON.parse(r.out)).toEqual({ afterStart: 1, unarmed: 0, rearmed: 1, poked: 1 });
+  });
+
   it('a poke wakes the waiting thread at once, and a wait with nothing to see ends at its timeout', () => {
     const r = child(`
       const group = t.VcpuThreadGroup.create();

@@ -1,0 +1,502 @@
+import * as fs from 'node:fs';
+import { Vcpu } from '../kvm/kvm';
+import { errnoText } from '../kvm/libc';
+import { NativeVcpuThread, VCPU_THREAD, VcpuThreadGroup } from '../kvm/vcpu-threads';
+import {
+  KVM_EXIT,
+  KVM_EXIT_IO_OUT,
+  KVM_EXIT_NAMES,
+  KVM_SYSTEM_EVENT_CRASH,
+  KVM_SYSTEM_EVENT_RESET,
+  KVM_SYSTEM_EVENT_SHUTDOWN,
+} from '../kvm/ioctls';
+import { KVM_RUN_OFFSETS } from '../kvm/structs';
+import { Serial8250 } from '../devices/legacy/serial';
+import { I8042 } from '../devices/legacy/i8042';
+import { CONTROL, SharedState, StopReport, VcpuMessage, VcpuRequest } from './shared';
+import { Logger, MetricsRegistry } from '../monitor';
+import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
+import { exitField, VCPU_FIELDS } from '../monitor/vm-metrics';
+import { describeInternalError, formatRegisters } from './registers';
+import { MailboxClient } from './mmio-mailbox';
+import { MMIO } from '../devices/virtio/mmio';
+import { saveVcpuState, VcpuStateSupport } from '../kvm/snapshot-state';
+
+/**
+ * A vCPU's exits, handled the same way whoever calls KVM_RUN: a worker thread of its own
+ * (vcpu-worker.ts, the default) or a native thread whose exits the main thread handles
+ * ({@link NativeVcpus}, FC_RUN_VCPU_THREADS=native).
+ */
+/**
+ * One vCPU thread: runs KVM_RUN in a loop and handles port and MMIO exits right here, with device
+ * state shared through SharedArrayBuffers. It reports to the VMM thread only to stop the VM or to
+ * note the boot time.
+ */
+export interface VcpuWorkerData {
+  id: number;
+  fd: number;
+  mmapSize: number;
+  shared: SharedState;
+  /** Where guest serial output goes (-1: discarded). */
+  serialOutFd: number;
+  serialIrqFd: number;
+  keyboardIrqFd: number;
+  /** process.hrtime.bigint() at launch start, as a string. */
+  launchStartNs: string;
+  ports: { serial: number; i8042: number; bootTimer: number };
+  virtio: VirtioWindows;
+  metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
+  logger: SharedLoggerOptions;
+  /** This thread's own seccomp filter (--seccomp-filter's vcpu category), installed before KVM_RUN. */
+  seccompFilter?: Uint8Array;
+  /** What this host's KVM can save (read by the main thread); absent when it cannot snapshot. */
+  snapshotSupport?: VcpuStateSupport;
+}
+
+/** The virtio-mmio windows a vCPU dispatches to, and how it reaches their device models. */
+export interface VirtioWindows {
+  windows: { base: number; size: number; index: number; interruptStatus: SharedArrayBuffer }[];
+  mailbox: SharedArrayBuffer;
+  mailboxFd: number;
+}
+
+
+/**
+ * One vCPU's exit handling: the same whichever thread enters the guest, a worker of its own
+ * (vcpu-worker.ts) or a native thread ({@link NativeVcpus}, exits handled on the main thread).
+ */
+export interface VcpuContext {
+  readonly data: VcpuWorkerData;
+  readonly vcpu: Vcpu;
+  /** The vCPU's kvm_run page. */
+  readonly bytes: Uint8Array;
+  readonly control: Int32Array;
+  /** Handles the exit KVM_RUN just returned with (read from the kvm_run page). */
+  handleExit(): void;
+  /** Reports why the VM stops (once) and tells every vCPU to stop. */
+  stop(report: Omit<StopReport, 'kind' | 'vcpu'>): void;
+  readonly stopped: boolean;
+  /** Answers the request made to every parked vCPU, if it has not yet (CONTROL.REQUEST_GEN). */
+  answerRequest(): void;
+  /** Says the vCPU's thread (kernel id `tid`, for the kick signal) is about to enter the guest. */
+  ready(tid: number): void;
+}
+
+export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void): VcpuContext {
+  const vcpu = new Vcpu(data.id, data.fd, data.mmapSize);
+  // This vCPU's metrics group: only this thread writes it.
+  const registry = MetricsRegistry.attach(data.metrics.buffer, data.metrics.layout);
+  const m = registry.group(`vcpu${data.id}`, VCPU_FIELDS);
+  // The exit count is bumped on every exit: straight into its shared slot, found once per reason.
+  const group = registry.groups.find((g) => g.name === `vcpu${data.id}`)!;
+  const slotOf = (field: string) => {
+    const i = group.fields.indexOf(field);
+    if (i < 0) throw new Error(`vCPU metrics have no field ${field}`);
+    return group.offset + i;
+  };
+  // -1: an I/O or MMIO exit, counted by direction where it is handled.
+  const exitSlots = Int32Array.from({ length: 64 }, (_, reason) => {
+    const field = exitField(reason);
+    return field === undefined ? -1 : slotOf(field);
+  });
+  const otherExitSlot = slotOf('exitsOther');
+  const [ioInSlot, ioOutSlot, mmioReadSlot, mmioWriteSlot] = ['exitsIoIn', 'exitsIoOut', 'exitsMmioRead', 'exitsMmioWrite'].map(slotOf);
+  // Counters bumped on port and MMIO exits, as slots too: no accessor call on the exit path.
+  const slot = {
+    serialTxBytes: slotOf('serialTxBytes'),
+    serialRxReads: slotOf('serialRxReads'),
+    virtioRegisterAccesses: slotOf('virtioRegisterAccesses'),
+    serialBadReads: slotOf('serialBadReads'),
+    i8042Reads: slotOf('i8042Reads'),
+    i8042BadReads: slotOf('i8042BadReads'),
+    pioUnknownReads: slotOf('pioUnknownReads'),
+    serialBadWrites: slotOf('serialBadWrites'),
+    i8042BadWrites: slotOf('i8042BadWrites'),
+    i8042Writes: slotOf('i8042Writes'),
+    bootTimerWrites: slotOf('bootTimerWrites'),
+    pioUnknownWrites: slotOf('pioUnknownWrites'),
+    mmioUnknownWrites: slotOf('mmioUnknownWrites'),
+    mmioUnknownReads: slotOf('mmioUnknownReads'),
+  };
+  const counts = registry.values;
+  const log = new Logger({ ...data.logger, thread: `vcpu ${data.id}` });
+  const control = new Int32Array(data.shared.control);
+  const one = Buffer.alloc(8);
+  one.writeBigUInt64LE(1n);
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+  function signal(fd: number): void {
+    try {
+      fs.writeSync(fd, one);
+    } catch {
+      // The eventfd counter cannot overflow at this rate; a closed fd means the VM is stopping.
+    }
+  }
+
+  /** Writes all of `buf`, waiting out EAGAIN on a non-blocking pipe rather than losing output. */
+  function writeAll(fd: number, buf: Buffer): void {
+    let off = 0;
+    while (off < buf.length) {
+      try {
+        off += fs.writeSync(fd, buf, off);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EAGAIN') {
+          m.serialLostBytes += buf.length - off;
+          return; // reader gone (EPIPE): output is dropped, the guest runs on
+        }
+        Atomics.wait(sleeper, 0, 0, 1);
+      }
+    }
+  }
+
+  let stopped = false;
+  function stop(report: Omit<StopReport, 'kind' | 'vcpu'>): void {
+    if (stopped) return;
+    stopped = true;
+    Atomics.store(control, CONTROL.STOP, 1);
+    const failed = report.reason !== 'reset' && report.reason !== 'shutdown' && report.reason !== 'halt' && report.reason !== 'stopped';
+    if (failed) m.failures++;
+    if (failed) log.error('vmm/vcpu', `${report.detail}${report.registers ? `\n${report.registers}` : ''}`);
+    else log.info('vmm/vcpu', `vCPU ${data.id} stops the VM: ${report.reason}`);
+    post({ kind: 'stop', vcpu: data.id, ...report } satisfies VcpuMessage);
+  }
+
+  const serial = new Serial8250(data.shared.serial, {
+    out: (b) => {
+      counts[slot.serialTxBytes]++;
+      if (data.serialOutFd >= 0) writeAll(data.serialOutFd, Buffer.of(b));
+    },
+    interrupt: () => signal(data.serialIrqFd),
+    received: () => counts[slot.serialRxReads]++,
+  });
+  const i8042 = new I8042(data.shared.i8042, {
+    reset: () => {
+      m.i8042Resets++;
+      stop({ reason: 'reset', detail: 'the guest reset the machine through the i8042 controller' });
+    },
+    interrupt: () => signal(data.keyboardIrqFd),
+  });
+
+  const ALL_ONES = [0, 0xff, 0xffff, 0, 0xffffffff];
+  const mailbox = new MailboxClient(data.virtio.mailbox, data.id, data.virtio.mailboxFd, () => stopped || Atomics.load(control, CONTROL.STOP) !== 0);
+  const windows = data.virtio.windows.map((w) => ({ ...w, status: new Int32Array(w.interruptStatus) }));
+
+  /**
+   * A virtio-mmio register access. The interrupt status is shared memory, served here (it is
+   * read and acknowledged on every interrupt); everything else goes to the VMM thread.
+   */
+  function virtioAccess(addr: number, len: number, write: boolean, value: number): number | undefined {
+    for (const w of windows) {
+      if (addr < w.base || addr >= w.base + w.size) continue;
+      const offset = addr - w.base;
+      if (len > 4) return write ? 0 : 0xffffffff;
+      if (offset === MMIO.INTERRUPT_STATUS && !write && len === 4) return Atomics.load(w.status, 0);
+      if (offset === MMIO.INTERRUPT_ACK && write && len === 4) {
+        Atomics.and(w.status, 0, ~value);
+        return 0;
+      }
+      counts[slot.virtioRegisterAccesses]++;
+      return mailbox.access(w.index, offset, len, write, value);
+    }
+    return undefined;
+  }
+
+  function pioIn(portNum: number, size: number): number {
+    const { serial: com1, i8042: kbd } = data.ports;
+    if (portNum >= com1 && portNum < com1 + 8) {
+      if (size === 1) return serial.read(portNum - com1);
+      counts[slot.serialBadReads]++;
+      return ALL_ONES[size] ?? 0xff;
+    }
+    if (portNum === kbd || portNum === kbd + 4) {
+      if (size === 1) {
+        counts[slot.i8042Reads]++;
+        return i8042.read(portNum - kbd);
+      }
+      counts[slot.i8042BadReads]++;
+      return ALL_ONES[size] ?? 0xff;
+    }
+    counts[slot.pioUnknownReads]++;
+    return ALL_ONES[size] ?? 0xff;
+  }
+
+  function pioOut(portNum: number, size: number, value: number): void {
+    const { serial: com1, i8042: kbd, bootTimer } = data.ports;
+    if (portNum >= com1 && portNum < com1 + 8) {
+      if (size === 1) return serial.write(portNum - com1, value);
+      counts[slot.serialBadWrites]++;
+      return;
+    }
+    if (portNum === kbd || portNum === kbd + 4) {
+      if (size !== 1) {
+        counts[slot.i8042BadWrites]++;
+        return;
+      }
+      counts[slot.i8042Writes]++;
+      return i8042.write(portNum - kbd, value);
+    }
+    if (portNum === bootTimer && value === 123) {
+      counts[slot.bootTimerWrites]++;
+      // Report the first write only: a guest hammering the port must not flood the VMM thread.
+      if (Atomics.compareExchange(control, CONTROL.BOOT_TIMER, 0, 1) !== 0) return;
+      const ns = process.hrtime.bigint() - BigInt(data.launchStartNs);
+      post({ kind: 'boot-time', vcpu: data.id, ns: ns.toString() } satisfies VcpuMessage);
+      return;
+    }
+    if (portNum === 0x80) return; // POST code / I/O delay port: writes are expected and meaningless
+    counts[slot.pioUnknownWrites]++;
+  }
+
+  function registers(): string {
+    try {
+      return formatRegisters(vcpu.getRegs(), vcpu.getSregs());
+    } catch (err) {
+      return `(registers unavailable: ${(err as Error).message})`;
+    }
+  }
+
+  function saveState(): unknown {
+    if (!data.snapshotSupport) throw new Error("this host's KVM cannot save a vCPU's state");
+    return saveVcpuState(vcpu, data.snapshotSupport);
+  }
+
+  /** The last request generation this vCPU answered (a request can come before it first parks). */
+  let answeredGen = 0;
+
+  /** Answers a request made to every parked vCPU (CONTROL.REQUEST_KIND). */
+  function answerRequest(): void {
+    const gen = Atomics.load(control, CONTROL.REQUEST_GEN);
+    if (gen === answeredGen) return;
+    answeredGen = gen;
+    const kind = Atomics.load(control, CONTROL.REQUEST_KIND);
+    try {
+      if (kind === VcpuRequest.REGISTERS) post({ kind: 'answer', vcpu: data.id, gen, value: registers() } satisfies VcpuMessage);
+      else if (kind === VcpuRequest.SAVE_STATE) post({ kind: 'answer', vcpu: data.id, gen, value: saveState() } satisfies VcpuMessage);
+      else post({ kind: 'answer', vcpu: data.id, gen, error: `unknown request ${kind}` } satisfies VcpuMessage);
+    } catch (err) {
+      post({ kind: 'answer', vcpu: data.id, gen, error: (err as Error).message } satisfies VcpuMessage);
+    }
+  }
+
+  const page = vcpu.mapRun();
+  const run = new DataView(page);
+  const bytes = new Uint8Array(page);
+  const X = KVM_RUN_OFFSETS.exit;
+
+  function handleExit(): void {
+    const reason = run.getUint32(KVM_RUN_OFFSETS.exit_reason, true);
+    const exitSlot = reason < 64 ? exitSlots[reason] : otherExitSlot;
+    if (exitSlot >= 0) counts[exitSlot]++;
+    switch (reason) {
+      case KVM_EXIT.IO: {
+        const direction = run.getUint8(X);
+        const size = run.getUint8(X + 1);
+        const portNum = run.getUint16(X + 2, true);
+        const count = run.getUint32(X + 4, true);
+        counts[direction === KVM_EXIT_IO_OUT ? ioOutSlot : ioInSlot]++;
+        let off = Number(run.getBigUint64(X + 8, true));
+        if (off + size * count > page.byteLength || size === 0 || size > 4) {
+          stop({ reason: 'internal-error', detail: `malformed I/O exit from KVM (port 0x${portNum.toString(16)}, size ${size}, count ${count})`, registers: registers() });
+          break;
+        }
+        for (let i = 0; i < count; i++, off += size) {
+          if (direction === KVM_EXIT_IO_OUT) {
+            const v = size === 1 ? bytes[off] : size === 2 ? run.getUint16(off, true) : run.getUint32(off, true);
+            pioOut(portNum, size, v);
+          } else {
+            const v = pioIn(portNum, size);
+            if (size === 1) bytes[off] = v;
+            else if (size === 2) run.setUint16(off, v, true);
+            else run.setUint32(off, v >>> 0, true);
+          }
+        }
+        break;
+      }
+      case KVM_EXIT.MMIO: {
+        const addr = Number(run.getBigUint64(X, true));
+        const len = Math.min(run.getUint32(X + 16, true), 8);
+        const isWrite = run.getUint8(X + 20) !== 0;
+        counts[isWrite ? mmioWriteSlot : mmioReadSlot]++;
+        let value = 0;
+        if (isWrite) for (let i = Math.min(len, 4) - 1; i >= 0; i--) value = value * 256 + bytes[X + 8 + i];
+        const result = virtioAccess(addr, len, isWrite, value);
+        if (result === undefined) {
+          if (isWrite) counts[slot.mmioUnknownWrites]++;
+          else counts[slot.mmioUnknownReads]++;
+          if (!isWrite) bytes.fill(0xff, X + 8, X + 8 + len);
+        } else if (!isWrite) {
+          for (let i = 0; i < len; i++) bytes[X + 8 + i] = i < 4 ? (result >>> (8 * i)) & 0xff : 0;
+        }
+        break;
+      }
+      case KVM_EXIT.HLT:
+        stop({ reason: 'halt', detail: `vCPU ${data.id} halted with interrupts it can never receive` });
+        break;
+      case KVM_EXIT.SHUTDOWN:
+        stop({ reason: 'triple-fault', detail: `vCPU ${data.id} triple-faulted (KVM_EXIT_SHUTDOWN)`, registers: registers() });
+        break;
+      case KVM_EXIT.SYSTEM_EVENT: {
+        const type = run.getUint32(X, true);
+        if (type === KVM_SYSTEM_EVENT_RESET) stop({ reason: 'reset', detail: 'the guest requested a reset' });
+        else if (type === KVM_SYSTEM_EVENT_SHUTDOWN) stop({ reason: 'shutdown', detail: 'the guest powered off' });
+        else stop({ reason: 'internal-error', detail: type === KVM_SYSTEM_EVENT_CRASH ? 'the guest reported a crash' : `system event ${type}`, registers: registers() });
+        break;
+      }
+      case KVM_EXIT.INTERNAL_ERROR:
+        stop({ reason: 'internal-error', detail: `${describeInternalError(run, X)} on vCPU ${data.id}`, registers: registers() });
+        break;
+      case KVM_EXIT.FAIL_ENTRY: {
+        const why = run.getBigUint64(X, true);
+        stop({ reason: 'fail-entry', detail: `KVM could not enter the guest on vCPU ${data.id} (hardware reason 0x${why.toString(16)})`, registers: registers() });
+        break;
+      }
+      case KVM_EXIT.INTR:
+      case KVM_EXIT.IRQ_WINDOW_OPEN:
+        break;
+      default:
+        stop({ reason: 'unexpected-exit', detail: `unexpected KVM exit ${KVM_EXIT_NAMES[reason] ?? reason} on vCPU ${data.id}`, registers: registers() });
+    }
+  }
+
+  return {
+    data,
+    vcpu,
+    bytes,
+    control,
+    handleExit,
+    stop,
+    get stopped() {
+      return stopped;
+    },
+    answerRequest,
+    ready: (tid) => post({ kind: 'ready', vcpu: data.id, tid }),
+  };
+}
+
+
+/** Where a vCPU run by a native thread is, as the thread handling its exits sees it. */
+type NativePhase = 'starting' | 'decide' | 'running' | 'pausing' | 'parked' | 'quitting' | 'done';
+
+/**
+ * Every vCPU of the VM on a native thread of its own (native/vcpu-threads.c), their exits handled
+ * by whoever calls {@link scan} (the main thread, when the group's notification fd is readable):
+ * no V8 isolate per vCPU. A native thread enters the guest when told, and bumps the group (which
+ * makes the notification fd readable) when it is back. The control words mean what they mean to
+ * a vCPU on a worker of its own (vcpu-worker.ts).
+ */
+export class NativeVcpus {
+  private readonly vcpus: { c: VcpuContext; thread?: NativeVcpuThread; phase: NativePhase }[] = [];
+  private readonly control: Int32Array | undefined;
+
+  constructor(datas: VcpuWorkerData[], group: VcpuThreadGroup, kickSignal: number, post: (m: VcpuMessage) => void) {
+    let control: Int32Array | undefined;
+    try {
+      for (const data of datas) {
+        const c = vcpuContext(data, post);
+        control = c.control;
+        const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
+        const entry: (typeof this.vcpus)[number] = { c, phase: 'starting' };
+        this.vcpus.push(entry);
+        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter);
+      }
+    } catch (err) {
+      const detail = `vCPU threads could not start: ${(err as Error).stack ?? err}`;
+      const first = this.vcpus[0]?.c;
+      if (first) first.stop({ reason: 'vmm-error', detail });
+      else post({ kind: 'stop', vcpu: -1, reason: 'vmm-error', detail });
+    }
+    this.control = control;
+  }
+
+  private stopWord(): boolean {
+    return this.control === undefined || Atomics.load(this.control, CONTROL.STOP) !== 0;
+  }
+
+  /** Moves every vCPU on as far as it can go now; returns how many have not ended. */
+  scan(): number {
+    let live = 0;
+    for (const v of this.vcpus) {
+      while (v.phase !== 'done' && this.advance(v));
+      if (v.phase !== 'done') live++;
+    }
+    return live;
+  }
+
+  /** Tells every thread to end once out of the guest (the caller kicks them). */
+  quitAll(): void {
+    for (const v of this.vcpus) if (v.phase !== 'done') v.thread?.quit();
+  }
+
+  /** Moves one vCPU on by one step; true if it changed phase. */
+  private advance(v: (typeof this.vcpus)[number]): boolean {
+    const t = v.thread;
+    const ctl = this.control!;
+    if (!t) {
+      v.phase = 'done';
+      return true;
+    }
+    const state = t.state();
+    if (state === VCPU_THREAD.DONE) {
+      if (v.phase !== 'quitting') {
+        const e = t.filterError();
+        v.c.stop({ reason: 'vmm-error', detail: e !== 0 ? `vCPU ${v.c.data.id} thread could not install its seccomp filter: ${errnoText(e)}` : `vCPU ${v.c.data.id} thread ended` });
+      }
+      t.join();
+      v.phase = 'done';
+      return true;
+    }
+    if (state !== VCPU_THREAD.IDLE) return false; // starting, or inside KVM_RUN
+    switch (v.phase) {
+      case 'starting':
+        v.phase = 'decide';
+        v.c.ready(t.tid());
+        return true;
+      case 'running':
+      case 'pausing': {
+        const r = t.result();
+        if (r >= 0) {
+          v.phase = 'decide';
+          try {
+            v.c.handleExit();
+          } catch (err) {
+            v.c.stop({ reason: 'vmm-error', detail: `vCPU ${v.c.data.id} failed: ${(err as Error).stack ?? err}` });
+          }
+        } else if (r === -4 || r === -11) {
+          // EINTR (a kick, or immediate_exit): parks if pausing, else looks at the control words.
+          if (v.phase === 'pausing') {
+            Atomics.add(ctl, CONTROL.PARKED, 1);
+            Atomics.notify(ctl, CONTROL.PARKED);
+            v.phase = 'parked';
+          } else v.phase = 'decide';
+        } else {
+          v.phase = 'decide';
+          v.c.stop({ reason: 'vmm-error', detail: `ioctl(KVM_RUN) failed on vCPU ${v.c.data.id}: ${errnoText(-r)}` });
+        }
+        return true;
+      }
+      case 'parked': {
+        v.c.answerRequest();
+        if (!this.stopWord() && Atomics.load(ctl, CONTROL.PAUSE) !== 0) return false;
+        Atomics.sub(ctl, CONTROL.PARKED, 1);
+        Atomics.notify(ctl, CONTROL.PARKED);
+        v.c.bytes[KVM_RUN_OFFSETS.immediate_exit] = 0;
+        v.phase = 'decide';
+        return true;
+      }
+      case 'decide': {
+        if (v.c.stopped || this.stopWord()) {
+          t.quit();
+          v.phase = 'quitting';
+        } else if (Atomics.load(ctl, CONTROL.PAUSE) !== 0) {
+          // As on a worker of its own: immediate_exit completes the exit just handled first.
+          v.c.bytes[KVM_RUN_OFFSETS.immediate_exit] = 1;
+          if (t.run()) v.phase = 'pausing';
+        } else if (t.run()) v.phase = 'running';
+        return v.phase !== 'decide';
+      }
+      default:
+        return false;
+    }
+  }
+}
