@@ -45,8 +45,8 @@ export interface MicroVmOptions {
   snapshotSupport?: VcpuStateSupport;
   /**
    * How vCPUs run: 'worker', a worker thread (a V8 isolate) per vCPU calling KVM_RUN itself;
-   * 'native', a native thread per vCPU (native/vcpu-threads.c) and one worker for every vCPU's
-   * exits. Default 'worker'.
+   * 'native', a native thread per vCPU (native/vcpu-threads.c) whose exits the main thread
+   * handles (NativeVcpus). Default 'worker'.
    */
   vcpuThreads?: VcpuThreadsMode;
 }
