@@ -4,8 +4,8 @@
 // spawn → first serial byte (p50, p99), CPU per launch against `node -e 0` measured in the same
 // run, the guest's share of that CPU (time Linux accounted to running the guest), and peak RSS
 // with 1 and with 32 vCPUs (the cost of each further vCPU thread). Every measure is taken for
-// both ways of running vCPUs (FC_RUN_VCPU_THREADS): a worker per vCPU, and native threads with one
-// worker for every vCPU's exits. Needs /dev/kvm.
+// both ways of running vCPUs (FC_RUN_VCPU_THREADS): a worker per vCPU, and native threads whose
+// exits the main thread handles. Needs /dev/kvm.
 // Usage: node bench/rate.js [launches=100]
 'use strict';
 const { execFileSync, spawn } = require('node:child_process');
@@ -87,7 +87,7 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
     const cpu = pct(ok.map((r) => r.cpuMs), 50);
     const guestShare = sum(ok.map((r) => r.guestMs)) / sum(ok.map((r) => r.cpuMs));
     const vmmCpu = pct(ok.map((r) => r.cpuMs - r.guestMs), 50);
-    console.log(`vCPU threads: ${mode === 'worker' ? 'a worker per vCPU (the default)' : 'native, one worker for every vCPU\'s exits (FC_RUN_VCPU_THREADS=native)'}`);
+    console.log(`vCPU threads: ${mode === 'worker' ? 'a worker per vCPU (the default)' : 'native, every vCPU\'s exits on the main thread (FC_RUN_VCPU_THREADS=native)'}`);
     console.log(`  Probe guest (1 vCPU, 64 MiB) launched ${launches} times, ${cores} at a time on ${cores} cores`);
     console.log(`  rate                  ${(launches / seconds / cores).toFixed(2)} VMs per core per second   (target >= 5)   ${(launches / seconds).toFixed(1)} VMs/s in all`);
     console.log(`  failures              ${runs.length - ok.length}`);
