@@ -48,7 +48,7 @@ function lib(): Library {
     groupSeq: f('uint32_t fcv_group_seq(void *g)'),
     groupPoke: f('void fcv_group_poke(void *g)'),
     groupWait: f('uint32_t fcv_group_wait(void *g, uint32_t seen, int timeoutMs)'),
-    start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib)'),
+    start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib, int nice)'),
     state: f('int fcv_vcpu_state(void *v)'),
     tid: f('int fcv_vcpu_tid(void *v)'),
     result: f('long fcv_vcpu_result(void *v)'),
@@ -120,12 +120,13 @@ export class NativeVcpuThread {
 
   /**
    * Starts the thread of vCPU `id` (KVM vCPU fd `fd`), named "fc_vcpu <id>". It blocks every
-   * signal but `kickSignal`, installs `filter` (a seccomp BPF program) if given, then waits idle.
+   * signal but `kickSignal`, takes nice value `nice` (0: as it is), installs `filter` (a seccomp
+   * BPF program) if given, then waits idle.
    */
-  constructor(group: VcpuThreadGroup, id: number, fd: number, kickSignal: number, filter?: Buffer, stackKib = 256) {
+  constructor(group: VcpuThreadGroup, id: number, fd: number, kickSignal: number, filter?: Buffer, nice = 0, stackKib = 256) {
     const count = filter ? filter.length / 8 : 0;
     if (!Number.isInteger(count) || count > 4096) throw new FcRunError('native-vcpu', `a seccomp filter is whole 8-byte instructions, at most 4096, not ${filter!.length} bytes`);
-    const ptr = lib().start(group.ptr, id, fd, kickSignal, filter ?? null, count, stackKib);
+    const ptr = lib().start(group.ptr, id, fd, kickSignal, filter ?? null, count, stackKib, nice);
     if (ptr === null) throw new FcRunError('native-vcpu', `cannot start the thread of vCPU ${id} (errno ${koffiModule().errno()})`);
     this.ptr = ptr;
   }

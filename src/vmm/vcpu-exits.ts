@@ -375,6 +375,15 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
 }
 
 
+/**
+ * The nice value of native vCPU threads. Their exits wait for the main thread; with more vCPUs
+ * than host cores, guests spinning on a lock whose holder waits on an exit would otherwise leave
+ * the main thread a 1/N share of a core (seen: the probe's 32 vCPUs on 2 cores, spinning on its
+ * print lock, stalled for minutes). Below the main thread, the vCPUs still share the CPU fairly
+ * among themselves, and a runnable main thread gets a core at once.
+ */
+export const VCPU_THREAD_NICE = 10;
+
 /** Where a vCPU run by a native thread is, as the thread handling its exits sees it. */
 type NativePhase = 'starting' | 'decide' | 'running' | 'pausing' | 'parked' | 'quitting' | 'done';
 
@@ -398,7 +407,7 @@ export class NativeVcpus {
         const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
         const entry: (typeof this.vcpus)[number] = { c, phase: 'starting' };
         this.vcpus.push(entry);
-        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter);
+        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, VCPU_THREAD_NICE);
       }
     } catch (err) {
       const detail = `vCPU threads could not start: ${(err as Error).stack ?? err}`;

@@ -34,15 +34,17 @@ describe('native vCPU threads', () => {
     expect(fs.existsSync(path.join(DIST, 'native', 'libfcrun-vcpu.so'))).toBe(true);
   });
 
-  it('start idle with a name and an id, enter KVM_RUN once per run(), report its result, and end when told', () => {
+  it('start idle with a name, an id and a nice value of their own, enter KVM_RUN once per run(), report its result, and end when told', () => {
     const r = child(`${WAIT}
       const group = t.VcpuThreadGroup.create();
       const fd = libc.sys.eventfd(0, 0);
       const before = group.seq();
-      const th = new t.NativeVcpuThread(group, 7, fd, 12 /* SIGUSR2 */);
+      const th = new t.NativeVcpuThread(group, 7, fd, 12 /* SIGUSR2 */, undefined, 10);
       until(group, () => th.state() === t.VCPU_THREAD.IDLE);
       const tid = th.tid();
       const name = fs.readFileSync('/proc/self/task/' + tid + '/comm', 'utf8').trim();
+      const niceOf = (task) => Number(fs.readFileSync('/proc/self/task/' + task + '/stat', 'utf8').split(') ')[1].split(' ')[16]);
+      const nice = [niceOf(tid), niceOf(process.pid)];
       const seqStarted = group.seq();
       const results = [];
       for (let i = 0; i < 3; i++) {
@@ -55,11 +57,13 @@ describe('native vCPU threads', () => {
       until(group, () => th.state() === t.VCPU_THREAD.DONE);
       const runWhenDone = th.run(); // only an idle thread enters the guest
       th.join();
-      out({ tid, pid: process.pid, name, started: seqStarted !== before, results, runWhenDone, gone: !fs.existsSync('/proc/self/task/' + tid) });`);
+      out({ tid, pid: process.pid, name, nice, started: seqStarted !== before, results, runWhenDone, gone: !fs.existsSync('/proc/self/task/' + tid) });`);
     expect(r.err).toBe('');
     const v = JSON.parse(r.out);
     expect(v.tid).toBeGreaterThan(v.pid);
     expect(v.name).toBe('fc_vcpu 7');
+    // Its nice value is its own: the process's other threads keep theirs.
+    expect(v.nice).toEqual([10, 0]);
     expect(v.started).toBe(true);
     // ioctl(KVM_RUN) on an eventfd: ENOTTY (25), as minus errno.
     expect(v.results).toEqual([-25, -25, -25]);
