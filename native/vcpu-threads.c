@@ -72,11 +72,6 @@ static void bump(struct fcv_group *g) {
   }
 }
 
-static void set_state(struct fcv_vcpu *v, uint32_t s) {
-  __atomic_store_n(&v->state, s, __ATOMIC_SEQ_CST);
-  futex(&v->state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
-}
-
 static void *vcpu_main(void *arg) {
   struct fcv_vcpu *v = arg;
   sigset_t set;
@@ -96,7 +91,9 @@ static void *vcpu_main(void *arg) {
       return NULL;
     }
   }
-  __atomic_store_n(&v->state, FCV_IDLE, __ATOMIC_SEQ_CST);
+  // Idle now, unless told to quit while starting.
+  uint32_t starting = FCV_STARTING;
+  __atomic_compare_exchange_n(&v->state, &starting, FCV_IDLE, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
   bump(v->group);
   for (;;) {
     uint32_t s;
@@ -212,8 +209,14 @@ int fcv_vcpu_run(struct fcv_vcpu *v) {
 
 // Tells the thread to end once it is out of KVM_RUN (kick it if it may be inside).
 void fcv_vcpu_quit(struct fcv_vcpu *v) {
+  // Never over DONE: a thread that ended meanwhile must stay seen as ended.
   uint32_t s = __atomic_load_n(&v->state, __ATOMIC_SEQ_CST);
-  if (s != FCV_DONE) set_state(v, FCV_QUIT);
+  while (s != FCV_DONE && s != FCV_QUIT) {
+    if (__atomic_compare_exchange_n(&v->state, &s, FCV_QUIT, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+      futex(&v->state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+      return;
+    }
+  }
 }
 
 // Waits for the thread to end and frees it. Only after fcv_vcpu_quit (and a kick).

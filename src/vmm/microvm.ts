@@ -91,9 +91,9 @@ export class MicroVm {
   private paused = false;
   private answers = new Map<number, (a: VcpuAnswer) => void>();
   /** The native vCPU threads' futex group ('native' mode), poked whenever the control words change. */
-  private readonly group: VcpuThreadGroup | undefined;
+  private group: VcpuThreadGroup | undefined;
   /** The pipe the native vCPU threads notify the main thread through. */
-  private readonly notify: { read: number; write: number } | undefined;
+  private notify: { read: number; write: number } | undefined;
 
   constructor(
     vm: Vm,
@@ -106,14 +106,6 @@ export class MicroVm {
       control: new SharedArrayBuffer(4 * CONTROL_WORDS),
     };
     this.control = new Int32Array(this.shared.control);
-    if (opts.vcpuThreads === 'native') {
-      // The native vCPU threads write a byte to this pipe when they have news; the main thread's
-      // event loop reads it and handles their exits (NativeVcpus). Made here, before any filter.
-      const fds = Buffer.alloc(8);
-      if (sys.pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw new SyscallError('pipe2', errno());
-      this.notify = { read: fds.readInt32LE(0), write: fds.readInt32LE(4) };
-      this.group = VcpuThreadGroup.create(this.notify.write);
-    }
     if (opts.legacy) {
       Serial8250.restoreState(this.shared.serial, opts.legacy.serial, 'legacy.serial');
       I8042.restoreState(this.shared.i8042, opts.legacy.i8042, 'legacy.i8042');
@@ -131,6 +123,21 @@ export class MicroVm {
     const raise = (fd: number) => () => void sys.write(fd, one, 8);
     this.serial = new Serial8250(this.shared.serial, { out: () => undefined, interrupt: raise(this.serialIrqFd) });
     this.i8042 = new I8042(this.shared.i8042, { reset: () => undefined, interrupt: raise(this.keyboardIrqFd) });
+    if (opts.vcpuThreads === 'native') {
+      // The native vCPU threads write a byte to this pipe when they have news; the main thread's
+      // event loop reads it and handles their exits (NativeVcpus). Made last, before any filter.
+      const fds = Buffer.alloc(8);
+      if (sys.pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw new SyscallError('pipe2', errno());
+      const notify = { read: fds.readInt32LE(0), write: fds.readInt32LE(4) };
+      try {
+        this.group = VcpuThreadGroup.create(notify.write);
+      } catch (err) {
+        closeSync(notify.read);
+        closeSync(notify.write);
+        throw err;
+      }
+      this.notify = notify;
+    }
   }
 
   /**
@@ -252,6 +259,7 @@ export class MicroVm {
    * the answers in vCPU order. The VM must be paused.
    */
   requestFromVcpus(kind: (typeof VcpuRequest)[keyof typeof VcpuRequest]): Promise<unknown[]> {
+    if (this.stopping) return Promise.reject(new FcRunError('vm-stopped', 'the microVM has stopped'));
     if (!this.paused) return Promise.reject(new FcRunError('vm-not-paused', 'the microVM must be paused first'));
     Atomics.store(this.control, CONTROL.REQUEST_KIND, kind);
     const gen = Atomics.add(this.control, CONTROL.REQUEST_GEN, 1) + 1;
@@ -399,6 +407,9 @@ export class MicroVm {
           done = true;
           pipe.destroy();
           closeSync(notify.write);
+          // No poke may reach the group once freed (a request after the VM stopped).
+          this.group = undefined;
+          this.notify = undefined;
           group.free();
           ended();
         };

@@ -1,4 +1,5 @@
 import { Worker } from 'node:worker_threads';
+import { isatty } from 'node:tty';
 import * as path from 'node:path';
 import { PACKAGE_ROOT, VCPU_WORKER_SCRIPT } from '../package-root';
 import { hardExit } from '../kvm/libc';
@@ -42,6 +43,13 @@ export function exitProcess(code: number): void {
     const proc = process as unknown as { reallyExit: (code?: number) => void };
     const nodeExit = proc.reallyExit.bind(process);
     proc.reallyExit = (c?: number) => {
+      // Node's own exit puts the terminal back as it found it; _exit does not (a crash while the
+      // serial console holds the terminal raw would leave it raw).
+      try {
+        if (isatty(0) && (process.stdin as { isRaw?: boolean }).isRaw) process.stdin.setRawMode(false);
+      } catch {
+        // not a terminal any more: nothing to put back
+      }
       try {
         hardExit(c ?? 0);
       } catch {
@@ -80,7 +88,7 @@ export function takeVcpuThread(): Worker {
 
 /**
  * How vCPUs run (MicroVmOptions.vcpuThreads): FC_RUN_VCPU_THREADS=native puts each vCPU on a
- * native thread with one worker for all their exits; unset or "worker", a worker per vCPU.
+ * native thread, its exits handled on the main thread; unset or "worker", a worker per vCPU.
  */
 export function vcpuThreadsMode(): 'worker' | 'native' {
   const v = process.env.FC_RUN_VCPU_THREADS;

@@ -434,7 +434,11 @@ export class NativeVcpus {
 
   /** Tells every thread to end once out of the guest (the caller kicks them). */
   quitAll(): void {
-    for (const v of this.vcpus) if (v.phase !== 'done') v.thread?.quit();
+    for (const v of this.vcpus) {
+      if (v.phase === 'done' || v.phase === 'quitting') continue;
+      v.thread?.quit();
+      v.phase = 'quitting';
+    }
   }
 
   /** Moves one vCPU on by one step; true if it changed phase. */

@@ -145,6 +145,30 @@ describe('native vCPU threads', () => {
     expect(JSON.parse(r.out)).toEqual({ afterStart: 1, unarmed: 0, rearmed: 1, poked: 1 });
   });
 
+  it('a quit always ends the thread: sent while it starts, or again while it ends, it never leaves it waiting or hides DONE', () => {
+    // A quit while the thread starts must not be overwritten by its IDLE, and a second quit
+    // racing the thread's own end must not overwrite DONE with QUIT: either way whoever waits for
+    // DONE would wait for ever.
+    const r = child(`
+      const group = t.VcpuThreadGroup.create();
+      const fd = libc.sys.eventfd(0, 0);
+      let stuck = 0;
+      for (let i = 0; i < 300; i++) {
+        const th = new t.NativeVcpuThread(group, i % 32, fd, 12);
+        th.quit();
+        for (let spin = 0; spin < (i % 7) * 50; spin++);
+        th.quit();
+        const end = Date.now() + 2000;
+        while (th.state() !== t.VCPU_THREAD.DONE && Date.now() < end) group.wait(group.seq(), 20);
+        if (th.state() !== t.VCPU_THREAD.DONE) stuck++;
+        else th.join();
+        if (stuck) break;
+      }
+      out(stuck);`);
+    expect(r.err).toBe('');
+    expect(JSON.parse(r.out)).toBe(0);
+  });
+
   it('a poke wakes the waiting thread at once, and a wait with nothing to see ends at its timeout', () => {
     const r = child(`
       const group = t.VcpuThreadGroup.create();

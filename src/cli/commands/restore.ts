@@ -75,6 +75,8 @@ export async function restoreCommand(io: Io, args: ParsedArgs, startNs: bigint):
   };
   process.on('SIGTERM', early);
   process.on('SIGINT', early);
+  // bin/fc-run's stand-in for these (as PID 1 of a jail) is no longer needed, as in run.
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) for (const l of process.listeners(sig)) if (l.name === 'fcRunStartingSignal') process.off(sig, l);
   try {
     if (o['exit-with-fd'] !== undefined) watchLifeline(o['exit-with-fd'] as number);
     const threadFilters = threadFiltersOf(o);
