@@ -15,8 +15,6 @@ export function prewarmVcpuThreads(count: number): void {
   (require('../vmm/threads') as typeof import('../vmm/threads')).prewarmVcpuThreads(count);
 }
 
-export { exitProcess } from './exit';
-
 export { compilePlan, canonicalJson, PlanError, PLAN_VERSION } from './plan';
 export type { BootPlan, CompiledPlan, DevicePlan, PlanIssue } from './plan';
 export { inspectKernel, inspectKernelFile, KernelImageError } from './kernel-image';

@@ -58,15 +58,6 @@ function optionArgs(argv: readonly string[]): readonly string[] {
   return end >= 0 ? argv.slice(0, end) : argv;
 }
 
-/**
- * How bin/fc-run ends the process: as process.exit, once no thread fc-run started is still
- * loading (a thread stopped there would abort the process instead of giving `code`).
- */
-export function exitProcess(code: number): void {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  (require('../boot/exit') as typeof import('../boot/exit')).exitProcess(code);
-}
-
 /** Runs the CLI and resolves to the process exit code. */
 export async function main(argv: string[], io: Io = { out: new FdOutput(1), err: new FdOutput(2) }, startNs = process.hrtime.bigint()): Promise<number> {
   const early: Reporting = { jsonLines: optionArgs(argv).includes('--json-lines'), strict: false };

@@ -17,47 +17,45 @@ export function threadLoaderCode(bundle: string): string {
   return `require(${loader}).loadBundle(${file}, require('node:module').createRequire(${file}));`;
 }
 
-/** Whether this process has started a thread (see {@link exitProcess}). */
-let threadsStarted = false;
-
 /** Starts a thread running `bundle`; every thread fc-run starts goes through here. */
 export function startThread(bundle: string, name: string, workerData?: object): Worker {
-  threadsStarted = true;
+  exitWithoutThreadTeardown();
   return new Worker(threadLoaderCode(bundle), { eval: true, name, workerData });
 }
 
+let hardExitInstalled = false;
+
 /**
- * Ends the process with `code`, as process.exit does ('exit' listeners run: the exit record, the
- * last metrics line), but without Node's teardown of the threads when fc-run started any.
- * process.exit stops each thread by terminating its JavaScript and then joins it. A thread
- * stopped that way while it is inside a koffi call (loading koffi itself, defining its structs,
- * setting up a vCPU) aborts the whole process with a fatal error (SIGABRT) instead of giving
- * `code`: seen when a spec was refused or a signal came while a vCPU thread started ahead of need
- * was still loading, and reproduced by exiting at random moments after starting threads. A thread
- * blocked in a system call (KVM_RUN, epoll_wait) also holds up the join. So once threads exist the
- * last step, Node's `process.reallyExit`, becomes libc's `_exit`: the kernel ends every thread at
- * once, and nothing is lost, since fc-run writes its output and files synchronously.
+ * From the first thread on, process.exit ends the process as before ('exit' listeners run: the
+ * exit record, the last metrics line) but without Node's teardown of the threads. That teardown
+ * stops each thread by terminating its JavaScript and then joins it. A thread stopped that way
+ * while it is inside a koffi call (loading koffi itself, defining its structs, setting up a vCPU)
+ * aborts the whole process with a fatal error (SIGABRT) instead of giving the exit code: seen when
+ * a spec was refused or a signal came while a vCPU thread started ahead of need was still loading,
+ * and reproduced by exiting at random moments after starting threads. A thread blocked in a system
+ * call (KVM_RUN, epoll_wait) also holds up the join. So Node's last step, `process.reallyExit`,
+ * becomes libc's `_exit`: the kernel ends every thread at once, and nothing is lost, since fc-run
+ * writes its output and files synchronously. Every process.exit is covered, wherever it is called.
  */
-export function exitProcess(code: number): void {
-  if (threadsStarted) {
-    const proc = process as unknown as { reallyExit: (code?: number) => void };
-    const nodeExit = proc.reallyExit.bind(process);
-    proc.reallyExit = (c?: number) => {
-      // Node's own exit puts the terminal back as it found it; _exit does not (a crash while the
-      // serial console holds the terminal raw would leave it raw).
-      try {
-        if (isatty(0) && (process.stdin as { isRaw?: boolean }).isRaw) process.stdin.setRawMode(false);
-      } catch {
-        // not a terminal any more: nothing to put back
-      }
-      try {
-        hardExit(c ?? 0);
-      } catch {
-        nodeExit(c); // koffi could not be loaded: Node's own way out
-      }
-    };
-  }
-  process.exit(code);
+function exitWithoutThreadTeardown(): void {
+  if (hardExitInstalled) return;
+  hardExitInstalled = true;
+  const proc = process as unknown as { reallyExit: (code?: number) => void };
+  const nodeExit = proc.reallyExit.bind(process);
+  proc.reallyExit = (c?: number) => {
+    // Node's own exit puts the terminal back as it found it; _exit does not (a crash while the
+    // serial console holds the terminal raw would leave it raw).
+    try {
+      if (isatty(0) && (process.stdin as { isRaw?: boolean }).isRaw) process.stdin.setRawMode(false);
+    } catch {
+      // not a terminal any more: nothing to put back
+    }
+    try {
+      hardExit(c ?? 0);
+    } catch {
+      nodeExit(c); // koffi could not be loaded: Node's own way out
+    }
+  };
 }
 
 /**
@@ -87,10 +85,16 @@ export function takeVcpuThread(): Worker {
 }
 
 /**
+ * How vCPUs run: 'worker', a worker thread (a V8 isolate) per vCPU calling KVM_RUN itself;
+ * 'native', a native thread per vCPU (native/vcpu-threads.c) whose exits the main thread handles.
+ */
+export type VcpuThreadsMode = 'worker' | 'native';
+
+/**
  * How vCPUs run (MicroVmOptions.vcpuThreads): FC_RUN_VCPU_THREADS=native puts each vCPU on a
  * native thread, its exits handled on the main thread; unset or "worker", a worker per vCPU.
  */
-export function vcpuThreadsMode(): 'worker' | 'native' {
+export function vcpuThreadsMode(): VcpuThreadsMode {
   const v = process.env.FC_RUN_VCPU_THREADS;
   if (v === undefined || v === '' || v === 'worker') return 'worker';
   if (v === 'native') return 'native';

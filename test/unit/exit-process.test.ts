@@ -5,9 +5,9 @@ import * as path from 'node:path';
 import { BUNDLE_PREFIX, BUNDLE_SUFFIX } from '../../src/code-cache';
 import { PACKAGE_ROOT } from '../../src/package-root';
 
-// How fc-run ends once it has started threads (src/vmm/threads.ts exitProcess, which bin/fc-run
-// and the signal and crash handlers use). Node's process.exit terminates each thread's JavaScript
-// and joins it: a thread inside a koffi call then aborts the process (SIGABRT instead of the exit
+// How fc-run ends once it has started threads (src/vmm/threads.ts: from the first thread
+// started with startThread, process.exit ends with _exit). Node's own process.exit terminates
+// each thread's JavaScript and joins it: a thread inside a koffi call then aborts the process (SIGABRT instead of the exit
 // code, seen as a refused restore ending "by a signal"), and a thread blocked in a system call
 // holds the exit up. Each case runs a real process with a thread doing just that.
 
@@ -36,17 +36,17 @@ interface Ended {
 }
 
 /**
- * Starts `thread` with fc-run's startThread, waits for its 'go', then ends the process with
- * `how` ('fc-run': exitProcess, 'node': process.exit) and code 2. An 'exit' listener writes a
+ * Starts `thread` (`how` 'fc-run': with fc-run's startThread; 'node': as a plain Worker, so
+ * Node's own exit applies), waits for its 'go', then ends the process with process.exit(2). An 'exit' listener writes a
  * marker, as fc-run's exit record and last metrics line do. Killed after `limitMs`.
  */
 function endWhileThreadRuns(thread: string, how: 'fc-run' | 'node', limitMs = 20_000): Promise<Ended> {
   const marker = path.join(dir, `marker-${Math.random().toString(36).slice(2)}`);
   const script = `
     const t = require(${JSON.stringify(THREADS)});
-    const w = t.startThread(${JSON.stringify(thread)}, 'test');
+    const w = ${how === 'fc-run' ? `t.startThread(${JSON.stringify(thread)}, 'test')` : `new (require('node:worker_threads').Worker)(t.threadLoaderCode(${JSON.stringify(thread)}), { eval: true })`};
     process.on('exit', (c) => require('node:fs').writeFileSync(${JSON.stringify(marker)}, 'exit ' + c));
-    w.once('message', () => setTimeout(() => ${how === 'fc-run' ? 't.exitProcess(2)' : 'process.exit(2)'}, 5));`;
+    w.once('message', () => setTimeout(() => process.exit(2), 5));`;
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
@@ -86,7 +86,7 @@ describe('ending fc-run while its threads run', () => {
 
   it('without threads, process.exit is left as it is', async () => {
     const r = await new Promise<{ status: number | null; out: string }>((resolve) => {
-      const script = `const t = require(${JSON.stringify(THREADS)}); const before = process.reallyExit; process.on('exit', () => process.stdout.write(String(process.reallyExit === before))); t.exitProcess(3);`;
+      const script = `require(${JSON.stringify(THREADS)}); const before = process.reallyExit; process.on('exit', () => process.stdout.write(String(process.reallyExit === before))); process.exit(3);`;
       const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
       child.stdout.on('data', (d) => (out += d));

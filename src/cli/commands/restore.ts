@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { canonicalJson, exitProcess, planRunnable, prewarmVcpuThreads } from '../../boot';
+import { canonicalJson, planRunnable, prewarmVcpuThreads } from '../../boot';
 import { applyOverrides, BackendOverrides, checkSnapshot, planWithoutBackends } from '../../boot/snapshot-plan';
 import { loadSpecFile } from '../../config/validate';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, FcRunError } from '../../errors';
@@ -71,7 +71,7 @@ export async function restoreCommand(io: Io, args: ParsedArgs, startNs: bigint):
     if (running) return;
     reportStatus(io, rep, 'signal', `${sig} before the VM ran`);
     closeApi();
-    exitProcess(EXIT_FAILURE);
+    process.exit(EXIT_FAILURE);
   };
   process.on('SIGTERM', early);
   process.on('SIGINT', early);

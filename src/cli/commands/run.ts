@@ -5,7 +5,7 @@ import { describeSnapshot, readSnapshotFile, snapshotSummary, snapshotVersionTex
 import { checkSnapshot } from '../../boot/snapshot-plan';
 import { loadSpecFile } from '../../config/validate';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../../config/resolved';
-import { exitProcess, planRunnable, prewarmVcpuThreads } from '../../boot';
+import { planRunnable, prewarmVcpuThreads } from '../../boot';
 import type { BootPlan } from '../../boot';
 import type { MonitorConfig } from '../../monitor/vm-monitor';
 import type { ApiContext } from '../../api/server';
@@ -257,7 +257,7 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
     exitReason = `${sig} before the VM ran`;
     reportStatus(io, rep, 'signal', `${sig} before the VM ran`);
     closeApi();
-    exitProcess(EXIT_FAILURE);
+    process.exit(EXIT_FAILURE);
   };
   process.on('SIGTERM', early);
   process.on('SIGINT', early);
@@ -332,7 +332,7 @@ export async function launchPlanned(
     monitor.fatal(`fc-run crashed: ${err.stack ?? err.message}`);
     closeApi();
     process.stderr.write(`fc-run crashed: ${err.stack ?? err.message}\n`);
-    exitProcess(EXIT_FAILURE);
+    process.exit(EXIT_FAILURE);
   };
   process.on('uncaughtException', onCrash);
   // sd_notify (systemd Type=notify, `fc-run unit`): READY=1 once the guest runs, STOPPING=1 when it stops.
