@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FcRunError } from '../errors';
 import { PACKAGE_ROOT } from '../package-root';
-import { koffiModule, Pointer, sys } from './libc';
+import { koffiModule, Pointer } from './libc';
 
 /**
  * Native vCPU threads (native/vcpu-threads.c, built by `npm run build` into dist/native/): a
@@ -60,15 +60,10 @@ function lib(): Library {
   return library;
 }
 
-/** Whether the native vCPU thread library was built (npm run build). */
-export function nativeVcpuThreadsBuilt(): boolean {
-  return fs.existsSync(NATIVE_VCPU_LIBRARY);
-}
-
 /**
- * The futex word a group's vCPU threads bump on every event and the handling thread waits on.
- * Made on the main thread (which pokes it to wake the handler: pause, resume, requests, stop) and
- * opened by address on the thread that handles the exits.
+ * The futex word a group's vCPU threads bump on every event, with the notification fd written
+ * once per round; the main thread pokes it too (pause, resume, requests, stop) so that its
+ * handling of the exits looks again.
  */
 export class VcpuThreadGroup {
   private constructor(readonly ptr: Pointer) {}
@@ -78,15 +73,6 @@ export class VcpuThreadGroup {
     const ptr = lib().groupNew(notifyFd);
     if (ptr === null) throw new FcRunError('native-vcpu', 'cannot allocate a vCPU thread group');
     return new VcpuThreadGroup(ptr);
-  }
-
-  /** The group made by another thread, from {@link address}. */
-  static at(address: bigint): VcpuThreadGroup {
-    return new VcpuThreadGroup(sys.pointerAt(address, address, 0));
-  }
-
-  get address(): bigint {
-    return koffiModule().address(this.ptr) as bigint;
   }
 
   seq(): number {

@@ -1,4 +1,3 @@
-import type { Worker } from 'node:worker_threads';
 import { FcRunError } from '../errors';
 import type { Vcpu, Vm } from '../kvm/kvm';
 import { VcpuThreadGroup } from '../kvm/vcpu-threads';
@@ -16,6 +15,7 @@ import type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
 import * as net from 'node:net';
 import { closeSync } from 'node:fs';
 import { takeVcpuThread } from './threads';
+import type { VcpuThreadsMode } from './threads';
 import type { VcpuStateSupport } from '../kvm/snapshot-state';
 
 export interface MicroVmOptions {
@@ -43,15 +43,9 @@ export interface MicroVmOptions {
   startPaused?: boolean;
   /** What this host's KVM can save of a vCPU (for snapshots). */
   snapshotSupport?: VcpuStateSupport;
-  /**
-   * How vCPUs run: 'worker', a worker thread (a V8 isolate) per vCPU calling KVM_RUN itself;
-   * 'native', a native thread per vCPU (native/vcpu-threads.c) whose exits the main thread
-   * handles (NativeVcpus). Default 'worker'.
-   */
+  /** How vCPUs run (see VcpuThreadsMode); default 'worker'. */
   vcpuThreads?: VcpuThreadsMode;
 }
-
-export type VcpuThreadsMode = 'worker' | 'native';
 
 /** The legacy devices' register state (checked when it is loaded: it may come from a file). */
 export interface LegacyState {
@@ -81,7 +75,6 @@ export class MicroVm {
   readonly i8042: I8042;
   private readonly serialIrqFd: number;
   private readonly keyboardIrqFd: number;
-  private workers: Worker[] = [];
   /** Each running vCPU thread's id, for the kick signal. */
   private readonly tids = new Map<number, number>();
   private readonly control: Int32Array;
@@ -90,10 +83,11 @@ export class MicroVm {
   private pausing: Promise<void> | undefined;
   private paused = false;
   private answers = new Map<number, (a: VcpuAnswer) => void>();
-  /** The native vCPU threads' futex group ('native' mode), poked whenever the control words change. */
-  private group: VcpuThreadGroup | undefined;
-  /** The pipe the native vCPU threads notify the main thread through. */
-  private notify: { read: number; write: number } | undefined;
+  /**
+   * 'native' mode: the vCPU threads' group (poked whenever the control words change) and the pipe
+   * they notify the main thread through; gone once the threads have ended.
+   */
+  private native: { group: VcpuThreadGroup; read: number; write: number } | undefined;
 
   constructor(
     vm: Vm,
@@ -128,15 +122,14 @@ export class MicroVm {
       // event loop reads it and handles their exits (NativeVcpus). Made last, before any filter.
       const fds = Buffer.alloc(8);
       if (sys.pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw new SyscallError('pipe2', errno());
-      const notify = { read: fds.readInt32LE(0), write: fds.readInt32LE(4) };
+      const [read, write] = [fds.readInt32LE(0), fds.readInt32LE(4)];
       try {
-        this.group = VcpuThreadGroup.create(notify.write);
+        this.native = { group: VcpuThreadGroup.create(write), read, write };
       } catch (err) {
-        closeSync(notify.read);
-        closeSync(notify.write);
+        closeSync(read);
+        closeSync(write);
         throw err;
       }
-      this.notify = notify;
     }
   }
 
@@ -157,7 +150,7 @@ export class MicroVm {
   private wakeParked(): void {
     Atomics.add(this.control, CONTROL.WAKE, 1);
     Atomics.notify(this.control, CONTROL.WAKE);
-    this.group?.poke();
+    this.native?.group.poke();
   }
 
   /** The legacy devices' register state (the VM must be paused). */
@@ -383,14 +376,13 @@ export class MicroVm {
           }
         }
       };
-      if (this.group && this.notify) {
+      if (this.native) {
         // Every vCPU on a native thread of its own, their exits handled here, on the main thread,
         // whenever the threads' pipe says there is news (and at once, for the first time).
         running = 1;
-        const group = this.group;
-        const notify = this.notify;
-        const native = new NativeVcpus(this.vcpus.map(dataOf), group, os.constants.signals[VCPU_KICK_SIGNAL], onMessage);
-        const pipe = new net.Socket({ fd: notify.read, readable: true, writable: false });
+        const { group, read, write } = this.native;
+        const native = new NativeVcpus(this.vcpus, this.vcpus.map(dataOf), group, os.constants.signals[VCPU_KICK_SIGNAL], onMessage);
+        const pipe = new net.Socket({ fd: read, readable: true, writable: false });
         let done = false;
         const scan = () => {
           if (done) return;
@@ -406,10 +398,9 @@ export class MicroVm {
           if (live > 0) return;
           done = true;
           pipe.destroy();
-          closeSync(notify.write);
+          closeSync(write);
           // No poke may reach the group once freed (a request after the VM stopped).
-          this.group = undefined;
-          this.notify = undefined;
+          this.native = undefined;
           group.free();
           ended();
         };
@@ -426,7 +417,6 @@ export class MicroVm {
             if (!stop) finish({ kind: 'stop', vcpu: vcpu.id, reason: 'vmm-error', detail: `vCPU ${vcpu.id} thread crashed: ${err.stack ?? err}` });
           });
           w.on('exit', ended);
-          this.workers.push(w);
           w.postMessage({ kind: 'start', data: dataOf(vcpu) });
         }
       }

@@ -22,16 +22,13 @@ import { MailboxClient } from './mmio-mailbox';
 import { MMIO } from '../devices/virtio/mmio';
 import { saveVcpuState, VcpuStateSupport } from '../kvm/snapshot-state';
 
-/**
- * A vCPU's exits, handled the same way whoever calls KVM_RUN: a worker thread of its own
- * (vcpu-worker.ts, the default) or a native thread whose exits the main thread handles
- * ({@link NativeVcpus}, FC_RUN_VCPU_THREADS=native).
- */
-/**
- * One vCPU thread: runs KVM_RUN in a loop and handles port and MMIO exits right here, with device
- * state shared through SharedArrayBuffers. It reports to the VMM thread only to stop the VM or to
- * note the boot time.
- */
+// A vCPU's exits, handled the same way whoever calls KVM_RUN: a worker thread of its own
+// (vcpu-worker.ts, the default) or a native thread whose exits the main thread handles
+// (NativeVcpus below, FC_RUN_VCPU_THREADS=native). Port and MMIO exits are handled with device
+// state shared through SharedArrayBuffers; the main thread hears only of stops, the boot time,
+// readiness and answers to its requests.
+
+/** What a vCPU's exit handling needs (structured-cloneable: it crosses to a worker). */
 export interface VcpuWorkerData {
   id: number;
   fd: number;
@@ -68,22 +65,30 @@ export interface VirtioWindows {
 export interface VcpuContext {
   readonly data: VcpuWorkerData;
   readonly vcpu: Vcpu;
-  /** The vCPU's kvm_run page. */
-  readonly bytes: Uint8Array;
-  readonly control: Int32Array;
+  /**
+   * What to do before entering the guest again, from the control words: 'stop'; 'pause' (with
+   * immediate_exit set: KVM_RUN completes the I/O or MMIO exit just handled, so the guest's
+   * register gets the value read, without running guest code; an EINTR then means parked, and
+   * another exit, the next round of a string I/O instruction, is handled first); or 'run'.
+   */
+  next(): 'stop' | 'pause' | 'run';
+  /** Counts this vCPU parked (the main thread waits for every vCPU to be). */
+  parked(): void;
+  /** While parked: answers any request, and says whether to stay parked. */
+  stayParked(): boolean;
+  /** Counts this vCPU no longer parked; the guest may run again. */
+  unparked(): void;
   /** Handles the exit KVM_RUN just returned with (read from the kvm_run page). */
   handleExit(): void;
   /** Reports why the VM stops (once) and tells every vCPU to stop. */
   stop(report: Omit<StopReport, 'kind' | 'vcpu'>): void;
   readonly stopped: boolean;
-  /** Answers the request made to every parked vCPU, if it has not yet (CONTROL.REQUEST_GEN). */
-  answerRequest(): void;
   /** Says the vCPU's thread (kernel id `tid`, for the kick signal) is about to enter the guest. */
   ready(tid: number): void;
 }
 
-export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void): VcpuContext {
-  const vcpu = new Vcpu(data.id, data.fd, data.mmapSize);
+/** `vcpu`: the vCPU when this thread has it already (the main thread does), else opened from `data`. */
+export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void, vcpu = new Vcpu(data.id, data.fd, data.mmapSize)): VcpuContext {
   // This vCPU's metrics group: only this thread writes it.
   const registry = MetricsRegistry.attach(data.metrics.buffer, data.metrics.layout);
   const m = registry.group(`vcpu${data.id}`, VCPU_FIELDS);
@@ -359,17 +364,35 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
     }
   }
 
+  const stopWord = () => stopped || Atomics.load(control, CONTROL.STOP) !== 0;
+
   return {
     data,
     vcpu,
-    bytes,
-    control,
+    next() {
+      if (stopWord()) return 'stop';
+      if (Atomics.load(control, CONTROL.PAUSE) === 0) return 'run';
+      bytes[KVM_RUN_OFFSETS.immediate_exit] = 1;
+      return 'pause';
+    },
+    parked() {
+      Atomics.add(control, CONTROL.PARKED, 1);
+      Atomics.notify(control, CONTROL.PARKED);
+    },
+    stayParked() {
+      answerRequest();
+      return !stopWord() && Atomics.load(control, CONTROL.PAUSE) !== 0;
+    },
+    unparked() {
+      Atomics.sub(control, CONTROL.PARKED, 1);
+      Atomics.notify(control, CONTROL.PARKED);
+      bytes[KVM_RUN_OFFSETS.immediate_exit] = 0;
+    },
     handleExit,
     stop,
     get stopped() {
       return stopped;
     },
-    answerRequest,
     ready: (tid) => post({ kind: 'ready', vcpu: data.id, tid }),
   };
 }
@@ -396,30 +419,22 @@ type NativePhase = 'starting' | 'decide' | 'running' | 'pausing' | 'parked' | 'q
  */
 export class NativeVcpus {
   private readonly vcpus: { c: VcpuContext; thread?: NativeVcpuThread; phase: NativePhase }[] = [];
-  private readonly control: Int32Array | undefined;
 
-  constructor(datas: VcpuWorkerData[], group: VcpuThreadGroup, kickSignal: number, post: (m: VcpuMessage) => void) {
-    let control: Int32Array | undefined;
+  /** `vcpus`: the main thread's own, with `datas` in the same order. */
+  constructor(vcpus: Vcpu[], datas: VcpuWorkerData[], group: VcpuThreadGroup, kickSignal: number, post: (m: VcpuMessage) => void) {
     try {
-      for (const data of datas) {
-        const c = vcpuContext(data, post);
-        control = c.control;
-        const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
-        const entry: (typeof this.vcpus)[number] = { c, phase: 'starting' };
+      datas.forEach((data, i) => {
+        const entry: (typeof this.vcpus)[number] = { c: vcpuContext(data, post, vcpus[i]), phase: 'starting' };
         this.vcpus.push(entry);
+        const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
         entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, VCPU_THREAD_NICE);
-      }
+      });
     } catch (err) {
       const detail = `vCPU threads could not start: ${(err as Error).stack ?? err}`;
       const first = this.vcpus[0]?.c;
       if (first) first.stop({ reason: 'vmm-error', detail });
       else post({ kind: 'stop', vcpu: -1, reason: 'vmm-error', detail });
     }
-    this.control = control;
-  }
-
-  private stopWord(): boolean {
-    return this.control === undefined || Atomics.load(this.control, CONTROL.STOP) !== 0;
   }
 
   /** Moves every vCPU on as far as it can go now; returns how many have not ended. */
@@ -444,7 +459,6 @@ export class NativeVcpus {
   /** Moves one vCPU on by one step; true if it changed phase. */
   private advance(v: (typeof this.vcpus)[number]): boolean {
     const t = v.thread;
-    const ctl = this.control!;
     if (!t) {
       v.phase = 'done';
       return true;
@@ -478,8 +492,7 @@ export class NativeVcpus {
         } else if (r === -4 || r === -11) {
           // EINTR (a kick, or immediate_exit): parks if pausing, else looks at the control words.
           if (v.phase === 'pausing') {
-            Atomics.add(ctl, CONTROL.PARKED, 1);
-            Atomics.notify(ctl, CONTROL.PARKED);
+            v.c.parked();
             v.phase = 'parked';
           } else v.phase = 'decide';
         } else {
@@ -488,24 +501,17 @@ export class NativeVcpus {
         }
         return true;
       }
-      case 'parked': {
-        v.c.answerRequest();
-        if (!this.stopWord() && Atomics.load(ctl, CONTROL.PAUSE) !== 0) return false;
-        Atomics.sub(ctl, CONTROL.PARKED, 1);
-        Atomics.notify(ctl, CONTROL.PARKED);
-        v.c.bytes[KVM_RUN_OFFSETS.immediate_exit] = 0;
+      case 'parked':
+        if (v.c.stayParked()) return false;
+        v.c.unparked();
         v.phase = 'decide';
         return true;
-      }
       case 'decide': {
-        if (v.c.stopped || this.stopWord()) {
+        const next = v.c.next();
+        if (next === 'stop') {
           t.quit();
           v.phase = 'quitting';
-        } else if (Atomics.load(ctl, CONTROL.PAUSE) !== 0) {
-          // As on a worker of its own: immediate_exit completes the exit just handled first.
-          v.c.bytes[KVM_RUN_OFFSETS.immediate_exit] = 1;
-          if (t.run()) v.phase = 'pausing';
-        } else if (t.run()) v.phase = 'running';
+        } else if (t.run()) v.phase = next === 'pause' ? 'pausing' : 'running';
         return v.phase !== 'decide';
       }
       default:

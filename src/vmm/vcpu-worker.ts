@@ -1,6 +1,5 @@
 import { parentPort } from 'node:worker_threads';
 import { gettid } from '../kvm/libc';
-import { KVM_RUN_OFFSETS } from '../kvm/structs';
 import { installThreadFilter } from '../kvm/seccomp';
 import { CONTROL } from './shared';
 import { vcpuContext, VcpuWorkerData } from './vcpu-exits';
@@ -15,40 +14,30 @@ const port = parentPort!;
  */
 function start(data: VcpuWorkerData): void {
   const c = vcpuContext(data, (m) => port.postMessage(m));
-  const { vcpu, bytes, control } = c;
+  const control = new Int32Array(data.shared.control);
 
   /** Pause: the thread waits until resumed (or stopped), answering requests meanwhile. */
   function park(): void {
-    Atomics.add(control, CONTROL.PARKED, 1);
-    Atomics.notify(control, CONTROL.PARKED);
+    c.parked();
     try {
       for (;;) {
         const wake = Atomics.load(control, CONTROL.WAKE);
-        c.answerRequest();
-        if (Atomics.load(control, CONTROL.STOP) !== 0 || Atomics.load(control, CONTROL.PAUSE) === 0) break;
+        if (!c.stayParked()) break;
         Atomics.wait(control, CONTROL.WAKE, wake, 1000);
       }
     } finally {
-      Atomics.sub(control, CONTROL.PARKED, 1);
-      Atomics.notify(control, CONTROL.PARKED);
+      c.unparked();
     }
-    bytes[KVM_RUN_OFFSETS.immediate_exit] = 0;
   }
 
   function loop(): void {
-    while (!c.stopped) {
-      if (Atomics.load(control, CONTROL.STOP) !== 0) return;
-      if (Atomics.load(control, CONTROL.PAUSE) !== 0) {
-        // KVM_RUN with immediate_exit set completes the I/O or MMIO exit just handled (the guest's
-        // register gets the value read) without running guest code, so a parked vCPU's state is
-        // whole. It can end in one more exit (the next round of a string I/O instruction): that
-        // is handled first, and the next turn parks.
-        bytes[KVM_RUN_OFFSETS.immediate_exit] = 1;
-        if (!vcpu.run()) {
-          park();
-          continue;
-        }
-      } else if (!vcpu.run()) continue; // EINTR: check the control words again
+    for (;;) {
+      const next = c.next();
+      if (next === 'stop') return;
+      if (!c.vcpu.run()) {
+        if (next === 'pause') park();
+        continue; // EINTR: check the control words again
+      }
       c.handleExit();
     }
   }
