@@ -1895,6 +1895,180 @@ static void reset(void) {
     outb(I8042_COMMAND, I8042_RESET);
 }
 
+/* ---- probe.ring3=1: can user space make a system call on this KVM? ----
+   Drops to ring 3 (iretq, IOPL 3 so the serial port stays usable there) and executes SYSCALL.
+   On KVM that runs guests on hardware the CPU enters LSTAR in ring 0 (CS = the kernel's code
+   selector); some instruction-emulating KVMs enter it still at user privilege, so a guest kernel
+   can never serve a user program there. The probe prints which, and resets. The detection for
+   the Linux guest profile (guest/linux/host.js) reads the verdict line. */
+
+#define R3_KCODE 0x08
+#define R3_KDATA 0x10
+#define R3_UDATA (0x18 | 3)
+#define R3_UCODE (0x20 | 3)
+#define R3_TSS 0x28
+#define MSR_EFER_ 0xc0000080
+#define MSR_STAR 0xc0000081
+#define MSR_LSTAR 0xc0000082
+#define MSR_SFMASK 0xc0000084
+
+struct tss64 {
+    uint32_t reserved0;
+    uint64_t rsp[3];
+    uint64_t reserved1;
+    uint64_t ist[7];
+    uint64_t reserved2;
+    uint16_t reserved3;
+    uint16_t iomap;
+} __attribute__((packed));
+
+static uint64_t r3_pml4[512] __attribute__((aligned(4096)));
+static uint64_t r3_pdpt[512] __attribute__((aligned(4096)));
+static uint64_t r3_pd[512] __attribute__((aligned(4096)));
+static uint8_t r3_user_stack[4096] __attribute__((aligned(16)));
+static uint8_t r3_kernel_stack[4096] __attribute__((aligned(16)));
+static struct tss64 r3_tss __attribute__((aligned(16)));
+static uint64_t r3_gdt[7] __attribute__((aligned(8)));
+
+void ring3_user(void);
+void ring3_syscall_entry(void);
+/* The code selector SYSCALL entered LSTAR with (0: not entered). */
+volatile uint64_t r3_seen_cs;
+void ring3_entered(uint64_t cs);
+__asm__(".text\n"
+        ".globl ring3_user\n"
+        "ring3_user:\n"
+        "    syscall\n"
+        "    ud2\n"
+        ".globl ring3_syscall_entry\n"
+        "ring3_syscall_entry:\n"
+        "    mov %cs, %edi\n"
+        "    mov %rdi, r3_seen_cs(%rip)\n"
+        "    test $3, %edi\n"
+        "    jnz 2f\n"
+        "    call ring3_entered\n"
+        /* Still at user privilege: HLT raises #GP, whose handler (ring 0, through the TSS) reports. */
+        "2:  hlt\n"
+        "    jmp 2b\n");
+
+static void ring3_verdict_exception(const char *what) {
+    puts_("# ring3-syscall: ");
+    puts_(what);
+    puts_("\n");
+    not_ok("ring3-syscall", what);
+    reset();
+    for (;;) __asm__ volatile("hlt");
+}
+
+/* Reached from SYSCALL (ring3_syscall_entry) in ring 0, or from the #GP its HLT raised when it
+   ran at user privilege, with the code selector SYSCALL entered with. */
+void ring3_entered(uint64_t cs) {
+    puts_("# ring3-syscall: SYSCALL from ring 3 entered LSTAR with cs=");
+    put_hex(cs & 0xffff);
+    puts_((cs & 3) == 0 ? " (ring 0)\n" : " (still ring 3)\n");
+    if ((cs & 0xffff) == R3_KCODE)
+        ok("ring3-syscall");
+    else
+        not_ok("ring3-syscall", "the system call did not enter the kernel at ring 0: user space cannot make system calls on this KVM");
+    reset();
+    for (;;) __asm__ volatile("hlt");
+}
+
+struct r3_frame {
+    uint64_t rip, cs, rflags, rsp, ss;
+};
+
+static void r3_where(struct interrupt_frame *f, uint64_t code) {
+    const struct r3_frame *fr = (const struct r3_frame *)f;
+    puts_("# ring3-syscall: fault at rip=");
+    put_hex(fr->rip);
+    puts_(" cs=");
+    put_hex(fr->cs);
+    puts_(" error code=");
+    put_hex(code);
+    puts_("\n");
+}
+
+__attribute__((interrupt)) static void r3_ud(struct interrupt_frame *f) {
+    r3_where(f, 0);
+    ring3_verdict_exception("#UD (invalid opcode) in ring 3");
+}
+
+__attribute__((interrupt)) static void r3_gp(struct interrupt_frame *f, uint64_t code) {
+    if (r3_seen_cs) ring3_entered(r3_seen_cs);
+    r3_where(f, code);
+    ring3_verdict_exception("#GP (general protection) on the way to or in ring 3");
+}
+__attribute__((interrupt)) static void r3_pf(struct interrupt_frame *f, uint64_t code) {
+    r3_where(f, code);
+    ring3_verdict_exception("#PF (page fault) on the way to or in ring 3");
+}
+
+static void check_ring3(void) {
+    __asm__ volatile("cli");
+    /* Identity-map the first GiB, user-accessible (2 MiB pages). */
+    for (int i = 0; i < 512; i++) r3_pd[i] = ((uint64_t)i << 21) | 0x87;
+    r3_pdpt[0] = (uint64_t)(uintptr_t)r3_pd | 0x7;
+    r3_pml4[0] = (uint64_t)(uintptr_t)r3_pdpt | 0x7;
+    /* Flat segments for both rings and a TSS whose RSP0 takes exceptions raised in ring 3. */
+    r3_tss.rsp[0] = (uint64_t)(uintptr_t)(r3_kernel_stack + sizeof r3_kernel_stack);
+    r3_tss.iomap = sizeof r3_tss;
+    uint64_t tss = (uint64_t)(uintptr_t)&r3_tss, limit = sizeof r3_tss - 1;
+    r3_gdt[0] = 0;
+    r3_gdt[1] = 0x00af9a000000ffffULL; /* 0x08 kernel code, 64-bit */
+    r3_gdt[2] = 0x00cf92000000ffffULL; /* 0x10 kernel data */
+    r3_gdt[3] = 0x00cff2000000ffffULL; /* 0x18 user data (DPL 3) */
+    r3_gdt[4] = 0x00affa000000ffffULL; /* 0x20 user code, 64-bit (DPL 3) */
+    r3_gdt[5] = (limit & 0xffff) | ((tss & 0xffffff) << 16) | (0x89ULL << 40) | (((limit >> 16) & 0xf) << 48) | (((tss >> 24) & 0xff) << 56);
+    r3_gdt[6] = tss >> 32;
+    struct {
+        uint16_t limit;
+        uint64_t base;
+    } __attribute__((packed)) gdtr = {sizeof r3_gdt - 1, (uint64_t)(uintptr_t)r3_gdt};
+    __asm__ volatile("lgdt %0\n"
+                     "pushq $0x08\n"
+                     "leaq 1f(%%rip), %%rax\n"
+                     "pushq %%rax\n"
+                     "lretq\n"
+                     "1: mov $0x10, %%eax\n"
+                     "mov %%eax, %%ds\n"
+                     "mov %%eax, %%es\n"
+                     "mov %%eax, %%ss\n"
+                     "mov $0x28, %%eax\n"
+                     "ltr %%ax\n"
+                     :
+                     : "m"(gdtr)
+                     : "rax", "memory");
+    set_gate(6, r3_ud);
+    set_gate(13, (void (*)(struct interrupt_frame *))(void (*)(void))r3_gp);
+    set_gate(14, (void (*)(struct interrupt_frame *))(void (*)(void))r3_pf);
+    load_idt();
+    uint64_t cr4;
+    __asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
+    cr4 &= ~((1ULL << 20) | (1ULL << 21)); /* no SMEP/SMAP: the kernel side runs from user pages */
+    __asm__ volatile("mov %0, %%cr4\n"
+                     "mov %1, %%cr3\n"
+                     :
+                     : "r"(cr4), "r"((uint64_t)(uintptr_t)r3_pml4)
+                     : "memory");
+    wrmsr(MSR_EFER_, rdmsr(MSR_EFER_) | 1); /* SCE: SYSCALL enabled */
+    wrmsr(MSR_STAR, ((uint64_t)R3_KDATA << 48) | ((uint64_t)R3_KCODE << 32));
+    wrmsr(MSR_LSTAR, (uint64_t)(uintptr_t)ring3_syscall_entry);
+    wrmsr(MSR_SFMASK, 0x700); /* TF, IF, DF cleared on entry */
+    puts_("# ring3-syscall: entering ring 3\n");
+    uint64_t user_rsp = (uint64_t)(uintptr_t)(r3_user_stack + sizeof r3_user_stack);
+    __asm__ volatile("pushq %0\n"
+                     "pushq %1\n"
+                     "pushq $0x3002\n" /* IOPL 3, interrupts off */
+                     "pushq %2\n"
+                     "pushq %3\n"
+                     "iretq\n"
+                     :
+                     : "i"(R3_UDATA), "r"(user_rsp), "i"(R3_UCODE), "r"((uint64_t)(uintptr_t)ring3_user)
+                     : "memory");
+    __builtin_unreachable();
+}
+
 /* ---- probe.wait=1: stay up after the checks (for fleets of VMs and snapshots) ---- */
 
 #define KBD_VECTOR 0x21
@@ -2476,6 +2650,7 @@ void probe_main(const void *boot_info, int mode) {
         check_e820();
         check_memory();
     }
+    if (has_word(cmdline, "probe.ring3=1")) check_ring3();
     check_hypervisor();
     report_cpu();
     check_kvmclock();

@@ -121,8 +121,13 @@ describeKvm('Linux drives fc-run devices with its own drivers', () => {
       env: { ...process.env, NO_COLOR: '1', PTY_DEADLINE: '600' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    child.stdout!.on('data', (d) => (out += d.toString('latin1')));
-    child.stderr!.on('data', (d) => (out += d.toString('latin1')));
+    const log = process.env.FC_RUN_LINUX_LOG ? fs.openSync(process.env.FC_RUN_LINUX_LOG, 'w') : undefined;
+    const take = (d: Buffer) => {
+      out += d.toString('latin1');
+      if (log !== undefined) fs.writeSync(log, d);
+    };
+    child.stdout!.on('data', take);
+    child.stderr!.on('data', take);
     const exited = new Promise<number | null>((resolve) => child!.on('exit', resolve));
     const until = async (what: string, ok: () => boolean, ms: number) => {
       const end = Date.now() + ms;
@@ -145,6 +150,7 @@ describeKvm('Linux drives fc-run devices with its own drivers', () => {
 
     // virtio-net: the host pings the guest through the TAP.
     const ping = spawnSync('ip', ['netns', 'exec', netns.ns, 'ping', '-c', '3', '-W', '20', GUEST_IP], { encoding: 'utf8', timeout: 120_000 });
+    if (ping.error) throw new Error(`ping did not run (iputils-ping; .ci/run installs it): ${ping.error.message}`);
     expect(ping.stdout).toMatch(/3 packets transmitted, 3 received/);
 
     // vsock: a CONNECT to a guest port nobody listens on is refused (the connection closes).
