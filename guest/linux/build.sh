@@ -82,4 +82,9 @@ cp "$kdir/vmlinux" "$kdir/bzImage" "$kdir/config" "$out/"
 cp "$ird/initramfs.cpio.gz" "$out/"
 # The /init of the root disk the device test builds (see spin-init.S).
 gcc -nostdlib -static -o "$out/spin-init" "$here/spin-init.S"
+# The root disk's programs where KVM runs guest code on the CPU: busybox with disk-init as /init,
+# and a vsock echo server (static: the disk has no C library).
+gcc -static -O2 -Wall -Wextra -Werror -o "$out/vsock-echo" "$here/vsock-echo.c"
+cp /bin/busybox "$out/busybox"
+install -m 0755 "$here/disk-init" "$out/disk-init"
 echo "guest Linux ready in $out: $(ls "$out" | tr '\n' ' ')"

@@ -39,8 +39,14 @@ const CMD = {
   RESET_CPU: 0xfe,
 } as const;
 
-/** Set-2 make codes for Ctrl, Alt, Delete (Delete is an extended key). */
+/** Set-2 make codes for Ctrl, Alt, Delete (Delete is an extended key): what the keyboard sends. */
 const CTRL_ALT_DEL = [0x14, 0x11, 0xe0, 0x71];
+/**
+ * The same keys as the guest reads them when the control byte asks the controller to translate
+ * (bit 6, set at reset and kept by Linux: "AT Translated Set 2 keyboard"): set-1 make codes. Linux's
+ * atkbd then reads set-1 codes, and untranslated set-2 bytes would be other keys (0x14 is T).
+ */
+const CTRL_ALT_DEL_TRANSLATED = [0x1d, 0x38, 0xe0, 0x53];
 
 /**
  * The controller as a snapshot keeps it: control byte, status byte, the command waiting for its
@@ -146,14 +152,20 @@ export class I8042 {
   }
 
   read(offset: number): number {
-    return this.withLock(() => {
+    let again = false;
+    const value = this.withLock(() => {
       if (offset === I8042_COMMAND_OFFSET) return this.w[W.STATUS];
       if (offset !== I8042_DATA_OFFSET || this.count() === 0) return 0;
       const b = this.out[this.w[W.OUT_HEAD]];
       this.w[W.OUT_HEAD] = (this.w[W.OUT_HEAD] + 1) % OUT_CAPACITY;
       if (this.count() === 0) this.w[W.STATUS] &= ~SB_OUT_FULL;
+      // The next byte is in the output buffer now: like the real controller, raise the keyboard
+      // interrupt for it (Linux's handler reads one byte per interrupt).
+      else again = (this.w[W.CONTROL] & CB_KBD_INT) !== 0;
       return b;
     });
+    if (again) this.sinks.interrupt();
+    return value;
   }
 
   write(offset: number, value: number): void {
@@ -218,7 +230,10 @@ export class I8042 {
 
   /** Presses Ctrl-Alt-Del on the guest's keyboard. */
   sendCtrlAltDel(): void {
-    const irq = this.withLock(() => CTRL_ALT_DEL.map((b) => this.push(b)).some(Boolean));
+    const irq = this.withLock(() => {
+      const keys = this.w[W.CONTROL] & CB_TRANSLATE ? CTRL_ALT_DEL_TRANSLATED : CTRL_ALT_DEL;
+      return keys.map((b) => this.push(b)).some(Boolean);
+    });
     if (irq) this.sinks.interrupt();
   }
 }

@@ -129,6 +129,15 @@ describe('i8042', () => {
     const before = irqs();
     dev.sendCtrlAltDel();
     expect(irqs()).toBeGreaterThan(before);
+    // The controller translates at reset (control byte bit 6), as Linux keeps it: set-1 codes.
+    // Each byte read with more waiting raises the interrupt again (one byte per interrupt).
+    const queued = irqs();
+    expect([dev.read(0), dev.read(0), dev.read(0), dev.read(0)]).toEqual([0x1d, 0x38, 0xe0, 0x53]);
+    expect(irqs() - queued).toBe(3);
+    // Translation off (i8042.direct): the keyboard's own set-2 codes.
+    dev.write(4, 0x60);
+    dev.write(0, 0x01);
+    dev.sendCtrlAltDel();
     expect([dev.read(0), dev.read(0), dev.read(0), dev.read(0)]).toEqual([0x14, 0x11, 0xe0, 0x71]);
   });
 
