@@ -4,7 +4,7 @@ import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
 import { buildFilter, installProcessFilter, installThreadFilter, SECCOMP_RET_KILL_PROCESS } from '../kvm/seccomp';
 import { builtinFilters, listsFitThisNode, SECCOMP_RET_LOG, SECCOMP_RET_TRAP } from '../kvm/seccomp-builtin';
 import { X86_64_SYSCALLS } from '../kvm/syscall-table';
-import { installSigsysHandler, registerSigsysThread, reportFdFromEnvironment } from '../kvm/sigsys';
+import { installSigsysHandler, loadSigsysLibrary, registerSigsysThread, reportFdFromEnvironment } from '../kvm/sigsys';
 import { SECCOMP_LISTS_NODE_MAJORS } from '../kvm/seccomp-lists';
 import { ControlClient, createControlChannel } from '../vmm/control';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
@@ -384,6 +384,7 @@ function seccompPolicy(opts: LaunchOptions, warn: (message: string) => void): Se
   if (opts.seccomp === false) return undefined;
   const trial = process.env.FC_RUN_SECCOMP_LOG === '1';
   const trapping = installSigsysHandler(X86_64_SYSCALLS, reportFdFromEnvironment());
+  loadSigsysLibrary(); // and what this thread would otherwise load lazily under the filters
   if (!trapping) warn('seccomp: the SIGSYS handler (dist/native/libfcrun-sigsys.so) is missing: a refused system call kills fc-run without naming it');
   const action = trapping ? SECCOMP_RET_TRAP : SECCOMP_RET_KILL_PROCESS;
   const custom = opts.threadFilters;

@@ -26,6 +26,9 @@ let lib: { setNames: Fn; install: Fn; register: Fn } | undefined;
 export function loadSigsysLibrary(): void {
   load();
   gettid(); // binds libc's functions too (koffi binds them on first use)
+  // V8 finds the local time zone on first use of local time, per thread: it opens /etc/localtime
+  // and, where that is missing (a jail), reads the /usr/share/zoneinfo directory.
+  new Date(0).getTimezoneOffset();
 }
 
 function load(): typeof lib {
