@@ -58,6 +58,8 @@ describe('the built-in seccomp allow-lists (src/kvm/seccomp-lists.ts)', () => {
     for (const p of Object.values(f)) {
       expect(decide(p, 'tgkill', [PID, 7, 12])).toBe(SECCOMP_RET_ALLOW);
       expect(decide(p, 'tgkill', [PID + 1, 7, 12])).toBe(SECCOMP_RET_TRAP);
+      expect(decide(p, 'kill', [PID, 15])).toBe(SECCOMP_RET_ALLOW);
+      for (const pid of [PID + 1, 1, -1]) expect(decide(p, 'kill', [pid, 15])).toBe(SECCOMP_RET_TRAP);
       expect(decide(p, 'ioctl', [5, 0x5412])).toBe(SECCOMP_RET_TRAP); // TIOCSTI
       expect(decide(p, 'ioctl', [5, 0xae01])).toBe(SECCOMP_RET_TRAP); // KVM_CREATE_VM
       expect(decide(p, 'ioctl', [5, 0x400454ca])).toBe(SECCOMP_RET_TRAP); // TUNSETIFF
