@@ -11,7 +11,7 @@
 //   notification pipe / fcv_group_wait  <-
 //   reads the exit from kvm_run, handles it, fcv_vcpu_run(v) again ...
 //
-// The thread blocks every signal but the kick signal, so a kick (tgkill) lands on it and makes
+// The thread blocks every signal but the kick signal (and SIGSYS, for the seccomp handler), so a kick (tgkill) lands on it and makes
 // KVM_RUN return EINTR; the process's handler for that signal (Node's) only records it. An
 // optional seccomp filter is installed by the thread itself before it first enters the guest.
 #define _GNU_SOURCE
@@ -48,6 +48,7 @@ struct fcv_vcpu {
   struct fcv_group *group;
   int fd;
   int kick_signal;
+  int id;
   uint32_t state;
   int tid;
   long result; // KVM_RUN's return value, or -errno
@@ -79,8 +80,16 @@ static void *vcpu_main(void *arg) {
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   sigemptyset(&set);
   sigaddset(&set, v->kick_signal);
+  // SIGSYS too: a call its seccomp filters trap must reach fc-run's handler, which names it (a
+  // blocked SIGSYS would make the kernel kill the process without a word).
+  sigaddset(&set, SIGSYS);
   pthread_sigmask(SIG_UNBLOCK, &set, NULL);
   v->tid = (int)syscall(SYS_gettid);
+  // Named by itself (prctl): naming another thread would open /proc/self/task/<tid>/comm, which
+  // its seccomp filters need not allow.
+  char name[16];
+  snprintf(name, sizeof name, "fc_vcpu %d", v->id);
+  prctl(PR_SET_NAME, name, 0, 0, 0);
   // A nice value is per thread on Linux: this one only. Best effort (raising it needs no privilege).
   if (v->nice != 0) setpriority(PRIO_PROCESS, 0, v->nice);
   if (v->filter.len > 0) {
@@ -155,6 +164,7 @@ struct fcv_vcpu *fcv_vcpu_start(struct fcv_group *g, int id, int fd, int kick_si
   v->group = g;
   v->fd = fd;
   v->kick_signal = kick_signal;
+  v->id = id;
   v->nice = nice;
   if (filter && filter_len > 0) {
     v->filter.filter = malloc((size_t)filter_len * sizeof(struct sock_filter));
@@ -177,9 +187,6 @@ struct fcv_vcpu *fcv_vcpu_start(struct fcv_group *g, int id, int fd, int kick_si
     errno = err;
     return NULL;
   }
-  char name[16];
-  snprintf(name, sizeof name, "fc_vcpu %d", id);
-  pthread_setname_np(v->thread, name);
   return v;
 }
 

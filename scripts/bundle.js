@@ -75,7 +75,8 @@ function threadCache(file) {
     require('node:worker_threads').parentPort.postMessage('cached');`;
   return new Promise((resolve, reject) => {
     const w = new Worker(code, { eval: true });
-    w.once('message', () => w.terminate().then(resolve, reject));
+    // A vCPU thread posts 'loaded' of its own first: only 'cached' means done.
+    w.on('message', (m) => m === 'cached' && w.terminate().then(resolve, reject));
     w.once('error', reject);
     w.once('exit', (c) => (fs.existsSync(`${file}.cache`) ? resolve() : reject(new Error(`no code cache for ${file} (thread exit ${c})`))));
   });

@@ -1,7 +1,11 @@
 import * as fs from 'node:fs';
 import { MonitorConfig, VmMonitor } from '../monitor/vm-monitor';
 import { EXIT_INVALID_SPEC, FcRunError } from '../errors';
-import { installSeccomp, installThreadFilter } from '../kvm/seccomp';
+import { buildFilter, installProcessFilter, installThreadFilter, SECCOMP_RET_KILL_PROCESS } from '../kvm/seccomp';
+import { builtinFilters, listsFitThisNode, SECCOMP_RET_LOG, SECCOMP_RET_TRAP } from '../kvm/seccomp-builtin';
+import { X86_64_SYSCALLS } from '../kvm/syscall-table';
+import { installSigsysHandler, loadSigsysLibrary, registerSigsysThread, reportFdFromEnvironment } from '../kvm/sigsys';
+import { SECCOMP_LISTS_NODE_MAJORS } from '../kvm/seccomp-lists';
 import { ControlClient, createControlChannel } from '../vmm/control';
 import { DEFAULT_MMDS_SIZE_LIMIT } from '../config/resolved';
 import { Kvm } from '../kvm/kvm';
@@ -17,7 +21,7 @@ import type { DevicesState } from '../vmm/devices-state';
 import type { VirtioWindows } from '../vmm/vcpu-exits';
 import { MMIO } from '../devices/virtio/mmio';
 export { prewarmVcpuThreads } from '../vmm/threads';
-import { vcpuThreadsMode } from '../vmm/threads';
+import { vcpuThreadsLoaded, vcpuThreadsMode } from '../vmm/threads';
 import type { BootPlan, RateLimiterPlan } from './plan';
 import type { RateLimiterConfig } from '../limits/token-bucket';
 import { prepareGuestMemory } from './structures';
@@ -49,7 +53,10 @@ export interface LaunchOptions {
   monitor?: VmMonitor;
   /** Install the seccomp filter before the guest runs (default true). */
   seccomp?: boolean;
-  /** Per-thread filters (--seccomp-filter), each installed by its thread on top of the process-wide one. */
+  /**
+   * Per-thread filters (--seccomp-filter), each installed by its thread on top of the process-wide
+   * one. They replace the built-in allow-lists; the process-wide filter is then the deny list.
+   */
   threadFilters?: ThreadFilters;
   /** Called when the VM starts running (its stop handlers, SIGTERM included, are in place). */
   onRunning?: (vm: RunningVm) => void;
@@ -276,7 +283,8 @@ interface Machine {
 async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
   const { vm, mem, vcpus, plan } = m;
   const monitor = opts.monitor ?? monitorFor(plan, {});
-  const vmmFilter = opts.seccomp === false ? undefined : opts.threadFilters?.vmm;
+  const seccomp = seccompPolicy(opts, (w) => monitor.log.warn('vmm', w));
+  const vmmFilter = seccomp?.threads?.vmm;
   const { support: snapshotSupport, problem: noSnapshots } = m.snapshots ?? snapshotsOf(m.kvm);
   // track_dirty_pages: what each snapshot held, so that a Diff holds only what changed since.
   const dirty = plan.memory.trackDirtyPages ? new DirtyPages(m.restored?.memFd, m.dirtyLog && 'vm' in m.dirtyLog ? m.dirtyLog : undefined) : undefined;
@@ -303,7 +311,7 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
       },
       launchStartNs: opts.startNs,
       monitor,
-      vcpuSeccompFilter: opts.seccomp === false ? undefined : opts.threadFilters?.vcpu,
+      vcpuSeccompFilter: seccomp?.threads?.vcpu,
       legacy: m.restored?.legacy,
       startPaused: m.restored?.paused,
       snapshotSupport,
@@ -311,18 +319,21 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
     });
     // A restored VMM thread starts paused; one that is to run is resumed before any vCPU is.
     if (m.restored && !m.restored.paused) await virtio.thread?.resume();
+    // Every vCPU worker started and loaded before the filters: none starts under them.
+    if (seccomp && vcpuThreadsMode() === 'worker') await vcpuThreadsLoaded(plan.vcpus.count);
     // Everything is open and every thread that exists is set up: from here on the process may not
     // start programs, create processes, open network sockets or change the system (src/kvm/seccomp.ts).
-    if (opts.seccomp !== false) {
-      installSeccomp();
-      monitor.log.info('vmm', 'seccomp filter installed');
-      const custom = opts.threadFilters;
+    if (seccomp) {
+      installProcessFilter(seccomp.process);
+      const custom = seccomp.threads;
       if (custom) {
-        if (custom.api) installThreadFilter(custom.api);
+        if (custom.api) {
+          registerSigsysThread('api: the main thread');
+          installThreadFilter(custom.api);
+        }
         await virtio.thread?.installFilter();
-        const has = (k: keyof ThreadFilters) => (custom[k] ? k : `${k} (none)`);
-        monitor.log.info('vmm', `per-thread seccomp filters from --seccomp-filter: ${[has('api'), has('vmm'), has('vcpu')].join(', ')}`);
       }
+      monitor.log.info('vmm', `seccomp filter installed: ${seccomp.describe}`);
     } else {
       monitor.log.warn('vmm', 'running without a seccomp filter (--no-seccomp)');
     }
@@ -349,6 +360,47 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
         : micro.whilePaused(() => createSnapshot({ micro, vm, mem, vmmThread: virtio.thread, plan, planHash: opts.planHash ?? '', protectedPaths: protectedPaths(plan, opts), dirty }, req)),
   });
   return done;
+}
+
+interface SeccompPolicy {
+  process: Buffer;
+  threads?: ThreadFilters;
+  describe: string;
+}
+
+/**
+ * Which filters this run installs (src/kvm/seccomp.ts):
+ * - --no-seccomp: none;
+ * - --seccomp-filter FILE: the file's per-thread filters, which replace the built-in ones (as in
+ *   Firecracker), on top of the deny list for the whole process (Node's helper threads have no
+ *   category of Firecracker's, and the deny list leaves a file free to allow what Node needs);
+ * - otherwise, on a Node major the lists were made for: the built-in allow-lists, process-wide
+ *   and per thread; on another major, a warning and the deny list.
+ * Unlisted calls trap into fc-run's SIGSYS handler, which names the call and ends fc-run by
+ * SIGSYS; without that handler (fc-run built without a C compiler) they kill the process outright.
+ * FC_RUN_SECCOMP_LOG=1 is a trial mode: unlisted calls are let through and logged by the kernel.
+ */
+function seccompPolicy(opts: LaunchOptions, warn: (message: string) => void): SeccompPolicy | undefined {
+  if (opts.seccomp === false) return undefined;
+  const trial = process.env.FC_RUN_SECCOMP_LOG === '1';
+  const trapping = installSigsysHandler(X86_64_SYSCALLS, reportFdFromEnvironment());
+  loadSigsysLibrary(); // and what this thread would otherwise load lazily under the filters
+  if (!trapping) warn('seccomp: the SIGSYS handler (dist/native/libfcrun-sigsys.so) is missing: a refused system call kills fc-run without naming it');
+  const action = trapping ? SECCOMP_RET_TRAP : SECCOMP_RET_KILL_PROCESS;
+  const custom = opts.threadFilters;
+  if (custom) {
+    const has = (k: keyof ThreadFilters) => (custom[k] ? k : `${k} (none)`);
+    return { process: buildFilter(action), threads: custom, describe: `the deny list for the process, and per-thread seccomp filters from --seccomp-filter: ${[has('api'), has('vmm'), has('vcpu')].join(', ')}` };
+  }
+  if (!listsFitThisNode()) {
+    warn(
+      `seccomp: the built-in allow-lists are made for Node ${SECCOMP_LISTS_NODE_MAJORS.join(', ')}, not Node ${process.versions.node}: using the deny list instead (give --seccomp-filter FILE for allow-lists of your own)`,
+    );
+    return { process: buildFilter(action), describe: 'the deny list (no allow-lists for this Node)' };
+  }
+  if (trial) warn('seccomp: trial mode (FC_RUN_SECCOMP_LOG=1): calls off the allow-lists are let through and logged by the kernel, not refused');
+  const f = builtinFilters(process.pid, trial ? SECCOMP_RET_LOG : action);
+  return { process: f.process, threads: { api: f.api, vmm: f.vmm, vcpu: f.vcpu }, describe: `the built-in allow-lists (process-wide, api, vmm, vcpu)${trial ? ', trial mode: unlisted calls logged, not refused' : ''}` };
 }
 
 /**

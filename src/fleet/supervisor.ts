@@ -285,7 +285,7 @@ export class Supervisor {
     const rec = readJson<ExitRecord & { pid?: number }>(f.exit);
     const own = rec && (rec.pid === undefined || rec.pid === vm.pid) ? rec : undefined;
     const now = Date.now();
-    const reason = why ?? own?.reason ?? (signal ? `killed by ${signal}` : code !== undefined && code !== null ? `exited with status ${code}` : 'ended without an exit record (killed with SIGKILL?)');
+    const reason = why ?? own?.reason ?? (signal === 'SIGSYS' ? 'killed by SIGSYS (seccomp): a system call its seccomp filter does not allow, named on its stderr (fc-run logs)' : signal ? `killed by ${signal}` : code !== undefined && code !== null ? `exited with status ${code}` : 'ended without an exit record (killed with SIGKILL?)');
     vm.lastExit = { code: own?.code ?? code ?? null, signal, reason, time: new Date(now).toISOString() };
     vm.child = undefined;
     const hold = readJson<{ planHash: string }>(f.hold);

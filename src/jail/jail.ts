@@ -306,7 +306,7 @@ function enterCommand(e: Enter): string[] {
     'read fcpid rest < /proc/self/stat',
     `echo "$fcpid" >&${LIFELINE_FD}`,
     `exec setsid ${limits}chroot ${q(e.root)} /usr/bin/setpriv --reuid=${e.uid} --regid=${e.gid} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- ` +
-      `/usr/bin/env -i PATH=/usr/bin HOME=/tmp UV_USE_IO_URING=0 NO_COLOR=${q(process.env.NO_COLOR ?? '')} FC_RUN_VCPU_THREADS=${q(process.env.FC_RUN_VCPU_THREADS ?? '')} ${q(process.execPath)} /opt/fc-run/bin/fc-run ${e.args.map(q).join(' ')}`,
+      `/usr/bin/env -i PATH=/usr/bin HOME=/tmp UV_USE_IO_URING=0 NO_COLOR=${q(process.env.NO_COLOR ?? '')} FC_RUN_VCPU_THREADS=${q(process.env.FC_RUN_VCPU_THREADS ?? '')} FC_RUN_SECCOMP_LOG=${q(process.env.FC_RUN_SECCOMP_LOG ?? '')} ${q(process.execPath)} /opt/fc-run/bin/fc-run ${e.args.map(q).join(' ')}`,
   ].join('\n');
   const enter = ['unshare', '--mount', '--propagation', 'private', '--pid', '--ipc', ...(e.ownNet ? ['--net'] : []), '--fork', '--kill-child=SIGTERM', '--', 'sh', '-c', inner];
   const joinCgroups = e.cgroupJoin.map((d) => `echo $$ > ${q(path.join(d, 'cgroup.procs'))}`).join('\n');
@@ -629,6 +629,10 @@ export function runJail(jail: PreparedJail, opts: RunJailOptions = {}): Promise<
       done(1);
     });
     child.on('exit', (code, signal) => {
+      if (signal === 'SIGSYS' || code === 128 + os.constants.signals.SIGSYS) {
+        // Its SIGSYS handler has written the call's name and number to the same stderr just before.
+        err.write('fc-run: the jailed fc-run was killed by SIGSYS (seccomp): it made a system call its seccomp filter does not allow (the line above names it; see "seccomp" in the README)\n');
+      }
       if (signal) return done(128 + os.constants.signals[signal]);
       if (code !== null && code > 2 && code < 128) {
         err.write(`fc-run: setting up the jail failed (exit ${code})\n`);

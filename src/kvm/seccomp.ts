@@ -2,17 +2,23 @@ import { errno, sys, SyscallError } from './libc';
 import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS } from './seccomp-actions';
 
 /**
- * A seccomp filter for the running VMM: once the microVM is set up, fc-run's threads may no longer
- * make the system calls an attacker who took over the process would want — start programs, create
- * processes, trace or read other processes, mount, load kernel code or BPF, change identity or
- * namespaces, open network sockets, change the clock — and the kernel kills the whole process if
- * one is tried.
+ * fc-run's seccomp filters for the running VMM. Two kinds:
  *
- * It is a deny list applied to every thread at once (SECCOMP_FILTER_FLAG_TSYNC), not Firecracker's
- * per-thread allow lists: Node's runtime (V8's compiler and collector, libuv) makes system calls
- * no list here could pin down without breaking it, so what is refused is what fc-run never needs
- * after launch. It cannot make a process running as root harmless (it can still open
- * /proc/<pid>/mem, say): that is the jailer's part (an unprivileged user in a chroot). x86_64 only.
+ * - The allow-lists (the default): src/kvm/seccomp-lists.ts, compiled by builtinFilters
+ *   (src/kvm/seccomp-builtin.ts, kept apart so that the threads' bundles do not carry the compiler)
+ *   into one process-wide program (every thread, installed at once with TSYNC) and one stricter
+ *   program per thread category (api, vmm, vcpu) that each thread installs on top. A call not on
+ *   a list is trapped (SECCOMP_RET_TRAP): fc-run's SIGSYS handler (native/sigsys.c) names it on
+ *   stderr and the process dies of SIGSYS.
+ * - The deny list ({@link buildFilter}): what an attacker who took over the process would want —
+ *   start programs, create processes, trace other processes, mount, load kernel code or BPF,
+ *   change identity or namespaces, open network sockets, change the clock. It is the process-wide
+ *   filter when the allow-lists do not apply: under --seccomp-filter FILE (whose per-thread filters
+ *   replace the built-in ones, and which no list of Firecracker's covers Node's helper threads
+ *   with), and on a Node major the lists were not made for.
+ *
+ * Neither can make a process running as root harmless (it can still open /proc/<pid>/mem, say):
+ * that is the jailer's part (an unprivileged user in a chroot). x86_64 only.
  */
 
 /** x86_64 system call numbers refused outright. */
@@ -98,7 +104,7 @@ const TIOCLINUX = 0x541c;
 const AUDIT_ARCH_X86_64 = 0xc000003e;
 const AF_UNIX = 1;
 const CLONE_THREAD = 0x10000;
-const ENOSYS = 38;
+export const ENOSYS = 38;
 
 const BPF_LD_W_ABS = 0x20;
 const BPF_JEQ_K = 0x15;
@@ -120,7 +126,7 @@ const ARG1_LOW = 24;
  * process). clone is allowed for threads only (CLONE_THREAD); clone3, whose flags a filter cannot
  * read, fails with ENOSYS so the C library falls back to clone. socket is allowed for AF_UNIX.
  */
-export function buildFilter(deny = SECCOMP_RET_KILL_PROCESS): Buffer {
+export function buildFilter(deny: number = SECCOMP_RET_KILL_PROCESS): Buffer {
   const denied = Object.values(DENIED_SYSCALLS);
   // Built with symbolic jump targets (the three returns at the end), resolved to offsets below.
   type Target = 'allow' | 'deny' | 'enosys' | number;
@@ -184,8 +190,13 @@ const SECCOMP_FILTER_FLAG_TSYNC = 1;
  * Installs the filter on every thread of the process (and any started later). Irreversible.
  * Needs no privilege: no_new_privs is set first, as the kernel requires.
  */
-export function installSeccomp(deny = SECCOMP_RET_KILL_PROCESS): void {
-  loadFilter(buildFilter(deny), SECCOMP_FILTER_FLAG_TSYNC);
+export function installSeccomp(deny: number = SECCOMP_RET_KILL_PROCESS): void {
+  installProcessFilter(buildFilter(deny));
+}
+
+/** Installs a BPF program on every thread of the process (and any started later). Irreversible. */
+export function installProcessFilter(program: Buffer): void {
+  loadFilter(program, SECCOMP_FILTER_FLAG_TSYNC);
 }
 
 /**
@@ -211,3 +222,4 @@ function loadFilter(filter: Buffer, flags: number): void {
   // With TSYNC, a positive result is the id of a thread that could not take the filter.
   if (r !== 0) throw new SyscallError('seccomp(SECCOMP_SET_MODE_FILTER)', r > 0 ? 16 : errno(), r > 0 ? `thread ${r} could not take the filter` : undefined);
 }
+

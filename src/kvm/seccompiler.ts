@@ -80,6 +80,8 @@ export interface Rule {
   nr: number;
   /** All must hold; none: the rule matches every call of `syscall`. */
   args: Condition[];
+  /** What a match returns instead of the filter's filterAction (fc-run's built-in lists only: ENOSYS for clone3). */
+  action?: number;
 }
 
 export interface SeccompilerFilter {
@@ -461,13 +463,22 @@ export function compileFilter(filter: SeccompilerFilter): Buffer {
   const onDefault = a.ret(filter.defaultAction);
   const badArch = a.ret(SECCOMP_RET_KILL_PROCESS);
 
-  const bySyscall = new Map<number, Condition[][]>();
-  for (const rule of filter.rules) bySyscall.set(rule.nr, [...(bySyscall.get(rule.nr) ?? []), rule.args]);
+  const actions = new Map<number, Label>();
+  const matchOf = (rule: Rule) => {
+    if (rule.action === undefined || rule.action === filter.filterAction) return onMatch;
+    let l = actions.get(rule.action);
+    if (!l) actions.set(rule.action, (l = a.ret(rule.action)));
+    return l;
+  };
+  for (const rule of filter.rules) matchOf(rule);
+  const bySyscall = new Map<number, { args: Condition[]; match: Label }[]>();
+  for (const rule of filter.rules) bySyscall.set(rule.nr, [...(bySyscall.get(rule.nr) ?? []), { args: rule.args, match: matchOf(rule) }]);
 
   let next = onDefault; // where a call not in the list goes
   for (const [nr, rules] of [...bySyscall].reverse()) {
-    // A rule without conditions matches every call: the others need no code.
-    const body = rules.some((conditions) => conditions.length === 0) ? onMatch : ruleChain(a, rules, onMatch, onDefault);
+    // A rule without conditions matches every call: the ones after it need no code.
+    const firstPlain = rules.findIndex((r) => r.args.length === 0);
+    const body = firstPlain === 0 ? rules[0].match : ruleChain(a, firstPlain < 0 ? rules : rules.slice(0, firstPlain + 1), onDefault);
     next = a.jump(BPF_JEQ_K, nr, body, next);
   }
   a.jump(BPF_JGE_K, X32_SYSCALL_BIT, badArch, next);
@@ -477,10 +488,10 @@ export function compileFilter(filter: SeccompilerFilter): Buffer {
   return a.toBuffer();
 }
 
-function ruleChain(a: BackwardAssembler, rules: Condition[][], onMatch: Label, onDefault: Label): Label {
+function ruleChain(a: BackwardAssembler, rules: { args: Condition[]; match: Label }[], onDefault: Label): Label {
   let next = onDefault; // where the rule being built goes when it does not match
-  for (const conditions of [...rules].reverse()) {
-    let start = onMatch;
+  for (const { args: conditions, match } of [...rules].reverse()) {
+    let start = match;
     for (const c of [...conditions].reverse()) start = condition(a, c, start, next);
     next = start;
   }

@@ -64,11 +64,35 @@ function exitWithoutThreadTeardown(): void {
  * Idle threads are unref'd so they never keep fc-run alive.
  */
 const idle: Worker[] = [];
+/** When each thread has loaded everything it will run (its 'loaded' message). */
+const loaded = new WeakMap<Worker, Promise<void>>();
 
 function spawn(): Worker {
   const w = startThread(VCPU_WORKER_SCRIPT, 'vcpu');
   w.unref();
+  loaded.set(
+    w,
+    new Promise<void>((resolve, reject) => {
+      const onMessage = (m: { kind?: string }) => {
+        if (m?.kind !== 'loaded') return;
+        w.off('message', onMessage);
+        w.off('error', reject);
+        resolve();
+      };
+      w.on('message', onMessage);
+      w.once('error', reject);
+    }),
+  );
   return w;
+}
+
+/**
+ * `count` idle vCPU threads, each with everything it runs loaded: waited for before the seccomp
+ * filters are installed, so that no thread starts, opens its bundle or loads a library under them.
+ */
+export async function vcpuThreadsLoaded(count: number): Promise<void> {
+  while (idle.length < count) idle.push(spawn());
+  await Promise.all(idle.slice(0, count).map((w) => loaded.get(w)));
 }
 
 export function prewarmVcpuThreads(count: number): void {

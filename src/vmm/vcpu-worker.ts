@@ -1,6 +1,7 @@
 import { parentPort } from 'node:worker_threads';
 import { gettid } from '../kvm/libc';
 import { installThreadFilter } from '../kvm/seccomp';
+import { loadSigsysLibrary, registerSigsysThread } from '../kvm/sigsys';
 import { CONTROL } from './shared';
 import { vcpuContext, VcpuWorkerData } from './vcpu-exits';
 
@@ -44,6 +45,7 @@ function start(data: VcpuWorkerData): void {
 
   try {
     // Right before the guest runs, as Firecracker does: the thread's own filter, if one was given.
+    if (data.seccompFilter) registerSigsysThread(`vcpu ${data.id}: a vCPU worker`);
     if (data.seccompFilter) installThreadFilter(Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength));
     c.ready(gettid());
     loop();
@@ -55,3 +57,7 @@ function start(data: VcpuWorkerData): void {
 
 
 port.once('message', (m: { kind: 'start'; data: VcpuWorkerData }) => start(m.data));
+// Everything this thread loads is loaded: the seccomp filters, installed once every vCPU thread
+// says so (threads.ts), need not allow opening or mapping files.
+loadSigsysLibrary();
+port.postMessage({ kind: 'loaded' });

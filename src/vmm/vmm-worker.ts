@@ -19,6 +19,7 @@ import { MMIO, VirtioBackend, VirtioMmio } from '../devices/virtio/mmio';
 import { drainEventfd, EventLoop, signalEventfd } from './event-loop';
 import { serveMailboxes } from './mmio-mailbox';
 import { installThreadFilter } from '../kvm/seccomp';
+import { loadSigsysLibrary, registerSigsysThread } from '../kvm/sigsys';
 import { EPOLLIN } from '../kvm/libc';
 import { FcRunError } from '../errors';
 import { snapshotMismatch } from '../state-check';
@@ -279,6 +280,7 @@ function build(): { transports: VirtioMmio[]; loop: EventLoop } {
       drainEventfd(seccompFd);
       loop.remove(seccompFd);
       try {
+        registerSigsysThread('vmm: the device thread');
         installThreadFilter(Buffer.from(seccompFilter.buffer, seccompFilter.byteOffset, seccompFilter.byteLength));
         port.postMessage({ kind: 'filtered' } satisfies VmmMessage);
       } catch (err) {
@@ -347,6 +349,8 @@ function mmdsStack(ipv4: string, service: MmdsService, metrics: Record<string, n
 let built: ReturnType<typeof build>;
 try {
   built = build();
+  // Loaded before 'ready', so before any filter (loading opens and maps the file).
+  loadSigsysLibrary();
   port.postMessage({ kind: 'ready' } satisfies VmmMessage);
 } catch (err) {
   const e = err as Error;

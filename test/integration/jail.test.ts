@@ -125,7 +125,7 @@ describeJail('fc-run jail', () => {
       expect(fs.statSync(path.join(root, 'vm.json')).mode & 0o777).toBe(0o400);
       expect(fs.statSync(path.dirname(root)).mode & 0o777).toBe(0o700);
       child.kill('SIGTERM');
-      expect(await exited).toBe(0);
+      expect([await exited, err]).toEqual([0, err]);
     } finally {
       // Even a jailer killed outright takes its VM with it (parent-death signal).
       child.kill('SIGKILL');
@@ -166,7 +166,9 @@ describeJail('fc-run jail', () => {
   test('fds the jailer was given do not reach the jail', async () => {
     const spec = ws.write('fds.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
     const dirFd = fs.openSync('/', 'r');
-    const child = spawn(process.execPath, jailArgs(spec, jid('fds')), { stdio: ['ignore', 'ignore', 'ignore', dirFd] });
+    const child = spawn(process.execPath, jailArgs(spec, jid('fds')), { stdio: ['ignore', 'ignore', 'pipe', dirFd] });
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
     fs.closeSync(dirFd);
     const root = path.join(base, 'fc-run', jid('fds'), 'root');
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
@@ -182,7 +184,7 @@ describeJail('fc-run jail', () => {
       });
       expect(targets).not.toContain('/');
       child.kill('SIGTERM');
-      expect(await exited).toBe(0);
+      expect([await exited, err]).toEqual([0, err]);
     } finally {
       child.kill('SIGKILL');
     }

@@ -72,14 +72,15 @@ describe('bundles', () => {
     const w = new Worker(`${threadLoaderCode(VCPU_WORKER_SCRIPT)}; require('node:worker_threads').parentPort.postMessage('loaded');`, { eval: true });
     const errors: Error[] = [];
     w.on('error', (e) => errors.push(e));
-    // The message is posted only after the bundle's modules were evaluated without throwing.
+    // The bundle posts {kind: 'loaded'} itself once its modules were evaluated without throwing
+    // (fc-run waits for it before installing its seccomp filters); the loader's 'loaded' follows.
     const first = await new Promise((resolve) => {
       w.once('message', resolve);
       w.once('exit', () => resolve('exited'));
     });
     await w.terminate();
     expect(errors).toEqual([]);
-    expect(first).toBe('loaded');
+    expect(first).toEqual({ kind: 'loaded' });
   });
 
   it('the VMM thread loads its bundle and then needs the data a launch gives it', async () => {

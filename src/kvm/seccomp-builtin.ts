@@ -1,0 +1,84 @@
+import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_LOG, SECCOMP_RET_TRAP } from './seccomp-actions';
+import { ENOSYS } from './seccomp';
+import { compileFilter, type Condition, type Rule } from './seccompiler';
+import { X86_64_SYSCALLS } from './syscall-table';
+import { ALLOWED_CALLS, ALLOWED_IOCTLS, ENOSYS_CALLS, SECCOMP_LISTS_NODE_MAJORS, type ArgTest, type ThreadCategory, type Where } from './seccomp-lists';
+
+/**
+ * The built-in allow-lists (src/kvm/seccomp-lists.ts) compiled to BPF with the seccompiler
+ * (src/kvm/seccompiler.ts): what a --seccomp-filter file would compile to, plus ENOSYS answers.
+ */
+export interface BuiltinFilters {
+  /** Every thread: the union of the thread lists and what Node's helper threads need. */
+  process: Buffer;
+  api: Buffer;
+  vmm: Buffer;
+  vcpu: Buffer;
+}
+
+type Scope = ThreadCategory | 'process';
+
+function applies(where: Where, scope: Scope): boolean {
+  if (scope === 'process' || where === 'all') return true;
+  if (where === 'helpers') return false;
+  return where.includes(scope);
+}
+
+function nrOf(call: string): number {
+  const nr = X86_64_SYSCALLS.get(call);
+  if (nr === undefined) throw new Error(`seccomp lists: no x86_64 system call "${call}"`);
+  return nr;
+}
+
+function conditionOf(t: ArgTest, pid: number): Condition {
+  const val = BigInt(t.val === 'pid' ? pid : t.val);
+  return t.mask === undefined
+    ? { index: t.index, type: t.qword ? 'qword' : 'dword', op: 'eq', mask: 0xffffffffn, val }
+    : { index: t.index, type: t.qword ? 'qword' : 'dword', op: 'masked_eq', mask: BigInt(t.mask), val };
+}
+
+/** The rules of one scope, in the seccompiler's form (what a --seccomp-filter file compiles to). */
+export function allowListRules(scope: Scope, pid: number): Rule[] {
+  const rules: Rule[] = [];
+  const seen = new Set<string>();
+  for (const c of ALLOWED_CALLS) {
+    if (!applies(c.where, scope)) continue;
+    const nr = nrOf(c.call);
+    if (c.call === 'ioctl') {
+      const requests = [...new Set(ALLOWED_IOCTLS.filter((i) => applies(i.where, scope)).map((i) => i.request))];
+      for (const request of requests) rules.push({ syscall: 'ioctl', nr, args: [{ index: 1, type: 'dword', op: 'eq', mask: 0xffffffffn, val: BigInt(request) }] });
+      continue;
+    }
+    const alternatives = c.args ?? [[]];
+    for (const alt of alternatives) {
+      const key = `${c.call}:${JSON.stringify(alt)}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      rules.push({ syscall: c.call, nr, args: alt.map((t) => conditionOf(t, pid)) });
+    }
+  }
+  for (const c of ENOSYS_CALLS) rules.push({ syscall: c.call, nr: nrOf(c.call), args: [], action: (SECCOMP_RET_ERRNO | ENOSYS) >>> 0 });
+  return rules;
+}
+
+/** The calls one scope allows, by name (for the README's counts and the tests). */
+export function allowListNames(scope: Scope): string[] {
+  return [...new Set(ALLOWED_CALLS.filter((c) => applies(c.where, scope)).map((c) => c.call))].sort();
+}
+
+/**
+ * The built-in allow-lists compiled to BPF for process `pid` (tgkill may only signal its own
+ * threads). `defaultAction`: what an unlisted call gets — SECCOMP_RET_TRAP normally, SECCOMP_RET_LOG
+ * in the trial mode (FC_RUN_SECCOMP_LOG=1), SECCOMP_RET_KILL_PROCESS without the SIGSYS handler.
+ */
+export function builtinFilters(pid: number, defaultAction: number = SECCOMP_RET_TRAP): BuiltinFilters {
+  const compile = (scope: Scope) => compileFilter({ defaultAction: defaultAction >>> 0, filterAction: SECCOMP_RET_ALLOW, rules: allowListRules(scope, pid) });
+  return { process: compile('process'), api: compile('api'), vmm: compile('vmm'), vcpu: compile('vcpu') };
+}
+
+/** Whether the built-in lists were made (traced and tested) for this Node's major version. */
+export function listsFitThisNode(version = process.versions.node): boolean {
+  return SECCOMP_LISTS_NODE_MAJORS.includes(Number(version.split('.')[0]));
+}
+
+export { SECCOMP_RET_TRAP, SECCOMP_RET_LOG };
