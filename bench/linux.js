@@ -3,7 +3,8 @@
 // (guest/linux/build: ELF vmlinux through PVH, and bzImage) with the same initramfs, command line
 // and CPUID, alternately in the same run, for 1 and 2 vCPUs. Reports wall time from process start
 // to the kernel's "Run /init as init process" and to the process's exit (the guest restarts:
-// reboot=k on fc-run's i8042, and QEMU's -no-reboot), and the ratio of fc-run to QEMU. Both use
+// reboot=k through the i8042, fc-run's own and the one QEMU's microvm gets with -device i8042,
+// with -no-reboot), and the ratio of fc-run to QEMU. Both use
 // the same KVM, so the ratio is fc-run's own share.
 //
 // The command line is the one the tests use for this host (guest/linux/host.js: the ring-3 probe
@@ -69,7 +70,7 @@ function fcRun(image, vcpus) {
 
 function qemuMicrovm(image, vcpus) {
   const cpu = kind.kind === 'emulating' ? 'host,-kvm-pv-ipi,-kvm-pv-sched-yield' : 'host';
-  return [qemu, ['-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', cpu, '-m', '256', '-smp', String(vcpus), '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-kernel', path.join(build, image), '-initrd', initrd, '-append', cmdline, '-no-reboot']];
+  return [qemu, ['-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', cpu, '-m', '256', '-smp', String(vcpus), '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'i8042', '-kernel', path.join(build, image), '-initrd', initrd, '-append', cmdline, '-no-reboot']];
 }
 
 /** Spawns one boot: ms from spawn to "Run /init" and to the process's exit, and its status. */
