@@ -7,23 +7,13 @@ const { spawn, execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { qemuOrExit } = require('./qemu.js');
 
 const root = path.resolve(__dirname, '..');
 const probe = path.join(root, 'guest', 'probe', 'build', 'probe.elf');
 const runs = Number(process.argv[2] ?? 7);
 if (!fs.existsSync(probe)) execFileSync('make', ['-s', '-C', path.join(root, 'guest', 'probe')], { stdio: 'inherit' });
-const qemu = ['qemu-system-x86_64', '/usr/bin/qemu-system-x86_64'].find((q) => {
-  try {
-    execFileSync(q, ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-});
-if (!qemu) {
-  console.error('qemu-system-x86_64 is not installed: apt-get install qemu-system-x86');
-  process.exit(1);
-}
+const qemu = qemuOrExit();
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-bench-'));
 const spec = path.join(dir, 'probe.json');

@@ -15,10 +15,11 @@
 // gives (on hardware KVM both keep the defaults).
 // Usage: node bench/linux.js [runs=1]   (needs /dev/kvm, qemu-system-x86 and `npm run build:linux`)
 'use strict';
-const { spawn, execFileSync } = require('node:child_process');
+const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { qemuOrExit } = require('./qemu.js');
 const host = require('../guest/linux/host.js');
 
 const root = path.resolve(__dirname, '..');
@@ -38,18 +39,7 @@ for (const f of ['vmlinux', 'bzImage', 'initramfs.cpio.gz']) {
     process.exit(1);
   }
 }
-const qemu = ['qemu-system-x86_64', '/usr/bin/qemu-system-x86_64'].find((q) => {
-  try {
-    execFileSync(q, ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-});
-if (!qemu) {
-  console.error('qemu-system-x86_64 is not installed: apt-get install qemu-system-x86');
-  process.exit(1);
-}
+const qemu = qemuOrExit();
 
 const kind = host.detectHost();
 const cmdline = host.bootArgs(kind, ['panic=-1']);
