@@ -2,7 +2,7 @@ import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_LOG, SECCOMP_RET_TRAP
 import { ENOSYS } from './seccomp';
 import { compileFilter, type Condition, type Rule } from './seccompiler';
 import { X86_64_SYSCALLS } from './syscall-table';
-import { ALLOWED_CALLS, ALLOWED_IOCTLS, ENOSYS_CALLS, SECCOMP_LISTS_NODE_MAJORS, type ArgTest, type ThreadCategory, type Where } from './seccomp-lists';
+import { ALLOWED_CALLS, ALLOWED_IOCTLS, ENOSYS_CALLS, REFUSED_CALLS, SECCOMP_LISTS_NODE_MAJORS, type ArgTest, type ThreadCategory, type Where } from './seccomp-lists';
 
 /**
  * The built-in allow-lists (src/kvm/seccomp-lists.ts) compiled to BPF with the seccompiler
@@ -58,6 +58,9 @@ export function allowListRules(scope: Scope, pid: number): Rule[] {
     }
   }
   for (const c of ENOSYS_CALLS) rules.push({ syscall: c.call, nr: nrOf(c.call), args: [], action: (SECCOMP_RET_ERRNO | ENOSYS) >>> 0 });
+  for (const c of REFUSED_CALLS) {
+    if (scope !== 'process' && applies(c.where, scope)) rules.push({ syscall: c.call, nr: nrOf(c.call), args: [], action: (SECCOMP_RET_ERRNO | c.errno) >>> 0 });
+  }
   return rules;
 }
 

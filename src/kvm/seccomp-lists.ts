@@ -209,6 +209,19 @@ const FC_RUN: AllowedCall[] = [
 
 export const ALLOWED_CALLS: readonly AllowedCall[] = [...RUNTIME, ...FC_RUN];
 
+/**
+ * Calls refused with an error instead of trapping, on threads that never need them but whose
+ * runtime may try them on a rarer path and copes with a failure.
+ */
+export const REFUSED_CALLS: readonly { call: string; errno: number; where: Where; why: string }[] = [
+  {
+    call: 'openat',
+    errno: 13, // EACCES
+    where: ['vmm', 'vcpu'],
+    why: 'a device model or vCPU loop opens no file, but glibc and V8 may read a /sys or /proc file on a rarer path (seen once on a vCPU worker during a Diff snapshot run, O_RDONLY|O_CLOEXEC, as glibc counts CPUs) and take a failure in their stride: fails instead of killing fc-run',
+  },
+];
+
 /** Calls that fail with ENOSYS instead of trapping: the C library then uses another. */
 export const ENOSYS_CALLS: readonly { call: string; why: string }[] = [
   { call: 'clone3', why: 'its flags are in memory a filter cannot read; glibc falls back to clone' },
