@@ -258,9 +258,12 @@ describeJail('fc-run jail', () => {
     const spinFiles = () => ({ 'spin.elf': tinyGuestElf([0xeb, 0xfe]) });
 
     test('the VMM runs chrooted in the jail root the user populated; its PID is in <root>/fc-run.pid; the root is left as it was', async () => {
-      const root = populate('fcj-spin', spinSpec, spinFiles());
+      // The log (a file the user put in the root) says when the VM runs: a SIGTERM before that
+      // is a stop before the VM ran (exit 1, by design), after it a clean stop (exit 0).
+      const root = populate('fcj-spin', spinSpec, { ...spinFiles(), 'fc-run.log': Buffer.alloc(0) });
+      fs.chownSync(path.join(root, 'fc-run.log'), UID, GID);
       const before = fs.readdirSync(root).sort();
-      const child = spawn(process.execPath, jailer('fcj-spin', ['--cgroup', 'pids.max=64', '--resource-limit', 'no-file=512'], ['--config-file', '/vm.json', '--no-api']), { env: { ...process.env, NO_COLOR: '1' } });
+      const child = spawn(process.execPath, jailer('fcj-spin', ['--cgroup', 'pids.max=64', '--resource-limit', 'no-file=512'], ['--config-file', '/vm.json', '--no-api', '--log-path', '/fc-run.log', '--level', 'Info']), { env: { ...process.env, NO_COLOR: '1' } });
       let err = '';
       child.stderr.on('data', (d) => (err += d));
       const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
@@ -288,8 +291,14 @@ describeJail('fc-run jail', () => {
         const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
         expect(argv.slice(argv.indexOf('run'), argv.indexOf('run') + 3)).toEqual(['run', '--id', 'fcj-spin']);
         expect(argv).toContain('--config-file');
+        const runUntil = Date.now() + 30_000;
+        while (!/running 1 vCPU/.test(fs.readFileSync(path.join(root, 'fc-run.log'), 'utf8'))) {
+          if (Date.now() > runUntil) throw new Error(`the jailed VM never ran; stderr: ${err}; log: ${fs.readFileSync(path.join(root, 'fc-run.log'), 'utf8')}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
         child.kill('SIGTERM');
-        expect(await exited).toBe(0);
+        const code = await exited;
+        if (code !== 0) throw new Error(`the jailer ended with ${code}, not 0; stderr:\n${err}`);
       } finally {
         child.kill('SIGKILL');
       }
