@@ -110,7 +110,7 @@ describeKvm('a real Linux kernel boots through fc-run', () => {
   }, 800_000);
 
   testOnEmulating('without the emulating profile, an instruction-emulating KVM stops the kernel and fc-run reports the instruction bytes and registers', () => {
-    const file = spec('no-profile', 'vmlinux', bootArgs({ kind: 'hardware', why: 'no profile' }), undefined);
+    const file = spec('no-profile', 'vmlinux', bootArgs({ kind: 'hardware', why: 'no profile' }, ['earlyprintk=serial,ttyS0']), undefined);
     const r = spawnSync(process.execPath, [BIN, file], { encoding: 'utf8', timeout: 600_000, env: { ...process.env, NO_COLOR: '1' } });
     const out = r.stdout.replace(/\r/g, '');
     if (!/^Memory: /m.test(out)) throw new Error(`the kernel did not get to "Memory:" (exit ${r.status}, signal ${r.signal})\n${out.slice(-2000)}\n${r.stderr.slice(-2000)}`);
