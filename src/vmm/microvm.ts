@@ -363,7 +363,7 @@ export class MicroVm {
             this.opts.monitor.vmm.bootTimeUs = us;
             this.opts.monitor.log.info('vmm', `Guest-boot-time = ${us} us ${Math.floor(us / 1000)} ms (written by vCPU ${m.vcpu})`);
           }
-        } else finish(m);
+        } else if (m.kind !== 'loaded') finish(m);
       };
       /** One of the things running vCPUs (a worker, or the native threads together) has ended. */
       const ended = () => {
