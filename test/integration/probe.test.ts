@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tinyGuestElf } from '../helpers/images';
@@ -116,6 +116,30 @@ describeKvm('the probe guest on KVM', () => {
     expect(r.err).toMatch(/the guest reset the machine/);
     expect(r.code).toBe(0);
     expect(parseProbe(r.out).ok).toEqual(ALL_CHECKS);
+  });
+
+  test('SIGUSR1 neither starts Node\'s inspector nor kills the VM; SIGTERM then stops it', async () => {
+    // Node answers SIGUSR1 by opening its inspector (a TCP port with code execution for whoever
+    // connects); under the allow-lists that start was a seccomp kill (prlimit64, then sockets).
+    const spec = probeSpec('probe-usr1.json', { vcpu_count: 1, mem_size_mib: 32 }, 'console=ttyS0 probe.wait=1');
+    const child = spawn(process.execPath, [BIN, spec], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<[number | null, string | null]>((resolve) => child.on('exit', (code, signal) => resolve([code, signal])));
+    try {
+      for (let i = 0; i < 300 && !out.includes('# probe waiting'); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(out).toContain('# probe waiting');
+      child.kill('SIGUSR1');
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(child.exitCode).toBe(null);
+      child.kill('SIGTERM');
+      expect([await exited, err]).toEqual([[0, null], expect.stringMatching(/^fc-run: stopped by SIGTERM/)]);
+      expect(err).not.toMatch(/SIGSYS|Debugger listening/);
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 
   test('the boot timer port reports the guest boot time', () => {
