@@ -201,6 +201,7 @@ const FC_RUN: AllowedCall[] = [
   { call: 'ftruncate', why: 'snapshot memory files', where: API },
   { call: 'fallocate', why: 'snapshot memory files', where: API },
   { call: 'rename', why: 'snapshot files written whole then renamed', where: API },
+  { call: 'link', why: 'a snapshot over an existing one: the old memory file kept (a hard link) until the new pair is in place', where: API },
   { call: 'unlink', why: 'the API socket when fc-run ends; a snapshot file that failed', where: API },
   { call: 'clone', why: 'threads only (CLONE_THREAD), in the same namespaces: native vCPU threads, Node starting a thread late', where: API, args: THREAD_CLONE },
   { call: 'setpriority', why: 'a native vCPU thread lowering its own priority (nice 10) as it starts', where: API, args: one({ index: 0, val: 0 }, { index: 1, val: 0 }) },
