@@ -92,7 +92,7 @@ export const ALLOWED_IOCTLS: readonly { name: string; request: number; where: Wh
   { name: 'KVM_CHECK_EXTENSION', request: KVM.CHECK_EXTENSION, where: API, why: 'snapshots: what the host KVM can save' },
   { name: 'TUNSETOFFLOAD', request: 0x400454d0, where: VMM, why: "a TAP's offloads, set when the guest activates its net device" },
   { name: 'TCGETS', request: 0x5401, where: API, why: 'the terminal: raw mode for serial input (libuv)' },
-  { name: 'TCSETS', request: 0x5402, where: API, why: 'the terminal: back out of raw mode when fc-run ends' },
+  { name: 'TCSETS', request: 0x5402, where: ALL, why: 'the terminal: back out of raw mode when fc-run ends, or dies of SIGSYS on any thread (native/sigsys.c)' },
   { name: 'TCSETSW', request: 0x5403, where: API, why: 'the terminal (libuv uv_tty_set_mode)' },
   { name: 'TIOCGPTN', request: 0x80045430, where: API, why: 'libuv asking whether a terminal is a pty (uv_tty_init: process.stderr made on first use)' },
   { name: 'TIOCGWINSZ', request: 0x5413, where: API, why: 'the terminal size (libuv, Node streams)' },

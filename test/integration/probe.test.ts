@@ -166,6 +166,23 @@ describeKvm('the guest console in a terminal', () => {
     expect(r.code).toBe(0);
   });
 
+  test('a seccomp kill puts the terminal back as it was (the serial console had made it raw)', () => {
+    // The main thread's own filter refuses epoll_pwait: fc-run dies of SIGSYS once the VM runs.
+    const filter = ws.write('trap-api.json', {
+      api: { default_action: 'allow', filter_action: 'trap', filter: [{ syscall: 'epoll_wait' }, { syscall: 'epoll_pwait' }] },
+      vmm: { default_action: 'allow', filter_action: 'allow', filter: [] },
+      vcpu: { default_action: 'allow', filter_action: 'allow', filter: [] },
+    });
+    const spec = probeSpec('probe-tty-trap.json', { vcpu_count: 1, mem_size_mib: 32 }, 'console=ttyS0 probe.wait=1');
+    const r = spawnSync('python3', [path.join(__dirname, '..', 'helpers', 'pty-mode.py'), process.execPath, BIN, spec, '--seccomp-filter', filter], {
+      encoding: 'utf8',
+      env: { ...process.env, NO_COLOR: '1', FC_RUN_SECCOMP_REPORT: '' },
+      timeout: 60_000,
+    });
+    expect(r.stdout).toMatch(/fc-run: killed by SIGSYS \(seccomp\): syscall \d+ \(epoll_p?wait\)/);
+    expect(r.stdout).toMatch(/\ntty: -31 canonical echo\n$/);
+  });
+
   test('Ctrl-A x stops the VM', () => {
     const spec = probeSpec('probe-quit.json', { vcpu_count: 1, mem_size_mib: 32 }, 'console=ttyS0 probe.echo');
     const r = drive('type a line', '\\x01x', spec);
