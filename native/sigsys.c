@@ -3,8 +3,8 @@
 // fc-run's seccomp filters answer a call that is not on their list with SECCOMP_RET_TRAP: the
 // kernel does not make the call and sends the calling thread SIGSYS, whose siginfo says which
 // call it was. No JavaScript can run in a signal handler, so this one is plain C and uses only
-// async-signal-safe system calls (gettid, write, rt_sigaction, rt_sigprocmask, tgkill; every
-// filter of fc-run's allows them): it writes one line naming the call, its first arguments and
+// async-signal-safe system calls (gettid, write, rt_sigaction, rt_sigprocmask, tgkill, and ioctl
+// TCSETS to put the terminal back; every filter of fc-run's allows them): it writes one line naming the call, its first arguments and
 // the thread to stderr (and to a second fd when one was given), then puts SIGSYS back to its
 // default action and raises it, so the process ends killed by SIGSYS, exactly as with
 // SECCOMP_RET_KILL_PROCESS, and a parent sees the same signal. The line is what KILL_PROCESS
@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
@@ -32,6 +33,11 @@ static struct {
   char label[LABEL_LEN];
 } threads[MAX_THREADS];
 static int thread_count;
+// The terminal on fd 0 as it was when the handler was installed (before the serial console made it
+// raw): put back before dying, as fc-run's normal exit does. The kernel's struct termios, through
+// raw TCGETS/TCSETS (glibc's is larger), in a buffer that fits either.
+static long saved_termios[8];
+static int termios_saved;
 
 // `list`: `count` NUL-terminated names one after the other, the i-th being call number i's.
 void fcs_set_names(const char *list, int count) {
@@ -132,6 +138,9 @@ static void on_sigsys(int sig, siginfo_t *info, void *context) {
   n = put(line, n, sizeof line, "\n");
   write_all(2, line, n);
   if (extra_fd >= 0) write_all(extra_fd, line, n);
+  // After the line: where a thread's filter refused TCSETS too, that nested trap ends the process
+  // at once (SIGSYS is blocked here, so the kernel kills), which is where this was going anyway.
+  if (termios_saved) syscall(SYS_ioctl, 0, TCSETS, saved_termios);
   // Die of SIGSYS, as SECCOMP_RET_KILL_PROCESS would make the process die.
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
@@ -148,6 +157,7 @@ static void on_sigsys(int sig, siginfo_t *info, void *context) {
 // Installs the handler for the whole process; `fd` (or -1) also gets each line. 0, or -1 (errno).
 int fcs_install(int fd) {
   extra_fd = fd;
+  termios_saved = syscall(SYS_ioctl, 0, TCGETS, saved_termios) == 0;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_sigsys;

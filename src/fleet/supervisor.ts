@@ -11,6 +11,7 @@ import { rotateIfLarge } from './serial-log';
 import { DEFAULT_SETTINGS, FleetSettings, healthyRunMs, restartDelay, wantsRestart } from './settings';
 import { stopVmProcess } from './stop';
 import { FC_RUN_BIN } from '../package-root';
+import { SIGSYS_LINE_PREFIX } from '../kvm/sigsys';
 
 export interface FleetEvent {
   event: 'started' | 'adopted' | 'exited' | 'waiting' | 'stopping' | 'stopped' | 'forgotten' | 'skipped' | 'fixed' | 'git-pull' | 'warning';
@@ -285,7 +286,7 @@ export class Supervisor {
     const rec = readJson<ExitRecord & { pid?: number }>(f.exit);
     const own = rec && (rec.pid === undefined || rec.pid === vm.pid) ? rec : undefined;
     const now = Date.now();
-    const reason = why ?? own?.reason ?? (signal === 'SIGSYS' ? 'killed by SIGSYS (seccomp): a system call its seccomp filter does not allow, named on its stderr (fc-run logs)' : signal ? `killed by ${signal}` : code !== undefined && code !== null ? `exited with status ${code}` : 'ended without an exit record (killed with SIGKILL?)');
+    const reason = why ?? own?.reason ?? (signal === 'SIGSYS' ? sigsysReason(f.output) : signal ? `killed by ${signal}` : code !== undefined && code !== null ? `exited with status ${code}` : 'ended without an exit record (killed with SIGKILL?)');
     vm.lastExit = { code: own?.code ?? code ?? null, signal, reason, time: new Date(now).toISOString() };
     vm.child = undefined;
     const hold = readJson<{ planHash: string }>(f.hold);
@@ -380,4 +381,27 @@ export function assertGitWorkTree(dir: string): Promise<void> {
       else resolve();
     });
   });
+}
+
+/**
+ * Why a VM's fc-run died of SIGSYS: the line its SIGSYS handler wrote to its log (stderr) naming
+ * the call, kept here because a restart starts that log afresh.
+ */
+function sigsysReason(log: string): string {
+  let tail = '';
+  try {
+    const fd = fs.openSync(log, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const buf = Buffer.alloc(Math.min(size, 64 * 1024));
+      fs.readSync(fd, buf, 0, buf.length, size - buf.length);
+      tail = buf.toString('utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    // no log: the generic reason
+  }
+  const line = tail.split('\n').reverse().find((l) => l.startsWith(SIGSYS_LINE_PREFIX));
+  return line ? `killed by SIGSYS (seccomp): ${line.slice(SIGSYS_LINE_PREFIX.length)}` : 'killed by SIGSYS (seccomp): a system call its seccomp filter does not allow';
 }

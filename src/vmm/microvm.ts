@@ -303,7 +303,13 @@ export class MicroVm {
         );
       };
       process.on('SIGQUIT', onQuit);
+      // SIGUSR1: Node's own answer is to start its inspector (a TCP port that runs the code of
+      // whoever connects), which the seccomp filters refuse by killing fc-run. A listener of our
+      // own keeps Node's away: the signal is logged and the VM runs on.
+      const onUsr1 = () => this.opts.monitor.log.warn('vmm', 'SIGUSR1 ignored (it would start Node\'s inspector)');
+      process.on('SIGUSR1', onUsr1);
       const cleanup = () => {
+        process.off('SIGUSR1', onUsr1);
         process.off('SIGTERM', onSignal);
         process.off('SIGINT', onSignal);
         process.off('SIGQUIT', onQuit);
@@ -363,7 +369,7 @@ export class MicroVm {
             this.opts.monitor.vmm.bootTimeUs = us;
             this.opts.monitor.log.info('vmm', `Guest-boot-time = ${us} us ${Math.floor(us / 1000)} ms (written by vCPU ${m.vcpu})`);
           }
-        } else finish(m);
+        } else if (m.kind !== 'loaded') finish(m);
       };
       /** One of the things running vCPUs (a worker, or the native threads together) has ended. */
       const ended = () => {

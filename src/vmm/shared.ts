@@ -57,7 +57,16 @@ export interface ReadyReport {
   tid: number;
 }
 
-export type VcpuMessage = StopReport | BootTimeReport | ReadyReport | VcpuAnswer;
+/**
+ * Sent by a vCPU worker as soon as it has loaded its bundle (src/vmm/threads.ts waits for it before
+ * the seccomp filters): it can also reach the VM's handler, when the VM took the thread before it
+ * had loaded (--no-seccomp does not wait), and means nothing there.
+ */
+export interface LoadedReport {
+  kind: 'loaded';
+}
+
+export type VcpuMessage = StopReport | BootTimeReport | ReadyReport | VcpuAnswer | LoadedReport;
 
 /** The signal that kicks a vCPU thread out of KVM_RUN (Node installs a no-op handler for it). */
 export const VCPU_KICK_SIGNAL = 'SIGUSR2';

@@ -26,7 +26,12 @@ const bytes = /fake\.serial=(\d+)/.exec(args);
 fs.writeSync(serial, `fake guest ${opt('id')} up\n`);
 if (bytes) fs.writeSync(serial, 'x'.repeat(Number(bytes[1])) + '\n');
 const exitWith = /fake\.exit=(\d+)/.exec(args);
-if (exitWith) {
+if (/fake\.sigsys/.test(args)) {
+  // As fc-run's SIGSYS handler (native/sigsys.c) ends it: its line on stderr, then death by SIGSYS.
+  setTimeout(() => {
+    process.stderr.write('fc-run: killed by SIGSYS (seccomp): syscall 110 (getppid) is not on the seccomp filter of thread 7 (api: the main thread); arguments 0x0, 0x0, 0x0, 0x0\n', () => process.kill(process.pid, 'SIGSYS'));
+  }, 20);
+} else if (exitWith) {
   reason = `fake exit ${exitWith[1]}`;
   setTimeout(() => process.exit(Number(exitWith[1])), 20);
 } else {

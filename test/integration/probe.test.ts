@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tinyGuestElf } from '../helpers/images';
@@ -109,6 +109,39 @@ describeKvm('the probe guest on KVM', () => {
     expect(fs.readFileSync(console, 'utf8')).toMatch(/# probe done: 0 failed/);
   });
 
+  test('--no-seccomp boots it too, on vCPU worker threads that had no time to load before they were taken', () => {
+    // Without filters fc-run does not wait for its vCPU threads to load: their 'loaded' message
+    // reaches the VM's handler, which must not take it for a stop.
+    const r = fcRun([probeSpec('probe-no-seccomp.json', { vcpu_count: 2, mem_size_mib: 32 }), '--no-seccomp']);
+    expect(r.err).toMatch(/the guest reset the machine/);
+    expect(r.code).toBe(0);
+    expect(parseProbe(r.out).ok).toEqual(ALL_CHECKS);
+  });
+
+  test('SIGUSR1 neither starts Node\'s inspector nor kills the VM; SIGTERM then stops it', async () => {
+    // Node answers SIGUSR1 by opening its inspector (a TCP port with code execution for whoever
+    // connects); under the allow-lists that start was a seccomp kill (prlimit64, then sockets).
+    const spec = probeSpec('probe-usr1.json', { vcpu_count: 1, mem_size_mib: 32 }, 'console=ttyS0 probe.wait=1');
+    const child = spawn(process.execPath, [BIN, spec], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<[number | null, string | null]>((resolve) => child.on('exit', (code, signal) => resolve([code, signal])));
+    try {
+      for (let i = 0; i < 300 && !out.includes('# probe waiting'); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(out).toContain('# probe waiting');
+      child.kill('SIGUSR1');
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(child.exitCode).toBe(null);
+      child.kill('SIGTERM');
+      expect([await exited, err]).toEqual([[0, null], expect.stringMatching(/^fc-run: stopped by SIGTERM/)]);
+      expect(err).not.toMatch(/SIGSYS|Debugger listening/);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
   test('the boot timer port reports the guest boot time', () => {
     const r = fcRun([probeSpec('probe-timer.json', { vcpu_count: 1, mem_size_mib: 32 })]);
     expect(r.err).toMatch(/guest boot time \d+\.\d ms/);
@@ -131,6 +164,23 @@ describeKvm('the guest console in a terminal', () => {
     expect(r.out).toContain('# serial-rx: typed on the host');
     expect(r.out).toContain('ok - serial-rx');
     expect(r.code).toBe(0);
+  });
+
+  test('a seccomp kill puts the terminal back as it was (the serial console had made it raw)', () => {
+    // The main thread's own filter refuses epoll_pwait: fc-run dies of SIGSYS once the VM runs.
+    const filter = ws.write('trap-api.json', {
+      api: { default_action: 'allow', filter_action: 'trap', filter: [{ syscall: 'epoll_wait' }, { syscall: 'epoll_pwait' }] },
+      vmm: { default_action: 'allow', filter_action: 'allow', filter: [] },
+      vcpu: { default_action: 'allow', filter_action: 'allow', filter: [] },
+    });
+    const spec = probeSpec('probe-tty-trap.json', { vcpu_count: 1, mem_size_mib: 32 }, 'console=ttyS0 probe.wait=1');
+    const r = spawnSync('python3', [path.join(__dirname, '..', 'helpers', 'pty-mode.py'), process.execPath, BIN, spec, '--seccomp-filter', filter], {
+      encoding: 'utf8',
+      env: { ...process.env, NO_COLOR: '1', FC_RUN_SECCOMP_REPORT: '' },
+      timeout: 60_000,
+    });
+    expect(r.stdout).toMatch(/fc-run: killed by SIGSYS \(seccomp\): syscall \d+ \(epoll_p?wait\)/);
+    expect(r.stdout).toMatch(/\ntty: -31 canonical echo\n$/);
   });
 
   test('Ctrl-A x stops the VM', () => {

@@ -84,6 +84,10 @@ async function bootAndSnapshot(name: string, opts: { networkInterfaces?: object[
     // Two at once: both are written, one after the other.
     const two = await Promise.all(['x', 'y'].map((t) => apiCall(api, 'PUT', '/snapshot/create', { snapshot_type: 'Full', snapshot_path: `${snap}.${t}`, mem_file_path: `${mem}.${t}` })));
     expect(two).toEqual([{ status: 204, body: '' }, { status: 204, body: '' }]);
+    // Over an existing pair: the old memory file is kept (a hard link) until both new files are in place.
+    const again = await apiCall(api, 'PUT', '/snapshot/create', { snapshot_type: 'Full', snapshot_path: `${snap}.x`, mem_file_path: `${mem}.x` });
+    expect(again).toEqual({ status: 204, body: '' });
+    expect(fs.readdirSync(ws.dir).filter((f) => f.startsWith('.fcrun'))).toEqual([]);
   }
   const created = await apiCall(api, 'PUT', '/snapshot/create', { snapshot_type: 'Full', snapshot_path: snap, mem_file_path: mem });
   expect(created).toEqual({ status: 204, body: '' });

@@ -245,6 +245,17 @@ describe('the supervisor, with a stand-in for fc-run (no KVM needed)', () => {
     expect(exit.reason).toBe('SIGTERM');
   });
 
+  test('a VM killed by its seccomp filter: the exit reason names the call, though the restart empties its log', async () => {
+    spec('a.json', { 'fc-run': { restart_delay_ms: 100 } }, 'fake.sigsys');
+    newSupervisor();
+    const exit = await waitFor('a exited', () => events.find((e) => e.event === 'exited' && e.id === 'a'));
+    // Started again (on-failure): its fc-run log is a new, empty file by then.
+    await waitFor('a started again', () => events.filter((e) => e.event === 'started' && e.id === 'a').length === 2);
+    expect(exit.reason).toMatch(/SIGSYS \(seccomp\).*syscall 110 \(getppid\) is not on the seccomp filter of thread 7 \(api: the main thread\)/);
+    expect(states().get('a')!.lastExit!.reason).toBe(exit.reason);
+    expect(JSON.parse(await fcRun('ps', '--json')).vms[0].last_exit.reason).toBe(exit.reason);
+  });
+
   test('ps, logs and stop read the same run directory; a stopped VM stays stopped', async () => {
     spec('a.json', { 'fc-run': { stop_grace_ms: 2000, serial_log_max_bytes: 4096 } }, 'fake.serial=6000');
     spec('b.json', grace);

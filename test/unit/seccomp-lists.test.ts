@@ -63,6 +63,7 @@ describe('the built-in seccomp allow-lists (src/kvm/seccomp-lists.ts)', () => {
       expect(decide(p, 'ioctl', [5, 0x5412])).toBe(SECCOMP_RET_TRAP); // TIOCSTI
       expect(decide(p, 'ioctl', [5, 0xae01])).toBe(SECCOMP_RET_TRAP); // KVM_CREATE_VM
       expect(decide(p, 'ioctl', [5, 0x400454ca])).toBe(SECCOMP_RET_TRAP); // TUNSETIFF
+      expect(decide(p, 'ioctl', [0, 0x5402])).toBe(SECCOMP_RET_ALLOW); // TCSETS: the SIGSYS handler puts the terminal back, whatever the thread
     }
     expect(decide(f.vcpu, 'ioctl', [5, 0xae80])).toBe(SECCOMP_RET_ALLOW); // KVM_RUN
     expect(decide(f.vmm, 'ioctl', [5, 0xae80])).toBe(SECCOMP_RET_TRAP);
