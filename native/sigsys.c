@@ -52,16 +52,19 @@ void fcs_set_names(const char *list, int count) {
 
 // Names thread `tid` (e.g. "vmm", "vcpu 0") in the handler's line. At most MAX_THREADS; 0: full.
 int fcs_register_thread(int tid, const char *label) {
-  for (int i = 0; i < thread_count; i++) {
-    if (threads[i].tid == tid) {
+  int claimed = __atomic_load_n(&thread_count, __ATOMIC_SEQ_CST);
+  for (int i = 0; i < claimed && i < MAX_THREADS; i++) {
+    if (__atomic_load_n(&threads[i].tid, __ATOMIC_SEQ_CST) == tid) {
       strncpy(threads[i].label, label, LABEL_LEN - 1);
       return 1;
     }
   }
-  if (thread_count >= MAX_THREADS) return 0;
-  strncpy(threads[thread_count].label, label, LABEL_LEN - 1);
-  __atomic_store_n(&threads[thread_count].tid, tid, __ATOMIC_SEQ_CST);
-  __atomic_add_fetch(&thread_count, 1, __ATOMIC_SEQ_CST);
+  // Threads register at the same moment (every vCPU worker as it starts): each claims a slot of
+  // its own, fills it, then publishes its tid, which is what the handler matches on.
+  int slot = __atomic_fetch_add(&thread_count, 1, __ATOMIC_SEQ_CST);
+  if (slot >= MAX_THREADS) return 0;
+  strncpy(threads[slot].label, label, LABEL_LEN - 1);
+  __atomic_store_n(&threads[slot].tid, tid, __ATOMIC_SEQ_CST);
   return 1;
 }
 
@@ -107,6 +110,7 @@ static void on_sigsys(int sig, siginfo_t *info, void *context) {
   int tid = (int)syscall(SYS_gettid);
   const char *label = 0;
   int count = __atomic_load_n(&thread_count, __ATOMIC_SEQ_CST);
+  if (count > MAX_THREADS) count = MAX_THREADS;
   for (int i = 0; i < count; i++)
     if (threads[i].tid == tid) label = threads[i].label;
   char line[400];
