@@ -290,6 +290,8 @@ export class MicroVm {
       const onSignal = (sig: NodeJS.Signals) => finish({ kind: 'stop', vcpu: -1, reason: 'stopped', detail: `stopped by ${sig}` });
       process.on('SIGTERM', onSignal);
       process.on('SIGINT', onSignal);
+      // SIGHUP (the terminal or session went away) would end the process with no last lines.
+      process.on('SIGHUP', onSignal);
       // SIGQUIT: where is the guest? Every vCPU's registers, to the log (or stderr without one).
       const onQuit = () => {
         this.dumpRegisters().then(
@@ -312,6 +314,7 @@ export class MicroVm {
         process.off('SIGUSR1', onUsr1);
         process.off('SIGTERM', onSignal);
         process.off('SIGINT', onSignal);
+        process.off('SIGHUP', onSignal);
         process.off('SIGQUIT', onQuit);
         this.opts.vmmThread?.stop();
         detachInput();

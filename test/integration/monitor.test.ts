@@ -243,11 +243,12 @@ describeKvm('logs and metrics', () => {
     expect(median(times.pipe)).toBeLessThan(median(times.file) * 5 + 1_000_000);
   }, 120_000);
 
-  test('SIGTERM stops a running VM cleanly: the last metrics line and the log say so', async () => {
-    const kernel = ws.write('spin.elf', tinyGuestElf([0xeb, 0xfe])); // jmp $
-    const spec = ws.write('spin.json', { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
-    const metricsPath = path.join(ws.dir, 'spin.metrics');
-    const logPath = path.join(ws.dir, 'spin.log');
+  // SIGHUP too: a closed terminal or an ssh session gone ends the VM with its last lines written.
+  test.each(['SIGTERM', 'SIGHUP'] as const)('%s stops a running VM cleanly: the last metrics line and the log say so', async (sig) => {
+    const kernel = ws.write(`spin-${sig}.elf`, tinyGuestElf([0xeb, 0xfe])); // jmp $
+    const spec = ws.write(`spin-${sig}.json`, { 'boot-source': { kernel_image_path: kernel }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
+    const metricsPath = path.join(ws.dir, `spin-${sig}.metrics`);
+    const logPath = path.join(ws.dir, `spin-${sig}.log`);
     const child = spawn(process.execPath, [BIN, spec, '--metrics-path', metricsPath, '--log-path', logPath], { env: { ...process.env, NO_COLOR: '1' } });
     let err = '';
     child.stderr.on('data', (d) => (err += d));
@@ -258,14 +259,14 @@ describeKvm('logs and metrics', () => {
         if (Date.now() > until) throw new Error('the VM did not start');
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
-      child.kill('SIGTERM');
+      child.kill(sig);
       expect(await exited).toBe(0);
     } finally {
       child.kill('SIGKILL');
     }
-    expect(err).toMatch(/stopped by SIGTERM/);
+    expect(err).toMatch(new RegExp(`stopped by ${sig}`));
     expect(reasons(lines(metricsPath))).toEqual(['start', 'exit']);
-    expect(fs.readFileSync(logPath, 'utf8')).toMatch(/the VM stopped: stopped by SIGTERM/);
+    expect(fs.readFileSync(logPath, 'utf8')).toMatch(new RegExp(`the VM stopped: stopped by ${sig}`));
   });
 
   test('a log or metrics path that cannot be opened is a clear error before the VM starts', () => {
