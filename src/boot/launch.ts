@@ -13,7 +13,7 @@ import { GuestMemory } from '../kvm/memory';
 import { MicroVm, RunResult } from '../vmm/microvm';
 import type { Vm } from '../kvm/kvm';
 import { EFD_CLOEXEC, EFD_NONBLOCK, errno, sys, SyscallError } from '../kvm/libc';
-import { KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/ioctls';
+import { KVM_CAP, KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_MEM_LOG_DIRTY_PAGES } from '../kvm/ioctls';
 import { createMailboxes } from '../vmm/mmio-mailbox';
 import { startVmmThread, VmmThread } from '../vmm/vmm-thread';
 import type { VirtioDeviceSetup } from '../vmm/vmm-worker';
@@ -25,7 +25,7 @@ import { vcpuThreadsLoaded, vcpuThreadsMode } from '../vmm/threads';
 import type { BootPlan, RateLimiterPlan } from './plan';
 import type { RateLimiterConfig } from '../limits/token-bucket';
 import { prepareGuestMemory } from './structures';
-import { configureVcpu } from './vcpu-setup';
+import { configureVcpu, withTscDeadline } from './vcpu-setup';
 import { assertCpuTemplateFitsHost, vendorFromCpuid } from './host-cpu';
 import type { Vcpu } from '../kvm/kvm';
 import { createSnapshot, SnapshotReport, SnapshotRequest } from '../vmm/snapshot';
@@ -201,7 +201,7 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
     throw new FcRunError('kernel-load', `cannot load the kernel or initrd: ${e.code ? `${e.code} on ${e.path ?? 'a file'}` : e.message}`);
   }
 
-  const cpuid = kvm.supportedCpuid();
+  const cpuid = withTscDeadline(kvm.supportedCpuid(), kvm.checkExtension(KVM_CAP.TSC_DEADLINE_TIMER) > 0);
   if (plan.cpuTemplate.kind === 'static') {
     // The vendor the guest will be shown must be the one the template was written for, too.
     const kvmVendor = vendorFromCpuid(cpuid);

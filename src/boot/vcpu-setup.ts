@@ -87,6 +87,19 @@ export const BOOT_MSRS: { index: number; data: bigint; name: string }[] = [
 ];
 
 const HYPERVISOR_BIT = 1 << 31;
+const TSC_DEADLINE_BIT = 1 << 24;
+
+/**
+ * KVM's supported CPUID with the TSC-deadline timer shown where KVM emulates it
+ * (KVM_CAP_TSC_DEADLINE_TIMER), as Firecracker does: older KVMs leave the bit out of
+ * KVM_GET_SUPPORTED_CPUID although the local APIC they emulate has the mode. Without it a Linux
+ * guest calibrates its APIC timer against another clock, and where guest code runs slowly (a
+ * nested KVM) that check fails and the guest is left without a local timer.
+ */
+export function withTscDeadline(supported: CpuidEntry[], kvmHasIt: boolean): CpuidEntry[] {
+  if (!kvmHasIt) return supported;
+  return supported.map((e) => (e.function === 0x1 ? { ...e, ecx: (e.ecx | TSC_DEADLINE_BIT) >>> 0 } : e));
+}
 const HTT_BIT = 1 << 28;
 
 function brandString(text: string): number[] {

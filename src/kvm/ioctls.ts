@@ -104,6 +104,7 @@ export const KVM_CAP = {
   TSC_CONTROL: 60,
   GET_TSC_KHZ: 61,
   ADJUST_CLOCK: 39,
+  TSC_DEADLINE_TIMER: 72,
   XSAVE2: 208,
 } as const;
 

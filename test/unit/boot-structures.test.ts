@@ -1,5 +1,5 @@
 import { buildMpTable, gdtEntry } from '../../src/boot/structures';
-import { applyCpuidTemplate, applyFilter, normalizeCpuid } from '../../src/boot/vcpu-setup';
+import { applyCpuidTemplate, applyFilter, normalizeCpuid, withTscDeadline } from '../../src/boot/vcpu-setup';
 import type { BootPlan } from '../../src/boot/plan';
 import type { CpuidEntry } from '../../src/kvm/kvm';
 
@@ -58,6 +58,15 @@ describe('CPUID normalization', () => {
     expect((leaf1.ebx >>> 16) & 0xff).toBe(4);
     expect(leaf1.ebx & 0xffff).toBe(0x0800); // CLFLUSH size kept
     expect(leaf1.ecx >>> 31).toBe(1);
+  });
+
+  test('the TSC-deadline timer is shown where KVM emulates it, and only there', () => {
+    const bit = (entries: CpuidEntry[]) => (entries.find((e) => e.function === 1)!.ecx >>> 24) & 1;
+    expect(bit(supported)).toBe(0);
+    expect(bit(withTscDeadline(supported, true))).toBe(1);
+    expect(bit(withTscDeadline(supported, false))).toBe(0);
+    expect(supported[0].ecx).toBe(0); // the input is not changed
+    expect(withTscDeadline(supported, true).find((e) => e.function === 0xb)).toEqual(supported[1]);
   });
 
   test('leaf 0xb gets an SMT level, a core level and a terminating level', () => {
