@@ -18,7 +18,7 @@ int main(int argc, char **argv) {
         perror("vsock-echo: listen");
         return 1;
     }
-    printf("vsock-echo: listening on port %s\n", argv[1]);
+    printf("fc-run-guest: vsock-echo: listening on port %s\n", argv[1]);
     fflush(stdout);
     int c = accept(s, NULL, NULL);
     if (c < 0) {
@@ -39,7 +39,8 @@ int main(int argc, char **argv) {
         }
         total += n;
     }
-    printf("vsock-echo: echoed %ld bytes\n", total);
+    printf("fc-run-guest: vsock-echo: echoed %ld bytes\n", total);
+    fflush(stdout);
     close(c);
     return 0;
 }
