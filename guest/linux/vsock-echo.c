@@ -25,6 +25,8 @@ int main(int argc, char **argv) {
         perror("vsock-echo: accept");
         return 1;
     }
+    printf("fc-run-guest: vsock-echo: accepted a connection\n");
+    fflush(stdout);
     char buf[4096];
     ssize_t n;
     long total = 0;
@@ -38,6 +40,8 @@ int main(int argc, char **argv) {
             off += w;
         }
         total += n;
+        printf("fc-run-guest: vsock-echo: echoed %ld bytes so far\n", total);
+        fflush(stdout);
     }
     printf("fc-run-guest: vsock-echo: echoed %ld bytes\n", total);
     fflush(stdout);

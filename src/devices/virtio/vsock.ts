@@ -56,6 +56,8 @@ interface Connection {
   rxCnt: number;
   /** Guest bytes written to the host socket. */
   fwdCnt: number;
+  /** Bytes at the head of pendingOut that are fc-run's own (the "OK <port>" line), not the guest's stream: fwd_cnt leaves them out. */
+  ownBytes: number;
   fwdCntAnnounced: number;
   /** A CREDIT_UPDATE is already queued for this connection. */
   creditUpdateQueued: boolean;
@@ -330,7 +332,7 @@ export class VsockDevice implements VirtioBackend {
   }
 
   private open(hostPort: number, guestPort: number, fd: number, established: boolean): Connection {
-    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, early: Buffer.alloc(0), pendingOut: [], watching: 0, hostDone: false, guestDone: false, hostWriteShut: false, guestNoRecv: false, closing: false, hungUp: false };
+    const c: Connection = { hostPort, guestPort, fd, established, awaitingResponse: false, peerBufAlloc: 0, peerFwdCnt: 0, rxCnt: 0, fwdCnt: 0, ownBytes: 0, fwdCntAnnounced: 0, creditUpdateQueued: false, early: Buffer.alloc(0), pendingOut: [], watching: 0, hostDone: false, guestDone: false, hostWriteShut: false, guestNoRecv: false, closing: false, hungUp: false };
     this.connections.set(this.key(hostPort, guestPort), c);
     this.opts.poller.add(fd, (ev) => this.safely(() => this.onSocket(c, ev)), 0);
     this.counters.connectionsOpened++;
@@ -460,7 +462,11 @@ export class VsockDevice implements VirtioBackend {
       const n = writeSome(c.fd, head);
       if (n < 0) return this.resetConnection(c);
       if (n === 0) break;
-      c.fwdCnt = (c.fwdCnt + n) >>> 0;
+      // fwd_cnt counts the guest's bytes only: a guest (Linux) that is told more than it sent
+      // computes negative credit and never sends again.
+      const own = Math.min(n, c.ownBytes);
+      c.ownBytes -= own;
+      c.fwdCnt = (c.fwdCnt + n - own) >>> 0;
       if (n < head.length) c.pendingOut[0] = head.subarray(n);
       else c.pendingOut.shift();
     }
@@ -623,7 +629,9 @@ export class VsockDevice implements VirtioBackend {
         if (!c || !c.awaitingResponse) return this.queueControl(peer, VSOCK_OP.RST);
         c.awaitingResponse = false;
         c.established = true;
-        c.pendingOut.push(Buffer.from(`OK ${c.hostPort}\n`));
+        const ok = Buffer.from(`OK ${c.hostPort}\n`);
+        c.ownBytes += ok.length;
+        c.pendingOut.push(ok);
         this.flushOut(c); // may reset the connection (the host went away)
         if (this.live(c) && c.early.length > 0) this.readHost(c);
         return;

@@ -189,5 +189,26 @@ describe('vsock: malformed and unexpected packets', () => {
     expect(got).toEqual([VSOCK_OP.RST, 'ping']);
     await eventually(() => hostGot.includes('\n'));
     expect(hostGot).toBe(`OK ${hostPort}\n`);
+    // fwd_cnt counts what the guest sent and the host took: none yet. The "OK" line is fc-run's
+    // own; counting it made a Linux guest compute negative credit and never send (its echo hung).
+    const fwdCnts = drv.used(0).map(([head]) => {
+      const b = Buffer.alloc(44);
+      mem.read(rx[head], b);
+      return b.readUInt32LE(40);
+    });
+    expect(fwdCnts.every((f) => f === 0)).toBe(true);
+    // Then the guest's 5 bytes reach the host: the next packet counts exactly those.
+    send(drv, packet({ op: VSOCK_OP.RW, src: 5000, dst: hostPort, payload: Buffer.from('hello') }));
+    await eventually(() => hostGot.endsWith('hello'));
+    expect(hostGot).toBe(`OK ${hostPort}\nhello`);
+    drv.publish(0, 0); // a receive buffer for the answer
+    drv.set(0x50, 0);
+    send(drv, packet({ op: VSOCK_OP.CREDIT_REQUEST, src: 5000, dst: hostPort }));
+    const answers = drv.used(0).map(([head]) => {
+      const h = Buffer.alloc(44);
+      mem.read(rx[head], h);
+      return [h.readUInt16LE(30), h.readUInt32LE(40)];
+    });
+    expect(answers).toEqual([[VSOCK_OP.CREDIT_UPDATE, 5]]);
   });
 });
