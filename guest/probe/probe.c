@@ -1907,7 +1907,7 @@ static void reset(void) {
 #define R3_UDATA (0x18 | 3)
 #define R3_UCODE (0x20 | 3)
 #define R3_TSS 0x28
-#define MSR_EFER_ 0xc0000080
+#define MSR_EFER 0xc0000080
 #define MSR_STAR 0xc0000081
 #define MSR_LSTAR 0xc0000082
 #define MSR_SFMASK 0xc0000084
@@ -2051,7 +2051,7 @@ static void check_ring3(void) {
                      :
                      : "r"(cr4), "r"((uint64_t)(uintptr_t)r3_pml4)
                      : "memory");
-    wrmsr(MSR_EFER_, rdmsr(MSR_EFER_) | 1); /* SCE: SYSCALL enabled */
+    wrmsr(MSR_EFER, rdmsr(MSR_EFER) | 1); /* SCE: SYSCALL enabled */
     wrmsr(MSR_STAR, ((uint64_t)R3_KDATA << 48) | ((uint64_t)R3_KCODE << 32));
     wrmsr(MSR_LSTAR, (uint64_t)(uintptr_t)ring3_syscall_entry);
     wrmsr(MSR_SFMASK, 0x700); /* TF, IF, DF cleared on entry */

@@ -87,6 +87,7 @@ export const BOOT_MSRS: { index: number; data: bigint; name: string }[] = [
 ];
 
 const HYPERVISOR_BIT = 1 << 31;
+const HTT_BIT = 1 << 28;
 const TSC_DEADLINE_BIT = 1 << 24;
 
 /**
@@ -100,7 +101,6 @@ export function withTscDeadline(supported: CpuidEntry[], kvmHasIt: boolean): Cpu
   if (!kvmHasIt) return supported;
   return supported.map((e) => (e.function === 0x1 ? { ...e, ecx: (e.ecx | TSC_DEADLINE_BIT) >>> 0 } : e));
 }
-const HTT_BIT = 1 << 28;
 
 function brandString(text: string): number[] {
   const bytes = Buffer.alloc(48);

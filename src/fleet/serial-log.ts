@@ -47,6 +47,12 @@ function readRange(file: string, from: number, to: number): Buffer {
   }
 }
 
+/** The last `maxBytes` of a file (all of a shorter one); empty when there is no file. */
+export function readTail(file: string, maxBytes: number): Buffer {
+  const size = sizeOf(file);
+  return size === undefined ? Buffer.alloc(0) : readRange(file, Math.max(0, size - maxBytes), size);
+}
+
 function sizeOf(file: string): number | undefined {
   try {
     return fs.statSync(file).size;

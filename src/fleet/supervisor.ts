@@ -7,7 +7,7 @@ import { claimRunDir, ensureRunDir, ExitRecord, FleetError, isAlive, readJson, r
 import { readHostCpu } from '../boot';
 import type { HostCpu } from '../boot';
 import { scanDir, ScanCache } from './scan';
-import { rotateIfLarge } from './serial-log';
+import { readTail, rotateIfLarge } from './serial-log';
 import { DEFAULT_SETTINGS, FleetSettings, healthyRunMs, restartDelay, wantsRestart } from './settings';
 import { stopVmProcess } from './stop';
 import { FC_RUN_BIN } from '../package-root';
@@ -390,17 +390,9 @@ export function assertGitWorkTree(dir: string): Promise<void> {
 function sigsysReason(log: string): string {
   let tail = '';
   try {
-    const fd = fs.openSync(log, 'r');
-    try {
-      const size = fs.fstatSync(fd).size;
-      const buf = Buffer.alloc(Math.min(size, 64 * 1024));
-      fs.readSync(fd, buf, 0, buf.length, size - buf.length);
-      tail = buf.toString('utf8');
-    } finally {
-      fs.closeSync(fd);
-    }
+    tail = readTail(log, 64 * 1024).toString('utf8');
   } catch {
-    // no log: the generic reason
+    // an unreadable log: the generic reason
   }
   const line = tail.split('\n').reverse().find((l) => l.startsWith(SIGSYS_LINE_PREFIX));
   return line ? `killed by SIGSYS (seccomp): ${line.slice(SIGSYS_LINE_PREFIX.length)}` : 'killed by SIGSYS (seccomp): a system call its seccomp filter does not allow';

@@ -1,12 +1,11 @@
 import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_LOG, SECCOMP_RET_TRAP } from './seccomp-actions';
-import { ENOSYS } from './seccomp';
 import { compileFilter, type Condition, type Rule } from './seccompiler';
 import { X86_64_SYSCALLS } from './syscall-table';
-import { ALLOWED_CALLS, ALLOWED_IOCTLS, ENOSYS_CALLS, REFUSED_CALLS, SECCOMP_LISTS_NODE_MAJORS, type ArgTest, type ThreadCategory, type Where } from './seccomp-lists';
+import { ALLOWED_CALLS, ALLOWED_IOCTLS, ERRNO_CALLS, SECCOMP_LISTS_NODE_MAJORS, type ArgTest, type ThreadCategory, type Where } from './seccomp-lists';
 
 /**
  * The built-in allow-lists (src/kvm/seccomp-lists.ts) compiled to BPF with the seccompiler
- * (src/kvm/seccompiler.ts): what a --seccomp-filter file would compile to, plus ENOSYS answers.
+ * (src/kvm/seccompiler.ts): what a --seccomp-filter file would compile to, plus errno answers.
  */
 export interface BuiltinFilters {
   /** Every thread: the union of the thread lists and what Node's helper threads need. */
@@ -57,9 +56,10 @@ export function allowListRules(scope: Scope, pid: number): Rule[] {
       rules.push({ syscall: c.call, nr, args: alt.map((t) => conditionOf(t, pid)) });
     }
   }
-  for (const c of ENOSYS_CALLS) rules.push({ syscall: c.call, nr: nrOf(c.call), args: [], action: (SECCOMP_RET_ERRNO | ENOSYS) >>> 0 });
-  for (const c of REFUSED_CALLS) {
-    if (scope !== 'process' && applies(c.where, scope)) rules.push({ syscall: c.call, nr: nrOf(c.call), args: [], action: (SECCOMP_RET_ERRNO | c.errno) >>> 0 });
+  // The process-wide filter answers only what every thread gets: a call some threads may make
+  // (openat on the main thread) must pass it.
+  for (const c of ERRNO_CALLS) {
+    if (scope === 'process' ? c.where === 'all' : applies(c.where, scope)) rules.push({ syscall: c.call, nr: nrOf(c.call), args: [], action: (SECCOMP_RET_ERRNO | c.errno) >>> 0 });
   }
   return rules;
 }

@@ -210,23 +210,23 @@ const FC_RUN: AllowedCall[] = [
 
 export const ALLOWED_CALLS: readonly AllowedCall[] = [...RUNTIME, ...FC_RUN];
 
+const ENOSYS = 38;
+const EACCES = 13;
+
 /**
- * Calls refused with an error instead of trapping, on threads that never need them but whose
- * runtime may try them on a rarer path and copes with a failure.
+ * Calls answered with an error instead of being trapped: the C library then uses another call, or
+ * the runtime, which tries it on a rarer path of a thread that never needs it, copes with the
+ * failure. A row for 'all' is in the process-wide filter too; one for some threads only in theirs.
  */
-export const REFUSED_CALLS: readonly { call: string; errno: number; where: Where; why: string }[] = [
+export const ERRNO_CALLS: readonly { call: string; errno: number; where: Where; why: string }[] = [
+  { call: 'clone3', errno: ENOSYS, where: ALL, why: 'its flags are in memory a filter cannot read; glibc falls back to clone' },
+  { call: 'io_uring_setup', errno: ENOSYS, where: ALL, why: 'a ring would make calls the filter never sees; libuv falls back to epoll' },
+  { call: 'io_uring_enter', errno: ENOSYS, where: ALL, why: 'as io_uring_setup' },
+  { call: 'io_uring_register', errno: ENOSYS, where: ALL, why: 'as io_uring_setup' },
   {
     call: 'openat',
-    errno: 13, // EACCES
+    errno: EACCES,
     where: ['vmm', 'vcpu'],
     why: 'a device model or vCPU loop opens no file, but glibc and V8 may read a /sys or /proc file on a rarer path (seen once on a vCPU worker during a Diff snapshot run, O_RDONLY|O_CLOEXEC, as glibc counts CPUs) and take a failure in their stride: fails instead of killing fc-run',
   },
-];
-
-/** Calls that fail with ENOSYS instead of trapping: the C library then uses another. */
-export const ENOSYS_CALLS: readonly { call: string; why: string }[] = [
-  { call: 'clone3', why: 'its flags are in memory a filter cannot read; glibc falls back to clone' },
-  { call: 'io_uring_setup', why: 'a ring would make calls the filter never sees; libuv falls back to epoll' },
-  { call: 'io_uring_enter', why: 'as io_uring_setup' },
-  { call: 'io_uring_register', why: 'as io_uring_setup' },
 ];

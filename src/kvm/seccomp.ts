@@ -104,7 +104,7 @@ const TIOCLINUX = 0x541c;
 const AUDIT_ARCH_X86_64 = 0xc000003e;
 const AF_UNIX = 1;
 const CLONE_THREAD = 0x10000;
-export const ENOSYS = 38;
+const ENOSYS = 38;
 
 const BPF_LD_W_ABS = 0x20;
 const BPF_JEQ_K = 0x15;
@@ -222,4 +222,3 @@ function loadFilter(filter: Buffer, flags: number): void {
   // With TSYNC, a positive result is the id of a thread that could not take the filter.
   if (r !== 0) throw new SyscallError('seccomp(SECCOMP_SET_MODE_FILTER)', r > 0 ? 16 : errno(), r > 0 ? `thread ${r} could not take the filter` : undefined);
 }
-

@@ -45,8 +45,10 @@ function start(data: VcpuWorkerData): void {
 
   try {
     // Right before the guest runs, as Firecracker does: the thread's own filter, if one was given.
-    if (data.seccompFilter) registerSigsysThread(`vcpu ${data.id}: a vCPU worker`);
-    if (data.seccompFilter) installThreadFilter(Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength));
+    if (data.seccompFilter) {
+      registerSigsysThread(`vcpu ${data.id}: a vCPU worker`);
+      installThreadFilter(Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength));
+    }
     c.ready(gettid());
     loop();
   } catch (err) {

@@ -176,10 +176,6 @@ function totals(metrics: string, group: string): Record<string, number> {
   return sum;
 }
 
-function ctrlAltDel(api: string): Promise<number | undefined> {
-  return action(api, 'SendCtrlAltDel');
-}
-
 function action(api: string, type: string): Promise<number | undefined> {
   return new Promise<number | undefined>((resolve) => {
     const body = JSON.stringify({ action_type: type });
@@ -216,7 +212,7 @@ describeKvm('Linux drives fc-run devices with its own drivers', () => {
     expect(await vsockConnect(g.uds, 4444)).not.toMatch(/^OK/);
 
     // Ctrl-Alt-Del: the kernel restarts, reboot=k resets through the i8042, fc-run exits 0.
-    expect(await ctrlAltDel(g.api)).toBe(204);
+    expect(await action(g.api, 'SendCtrlAltDel')).toBe(204);
     const code = await g.exited;
     expect(g.text()).toMatch(/the guest reset the machine/);
     expect(code).toBe(0);
