@@ -13,6 +13,7 @@ import {
   SyscallError,
   viewOf,
 } from './libc';
+import { RunTime, timedKvmRun } from './vcpu-threads';
 import { KVM, KVM_CAP, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, KvmIoctl } from './ioctls';
 import {
   kvm_cpuid2,
@@ -94,11 +95,18 @@ function encode(type: unknown, value: unknown): Buffer {
   return buf;
 }
 
-/** ioctl with the request's name in any error. */
+/**
+ * ioctl with the request's name in any error. A request interrupted by a signal (EINTR: a profiler's
+ * SIGPROF, a SIGCHLD, the vCPU kick) did nothing and is made again; KVM_RUN has its own path
+ * (Vcpu.run), where EINTR means "look at the control words".
+ */
 export function ioctl(fd: number, name: KvmIoctl, arg: number | Buffer, context?: string): number {
-  const r = typeof arg === 'number' ? sys.ioctlInt(fd, KVM[name], arg) : sys.ioctlPtr(fd, KVM[name], arg);
-  if (r < 0) throw new SyscallError(`ioctl(KVM_${name})`, errno(), context);
-  return r;
+  for (let attempt = 0; ; attempt++) {
+    const r = typeof arg === 'number' ? sys.ioctlInt(fd, KVM[name], arg) : sys.ioctlPtr(fd, KVM[name], arg);
+    if (r >= 0) return r;
+    const e = errno();
+    if (e !== 4 || attempt >= 1000) throw new SyscallError(`ioctl(KVM_${name})`, e, context);
+  }
 }
 
 /** /dev/kvm: the system-wide handle. */
@@ -250,9 +258,22 @@ export class Vcpu {
     return this.runPage;
   }
 
+  private timedRun?: { run: (fd: number, runNs: RunTime) => number; into: RunTime };
+
+  /**
+   * From now on {@link run} adds this thread's CPU time inside KVM_RUN to `into[0]` (the guest's
+   * share of fc-run's CPU time). False, and nothing counted, without the native library.
+   */
+  countRunTime(into: RunTime): boolean {
+    const run = timedKvmRun();
+    if (run) this.timedRun = { run, into };
+    return run !== undefined;
+  }
+
   /** KVM_RUN; returns false when interrupted by a signal (EINTR), throws on any other failure. */
   run(): boolean {
-    const r = sys.ioctlInt(this.fd, KVM.RUN, 0);
+    const t = this.timedRun;
+    const r = t ? t.run(this.fd, t.into) : sys.ioctlInt(this.fd, KVM.RUN, 0);
     if (r < 0) {
       const e = errno();
       if (e === 4 || e === 11) return false;

@@ -54,10 +54,35 @@ const DECLARATIONS = {
 
 let koffiLoaded: Koffi | undefined;
 
-/** The koffi module, loaded on first call. */
+/** The koffi module, loaded on first call (see loadKoffi). */
 export function koffiModule(): Koffi {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return (koffiLoaded ??= require('koffi') as Koffi);
+  return (koffiLoaded ??= loadKoffi());
+}
+
+/**
+ * koffi's own entry (index.js) finds its native addon with a build tool's helpers that load
+ * node:https, node:crypto and node:zlib, which costs every thread that loads it (the main thread
+ * and each vCPU worker) ~8 ms of CPU and ~4 MiB. fc-run runs on x86_64 and arm64 Linux with glibc
+ * (it loads libc.so.6), whose addon is at a fixed place in koffi's package: that is loaded
+ * directly when its version is the package's. Anything else (another layout, a mismatch) goes
+ * through koffi's entry as before. koffi's entry adds only deprecated aliases on top of the addon.
+ */
+function loadKoffi(): Koffi {
+  /* eslint-disable @typescript-eslint/no-require-imports */
+  const arch = process.arch === 'x64' || process.arch === 'arm64' ? process.arch : undefined;
+  if (process.platform === 'linux' && arch !== undefined) {
+    try {
+      const entry = require.resolve('koffi');
+      const dir = entry.slice(0, entry.lastIndexOf('/'));
+      const addon = require(`${dir}/build/koffi/linux_${arch}/koffi.node`) as Koffi & { version?: string };
+      const pkg = JSON.parse(fs.readFileSync(`${dir}/package.json`, 'latin1')) as { version?: string };
+      if (addon.version !== undefined && addon.version === pkg.version) return addon;
+    } catch {
+      // not the layout this expects: koffi's own entry below finds the addon or says why not
+    }
+  }
+  return require('koffi') as Koffi;
+  /* eslint-enable @typescript-eslint/no-require-imports */
 }
 
 export const sys = {} as { readonly [K in keyof typeof DECLARATIONS]: NativeFunction };

@@ -30,6 +30,7 @@ interface Library {
   run: Fn;
   quit: Fn;
   join: Fn;
+  kvmRun: Fn;
 }
 
 let library: Library | undefined;
@@ -48,7 +49,8 @@ function lib(): Library {
     groupSeq: f('uint32_t fcv_group_seq(void *g)'),
     groupPoke: f('void fcv_group_poke(void *g)'),
     groupWait: f('uint32_t fcv_group_wait(void *g, uint32_t seen, int timeoutMs)'),
-    start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib, int nice)'),
+    start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib, int nice, void *runNs)'),
+    kvmRun: f('long fcv_kvm_run(int fd, void *runNs)'),
     state: f('int fcv_vcpu_state(void *v)'),
     tid: f('int fcv_vcpu_tid(void *v)'),
     result: f('long fcv_vcpu_result(void *v)'),
@@ -100,6 +102,29 @@ export class VcpuThreadGroup {
   }
 }
 
+/**
+ * One vCPU's CPU time inside KVM_RUN, in nanoseconds: a one-element view of shared memory that the
+ * thread entering the guest adds to (native/vcpu-threads.c) and any thread reads. On hardware KVM
+ * that is the guest's own run time plus KVM's exit handling; on an emulating KVM, the emulation.
+ */
+export type RunTime = BigUint64Array;
+
+/**
+ * KVM_RUN that adds the calling thread's CPU time inside it to `runNs[0]` (fcv_kvm_run), for a vCPU
+ * worker; undefined when the native library is not built (the worker then calls ioctl itself and
+ * the time is not counted). Call it once before the thread's seccomp filter: it loads the library.
+ */
+export function timedKvmRun(): ((fd: number, runNs: RunTime) => number) | undefined {
+  if (!fs.existsSync(NATIVE_VCPU_LIBRARY)) return undefined;
+  const run = lib().kvmRun as (fd: number, runNs: RunTime) => number;
+  return (fd, runNs) => Number(run(fd, runNs));
+}
+
+/** Whether vCPU threads count their time inside KVM_RUN (timedKvmRun): the native library is built. */
+export function runTimeCounted(): boolean {
+  return fs.existsSync(NATIVE_VCPU_LIBRARY);
+}
+
 /** One native vCPU thread. */
 export class NativeVcpuThread {
   private readonly ptr: Pointer;
@@ -109,10 +134,10 @@ export class NativeVcpuThread {
    * signal but `kickSignal`, takes nice value `nice` (0: as it is), installs `filter` (a seccomp
    * BPF program) if given, then waits idle.
    */
-  constructor(group: VcpuThreadGroup, id: number, fd: number, kickSignal: number, filter?: Buffer, nice = 0, stackKib = 256) {
+  constructor(group: VcpuThreadGroup, id: number, fd: number, kickSignal: number, filter?: Buffer, nice = 0, runNs?: RunTime, stackKib = 256) {
     const count = filter ? filter.length / 8 : 0;
     if (!Number.isInteger(count) || count > 4096) throw new FcRunError('native-vcpu', `a seccomp filter is whole 8-byte instructions, at most 4096, not ${filter!.length} bytes`);
-    const ptr = lib().start(group.ptr, id, fd, kickSignal, filter ?? null, count, stackKib, nice);
+    const ptr = lib().start(group.ptr, id, fd, kickSignal, filter ?? null, count, stackKib, nice, runNs ?? null);
     if (ptr === null) throw new FcRunError('native-vcpu', `cannot start the thread of vCPU ${id} (errno ${koffiModule().errno()})`);
     this.ptr = ptr;
   }

@@ -1,4 +1,4 @@
-import { hash } from 'node:crypto';
+import type * as Crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import type { Vm } from '../kvm/kvm';
 import { GuestMemory, PAGE_SIZE } from '../kvm/memory';
@@ -19,7 +19,11 @@ import { GuestMemory, PAGE_SIZE } from '../kvm/memory';
  * memory: the first Diff holds every page that holds data, either way.
  */
 const DIGEST = 16;
-const ZERO_DIGEST = hash('sha256', Buffer.alloc(PAGE_SIZE), 'buffer').subarray(0, DIGEST);
+let zeroDigest: Buffer | undefined;
+/** The digest of a zeroed page, computed on first use (loading this module does not load node:crypto). */
+function zeroPageDigest(): Buffer {
+  return (zeroDigest ??= digestPage(new Uint8Array(PAGE_SIZE)));
+}
 
 export type DirtyMethod =
   | 'no earlier snapshot: every page that holds data'
@@ -39,7 +43,10 @@ export interface ChangedPages {
   digests?: Buffer[];
 }
 
+let hash: typeof Crypto.hash | undefined;
 function digestPage(bytes: Uint8Array): Buffer {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  hash ??= (require('node:crypto') as typeof Crypto).hash;
   return hash('sha256', bytes, 'buffer').subarray(0, DIGEST);
 }
 
@@ -50,7 +57,7 @@ export function digestMemory(mem: GuestMemory): Buffer[] {
     const populated = mem.populatedPages(index);
     const out = Buffer.alloc(pages * DIGEST);
     for (let p = 0; p < pages; p++) {
-      const d = populated[p] ? digestPage(mem.regionBytes(index, p * PAGE_SIZE, PAGE_SIZE)) : ZERO_DIGEST;
+      const d = populated[p] ? digestPage(mem.regionBytes(index, p * PAGE_SIZE, PAGE_SIZE)) : zeroPageDigest();
       d.copy(out, p * DIGEST);
     }
     return out;
@@ -103,7 +110,7 @@ export class DirtyPages {
   private baseline(mem: GuestMemory): Buffer[] {
     if (this.digests) return this.digests;
     const regions = mem.describe();
-    if (this.restoredFrom === undefined) return regions.map((r) => Buffer.concat(Array.from({ length: r.size / PAGE_SIZE }, () => ZERO_DIGEST)));
+    if (this.restoredFrom === undefined) return regions.map((r) => Buffer.concat(Array.from({ length: r.size / PAGE_SIZE }, zeroPageDigest)));
     const fd = this.restoredFrom;
     const buf = Buffer.alloc(1 << 20);
     let fileOffset = 0;

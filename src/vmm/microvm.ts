@@ -1,6 +1,6 @@
 import { FcRunError } from '../errors';
 import type { Vcpu, Vm } from '../kvm/kvm';
-import { VcpuThreadGroup } from '../kvm/vcpu-threads';
+import { runTimeCounted, VcpuThreadGroup } from '../kvm/vcpu-threads';
 import * as os from 'node:os';
 import { writeSync } from 'node:fs';
 import { LogLevel } from '../monitor/logger';
@@ -12,7 +12,7 @@ import { CONTROL, CONTROL_WORDS, SharedState, StopReport, VCPU_KICK_SIGNAL, Vcpu
 import type { VmMonitor } from '../monitor/vm-monitor';
 import { NativeVcpus } from './vcpu-exits';
 import type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
-import * as net from 'node:net';
+import type * as Net from 'node:net';
 import { closeSync } from 'node:fs';
 import { takeVcpuThread } from './threads';
 import type { VcpuThreadsMode } from './threads';
@@ -57,6 +57,11 @@ export interface RunResult {
   stop: StopReport;
   /** Nanoseconds from launch start to the guest's boot-complete signal, if it sent one. */
   bootTimeNs?: bigint;
+  /**
+   * CPU time the vCPU threads spent inside KVM_RUN, all vCPUs together, in nanoseconds: the
+   * guest's share of the process's CPU time. Undefined when it was not counted (no native library).
+   */
+  vcpuRunNs?: bigint;
 }
 
 function eventfd(): number {
@@ -98,6 +103,7 @@ export class MicroVm {
       serial: Serial8250.createState(),
       i8042: I8042.createState(),
       control: new SharedArrayBuffer(4 * CONTROL_WORDS),
+      runTime: new SharedArrayBuffer(8 * Math.max(1, ...vcpus.map((v) => v.id + 1))),
     };
     this.control = new Int32Array(this.shared.control);
     if (opts.legacy) {
@@ -271,6 +277,12 @@ export class MicroVm {
     return Promise.all(pending);
   }
 
+  /** Every vCPU's CPU time inside KVM_RUN so far, added up (RunResult.vcpuRunNs). */
+  vcpuRunNs(): bigint | undefined {
+    if (!runTimeCounted()) return undefined;
+    return new BigUint64Array(this.shared.runTime).reduce((a, b) => a + b, 0n);
+  }
+
   /** Starts every vCPU and resolves when the VM has stopped and every vCPU thread has ended. */
   run(): Promise<RunResult> {
     const ignoreKick = () => undefined;
@@ -326,11 +338,12 @@ export class MicroVm {
         // The VMM thread finishes what it was doing (and its last counts and log lines) before
         // the caller writes the final metrics; a thread that died does not hold this up for long.
         const vmm = this.opts.vmmThread;
-        if (!vmm) return resolve({ stop: stop!, bootTimeNs });
-        const timer = setTimeout(() => resolve({ stop: stop!, bootTimeNs }), 1000);
+        const result = (): RunResult => ({ stop: stop!, bootTimeNs, vcpuRunNs: this.vcpuRunNs() });
+        if (!vmm) return resolve(result());
+        const timer = setTimeout(() => resolve(result()), 1000);
         void vmm.stopped.then(() => {
           clearTimeout(timer);
-          resolve({ stop: stop!, bootTimeNs });
+          resolve(result());
         });
       };
       const finish = (report: StopReport) => {
@@ -391,7 +404,8 @@ export class MicroVm {
         running = 1;
         const { group, read, write } = this.native;
         const native = new NativeVcpus(this.vcpus, this.vcpus.map(dataOf), group, os.constants.signals[VCPU_KICK_SIGNAL], onMessage);
-        const pipe = new net.Socket({ fd: read, readable: true, writable: false });
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        const pipe = new (require('node:net') as typeof Net).Socket({ fd: read, readable: true, writable: false });
         let done = false;
         const scan = () => {
           if (done) return;

@@ -8,6 +8,16 @@ export interface SharedState {
   i8042: SharedArrayBuffer;
   /** Int32 words indexed by CONTROL. */
   control: SharedArrayBuffer;
+  /**
+   * One BigUint64 per vCPU (by id): the CPU time its thread spent inside KVM_RUN, in nanoseconds
+   * (src/kvm/vcpu-threads.ts, RunTime), so the VMM's own CPU time can be told from the guest's.
+   */
+  runTime: SharedArrayBuffer;
+}
+
+/** vCPU `id`'s slot of SharedState.runTime. */
+export function runTimeOf(shared: SharedState, id: number): BigUint64Array {
+  return new BigUint64Array(shared.runTime, id * 8, 1);
 }
 
 /**

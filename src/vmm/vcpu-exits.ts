@@ -13,7 +13,7 @@ import {
 import { KVM_RUN_OFFSETS } from '../kvm/structs';
 import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
-import { CONTROL, SharedState, StopReport, VcpuMessage, VcpuRequest } from './shared';
+import { CONTROL, runTimeOf, SharedState, StopReport, VcpuMessage, VcpuRequest } from './shared';
 import { Logger, MetricsRegistry } from '../monitor';
 import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
 import { exitField, VCPU_FIELDS } from '../monitor/vm-metrics';
@@ -427,7 +427,7 @@ export class NativeVcpus {
         const entry: (typeof this.vcpus)[number] = { c: vcpuContext(data, post, vcpus[i]), phase: 'starting' };
         this.vcpus.push(entry);
         const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
-        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, VCPU_THREAD_NICE);
+        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, VCPU_THREAD_NICE, runTimeOf(data.shared, data.id));
       });
     } catch (err) {
       const detail = `vCPU threads could not start: ${(err as Error).stack ?? err}`;

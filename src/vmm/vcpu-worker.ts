@@ -2,7 +2,8 @@ import { parentPort } from 'node:worker_threads';
 import { gettid } from '../kvm/libc';
 import { installThreadFilter } from '../kvm/seccomp';
 import { loadSigsysLibrary, registerSigsysThread } from '../kvm/sigsys';
-import { CONTROL } from './shared';
+import { timedKvmRun } from '../kvm/vcpu-threads';
+import { CONTROL, runTimeOf } from './shared';
 import { vcpuContext, VcpuWorkerData } from './vcpu-exits';
 
 export type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
@@ -15,6 +16,8 @@ const port = parentPort!;
  */
 function start(data: VcpuWorkerData): void {
   const c = vcpuContext(data, (m) => port.postMessage(m));
+  // Its time inside KVM_RUN, counted apart from the VMM's own (the native library, loaded below).
+  c.vcpu.countRunTime(runTimeOf(data.shared, data.id));
   const control = new Int32Array(data.shared.control);
 
   /** Pause: the thread waits until resumed (or stopped), answering requests meanwhile. */
@@ -62,4 +65,5 @@ port.once('message', (m: { kind: 'start'; data: VcpuWorkerData }) => start(m.dat
 // Everything this thread loads is loaded: the seccomp filters, installed once every vCPU thread
 // says so (threads.ts), need not allow opening or mapping files.
 loadSigsysLibrary();
+timedKvmRun(); // loads the native vCPU library while files may still be opened
 port.postMessage({ kind: 'loaded' });
