@@ -5,8 +5,8 @@
  * read while the exited command is still a zombie, so every thread of it is counted).
  * Usage: rusage [--keep-stdout] COMMAND [ARG...]
  *   default: the command's output goes to /dev/null and the line to standard output;
- *   --keep-stdout: the command keeps standard output (a bench reads it) and the line goes to
- *   standard error.                                      (built by the benches with cc -O2) */
+ *   --keep-stdout: the command keeps standard output and error (a bench reads them) and the line
+ *   goes to standard error, after everything the command wrote there.                                      (built by the benches with cc -O2) */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,8 +55,10 @@ int main(int argc, char **argv) {
     int null = open("/dev/null", O_RDWR);
     if (null >= 0) {
       dup2(null, 0);
-      if (!keep) dup2(null, 1);
-      dup2(null, 2);
+      if (!keep) {
+        dup2(null, 1);
+        dup2(null, 2);
+      }
     }
     execvp(cmd[0], cmd);
     _exit(127);

@@ -21,7 +21,7 @@ import type { DevicesState } from '../vmm/devices-state';
 import type { VirtioWindows } from '../vmm/vcpu-exits';
 import { MMIO } from '../devices/virtio/mmio';
 export { prewarmVcpuThreads } from '../vmm/threads';
-import { vcpuThreadsLoaded, vcpuThreadsMode } from '../vmm/threads';
+import { vcpuThreadsLoaded, vcpuThreadsMode, workerVcpus } from '../vmm/threads';
 import type { BootPlan, RateLimiterPlan } from './plan';
 import type { RateLimiterConfig } from '../limits/token-bucket';
 import { prepareGuestMemory } from './structures';
@@ -320,7 +320,8 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
     // A restored VMM thread starts paused; one that is to run is resumed before any vCPU is.
     if (m.restored && !m.restored.paused) await virtio.thread?.resume();
     // Every vCPU worker started and loaded before the filters: none starts under them.
-    if (seccomp && vcpuThreadsMode() === 'worker') await vcpuThreadsLoaded(plan.vcpus.count);
+    const workers = workerVcpus(vcpuThreadsMode(), plan.vcpus.count);
+    if (seccomp && workers > 0) await vcpuThreadsLoaded(workers);
     // Everything is open and every thread that exists is set up: from here on the process may not
     // start programs, create processes, open network sockets or change the system (src/kvm/seccomp.ts).
     if (seccomp) {

@@ -14,7 +14,7 @@ import { NativeVcpus } from './vcpu-exits';
 import type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
 import type * as Net from 'node:net';
 import { closeSync } from 'node:fs';
-import { takeVcpuThread } from './threads';
+import { takeVcpuThread, workerVcpus } from './threads';
 import type { VcpuThreadsMode } from './threads';
 import type { VcpuStateSupport } from '../kvm/snapshot-state';
 
@@ -43,7 +43,7 @@ export interface MicroVmOptions {
   startPaused?: boolean;
   /** What this host's KVM can save of a vCPU (for snapshots). */
   snapshotSupport?: VcpuStateSupport;
-  /** How vCPUs run (see VcpuThreadsMode); default 'worker'. */
+  /** How vCPUs run (see VcpuThreadsMode); default 'worker' (fc-run's launch passes vcpuThreadsMode()). */
   vcpuThreads?: VcpuThreadsMode;
 }
 
@@ -93,6 +93,8 @@ export class MicroVm {
    * they notify the main thread through; gone once the threads have ended.
    */
   private native: { group: VcpuThreadGroup; read: number; write: number } | undefined;
+  /** vCPUs 0 to workerCount - 1 run on workers of their own, the others on native threads. */
+  private readonly workerCount: number;
 
   constructor(
     vm: Vm,
@@ -123,7 +125,8 @@ export class MicroVm {
     const raise = (fd: number) => () => void sys.write(fd, one, 8);
     this.serial = new Serial8250(this.shared.serial, { out: () => undefined, interrupt: raise(this.serialIrqFd) });
     this.i8042 = new I8042(this.shared.i8042, { reset: () => undefined, interrupt: raise(this.keyboardIrqFd) });
-    if (opts.vcpuThreads === 'native') {
+    this.workerCount = workerVcpus(opts.vcpuThreads ?? 'worker', vcpus.length);
+    if (this.workerCount < vcpus.length) {
       // The native vCPU threads write a byte to this pipe when they have news; the main thread's
       // event loop reads it and handles their exits (NativeVcpus). Made last, before any filter.
       const fds = Buffer.alloc(8);
@@ -398,12 +401,14 @@ export class MicroVm {
           }
         }
       };
+      const onWorkers = this.vcpus.slice(0, this.workerCount);
+      const onNative = this.vcpus.slice(this.workerCount);
+      running = onWorkers.length + (this.native ? 1 : 0);
       if (this.native) {
-        // Every vCPU on a native thread of its own, their exits handled here, on the main thread,
+        // The vCPUs on native threads of their own, their exits handled here, on the main thread,
         // whenever the threads' pipe says there is news (and at once, for the first time).
-        running = 1;
         const { group, read, write } = this.native;
-        const native = new NativeVcpus(this.vcpus, this.vcpus.map(dataOf), group, os.constants.signals[VCPU_KICK_SIGNAL], onMessage);
+        const native = new NativeVcpus(onNative, onNative.map(dataOf), group, os.constants.signals[VCPU_KICK_SIGNAL], onMessage);
         // eslint-disable-next-line @typescript-eslint/no-require-imports
         const pipe = new (require('node:net') as typeof Net).Socket({ fd: read, readable: true, writable: false });
         let done = false;
@@ -414,7 +419,7 @@ export class MicroVm {
           try {
             live = native.scan();
           } catch (err) {
-            if (!stop) finish({ kind: 'stop', vcpu: this.vcpus[0].id, reason: 'vmm-error', detail: `handling vCPU exits failed: ${(err as Error).stack ?? err}` });
+            if (!stop) finish({ kind: 'stop', vcpu: onNative[0].id, reason: 'vmm-error', detail: `handling vCPU exits failed: ${(err as Error).stack ?? err}` });
             native.quitAll();
             return;
           }
@@ -429,19 +434,19 @@ export class MicroVm {
         };
         pipe.on('data', scan);
         pipe.on('error', (err) => {
-          if (!stop) finish({ kind: 'stop', vcpu: this.vcpus[0].id, reason: 'vmm-error', detail: `the vCPU threads' notification pipe failed: ${err.message}` });
+          if (!stop) finish({ kind: 'stop', vcpu: onNative[0].id, reason: 'vmm-error', detail: `the vCPU threads' notification pipe failed: ${err.message}` });
         });
         setImmediate(scan);
-      } else {
-        for (const vcpu of this.vcpus) {
-          const w = takeVcpuThread();
-          w.on('message', onMessage);
-          w.on('error', (err) => {
-            if (!stop) finish({ kind: 'stop', vcpu: vcpu.id, reason: 'vmm-error', detail: `vCPU ${vcpu.id} thread crashed: ${err.stack ?? err}` });
-          });
-          w.on('exit', ended);
-          w.postMessage({ kind: 'start', data: dataOf(vcpu) });
-        }
+      }
+      // The vCPUs on workers of their own: each handles its exits itself.
+      for (const vcpu of onWorkers) {
+        const w = takeVcpuThread();
+        w.on('message', onMessage);
+        w.on('error', (err) => {
+          if (!stop) finish({ kind: 'stop', vcpu: vcpu.id, reason: 'vmm-error', detail: `vCPU ${vcpu.id} thread crashed: ${err.stack ?? err}` });
+        });
+        w.on('exit', ended);
+        w.postMessage({ kind: 'start', data: dataOf(vcpu) });
       }
     });
   }

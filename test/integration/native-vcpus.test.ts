@@ -59,8 +59,11 @@ describeKvm('native vCPU threads of a running VM', () => {
     };
     const native = await threadsOf(4, 'native');
     expect(native.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 0', 'fc_vcpu 1', 'fc_vcpu 2', 'fc_vcpu 3']);
-    // With a worker per vCPU (the default) no thread has that name.
+    // With a worker per vCPU no thread has that name.
     const workers = await threadsOf(4, 'worker');
     expect(workers.filter((n) => n.startsWith('fc_vcpu'))).toEqual([]);
+    // Mixed (the default, also when the variable is empty): vCPU 0 on a worker, the others native.
+    const mixed = await threadsOf(4, '');
+    expect(mixed.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 1', 'fc_vcpu 2', 'fc_vcpu 3']);
   }, 180_000);
 });

@@ -188,18 +188,21 @@ describe('native vCPU threads', () => {
     expect(v.fast).toBe(true);
   });
 
-  it('FC_RUN_VCPU_THREADS takes "worker" or "native" and refuses anything else', () => {
+  it('FC_RUN_VCPU_THREADS takes "mixed" (the default), "worker" or "native" and refuses anything else; which vCPUs get a worker', () => {
     const r = child(`
       const th = require(${JSON.stringify(path.join(DIST, 'vmm', 'threads.js'))});
       const got = [];
-      for (const v of [undefined, '', 'worker', 'native', 'fast']) {
+      for (const v of [undefined, '', 'mixed', 'worker', 'native', 'fast']) {
         if (v === undefined) delete process.env.FC_RUN_VCPU_THREADS; else process.env.FC_RUN_VCPU_THREADS = v;
         try { got.push(th.vcpuThreadsMode()); } catch (e) { got.push(e.code + ': ' + e.message); }
       }
-      out(got);`);
+      const workers = ['mixed', 'worker', 'native'].map((m) => [1, 2, 32].map((n) => th.workerVcpus(m, n)));
+      out({ got, workers });`);
     expect(r.err).toBe('');
-    const got = JSON.parse(r.out) as string[];
-    expect(got.slice(0, 4)).toEqual(['worker', 'worker', 'worker', 'native']);
-    expect(got[4]).toMatch(/^bad-environment: FC_RUN_VCPU_THREADS is "fast"/);
+    const { got, workers } = JSON.parse(r.out) as { got: string[]; workers: number[][] };
+    expect(got.slice(0, 5)).toEqual(['mixed', 'mixed', 'mixed', 'worker', 'native']);
+    expect(got[5]).toMatch(/^bad-environment: FC_RUN_VCPU_THREADS is "fast"/);
+    // mixed: vCPU 0 alone on a worker; worker: every vCPU; native: none.
+    expect(workers).toEqual([[1, 1, 1], [1, 2, 32], [0, 0, 0]]);
   });
 });
