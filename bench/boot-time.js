@@ -8,6 +8,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { qemuOrExit } = require('./qemu.js');
+const { bin } = require('./node-floor.js');
 
 const root = path.resolve(__dirname, '..');
 const probe = path.join(root, 'guest', 'probe', 'build', 'probe.elf');
@@ -20,7 +21,8 @@ const spec = path.join(dir, 'probe.json');
 fs.writeFileSync(spec, JSON.stringify({ 'boot-source': { kernel_image_path: probe, boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } }));
 
 const commands = {
-  'fc-run': [process.execPath, [path.join(root, 'bin', 'fc-run'), spec]],
+  // As a user starts it: bin/fc-run's #! line (bench/node-floor.js).
+  'fc-run': [bin, [spec]],
   'qemu microvm': [qemu, ['-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host', '-m', '64', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-kernel', probe, '-append', 'console=ttyS0', '-no-reboot']],
 };
 

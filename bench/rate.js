@@ -2,15 +2,17 @@
 // Creation rate: launches the 1-vCPU probe guest back to back on every core, a fixed number of
 // times, and reports VMs per core per second (the design's reference: 5), failures (must be 0),
 // spawn → first serial byte (p50, p99), CPU per launch against `node -e 0` measured in the same
-// run, the guest's share of that CPU (the vCPU threads' CPU time inside KVM_RUN, which fc-run counts
-// and prints when the VM stops), and peak RSS with 1 vCPU (against QEMU microvm booting the same
-// probe, in the same run) and with 32 vCPUs (the cost of each further vCPU thread). Every measure is taken for
-// both ways of running vCPUs (FC_RUN_VCPU_THREADS): a worker per vCPU, and native threads whose
-// exits the main thread handles. Needs /dev/kvm.
+// run (Node's floor: started as bin/fc-run starts Node, bench/node-floor.js), the guest's share of
+// that CPU (the vCPU threads' CPU time inside KVM_RUN, which fc-run counts and prints when the VM
+// stops), and peak RSS with 1 vCPU (against QEMU microvm booting the same probe, in the same run)
+// and with 32 vCPUs (the cost of each further vCPU thread). Every measure is taken for each way of
+// running vCPUs (FC_RUN_VCPU_THREADS): mixed (the default), a worker per vCPU, and native threads
+// whose exits the main thread handles. Needs /dev/kvm and qemu-system-x86.
 // Usage: node bench/rate.js [launches=100]
 'use strict';
 const { execFileSync, spawn } = require('node:child_process');
 const { qemuOrExit } = require('./qemu.js');
+const { fcRun, nodeFloor, nodePlain, extraCas } = require('./node-floor.js');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -65,19 +67,26 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
 
 (async () => {
   const cores = os.availableParallelism();
-  const node = process.execPath;
-  const bin = path.join(root, 'bin', 'fc-run');
   const one = specFile(1);
-  await launch([node, bin, one]); // warm the page cache
+  await launch(fcRun(one)); // warm the page cache
 
-  // The baseline, in the same run: node -e 0, as many times as there are launches, as many at once.
-  const baseline = [];
-  let next = 0;
-  await Promise.all(Array.from({ length: cores }, async () => {
-    while (next++ < launches) baseline.push(await launch([node, '-e', '0']));
-  }));
-
+  // The baseline, in the same run: node -e 0 started as bin/fc-run starts Node (bench/node-floor.js),
+  // as many times as there are launches, as many at once; and plain, where that costs more here.
+  const many = async (argv) => {
+    const runs = [];
+    let next = 0;
+    await Promise.all(Array.from({ length: cores }, async () => {
+      while (next++ < launches) runs.push(await launch(argv));
+    }));
+    return runs;
+  };
+  const baseline = await many(nodeFloor());
   const nodeCpu = pct(baseline.map((r) => r.cpuMs), 50);
+  if (extraCas) {
+    const plain = await many(nodePlain());
+    console.log(`Node's floor: node -e 0 without NODE_EXTRA_CA_CERTS (as bin/fc-run starts Node): CPU ${nodeCpu.toFixed(1)} ms, peak RSS ${pct(baseline.map((r) => r.rssMiB), 50).toFixed(1)} MiB;`);
+    console.log(`  with this environment's NODE_EXTRA_CA_CERTS: CPU ${pct(plain.map((r) => r.cpuMs), 50).toFixed(1)} ms, peak RSS ${pct(plain.map((r) => r.rssMiB), 50).toFixed(1)} MiB`);
+  }
   // QEMU microvm booting the same probe to the same reset, one at a time: its peak RSS and CPU.
   const qemu = qemuOrExit();
   const qemuArgs = ['-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host', '-m', '64', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-kernel', probe, '-append', 'console=ttyS0 reboot=k panic=1', '-device', 'i8042', '-no-reboot'];
@@ -85,14 +94,19 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
   for (let i = 0; i < 5; i++) qemuRuns.push(await launch([qemu, ...qemuArgs]));
   const qemuRss = pct(qemuRuns.map((r) => r.rssMiB), 50);
   const qemuCpu = pct(qemuRuns.map((r) => r.cpuMs), 50);
-  const many = specFile(32);
+  const spec32 = specFile(32);
   let failed = [];
-  for (const mode of ['worker', 'native']) {
+  const modes = {
+    mixed: 'mixed: vCPU 0 on a worker, the others native (the default)',
+    worker: 'a worker per vCPU (FC_RUN_VCPU_THREADS=worker)',
+    native: "native, every vCPU's exits on the main thread (FC_RUN_VCPU_THREADS=native)",
+  };
+  for (const [mode, title] of Object.entries(modes)) {
     const runs = [];
-    next = 0;
+    let next = 0;
     const t0 = process.hrtime.bigint();
     await Promise.all(Array.from({ length: cores }, async () => {
-      while (next++ < launches) runs.push(await launch([node, bin, one], mode));
+      while (next++ < launches) runs.push(await launch(fcRun(one), mode));
     }));
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     const ok = runs.filter((r) => r.code === 0 && r.firstByte !== undefined);
@@ -100,7 +114,7 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
     const cpu = pct(ok.map((r) => r.cpuMs), 50);
     const guestShare = sum(ok.map((r) => r.guestMs)) / sum(ok.map((r) => r.cpuMs));
     const vmmCpu = pct(ok.map((r) => r.cpuMs - r.guestMs), 50);
-    console.log(`vCPU threads: ${mode === 'worker' ? 'a worker per vCPU (the default)' : 'native, every vCPU\'s exits on the main thread (FC_RUN_VCPU_THREADS=native)'}`);
+    console.log(`vCPU threads: ${title}`);
     console.log(`  Probe guest (1 vCPU, 64 MiB) launched ${launches} times, ${cores} at a time on ${cores} cores`);
     console.log(`  rate                  ${(launches / seconds / cores).toFixed(2)} VMs per core per second   (target >= 5)   ${(launches / seconds).toFixed(1)} VMs/s in all`);
     console.log(`  failures              ${runs.length - ok.length}`);
@@ -115,8 +129,8 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
     const rss1 = [];
     const rss32 = [];
     for (let i = 0; i < 5; i++) {
-      rss1.push((await launch([node, bin, one], mode)).rssMiB);
-      rss32.push((await launch([node, bin, many], mode)).rssMiB);
+      rss1.push((await launch(fcRun(one), mode)).rssMiB);
+      rss32.push((await launch(fcRun(spec32), mode)).rssMiB);
     }
     const perVcpu = (pct(rss32, 50) - pct(rss1, 50)) / 31;
     console.log(`  peak RSS, 32 vCPUs    ${pct(rss32, 50).toFixed(1)} MiB   ${perVcpu.toFixed(2)} MiB per further vCPU   (target <= 5)`);

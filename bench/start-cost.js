@@ -10,6 +10,7 @@ const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { fcRun, nodeFloor, nodePlain, extraCas } = require('./node-floor.js');
 
 const root = path.resolve(__dirname, '..');
 const argv = process.argv.slice(2);
@@ -23,19 +24,20 @@ if (!Number.isInteger(runs) || runs < 1 || argv.length > 1 || (at >= 0 && !other
 const tool = path.join(os.tmpdir(), `fc-run-rusage-${process.getuid()}`);
 execFileSync('cc', ['-O2', '-o', tool, path.join(__dirname, 'c', 'rusage.c')]);
 
-const bin = path.join(root, 'bin', 'fc-run');
 const spec = path.join(root, 'examples', 'hello.json');
-const node = process.execPath;
+// fc-run as a user starts it (bin/fc-run's #! line); the baseline is Node started the same way
+// (bench/node-floor.js), plus plain `node -e 0` where this environment makes that costlier.
 const commands = {
-  'node -e 0': [node, '-e', '0'],
-  'fc-run plan': [node, bin, 'plan', spec],
-  'fc-run validate': [node, bin, 'validate', spec],
-  'fc-run --version': [node, bin, '--version'],
+  'node -e 0': nodeFloor(),
+  ...(nodePlain() ? { 'node -e 0, NODE_EXTRA_CA_CERTS set': nodePlain() } : {}),
+  'fc-run plan': fcRun('plan', spec),
+  'fc-run validate': fcRun('validate', spec),
+  'fc-run --version': fcRun('--version'),
 };
 if (other) {
   const otherBin = path.join(path.resolve(other), 'bin', 'fc-run');
-  commands['other: plan'] = [node, otherBin, 'plan', spec];
-  commands['other: validate'] = [node, otherBin, 'validate', spec];
+  commands['other: plan'] = [otherBin, 'plan', spec];
+  commands['other: validate'] = [otherBin, 'validate', spec];
 }
 
 function measure(cmd) {
@@ -50,10 +52,10 @@ for (const cmd of Object.values(commands)) measure(cmd); // warm the page cache
 for (let i = 0; i < runs; i++) for (const [name, cmd] of Object.entries(commands)) samples[name].push(measure(cmd));
 
 const m = (name, key) => median(samples[name].map((s) => s[key]));
-console.log(`Start cost of whole processes (medians of ${runs} alternating runs; ratio against node -e 0 in the same run)`);
+console.log(`Start cost of whole processes (medians of ${runs} alternating runs; ratio against node -e 0 in the same run${extraCas ? ', both started without NODE_EXTRA_CA_CERTS as bin/fc-run starts Node' : ''})`);
 if (other) console.log(`  other: ${path.resolve(other)}`);
-console.log(`  ${'command'.padEnd(18)} ${'wall ms'.padStart(8)} ${'ratio'.padStart(6)} ${'CPU ms'.padStart(8)} ${'ratio'.padStart(6)} ${'RSS MiB'.padStart(8)} ${'ratio'.padStart(6)}`);
+console.log(`  ${'command'.padEnd(36)} ${'wall ms'.padStart(8)} ${'ratio'.padStart(6)} ${'CPU ms'.padStart(8)} ${'ratio'.padStart(6)} ${'RSS MiB'.padStart(8)} ${'ratio'.padStart(6)}`);
 for (const name of Object.keys(commands)) {
   const cells = ['wall', 'cpu', 'rss'].map((k) => `${m(name, k).toFixed(1).padStart(8)} ${(m(name, k) / m('node -e 0', k)).toFixed(2).padStart(5)}x`);
-  console.log(`  ${name.padEnd(18)} ${cells.join(' ')}`);
+  console.log(`  ${name.padEnd(36)} ${cells.join(' ')}`);
 }

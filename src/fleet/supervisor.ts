@@ -10,7 +10,7 @@ import { scanDir, ScanCache } from './scan';
 import { readTail, rotateIfLarge } from './serial-log';
 import { DEFAULT_SETTINGS, FleetSettings, healthyRunMs, restartDelay, wantsRestart } from './settings';
 import { stopVmProcess } from './stop';
-import { FC_RUN_BIN } from '../package-root';
+import { FC_RUN_BIN, fcRunChildEnv } from '../package-root';
 import { SIGSYS_LINE_PREFIX } from '../kvm/sigsys';
 
 export interface FleetEvent {
@@ -232,6 +232,7 @@ export class Supervisor {
         // Its own process group: a Ctrl-C meant for `fc-run up` does not reach the VMs.
         detached: true,
         stdio: ['ignore', out, out],
+        env: fcRunChildEnv(),
       });
     } finally {
       fs.closeSync(out);

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { loadSpecFile } from '../../config/validate';
 import { planRunnable } from '../../boot';
 import { checkJailerHost, FC_RUN_BIN, JailerOptions, prepareJail, prepareJailerJail, runJail } from '../../jail/jail';
+import { fcRunChildEnv } from '../../package-root';
 import { parseCgroupSetting, parentCgroupProblem } from '../../jail/cgroups';
 import { JAILER_SUPPLIED_FLAGS, jailLayout, parseResourceLimit, ResourceLimit } from '../../jail/jailer-flags';
 import { checkInsideSpec } from '../../jail/inside-spec';
@@ -198,7 +199,7 @@ async function jailerFormCommand(io: Io, args: ParsedArgs, startNs: bigint): Pro
  */
 function daemonize(io: Io, args: ParsedArgs): Promise<number> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [FC_RUN_BIN, ...daemonArgv(args)], { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [FC_RUN_BIN, ...daemonArgv(args)], { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe', 'pipe'], env: fcRunChildEnv() });
     const messages = child.stdio[3] as import('node:net').Socket;
     const ready = child.stdio[4] as import('node:net').Socket;
     let messagesDone = false;
