@@ -13,7 +13,7 @@ import {
   SyscallError,
   viewOf,
 } from './libc';
-import { RunTime, timedKvmRun } from './vcpu-threads';
+import { RunTime, runTimeAddress, timedKvmRun } from './vcpu-threads';
 import { KVM, KVM_CAP, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, KvmIoctl } from './ioctls';
 import {
   kvm_cpuid2,
@@ -258,7 +258,7 @@ export class Vcpu {
     return this.runPage;
   }
 
-  private timedRun?: { run: (fd: number, runNs: RunTime) => number; into: RunTime };
+  private timedRun?: { run: (fd: number, runNs: number) => number; into: number; keep: RunTime };
 
   /**
    * From now on {@link run} adds this thread's CPU time inside KVM_RUN to `into[0]` (the guest's
@@ -266,7 +266,7 @@ export class Vcpu {
    */
   countRunTime(into: RunTime): boolean {
     const run = timedKvmRun();
-    if (run) this.timedRun = { run, into };
+    if (run) this.timedRun = { run, into: runTimeAddress(into), keep: into };
     return run !== undefined;
   }
 
