@@ -40,6 +40,8 @@ const DECLARATIONS = {
   fcntl: ['int fcntl(int fd, int cmd, int arg)'],
   flock: ['int flock(int fd, int operation)'],
   prctl: ['int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)'],
+  /** setpriority(PRIO_PROCESS, 0, n): on Linux, the calling thread's nice value only. */
+  setpriority: ['int setpriority(int which, unsigned int who, int prio)'],
   seccompFilter: ['syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *']],
   timerfdCreate: ['int timerfd_create(int clockid, int flags)'],
   timerfdSettime: ['int timerfd_settime(int fd, int flags, const void *newValue, void *oldValue)'],
@@ -159,6 +161,11 @@ export function hardExit(status: number): never {
 /** The calling thread's kernel id. */
 export function gettid(): number {
   return Number(sys.syscall3(SYS_gettid, 0, 0, 0));
+}
+
+/** Sets the calling thread's nice value (setpriority is per thread on Linux); best effort. */
+export function setOwnNice(nice: number): void {
+  sys.setpriority(0, 0, nice);
 }
 
 /** Sends a signal to one thread of this process. */

@@ -44,6 +44,11 @@ export interface VcpuWorkerData {
   virtio: VirtioWindows;
   metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
   logger: SharedLoggerOptions;
+  /**
+   * The nice value a vCPU worker takes before it enters the guest (0: as it is): the native vCPU
+   * threads' when the VM has some (mixed mode), so that every vCPU has the same share of a busy host.
+   */
+  nice?: number;
   /** This thread's own seccomp filter (--seccomp-filter's vcpu category), installed before KVM_RUN. */
   seccompFilter?: Uint8Array;
   /** What this host's KVM can save (read by the main thread); absent when it cannot snapshot. */

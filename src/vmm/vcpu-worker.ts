@@ -1,5 +1,5 @@
 import { parentPort } from 'node:worker_threads';
-import { gettid } from '../kvm/libc';
+import { gettid, setOwnNice } from '../kvm/libc';
 import { installThreadFilter } from '../kvm/seccomp';
 import { loadSigsysLibrary, registerSigsysThread } from '../kvm/sigsys';
 import { timedKvmRun } from '../kvm/vcpu-threads';
@@ -47,6 +47,8 @@ function start(data: VcpuWorkerData): void {
   }
 
   try {
+    // The native vCPU threads' priority, when the VM has some (before this thread's own filter).
+    if (data.nice) setOwnNice(data.nice);
     // Right before the guest runs, as Firecracker does: the thread's own filter, if one was given.
     if (data.seccompFilter) {
       registerSigsysThread(`vcpu ${data.id}: a vCPU worker`);

@@ -49,7 +49,11 @@ describeKvm('native vCPU threads of a running VM', () => {
           await new Promise((r) => setTimeout(r, 50));
         }
         const dir = `/proc/${child.pid}/task`;
-        const names = fs.readdirSync(dir).map((t) => fs.readFileSync(`${dir}/${t}/comm`, 'utf8').trim());
+        // "name nice" per thread (the nice value is field 19 of stat, the 17th after the name).
+        const names = fs.readdirSync(dir).map((t) => {
+          const stat = fs.readFileSync(`${dir}/${t}/stat`, 'utf8');
+          return `${fs.readFileSync(`${dir}/${t}/comm`, 'utf8').trim()} ${stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]}`;
+        });
         child.kill('SIGTERM');
         expect(await exited).toBe(0);
         return names;
@@ -57,13 +61,17 @@ describeKvm('native vCPU threads of a running VM', () => {
         child.kill('SIGKILL');
       }
     };
+    // Native threads run at nice 10 (below the main thread, which handles their exits).
     const native = await threadsOf(4, 'native');
-    expect(native.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 0', 'fc_vcpu 1', 'fc_vcpu 2', 'fc_vcpu 3']);
-    // With a worker per vCPU no thread has that name.
+    expect(native.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 0 10', 'fc_vcpu 1 10', 'fc_vcpu 2 10', 'fc_vcpu 3 10']);
+    // With a worker per vCPU no thread has that name, and every thread of Node's runs at nice 0.
     const workers = await threadsOf(4, 'worker');
     expect(workers.filter((n) => n.startsWith('fc_vcpu'))).toEqual([]);
-    // Mixed (the default, also when the variable is empty): vCPU 0 on a worker, the others native.
+    expect(workers.filter((n) => n.startsWith('node ') && !n.endsWith(' 0'))).toEqual([]);
+    // Mixed (the default, also when the variable is empty): vCPU 0 on a worker, the others native,
+    // and vCPU 0's worker at the native threads' nice value: the vCPUs share a busy host evenly.
     const mixed = await threadsOf(4, '');
-    expect(mixed.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 1', 'fc_vcpu 2', 'fc_vcpu 3']);
+    expect(mixed.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 1 10', 'fc_vcpu 2 10', 'fc_vcpu 3 10']);
+    expect(mixed.filter((n) => n.startsWith('node ') && n.endsWith(' 10'))).toHaveLength(1);
   }, 180_000);
 });
