@@ -316,6 +316,8 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
       startPaused: m.restored?.paused,
       snapshotSupport,
       vcpuThreads: vcpuThreadsMode(),
+      // A vcpu filter of the user's (--seccomp-filter) need not allow the clock reads that count it.
+      countRunTime: !opts.threadFilters?.vcpu,
     });
     // A restored VMM thread starts paused; one that is to run is resumed before any vCPU is.
     if (m.restored && !m.restored.paused) await virtio.thread?.resume();

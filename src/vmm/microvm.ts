@@ -45,6 +45,11 @@ export interface MicroVmOptions {
   snapshotSupport?: VcpuStateSupport;
   /** How vCPUs run (see VcpuThreadsMode); default 'worker' (fc-run's launch passes vcpuThreadsMode()). */
   vcpuThreads?: VcpuThreadsMode;
+  /**
+   * Whether the vCPU threads count their CPU time inside KVM_RUN (RunResult.vcpuRunNs); default
+   * true. Off under a vcpu seccomp filter from --seccomp-filter, which need not allow clock_gettime.
+   */
+  countRunTime?: boolean;
 }
 
 /** The legacy devices' register state (checked when it is loaded: it may come from a file). */
@@ -95,6 +100,8 @@ export class MicroVm {
   private native: { group: VcpuThreadGroup; read: number; write: number } | undefined;
   /** vCPUs 0 to workerCount - 1 run on workers of their own, the others on native threads. */
   private readonly workerCount: number;
+  /** Whether the vCPU threads count their time inside KVM_RUN: decided before any seccomp filter. */
+  private readonly runTimeCounted: boolean;
 
   constructor(
     vm: Vm,
@@ -126,6 +133,7 @@ export class MicroVm {
     this.serial = new Serial8250(this.shared.serial, { out: () => undefined, interrupt: raise(this.serialIrqFd) });
     this.i8042 = new I8042(this.shared.i8042, { reset: () => undefined, interrupt: raise(this.keyboardIrqFd) });
     this.workerCount = workerVcpus(opts.vcpuThreads ?? 'worker', vcpus.length);
+    this.runTimeCounted = (opts.countRunTime ?? true) && runTimeCounted();
     if (this.workerCount < vcpus.length) {
       // The native vCPU threads write a byte to this pipe when they have news; the main thread's
       // event loop reads it and handles their exits (NativeVcpus). Made last, before any filter.
@@ -282,7 +290,7 @@ export class MicroVm {
 
   /** Every vCPU's CPU time inside KVM_RUN so far, added up (RunResult.vcpuRunNs). */
   vcpuRunNs(): bigint | undefined {
-    if (!runTimeCounted()) return undefined;
+    if (!this.runTimeCounted) return undefined;
     return new BigUint64Array(this.shared.runTime).reduce((a, b) => a + b, 0n);
   }
 
@@ -377,6 +385,7 @@ export class MicroVm {
         // vCPUs wait on each other (IPIs, locks), and an AP at nice 10 beside a BSP at 0 on a busy
         // host ran a 3-vCPU Linux boot at a tenth of its speed while the BSP spun waiting for it.
         nice: this.native ? VCPU_THREAD_NICE : undefined,
+        countRunTime: this.runTimeCounted,
         ...this.opts.monitor.shared(),
       });
       const onMessage = (m: VcpuMessage) => {

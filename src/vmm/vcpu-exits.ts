@@ -49,6 +49,12 @@ export interface VcpuWorkerData {
    * threads' when the VM has some (mixed mode), so that every vCPU has the same share of a busy host.
    */
   nice?: number;
+  /**
+   * Whether the thread counts its CPU time inside KVM_RUN into shared.runTime (two
+   * clock_gettime(CLOCK_THREAD_CPUTIME_ID) calls per exit): not under a vcpu filter from
+   * --seccomp-filter, which need not allow that call.
+   */
+  countRunTime?: boolean;
   /** This thread's own seccomp filter (--seccomp-filter's vcpu category), installed before KVM_RUN. */
   seccompFilter?: Uint8Array;
   /** What this host's KVM can save (read by the main thread); absent when it cannot snapshot. */
@@ -432,7 +438,7 @@ export class NativeVcpus {
         const entry: (typeof this.vcpus)[number] = { c: vcpuContext(data, post, vcpus[i]), phase: 'starting' };
         this.vcpus.push(entry);
         const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
-        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, VCPU_THREAD_NICE, runTimeOf(data.shared, data.id));
+        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, VCPU_THREAD_NICE, data.countRunTime ? runTimeOf(data.shared, data.id) : undefined);
       });
     } catch (err) {
       const detail = `vCPU threads could not start: ${(err as Error).stack ?? err}`;

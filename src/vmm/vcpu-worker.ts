@@ -17,7 +17,7 @@ const port = parentPort!;
 function start(data: VcpuWorkerData): void {
   const c = vcpuContext(data, (m) => port.postMessage(m));
   // Its time inside KVM_RUN, counted apart from the VMM's own (the native library, loaded below).
-  c.vcpu.countRunTime(runTimeOf(data.shared, data.id));
+  if (data.countRunTime) c.vcpu.countRunTime(runTimeOf(data.shared, data.id));
   const control = new Int32Array(data.shared.control);
 
   /** Pause: the thread waits until resumed (or stopped), answering requests meanwhile. */

@@ -102,6 +102,21 @@ describeKvm('fc-run run --seccomp-filter (on KVM)', () => {
     expect(r.signal).toBe('SIGSYS');
   });
 
+  it("makes no call a vCPU filter of the user's need allow beyond the VMM's own: with clock_gettime killed on vCPU threads and access on the main thread, every mode boots, without the KVM_RUN time", () => {
+    // fc-run's count of the vCPUs' time inside KVM_RUN reads CLOCK_THREAD_CPUTIME_ID (not in the
+    // vDSO: a system call) around each KVM_RUN; under a vcpu filter from a file it is not counted.
+    const f = file('no-clock.json', { vmm: allowAllBut(['mount']), api: allowAllBut(['access', 'faccessat', 'faccessat2'], 'kill_process'), vcpu: allowAllBut(['clock_gettime'], 'kill_process') });
+    for (const mode of ['mixed', 'worker', 'native']) {
+      const r = spawnSync(process.execPath, [BIN, 'run', spec(), '--seccomp-filter', f], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1', FC_RUN_VCPU_THREADS: mode } });
+      expect({ mode, status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ mode, status: 0, signal: null, stderr: expect.stringMatching(/^fc-run: the guest reset the machine/) });
+      expect(r.stderr).not.toMatch(/KVM_RUN/);
+    }
+    // Without a file, the built-in lists allow the clock reads and the time is counted.
+    const plain = run(['run', spec()]);
+    expect(plain.status).toBe(0);
+    expect(plain.stderr).toMatch(/, [0-9.]+ ms of vCPU time in KVM_RUN$/m);
+  });
+
   it('does not put the vcpu category on the main thread: the same ioctl ban in vmm and api only boots (no VMM-thread ioctls)', () => {
     const f = file('api-only.json', { vmm: allowAllBut(['mount']), api: allowAllBut(['execve'], 'kill_process'), vcpu: allowAllBut(['mount']) });
     const r = run(['run', spec(), '--seccomp-filter', f]);
