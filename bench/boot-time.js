@@ -7,7 +7,7 @@ const { spawn, execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { qemuOrExit } = require('./qemu.js');
+const { microvmArgs, qemuOrExit } = require('./qemu.js');
 const { bin } = require('./node-floor.js');
 
 const root = path.resolve(__dirname, '..');
@@ -23,7 +23,7 @@ fs.writeFileSync(spec, JSON.stringify({ 'boot-source': { kernel_image_path: prob
 const commands = {
   // As a user starts it: bin/fc-run's #! line (bench/node-floor.js).
   'fc-run': [bin, [spec]],
-  'qemu microvm': [qemu, ['-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host', '-m', '64', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-kernel', probe, '-append', 'console=ttyS0', '-no-reboot']],
+  'qemu microvm': [qemu, microvmArgs({ kernel: probe, append: 'console=ttyS0', memMib: 64 })],
 };
 
 function firstByte(cmd, args) {

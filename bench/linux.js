@@ -19,7 +19,7 @@ const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { qemuOrExit } = require('./qemu.js');
+const { microvmArgs, qemuOrExit } = require('./qemu.js');
 const host = require('../guest/linux/host.js');
 
 const root = path.resolve(__dirname, '..');
@@ -60,7 +60,7 @@ function fcRun(image, vcpus) {
 
 function qemuMicrovm(image, vcpus) {
   const cpu = kind.kind === 'emulating' ? 'host,-kvm-pv-ipi,-kvm-pv-sched-yield' : 'host';
-  return [qemu, ['-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', cpu, '-m', '256', '-smp', String(vcpus), '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'i8042', '-kernel', path.join(build, image), '-initrd', initrd, '-append', cmdline, '-no-reboot']];
+  return [qemu, microvmArgs({ kernel: path.join(build, image), initrd, append: cmdline, memMib: 256, vcpus, cpu, i8042: true })];
 }
 
 /** Spawns one boot: ms from spawn to "Run /init" and to the process's exit, and its status. */

@@ -18,4 +18,18 @@ function qemuOrExit() {
   return qemu;
 }
 
-module.exports = { qemuOrExit };
+/**
+ * QEMU microvm's arguments for a direct kernel boot with the console on standard output, as the
+ * benches run it: no firmware, option ROMs, RTC or ACPI, one machine that ends on a reset
+ * (-no-reboot). `i8042`: a keyboard controller, so that a guest's reset through it (Linux
+ * reboot=k, the probe) ends QEMU too.
+ */
+function microvmArgs({ kernel, append, memMib, vcpus = 1, cpu = 'host', initrd, i8042 = false }) {
+  return [
+    '-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', cpu, '-m', String(memMib), '-smp', String(vcpus),
+    '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', ...(i8042 ? ['-device', 'i8042'] : []),
+    '-kernel', kernel, ...(initrd ? ['-initrd', initrd] : []), '-append', append, '-no-reboot',
+  ];
+}
+
+module.exports = { qemuOrExit, microvmArgs };

@@ -11,7 +11,7 @@
 // Usage: node bench/rate.js [launches=100]
 'use strict';
 const { execFileSync, spawn } = require('node:child_process');
-const { qemuOrExit } = require('./qemu.js');
+const { microvmArgs, qemuOrExit } = require('./qemu.js');
 const { fcRun, nodeFloor, nodePlain, extraCas } = require('./node-floor.js');
 const fs = require('node:fs');
 const os = require('node:os');
@@ -70,26 +70,28 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
   const one = specFile(1);
   await launch(fcRun(one)); // warm the page cache
 
-  // The baseline, in the same run: node -e 0 started as bin/fc-run starts Node (bench/node-floor.js),
-  // as many times as there are launches, as many at once; and plain, where that costs more here.
-  const many = async (argv) => {
+  /** `argv` launched `launches` times, as many at once as there are cores; and how long that took. */
+  const many = async (argv, mode) => {
     const runs = [];
     let next = 0;
+    const t0 = process.hrtime.bigint();
     await Promise.all(Array.from({ length: cores }, async () => {
-      while (next++ < launches) runs.push(await launch(argv));
+      while (next++ < launches) runs.push(await launch(argv, mode));
     }));
-    return runs;
+    return { runs, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
   };
-  const baseline = await many(nodeFloor());
+  // The baseline, in the same run: node -e 0 started as bin/fc-run starts Node (bench/node-floor.js),
+  // as many times as there are launches, as many at once; and plain, where that costs more here.
+  const { runs: baseline } = await many(nodeFloor());
   const nodeCpu = pct(baseline.map((r) => r.cpuMs), 50);
   if (extraCas) {
-    const plain = await many(nodePlain());
+    const { runs: plain } = await many(nodePlain());
     console.log(`Node's floor: node -e 0 without NODE_EXTRA_CA_CERTS (as bin/fc-run starts Node): CPU ${nodeCpu.toFixed(1)} ms, peak RSS ${pct(baseline.map((r) => r.rssMiB), 50).toFixed(1)} MiB;`);
     console.log(`  with this environment's NODE_EXTRA_CA_CERTS: CPU ${pct(plain.map((r) => r.cpuMs), 50).toFixed(1)} ms, peak RSS ${pct(plain.map((r) => r.rssMiB), 50).toFixed(1)} MiB`);
   }
   // QEMU microvm booting the same probe to the same reset, one at a time: its peak RSS and CPU.
   const qemu = qemuOrExit();
-  const qemuArgs = ['-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host', '-m', '64', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-kernel', probe, '-append', 'console=ttyS0 reboot=k panic=1', '-device', 'i8042', '-no-reboot'];
+  const qemuArgs = microvmArgs({ kernel: probe, append: 'console=ttyS0 reboot=k panic=1', memMib: 64, i8042: true });
   const qemuRuns = [];
   for (let i = 0; i < 5; i++) qemuRuns.push(await launch([qemu, ...qemuArgs]));
   const qemuRss = pct(qemuRuns.map((r) => r.rssMiB), 50);
@@ -102,13 +104,7 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
     native: "native, every vCPU's exits on the main thread (FC_RUN_VCPU_THREADS=native)",
   };
   for (const [mode, title] of Object.entries(modes)) {
-    const runs = [];
-    let next = 0;
-    const t0 = process.hrtime.bigint();
-    await Promise.all(Array.from({ length: cores }, async () => {
-      while (next++ < launches) runs.push(await launch(fcRun(one), mode));
-    }));
-    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    const { runs, seconds } = await many(fcRun(one), mode);
     const ok = runs.filter((r) => r.code === 0 && r.firstByte !== undefined);
     failed = failed.concat(runs.filter((r) => r.code !== 0 || r.firstByte === undefined).map((r) => `${mode}:${r.code}`));
     const cpu = pct(ok.map((r) => r.cpuMs), 50);

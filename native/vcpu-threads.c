@@ -84,8 +84,9 @@ static uint64_t thread_ns(void) {
 
 // ioctl(KVM_RUN) with the calling thread's CPU time inside it added to *run_ns (if not NULL): the
 // guest's share of fc-run's CPU time, reported apart from the VMM's own (two clock reads, about
-// 0.2 µs each, per exit). Returns KVM_RUN's value, or -1 with errno set.
-static long timed_kvm_run(int fd, uint64_t *run_ns) {
+// 0.2 µs each, per exit). Returns KVM_RUN's value, or -1 with errno set. A native thread's loop
+// calls it, and so does a vCPU worker (a JavaScript thread entering the guest itself).
+long fcv_kvm_run(int fd, uint64_t *run_ns) {
   if (!run_ns) return ioctl(fd, FCV_KVM_RUN, 0);
   uint64_t before = thread_ns();
   long r = ioctl(fd, FCV_KVM_RUN, 0);
@@ -93,11 +94,6 @@ static long timed_kvm_run(int fd, uint64_t *run_ns) {
   __atomic_add_fetch(run_ns, thread_ns() - before, __ATOMIC_RELAXED);
   errno = e;
   return r;
-}
-
-// KVM_RUN for a vCPU worker (a JavaScript thread calling it itself), timed as a native thread's is.
-long fcv_kvm_run(int fd, uint64_t *run_ns) {
-  return timed_kvm_run(fd, run_ns);
 }
 
 static void *vcpu_main(void *arg) {
@@ -135,7 +131,7 @@ static void *vcpu_main(void *arg) {
     uint32_t s;
     while ((s = __atomic_load_n(&v->state, __ATOMIC_SEQ_CST)) == FCV_IDLE) futex(&v->state, FUTEX_WAIT_PRIVATE, FCV_IDLE, NULL);
     if (s != FCV_RUNNING) break;
-    long r = timed_kvm_run(v->fd, v->run_ns);
+    long r = fcv_kvm_run(v->fd, v->run_ns);
     v->result = r < 0 ? -(long)errno : r;
     // Only this thread leaves RUNNING; a QUIT set meanwhile is seen at the top of the loop.
     uint32_t running = FCV_RUNNING;

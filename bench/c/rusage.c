@@ -6,7 +6,8 @@
  * Usage: rusage [--keep-stdout] COMMAND [ARG...]
  *   default: the command's output goes to /dev/null and the line to standard output;
  *   --keep-stdout: the command keeps standard output and error (a bench reads them) and the line
- *   goes to standard error, after everything the command wrote there.                                      (built by the benches with cc -O2) */
+ *   goes to standard error, after everything the command wrote there.
+ * (built by the benches with cc -O2) */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>

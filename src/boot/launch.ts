@@ -291,6 +291,7 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
   if (m.dirtyLog) {
     monitor.log.info('vmm', 'vm' in m.dirtyLog ? "track_dirty_pages: KVM's dirty log (its self-test passed) and the VMM's own writes" : `track_dirty_pages: changed pages are found by comparing page digests (KVM's dirty log is not used: ${m.dirtyLog.problem})`);
   }
+  const mode = vcpuThreadsMode();
   const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT, vmmFilter, m.restored?.devices as DevicesState | undefined);
   // Anything that fails from here until the vCPUs run (a restored snapshot's legacy device state,
   // a seccomp filter) stops the device thread first: a thread left in epoll_wait would keep the
@@ -315,14 +316,14 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
       legacy: m.restored?.legacy,
       startPaused: m.restored?.paused,
       snapshotSupport,
-      vcpuThreads: vcpuThreadsMode(),
+      vcpuThreads: mode,
       // A vcpu filter of the user's (--seccomp-filter) need not allow the clock reads that count it.
       countRunTime: !opts.threadFilters?.vcpu,
     });
     // A restored VMM thread starts paused; one that is to run is resumed before any vCPU is.
     if (m.restored && !m.restored.paused) await virtio.thread?.resume();
     // Every vCPU worker started and loaded before the filters: none starts under them.
-    const workers = workerVcpus(vcpuThreadsMode(), plan.vcpus.count);
+    const workers = workerVcpus(mode, plan.vcpus.count);
     if (seccomp && workers > 0) await vcpuThreadsLoaded(workers);
     // Everything is open and every thread that exists is set up: from here on the process may not
     // start programs, create processes, open network sockets or change the system (src/kvm/seccomp.ts).

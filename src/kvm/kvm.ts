@@ -258,22 +258,21 @@ export class Vcpu {
     return this.runPage;
   }
 
-  private timedRun?: { run: (fd: number, runNs: number) => number; into: number; keep: RunTime };
+  /** KVM_RUN through the native library, with the counter it adds to (and its address). */
+  private timedRun?: { run: (fd: number, runNsAddress: number) => number; address: number; counter: RunTime };
 
   /**
    * From now on {@link run} adds this thread's CPU time inside KVM_RUN to `into[0]` (the guest's
-   * share of fc-run's CPU time). False, and nothing counted, without the native library.
+   * share of fc-run's CPU time). Only where the native library is built.
    */
-  countRunTime(into: RunTime): boolean {
-    const run = timedKvmRun();
-    if (run) this.timedRun = { run, into: runTimeAddress(into), keep: into };
-    return run !== undefined;
+  countRunTime(into: RunTime): void {
+    this.timedRun = { run: timedKvmRun(), address: runTimeAddress(into), counter: into };
   }
 
   /** KVM_RUN; returns false when interrupted by a signal (EINTR), throws on any other failure. */
   run(): boolean {
     const t = this.timedRun;
-    const r = t ? t.run(this.fd, t.into) : sys.ioctlInt(this.fd, KVM.RUN, 0);
+    const r = t ? t.run(this.fd, t.address) : sys.ioctlInt(this.fd, KVM.RUN, 0);
     if (r < 0) {
       const e = errno();
       if (e === 4 || e === 11) return false;

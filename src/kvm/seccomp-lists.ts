@@ -1,4 +1,5 @@
 import { KVM } from './ioctls';
+import { EACCES, ENOSYS } from './seccomp-actions';
 
 /**
  * fc-run's seccomp allow-lists: the system calls each of its threads may make once the microVM
@@ -209,9 +210,6 @@ const FC_RUN: AllowedCall[] = [
 ];
 
 export const ALLOWED_CALLS: readonly AllowedCall[] = [...RUNTIME, ...FC_RUN];
-
-const ENOSYS = 38;
-const EACCES = 13;
 
 /**
  * Calls answered with an error instead of being trapped: the C library then uses another call, or

@@ -1,5 +1,5 @@
 import { errno, sys, SyscallError } from './libc';
-import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS } from './seccomp-actions';
+import { ENOSYS, SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS } from './seccomp-actions';
 
 /**
  * fc-run's seccomp filters for the running VMM. Two kinds:
@@ -104,7 +104,6 @@ const TIOCLINUX = 0x541c;
 const AUDIT_ARCH_X86_64 = 0xc000003e;
 const AF_UNIX = 1;
 const CLONE_THREAD = 0x10000;
-const ENOSYS = 38;
 
 const BPF_LD_W_ABS = 0x20;
 const BPF_JEQ_K = 0x15;

@@ -110,25 +110,27 @@ export class VcpuThreadGroup {
  */
 export type RunTime = BigUint64Array;
 
+/** Whether the native library is built: native vCPU threads, and KVM_RUN time counted ({@link timedKvmRun}). */
+export function nativeVcpuLibraryBuilt(): boolean {
+  return fs.existsSync(NATIVE_VCPU_LIBRARY);
+}
+
+/** Loads the native library now if it is built: a vCPU worker does so before the seccomp filters. */
+export function preloadNativeVcpuLibrary(): void {
+  if (nativeVcpuLibraryBuilt()) lib();
+}
+
 /**
- * KVM_RUN that adds the calling thread's CPU time inside it to `runNs[0]` (fcv_kvm_run), for a vCPU
- * worker; undefined when the native library is not built (the worker then calls ioctl itself and
- * the time is not counted). Call it once before the thread's seccomp filter: it loads the library.
+ * KVM_RUN that adds the calling thread's CPU time inside it to the counter at `runNsAddress`
+ * ({@link runTimeAddress}; fcv_kvm_run), for a vCPU worker. Only where the library is built.
  */
-export function timedKvmRun(): ((fd: number, runNs: number) => number) | undefined {
-  if (!fs.existsSync(NATIVE_VCPU_LIBRARY)) return undefined;
-  const run = lib().kvmRun as (fd: number, runNs: number) => number;
-  return run;
+export function timedKvmRun(): (fd: number, runNsAddress: number) => number {
+  return lib().kvmRun as (fd: number, runNsAddress: number) => number;
 }
 
 /** The address of `runNs[0]`, for {@link timedKvmRun} (shared memory does not move). */
 export function runTimeAddress(runNs: RunTime): number {
   return Number(sys.addressOf(runNs, runNs, 0) as bigint);
-}
-
-/** Whether vCPU threads count their time inside KVM_RUN (timedKvmRun): the native library is built. */
-export function runTimeCounted(): boolean {
-  return fs.existsSync(NATIVE_VCPU_LIBRARY);
 }
 
 /** One native vCPU thread. */

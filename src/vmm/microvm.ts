@@ -1,6 +1,6 @@
 import { FcRunError } from '../errors';
 import type { Vcpu, Vm } from '../kvm/kvm';
-import { runTimeCounted, VcpuThreadGroup } from '../kvm/vcpu-threads';
+import { nativeVcpuLibraryBuilt, VcpuThreadGroup } from '../kvm/vcpu-threads';
 import * as os from 'node:os';
 import { writeSync } from 'node:fs';
 import { LogLevel } from '../monitor/logger';
@@ -133,7 +133,7 @@ export class MicroVm {
     this.serial = new Serial8250(this.shared.serial, { out: () => undefined, interrupt: raise(this.serialIrqFd) });
     this.i8042 = new I8042(this.shared.i8042, { reset: () => undefined, interrupt: raise(this.keyboardIrqFd) });
     this.workerCount = workerVcpus(opts.vcpuThreads ?? 'worker', vcpus.length);
-    this.runTimeCounted = (opts.countRunTime ?? true) && runTimeCounted();
+    this.runTimeCounted = (opts.countRunTime ?? true) && nativeVcpuLibraryBuilt();
     if (this.workerCount < vcpus.length) {
       // The native vCPU threads write a byte to this pipe when they have news; the main thread's
       // event loop reads it and handles their exits (NativeVcpus). Made last, before any filter.
@@ -381,9 +381,10 @@ export class MicroVm {
         virtio: this.opts.virtio,
         seccompFilter: this.opts.vcpuSeccompFilter,
         snapshotSupport: this.opts.snapshotSupport,
-        // With native vCPU threads beside it (mixed), a worker takes their priority: a guest's
-        // vCPUs wait on each other (IPIs, locks), and an AP at nice 10 beside a BSP at 0 on a busy
-        // host ran a 3-vCPU Linux boot at a tenth of its speed while the BSP spun waiting for it.
+        // Native vCPU threads run below the main thread, which handles their exits; a worker beside
+        // them (mixed) takes the same priority: a guest's vCPUs wait on each other (IPIs, locks),
+        // and an AP at nice 10 beside a BSP at 0 on a busy host ran a 3-vCPU Linux boot at a tenth
+        // of its speed while the BSP spun waiting for it.
         nice: this.native ? VCPU_THREAD_NICE : undefined,
         countRunTime: this.runTimeCounted,
         ...this.opts.monitor.shared(),

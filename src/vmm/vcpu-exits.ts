@@ -45,8 +45,8 @@ export interface VcpuWorkerData {
   metrics: { buffer: SharedArrayBuffer; layout: MetricsLayout };
   logger: SharedLoggerOptions;
   /**
-   * The nice value a vCPU worker takes before it enters the guest (0: as it is): the native vCPU
-   * threads' when the VM has some (mixed mode), so that every vCPU has the same share of a busy host.
+   * The nice value the vCPU's thread takes before it enters the guest (absent: as it is):
+   * VCPU_THREAD_NICE for every vCPU of a VM with native vCPU threads (MicroVm decides).
    */
   nice?: number;
   /**
@@ -438,7 +438,7 @@ export class NativeVcpus {
         const entry: (typeof this.vcpus)[number] = { c: vcpuContext(data, post, vcpus[i]), phase: 'starting' };
         this.vcpus.push(entry);
         const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
-        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, VCPU_THREAD_NICE, data.countRunTime ? runTimeOf(data.shared, data.id) : undefined);
+        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, data.nice ?? 0, data.countRunTime ? runTimeOf(data.shared, data.id) : undefined);
       });
     } catch (err) {
       const detail = `vCPU threads could not start: ${(err as Error).stack ?? err}`;

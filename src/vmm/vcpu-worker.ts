@@ -2,7 +2,7 @@ import { parentPort } from 'node:worker_threads';
 import { gettid, setOwnNice } from '../kvm/libc';
 import { installThreadFilter } from '../kvm/seccomp';
 import { loadSigsysLibrary, registerSigsysThread } from '../kvm/sigsys';
-import { timedKvmRun } from '../kvm/vcpu-threads';
+import { preloadNativeVcpuLibrary } from '../kvm/vcpu-threads';
 import { CONTROL, runTimeOf } from './shared';
 import { vcpuContext, VcpuWorkerData } from './vcpu-exits';
 
@@ -67,5 +67,5 @@ port.once('message', (m: { kind: 'start'; data: VcpuWorkerData }) => start(m.dat
 // Everything this thread loads is loaded: the seccomp filters, installed once every vCPU thread
 // says so (threads.ts), need not allow opening or mapping files.
 loadSigsysLibrary();
-timedKvmRun(); // loads the native vCPU library while files may still be opened
+preloadNativeVcpuLibrary(); // for the timed KVM_RUN
 port.postMessage({ kind: 'loaded' });

@@ -77,7 +77,7 @@ describe('fc-run run --seccomp-filter (command line)', () => {
 });
 
 describeKvm('fc-run run --seccomp-filter (on KVM)', () => {
-  const run = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1' } });
+  const run = (args: string[], env: Record<string, string> = {}) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1', ...env } });
 
   it('boots the probe with a filter on every category, and says which were installed', () => {
     const log = path.join(dir, 'boot.log');
@@ -107,7 +107,7 @@ describeKvm('fc-run run --seccomp-filter (on KVM)', () => {
     // vDSO: a system call) around each KVM_RUN; under a vcpu filter from a file it is not counted.
     const f = file('no-clock.json', { vmm: allowAllBut(['mount']), api: allowAllBut(['access', 'faccessat', 'faccessat2'], 'kill_process'), vcpu: allowAllBut(['clock_gettime'], 'kill_process') });
     for (const mode of ['mixed', 'worker', 'native']) {
-      const r = spawnSync(process.execPath, [BIN, 'run', spec(), '--seccomp-filter', f], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1', FC_RUN_VCPU_THREADS: mode } });
+      const r = run(['run', spec(), '--seccomp-filter', f], { FC_RUN_VCPU_THREADS: mode });
       expect({ mode, status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ mode, status: 0, signal: null, stderr: expect.stringMatching(/^fc-run: the guest reset the machine/) });
       expect(r.stderr).not.toMatch(/KVM_RUN/);
     }

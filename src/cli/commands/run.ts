@@ -317,8 +317,8 @@ export async function launchPlanned(
   /* eslint-enable @typescript-eslint/no-require-imports */
   const serialOutFd = serialTarget(o['serial-out'] as string | undefined);
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
-  // (isatty first: process.stdin builds a stream, ~1.5 ms, that a launch without a terminal never uses.)
-  const serialIn = isatty(0) && serialOutFd === 1 && process.stdin.isTTY ? process.stdin : undefined;
+  // (isatty, not process.stdin.isTTY: process.stdin builds a stream, ~1.5 ms, that a launch without a terminal never uses.)
+  const serialIn = isatty(0) && serialOutFd === 1 ? process.stdin : undefined;
   const monitorCfg = monitorConfig(plan, o);
   const monitor = monitorFor(plan, monitorCfg);
   const mmdsSizeLimit = (o['mmds-size-limit'] as number | undefined) ?? DEFAULT_MMDS_SIZE_LIMIT;
