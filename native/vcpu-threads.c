@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/filter.h>
 #include <linux/futex.h>
 #include <linux/seccomp.h>
@@ -169,9 +170,9 @@ void fcv_group_poke(struct fcv_group *g) {
   bump(g);
 }
 
-// Waits until the group's sequence differs from `seen` or `timeout_ms` passes; returns it.
-uint32_t fcv_group_wait(struct fcv_group *g, uint32_t seen, int timeout_ms) {
-  struct timespec ts = { timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L };
+// Waits until the group's sequence differs from `seen` or `timeout_us` microseconds pass; returns it.
+uint32_t fcv_group_wait(struct fcv_group *g, uint32_t seen, int timeout_us) {
+  struct timespec ts = { timeout_us / 1000000, (long)(timeout_us % 1000000) * 1000L };
   __atomic_add_fetch(&g->waiters, 1, __ATOMIC_SEQ_CST);
   if (__atomic_load_n(&g->seq, __ATOMIC_SEQ_CST) == seen) futex(&g->seq, FUTEX_WAIT_PRIVATE, seen, &ts);
   __atomic_sub_fetch(&g->waiters, 1, __ATOMIC_SEQ_CST);
@@ -256,4 +257,170 @@ void fcv_vcpu_join(struct fcv_vcpu *v) {
   pthread_join(v->thread, NULL);
   free(v->filter.filter);
   free(v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A vCPU on the event loop's own thread (the main thread): it calls fcv_loop_run, which enters
+// the guest right there, so an exit costs no hand-off between threads and the vCPU no thread of
+// its own. While it is inside the guest the event loop cannot run, so a watcher thread does the
+// loop's waiting: it polls the loop's epoll fd (libuv's uv_backend_fd, readable when any of the
+// loop's handles has an event: a signal, a worker's message, the native vCPU threads' pipe, a
+// socket) until the loop's next timer is due, and then gets the vCPU out of the guest
+// (immediate_exit, for a thread about to enter it, and the kick signal, for one inside). The
+// thread returns to the loop, which runs what is due, and calls fcv_loop_visited before it
+// enters the guest again.
+//
+//   state IDLE    the vCPU is out of the guest; the watcher waits on the state word
+//         ARMED   inside the guest (or about to be): the watcher polls the loop
+//         KICKED  the loop has work: fcv_loop_run returns -EINTR at once until fcv_loop_visited
+//         QUIT    the watcher ends
+
+struct uv_loop_s;
+extern struct uv_loop_s *uv_default_loop(void) __attribute__((weak));
+extern int uv_backend_fd(const struct uv_loop_s *) __attribute__((weak));
+extern int uv_backend_timeout(const struct uv_loop_s *) __attribute__((weak));
+
+enum { FCL_IDLE = 0, FCL_ARMED = 1, FCL_KICKED = 2, FCL_QUIT = 3 };
+
+struct fcv_loop_vcpu {
+  struct uv_loop_s *loop;
+  int loop_fd;
+  int tid; // the thread that runs the vCPU (the loop's)
+  int kick_signal;
+  volatile uint8_t *immediate_exit; // in the vCPU's kvm_run page
+  uint32_t state;
+  uint32_t watcher_waits; // the watcher is (about to be) in FUTEX_WAIT on state
+  int64_t deadline_ns;    // CLOCK_MONOTONIC time of the loop's next timer; -1: none
+  uint32_t kicked_exit;   // the watcher set immediate_exit (fcv_loop_visited clears it)
+  pthread_t thread;
+};
+
+static int64_t mono_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+// Moves ARMED or IDLE to KICKED: the next fcv_loop_run returns to the loop. A thread inside the
+// guest is got out of it; one about to enter finds immediate_exit set.
+static void kick_loop_vcpu(struct fcv_loop_vcpu *w) {
+  uint32_t s = __atomic_load_n(&w->state, __ATOMIC_SEQ_CST);
+  while (s == FCL_ARMED || s == FCL_IDLE) {
+    if (__atomic_compare_exchange_n(&w->state, &s, FCL_KICKED, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+      if (s == FCL_ARMED) {
+        __atomic_store_n(&w->kicked_exit, 1, __ATOMIC_SEQ_CST);
+        *w->immediate_exit = 1;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        syscall(SYS_tgkill, getpid(), w->tid, w->kick_signal);
+      }
+      return;
+    }
+  }
+}
+
+static void *loop_watcher(void *arg) {
+  struct fcv_loop_vcpu *w = arg;
+  sigset_t set;
+  sigfillset(&set);
+  sigdelset(&set, SIGSYS); // for the seccomp handler, as on the vCPU threads
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  prctl(PR_SET_NAME, "fc_loop_watch", 0, 0, 0);
+  for (;;) {
+    uint32_t s = __atomic_load_n(&w->state, __ATOMIC_SEQ_CST);
+    if (s == FCL_QUIT) break;
+    if (s != FCL_ARMED) {
+      __atomic_store_n(&w->watcher_waits, 1, __ATOMIC_SEQ_CST);
+      if (__atomic_load_n(&w->state, __ATOMIC_SEQ_CST) == s) futex(&w->state, FUTEX_WAIT_PRIVATE, s, NULL);
+      __atomic_store_n(&w->watcher_waits, 0, __ATOMIC_SEQ_CST);
+      continue;
+    }
+    // Armed: wait for the loop to have an event or a timer due. The vCPU may go in and out of the
+    // guest meanwhile (exits handled on its thread): the loop's fd and timers are the same.
+    int64_t deadline = __atomic_load_n(&w->deadline_ns, __ATOMIC_SEQ_CST);
+    int timeout = -1;
+    if (deadline >= 0) {
+      int64_t left = deadline - mono_ns();
+      timeout = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+    }
+    // At most a second at a time, so a QUIT (or a state left ARMED for long) is seen.
+    if (timeout < 0 || timeout > 1000) timeout = 1000;
+    struct pollfd p = { .fd = w->loop_fd, .events = POLLIN };
+    int r = poll(&p, 1, timeout);
+    if (r < 0 && errno != EINTR) {
+      // Cannot watch the loop: get the vCPU out now and then, so the loop still runs.
+      struct timespec ms = { 0, 1000000 };
+      nanosleep(&ms, NULL);
+      kick_loop_vcpu(w);
+      continue;
+    }
+    int due = r > 0;
+    if (!due) {
+      deadline = __atomic_load_n(&w->deadline_ns, __ATOMIC_SEQ_CST);
+      due = deadline >= 0 && mono_ns() >= deadline;
+    }
+    if (due) kick_loop_vcpu(w);
+  }
+  return NULL;
+}
+
+// Starts the watcher of a vCPU whose guest entries the calling thread (the event loop's) makes
+// through fcv_loop_run; `kvm_run` is the vCPU's mapped kvm_run page. NULL (errno set) if this
+// process has no libuv loop to watch (the library outside Node) or no thread could be made.
+struct fcv_loop_vcpu *fcv_loop_vcpu_start(int kick_signal, void *kvm_run) {
+  if (!uv_default_loop || !uv_backend_fd || !uv_backend_timeout) {
+    errno = ENOSYS;
+    return NULL;
+  }
+  struct fcv_loop_vcpu *w = calloc(1, sizeof(struct fcv_loop_vcpu));
+  if (!w) return NULL;
+  w->loop = uv_default_loop();
+  w->loop_fd = uv_backend_fd(w->loop);
+  w->tid = (int)syscall(SYS_gettid);
+  w->kick_signal = kick_signal;
+  w->immediate_exit = (volatile uint8_t *)kvm_run + 1; // struct kvm_run: request_interrupt_window, immediate_exit
+  w->deadline_ns = -1;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  int err = pthread_create(&w->thread, &attr, loop_watcher, w);
+  pthread_attr_destroy(&attr);
+  if (err != 0) {
+    free(w);
+    errno = err;
+    return NULL;
+  }
+  return w;
+}
+
+// The loop has run (the caller is in one of its callbacks): a kick has been answered. Call it
+// before deciding what the vCPU does next; the watcher's immediate_exit is taken back.
+void fcv_loop_visited(struct fcv_loop_vcpu *w) {
+  uint32_t kicked = FCL_KICKED;
+  if (__atomic_compare_exchange_n(&w->state, &kicked, FCL_IDLE, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+    if (__atomic_exchange_n(&w->kicked_exit, 0, __ATOMIC_SEQ_CST)) *w->immediate_exit = 0;
+  }
+}
+
+// Enters the guest once on the calling thread (the loop's), with the watcher armed; its time
+// inside KVM_RUN is added to *run_ns (if not NULL). Returns KVM_RUN's value, or -errno: -EINTR
+// also when the loop has work waiting (return to it, then call fcv_loop_visited).
+long fcv_loop_run(struct fcv_loop_vcpu *w, int fd, uint64_t *run_ns) {
+  int timeout = uv_backend_timeout(w->loop);
+  __atomic_store_n(&w->deadline_ns, timeout < 0 ? -1 : mono_ns() + (int64_t)timeout * 1000000, __ATOMIC_SEQ_CST);
+  uint32_t idle = FCL_IDLE;
+  if (!__atomic_compare_exchange_n(&w->state, &idle, FCL_ARMED, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return -EINTR; // KICKED
+  if (__atomic_load_n(&w->watcher_waits, __ATOMIC_SEQ_CST)) futex(&w->state, FUTEX_WAKE_PRIVATE, 1, NULL);
+  long r = fcv_kvm_run(fd, run_ns);
+  long result = r < 0 ? -(long)errno : r;
+  uint32_t armed = FCL_ARMED;
+  __atomic_compare_exchange_n(&w->state, &armed, FCL_IDLE, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); // else KICKED: stays so
+  return result;
+}
+
+// Stops the watcher and frees it (the vCPU is out of the guest for good).
+void fcv_loop_vcpu_stop(struct fcv_loop_vcpu *w) {
+  __atomic_store_n(&w->state, FCL_QUIT, __ATOMIC_SEQ_CST);
+  futex(&w->state, FUTEX_WAKE_PRIVATE, 1, NULL);
+  pthread_join(w->thread, NULL);
+  free(w);
 }

@@ -10,9 +10,9 @@ import { cpuTemplateHostProblem, HostCpu, readHostCpu } from './host-cpu';
 import { isX86StaticTemplate } from './static-cpu-templates';
 
 /** Starts vCPU threads ahead of need; worker_threads is loaded only by the commands that launch. */
-export function prewarmVcpuThreads(count: number): void {
+export function prewarmVcpuThreads(count: number, customFilters = false): void {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  (require('../vmm/threads') as typeof import('../vmm/threads')).prewarmVcpuThreads(count);
+  (require('../vmm/threads') as typeof import('../vmm/threads')).prewarmVcpuThreads(count, customFilters);
 }
 
 export { compilePlan, canonicalJson, PlanError, PLAN_VERSION } from './plan';

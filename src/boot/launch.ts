@@ -291,7 +291,7 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
   if (m.dirtyLog) {
     monitor.log.info('vmm', 'vm' in m.dirtyLog ? "track_dirty_pages: KVM's dirty log (its self-test passed) and the VMM's own writes" : `track_dirty_pages: changed pages are found by comparing page digests (KVM's dirty log is not used: ${m.dirtyLog.problem})`);
   }
-  const mode = vcpuThreadsMode();
+  const mode = vcpuThreadsMode(plan.vcpus.count, opts.threadFilters !== undefined);
   const virtio = await startDevices(vm, mem, plan, opts.mmdsData, monitor, opts.mmdsSizeLimit ?? DEFAULT_MMDS_SIZE_LIMIT, vmmFilter, m.restored?.devices as DevicesState | undefined);
   // Anything that fails from here until the vCPUs run (a restored snapshot's legacy device state,
   // a seccomp filter) stops the device thread first: a thread left in epoll_wait would keep the

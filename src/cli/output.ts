@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { isTerminal } from '../terminal';
 
 /** Where a command writes: a file descriptor (FdOutput) or, in tests, any stream-like object. */
 export interface Output {
@@ -49,20 +50,4 @@ export class FdOutput implements Output {
     }
     return true;
   }
-}
-
-/**
- * Whether `fd` is a terminal. Only a character device can be one; /dev/null and the other memory
- * devices (major 1) are answered without loading node:tty, which brings in net and streams.
- */
-function isTerminal(fd: number): boolean {
-  let st: fs.Stats;
-  try {
-    st = fs.fstatSync(fd);
-  } catch {
-    return false;
-  }
-  if (!st.isCharacterDevice() || Math.floor(st.rdev / 256) === 1) return false;
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return (require('node:tty') as typeof import('node:tty')).isatty(fd);
 }

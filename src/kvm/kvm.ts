@@ -240,8 +240,9 @@ export class Vm {
 }
 
 export class Vcpu {
-  /** The shared kvm_run page, mapped by whoever runs this vCPU (see mapRun). */
+  /** The shared kvm_run page, mapped by whoever runs this vCPU (see mapRun), and its address. */
   private runPage: ArrayBuffer | undefined;
+  private runPageAt = 0;
 
   constructor(
     readonly id: number,
@@ -255,7 +256,14 @@ export class Vcpu {
     const ptr = sys.mmap(null, this.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, this.fd, 0);
     if (addressOf(ptr) === 0xffffffffffffffffn) throw new SyscallError('mmap(kvm_run)', errno(), `vCPU ${this.id}`);
     this.runPage = viewOf(ptr, this.mmapSize);
+    this.runPageAt = Number(addressOf(ptr));
     return this.runPage;
+  }
+
+  /** The address of this thread's mapping of kvm_run (mapped now if it was not). */
+  runPageAddress(): number {
+    this.mapRun();
+    return this.runPageAt;
   }
 
   /** KVM_RUN through the native library, with the counter it adds to (and its address). */

@@ -141,6 +141,7 @@ const RUNTIME: AllowedCall[] = [
   { call: 'statx', why: 'Node fs.stat and fs.fstat', where: ALL },
   { call: 'lseek', why: 'file positions (block device, snapshot files)', where: ALL },
   { call: 'fcntl', why: 'fd flags (libuv: O_NONBLOCK, FD_CLOEXEC)', where: ALL },
+  { call: 'poll', why: "the watcher of a vCPU on the main thread ('main' mode), waiting on the event loop's epoll fd", where: API },
   { call: 'epoll_wait', why: "each thread's event loop (libuv's, the VMM thread's own)", where: ALL },
   { call: 'epoll_pwait', why: "each thread's event loop (libuv)", where: ALL },
   { call: 'epoll_ctl', why: 'fds coming and going in an event loop', where: ALL },

@@ -31,6 +31,10 @@ interface Library {
   quit: Fn;
   join: Fn;
   kvmRun: Fn;
+  loopStart: Fn;
+  loopVisited: Fn;
+  loopRun: Fn;
+  loopStop: Fn;
 }
 
 let library: Library | undefined;
@@ -48,7 +52,7 @@ function lib(): Library {
     groupFree: f('void fcv_group_free(void *g)'),
     groupSeq: f('uint32_t fcv_group_seq(void *g)'),
     groupPoke: f('void fcv_group_poke(void *g)'),
-    groupWait: f('uint32_t fcv_group_wait(void *g, uint32_t seen, int timeoutMs)'),
+    groupWait: f('uint32_t fcv_group_wait(void *g, uint32_t seen, int timeoutUs)'),
     start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib, int nice, void *runNs)'),
     // The counter's address as a number: ~1 µs less per exit than koffi resolving a typed array.
     kvmRun: f('long fcv_kvm_run(int fd, uintptr_t runNs)'),
@@ -59,6 +63,10 @@ function lib(): Library {
     run: f('int fcv_vcpu_run(void *v)'),
     quit: f('void fcv_vcpu_quit(void *v)'),
     join: f('void fcv_vcpu_join(void *v)'),
+    loopStart: f('void *fcv_loop_vcpu_start(int kickSignal, uintptr_t kvmRun)'),
+    loopVisited: f('void fcv_loop_visited(void *w)'),
+    loopRun: f('long fcv_loop_run(void *w, int fd, uintptr_t runNs)'),
+    loopStop: f('void fcv_loop_vcpu_stop(void *w)'),
   };
   return library;
 }
@@ -82,9 +90,9 @@ export class VcpuThreadGroup {
     return lib().groupSeq(this.ptr) as number;
   }
 
-  /** Waits until the sequence is no longer `seen` (or `timeoutMs` passes) and returns it. */
-  wait(seen: number, timeoutMs: number): number {
-    return lib().groupWait(this.ptr, seen, timeoutMs) as number;
+  /** Waits until the sequence is no longer `seen` (or `timeoutUs` microseconds pass) and returns it. */
+  wait(seen: number, timeoutUs: number): number {
+    return lib().groupWait(this.ptr, seen, timeoutUs) as number;
   }
 
   /** Lets the next event write to the notification fd again; call it before looking at the vCPUs. */
@@ -182,5 +190,41 @@ export class NativeVcpuThread {
   /** Waits for the thread to end (after quit, out of KVM_RUN) and frees it. */
   join(): void {
     lib().join(this.ptr);
+  }
+}
+
+/**
+ * A vCPU whose guest entries the main thread makes itself, between its event loop's callbacks
+ * (native/vcpu-threads.c, fcv_loop_run): no thread of its own and no hand-off per exit. A
+ * watcher thread gets it out of the guest whenever the event loop has something to do (an event
+ * on any of its handles, or a timer due); {@link run} then returns -EINTR, the caller returns to
+ * the event loop, and calls {@link visited} from the loop's next callback before entering again.
+ */
+export class LoopVcpuRunner {
+  private ptr: Pointer | null;
+
+  /** `runPageAddress`: the vCPU's kvm_run page as mapped on this thread; `kickSignal` gets it out of the guest. */
+  constructor(kickSignal: number, runPageAddress: number) {
+    const ptr = lib().loopStart(kickSignal, runPageAddress);
+    if (ptr === null) throw new FcRunError('native-vcpu', `cannot watch the event loop for a vCPU on the main thread (errno ${koffiModule().errno()})`);
+    this.ptr = ptr;
+  }
+
+  /** The event loop has run since the last -EINTR: the guest may be entered again. */
+  visited(): void {
+    if (this.ptr) lib().loopVisited(this.ptr);
+  }
+
+  /** Enters the guest once (vCPU fd `fd`), adding the time inside to the counter at `runNsAddress` (0: none); KVM_RUN's value or -errno. */
+  run(fd: number, runNsAddress: number): number {
+    if (!this.ptr) return -9; // EBADF: stopped
+    return Number(lib().loopRun(this.ptr, fd, runNsAddress));
+  }
+
+  /** Ends the watcher (the vCPU will not enter the guest again). */
+  stop(): void {
+    if (!this.ptr) return;
+    lib().loopStop(this.ptr);
+    this.ptr = null;
   }
 }

@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
-import { isatty } from 'node:tty';
+import { isTerminal } from '../terminal';
 import * as path from 'node:path';
+import { writeSync } from 'node:fs';
 import { PACKAGE_ROOT, VCPU_WORKER_SCRIPT } from '../package-root';
 import { hardExit } from '../kvm/libc';
 import { FcRunError } from '../errors';
@@ -20,7 +21,22 @@ export function threadLoaderCode(bundle: string): string {
 /** Starts a thread running `bundle`; every thread fc-run starts goes through here. */
 export function startThread(bundle: string, name: string, workerData?: object): Worker {
   exitWithoutThreadTeardown();
-  return new Worker(threadLoaderCode(bundle), { eval: true, name, workerData });
+  // The thread's standard output and error (fc-run's threads write none of their own; Node's
+  // warnings would) are passed on with plain writes: Node's default pipes them into
+  // process.stdout and process.stderr, building those streams (and net, for a pipe) in every launch.
+  const w = new Worker(threadLoaderCode(bundle), { eval: true, name, workerData, stdout: true, stderr: true });
+  w.stdout.on('data', (chunk: Buffer) => passOn(1, chunk));
+  w.stderr.on('data', (chunk: Buffer) => passOn(2, chunk));
+  return w;
+}
+
+/** Writes all of `chunk` to `fd`; a reader that has gone loses it, as it would anyway. */
+function passOn(fd: number, chunk: Buffer): void {
+  try {
+    for (let off = 0; off < chunk.length; ) off += writeSync(fd, chunk, off);
+  } catch {
+    // EPIPE, EBADF: nowhere to write it
+  }
 }
 
 let hardExitInstalled = false;
@@ -46,7 +62,7 @@ function exitWithoutThreadTeardown(): void {
     // Node's own exit puts the terminal back as it found it; _exit does not (a crash while the
     // serial console holds the terminal raw would leave it raw).
     try {
-      if (isatty(0) && (process.stdin as { isRaw?: boolean }).isRaw) process.stdin.setRawMode(false);
+      if (isTerminal(0) && (process.stdin as { isRaw?: boolean }).isRaw) process.stdin.setRawMode(false);
     } catch {
       // not a terminal any more: nothing to put back
     }
@@ -95,10 +111,10 @@ export async function vcpuThreadsLoaded(count: number): Promise<void> {
   await Promise.all(idle.slice(0, count).map((w) => loaded.get(w)));
 }
 
-/** Starts the worker threads that `count` vCPUs will take, ahead of need. */
-export function prewarmVcpuThreads(count: number): void {
+/** Starts the worker threads that `count` vCPUs will take, ahead of need (see vcpuThreadsMode). */
+export function prewarmVcpuThreads(count: number, customFilters = false): void {
   // Native vCPU threads need no worker: the main thread handles their exits.
-  const workers = workerVcpus(vcpuThreadsMode(), count);
+  const workers = workerVcpus(vcpuThreadsMode(count, customFilters), count);
   while (idle.length < workers) idle.push(spawn());
 }
 
@@ -113,24 +129,37 @@ export function takeVcpuThread(): Worker {
  * How vCPUs run: 'worker', a worker thread (a V8 isolate, ~9 MiB) per vCPU calling KVM_RUN itself
  * and handling its own exits (~10 µs each); 'native', a native thread per vCPU
  * (native/vcpu-threads.c, ~0.2 MiB) whose exits the main thread handles (a hand-off each way,
- * 30-90 µs); 'mixed', vCPU 0 on a worker and the others native. Mixed is the default: in a Linux
- * boot vCPU 0 makes ~94 % of the exits that reach fc-run (53,186 of 56,496 with 2 vCPUs), which
- * then stay fast, while each further vCPU costs a thread instead of an isolate.
+ * 30-90 µs); 'mixed', vCPU 0 on a worker and the others native; 'main', vCPU 0 on the main thread
+ * itself (it enters the guest between its event loop's callbacks, and a watcher thread gets it out
+ * whenever the loop has work) and the others native. In a Linux boot vCPU 0 makes ~94 % of the
+ * exits that reach fc-run (53,186 of 56,496 with 2 vCPUs): 'mixed' and 'main' keep those fast,
+ * while each further vCPU costs a thread instead of an isolate.
  */
-export type VcpuThreadsMode = 'worker' | 'native' | 'mixed';
+export type VcpuThreadsMode = 'worker' | 'native' | 'mixed' | 'main';
 
 /**
- * How vCPUs run (MicroVmOptions.vcpuThreads): FC_RUN_VCPU_THREADS=worker|native|mixed, unset
- * or empty: mixed.
+ * How the vCPUs of a VM with `count` of them run (MicroVmOptions.vcpuThreads):
+ * FC_RUN_VCPU_THREADS=worker|native|mixed|main, or unset or empty: 'main' for one vCPU (no worker
+ * thread at all: ~9 MiB and ~25 ms of CPU less per launch) and 'mixed' for more, whose native
+ * vCPU threads run below the main thread (VCPU_THREAD_NICE) and which then keeps vCPU 0 on a
+ * worker at their level (vCPUs wait on each other). `customFilters` (--seccomp-filter): 'main'
+ * becomes 'mixed', since a vCPU on the main thread would run under the file's api filter.
  */
-export function vcpuThreadsMode(): VcpuThreadsMode {
+export function vcpuThreadsMode(count: number, customFilters = false): VcpuThreadsMode {
   const v = process.env.FC_RUN_VCPU_THREADS;
-  if (v === undefined || v === '' || v === 'mixed') return 'mixed';
-  if (v === 'worker' || v === 'native') return v;
-  throw new FcRunError('bad-environment', `FC_RUN_VCPU_THREADS is "${v}": it can be "mixed" (vCPU 0 on a worker thread, the others on native threads; the default), "worker" (a worker thread per vCPU) or "native" (a native thread per vCPU)`);
+  let mode: VcpuThreadsMode;
+  if (v === undefined || v === '') mode = count === 1 ? 'main' : 'mixed';
+  else if (v === 'worker' || v === 'native' || v === 'mixed' || v === 'main') mode = v;
+  else {
+    throw new FcRunError(
+      'bad-environment',
+      `FC_RUN_VCPU_THREADS is "${v}": it can be "mixed" (vCPU 0 on a worker thread, the others on native threads), "main" (vCPU 0 on the main thread, the others on native threads), "worker" (a worker thread per vCPU) or "native" (a native thread per vCPU); unset, fc-run uses "main" for one vCPU and "mixed" for more`,
+    );
+  }
+  return mode === 'main' && customFilters ? 'mixed' : mode;
 }
 
-/** Which of `count` vCPUs (ids 0 to count - 1) run on a worker of their own in `mode`; the rest are native. */
+/** Which of `count` vCPUs (ids 0 to count - 1) run on a worker of their own in `mode`; the rest are native (or, in 'main' mode, vCPU 0 on the main thread). */
 export function workerVcpus(mode: VcpuThreadsMode, count: number): number {
   return mode === 'worker' ? count : mode === 'mixed' ? Math.min(1, count) : 0;
 }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { Vcpu } from '../kvm/kvm';
-import { errnoText } from '../kvm/libc';
-import { NativeVcpuThread, VCPU_THREAD, VcpuThreadGroup } from '../kvm/vcpu-threads';
+import { errnoText, gettid } from '../kvm/libc';
+import { LoopVcpuRunner, NativeVcpuThread, RunTime, runTimeAddress, VCPU_THREAD, VcpuThreadGroup } from '../kvm/vcpu-threads';
 import {
   KVM_EXIT,
   KVM_EXIT_IO_OUT,
@@ -421,38 +421,133 @@ export const VCPU_THREAD_NICE = 10;
 /** Where a vCPU run by a native thread is, as the thread handling its exits sees it. */
 type NativePhase = 'starting' | 'decide' | 'running' | 'pausing' | 'parked' | 'quitting' | 'done';
 
+/** What enters the guest for a vCPU whose exits the main thread handles. */
+interface GuestEntrant {
+  state(): number;
+  tid(): number;
+  result(): number;
+  filterError(): number;
+  /** Enters the guest once (a native thread: starts to; the main thread: there and back); false if not idle. */
+  run(): boolean;
+  quit(): void;
+  join(): void;
+}
+
 /**
- * Every vCPU of the VM on a native thread of its own (native/vcpu-threads.c), their exits handled
- * by whoever calls {@link scan} (the main thread, when the group's notification fd is readable):
- * no V8 isolate per vCPU. A native thread enters the guest when told, and bumps the group (which
- * makes the notification fd readable) when it is back. The control words mean what they mean to
- * a vCPU on a worker of its own (vcpu-worker.ts).
+ * The vCPU on the main thread itself (LoopVcpuRunner): {@link run} enters the guest and returns
+ * with the result, so the vCPU is always idle when looked at. A result of -EINTR may mean the
+ * event loop has work: the caller returns to it (see NativeVcpus.scan).
+ */
+class OnMainThread implements GuestEntrant {
+  private last = 0;
+  private ended = false;
+  private readonly runNsAddress: number;
+
+  constructor(
+    private readonly runner: LoopVcpuRunner,
+    private readonly fd: number,
+    runNs: RunTime | undefined,
+  ) {
+    this.runNsAddress = runNs ? runTimeAddress(runNs) : 0;
+  }
+
+  state(): number {
+    return this.ended ? VCPU_THREAD.DONE : VCPU_THREAD.IDLE;
+  }
+  tid(): number {
+    return gettid();
+  }
+  result(): number {
+    return this.last;
+  }
+  filterError(): number {
+    return 0;
+  }
+  run(): boolean {
+    this.last = this.runner.run(this.fd, this.runNsAddress);
+    return true;
+  }
+  /** The loop has run since the last -EINTR. */
+  visited(): void {
+    this.runner.visited();
+  }
+  quit(): void {
+    this.ended = true;
+  }
+  join(): void {
+    this.runner.stop();
+  }
+}
+
+/**
+ * A vCPU on the main thread goes back to the event loop at least this often (ms of handling
+ * exits in a row), so that what its handlers queued (promise callbacks) is not held up.
+ */
+const ON_MAIN_SLICE_MS = 4;
+
+/**
+ * The vCPUs whose exits the main thread handles: each on a native thread of its own
+ * (native/vcpu-threads.c) and, in 'main' mode, vCPU 0 on the main thread itself. No V8 isolate
+ * per vCPU. Whoever calls {@link scan} (the main thread, when the group's notification fd is
+ * readable) handles their exits. A native thread enters the guest when told, and bumps the group
+ * (which makes the notification fd readable) when it is back. The control words mean what they
+ * mean to a vCPU on a worker of its own (vcpu-worker.ts).
  */
 export class NativeVcpus {
-  private readonly vcpus: { c: VcpuContext; thread?: NativeVcpuThread; phase: NativePhase }[] = [];
+  private readonly vcpus: { c: VcpuContext; thread?: GuestEntrant; phase: NativePhase }[] = [];
+  /** The vCPU on the main thread, if any (scanned last: the native threads' exits go first). */
+  private onMain: { c: VcpuContext; thread?: GuestEntrant; phase: NativePhase } | undefined;
+  /** Set by scan when the vCPU on the main thread left the guest for the event loop: call scan again from the loop. */
+  yielded = false;
 
-  /** `vcpus`: the main thread's own, with `datas` in the same order. */
-  constructor(vcpus: Vcpu[], datas: VcpuWorkerData[], group: VcpuThreadGroup, kickSignal: number, post: (m: VcpuMessage) => void) {
+  /**
+   * `vcpus`: the main thread's own, with `datas` in the same order. `onMainThread`: the id of the
+   * vCPU the main thread runs itself (the first of `vcpus`), if any.
+   */
+  constructor(vcpus: Vcpu[], datas: VcpuWorkerData[], group: VcpuThreadGroup, kickSignal: number, post: (m: VcpuMessage) => void, onMainThread?: number) {
     try {
       datas.forEach((data, i) => {
         const entry: (typeof this.vcpus)[number] = { c: vcpuContext(data, post, vcpus[i]), phase: 'starting' };
+        const runNs = data.countRunTime ? runTimeOf(data.shared, data.id) : undefined;
+        if (data.id === onMainThread) {
+          // No filter or nice value of its own: it is the main thread's (whose filter allows KVM_RUN).
+          entry.thread = new OnMainThread(new LoopVcpuRunner(kickSignal, vcpus[i].runPageAddress()), data.fd, runNs);
+          this.onMain = entry;
+          return;
+        }
         this.vcpus.push(entry);
         const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
-        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, data.nice ?? 0, data.countRunTime ? runTimeOf(data.shared, data.id) : undefined);
+        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, data.nice ?? 0, runNs);
       });
     } catch (err) {
       const detail = `vCPU threads could not start: ${(err as Error).stack ?? err}`;
-      const first = this.vcpus[0]?.c;
+      const first = this.onMain?.c ?? this.vcpus[0]?.c;
       if (first) first.stop({ reason: 'vmm-error', detail });
       else post({ kind: 'stop', vcpu: -1, reason: 'vmm-error', detail });
     }
+    if (this.onMain) this.vcpus.push(this.onMain);
+  }
+
+  /** Whether a vCPU runs on the main thread (scan then enters the guest itself). */
+  get hasMainThreadVcpu(): boolean {
+    return this.onMain !== undefined;
   }
 
   /** Moves every vCPU on as far as it can go now; returns how many have not ended. */
   scan(): number {
     let live = 0;
+    this.yielded = false;
     for (const v of this.vcpus) {
-      while (v.phase !== 'done' && this.advance(v));
+      if (v === this.onMain) {
+        (v.thread as OnMainThread | undefined)?.visited();
+        const until = process.uptime() * 1000 + ON_MAIN_SLICE_MS;
+        while (v.phase !== 'done' && this.advance(v)) {
+          if (v.phase === 'decide' && process.uptime() * 1000 > until) {
+            this.yielded = true;
+            break;
+          }
+        }
+      } else while (v.phase !== 'done' && this.advance(v));
       if (v.phase !== 'done') live++;
     }
     return live;
@@ -501,11 +596,18 @@ export class NativeVcpus {
             v.c.stop({ reason: 'vmm-error', detail: `vCPU ${v.c.data.id} failed: ${(err as Error).stack ?? err}` });
           }
         } else if (r === -4 || r === -11) {
-          // EINTR (a kick, or immediate_exit): parks if pausing, else looks at the control words.
+          // EINTR (a kick, or immediate_exit): parks if pausing, else looks at the control words;
+          // on the main thread, only after the event loop has run (it may be why).
           if (v.phase === 'pausing') {
             v.c.parked();
             v.phase = 'parked';
-          } else v.phase = 'decide';
+          } else {
+            v.phase = 'decide';
+            if (v === this.onMain) {
+              this.yielded = true;
+              return false;
+            }
+          }
         } else {
           v.phase = 'decide';
           v.c.stop({ reason: 'vmm-error', detail: `ioctl(KVM_RUN) failed on vCPU ${v.c.data.id}: ${errnoText(-r)}` });

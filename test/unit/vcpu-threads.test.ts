@@ -26,7 +26,7 @@ function child(body: string): { status: number | null; out: string; err: string 
 const WAIT = `
   function until(group, ok) {
     const end = Date.now() + 5000;
-    while (!ok()) { if (Date.now() > end) throw new Error('timed out'); group.wait(group.seq(), 50); }
+    while (!ok()) { if (Date.now() > end) throw new Error('timed out'); group.wait(group.seq(), 50000); }
   }`;
 
 describe('native vCPU threads', () => {
@@ -159,7 +159,7 @@ describe('native vCPU threads', () => {
         for (let spin = 0; spin < (i % 7) * 50; spin++);
         th.quit();
         const end = Date.now() + 2000;
-        while (th.state() !== t.VCPU_THREAD.DONE && Date.now() < end) group.wait(group.seq(), 20);
+        while (th.state() !== t.VCPU_THREAD.DONE && Date.now() < end) group.wait(group.seq(), 20000);
         if (th.state() !== t.VCPU_THREAD.DONE) stuck++;
         else th.join();
         if (stuck) break;
@@ -174,11 +174,11 @@ describe('native vCPU threads', () => {
       const group = t.VcpuThreadGroup.create();
       const s0 = group.seq();
       let t0 = Date.now();
-      const idle = group.wait(s0, 100);
+      const idle = group.wait(s0, 100000);
       const waited = Date.now() - t0;
       group.poke();
       t0 = Date.now();
-      const poked = group.wait(s0, 5000);
+      const poked = group.wait(s0, 5000000);
       out({ idleSame: idle === s0, waited, poked: poked !== s0, fast: Date.now() - t0 < 1000 });`);
     expect(r.err).toBe('');
     const v = JSON.parse(r.out);
@@ -188,21 +188,31 @@ describe('native vCPU threads', () => {
     expect(v.fast).toBe(true);
   });
 
-  it('FC_RUN_VCPU_THREADS takes "mixed" (the default), "worker" or "native" and refuses anything else; which vCPUs get a worker', () => {
+  it('FC_RUN_VCPU_THREADS takes "mixed", "main", "worker" or "native" and refuses anything else; unset, "main" for one vCPU and "mixed" for more; --seccomp-filter turns "main" into "mixed"; which vCPUs get a worker', () => {
     const r = child(`
       const th = require(${JSON.stringify(path.join(DIST, 'vmm', 'threads.js'))});
       const got = [];
-      for (const v of [undefined, '', 'mixed', 'worker', 'native', 'fast']) {
+      for (const v of [undefined, '', 'mixed', 'main', 'worker', 'native', 'fast']) {
         if (v === undefined) delete process.env.FC_RUN_VCPU_THREADS; else process.env.FC_RUN_VCPU_THREADS = v;
-        try { got.push(th.vcpuThreadsMode()); } catch (e) { got.push(e.code + ': ' + e.message); }
+        for (const n of [1, 2]) for (const custom of [false, true]) {
+          try { got.push(th.vcpuThreadsMode(n, custom)); } catch (e) { got.push(e.code + ': ' + e.message); }
+        }
       }
-      const workers = ['mixed', 'worker', 'native'].map((m) => [1, 2, 32].map((n) => th.workerVcpus(m, n)));
+      const workers = ['mixed', 'main', 'worker', 'native'].map((m) => [1, 2, 32].map((n) => th.workerVcpus(m, n)));
       out({ got, workers });`);
     expect(r.err).toBe('');
     const { got, workers } = JSON.parse(r.out) as { got: string[]; workers: number[][] };
-    expect(got.slice(0, 5)).toEqual(['mixed', 'mixed', 'mixed', 'worker', 'native']);
-    expect(got[5]).toMatch(/^bad-environment: FC_RUN_VCPU_THREADS is "fast"/);
-    // mixed: vCPU 0 alone on a worker; worker: every vCPU; native: none.
-    expect(workers).toEqual([[1, 1, 1], [1, 2, 32], [0, 0, 0]]);
+    // Per setting: 1 vCPU, 1 vCPU with --seccomp-filter, 2 vCPUs, 2 vCPUs with --seccomp-filter.
+    expect(got.slice(0, 24)).toEqual([
+      ...['main', 'mixed', 'mixed', 'mixed'],
+      ...['main', 'mixed', 'mixed', 'mixed'],
+      ...['mixed', 'mixed', 'mixed', 'mixed'],
+      ...['main', 'mixed', 'main', 'mixed'],
+      ...['worker', 'worker', 'worker', 'worker'],
+      ...['native', 'native', 'native', 'native'],
+    ]);
+    for (const e of got.slice(24)) expect(e).toMatch(/^bad-environment: FC_RUN_VCPU_THREADS is "fast"/);
+    // mixed: vCPU 0 alone on a worker; main (vCPU 0 on the main thread) and native: none; worker: every vCPU.
+    expect(workers).toEqual([[1, 1, 1], [0, 0, 0], [1, 2, 32], [0, 0, 0]]);
   });
 });

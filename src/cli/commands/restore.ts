@@ -90,7 +90,7 @@ export async function restoreCommand(io: Io, args: ParsedArgs, startNs: bigint):
     }
     const plan = applyOverrides(stored, overrides);
     // Only once nothing is left to refuse: no vCPU thread is starting while fc-run exits 2.
-    if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(plan.vcpus.count);
+    if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(plan.vcpus.count, threadFilters !== undefined);
     reportStatus(io, rep, 'restoring', `${file}: taken ${snapshot.header.createdAt} from plan ${snapshot.header.planHash}, ${plan.vcpus.count} vCPU(s), ${plan.memory.sizeMib} MiB${resume ? '' : ', paused'}`, {
       plan_hash: snapshot.header.planHash,
       created_at: snapshot.header.createdAt,

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import type * as Net from 'node:net';
-import { isatty } from 'node:tty';
+import { isTerminal } from '../../terminal';
 import * as path from 'node:path';
 import { describeSnapshot, readSnapshotFile, snapshotSummary, snapshotVersionText } from '../../vmm/snapshot-file';
 import { checkSnapshot } from '../../boot/snapshot-plan';
@@ -268,8 +268,6 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
   try {
     if (o['exit-with-fd'] !== undefined) watchLifeline(o['exit-with-fd'] as number);
     const threadFilters = threadFiltersOf(o);
-    // Every VM has a vCPU 0: its thread loads while the spec is validated and planned.
-    if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(1);
     const loaded = loadSpecFile(file, {
       ...loadOptionsOf(args),
       flagOutputs: {
@@ -280,6 +278,9 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
       },
     });
     const planned = planRunnable(loaded);
+    // The worker threads its vCPUs will take (if any: see vcpuThreadsMode) load while KVM and
+    // guest memory are set up.
+    if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(planned.plan.vcpus.count, threadFilters !== undefined);
     const warnings = applyStrict(planned.allWarnings.filter((w) => w.severity === 'warning'), rep.strict);
     if (rep.strict && warnings.length > 0) throw new SpecInvalidError(loaded.displayFile, warnings);
     reportIssues(io, warnings, rep);
@@ -317,8 +318,8 @@ export async function launchPlanned(
   /* eslint-enable @typescript-eslint/no-require-imports */
   const serialOutFd = serialTarget(o['serial-out'] as string | undefined);
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
-  // (isatty, not process.stdin.isTTY: process.stdin builds a stream, ~1.5 ms, that a launch without a terminal never uses.)
-  const serialIn = isatty(0) && serialOutFd === 1 ? process.stdin : undefined;
+  // (isTerminal, not process.stdin.isTTY: process.stdin builds a stream, ~1.5 ms, that a launch without a terminal never uses.)
+  const serialIn = isTerminal(0) && serialOutFd === 1 ? process.stdin : undefined;
   const monitorCfg = monitorConfig(plan, o);
   const monitor = monitorFor(plan, monitorCfg);
   const mmdsSizeLimit = (o['mmds-size-limit'] as number | undefined) ?? DEFAULT_MMDS_SIZE_LIMIT;
