@@ -6,8 +6,9 @@
 // that CPU (the vCPU threads' CPU time inside KVM_RUN, which fc-run counts and prints when the VM
 // stops), and peak RSS with 1 vCPU (against QEMU microvm booting the same probe, in the same run)
 // and with 32 vCPUs (the cost of each further vCPU thread). Every measure is taken for each way of
-// running vCPUs (FC_RUN_VCPU_THREADS): mixed (the default), a worker per vCPU, and native threads
-// whose exits the main thread handles. Needs /dev/kvm and qemu-system-x86.
+// running vCPUs (FC_RUN_VCPU_THREADS): the default ('main' for one vCPU, 'mixed' for more), vCPU 0
+// on the main thread, vCPU 0 on a worker, a worker per vCPU, and native threads whose exits the
+// main thread handles. Needs /dev/kvm and qemu-system-x86.
 // Usage: node bench/rate.js [launches=100]
 'use strict';
 const { execFileSync, spawn } = require('node:child_process');
@@ -99,14 +100,16 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
   const spec32 = specFile(32);
   let failed = [];
   const modes = {
-    mixed: 'mixed: vCPU 0 on a worker, the others native (the default)',
+    '': "the default: 'main' for 1 vCPU, 'mixed' for more (FC_RUN_VCPU_THREADS unset)",
+    main: 'main: vCPU 0 on the main thread, the others native (FC_RUN_VCPU_THREADS=main)',
+    mixed: 'mixed: vCPU 0 on a worker, the others native (FC_RUN_VCPU_THREADS=mixed)',
     worker: 'a worker per vCPU (FC_RUN_VCPU_THREADS=worker)',
     native: "native, every vCPU's exits on the main thread (FC_RUN_VCPU_THREADS=native)",
   };
   for (const [mode, title] of Object.entries(modes)) {
     const { runs, seconds } = await many(fcRun(one), mode);
     const ok = runs.filter((r) => r.code === 0 && r.firstByte !== undefined);
-    failed = failed.concat(runs.filter((r) => r.code !== 0 || r.firstByte === undefined).map((r) => `${mode}:${r.code}`));
+    failed = failed.concat(runs.filter((r) => r.code !== 0 || r.firstByte === undefined).map((r) => `${mode || 'default'}:${r.code}`));
     const cpu = pct(ok.map((r) => r.cpuMs), 50);
     const guestShare = sum(ok.map((r) => r.guestMs)) / sum(ok.map((r) => r.cpuMs));
     const vmmCpu = pct(ok.map((r) => r.cpuMs - r.guestMs), 50);

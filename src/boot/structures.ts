@@ -217,7 +217,7 @@ function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fi
   mem.fill(seg.guestAddr, seg.memSize);
   let done = 0;
   while (done < seg.fileSize) {
-    const n = Math.min(seg.fileSize - done, 64 << 20);
+    const n = Math.min(seg.fileSize - done, 64 << 20, mem.contiguousFrom(seg.guestAddr + done));
     const view = mem.view(seg.guestAddr + done, n);
     const target = view ?? Buffer.alloc(n);
     const got = fs.readSync(fd, target, 0, n, seg.fileOffset + done);

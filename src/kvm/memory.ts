@@ -22,16 +22,19 @@ export class GuestMemoryError extends FcRunError {
 }
 
 /**
- * V8 caps a single ArrayBuffer well below large guest memories, so each region is viewed in
- * chunks of this size. Accesses inside one chunk are zero-copy; the rare access that straddles
- * two chunks is copied piecewise.
+ * Each region is viewed in chunks of this size, each made when first touched. Accesses inside one
+ * chunk are zero-copy; the rare access that straddles two is copied piecewise. V8 caps a single
+ * ArrayBuffer well below large guest memories, and it counts every view's bytes as external memory:
+ * one view of a whole 64 MiB guest crossed V8's 64 MB threshold and cost every launch a full
+ * garbage collection (a scavenge and a mark-compact, ~5 ms), though a boot touches a few MiB.
  */
-const CHUNK = 1 << 30;
+const CHUNK = 16 << 20;
 
 export const PAGE_SIZE = 4096;
 
 interface Region extends RegionDescriptor {
-  chunks: Uint8Array[];
+  /** Views of the region's chunks, made when first needed (chunkOf). */
+  chunks: (Uint8Array | undefined)[];
   dirtyBits?: Int32Array;
 }
 
@@ -93,14 +96,30 @@ export class GuestMemory {
     return mem;
   }
 
+  /** Unmapped (release): no chunk may be viewed any more. */
+  private released = false;
+
   private mapViews(): void {
-    for (const r of this.regions) {
-      for (let off = 0; off < r.size; off += CHUNK) {
-        const len = Math.min(CHUNK, r.size - off);
-        const addr = r.hostAddr + BigInt(off);
-        r.chunks.push(new Uint8Array(viewOf(sys.pointerAt(addr, addr, 0), len)));
-      }
-    }
+    for (const r of this.regions) r.chunks = new Array<Uint8Array | undefined>(Math.ceil(r.size / CHUNK)).fill(undefined);
+  }
+
+  /** Chunk `i` of region `r`, viewed now if it was not yet. */
+  private chunkOf(r: Region, i: number): Uint8Array {
+    const have = r.chunks[i];
+    if (have) return have;
+    if (this.released) throw new GuestMemoryError('guest memory was released');
+    const off = i * CHUNK;
+    const addr = r.hostAddr + BigInt(off);
+    const view = new Uint8Array(viewOf(sys.pointerAt(addr, addr, 0), Math.min(CHUNK, r.size - off)));
+    r.chunks[i] = view;
+    return view;
+  }
+
+  /** How many bytes from `gpa` on can be viewed at once ({@link view}): up to the end of its chunk. */
+  contiguousFrom(gpa: number): number {
+    const r = this.regionFor(gpa, 1);
+    const off = gpa - r.guestAddr;
+    return Math.min(CHUNK - (off % CHUNK), r.size - off);
   }
 
   describe(): RegionDescriptor[] {
@@ -175,8 +194,8 @@ export class GuestMemory {
     const off = gpa - r.guestAddr;
     const chunk = Math.floor(off / CHUNK);
     const inChunk = off - chunk * CHUNK;
-    if (inChunk + len > r.chunks[chunk].length) return undefined;
-    return r.chunks[chunk].subarray(inChunk, inChunk + len);
+    if (inChunk + len > CHUNK) return undefined;
+    return this.chunkOf(r, chunk).subarray(inChunk, inChunk + len);
   }
 
   /** Copies guest memory into `dst`. */
@@ -202,7 +221,7 @@ export class GuestMemory {
       const chunk = Math.floor(off / CHUNK);
       const at = off - chunk * CHUNK;
       const n = Math.min(len - done, CHUNK - at);
-      step(r.chunks[chunk], at, done, n);
+      step(this.chunkOf(r, chunk), at, done, n);
       done += n;
       off += n;
     }
@@ -257,6 +276,7 @@ export class GuestMemory {
   /** Unmaps memory this instance allocated. Views become invalid. */
   release(): void {
     if (!this.owner) return;
+    this.released = true;
     for (const r of this.regions) {
       const addr = r.hostAddr;
       sys.munmap(sys.pointerAt(addr, addr, 0), r.size);

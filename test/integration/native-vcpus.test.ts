@@ -68,10 +68,26 @@ describeKvm('native vCPU threads of a running VM', () => {
     const workers = await threadsOf(4, 'worker');
     expect(workers.filter((n) => n.startsWith('fc_vcpu'))).toEqual([]);
     expect(workers.filter((n) => n.startsWith('node ') && !n.endsWith(' 0'))).toEqual([]);
-    // Mixed (the default, also when the variable is empty): vCPU 0 on a worker, the others native,
-    // and vCPU 0's worker at the native threads' nice value: the vCPUs share a busy host evenly.
+    // Mixed (the default for more than one vCPU, also when the variable is empty): vCPU 0 on a
+    // worker, the others native, and vCPU 0's worker at the native threads' nice value: the vCPUs
+    // share a busy host evenly.
     const mixed = await threadsOf(4, '');
     expect(mixed.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 1 10', 'fc_vcpu 2 10', 'fc_vcpu 3 10']);
     expect(mixed.filter((n) => n.startsWith('node ') && n.endsWith(' 10'))).toHaveLength(1);
-  }, 180_000);
+    expect(mixed.filter((n) => n.startsWith('fc_loop_watch'))).toEqual([]);
+    // Main: vCPU 0 on the main thread (nice 0: it also handles the others' exits), watched by
+    // fc_loop_watch; the others native. No worker: one thread fewer than mixed.
+    const main = await threadsOf(4, 'main');
+    expect(main.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 1 10', 'fc_vcpu 2 10', 'fc_vcpu 3 10']);
+    expect(main.filter((n) => n.startsWith('fc_loop_watch'))).toEqual(['fc_loop_watch 0']);
+    expect(main.filter((n) => n.startsWith('node ') && !n.endsWith(' 0'))).toEqual([]);
+    expect(main.filter((n) => n.startsWith('node ')).length).toBe(mixed.filter((n) => n.startsWith('node ')).length - 1);
+    // One vCPU, unset: main mode, so no vCPU thread of any kind but the watcher; with a worker per
+    // vCPU, one more Node thread and no watcher.
+    const one = await threadsOf(1, '');
+    const oneWorker = await threadsOf(1, 'worker');
+    expect(one.filter((n) => n.startsWith('fc_'))).toEqual(['fc_loop_watch 0']);
+    expect(oneWorker.filter((n) => n.startsWith('fc_'))).toEqual([]);
+    expect(one.filter((n) => n.startsWith('node ')).length).toBe(oneWorker.filter((n) => n.startsWith('node ')).length - 1);
+  }, 240_000);
 });

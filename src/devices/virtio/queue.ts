@@ -208,8 +208,12 @@ export class VirtQueue {
         dv = this.descView;
         at = 16 * i;
       } else {
-        const v = this.mem.view(table + 16 * i, 16);
-        if (!v) throw new QueueError('descriptor straddles guest memory chunks');
+        // A descriptor of an unaligned indirect table may straddle two views of guest memory: copied.
+        const v = this.mem.view(table + 16 * i, 16) ?? (() => {
+          const copy = new Uint8Array(16);
+          this.mem.read(table + 16 * i, copy);
+          return copy;
+        })();
         dv = new DataView(v.buffer, v.byteOffset, 16);
         at = 0;
       }
