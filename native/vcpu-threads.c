@@ -417,10 +417,11 @@ long fcv_loop_run(struct fcv_loop_vcpu *w, int fd, uint64_t *run_ns) {
   return result;
 }
 
-// Stops the watcher and frees it (the vCPU is out of the guest for good).
+// Tells the watcher to end (the vCPU is out of the guest for good). Not waited for: it may be
+// inside poll until the loop's next event or timer, at most a second, and a stopping VM must not
+// wait on that. Its few bytes are not freed (it may still read them): one per VM, for good.
 void fcv_loop_vcpu_stop(struct fcv_loop_vcpu *w) {
   __atomic_store_n(&w->state, FCL_QUIT, __ATOMIC_SEQ_CST);
   futex(&w->state, FUTEX_WAKE_PRIVATE, 1, NULL);
-  pthread_join(w->thread, NULL);
-  free(w);
+  pthread_detach(w->thread);
 }

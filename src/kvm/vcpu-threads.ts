@@ -221,7 +221,7 @@ export class LoopVcpuRunner {
     return Number(lib().loopRun(this.ptr, fd, runNsAddress));
   }
 
-  /** Ends the watcher (the vCPU will not enter the guest again). */
+  /** Tells the watcher to end, without waiting for it (the vCPU will not enter the guest again). */
   stop(): void {
     if (!this.ptr) return;
     lib().loopStop(this.ptr);
