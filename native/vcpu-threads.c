@@ -309,8 +309,7 @@ static void kick_loop_vcpu(struct fcv_loop_vcpu *w) {
     if (__atomic_compare_exchange_n(&w->state, &s, FCL_KICKED, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
       if (s == FCL_ARMED) {
         __atomic_store_n(&w->kicked_exit, 1, __ATOMIC_SEQ_CST);
-        *w->immediate_exit = 1;
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        __atomic_store_n(w->immediate_exit, 1, __ATOMIC_SEQ_CST);
         syscall(SYS_tgkill, getpid(), w->tid, w->kick_signal);
       }
       return;

@@ -263,14 +263,18 @@ export class GuestMemory {
     return out;
   }
 
+  /** The bytes [gpa, gpa+len) to read: a view within one chunk, else a copy. */
+  bytes(gpa: number, len: number): Uint8Array {
+    const view = this.view(gpa, len);
+    if (view) return view;
+    const copy = new Uint8Array(len);
+    this.read(gpa, copy);
+    return copy;
+  }
+
   /** Region `index`'s bytes [offset, offset+len), zero-copy (within one chunk). */
   regionBytes(index: number, offset: number, len: number): Uint8Array {
-    const r = this.regions[index];
-    return this.view(r.guestAddr + offset, len) ?? (() => {
-      const copy = new Uint8Array(len);
-      this.read(r.guestAddr + offset, copy);
-      return copy;
-    })();
+    return this.bytes(this.regions[index].guestAddr + offset, len);
   }
 
   /** Unmaps memory this instance allocated. Views become invalid. */

@@ -201,7 +201,7 @@ export class NativeVcpuThread {
  * the event loop, and calls {@link visited} from the loop's next callback before entering again.
  */
 export class LoopVcpuRunner {
-  private ptr: Pointer | null;
+  private readonly ptr: Pointer;
 
   /** `runPageAddress`: the vCPU's kvm_run page as mapped on this thread; `kickSignal` gets it out of the guest. */
   constructor(kickSignal: number, runPageAddress: number) {
@@ -212,19 +212,16 @@ export class LoopVcpuRunner {
 
   /** The event loop has run since the last -EINTR: the guest may be entered again. */
   visited(): void {
-    if (this.ptr) lib().loopVisited(this.ptr);
+    lib().loopVisited(this.ptr);
   }
 
   /** Enters the guest once (vCPU fd `fd`), adding the time inside to the counter at `runNsAddress` (0: none); KVM_RUN's value or -errno. */
   run(fd: number, runNsAddress: number): number {
-    if (!this.ptr) return -9; // EBADF: stopped
     return Number(lib().loopRun(this.ptr, fd, runNsAddress));
   }
 
-  /** Tells the watcher to end, without waiting for it (the vCPU will not enter the guest again). */
+  /** Tells the watcher to end, without waiting for it; once, after the last {@link run}. */
   stop(): void {
-    if (!this.ptr) return;
     lib().loopStop(this.ptr);
-    this.ptr = null;
   }
 }

@@ -493,10 +493,12 @@ const ON_MAIN_SLICE_MS = 4;
  * (which makes the notification fd readable) when it is back. The control words mean what they
  * mean to a vCPU on a worker of its own (vcpu-worker.ts).
  */
+type NativeEntry = { c: VcpuContext; thread?: GuestEntrant; phase: NativePhase };
+
 export class NativeVcpus {
-  private readonly vcpus: { c: VcpuContext; thread?: GuestEntrant; phase: NativePhase }[] = [];
-  /** The vCPU on the main thread, if any (scanned last: the native threads' exits go first). */
-  private onMain: { c: VcpuContext; thread?: GuestEntrant; phase: NativePhase } | undefined;
+  private readonly vcpus: NativeEntry[] = [];
+  /** The vCPU on the main thread, if any (also in `vcpus`, last: the native threads' exits go first). */
+  private onMain: (NativeEntry & { thread: OnMainThread }) | undefined;
   /** Set by scan when the vCPU on the main thread left the guest for the event loop: call scan again from the loop. */
   yielded = false;
 
@@ -507,12 +509,11 @@ export class NativeVcpus {
   constructor(vcpus: Vcpu[], datas: VcpuWorkerData[], group: VcpuThreadGroup, kickSignal: number, post: (m: VcpuMessage) => void, onMainThread?: number) {
     try {
       datas.forEach((data, i) => {
-        const entry: (typeof this.vcpus)[number] = { c: vcpuContext(data, post, vcpus[i]), phase: 'starting' };
+        const entry: NativeEntry = { c: vcpuContext(data, post, vcpus[i]), phase: 'starting' };
         const runNs = data.countRunTime ? runTimeOf(data.shared, data.id) : undefined;
         if (data.id === onMainThread) {
           // No filter or nice value of its own: it is the main thread's (whose filter allows KVM_RUN).
-          entry.thread = new OnMainThread(new LoopVcpuRunner(kickSignal, vcpus[i].runPageAddress()), data.fd, runNs);
-          this.onMain = entry;
+          this.onMain = { ...entry, thread: new OnMainThread(new LoopVcpuRunner(kickSignal, vcpus[i].runPageAddress()), data.fd, runNs) };
           return;
         }
         this.vcpus.push(entry);
@@ -539,7 +540,7 @@ export class NativeVcpus {
     this.yielded = false;
     for (const v of this.vcpus) {
       if (v === this.onMain) {
-        (v.thread as OnMainThread | undefined)?.visited();
+        this.onMain.thread.visited();
         const until = process.uptime() * 1000 + ON_MAIN_SLICE_MS;
         while (v.phase !== 'done' && this.advance(v)) {
           if (v.phase === 'decide' && process.uptime() * 1000 > until) {
@@ -563,7 +564,7 @@ export class NativeVcpus {
   }
 
   /** Moves one vCPU on by one step; true if it changed phase. */
-  private advance(v: (typeof this.vcpus)[number]): boolean {
+  private advance(v: NativeEntry): boolean {
     const t = v.thread;
     if (!t) {
       v.phase = 'done';

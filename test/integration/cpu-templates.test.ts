@@ -108,7 +108,11 @@ const T2S_ARCH_CAPABILITIES = 0x0c0a0c4cn;
  * not support (seen on an AMD host's emulating KVM), and fc-run then refuses the template, naming
  * the MSR, before the guest runs.
  */
+let t2sTaken: boolean | undefined;
 function kvmTakesT2sArchCapabilities(): boolean {
+  return (t2sTaken ??= probeT2sArchCapabilities());
+}
+function probeT2sArchCapabilities(): boolean {
   const kvm = new Kvm();
   const vm = kvm.createVm();
   const vcpu = vm.createVcpu(0);

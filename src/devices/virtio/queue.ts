@@ -209,11 +209,7 @@ export class VirtQueue {
         at = 16 * i;
       } else {
         // A descriptor of an unaligned indirect table may straddle two views of guest memory: copied.
-        const v = this.mem.view(table + 16 * i, 16) ?? (() => {
-          const copy = new Uint8Array(16);
-          this.mem.read(table + 16 * i, copy);
-          return copy;
-        })();
+        const v = this.mem.bytes(table + 16 * i, 16);
         dv = new DataView(v.buffer, v.byteOffset, 16);
         at = 0;
       }
