@@ -272,7 +272,8 @@ void fcv_vcpu_join(struct fcv_vcpu *v) {
 //
 //   state IDLE    the vCPU is out of the guest; the watcher waits on the state word
 //         ARMED   inside the guest (or about to be): the watcher polls the loop
-//         KICKED  the loop has work: fcv_loop_run returns -EINTR at once until fcv_loop_visited
+//         KICKED  the loop has work: fcv_loop_run enters with immediate_exit set (EINTR at once,
+//                 the last exit completed) until fcv_loop_visited
 //         QUIT    the watcher ends
 
 struct uv_loop_s;
@@ -407,7 +408,15 @@ long fcv_loop_run(struct fcv_loop_vcpu *w, int fd, uint64_t *run_ns) {
   int timeout = uv_backend_timeout(w->loop);
   __atomic_store_n(&w->deadline_ns, timeout < 0 ? -1 : mono_ns() + (int64_t)timeout * 1000000, __ATOMIC_SEQ_CST);
   uint32_t idle = FCL_IDLE;
-  if (!__atomic_compare_exchange_n(&w->state, &idle, FCL_ARMED, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return -EINTR; // KICKED
+  if (!__atomic_compare_exchange_n(&w->state, &idle, FCL_ARMED, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+    // KICKED: the loop has work. The guest is still entered, with immediate_exit set: KVM then
+    // completes the exit just handled (an IN's value, an MMIO read's) and returns EINTR without
+    // running guest code, which a vCPU about to park needs (else it parks before the I/O is done).
+    __atomic_store_n(&w->kicked_exit, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(w->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    long r = fcv_kvm_run(fd, run_ns);
+    return r < 0 ? -(long)errno : r;
+  }
   if (__atomic_load_n(&w->watcher_waits, __ATOMIC_SEQ_CST)) futex(&w->state, FUTEX_WAKE_PRIVATE, 1, NULL);
   long r = fcv_kvm_run(fd, run_ns);
   long result = r < 0 ? -(long)errno : r;
