@@ -83,8 +83,12 @@ static int failures;
 
 /* ---- serial output (polled) ---- */
 
+/* Line status reads that found the transmitter busy (reported by probe.flood). */
+static uint64_t serial_busy_polls;
+
 static void serial_putc(char c) {
     for (int spins = 0; spins < 100000 && !(inb(COM1 + 5) & 0x20); spins++) {
+        serial_busy_polls++;
     }
     outb(COM1, (uint8_t)c);
 }
@@ -2642,6 +2646,34 @@ static void snapshot_mode(void) {
     }
 }
 
+/* probe.flood=N: N numbered lines of 64 bytes each on the console, each byte sent once the UART
+   says it has room (as serial_putc does), for tests of output that waits for a slow reader. */
+static void flood(uint64_t lines) {
+    for (uint64_t i = 0; i < lines; i++) {
+        char line[64];
+        int n = 0;
+        const char *head = "# flood ";
+        while (*head) line[n++] = *head++;
+        char digits[12];
+        int d = 0;
+        uint64_t v = i;
+        do digits[d++] = (char)('0' + v % 10), v /= 10; while (v && d < 12);
+        for (int k = 0; k < 12 - d; k++) line[n++] = '0';
+        while (d) line[n++] = digits[--d];
+        line[n++] = ' ';
+        while (n < 62) {
+            line[n] = (char)('a' + (i + n) % 26);
+            n++;
+        }
+        line[n++] = '\r';
+        line[n++] = '\n';
+        for (int k = 0; k < n; k++) serial_putc(line[k]);
+    }
+    puts_("# flood done, busy transmitter seen: ");
+    put_dec(serial_busy_polls);
+    puts_(" times\n");
+}
+
 void probe_main(const void *boot_info, int mode) {
     outb(BOOT_TIMER_PORT, BOOT_TIMER_MAGIC);
     puts_("# fc-run probe guest\n");
@@ -2662,6 +2694,8 @@ void probe_main(const void *boot_info, int mode) {
     puts_("# probe done: ");
     put_dec((uint64_t)failures);
     puts_(" failed\n");
+    uint64_t lines;
+    if (cmdline_num("probe.flood=", &lines) > 0) flood(lines);
     if (has_word(cmdline, "probe.snapshot=1")) snapshot_mode();
     else if (has_word(cmdline, "probe.wait=1")) wait_forever();
     reset();

@@ -111,6 +111,8 @@ for (const name of Object.keys(DECLARATIONS)) {
 export const O_RDWR = 0o2;
 export const O_CLOEXEC = 0o2000000;
 export const O_NONBLOCK = 0o4000;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const MAP_SHARED = 0x01;

@@ -32,14 +32,14 @@ export const VCPU_FIELDS = [
   'exitsOther',
   /** The vCPU stopped the VM for a failure (triple fault, failed entry, internal error...). */
   'failures',
-  /** Bytes this vCPU wrote to the UART's transmit register. */
+  /** Guest serial output this vCPU's thread wrote to the output (or discarded, with no output). */
   'serialTxBytes',
   /** Bytes this vCPU took from the UART's receive FIFO. */
   'serialRxReads',
   /** UART register accesses of a size other than one byte (ignored). */
   'serialBadReads',
   'serialBadWrites',
-  /** Transmitted bytes the output could not take (its reader is gone). */
+  /** Transmitted bytes dropped: the output is gone, or the guest sent them while the transmitter was full. */
   'serialLostBytes',
   'i8042Reads',
   'i8042Writes',
@@ -63,10 +63,11 @@ export function exitField(reason: number): VcpuField | undefined {
 }
 
 /**
- * The main thread's counters. `panicCount` is Firecracker's `vmm.panic_count` (1 once fc-run
+ * The main thread's counters. `serialTxBytes` and `serialLostBytes`: guest serial output that
+ * waited for its reader, written (or dropped) by the main thread. `panicCount` is Firecracker's `vmm.panic_count` (1 once fc-run
  * failed fatally); the startup times are its `api_server` fields.
  */
-export const VMM_FIELDS = ['serialRxBytes', 'bootTimeUs', 'panicCount', 'processStartupTimeUs', 'processStartupTimeCpuUs'] as const;
+export const VMM_FIELDS = ['serialRxBytes', 'serialTxBytes', 'serialLostBytes', 'bootTimeUs', 'panicCount', 'processStartupTimeUs', 'processStartupTimeCpuUs'] as const;
 export const VMM_GAUGES = { bootTimeUs: 'gauge', panicCount: 'gauge', processStartupTimeUs: 'gauge', processStartupTimeCpuUs: 'gauge' } as const;
 
 /**

@@ -15,6 +15,7 @@ import type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
 import type * as Net from 'node:net';
 import { closeSync } from 'node:fs';
 import { takeVcpuThread, workerVcpus } from './threads';
+import { writeSerialOutput } from './serial-output';
 import type { VcpuThreadsMode } from './threads';
 import type { VcpuStateSupport } from '../kvm/snapshot-state';
 
@@ -25,6 +26,11 @@ import type { VcpuStateSupport } from '../kvm/snapshot-state';
  */
 const NATIVE_FAST_WAIT_US = 50;
 const NATIVE_FAST_EXITS = 64;
+
+/** How often serial output that waits for its reader is offered to it again. */
+const SERIAL_DRAIN_MS = 10;
+/** Once the VM has stopped, how long fc-run waits for a reader that takes none of the rest. */
+const SERIAL_STALL_MS = 2000;
 
 export interface MicroVmOptions {
   /** virtio-mmio windows, and the VMM thread that owns their devices. */
@@ -113,6 +119,8 @@ export class MicroVm {
   private readonly ownTid = gettid();
   /** Whether the vCPU threads count their time inside KVM_RUN: decided before any seccomp filter. */
   private readonly runTimeCounted: boolean;
+  /** Writes serial output that waited for its reader, while some waits. */
+  private outputTimer: NodeJS.Timeout | undefined;
 
   constructor(
     vm: Vm,
@@ -141,7 +149,17 @@ export class MicroVm {
     const one = Buffer.alloc(8);
     one.writeBigUInt64LE(1n);
     const raise = (fd: number) => () => void sys.write(fd, one, 8);
-    this.serial = new Serial8250(this.shared.serial, { out: () => undefined, interrupt: raise(this.serialIrqFd) });
+    // The main thread's side of the UART: terminal input in, and output that waited for its reader out.
+    const vmmCounts = opts.monitor.vmm;
+    this.serial = new Serial8250(this.shared.serial, {
+      out: (bytes) => {
+        const n = opts.serialOutFd >= 0 ? writeSerialOutput(opts.serialOutFd, bytes) : bytes.length;
+        if (n > 0) vmmCounts.serialTxBytes += n;
+        return n;
+      },
+      lost: (n) => (vmmCounts.serialLostBytes += n),
+      interrupt: raise(this.serialIrqFd),
+    });
     this.i8042 = new I8042(this.shared.i8042, { reset: () => undefined, interrupt: raise(this.keyboardIrqFd) });
     this.workerCount = workerVcpus(opts.vcpuThreads ?? 'worker', vcpus.length);
     this.mainThreadVcpu = opts.vcpuThreads === 'main';
@@ -181,6 +199,48 @@ export class MicroVm {
     Atomics.add(this.control, CONTROL.WAKE, 1);
     Atomics.notify(this.control, CONTROL.WAKE);
     this.native?.group.poke();
+  }
+
+  /** Serial output waits for its reader: write it on as the reader takes it (a vCPU said so). */
+  private drainSerialOutput(): void {
+    if (this.outputTimer) return;
+    this.outputTimer = setInterval(() => {
+      if (this.serial.flush() > 0) return;
+      clearInterval(this.outputTimer);
+      this.outputTimer = undefined;
+    }, SERIAL_DRAIN_MS);
+  }
+
+  /**
+   * The VM has stopped: the serial output still waiting is written as its reader takes it, for
+   * as long as the reader keeps taking some; after SERIAL_STALL_MS without progress (nobody
+   * reads) the rest is dropped, counted and logged, and fc-run ends.
+   */
+  private finishSerialOutput(): Promise<void> {
+    if (this.outputTimer) clearInterval(this.outputTimer);
+    this.outputTimer = undefined;
+    return new Promise((resolve) => {
+      let left = this.serial.flush();
+      let progress = Date.now();
+      const step = () => {
+        const now = this.serial.flush();
+        if (now < left) progress = Date.now();
+        left = now;
+        if (left === 0) return resolve();
+        if (Date.now() - progress >= SERIAL_STALL_MS) {
+          const dropped = this.serial.discardOutput();
+          this.opts.monitor.vmm.serialLostBytes += dropped;
+          const text = `${dropped} bytes of guest serial output dropped: the output took none for ${SERIAL_STALL_MS} ms`;
+          const log = this.opts.monitor.log;
+          if (log.enabled(LogLevel.Warning)) log.warn('vmm', text);
+          else writeSync(2, `fc-run: ${text}\n`);
+          return resolve();
+        }
+        setTimeout(step, SERIAL_DRAIN_MS);
+      };
+      if (left === 0) resolve();
+      else setTimeout(step, SERIAL_DRAIN_MS);
+    });
   }
 
   /** The legacy devices' register state (the VM must be paused). */
@@ -363,9 +423,10 @@ export class MicroVm {
         // the caller writes the final metrics; a thread that died does not hold this up for long.
         const vmm = this.opts.vmmThread;
         const result = (): RunResult => ({ stop: stop!, bootTimeNs, vcpuRunNs: this.vcpuRunNs() });
-        if (!vmm) return resolve(result());
-        const timer = setTimeout(() => resolve(result()), 1000);
-        void vmm.stopped.then(() => {
+        const output = this.finishSerialOutput();
+        if (!vmm) return void output.then(() => resolve(result()));
+        const timer = setTimeout(() => void output.then(() => resolve(result())), 1000);
+        void Promise.all([vmm.stopped, output]).then(() => {
           clearTimeout(timer);
           resolve(result());
         });
@@ -415,6 +476,8 @@ export class MicroVm {
             this.opts.monitor.vmm.bootTimeUs = us;
             this.opts.monitor.log.info('vmm', `Guest-boot-time = ${us} us ${Math.floor(us / 1000)} ms (written by vCPU ${m.vcpu})`);
           }
+        } else if (m.kind === 'serial-backlog') {
+          this.drainSerialOutput();
         } else if (m.kind !== 'loaded') finish(m);
       };
       /** One of the things running vCPUs (a worker, or the native threads together) has ended. */

@@ -76,7 +76,16 @@ export interface LoadedReport {
   kind: 'loaded';
 }
 
-export type VcpuMessage = StopReport | BootTimeReport | ReadyReport | VcpuAnswer | LoadedReport;
+/**
+ * Serial output waits in the UART's transmit buffer (its output did not take it at once): the
+ * main thread writes it on (Serial8250.flush) until none is left.
+ */
+export interface SerialBacklogReport {
+  kind: 'serial-backlog';
+  vcpu: number;
+}
+
+export type VcpuMessage = StopReport | BootTimeReport | ReadyReport | VcpuAnswer | LoadedReport | SerialBacklogReport;
 
 /** The signal that kicks a vCPU thread out of KVM_RUN (Node installs a no-op handler for it). */
 export const VCPU_KICK_SIGNAL = 'SIGUSR2';

@@ -19,6 +19,7 @@ import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
 import { exitField, VCPU_FIELDS } from '../monitor/vm-metrics';
 import { describeInternalError, formatRegisters } from './registers';
 import { MailboxClient } from './mmio-mailbox';
+import { writeSerialOutput } from './serial-output';
 import { MMIO } from '../devices/virtio/mmio';
 import { saveVcpuState, VcpuStateSupport } from '../kvm/snapshot-state';
 
@@ -139,30 +140,12 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
   const control = new Int32Array(data.shared.control);
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
-  const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
   function signal(fd: number): void {
     try {
       fs.writeSync(fd, one);
     } catch {
       // The eventfd counter cannot overflow at this rate; a closed fd means the VM is stopping.
-    }
-  }
-
-  /** Writes all of `buf`, waiting out EAGAIN on a non-blocking pipe rather than losing output. */
-  function writeAll(fd: number, buf: Buffer): void {
-    let off = 0;
-    while (off < buf.length) {
-      try {
-        off += fs.writeSync(fd, buf, off);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'EAGAIN') {
-          m.serialLostBytes += buf.length - off;
-          return; // reader gone (EPIPE): output is dropped, the guest runs on
-        }
-        Atomics.wait(sleeper, 0, 0, 1);
-      }
     }
   }
 
@@ -179,10 +162,14 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
   }
 
   const serial = new Serial8250(data.shared.serial, {
-    out: (b) => {
-      counts[slot.serialTxBytes]++;
-      if (data.serialOutFd >= 0) writeAll(data.serialOutFd, Buffer.of(b));
+    out: (bytes) => {
+      const n = data.serialOutFd >= 0 ? writeSerialOutput(data.serialOutFd, bytes) : bytes.length;
+      if (n > 0) counts[slot.serialTxBytes] += n;
+      return n;
     },
+    lost: (n) => (m.serialLostBytes += n),
+    // The main thread writes what waits, and tells the guest when the transmitter has room again.
+    backlog: () => post({ kind: 'serial-backlog', vcpu: data.id } satisfies VcpuMessage),
     interrupt: () => signal(data.serialIrqFd),
     received: () => counts[slot.serialRxReads]++,
   });

@@ -110,16 +110,6 @@ export function specArgument(args: ParsedArgs): string {
 }
 
 /** Opens where guest serial output goes: stdout, a file or FIFO, or nowhere. */
-function serialTarget(arg: string | undefined): number {
-  if (arg === undefined || arg === '-') return 1;
-  if (arg === 'none') return -1;
-  try {
-    return fs.openSync(arg, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_APPEND | fs.constants.O_NOCTTY);
-  } catch (err) {
-    throw new FcRunError('serial-out', `cannot open --serial-out ${arg}: ${(err as NodeJS.ErrnoException).code}`);
-  }
-}
-
 const STOP_WORDS: Record<string, string> = {
   reset: 'the guest reset the machine',
   shutdown: 'the guest powered off',
@@ -315,11 +305,13 @@ export async function launchPlanned(
   // Loaded only now: KVM, the device models and the API are not needed to refuse a spec.
   /* eslint-disable @typescript-eslint/no-require-imports */
   const { launch, monitorFor } = require('../../boot/launch') as typeof import('../../boot/launch');
+  const { openSerialOutput } = require('../../vmm/serial-output') as typeof import('../../vmm/serial-output');
   /* eslint-enable @typescript-eslint/no-require-imports */
-  const serialOutFd = serialTarget(o['serial-out'] as string | undefined);
+  const serialOutArg = o['serial-out'] as string | undefined;
+  const serialOutFd = openSerialOutput(serialOutArg).fd;
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
   // (isTerminal, not process.stdin.isTTY: process.stdin builds a stream, ~1.5 ms, that a launch without a terminal never uses.)
-  const serialIn = isTerminal(0) && serialOutFd === 1 ? process.stdin : undefined;
+  const serialIn = isTerminal(0) && (serialOutArg === undefined || serialOutArg === '-') && isTerminal(1) ? process.stdin : undefined;
   const monitorCfg = monitorConfig(plan, o);
   const monitor = monitorFor(plan, monitorCfg);
   const mmdsSizeLimit = (o['mmds-size-limit'] as number | undefined) ?? DEFAULT_MMDS_SIZE_LIMIT;

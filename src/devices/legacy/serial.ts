@@ -11,10 +11,17 @@
 import { spinLock, spinUnlock } from './spinlock';
 import { bool, bytes, int, record } from '../../state-check';
 
-const REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10 } as const;
+const REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10, TX_HEAD: 11, TX_TAIL: 12, TX_WAIT: 13 } as const;
 const WORDS = 16;
 export const SERIAL_RX_CAPACITY = 1024;
-export const SERIAL_STATE_BYTES = WORDS * 4 + SERIAL_RX_CAPACITY;
+/**
+ * Transmitted bytes the output did not take at once (a pipe whose reader is slow or gone), kept
+ * in order until {@link Serial8250.flush} writes them. While it is full the transmitter reads as
+ * busy (LSR THRE clear) and its empty interrupt waits, as a UART whose line is held back: a guest
+ * that honours it waits, and what a guest sends regardless is dropped and counted.
+ */
+export const SERIAL_TX_CAPACITY = 64 * 1024;
+export const SERIAL_STATE_BYTES = WORDS * 4 + SERIAL_RX_CAPACITY + SERIAL_TX_CAPACITY;
 
 const IER_RDA = 0x01; // received data available interrupt
 const IER_THRE = 0x02; // transmitter holding register empty interrupt
@@ -50,8 +57,19 @@ export interface SerialState {
 }
 
 export interface SerialSinks {
-  /** Bytes the guest transmits. */
-  out(byte: number): void;
+  /**
+   * Bytes the guest transmits, written without blocking: returns how many the output took (the
+   * rest are kept and offered again), or -1 if it never will (they are dropped and counted).
+   * Called with the device's lock held, so bytes reach the output in the order sent.
+   */
+  out(bytes: Uint8Array): number;
+  /** Transmitted bytes dropped: the output is gone, or the guest wrote while the transmitter was full. */
+  lost?(count: number): void;
+  /**
+   * Bytes are waiting for the output (it was empty): someone must call {@link Serial8250.flush}
+   * until it returns 0.
+   */
+  backlog?(): void;
   /** Raise COM1's interrupt (edge). */
   interrupt(): void;
   /** The guest took a received byte from the FIFO (counted as Firecracker's `uart.read_count`). */
@@ -61,6 +79,8 @@ export interface SerialSinks {
 export class Serial8250 {
   private readonly w: Int32Array;
   private readonly rx: Uint8Array;
+  private readonly tx: Uint8Array;
+  private readonly one = new Uint8Array(1);
 
   /** `state` comes from Serial8250.createState(), shared by every thread that runs the device. */
   constructor(
@@ -69,6 +89,7 @@ export class Serial8250 {
   ) {
     this.w = new Int32Array(state, 0, WORDS);
     this.rx = new Uint8Array(state, WORDS * 4, SERIAL_RX_CAPACITY);
+    this.tx = new Uint8Array(state, WORDS * 4 + SERIAL_RX_CAPACITY, SERIAL_TX_CAPACITY);
   }
 
   static createState(): SharedArrayBuffer {
@@ -121,6 +142,10 @@ export class Serial8250 {
       rx.set(fifo, 0);
       w[REG.RX_HEAD] = 0;
       w[REG.RX_TAIL] = fifo.length;
+      // Output not yet written when the snapshot was taken was the first VM's, not this one's.
+      w[REG.TX_HEAD] = 0;
+      w[REG.TX_TAIL] = 0;
+      w[REG.TX_WAIT] = 0;
     } finally {
       spinUnlock(w, REG.LOCK);
     }
@@ -136,6 +161,93 @@ export class Serial8250 {
 
   private rxCount(): number {
     return (this.w[REG.RX_TAIL] - this.w[REG.RX_HEAD] + SERIAL_RX_CAPACITY) % SERIAL_RX_CAPACITY;
+  }
+
+  /** Bytes waiting for the output (the ring holds at most its capacity less one). */
+  private txCount(): number {
+    return (this.w[REG.TX_TAIL] - this.w[REG.TX_HEAD] + SERIAL_TX_CAPACITY) % SERIAL_TX_CAPACITY;
+  }
+
+  private txFull(): boolean {
+    return this.txCount() >= SERIAL_TX_CAPACITY - 1;
+  }
+
+  /**
+   * Offers the waiting bytes to the output, oldest first, until it takes no more (lock held).
+   * An output that is gone drops them all.
+   */
+  private drainTx(): void {
+    while (this.txCount() > 0) {
+      const head = this.w[REG.TX_HEAD];
+      const end = head < this.w[REG.TX_TAIL] ? this.w[REG.TX_TAIL] : SERIAL_TX_CAPACITY;
+      const n = this.sinks.out(this.tx.subarray(head, end));
+      if (n < 0) {
+        this.sinks.lost?.(this.txCount());
+        this.w[REG.TX_HEAD] = this.w[REG.TX_TAIL];
+        return;
+      }
+      this.w[REG.TX_HEAD] = (head + n) % SERIAL_TX_CAPACITY;
+      if (n < end - head) return;
+    }
+  }
+
+  /** Sends one transmitted byte on: to the output at once if nothing waits, else after what waits (lock held). */
+  private transmit(byte: number): boolean {
+    let backlog = false;
+    if (this.txCount() > 0) this.drainTx();
+    if (this.txCount() === 0) {
+      this.one[0] = byte;
+      const n = this.sinks.out(this.one);
+      if (n === 1) return false;
+      if (n < 0) {
+        this.sinks.lost?.(1);
+        return false;
+      }
+      backlog = true;
+    }
+    if (this.txFull()) {
+      this.sinks.lost?.(1);
+      return false;
+    }
+    this.tx[this.w[REG.TX_TAIL]] = byte;
+    this.w[REG.TX_TAIL] = (this.w[REG.TX_TAIL] + 1) % SERIAL_TX_CAPACITY;
+    return backlog;
+  }
+
+  /**
+   * Writes what waits for the output, as far as it takes it now; returns how many bytes still
+   * wait. Once the transmitter has room again (half of it free), a guest that waited on its empty
+   * interrupt gets it.
+   */
+  flush(): number {
+    let irq = false;
+    let left: number;
+    this.lock();
+    try {
+      this.drainTx();
+      left = this.txCount();
+      if (this.w[REG.TX_WAIT] && left <= SERIAL_TX_CAPACITY / 2) {
+        this.w[REG.TX_WAIT] = 0;
+        this.w[REG.THRE_PENDING] = 1;
+        irq = (this.w[REG.IER] & IER_THRE) !== 0;
+      }
+    } finally {
+      this.unlock();
+    }
+    if (irq) this.sinks.interrupt();
+    return left;
+  }
+
+  /** Drops what waits for the output (it takes none: fc-run is ending); returns how many bytes. */
+  discardOutput(): number {
+    this.lock();
+    try {
+      const n = this.txCount();
+      this.w[REG.TX_HEAD] = this.w[REG.TX_TAIL];
+      return n;
+    } finally {
+      this.unlock();
+    }
   }
 
   private pushRx(byte: number): boolean {
@@ -193,8 +305,10 @@ export class Serial8250 {
           return this.w[REG.LCR];
         case 4:
           return this.w[REG.MCR];
-        case 5:
-          return LSR_THRE | LSR_TEMT | (this.rxCount() > 0 ? LSR_DR : 0);
+        case 5: {
+          const tx = this.txCount();
+          return (tx < SERIAL_TX_CAPACITY - 1 ? LSR_THRE : 0) | (tx === 0 ? LSR_TEMT : 0) | (this.rxCount() > 0 ? LSR_DR : 0);
+        }
         case 6: {
           const mcr = this.w[REG.MCR];
           if (!(mcr & MCR_LOOP)) return MSR_DEFAULT;
@@ -214,7 +328,7 @@ export class Serial8250 {
 
   write(offset: number, value: number): void {
     let irq = false;
-    let out = -1;
+    let backlog = false;
     this.lock();
     try {
       const dlab = (this.w[REG.LCR] & LCR_DLAB) !== 0;
@@ -228,7 +342,13 @@ export class Serial8250 {
             this.pushRx(value);
             irq = (this.w[REG.IER] & IER_RDA) !== 0;
           } else {
-            out = value;
+            backlog = this.transmit(value);
+          }
+          if (this.txFull()) {
+            // No room for another byte: the empty interrupt comes when flush makes some.
+            this.w[REG.TX_WAIT] = 1;
+            this.w[REG.THRE_PENDING] = 0;
+            break;
           }
           this.w[REG.THRE_PENDING] = 1;
           irq ||= (this.w[REG.IER] & IER_THRE) !== 0;
@@ -241,8 +361,8 @@ export class Serial8250 {
           {
             const before = this.w[REG.IER];
             this.w[REG.IER] = value & 0x0f;
-            // Enabling THRE while the transmitter is empty raises the interrupt at once.
-            if (!(before & IER_THRE) && value & IER_THRE) {
+            // Enabling THRE while the transmitter has room raises the interrupt at once.
+            if (!(before & IER_THRE) && value & IER_THRE && !this.txFull()) {
               this.w[REG.THRE_PENDING] = 1;
               irq = true;
             }
@@ -268,7 +388,7 @@ export class Serial8250 {
     } finally {
       this.unlock();
     }
-    if (out >= 0) this.sinks.out(out);
+    if (backlog) this.sinks.backlog?.();
     if (irq) this.sinks.interrupt();
   }
 }

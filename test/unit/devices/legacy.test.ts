@@ -1,4 +1,4 @@
-import { Serial8250 } from '../../../src/devices/legacy/serial';
+import { Serial8250, SERIAL_TX_CAPACITY } from '../../../src/devices/legacy/serial';
 import { I8042 } from '../../../src/devices/legacy/i8042';
 
 const THR = 0, IER = 1, IIR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
@@ -6,12 +6,12 @@ const THR = 0, IER = 1, IIR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
 function uart() {
   const out: number[] = [];
   let irqs = 0;
-  const dev = new Serial8250(Serial8250.createState(), { out: (b) => out.push(b), interrupt: () => irqs++ });
+  const dev = new Serial8250(Serial8250.createState(), { out: (b) => (out.push(...b), b.length), interrupt: () => irqs++ });
   return { dev, out, irqs: () => irqs };
 }
 
 describe('8250 UART', () => {
-  test('transmitted bytes reach the sink; the transmitter always reads empty', () => {
+  test('transmitted bytes reach the sink; with an output that takes them, the transmitter reads empty', () => {
     const { dev, out } = uart();
     for (const c of Buffer.from('hi\n')) dev.write(THR, c);
     expect(Buffer.from(out).toString()).toBe('hi\n');
@@ -48,7 +48,7 @@ describe('8250 UART', () => {
 
   test('each received byte the guest takes is reported once (uart.read_count); empty reads and the divisor latch are not', () => {
     let taken = 0;
-    const dev = new Serial8250(Serial8250.createState(), { out: () => undefined, interrupt: () => undefined, received: () => taken++ });
+    const dev = new Serial8250(Serial8250.createState(), { out: (b) => b.length, interrupt: () => undefined, received: () => taken++ });
     dev.enqueue(Buffer.from('xyz'));
     dev.read(LSR);
     expect(taken).toBe(0);
@@ -80,10 +80,102 @@ describe('8250 UART', () => {
     expect(dev.read(THR)).toBe(0x33);
   });
 
+  describe('an output that does not take the bytes at once', () => {
+    /** A UART whose output takes `room()` bytes per write (0: full for now, -1: gone). */
+    function held(room: () => number) {
+      const out: number[] = [];
+      const lost: number[] = [];
+      let irqs = 0;
+      let backlogs = 0;
+      const dev = new Serial8250(Serial8250.createState(), {
+        out: (b) => {
+          const r = room();
+          if (r < 0) return -1;
+          const n = Math.min(r, b.length);
+          out.push(...b.subarray(0, n));
+          return n;
+        },
+        lost: (n) => lost.push(n),
+        backlog: () => backlogs++,
+        interrupt: () => irqs++,
+      });
+      return { dev, out, lost, irqs: () => irqs, backlogs: () => backlogs };
+    }
+
+    test('bytes wait in order and are written by flush; the backlog is reported once, when it starts', () => {
+      let room = 0;
+      const u = held(() => room);
+      for (const c of Buffer.from('abc')) u.dev.write(THR, c);
+      expect(u.out).toEqual([]);
+      expect(u.backlogs()).toBe(1);
+      expect(u.dev.read(LSR) & 0x60).toBe(0x20); // room for more, but not empty
+      room = 2;
+      expect(u.dev.flush()).toBe(1);
+      room = 100;
+      u.dev.write(THR, 0x64); // 'd' goes after what waited, never before it
+      expect(Buffer.from(u.out).toString()).toBe('abcd');
+      expect(u.dev.flush()).toBe(0);
+      expect(u.dev.read(LSR) & 0x60).toBe(0x60);
+      expect(u.lost).toEqual([]);
+    });
+
+    test('a full transmitter reads busy and holds back its empty interrupt until flush makes room; bytes sent regardless are dropped and counted', () => {
+      let room = 0;
+      const u = held(() => room);
+      u.dev.write(IER, 0x02);
+      expect(u.dev.read(IIR) & 0x0f).toBe(0x02);
+      const cap = SERIAL_TX_CAPACITY - 1;
+      for (let i = 0; i < cap; i++) u.dev.write(THR, i & 0xff);
+      expect(u.dev.read(LSR) & 0x60).toBe(0);
+      expect(u.dev.read(IIR) & 0x0f).toBe(0x01); // no THRE interrupt pending while full
+      const irqsWhenFull = u.irqs();
+      u.dev.write(THR, 0xee);
+      u.dev.write(THR, 0xef);
+      expect(u.lost).toEqual([1, 1]);
+      room = 1000; // not enough to free half: still no interrupt
+      u.dev.flush();
+      expect(u.irqs()).toBe(irqsWhenFull);
+      room = SERIAL_TX_CAPACITY;
+      expect(u.dev.flush()).toBe(0);
+      expect(u.irqs()).toBe(irqsWhenFull + 1);
+      expect(u.dev.read(IIR) & 0x0f).toBe(0x02);
+      expect(u.out.length).toBe(cap);
+      expect(u.out.slice(0, 4)).toEqual([0, 1, 2, 3]);
+      expect(u.out[cap - 1]).toBe((cap - 1) & 0xff);
+    });
+
+    test('an output that is gone drops what waits and what comes, counted; the guest runs on', () => {
+      let room = 0;
+      const u = held(() => room);
+      for (const c of Buffer.from('hello')) u.dev.write(THR, c);
+      room = -1;
+      expect(u.dev.flush()).toBe(0);
+      u.dev.write(THR, 0x21);
+      expect(u.lost.reduce((a, b) => a + b, 0)).toBe(6);
+      expect(u.dev.read(LSR) & 0x60).toBe(0x60);
+    });
+
+    test('discardOutput drops what waits and says how much; a snapshot restore starts with nothing waiting', () => {
+      const u = held(() => 0);
+      for (const c of Buffer.from('xyz')) u.dev.write(THR, c);
+      expect(u.dev.discardOutput()).toBe(3);
+      expect(u.dev.flush()).toBe(0);
+      // Restored over a device with output waiting: what waited was the first VM's, not this one's.
+      const state = Serial8250.createState();
+      const a = new Serial8250(state, { out: () => 0, interrupt: () => undefined });
+      for (const c of Buffer.from('xyz')) a.write(THR, c);
+      expect(a.read(LSR) & 0x40).toBe(0);
+      Serial8250.restoreState(state, Serial8250.saveState(state), 'serial');
+      const b = new Serial8250(state, { out: () => 0, interrupt: () => undefined });
+      expect(b.flush()).toBe(0);
+      expect(b.read(LSR) & 0x60).toBe(0x60);
+    });
+  });
+
   test('state is shared: two device objects over one state see the same registers', () => {
     const state = Serial8250.createState();
-    const a = new Serial8250(state, { out: () => undefined, interrupt: () => undefined });
-    const b = new Serial8250(state, { out: () => undefined, interrupt: () => undefined });
+    const a = new Serial8250(state, { out: (b) => b.length, interrupt: () => undefined });
+    const b = new Serial8250(state, { out: (b) => b.length, interrupt: () => undefined });
     a.write(SCR, 0x42);
     expect(b.read(SCR)).toBe(0x42);
   });

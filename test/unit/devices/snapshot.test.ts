@@ -458,7 +458,7 @@ describe('serial and i8042 state (shared memory) across a snapshot', () => {
 
   test('the UART\'s registers and the bytes waiting in its FIFO carry over, wherever the FIFO had wrapped', () => {
     const sabA = Serial8250.createState();
-    const a = new Serial8250(sabA, { out: () => undefined, interrupt: () => undefined });
+    const a = new Serial8250(sabA, { out: (b) => b.length, interrupt: () => undefined });
     a.write(LCR, 0x80);
     a.write(THR, 3); // divisor latch low
     a.write(LCR, 0x03);
@@ -475,7 +475,7 @@ describe('serial and i8042 state (shared memory) across a snapshot', () => {
     const sabB = Serial8250.createState();
     Serial8250.restoreState(sabB, saved, 'serial');
     let irqs = 0;
-    const b = new Serial8250(sabB, { out: () => undefined, interrupt: () => irqs++ });
+    const b = new Serial8250(sabB, { out: (b) => b.length, interrupt: () => irqs++ });
     expect(b.read(LSR) & 1).toBe(1);
     expect(b.read(SCR)).toBe(0x5a);
     const got: number[] = [];
