@@ -3,8 +3,9 @@
 // entries. A start then reads one file instead of resolving and reading dozens of modules. After
 // bundling, the CLI is warmed up in this process (plan and validate on an example, whose outcome
 // does not matter) and V8's code cache for what ran is written beside the bundle
-// (dist/bundle/cli.js.cache), which bin/fc-run hands to V8 at every start; each thread bundle
-// gets the cache of its module evaluation the same way (src/vmm/threads.ts loads them).
+// (dist/bundle/cli.js.cache), which bin/fc-run hands to V8 for the commands that launch nothing;
+// the launching commands get an eager cache of the whole bundle (cli.js.full-cache), and each
+// thread bundle an eager cache of its own (src/vmm/threads.ts loads them).
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
@@ -60,26 +61,28 @@ async function warmUpAndCache() {
 }
 
 /**
- * A thread bundle's code cache, made in a thread as the bundle runs there: its modules are
- * evaluated (a vCPU thread then waits for its vCPU; the VMM thread stops at its missing launch
- * data, which is expected here) and what V8 compiled so far is written beside it.
+ * An eager code cache of `file`: every function of the bundle compiled, which a warm-up cannot
+ * reach without KVM. The CLI's second cache (cli.js.full-cache, which bin/fc-run hands to V8 for
+ * the commands that launch a VM: a launch runs most of the bundle and would otherwise compile it
+ * at every start) and the thread bundles' caches (they run only in launches). Made in a child
+ * Node: V8 compiles eagerly there (--no-lazy, set for the compilation only, so that the cache is
+ * stamped with the default flags a start has), and another child checks that V8 takes it.
  */
-function threadCache(file) {
-  const { Worker } = require('node:worker_threads');
-  const code = `
-    const { compileBundle, runBundle } = require(${JSON.stringify(path.join(root, 'dist', 'code-cache.js'))});
-    const file = ${JSON.stringify(file)};
-    const compiled = compileBundle(file);
-    try { runBundle(compiled, file, require('node:module').createRequire(file)); } catch {}
-    require('node:fs').writeFileSync(file + '.cache', compiled.script.createCachedData());
-    require('node:worker_threads').parentPort.postMessage('cached');`;
-  return new Promise((resolve, reject) => {
-    const w = new Worker(code, { eval: true });
-    // A vCPU thread posts 'loaded' of its own first: only 'cached' means done.
-    w.on('message', (m) => m === 'cached' && w.terminate().then(resolve, reject));
-    w.once('error', reject);
-    w.once('exit', (c) => (fs.existsSync(`${file}.cache`) ? resolve() : reject(new Error(`no code cache for ${file} (thread exit ${c})`))));
-  });
+function eagerCache(file, out) {
+  const { execFileSync } = require('node:child_process');
+  const make = `
+    const v8 = require('node:v8'), vm = require('node:vm'), fs = require('node:fs');
+    const source = fs.readFileSync(${JSON.stringify(file)}, 'latin1');
+    v8.setFlagsFromString('--no-lazy');
+    const script = new vm.Script(source, { filename: ${JSON.stringify(file)} });
+    v8.setFlagsFromString('--lazy');
+    fs.writeFileSync(${JSON.stringify(out)}, script.createCachedData());`;
+  execFileSync(process.execPath, ['-e', make], { stdio: 'inherit' });
+  const check = `process.stdout.write(String(require(${JSON.stringify(path.join(root, 'dist', 'code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(out)}).cacheUsed))`;
+  if (execFileSync(process.execPath, ['-e', check], { encoding: 'utf8' }) !== 'true') {
+    fs.rmSync(out, { force: true });
+    console.warn(`bundle: V8 rejects the eager code cache of ${path.relative(root, file)}; launches compile what they run`);
+  }
 }
 
 (async () => {
@@ -96,7 +99,8 @@ function threadCache(file) {
     fs.writeFileSync(file, BUNDLE_PREFIX + fs.readFileSync(file, 'latin1') + BUNDLE_SUFFIX, 'latin1');
   }
   await warmUpAndCache();
-  for (const name of ['vcpu-worker', 'vmm-worker']) await threadCache(path.join(outdir, `${name}.js`));
+  eagerCache(path.join(outdir, 'cli.js'), path.join(outdir, 'cli.js.full-cache'));
+  for (const name of ['vcpu-worker', 'vmm-worker']) eagerCache(path.join(outdir, `${name}.js`), path.join(outdir, `${name}.js.cache`));
   const sizes = fs.readdirSync(outdir).map((f) => `${f} ${(fs.statSync(path.join(outdir, f)).size / 1024).toFixed(0)} KiB`);
   console.log(`bundled: ${sizes.join(', ')}`);
 })().catch((err) => {

@@ -27,13 +27,16 @@ export interface CompiledBundle {
   cacheUsed: boolean;
 }
 
-export function compileBundle(file: string): CompiledBundle {
+/**
+ * `cacheFile`: the code cache to hand to V8 (default FILE.cache); a missing one is no error.
+ */
+export function compileBundle(file: string, cacheFile = `${file}.cache`): CompiledBundle {
   // esbuild writes ASCII only (scripts/bundle.js checks), so Latin-1 decoding is exact and cheap.
   const source = fs.readFileSync(file, 'latin1');
   if (!source.startsWith(BUNDLE_PREFIX)) throw new Error(`${file} is not an fc-run bundle (rebuild with npm run build)`);
   let cachedData: Buffer | undefined;
   try {
-    cachedData = fs.readFileSync(`${file}.cache`);
+    cachedData = fs.readFileSync(cacheFile);
   } catch {
     cachedData = undefined;
   }
@@ -49,8 +52,8 @@ export function runBundle(compiled: CompiledBundle, file: string, requireFn: Nod
   return module.exports;
 }
 
-export function loadBundle(file: string, requireFn: NodeJS.Require): LoadedBundle {
-  const compiled = compileBundle(file);
+export function loadBundle(file: string, requireFn: NodeJS.Require, cacheFile?: string): LoadedBundle {
+  const compiled = compileBundle(file, cacheFile);
   const exports = runBundle(compiled, file, requireFn);
   return { exports, cacheUsed: compiled.cacheUsed, createCache: () => compiled.script.createCachedData() };
 }

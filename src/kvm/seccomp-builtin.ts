@@ -74,9 +74,41 @@ export function allowListNames(scope: Scope): string[] {
  * threads). `defaultAction`: what an unlisted call gets — SECCOMP_RET_TRAP normally, SECCOMP_RET_LOG
  * in the trial mode (FC_RUN_SECCOMP_LOG=1), SECCOMP_RET_KILL_PROCESS without the SIGSYS handler.
  */
-export function builtinFilters(pid: number, defaultAction: number = SECCOMP_RET_TRAP): BuiltinFilters {
+export function builtinFilters(pid: number, defaultAction: number = SECCOMP_RET_TRAP, usePrecompiled = true): BuiltinFilters {
+  const ready = usePrecompiled ? precompiled()?.[defaultAction >>> 0] : undefined;
+  if (ready) {
+    const patched = (scope: Scope) => patchPid(Buffer.from(ready[scope].bpf, 'base64'), ready[scope].pidAt, pid);
+    return { process: patched('process'), api: patched('api'), vmm: patched('vmm'), vcpu: patched('vcpu') };
+  }
   const compile = (scope: Scope) => compileFilter({ defaultAction: defaultAction >>> 0, filterAction: SECCOMP_RET_ALLOW, rules: allowListRules(scope, pid) });
   return { process: compile('process'), api: compile('api'), vmm: compile('vmm'), vcpu: compile('vcpu') };
+}
+
+/** One filter as scripts/gen-seccomp.js stores it: the BPF, and which instructions hold the process id. */
+interface PrecompiledFilter {
+  bpf: string;
+  pidAt: number[];
+}
+type Precompiled = Record<number, Record<Scope, PrecompiledFilter>>;
+
+/**
+ * The filters `npm run build` compiled (scripts/gen-seccomp.js), by default action; the bundler
+ * inlines them. Absent when the sources run under ts-jest: the filters are then compiled here.
+ */
+function precompiled(): Precompiled | undefined {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require('./seccomp-builtin.generated.js') as Precompiled;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' && String((err as Error).message).includes('seccomp-builtin.generated')) return undefined;
+    throw err;
+  }
+}
+
+/** `bpf` with `pid` as the constant of the instructions at `pidAt` (struct sock_filter: 8 bytes, k at 4). */
+export function patchPid(bpf: Buffer, pidAt: readonly number[], pid: number): Buffer {
+  for (const i of pidAt) bpf.writeUInt32LE(pid >>> 0, i * 8 + 4);
+  return bpf;
 }
 
 /** Whether the built-in lists were made (traced and tested) for this Node's major version. */

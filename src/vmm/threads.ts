@@ -1,4 +1,4 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { isTerminal } from '../terminal';
 import * as path from 'node:path';
 import { writeSync } from 'node:fs';
@@ -24,6 +24,9 @@ export function startThread(bundle: string, name: string, workerData?: object): 
   // The thread's standard output and error (fc-run's threads write none of their own; Node's
   // warnings would) are passed on with plain writes: Node's default pipes them into
   // process.stdout and process.stderr, building those streams (and net, for a pipe) in every launch.
+  // Loaded with the first thread: a one-vCPU VM without devices starts none.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { Worker } = require('node:worker_threads') as typeof import('node:worker_threads');
   const w = new Worker(threadLoaderCode(bundle), { eval: true, name, workerData, stdout: true, stderr: true });
   w.stdout.on('data', (chunk: Buffer) => passOn(1, chunk));
   w.stderr.on('data', (chunk: Buffer) => passOn(2, chunk));

@@ -30,6 +30,10 @@ describe('bundles', () => {
     expect(text.every((b) => b < 0x80)).toBe(true);
     const probe = `const b = require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))}).loadBundle(${JSON.stringify(path.join(BUNDLE, 'cli.js'))}, require); process.stdout.write(String(b.cacheUsed));`;
     expect(execFileSync(process.execPath, ['-e', probe], { encoding: 'utf8' })).toBe('true');
+    // The launching commands' cache: the whole bundle compiled (bin/fc-run picks it for them).
+    const full = `process.stdout.write(String(require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))}).compileBundle(${JSON.stringify(path.join(BUNDLE, 'cli.js'))}, ${JSON.stringify(path.join(BUNDLE, 'cli.js.full-cache'))}).cacheUsed));`;
+    expect(execFileSync(process.execPath, ['-e', full], { encoding: 'utf8' })).toBe('true');
+    expect(fs.statSync(path.join(BUNDLE, 'cli.js.full-cache')).size).toBeGreaterThan(fs.statSync(path.join(BUNDLE, 'cli.js.cache')).size);
   });
 
   it('a start loads neither koffi nor the launch path, worker_threads nor node:crypto to plan a spec', () => {

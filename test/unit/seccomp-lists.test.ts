@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { allowListNames, builtinFilters, listsFitThisNode } from '../../src/kvm/seccomp-builtin';
+import { allowListNames, builtinFilters, listsFitThisNode, patchPid } from '../../src/kvm/seccomp-builtin';
 import { ALLOWED_CALLS, ALLOWED_IOCTLS, SECCOMP_LISTS_NODE_MAJORS } from '../../src/kvm/seccomp-lists';
-import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_TRAP } from '../../src/kvm/seccomp-actions';
+import { SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_LOG, SECCOMP_RET_TRAP } from '../../src/kvm/seccomp-actions';
 import { X86_64_SYSCALLS } from '../../src/kvm/syscall-table';
 import { checkProgram, runBpf } from '../helpers/bpf-interpreter';
 
@@ -14,6 +14,27 @@ const decide = (program: Buffer, call: string, args: (number | bigint)[] = []) =
 const ENOSYS = (SECCOMP_RET_ERRNO | 38) >>> 0;
 
 describe('the built-in seccomp allow-lists (src/kvm/seccomp-lists.ts)', () => {
+  test('the filters npm run build precompiled (dist/kvm/seccomp-builtin.generated.js), with a process id written in, are the ones these lists compile to for it', () => {
+    const file = path.join(__dirname, '..', '..', 'dist', 'kvm', 'seccomp-builtin.generated.js');
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const generated = require(file) as Record<number, Record<string, { bpf: string; pidAt: number[] }>>;
+    const actions = [SECCOMP_RET_TRAP, SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_LOG].map((a) => a >>> 0);
+    expect(Object.keys(generated).map(Number).sort()).toEqual([...actions].sort());
+    for (const action of actions) {
+      for (const pid of [1, 77, 4242, 123457, 4194304]) {
+        const fresh = builtinFilters(pid, action, false);
+        for (const scope of ['process', 'api', 'vmm', 'vcpu'] as const) {
+          const patched = patchPid(Buffer.from(generated[action][scope].bpf, 'base64'), generated[action][scope].pidAt, pid);
+          expect([action, pid, scope, patched.equals(fresh[scope])]).toEqual([action, pid, scope, true]);
+        }
+      }
+    }
+    // tgkill reaches this process's threads only
+    const built = builtinFilters(4242, SECCOMP_RET_TRAP);
+    expect(decide(built.vcpu, 'tgkill', [4242, 7, 12])).toBe(SECCOMP_RET_ALLOW);
+    expect(decide(built.vcpu, 'tgkill', [4243, 7, 12])).toBe(SECCOMP_RET_TRAP);
+  });
+
   test('every row names a real call and says why; every program passes the kernel checks', () => {
     for (const c of ALLOWED_CALLS) {
       expect([c.call, X86_64_SYSCALLS.has(c.call)]).toEqual([c.call, true]);
