@@ -12,7 +12,7 @@
 //   reads the exit from kvm_run, handles it, fcv_vcpu_run(v) again ...
 //
 // The thread blocks every signal but the kick signal (and SIGSYS, for the seccomp handler), so a kick (tgkill) lands on it and makes
-// KVM_RUN return EINTR; the process's handler for that signal (Node's) only records it. An
+// KVM_RUN return EINTR; the process's handler for that signal (fcv_kick_handler_install's) does nothing. An
 // optional seccomp filter is installed by the thread itself before it first enters the guest.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -432,4 +432,22 @@ void fcv_loop_vcpu_stop(struct fcv_loop_vcpu *w) {
   __atomic_store_n(&w->state, FCL_QUIT, __ATOMIC_SEQ_CST);
   futex(&w->state, FUTEX_WAKE_PRIVATE, 1, NULL);
   pthread_detach(w->thread);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kick signal's handler: nothing. Its only effect is the signal itself, which makes KVM_RUN
+// return EINTR on the thread it lands on. (Node's own handler, for a process.on listener, would
+// also write each kick into the event loop's signal pipe: a wake-up of the loop per kick, for
+// nothing.) SA_RESTART: another system call it interrupts carries on.
+static void fcv_kick_noop(int sig) {
+  (void)sig;
+}
+
+int fcv_kick_handler_install(int signum) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = fcv_kick_noop;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  return sigaction(signum, &sa, NULL) == 0 ? 0 : -errno;
 }

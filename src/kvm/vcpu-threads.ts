@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FcRunError } from '../errors';
 import { PACKAGE_ROOT } from '../package-root';
-import { koffiModule, Pointer, sys } from './libc';
+import { koffiModule, Pointer, sys, SyscallError } from './libc';
 
 /**
  * Native vCPU threads (native/vcpu-threads.c, built by `npm run build` into dist/native/): a
@@ -35,6 +35,7 @@ interface Library {
   loopVisited: Fn;
   loopRun: Fn;
   loopStop: Fn;
+  kickHandler: Fn;
 }
 
 let library: Library | undefined;
@@ -67,6 +68,7 @@ function lib(): Library {
     loopVisited: f('void fcv_loop_visited(void *w)'),
     loopRun: f('long fcv_loop_run(void *w, int fd, uintptr_t runNs)'),
     loopStop: f('void fcv_loop_vcpu_stop(void *w)'),
+    kickHandler: f('int fcv_kick_handler_install(int signum)'),
   };
   return library;
 }
@@ -121,6 +123,19 @@ export type RunTime = BigUint64Array;
 /** Whether the native library is built: native vCPU threads, and KVM_RUN time counted ({@link timedKvmRun}). */
 export function nativeVcpuLibraryBuilt(): boolean {
   return fs.existsSync(NATIVE_VCPU_LIBRARY);
+}
+
+/**
+ * Makes `signal` (the vCPU kick) a signal whose handler does nothing, for the whole process: it
+ * still gets a thread out of KVM_RUN, without waking the event loop as a process.on listener
+ * does. False without the native library (a process.on listener must then keep the signal from
+ * ending the process). Never undone: a kick that comes late is harmless.
+ */
+export function installKickHandler(signal: number): boolean {
+  if (!nativeVcpuLibraryBuilt()) return false;
+  const r = lib().kickHandler(signal) as number;
+  if (r < 0) throw new SyscallError('sigaction', -r);
+  return true;
 }
 
 /** Loads the native library now if it is built: a vCPU worker does so before the seccomp filters. */

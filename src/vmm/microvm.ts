@@ -1,8 +1,8 @@
 import { FcRunError } from '../errors';
 import type { Vcpu, Vm } from '../kvm/kvm';
-import { nativeVcpuLibraryBuilt, VcpuThreadGroup } from '../kvm/vcpu-threads';
+import { installKickHandler, nativeVcpuLibraryBuilt, VcpuThreadGroup } from '../kvm/vcpu-threads';
 import * as os from 'node:os';
-import { writeSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
 import { LogLevel } from '../monitor/logger';
 import { EFD_CLOEXEC, EFD_NONBLOCK, errno, gettid, O_CLOEXEC, O_NONBLOCK, sys, SyscallError, tgkill } from '../kvm/libc';
 import { KVM_RUN_OFFSETS } from '../kvm/structs';
@@ -27,10 +27,19 @@ import type { VcpuStateSupport } from '../kvm/snapshot-state';
 const NATIVE_FAST_WAIT_US = 50;
 const NATIVE_FAST_EXITS = 64;
 
+/**
+ * The signal the main thread sends itself to come back to its vCPU after a pass of the event loop
+ * ('main' mode with no native vCPU thread). Its default action is to ignore it, so one that comes
+ * after the VM has stopped (or from elsewhere) does nothing.
+ */
+const WAKE_SIGNAL = 'SIGURG';
+
 /** How often serial output that waits for its reader is offered to it again. */
 const SERIAL_DRAIN_MS = 10;
-/** Once the VM has stopped, how long fc-run waits for a reader that takes none of the rest. */
+/** Once the VM has stopped, how long fc-run waits for a reader that takes none of the rest... */
 const SERIAL_STALL_MS = 2000;
+/** ...and for one that takes it slowly. */
+const SERIAL_FINISH_MS = 10_000;
 
 export interface MicroVmOptions {
   /** virtio-mmio windows, and the VMM thread that owns their devices. */
@@ -111,7 +120,7 @@ export class MicroVm {
    * 'native' mode: the vCPU threads' group (poked whenever the control words change) and the pipe
    * they notify the main thread through; gone once the threads have ended.
    */
-  private native: { group: VcpuThreadGroup; read: number; write: number } | undefined;
+  private native: { group: VcpuThreadGroup; pipe?: { read: number; write: number }; wake: () => void } | undefined;
   /** vCPUs 0 to workerCount - 1 run on workers of their own, the others on native threads. */
   private readonly workerCount: number;
   /** 'main' mode: vCPU 0 runs on the main thread (the others on native threads). */
@@ -161,17 +170,24 @@ export class MicroVm {
       interrupt: raise(this.serialIrqFd),
     });
     this.i8042 = new I8042(this.shared.i8042, { reset: () => undefined, interrupt: raise(this.keyboardIrqFd) });
+    // Restored (the interrupt controllers too): a guest waiting on the UART's empty interrupt gets it.
+    if (opts.legacy) this.serial.raiseTransmitterInterrupt();
     this.workerCount = workerVcpus(opts.vcpuThreads ?? 'worker', vcpus.length);
     this.mainThreadVcpu = opts.vcpuThreads === 'main';
     this.runTimeCounted = (opts.countRunTime ?? true) && nativeVcpuLibraryBuilt();
-    if (this.workerCount < vcpus.length) {
+    if (this.workerCount < vcpus.length && vcpus.length - this.workerCount === (this.mainThreadVcpu ? 1 : 0)) {
+      // Only the vCPU on the main thread: no native thread to hear from, so no pipe (nor node:net
+      // to read it); the main thread goes back to its vCPU from a setImmediate (wake, set by run).
+      this.native = { group: VcpuThreadGroup.create(), wake: () => undefined };
+    } else if (this.workerCount < vcpus.length) {
       // The native vCPU threads write a byte to this pipe when they have news; the main thread's
       // event loop reads it and handles their exits (NativeVcpus). Made last, before any filter.
       const fds = Buffer.alloc(8);
       if (sys.pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw new SyscallError('pipe2', errno());
       const [read, write] = [fds.readInt32LE(0), fds.readInt32LE(4)];
       try {
-        this.native = { group: VcpuThreadGroup.create(write), read, write };
+        const group = VcpuThreadGroup.create(write);
+        this.native = { group, pipe: { read, write }, wake: () => group.poke() };
       } catch (err) {
         closeSync(read);
         closeSync(write);
@@ -198,49 +214,88 @@ export class MicroVm {
   private wakeParked(): void {
     Atomics.add(this.control, CONTROL.WAKE, 1);
     Atomics.notify(this.control, CONTROL.WAKE);
-    this.native?.group.poke();
+    this.native?.wake();
   }
 
   /** Serial output waits for its reader: write it on as the reader takes it (a vCPU said so). */
   private drainSerialOutput(): void {
     if (this.outputTimer) return;
     this.outputTimer = setInterval(() => {
-      if (this.serial.flush() > 0) return;
+      // Not while paused: an interrupt raised now could miss a snapshot of the interrupt
+      // controllers and be in the UART's saved state, and the restored guest would never see it.
+      if (this.paused) return;
+      if (this.serial.flush() !== 0) return;
       clearInterval(this.outputTimer);
       this.outputTimer = undefined;
     }, SERIAL_DRAIN_MS);
   }
 
   /**
-   * The VM has stopped: the serial output still waiting is written as its reader takes it, for
-   * as long as the reader keeps taking some; after SERIAL_STALL_MS without progress (nobody
-   * reads) the rest is dropped, counted and logged, and fc-run ends.
+   * The VM has stopped: the serial output still waiting is written as its reader takes it, while
+   * it takes some at least every SERIAL_STALL_MS and for SERIAL_FINISH_MS at most; a SIGTERM,
+   * SIGINT or SIGHUP meanwhile ends the wait. What is left then is dropped, counted and reported.
    */
   private finishSerialOutput(): Promise<void> {
     if (this.outputTimer) clearInterval(this.outputTimer);
     this.outputTimer = undefined;
     return new Promise((resolve) => {
-      let left = this.serial.flush();
-      let progress = Date.now();
+      let left = 1;
+      const pending = (): number => {
+        const n = this.serial.flush();
+        return n < 0 ? left : n; // -1: another thread is writing (a vCPU thread just ending)
+      };
+      left = pending();
+      if (left === 0) return resolve();
+      const start = Date.now();
+      let progress = start;
+      let timer: NodeJS.Timeout | undefined;
+      let why: string | undefined;
+      const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+      const onSignal = (sig: NodeJS.Signals) => {
+        why = `${sig} came while it was written`;
+        if (timer) clearTimeout(timer);
+        done();
+      };
+      const done = () => {
+        for (const sig of SIGNALS) process.off(sig, onSignal);
+        if (left > 0) this.dropSerialOutput(why ?? 'the output took too little');
+        resolve();
+      };
+      for (const sig of SIGNALS) process.on(sig, onSignal);
       const step = () => {
-        const now = this.serial.flush();
+        timer = undefined;
+        const now = pending();
         if (now < left) progress = Date.now();
         left = now;
-        if (left === 0) return resolve();
-        if (Date.now() - progress >= SERIAL_STALL_MS) {
-          const dropped = this.serial.discardOutput();
-          this.opts.monitor.vmm.serialLostBytes += dropped;
-          const text = `${dropped} bytes of guest serial output dropped: the output took none for ${SERIAL_STALL_MS} ms`;
-          const log = this.opts.monitor.log;
-          if (log.enabled(LogLevel.Warning)) log.warn('vmm', text);
-          else writeSync(2, `fc-run: ${text}\n`);
-          return resolve();
-        }
-        setTimeout(step, SERIAL_DRAIN_MS);
+        if (left === 0) return done();
+        if (Date.now() - progress >= SERIAL_STALL_MS) why = `the output took none for ${SERIAL_STALL_MS} ms`;
+        else if (Date.now() - start >= SERIAL_FINISH_MS) why = `the output was still taking it after ${SERIAL_FINISH_MS} ms`;
+        if (why) return done();
+        timer = setTimeout(step, SERIAL_DRAIN_MS);
       };
-      if (left === 0) resolve();
-      else setTimeout(step, SERIAL_DRAIN_MS);
+      timer = setTimeout(step, SERIAL_DRAIN_MS);
     });
+  }
+
+  /**
+   * Drops the serial output still waiting, counts it and says so: in the log, else on stderr,
+   * unless stderr is the serial output itself (the message would wait behind what was dropped).
+   */
+  private dropSerialOutput(why: string): void {
+    const dropped = this.serial.discardOutput();
+    if (dropped === 0) return;
+    this.opts.monitor.vmm.serialLostBytes += dropped;
+    const text = `${dropped} bytes of guest serial output dropped: ${why}`;
+    const log = this.opts.monitor.log;
+    if (log.enabled(LogLevel.Warning)) return log.warn('vmm', text);
+    try {
+      const err = fstatSync(2);
+      const out = this.opts.serialOutFd >= 0 ? fstatSync(this.opts.serialOutFd) : undefined;
+      if (out && err.dev === out.dev && err.ino === out.ino) return;
+      writeSync(2, `fc-run: ${text}\n`);
+    } catch {
+      // stderr closed or full: the count is in the metrics
+    }
   }
 
   /** The legacy devices' register state (the VM must be paused). */
@@ -369,8 +424,11 @@ export class MicroVm {
 
   /** Starts every vCPU and resolves when the VM has stopped and every vCPU thread has ended. */
   run(): Promise<RunResult> {
+    // The kick signal needs a handler (its default ends the process): one that does nothing, or
+    // without the native library a listener of Node's (which wakes the event loop at each kick).
     const ignoreKick = () => undefined;
-    process.on(VCPU_KICK_SIGNAL, ignoreKick);
+    const quietKicks = installKickHandler(os.constants.signals[VCPU_KICK_SIGNAL]);
+    if (!quietKicks) process.on(VCPU_KICK_SIGNAL, ignoreKick);
     return new Promise((resolve, reject) => {
       let bootTimeNs: bigint | undefined;
       let stop: StopReport | undefined;
@@ -415,7 +473,7 @@ export class MicroVm {
         this.opts.vmmThread?.stop();
         detachInput();
         if (kickTimer) clearInterval(kickTimer);
-        process.off(VCPU_KICK_SIGNAL, ignoreKick);
+        if (!quietKicks) process.off(VCPU_KICK_SIGNAL, ignoreKick);
       };
       const settle = () => {
         cleanup();
@@ -497,11 +555,34 @@ export class MicroVm {
       if (this.native) {
         // The vCPUs on native threads of their own, their exits handled here, on the main thread,
         // whenever the threads' pipe says there is news (and at once, for the first time).
-        const { group, read, write } = this.native;
+        const { group, pipe: fds } = this.native;
         const native = new NativeVcpus(onNative, onNative.map(dataOf), group, os.constants.signals[VCPU_KICK_SIGNAL], onMessage, this.mainThreadVcpu ? onNative[0].id : undefined);
         // eslint-disable-next-line @typescript-eslint/no-require-imports
-        const pipe = new (require('node:net') as typeof Net).Socket({ fd: read, readable: true, writable: false });
+        const pipe = fds && new (require('node:net') as typeof Net).Socket({ fd: fds.read, readable: true, writable: false });
         let done = false;
+        // Without a pipe (only the vCPU on this thread): a signal this thread sends itself brings
+        // the event loop back here after its next pass, from its poll phase as the pipe would.
+        // (Not setImmediate: while an immediate runs, libuv counts the loop as having work, so the
+        // watcher would get the vCPU out again at once.) One signal outstanding at a time: each
+        // return to the loop then scans once.
+        let soon = false;
+        const scanSoon = () => {
+          if (soon) return;
+          soon = true;
+          tgkill(this.ownTid, os.constants.signals[WAKE_SIGNAL]);
+        };
+        const onWake = () => {
+          if (!soon) return; // sent by someone else: nothing to do
+          soon = false;
+          scan();
+        };
+        // What keeps the event loop alive while the vCPU runs (the pipe does, when there is one; a signal listener does not).
+        let alive: NodeJS.Timeout | undefined;
+        if (!pipe) {
+          this.native.wake = scanSoon;
+          process.on(WAKE_SIGNAL, onWake);
+          alive = setInterval(() => undefined, 1 << 30);
+        }
         const scan = () => {
           if (done) return;
           group.rearm();
@@ -511,7 +592,8 @@ export class MicroVm {
             live = native.scan();
             if (native.yielded) {
               // The vCPU on this thread left the guest for the event loop: back here after it.
-              group.poke();
+              if (pipe) group.poke();
+              else scanSoon();
               return;
             }
             // While exits come quickly, wait for the next one here (a futex, woken by the vCPU
@@ -527,19 +609,22 @@ export class MicroVm {
           } catch (err) {
             if (!stop) finish({ kind: 'stop', vcpu: onNative[0].id, reason: 'vmm-error', detail: `handling vCPU exits failed: ${(err as Error).stack ?? err}` });
             native.quitAll();
+            if (!pipe) scanSoon();
             return;
           }
           if (live > 0) return;
           done = true;
-          pipe.destroy();
-          closeSync(write);
+          if (!pipe) process.off(WAKE_SIGNAL, onWake);
+          clearInterval(alive);
+          pipe?.destroy();
+          if (fds) closeSync(fds.write);
           // No poke may reach the group once freed (a request after the VM stopped).
           this.native = undefined;
           group.free();
           ended();
         };
-        pipe.on('data', scan);
-        pipe.on('error', (err) => {
+        pipe?.on('data', scan);
+        pipe?.on('error', (err) => {
           if (!stop) finish({ kind: 'stop', vcpu: onNative[0].id, reason: 'vmm-error', detail: `the vCPU threads' notification pipe failed: ${err.message}` });
         });
         setImmediate(scan);

@@ -7,6 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { FcRunError } from '../errors';
+import { nonBlockingDescription } from '../nonblocking';
 
 /**
  * One write that never blocks (given an fd from {@link openSerialOutput}): how many bytes the
@@ -30,23 +31,18 @@ export interface SerialOutput {
  * Opens the serial output named on the command line: undefined or `-` for stdout, `none` to
  * discard it, else a path.
  *
- * - A path that is a named pipe is opened read-write and non-blocking, as Firecracker opens its
- *   log pipes: the open does not wait for a reader, and output waits (EAGAIN) while none reads.
+ * - A pipe (a named one, or /dev/stdout and the like naming an anonymous one) is opened for writing,
+ *   non-blocking: a reader that goes away then drops the output (EPIPE) instead of holding it. A
+ *   named pipe with no reader yet is opened read-write instead, as Firecracker opens its log
+ *   pipes: the open does not wait for a reader, and output waits (EAGAIN) until one reads.
  * - Any other path is opened for appending (created if missing), non-blocking.
- * - stdout, when a pipe, socket or terminal, is opened again through /proc (a file description of
- *   fc-run's own, non-blocking, so the shell's or a parent's is not changed); where that is not
- *   possible (a socket, no /proc), stdout itself is made non-blocking, as Node does for its own
- *   stdout. A regular file is written as it is (it never blocks).
+ * - stdout: see nonBlockingDescription (src/nonblocking.ts).
  */
 export function openSerialOutput(arg: string | undefined): SerialOutput {
-  const C = fs.constants;
   if (arg === 'none') return { fd: -1, owned: false };
   if (arg !== undefined && arg !== '-') {
-    let fifo = false;
     try {
-      fifo = fs.statSync(arg, { throwIfNoEntry: false })?.isFIFO() ?? false;
-      const flags = fifo ? C.O_RDWR | C.O_NONBLOCK : C.O_WRONLY | C.O_CREAT | C.O_APPEND | C.O_NOCTTY | C.O_NONBLOCK;
-      const fd = fs.openSync(arg, flags, 0o600);
+      const fd = openPath(arg);
       const st = fs.fstatSync(fd);
       if (st.isDirectory() || st.isSocket() || st.isBlockDevice()) {
         fs.closeSync(fd);
@@ -58,27 +54,20 @@ export function openSerialOutput(arg: string | undefined): SerialOutput {
       throw new FcRunError('serial-out', `cannot open --serial-out ${arg}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }
   }
-  let st: fs.Stats;
-  try {
-    st = fs.fstatSync(1);
-  } catch {
-    return { fd: -1, owned: false }; // no stdout at all: nothing can be shown
-  }
-  if (st.isFile() || st.isBlockDevice()) return { fd: 1, owned: false };
-  if (!st.isSocket()) {
-    try {
-      return { fd: fs.openSync('/proc/self/fd/1', C.O_WRONLY | C.O_NOCTTY | C.O_NONBLOCK), owned: true };
-    } catch {
-      // no /proc (a jail), or a pipe whose reader is gone already: stdout itself, below
-    }
-  }
-  setNonBlocking(1);
-  return { fd: 1, owned: false };
+  const fd = nonBlockingDescription(1);
+  return fd < 0 ? { fd: -1, owned: false } : { fd, owned: fd !== 1 };
 }
 
-function setNonBlocking(fd: number): void {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { sys, F_GETFL, F_SETFL, O_NONBLOCK } = require('../kvm/libc') as typeof import('../kvm/libc');
-  const flags = sys.fcntl(fd, F_GETFL, 0);
-  if (flags >= 0) sys.fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+function openPath(file: string): number {
+  const C = fs.constants;
+  if (!(fs.statSync(file, { throwIfNoEntry: false })?.isFIFO() ?? false)) {
+    return fs.openSync(file, C.O_WRONLY | C.O_CREAT | C.O_APPEND | C.O_NOCTTY | C.O_NONBLOCK, 0o600);
+  }
+  try {
+    return fs.openSync(file, C.O_WRONLY | C.O_NONBLOCK);
+  } catch (err) {
+    // ENXIO: a named pipe nobody reads yet; held open for reading too, so the open succeeds.
+    if ((err as NodeJS.ErrnoException).code === 'ENXIO') return fs.openSync(file, C.O_RDWR | C.O_NONBLOCK);
+    throw err;
+  }
 }

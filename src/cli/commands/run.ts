@@ -309,9 +309,12 @@ export async function launchPlanned(
   /* eslint-enable @typescript-eslint/no-require-imports */
   const serialOutArg = o['serial-out'] as string | undefined;
   const serialOutFd = openSerialOutput(serialOutArg).fd;
+  // fc-run's own lines from here on (the VM's end, errors) never wait on a reader that stopped.
+  io.out.nonBlocking?.();
+  io.err.nonBlocking?.();
   // Keystrokes reach the guest only when fc-run runs in a terminal and its console is shown there.
   // (isTerminal, not process.stdin.isTTY: process.stdin builds a stream, ~1.5 ms, that a launch without a terminal never uses.)
-  const serialIn = isTerminal(0) && (serialOutArg === undefined || serialOutArg === '-') && isTerminal(1) ? process.stdin : undefined;
+  const serialIn = isTerminal(0) && (serialOutArg === undefined || serialOutArg === '-') && serialOutFd >= 0 ? process.stdin : undefined;
   const monitorCfg = monitorConfig(plan, o);
   const monitor = monitorFor(plan, monitorCfg);
   const mmdsSizeLimit = (o['mmds-size-limit'] as number | undefined) ?? DEFAULT_MMDS_SIZE_LIMIT;

@@ -11,16 +11,23 @@
 import { spinLock, spinUnlock } from './spinlock';
 import { bool, bytes, int, record } from '../../state-check';
 
-const REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10, TX_HEAD: 11, TX_TAIL: 12, TX_WAIT: 13 } as const;
+const REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10, TX_HEAD: 11, TX_TAIL: 12, TX_WAIT: 13, DRAINING: 14 } as const;
 const WORDS = 16;
 export const SERIAL_RX_CAPACITY = 1024;
 /**
- * Transmitted bytes the output did not take at once (a pipe whose reader is slow or gone), kept
- * in order until {@link Serial8250.flush} writes them. While it is full the transmitter reads as
- * busy (LSR THRE clear) and its empty interrupt waits, as a UART whose line is held back: a guest
- * that honours it waits, and what a guest sends regardless is dropped and counted.
+ * Transmitted bytes go through a buffer of this size on their way to the output, which takes them
+ * as it can (a pipe whose reader is slow takes them later, see {@link Serial8250.flush}). While it
+ * has no room for a FIFO's worth ({@link SERIAL_TX_FIFO}) the transmitter reads as busy (LSR THRE
+ * and TEMT clear) and its empty interrupt waits, as a UART whose line is held back: a guest that
+ * honours it waits, and what a guest sends regardless is dropped once the buffer is full, and
+ * counted.
  */
 export const SERIAL_TX_CAPACITY = 64 * 1024;
+/**
+ * The 16550A's transmit FIFO: Linux's 8250 driver writes up to this many bytes for each time it
+ * sees THRE (tty writes, and the console's FIFO path), so THRE is shown only with that much room.
+ */
+export const SERIAL_TX_FIFO = 16;
 export const SERIAL_STATE_BYTES = WORDS * 4 + SERIAL_RX_CAPACITY + SERIAL_TX_CAPACITY;
 
 const IER_RDA = 0x01; // received data available interrupt
@@ -60,7 +67,7 @@ export interface SerialSinks {
   /**
    * Bytes the guest transmits, written without blocking: returns how many the output took (the
    * rest are kept and offered again), or -1 if it never will (they are dropped and counted).
-   * Called with the device's lock held, so bytes reach the output in the order sent.
+   * One thread at a time writes, in the order the bytes were sent; not with the device's lock held.
    */
   out(bytes: Uint8Array): number;
   /** Transmitted bytes dropped: the output is gone, or the guest wrote while the transmitter was full. */
@@ -80,7 +87,6 @@ export class Serial8250 {
   private readonly w: Int32Array;
   private readonly rx: Uint8Array;
   private readonly tx: Uint8Array;
-  private readonly one = new Uint8Array(1);
 
   /** `state` comes from Serial8250.createState(), shared by every thread that runs the device. */
   constructor(
@@ -168,74 +174,77 @@ export class Serial8250 {
     return (this.w[REG.TX_TAIL] - this.w[REG.TX_HEAD] + SERIAL_TX_CAPACITY) % SERIAL_TX_CAPACITY;
   }
 
-  private txFull(): boolean {
-    return this.txCount() >= SERIAL_TX_CAPACITY - 1;
+  /** Room for a FIFO's worth of bytes: what THRE (and TEMT) say. */
+  private txRoom(): boolean {
+    return SERIAL_TX_CAPACITY - 1 - this.txCount() >= SERIAL_TX_FIFO;
   }
 
-  /**
-   * Offers the waiting bytes to the output, oldest first, until it takes no more (lock held).
-   * An output that is gone drops them all.
-   */
-  private drainTx(): void {
-    while (this.txCount() > 0) {
-      const head = this.w[REG.TX_HEAD];
-      const end = head < this.w[REG.TX_TAIL] ? this.w[REG.TX_TAIL] : SERIAL_TX_CAPACITY;
-      const n = this.sinks.out(this.tx.subarray(head, end));
-      if (n < 0) {
-        this.sinks.lost?.(this.txCount());
-        this.w[REG.TX_HEAD] = this.w[REG.TX_TAIL];
-        return;
-      }
-      this.w[REG.TX_HEAD] = (head + n) % SERIAL_TX_CAPACITY;
-      if (n < end - head) return;
-    }
-  }
-
-  /** Sends one transmitted byte on: to the output at once if nothing waits, else after what waits (lock held). */
-  private transmit(byte: number): boolean {
-    let backlog = false;
-    if (this.txCount() > 0) this.drainTx();
-    if (this.txCount() === 0) {
-      this.one[0] = byte;
-      const n = this.sinks.out(this.one);
-      if (n === 1) return false;
-      if (n < 0) {
-        this.sinks.lost?.(1);
-        return false;
-      }
-      backlog = true;
-    }
-    if (this.txFull()) {
-      this.sinks.lost?.(1);
-      return false;
-    }
+  /** Queues one transmitted byte (lock held); false if the buffer is full (the byte is dropped). */
+  private pushTx(byte: number): boolean {
+    if (this.txCount() >= SERIAL_TX_CAPACITY - 1) return false;
     this.tx[this.w[REG.TX_TAIL]] = byte;
     this.w[REG.TX_TAIL] = (this.w[REG.TX_TAIL] + 1) % SERIAL_TX_CAPACITY;
-    return backlog;
+    return true;
   }
 
   /**
-   * Writes what waits for the output, as far as it takes it now; returns how many bytes still
-   * wait. Once the transmitter has room again (half of it free), a guest that waited on its empty
-   * interrupt gets it.
+   * Writes what waits to the output, oldest first, until it is all written or the output takes
+   * no more; returns how many bytes still wait, or -1 if another thread is writing them now (it
+   * carries on with what comes meanwhile). The writes are made outside the device's lock: a slow
+   * output holds up this thread only, never a vCPU touching the other registers. Once half the
+   * buffer is free again, a guest that waited on the empty interrupt gets it.
    */
   flush(): number {
-    let irq = false;
-    let left: number;
-    this.lock();
-    try {
-      this.drainTx();
-      left = this.txCount();
-      if (this.w[REG.TX_WAIT] && left <= SERIAL_TX_CAPACITY / 2) {
-        this.w[REG.TX_WAIT] = 0;
-        this.w[REG.THRE_PENDING] = 1;
-        irq = (this.w[REG.IER] & IER_THRE) !== 0;
+    const w = this.w;
+    for (;;) {
+      if (Atomics.compareExchange(w, REG.DRAINING, 0, 1) !== 0) return -1;
+      let stuck = false;
+      let gone = 0;
+      for (;;) {
+        this.lock();
+        const head = w[REG.TX_HEAD];
+        const tail = w[REG.TX_TAIL];
+        this.unlock();
+        if (head === tail) break;
+        // Bytes from head on are this thread's to write: others only add at the tail, which
+        // never reaches the head (the ring keeps one slot free).
+        const end = head < tail ? tail : SERIAL_TX_CAPACITY;
+        const n = this.sinks.out(this.tx.subarray(head, end));
+        this.lock();
+        // Unless the bytes were dropped meanwhile (discardOutput, a restore).
+        if (w[REG.TX_HEAD] === head) {
+          if (n < 0) {
+            gone = this.txCount();
+            w[REG.TX_HEAD] = w[REG.TX_TAIL];
+          } else {
+            w[REG.TX_HEAD] = (head + n) % SERIAL_TX_CAPACITY;
+          }
+        }
+        this.unlock();
+        if (n < 0) break;
+        if (n < end - head) {
+          stuck = true;
+          break;
+        }
       }
-    } finally {
+      if (gone > 0) this.sinks.lost?.(gone);
+      let irq = false;
+      this.lock();
+      if (w[REG.TX_WAIT] && this.txCount() <= SERIAL_TX_CAPACITY / 2) {
+        w[REG.TX_WAIT] = 0;
+        w[REG.THRE_PENDING] = 1;
+        irq = (w[REG.IER] & IER_THRE) !== 0;
+      }
       this.unlock();
+      Atomics.store(w, REG.DRAINING, 0);
+      if (irq) this.sinks.interrupt();
+      this.lock();
+      const left = this.txCount();
+      this.unlock();
+      // Stuck: the output takes no more for now. Else bytes queued while this thread was writing
+      // (another thread could not write them): look again.
+      if (stuck || left === 0) return left;
     }
-    if (irq) this.sinks.interrupt();
-    return left;
   }
 
   /** Drops what waits for the output (it takes none: fc-run is ending); returns how many bytes. */
@@ -248,6 +257,22 @@ export class Serial8250 {
     } finally {
       this.unlock();
     }
+  }
+
+  /**
+   * A restored VM starts with an empty transmitter: a guest that enabled its empty interrupt gets
+   * it once more (it may have been waiting for it when the snapshot was taken). Call once the
+   * interrupt controllers are restored.
+   */
+  raiseTransmitterInterrupt(): void {
+    let irq = false;
+    this.lock();
+    if (this.w[REG.IER] & IER_THRE && this.txRoom()) {
+      this.w[REG.THRE_PENDING] = 1;
+      irq = true;
+    }
+    this.unlock();
+    if (irq) this.sinks.interrupt();
   }
 
   private pushRx(byte: number): boolean {
@@ -276,6 +301,8 @@ export class Serial8250 {
   }
 
   read(offset: number): number {
+    // A guest polling a busy transmitter: offer the output what waits (it may have room by now).
+    if (offset === 5 && !this.txRoom() && (this.w[REG.LCR] & LCR_DLAB) === 0 && this.flush() !== 0) this.sinks.backlog?.();
     let irq = false;
     this.lock();
     try {
@@ -305,10 +332,10 @@ export class Serial8250 {
           return this.w[REG.LCR];
         case 4:
           return this.w[REG.MCR];
-        case 5: {
-          const tx = this.txCount();
-          return (tx < SERIAL_TX_CAPACITY - 1 ? LSR_THRE : 0) | (tx === 0 ? LSR_TEMT : 0) | (this.rxCount() > 0 ? LSR_DR : 0);
-        }
+        case 5:
+          // TEMT with THRE: nothing is ever half sent, and a console waiting for both would
+          // otherwise wait for the whole buffer to drain.
+          return (this.txRoom() ? LSR_THRE | LSR_TEMT : 0) | (this.rxCount() > 0 ? LSR_DR : 0);
         case 6: {
           const mcr = this.w[REG.MCR];
           if (!(mcr & MCR_LOOP)) return MSR_DEFAULT;
@@ -328,7 +355,8 @@ export class Serial8250 {
 
   write(offset: number, value: number): void {
     let irq = false;
-    let backlog = false;
+    let sent = false;
+    let dropped = false;
     this.lock();
     try {
       const dlab = (this.w[REG.LCR] & LCR_DLAB) !== 0;
@@ -342,10 +370,11 @@ export class Serial8250 {
             this.pushRx(value);
             irq = (this.w[REG.IER] & IER_RDA) !== 0;
           } else {
-            backlog = this.transmit(value);
+            dropped = !this.pushTx(value);
+            sent = true;
           }
-          if (this.txFull()) {
-            // No room for another byte: the empty interrupt comes when flush makes some.
+          if (!this.txRoom()) {
+            // No room for another FIFO's worth: the empty interrupt comes when flush makes some.
             this.w[REG.TX_WAIT] = 1;
             this.w[REG.THRE_PENDING] = 0;
             break;
@@ -361,8 +390,10 @@ export class Serial8250 {
           {
             const before = this.w[REG.IER];
             this.w[REG.IER] = value & 0x0f;
-            // Enabling THRE while the transmitter has room raises the interrupt at once.
-            if (!(before & IER_THRE) && value & IER_THRE && !this.txFull()) {
+            // Enabling THRE while the transmitter has room raises the interrupt at once (else
+            // flush raises it once there is room).
+            if (!(before & IER_THRE) && value & IER_THRE && !this.txRoom()) this.w[REG.TX_WAIT] = 1;
+            else if (!(before & IER_THRE) && value & IER_THRE) {
               this.w[REG.THRE_PENDING] = 1;
               irq = true;
             }
@@ -388,7 +419,10 @@ export class Serial8250 {
     } finally {
       this.unlock();
     }
-    if (backlog) this.sinks.backlog?.();
+    if (dropped) this.sinks.lost?.(1);
     if (irq) this.sinks.interrupt();
+    // Written at once if the output takes it; what it does not take (or what another thread is
+    // writing) waits for the main thread to see to it.
+    if (sent && this.flush() !== 0) this.sinks.backlog?.();
   }
 }
