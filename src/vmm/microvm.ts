@@ -16,6 +16,7 @@ import type * as Net from 'node:net';
 import { closeSync } from 'node:fs';
 import { takeVcpuThread, workerVcpus } from './threads';
 import { writeSerialOutput } from './serial-output';
+import { nonBlockingDescription } from '../nonblocking';
 import type { VcpuThreadsMode } from './threads';
 import type { VcpuStateSupport } from '../kvm/snapshot-state';
 
@@ -128,6 +129,8 @@ export class MicroVm {
   private readonly ownTid = gettid();
   /** Whether the vCPU threads count their time inside KVM_RUN: decided before any seccomp filter. */
   private readonly runTimeCounted: boolean;
+  /** stderr, opened non-blocking when first written (see stderr()). */
+  private stderrFd: number | undefined;
   /** Writes serial output that waited for its reader, while some waits. */
   private outputTimer: NodeJS.Timeout | undefined;
 
@@ -177,7 +180,7 @@ export class MicroVm {
     this.runTimeCounted = (opts.countRunTime ?? true) && nativeVcpuLibraryBuilt();
     if (this.workerCount < vcpus.length && vcpus.length - this.workerCount === (this.mainThreadVcpu ? 1 : 0)) {
       // Only the vCPU on the main thread: no native thread to hear from, so no pipe (nor node:net
-      // to read it); the main thread goes back to its vCPU from a setImmediate (wake, set by run).
+      // to read it); the main thread goes back to its vCPU on a signal it sends itself (wake, set by run).
       this.native = { group: VcpuThreadGroup.create(), wake: () => undefined };
     } else if (this.workerCount < vcpus.length) {
       // The native vCPU threads write a byte to this pipe when they have news; the main thread's
@@ -292,9 +295,23 @@ export class MicroVm {
       const err = fstatSync(2);
       const out = this.opts.serialOutFd >= 0 ? fstatSync(this.opts.serialOutFd) : undefined;
       if (out && err.dev === out.dev && err.ino === out.ino) return;
-      writeSync(2, `fc-run: ${text}\n`);
     } catch {
-      // stderr closed or full: the count is in the metrics
+      return; // stderr closed: the count is in the metrics
+    }
+    this.stderr(`fc-run: ${text}\n`);
+  }
+
+  /**
+   * One message on stderr, written without blocking (a reader that stopped, or a full pipe, must
+   * not hold the main thread, which may also be vCPU 0's): what does not fit is lost.
+   */
+  private stderr(text: string): void {
+    this.stderrFd ??= nonBlockingDescription(2);
+    if (this.stderrFd < 0) return;
+    try {
+      writeSync(this.stderrFd, text);
+    } catch {
+      // full (EAGAIN) or gone
     }
   }
 
@@ -453,7 +470,7 @@ export class MicroVm {
             const text = dumps.map((d, i) => `vCPU ${i} registers (SIGQUIT):\n${d}`).join('\n');
             const log = this.opts.monitor.log;
             if (log.enabled(LogLevel.Warning)) log.warn('vmm', text);
-            else writeSync(2, `fc-run: ${text}\n`);
+            else this.stderr(`fc-run: ${text}\n`);
           },
           (err: Error) => this.opts.monitor.log.warn('vmm', `SIGQUIT: cannot read the registers: ${err.message}`),
         );
