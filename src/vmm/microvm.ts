@@ -129,8 +129,12 @@ export class MicroVm {
   private readonly ownTid = gettid();
   /** Whether the vCPU threads count their time inside KVM_RUN: decided before any seccomp filter. */
   private readonly runTimeCounted: boolean;
-  /** stderr, opened non-blocking when first written (see stderr()). */
-  private stderrFd: number | undefined;
+  /** Whether the kick signal has the native no-op handler (else run() gives it a Node listener). */
+  private readonly quietKicks: boolean;
+  /** stderr, non-blocking (see stderr()); -1 if closed. Opened before the seccomp filters. */
+  private readonly stderrFd: number;
+  /** Whether stderr is the serial output's file (a message there would wait behind the output). */
+  private readonly stderrIsSerial: boolean;
   /** Writes serial output that waited for its reader, while some waits. */
   private outputTimer: NodeJS.Timeout | undefined;
 
@@ -178,6 +182,18 @@ export class MicroVm {
     this.workerCount = workerVcpus(opts.vcpuThreads ?? 'worker', vcpus.length);
     this.mainThreadVcpu = opts.vcpuThreads === 'main';
     this.runTimeCounted = (opts.countRunTime ?? true) && nativeVcpuLibraryBuilt();
+    // Here, before the seccomp filters: it looks for the native library (access) and sets a handler.
+    this.quietKicks = installKickHandler(os.constants.signals[VCPU_KICK_SIGNAL]);
+    this.stderrFd = nonBlockingDescription(2);
+    this.stderrIsSerial = ((): boolean => {
+      try {
+        const err = fstatSync(2);
+        const out = opts.serialOutFd >= 0 ? fstatSync(opts.serialOutFd) : undefined;
+        return out !== undefined && err.dev === out.dev && err.ino === out.ino;
+      } catch {
+        return false;
+      }
+    })();
     if (this.workerCount < vcpus.length && vcpus.length - this.workerCount === (this.mainThreadVcpu ? 1 : 0)) {
       // Only the vCPU on the main thread: no native thread to hear from, so no pipe (nor node:net
       // to read it); the main thread goes back to its vCPU on a signal it sends itself (wake, set by run).
@@ -291,14 +307,7 @@ export class MicroVm {
     const text = `${dropped} bytes of guest serial output dropped: ${why}`;
     const log = this.opts.monitor.log;
     if (log.enabled(LogLevel.Warning)) return log.warn('vmm', text);
-    try {
-      const err = fstatSync(2);
-      const out = this.opts.serialOutFd >= 0 ? fstatSync(this.opts.serialOutFd) : undefined;
-      if (out && err.dev === out.dev && err.ino === out.ino) return;
-    } catch {
-      return; // stderr closed: the count is in the metrics
-    }
-    this.stderr(`fc-run: ${text}\n`);
+    if (!this.stderrIsSerial) this.stderr(`fc-run: ${text}\n`);
   }
 
   /**
@@ -306,7 +315,6 @@ export class MicroVm {
    * not hold the main thread, which may also be vCPU 0's): what does not fit is lost.
    */
   private stderr(text: string): void {
-    this.stderrFd ??= nonBlockingDescription(2);
     if (this.stderrFd < 0) return;
     try {
       writeSync(this.stderrFd, text);
@@ -444,7 +452,7 @@ export class MicroVm {
     // The kick signal needs a handler (its default ends the process): one that does nothing, or
     // without the native library a listener of Node's (which wakes the event loop at each kick).
     const ignoreKick = () => undefined;
-    const quietKicks = installKickHandler(os.constants.signals[VCPU_KICK_SIGNAL]);
+    const quietKicks = this.quietKicks;
     if (!quietKicks) process.on(VCPU_KICK_SIGNAL, ignoreKick);
     return new Promise((resolve, reject) => {
       let bootTimeNs: bigint | undefined;
