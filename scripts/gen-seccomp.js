@@ -10,9 +10,8 @@
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
-const { builtinFilters, SECCOMP_RET_TRAP, SECCOMP_RET_LOG } = require('../dist/kvm/seccomp-builtin');
+const { builtinFilters, patchPid, SECCOMP_RET_TRAP, SECCOMP_RET_LOG } = require('../dist/kvm/seccomp-builtin');
 const { SECCOMP_RET_KILL_PROCESS } = require('../dist/kvm/seccomp-actions');
-const { patchPid } = require('../dist/kvm/seccomp-builtin');
 
 const root = path.resolve(__dirname, '..');
 const STAND_IN = [0x3ffff1, 0x3ffff2];

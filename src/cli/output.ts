@@ -21,7 +21,6 @@ const STALLED_MS = 5000;
  * non-blocking descriptor that is full is waited on, for as long as its reader takes some at least
  * every {@link STALLED_MS} (a reader that stopped would otherwise hold fc-run forever).
  */
-
 export class FdOutput implements Output {
   private gone = false;
   private tty: boolean | undefined;

@@ -2,7 +2,7 @@ import { FcRunError } from '../errors';
 import type { Vcpu, Vm } from '../kvm/kvm';
 import { installKickHandler, nativeVcpuLibraryBuilt, VcpuThreadGroup } from '../kvm/vcpu-threads';
 import * as os from 'node:os';
-import { fstatSync, writeSync } from 'node:fs';
+import { fstatSync } from 'node:fs';
 import { LogLevel } from '../monitor/logger';
 import { EFD_CLOEXEC, EFD_NONBLOCK, errno, gettid, O_CLOEXEC, O_NONBLOCK, sys, SyscallError, tgkill } from '../kvm/libc';
 import { KVM_RUN_OFFSETS } from '../kvm/structs';
@@ -15,7 +15,8 @@ import type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
 import type * as Net from 'node:net';
 import { closeSync } from 'node:fs';
 import { takeVcpuThread, workerVcpus } from './threads';
-import { writeSerialOutput } from './serial-output';
+import { serialOutputSink } from './serial-output';
+import { writeOnce } from '../monitor/sink';
 import { nonBlockingDescription } from '../nonblocking';
 import type { VcpuThreadsMode } from './threads';
 import type { VcpuStateSupport } from '../kvm/snapshot-state';
@@ -168,11 +169,7 @@ export class MicroVm {
     // The main thread's side of the UART: terminal input in, and output that waited for its reader out.
     const vmmCounts = opts.monitor.vmm;
     this.serial = new Serial8250(this.shared.serial, {
-      out: (bytes) => {
-        const n = opts.serialOutFd >= 0 ? writeSerialOutput(opts.serialOutFd, bytes) : bytes.length;
-        if (n > 0) vmmCounts.serialTxBytes += n;
-        return n;
-      },
+      out: serialOutputSink(opts.serialOutFd, (n) => (vmmCounts.serialTxBytes += n)),
       lost: (n) => (vmmCounts.serialLostBytes += n),
       interrupt: raise(this.serialIrqFd),
     });
@@ -194,10 +191,12 @@ export class MicroVm {
         return false;
       }
     })();
-    if (this.workerCount < vcpus.length && vcpus.length - this.workerCount === (this.mainThreadVcpu ? 1 : 0)) {
+    const nativeThreads = vcpus.length - this.workerCount - (this.mainThreadVcpu ? 1 : 0);
+    if (this.workerCount < vcpus.length && nativeThreads === 0) {
       // Only the vCPU on the main thread: no native thread to hear from, so no pipe (nor node:net
       // to read it); the main thread goes back to its vCPU on a signal it sends itself (wake, set by run).
-      this.native = { group: VcpuThreadGroup.create(), wake: () => undefined };
+      const group = VcpuThreadGroup.create();
+      this.native = { group, wake: () => group.poke() };
     } else if (this.workerCount < vcpus.length) {
       // The native vCPU threads write a byte to this pipe when they have news; the main thread's
       // event loop reads it and handles their exits (NativeVcpus). Made last, before any filter.
@@ -315,12 +314,7 @@ export class MicroVm {
    * not hold the main thread, which may also be vCPU 0's): what does not fit is lost.
    */
   private stderr(text: string): void {
-    if (this.stderrFd < 0) return;
-    try {
-      writeSync(this.stderrFd, text);
-    } catch {
-      // full (EAGAIN) or gone
-    }
+    if (this.stderrFd >= 0) writeOnce(this.stderrFd, Buffer.from(text));
   }
 
   /** The legacy devices' register state (the VM must be paused). */
@@ -506,10 +500,9 @@ export class MicroVm {
         // the caller writes the final metrics; a thread that died does not hold this up for long.
         const vmm = this.opts.vmmThread;
         const result = (): RunResult => ({ stop: stop!, bootTimeNs, vcpuRunNs: this.vcpuRunNs() });
-        const output = this.finishSerialOutput();
-        if (!vmm) return void output.then(() => resolve(result()));
-        const timer = setTimeout(() => void output.then(() => resolve(result())), 1000);
-        void Promise.all([vmm.stopped, output]).then(() => {
+        let timer: NodeJS.Timeout | undefined;
+        const vmmDone = vmm && Promise.race([vmm.stopped, new Promise((r) => (timer = setTimeout(r, 1000)))]);
+        void Promise.all([vmmDone, this.finishSerialOutput()]).then(() => {
           clearTimeout(timer);
           resolve(result());
         });
@@ -608,6 +601,7 @@ export class MicroVm {
           process.on(WAKE_SIGNAL, onWake);
           alive = setInterval(() => undefined, 1 << 30);
         }
+        const wake = this.native.wake;
         const scan = () => {
           if (done) return;
           group.rearm();
@@ -617,8 +611,7 @@ export class MicroVm {
             live = native.scan();
             if (native.yielded) {
               // The vCPU on this thread left the guest for the event loop: back here after it.
-              if (pipe) group.poke();
-              else scanSoon();
+              wake();
               return;
             }
             // While exits come quickly, wait for the next one here (a futex, woken by the vCPU
@@ -634,7 +627,7 @@ export class MicroVm {
           } catch (err) {
             if (!stop) finish({ kind: 'stop', vcpu: onNative[0].id, reason: 'vmm-error', detail: `handling vCPU exits failed: ${(err as Error).stack ?? err}` });
             native.quitAll();
-            if (!pipe) scanSoon();
+            wake();
             return;
           }
           if (live > 0) return;

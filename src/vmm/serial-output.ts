@@ -21,6 +21,18 @@ export function writeSerialOutput(fd: number, bytes: Uint8Array): number {
   }
 }
 
+/**
+ * The UART's output sink (SerialSinks.out) for `fd` (-1: output discarded, all of it taken),
+ * written with {@link writeSerialOutput}; `written` counts what the output took.
+ */
+export function serialOutputSink(fd: number, written: (n: number) => void): (bytes: Uint8Array) => number {
+  return (bytes) => {
+    const n = fd >= 0 ? writeSerialOutput(fd, bytes) : bytes.length;
+    if (n > 0) written(n);
+    return n;
+  };
+}
+
 /** An opened serial output: its fd (-1: discarded) and whether fc-run opened it (and closes it). */
 export interface SerialOutput {
   fd: number;

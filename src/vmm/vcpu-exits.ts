@@ -19,7 +19,7 @@ import type { MetricsLayout, SharedLoggerOptions } from '../monitor';
 import { exitField, VCPU_FIELDS } from '../monitor/vm-metrics';
 import { describeInternalError, formatRegisters } from './registers';
 import { MailboxClient } from './mmio-mailbox';
-import { writeSerialOutput } from './serial-output';
+import { serialOutputSink } from './serial-output';
 import { MMIO } from '../devices/virtio/mmio';
 import { saveVcpuState, VcpuStateSupport } from '../kvm/snapshot-state';
 
@@ -162,11 +162,7 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
   }
 
   const serial = new Serial8250(data.shared.serial, {
-    out: (bytes) => {
-      const n = data.serialOutFd >= 0 ? writeSerialOutput(data.serialOutFd, bytes) : bytes.length;
-      if (n > 0) counts[slot.serialTxBytes] += n;
-      return n;
-    },
+    out: serialOutputSink(data.serialOutFd, (n) => (counts[slot.serialTxBytes] += n)),
     lost: (n) => (m.serialLostBytes += n),
     // The main thread writes what waits, and tells the guest when the transmitter has room again.
     backlog: () => post({ kind: 'serial-backlog', vcpu: data.id } satisfies VcpuMessage),

@@ -109,7 +109,6 @@ export function specArgument(args: ParsedArgs): string {
   return spec;
 }
 
-/** Opens where guest serial output goes: stdout, a file or FIFO, or nowhere. */
 const STOP_WORDS: Record<string, string> = {
   reset: 'the guest reset the machine',
   shutdown: 'the guest powered off',

@@ -392,10 +392,11 @@ export class Serial8250 {
             this.w[REG.IER] = value & 0x0f;
             // Enabling THRE while the transmitter has room raises the interrupt at once (else
             // flush raises it once there is room).
-            if (!(before & IER_THRE) && value & IER_THRE && !this.txRoom()) this.w[REG.TX_WAIT] = 1;
-            else if (!(before & IER_THRE) && value & IER_THRE) {
-              this.w[REG.THRE_PENDING] = 1;
-              irq = true;
+            if (!(before & IER_THRE) && value & IER_THRE) {
+              if (this.txRoom()) {
+                this.w[REG.THRE_PENDING] = 1;
+                irq = true;
+              } else this.w[REG.TX_WAIT] = 1;
             }
             if (!(before & IER_RDA) && value & IER_RDA && this.rxCount() > 0) irq = true;
           }
