@@ -10,7 +10,7 @@ import { Serial8250 } from '../devices/legacy/serial';
 import { I8042 } from '../devices/legacy/i8042';
 import { CONTROL, CONTROL_WORDS, SharedState, StopReport, VCPU_KICK_SIGNAL, VcpuAnswer, VcpuMessage, VcpuRequest } from './shared';
 import type { VmMonitor } from '../monitor/vm-monitor';
-import { NativeVcpus, VCPU_THREAD_NICE } from './vcpu-exits';
+import { NativeVcpus, vcpuThreadNice } from './vcpu-exits';
 import type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
 import type * as Net from 'node:net';
 import { closeSync } from 'node:fs';
@@ -138,6 +138,8 @@ export class MicroVm {
   private readonly stderrIsSerial: boolean;
   /** Writes serial output that waited for its reader, while some waits. */
   private outputTimer: NodeJS.Timeout | undefined;
+  /** The vCPU threads' nice value (vcpuThreadNice), when some vCPU runs on a native thread. */
+  private readonly vcpuNice: number | undefined;
 
   constructor(
     vm: Vm,
@@ -182,6 +184,8 @@ export class MicroVm {
     // Here, before the seccomp filters: it looks for the native library (access) and sets a handler.
     this.quietKicks = installKickHandler(os.constants.signals[VCPU_KICK_SIGNAL]);
     this.stderrFd = nonBlockingDescription(2);
+    // Here too: the CPUs fc-run may run on (sched_getaffinity).
+    this.vcpuNice = this.workerCount < vcpus.length ? vcpuThreadNice(vcpus.length, os.availableParallelism()) : undefined;
     this.stderrIsSerial = ((): boolean => {
       try {
         const err = fstatSync(2);
@@ -531,11 +535,11 @@ export class MicroVm {
         virtio: this.opts.virtio,
         seccompFilter: this.opts.vcpuSeccompFilter,
         snapshotSupport: this.opts.snapshotSupport,
-        // Native vCPU threads run below the main thread, which handles their exits; a worker beside
-        // them (mixed) takes the same priority: a guest's vCPUs wait on each other (IPIs, locks),
-        // and an AP at nice 10 beside a BSP at 0 on a busy host ran a 3-vCPU Linux boot at a tenth
-        // of its speed while the BSP spun waiting for it.
-        nice: this.native ? VCPU_THREAD_NICE : undefined,
+        // With more vCPUs than host CPUs, native vCPU threads run below the main thread, which
+        // handles their exits; a worker beside them (mixed) takes the same priority: a guest's
+        // vCPUs wait on each other (IPIs, locks), and an AP at nice 10 beside a BSP at 0 on a busy
+        // host ran a 3-vCPU Linux boot at a tenth of its speed while the BSP spun waiting for it.
+        nice: this.vcpuNice,
         countRunTime: this.runTimeCounted,
         ...this.opts.monitor.shared(),
       });

@@ -143,9 +143,9 @@ export type VcpuThreadsMode = 'worker' | 'native' | 'mixed' | 'main';
 /**
  * How the vCPUs of a VM with `count` of them run (MicroVmOptions.vcpuThreads):
  * FC_RUN_VCPU_THREADS=worker|native|mixed|main, or unset or empty: 'main' for one vCPU (no worker
- * thread at all: ~9 MiB and ~25 ms of CPU less per launch) and 'mixed' for more, whose native
- * vCPU threads run below the main thread (VCPU_THREAD_NICE) and which then keeps vCPU 0 on a
- * worker at their level (vCPUs wait on each other). `customFilters` (--seccomp-filter): 'main'
+ * thread at all: ~9 MiB and ~25 ms of CPU less per launch) and 'mixed' for more, which keeps vCPU
+ * 0 on a worker at the native threads' level (vcpuThreadNice: below the main thread only when the
+ * VM has more vCPUs than the host CPUs; vCPUs wait on each other). `customFilters` (--seccomp-filter): 'main'
  * becomes 'mixed', since a vCPU on the main thread would run under the file's api filter.
  */
 export function vcpuThreadsMode(count: number, customFilters = false): VcpuThreadsMode {

@@ -47,7 +47,7 @@ export interface VcpuWorkerData {
   logger: SharedLoggerOptions;
   /**
    * The nice value the vCPU's thread takes before it enters the guest (absent: as it is):
-   * VCPU_THREAD_NICE for every vCPU of a VM with native vCPU threads (MicroVm decides).
+   * vcpuThreadNice for every vCPU of a VM with native vCPU threads (MicroVm decides).
    */
   nice?: number;
   /**
@@ -393,13 +393,25 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
 
 
 /**
- * The nice value of native vCPU threads. Their exits wait for the main thread; with more vCPUs
- * than host cores, guests spinning on a lock whose holder waits on an exit would otherwise leave
- * the main thread a 1/N share of a core (seen: the probe's 32 vCPUs on 2 cores, spinning on its
- * print lock, stalled for minutes). Below the main thread, the vCPUs still share the CPU fairly
- * among themselves, and a runnable main thread gets a core at once.
+ * The nice value of native vCPU threads when the VM has more vCPUs than the CPUs fc-run may run
+ * on. Their exits wait for the main thread; with more vCPUs than host cores, guests spinning on a
+ * lock whose holder waits on an exit would otherwise leave the main thread a 1/N share of a core
+ * (seen: the probe's 32 vCPUs on 2 cores, spinning on its print lock, stalled for minutes). Below
+ * the main thread, the vCPUs still share the CPU fairly among themselves, and a runnable main
+ * thread gets a core at once.
  */
 export const VCPU_THREAD_NICE = 10;
+
+/**
+ * The nice value for the vCPU threads of a VM with `vcpus` of them on a host where fc-run may run
+ * on `hostCpus` CPUs (its affinity): VCPU_THREAD_NICE when the VM alone overcommits them, else 0.
+ * Not lower when it fits: a nice of 10 gives a thread a tenth of the weight of a nice-0 process,
+ * so beside two busy processes on two cores a 2-vCPU Linux boot ran at a tenth of its speed
+ * (CI: still initialising devices after 13 minutes, where it takes 2 idle).
+ */
+export function vcpuThreadNice(vcpus: number, hostCpus: number): number {
+  return vcpus > hostCpus ? VCPU_THREAD_NICE : 0;
+}
 
 /** Where a vCPU run by a native thread is, as the thread handling its exits sees it. */
 type NativePhase = 'starting' | 'decide' | 'running' | 'pausing' | 'parked' | 'quitting' | 'done';

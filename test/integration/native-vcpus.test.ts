@@ -34,13 +34,17 @@ describeKvm('native vCPU threads of a running VM', () => {
   afterAll(() => ws?.remove());
 
   test('one thread per vCPU, named "fc_vcpu N" as Firecracker names its own; SIGTERM ends the VM with exit 0', async () => {
-    const threadsOf = async (vcpus: number, mode: string) => {
+    // `cpus`: the CPUs fc-run may run on (taskset -c), which decide the vCPU threads' nice value.
+    const threadsOf = async (vcpus: number, mode: string, cpus?: string) => {
       const spec = ws.write(`chatty-${vcpus}-${mode}.json`, {
         'boot-source': { kernel_image_path: ws.write('chatty.elf', tinyGuestElf(CHATTY)) },
         'machine-config': { vcpu_count: vcpus, mem_size_mib: 16 },
       });
       const out = path.join(ws.dir, `serial-${vcpus}-${mode}.out`);
-      const child = spawn(process.execPath, [BIN, spec, '--serial-out', out], { env: { ...process.env, FC_RUN_VCPU_THREADS: mode } });
+      const argv = [process.execPath, BIN, spec, '--serial-out', out];
+      // taskset sets the affinity and execs fc-run in the same process.
+      const [file, ...args] = cpus === undefined ? argv : ['taskset', '-c', cpus, ...argv];
+      const child = spawn(file, args, { env: { ...process.env, FC_RUN_VCPU_THREADS: mode } });
       const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
       try {
         const end = Date.now() + 60_000;
@@ -61,8 +65,9 @@ describeKvm('native vCPU threads of a running VM', () => {
         child.kill('SIGKILL');
       }
     };
-    // Native threads run at nice 10 (below the main thread, which handles their exits).
-    const native = await threadsOf(4, 'native');
+    // With more vCPUs than the CPUs fc-run may run on, native threads run at nice 10 (below the
+    // main thread, which handles their exits).
+    const native = await threadsOf(4, 'native', '0');
     expect(native.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 0 10', 'fc_vcpu 1 10', 'fc_vcpu 2 10', 'fc_vcpu 3 10']);
     // With a worker per vCPU no thread has that name, and every thread of Node's runs at nice 0.
     const workers = await threadsOf(4, 'worker');
@@ -71,17 +76,22 @@ describeKvm('native vCPU threads of a running VM', () => {
     // Mixed (the default for more than one vCPU, also when the variable is empty): vCPU 0 on a
     // worker, the others native, and vCPU 0's worker at the native threads' nice value: the vCPUs
     // share a busy host evenly.
-    const mixed = await threadsOf(4, '');
+    const mixed = await threadsOf(4, '', '0');
     expect(mixed.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 1 10', 'fc_vcpu 2 10', 'fc_vcpu 3 10']);
     expect(mixed.filter((n) => n.startsWith('node ') && n.endsWith(' 10'))).toHaveLength(1);
     expect(mixed.filter((n) => n.startsWith('fc_loop_watch'))).toEqual([]);
     // Main: vCPU 0 on the main thread (nice 0: it also handles the others' exits), watched by
     // fc_loop_watch; the others native. No worker: one thread fewer than mixed.
-    const main = await threadsOf(4, 'main');
+    const main = await threadsOf(4, 'main', '0');
     expect(main.filter((n) => n.startsWith('fc_vcpu')).sort()).toEqual(['fc_vcpu 1 10', 'fc_vcpu 2 10', 'fc_vcpu 3 10']);
     expect(main.filter((n) => n.startsWith('fc_loop_watch'))).toEqual(['fc_loop_watch 0']);
     expect(main.filter((n) => n.startsWith('node ') && !n.endsWith(' 0'))).toEqual([]);
     expect(main.filter((n) => n.startsWith('node ')).length).toBe(mixed.filter((n) => n.startsWith('node ')).length - 1);
+    // No more vCPUs than CPUs: every vCPU at nice 0, as fair to the host's other processes as
+    // any thread (at nice 10 a busy host starved a 2-vCPU Linux boot).
+    const fits = await threadsOf(2, '', '0,1');
+    expect(fits.filter((n) => n.startsWith('fc_vcpu'))).toEqual(['fc_vcpu 1 0']);
+    expect(fits.filter((n) => !n.endsWith(' 0'))).toEqual([]);
     // One vCPU, unset: main mode, so no vCPU thread of any kind but the watcher; with a worker per
     // vCPU, one more Node thread and no watcher.
     const one = await threadsOf(1, '');

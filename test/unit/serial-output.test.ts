@@ -37,6 +37,11 @@ describe('openSerialOutput', () => {
   test('a directory, a missing parent or a socket is refused with a clear error', () => {
     expect(() => openSerialOutput(ws.dir)).toThrow(/cannot open --serial-out .*: EISDIR/);
     expect(() => openSerialOutput(path.join(ws.dir, 'no', 'such'))).toThrow(/cannot open --serial-out .*: ENOENT/);
+    // A listening Unix socket that is not fc-run's stdout or stderr.
+    const sock = path.join(ws.dir, 'listening.sock');
+    const listener = spawnSync('python3', ['-c', `import socket; s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(sock)})`]);
+    expect(listener.status).toBe(0);
+    expect(() => openSerialOutput(sock)).toThrow(/cannot open --serial-out .*: a socket \(fc-run writes to a regular file/);
   });
 
   test('an fd that is gone reads as -1 (drop), not as an exception', () => {
@@ -51,7 +56,8 @@ describe('openSerialOutput', () => {
       const { openSerialOutput } = require(${JSON.stringify(path.resolve(__dirname, '../../src/vmm/serial-output'))});
       const { sys, F_GETFL, O_NONBLOCK } = require(${JSON.stringify(path.resolve(__dirname, '../../src/kvm/libc'))});
       const out = openSerialOutput(undefined);
-      process.stderr.write(JSON.stringify({ fd: out.fd, own: (sys.fcntl(out.fd, F_GETFL, 0) & O_NONBLOCK) !== 0, stdout: (sys.fcntl(1, F_GETFL, 0) & O_NONBLOCK) !== 0 }));
+      const named = ['/dev/stdout', '/proc/self/fd/2'].map((f) => { try { return openSerialOutput(f); } catch (e) { return e.message; } });
+      process.stderr.write(JSON.stringify({ fd: out.fd, own: (sys.fcntl(out.fd, F_GETFL, 0) & O_NONBLOCK) !== 0, stdout: (sys.fcntl(1, F_GETFL, 0) & O_NONBLOCK) !== 0, named }));
     `;
     const cwd = path.resolve(__dirname, '../..');
     // Through a shell pipeline: a real pipe (Node's own stdio pipes are socket pairs).
@@ -61,9 +67,13 @@ describe('openSerialOutput', () => {
     expect(seen.fd).not.toBe(1);
     expect(seen.own).toBe(true);
     expect(seen.stdout).toBe(false);
+    // Named by path, a pipe is opened again (fc-run's own description, closed at exit).
+    expect(seen.named[0].owned).toBe(true);
     // A socket (as Node's child stdio, or journald's stream) cannot be opened again: it is made non-blocking itself.
     const socket = spawnSync(process.execPath, ['-e', code], { cwd, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
     expect(socket.status).toBe(0);
-    expect(JSON.parse(socket.stderr)).toEqual({ fd: 1, own: true, stdout: true });
+    // Named by path (/dev/stdout, /proc/self/fd/2), a socket stdout or stderr is written through
+    // that fd, which stays open: no path can open a socket.
+    expect(JSON.parse(socket.stderr)).toEqual({ fd: 1, own: true, stdout: true, named: [{ fd: 1, owned: false }, { fd: 2, owned: false }] });
   });
 });
