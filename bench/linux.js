@@ -13,7 +13,11 @@
 // at once; on hardware KVM the initramfs /init reports and restarts by itself. QEMU gets
 // `-cpu host,-kvm-pv-ipi,-kvm-pv-sched-yield`, the CPUID that fc-run's emulating-host CPU template
 // gives (on hardware KVM both keep the defaults).
-// Usage: node bench/linux.js [runs=1]   (needs /dev/kvm, qemu-system-x86 and `npm run build:linux`)
+// Usage: node bench/linux.js [runs=1] [--busy N] [--case vmlinux-2]
+//   --busy N: N busy loops (nice 0, one process each) run beside every boot, for fc-run and QEMU
+//     alike: the boot on a loaded host (fc-run's vCPU threads must get their fair share);
+//   --case IMAGE-VCPUS: that case only (vmlinux-1, vmlinux-2, bzImage-1, bzImage-2).
+//   (needs /dev/kvm, qemu-system-x86 and `npm run build:linux`)
 'use strict';
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
@@ -24,9 +28,24 @@ const host = require('../guest/linux/host.js');
 
 const root = path.resolve(__dirname, '..');
 const build = path.join(root, 'guest', 'linux', 'build');
-const runs = Number(process.argv[2] ?? 1);
-if (!Number.isInteger(runs) || runs < 1 || process.argv.length > 3) {
-  console.error('usage: node bench/linux.js [runs=1]');
+const USAGE = 'usage: node bench/linux.js [runs=1] [--busy N] [--case vmlinux-1|vmlinux-2|bzImage-1|bzImage-2]';
+const argv = process.argv.slice(2);
+const option = (name) => {
+  const i = argv.indexOf(name);
+  if (i < 0) return undefined;
+  const v = argv[i + 1];
+  argv.splice(i, 2);
+  if (v === undefined) {
+    console.error(USAGE);
+    process.exit(1);
+  }
+  return v;
+};
+const busy = Number(option('--busy') ?? 0);
+const only = option('--case');
+const runs = Number(argv[0] ?? 1);
+if (!Number.isInteger(runs) || runs < 1 || argv.length > 1 || !Number.isInteger(busy) || busy < 0 || busy > 64 || (only !== undefined && !/^(vmlinux|bzImage)-[12]$/.test(only))) {
+  console.error(USAGE);
   process.exit(1);
 }
 if (!fs.existsSync('/dev/kvm')) {
@@ -89,6 +108,12 @@ function boot(cmd, args) {
   });
 }
 
+/** Starts `busy` busy loops (each its own process at nice 0); returns what stops them. */
+function busyLoops() {
+  const loops = Array.from({ length: busy }, () => spawn(process.execPath, ['-e', 'for (;;);'], { stdio: 'ignore' }));
+  return () => loops.forEach((p) => p.kill('SIGKILL'));
+}
+
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const s = (v) => `${(v / 1000).toFixed(1).padStart(6)} s`;
 
@@ -96,9 +121,12 @@ const s = (v) => `${(v / 1000).toFixed(1).padStart(6)} s`;
   console.log(`Real Linux (guest/linux/build) from process start to "Run /init" and to exit, fc-run vs QEMU microvm, same KVM, alternating (median of ${runs})`);
   console.log(`  host: ${kind.kind} KVM (${kind.why})`);
   console.log(`  command line: ${cmdline}`);
+  if (busy > 0) console.log(`  beside every boot: ${busy} busy loop${busy > 1 ? 's' : ''} at nice 0 on ${os.availableParallelism()} CPUs`);
   console.log('  case                   fc-run: /init     exit   QEMU: /init     exit   ratio /init  exit');
   const cases = [];
-  for (const image of ['vmlinux', 'bzImage']) for (const vcpus of [1, 2]) cases.push({ image, vcpus });
+  for (const image of ['vmlinux', 'bzImage']) for (const vcpus of [1, 2]) if (only === undefined || only === `${image}-${vcpus}`) cases.push({ image, vcpus });
+  const stopBusy = busyLoops();
+  process.once('exit', stopBusy);
   for (const c of cases) {
     const t = { fc: [], q: [] };
     for (let i = 0; i < runs; i++) {

@@ -35,7 +35,7 @@ interface OptionBase {
 
 export type OptionSpec =
   | (OptionBase & { kind: 'flag' })
-  | (OptionBase & { kind: 'string'; repeatable?: boolean; choices?: readonly string[]; caseInsensitive?: boolean; check?: (v: string) => string | undefined })
+  | (OptionBase & { kind: 'string'; repeatable?: boolean; choices?: readonly string[]; caseInsensitive?: boolean; aliases?: Readonly<Record<string, string>>; check?: (v: string) => string | undefined })
   | (OptionBase & { kind: 'integer'; min: number; max: number })
   /** Accepted only to refuse it by name with what to use instead. */
   | (OptionBase & { kind: 'refused'; takesValue: boolean; why: string });
@@ -168,7 +168,9 @@ function convert(opt: OptionSpec, value: string | undefined, fail: (m: string) =
       if (v === '') fail(`option ${name} needs a non-empty value`);
       if (CONTROL.test(v)) fail(`option ${name} contains a control character`);
       if (opt.choices) {
-        const found = opt.choices.find((c) => (opt.caseInsensitive ? c.toLowerCase() === v.toLowerCase() : c === v));
+        // An alias (another spelling of a choice, as lower case when caseInsensitive) stands for it.
+        const alias = opt.aliases?.[opt.caseInsensitive ? v.toLowerCase() : v];
+        const found = alias ?? opt.choices.find((c) => (opt.caseInsensitive ? c.toLowerCase() === v.toLowerCase() : c === v));
         if (found === undefined) {
           const guess = closestMatch(v, [...opt.choices]);
           fail(`option ${name} must be one of ${opt.choices.join(', ')}, got ${describeValue(v)}${guess ? ` (did you mean ${guess}?)` : ''}`);

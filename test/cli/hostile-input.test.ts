@@ -257,6 +257,23 @@ describe('command-line values', () => {
     expect(r.err).toContain('error[range]: /machine-config/vcpu_count');
   });
 
+  test("Firecracker's spellings: --level warn is Warning; the MMDS limit is --http-api-max-payload-size when --mmds-size-limit is not given", () => {
+    // An empty kernel file keeps every run here from reaching KVM (exit 2 once the MMDS contents passed).
+    fs.writeFileSync(path.join(ws.dir, 'empty-kernel'), '');
+    const bad = ws.write('fc-bad-mmds.json', { 'boot-source': { kernel_image_path: 'empty-kernel' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 128 } });
+    const big = ws.write('big-metadata.json', { blob: 'x'.repeat(100_000) });
+    const base = ['--no-api', '--config-file', bad, '--metadata', big];
+    for (const level of ['warn', 'WARN', 'Warning']) {
+      const r = fcRun([...base, '--http-api-max-payload-size', '200000', '--level', level]);
+      expect(r.code).toBe(2);
+      expect(r.err).toContain('error[kernel-image]');
+      expect(r.err).not.toContain('mmds-too-large');
+    }
+    // Without either limit, 100 KB is over the 51200-byte default; --mmds-size-limit wins over the payload size.
+    expect(fcRun(base).err).toContain('error[mmds-too-large]');
+    expect(fcRun([...base, '--http-api-max-payload-size', '200000', '--mmds-size-limit', '51200']).err).toContain('error[mmds-too-large]');
+  });
+
   test('--strict makes warnings errors; --json-lines prints one record per line', () => {
     const warn = ws.write('warn.json', spec({ mmds: { a: 1 } })); // MMDS contents without mmds-config: a warning
     expect(fcRun(['validate', warn]).code).toBe(0);

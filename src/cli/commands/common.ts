@@ -26,10 +26,18 @@ export function reportingOf(args: ParsedArgs): Reporting {
   return { jsonLines: args.options['json-lines'] === true, strict: args.options.strict === true };
 }
 
+/**
+ * The MMDS size limit the options give: --mmds-size-limit, else (as Firecracker's main.rs does)
+ * --http-api-max-payload-size for the commands that take it; undefined for the default.
+ */
+export function mmdsSizeLimitOf(options: Readonly<Record<string, unknown>>): number | undefined {
+  return (options['mmds-size-limit'] ?? options['http-api-max-payload-size']) as number | undefined;
+}
+
 export function loadOptionsOf(args: ParsedArgs, skipFiles = false): LoadOptions {
   return {
     skipFiles,
     metadataFile: args.options.metadata as string | undefined,
-    mmdsSizeLimit: args.options['mmds-size-limit'] as number | undefined,
+    mmdsSizeLimit: mmdsSizeLimitOf(args.options),
   };
 }

@@ -10,7 +10,7 @@ import { JAILER_SUPPLIED_FLAGS, jailLayout, parseResourceLimit, ResourceLimit } 
 import { checkInsideSpec } from '../../jail/inside-spec';
 import { CommandSpec, OptionValue, ParsedArgs, parseArgs, UsageError } from '../args';
 import { handleFailure, Io, reportStatus, Reporting } from '../io';
-import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
+import { loadOptionsOf, mmdsSizeLimitOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
 import { instanceIdProblem, RUN_SPEC } from './run';
 
 const problemOf = (parse: (s: string) => unknown) => (s: string) => {
@@ -171,7 +171,7 @@ async function jailerFormCommand(io: Io, args: ParsedArgs, startNs: bigint): Pro
     checkInsideSpec(layout.root, {
       configFile: (run.options['config-file'] as string | undefined) ?? run.positionals[0],
       metadataFile: run.options.metadata as string | undefined,
-      mmdsSizeLimit: run.options['mmds-size-limit'] as number | undefined,
+      mmdsSizeLimit: mmdsSizeLimitOf(run.options),
     });
     const jail = prepareJailerJail(jailer);
     reportStatus({ out: io.out, err }, rep, 'jail', `jail ${jail.root}`, { root: jail.root });

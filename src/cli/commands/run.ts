@@ -17,7 +17,7 @@ import { painterFor } from '../format';
 import { VERSION } from '../version';
 import { SpecInvalidError } from '../../config/issues';
 import type { LogLevel } from '../../config/resolved';
-import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
+import { loadOptionsOf, mmdsSizeLimitOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
 import { serviceNotify } from '../service-notify';
 import { compileSeccompilerJson } from '../../kvm/seccompiler';
 import type { LaunchOptions, ThreadFilters } from '../../boot/launch';
@@ -40,7 +40,7 @@ export const LOG_LEVELS = ['Error', 'Warning', 'Info', 'Debug', 'Trace', 'Off'] 
 export const MONITOR_OPTIONS: OptionSpec[] = [
   { name: 'id', kind: 'string', valueName: 'ID', check: instanceIdProblem, describe: 'The microVM id in log lines, metrics and the API (default: anonymous-instance)' },
   { name: 'log-path', kind: 'string', valueName: 'PATH', describe: 'Log to this file or named pipe (overrides logger.log_path)' },
-  { name: 'level', kind: 'string', valueName: 'LEVEL', choices: LOG_LEVELS, caseInsensitive: true, describe: 'Log level (overrides logger.level)' },
+  { name: 'level', kind: 'string', valueName: 'LEVEL', choices: LOG_LEVELS, caseInsensitive: true, aliases: { warn: 'Warning' }, describe: 'Log level (overrides logger.level; "warn" is Warning, as in Firecracker)' },
   { name: 'module', kind: 'string', valueName: 'MODULE', describe: 'Log only lines whose origin starts with this module, e.g. devices/virtio (overrides logger.module)' },
   { name: 'show-level', kind: 'flag', describe: 'Show the level in log lines (overrides logger.show_level)' },
   { name: 'show-log-origin', kind: 'flag', describe: 'Show the source of log lines (overrides logger.show_log_origin)' },
@@ -316,7 +316,7 @@ export async function launchPlanned(
   const serialIn = isTerminal(0) && (serialOutArg === undefined || serialOutArg === '-') && serialOutFd >= 0 ? process.stdin : undefined;
   const monitorCfg = monitorConfig(plan, o);
   const monitor = monitorFor(plan, monitorCfg);
-  const mmdsSizeLimit = (o['mmds-size-limit'] as number | undefined) ?? DEFAULT_MMDS_SIZE_LIMIT;
+  const mmdsSizeLimit = mmdsSizeLimitOf(o) ?? DEFAULT_MMDS_SIZE_LIMIT;
   const maxBody = (o['http-api-max-payload-size'] as number | undefined) ?? Math.max(DEFAULT_API_MAX_PAYLOAD, mmdsSizeLimit + 4096);
   const apiSock = o['api-sock'] as string | undefined;
   const api: ApiContext | undefined = apiSock !== undefined ? { id: (o.id as string | undefined) ?? 'anonymous-instance', version: VERSION, monitor, maxBody } : undefined;
