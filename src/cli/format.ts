@@ -34,13 +34,26 @@ export function displayPath(file: string): string {
   return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
 }
 
+/**
+ * Text for a terminal with the control characters a spec, a file name or a value can carry
+ * (escape sequences that retitle or clear a terminal, NUL, C1 controls) shown escaped, as \x1b
+ * or \u0085; tabs and line breaks stay.
+ */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (ch) => {
+    const n = ch.charCodeAt(0);
+    return n < 0x80 ? `\\x${n.toString(16).padStart(2, '0')}` : `\\u${n.toString(16).padStart(4, '0')}`;
+  });
+}
+
 /** One issue as "file:line:col: error: /json/path: message", then an indented fix. */
 export function formatIssue(issue: SpecIssue, c: Painter): string {
-  const where = [issue.file ? displayPath(issue.file) : undefined, issue.line, issue.column].filter((x) => x !== undefined).join(':');
+  const where = printable([issue.file ? displayPath(issue.file) : undefined, issue.line, issue.column].filter((x) => x !== undefined).join(':'));
   const sev = issue.severity === 'error' ? c.red.bold('error') : c.yellow.bold('warning');
-  const p = issue.path.length > 0 ? `${c.cyan(pointer(issue.path))}: ` : '';
-  let out = `${c.bold(where)}: ${sev}[${issue.code}]: ${p}${issue.message}`;
-  if (issue.hint) out += `\n    ${c.dim('fix:')} ${issue.hint}`;
+  const p = issue.path.length > 0 ? `${c.cyan(printable(pointer(issue.path)))}: ` : '';
+  let out = `${c.bold(where)}: ${sev}[${issue.code}]: ${p}${printable(issue.message)}`;
+  if (issue.hint) out += `\n    ${c.dim('fix:')} ${printable(issue.hint)}`;
   return out;
 }
 

@@ -1,7 +1,7 @@
 import { SpecInvalidError, SpecIssue } from '../config/issues';
 import { EXIT_FAILURE, FcRunError } from '../errors';
 import { UsageError } from './args';
-import { formatIssue, issueJson, painterFor } from './format';
+import { formatIssue, issueJson, painterFor, printable } from './format';
 import type { Output } from './output';
 
 export interface Io {
@@ -56,13 +56,13 @@ export function handleFailure(io: Io, err: unknown, rep: Reporting): number {
     reportIssues(io, err.issues, rep);
     const n = err.issues.filter((i) => i.severity === 'error').length;
     if (rep.jsonLines) writeRecord(io.err, { type: 'result', file: err.file, valid: false, errors: n, exit: err.exitCode });
-    else write(io.err, c.red(`${err.file}: invalid spec (${n} error${n === 1 ? '' : 's'})`));
+    else write(io.err, c.red(`${printable(err.file)}: invalid spec (${n} error${n === 1 ? '' : 's'})`));
     return err.exitCode;
   }
   if (err instanceof FcRunError) {
     if (rep.jsonLines) writeRecord(io.err, { type: 'error', code: err.code, message: err.message, exit: err.exitCode });
     else {
-      write(io.err, `${c.red.bold('fc-run:')} ${err.message}`);
+      write(io.err, `${c.red.bold('fc-run:')} ${printable(err.message)}`);
       if (err instanceof UsageError) write(io.err, `Run "fc-run ${err.command ? `${err.command} ` : ''}--help" for usage.`);
     }
     return err.exitCode;

@@ -274,6 +274,16 @@ describe('command-line values', () => {
     expect(fcRun([...base, '--http-api-max-payload-size', '200000', '--mmds-size-limit', '51200']).err).toContain('error[mmds-too-large]');
   });
 
+  test('control characters from a spec never reach the terminal raw: escape sequences, NUL and C1 are shown escaped', () => {
+    const f = ws.write('esc-path.json', spec({ drives: [{ drive_id: 'rootfs', path_on_host: 'x\u001b]0;pwned\u0007\u001b[2J\u0000\u0085.img', is_root_device: true, is_read_only: true }] }));
+    const r = fcRun(['validate', f]);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('error[control-character]');
+    // eslint-disable-next-line no-control-regex
+    expect(r.err).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
+    expect(r.err).toContain('x\\x1b]0;pwned\\x07\\x1b[2J');
+  });
+
   test('--strict makes warnings errors; --json-lines prints one record per line', () => {
     const warn = ws.write('warn.json', spec({ mmds: { a: 1 } })); // MMDS contents without mmds-config: a warning
     expect(fcRun(['validate', warn]).code).toBe(0);
