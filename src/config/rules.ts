@@ -120,7 +120,8 @@ function checkDrives(spec: VmSpec, issues: IssueList, baseDir: string): void {
         issues.error('required', ['drives', i, 'path_on_host'], `drive "${d.drive_id}" has no path_on_host`, 'add "path_on_host": the file backing the drive');
       }
       if (d.is_read_only === undefined) {
-        issues.error('required', ['drives', i, 'is_read_only'], `drive "${d.drive_id}" has no is_read_only`, 'add "is_read_only": true or false');
+        // Firecracker takes a drive without it as writable (is_read_only.unwrap_or(false)); said, since a writable drive is the one a guest can change.
+        issues.warning('read-only-unset', ['drives', i, 'is_read_only'], `drive "${d.drive_id}" has no is_read_only: the guest may write to it (Firecracker's default)`, 'add "is_read_only": true or false');
       }
     } else {
       for (const field of ['path_on_host', 'is_read_only', 'rate_limiter', 'io_engine'] as const) {

@@ -141,8 +141,12 @@ describe('semantic rules', () => {
     expect(errorsOf(ws, { 'boot-source': { kernel_image_path: 'adir' } })).toEqual(['file-not-regular @ /boot-source/kernel_image_path']);
   });
 
-  test('virtio-blk drives need path_on_host and is_read_only; vhost-user drives must not have them', () => {
-    expect(errorsOf(ws, withSpec({ drives: [{ drive_id: 'a', is_root_device: false }] }))).toEqual(['required @ /drives/0/path_on_host', 'required @ /drives/0/is_read_only']);
+  test('virtio-blk drives need path_on_host; without is_read_only they are writable, with a warning (as Firecracker takes them); vhost-user drives must not have them', () => {
+    expect(errorsOf(ws, withSpec({ drives: [{ drive_id: 'a', is_root_device: false }] }))).toEqual(['required @ /drives/0/path_on_host']);
+    ws.write('disk.img', Buffer.alloc(4096));
+    const { spec, warnings } = load(ws, withSpec({ drives: [{ drive_id: 'a', is_root_device: false, path_on_host: 'disk.img' }] }));
+    expect(spec.drives[0].is_read_only).toBe(false);
+    expect(warnings.map((w) => `${w.code} @ /${w.path.join('/')}`)).toEqual(['read-only-unset @ /drives/0/is_read_only']);
     expect(errorsOf(ws, withSpec({ drives: [drive('a', { socket: '/run/vu.sock' })] }))).toEqual(['vhost-user-conflict @ /drives/0/path_on_host', 'vhost-user-conflict @ /drives/0/is_read_only']);
   });
 
