@@ -28,6 +28,7 @@ export function fileKind(st: fs.Stats): string {
   if (st.isCharacterDevice()) return 'a character device';
   if (st.isBlockDevice()) return 'a block device';
   if (st.isSocket()) return 'a socket';
+  if (st.isFile()) return 'a regular file';
   return 'not a regular file';
 }
 

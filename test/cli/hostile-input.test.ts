@@ -215,6 +215,7 @@ describe('sockets', () => {
     const r = fcRun(['validate', ws.write('file-sock.json', spec({ vsock: { guest_cid: 3, uds_path: 'keep.txt' } }))]);
     expect(r.code).toBe(2);
     expect(r.err).toContain('error[socket-path-taken]');
+    expect(r.err).toContain('already exists and is a regular file, not a socket');
     expect(fs.readFileSync(keep, 'utf8')).toBe('precious');
   });
 });
