@@ -129,7 +129,8 @@ export function withoutNulls(value: unknown, at: (string | number)[]): { result:
     if (v === null || typeof v !== 'object') return v;
     const out: Record<string, unknown> = {};
     for (const [k, item] of Object.entries(v)) {
-      if (item === null && !(path.length === 0 && FREE_FORM.has(k))) {
+      // A free-form section itself may be null (absent) too; nulls inside it are its data.
+      if (item === null) {
         nulled.add(JSON.stringify([...path, k]));
         continue;
       }

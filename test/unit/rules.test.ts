@@ -150,6 +150,11 @@ describe('semantic rules', () => {
     expect(errorsOf(ws, withSpec({ drives: [drive('a', { socket: '/run/vu.sock' })] }))).toEqual(['vhost-user-conflict @ /drives/0/path_on_host', 'vhost-user-conflict @ /drives/0/is_read_only']);
   });
 
+  test('"mmds": null is absent, as null is for every section; nulls inside the contents are data', () => {
+    expect(load(ws, withSpec({ mmds: null })).spec.mmds).toBeUndefined();
+    expect(load(ws, withSpec({ mmds: { a: null, b: [null] } })).spec.mmds?.data).toEqual({ a: null, b: [null] });
+  });
+
   test('MMDS contents: from the spec or --metadata, not both, and within the size limit', () => {
     const meta = ws.write('meta.json', { latest: { 'meta-data': { id: 'i-1' } } });
     const withMmds = withSpec({ mmds: { a: 1 } });
