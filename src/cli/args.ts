@@ -65,7 +65,7 @@ export interface ParsedArgs {
 
 /** The characters an option value may not contain: control characters reach C strings and logs. */
 // eslint-disable-next-line no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f]/;
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 
 function describeValue(v: string): string {
   return JSON.stringify(v.length > 40 ? `${v.slice(0, 37)}...` : v);
@@ -169,7 +169,8 @@ function convert(opt: OptionSpec, value: string | undefined, fail: (m: string) =
       if (CONTROL.test(v)) fail(`option ${name} contains a control character`);
       if (opt.choices) {
         // An alias (another spelling of a choice, as lower case when caseInsensitive) stands for it.
-        const alias = opt.aliases?.[opt.caseInsensitive ? v.toLowerCase() : v];
+        const key = opt.caseInsensitive ? v.toLowerCase() : v;
+        const alias = opt.aliases !== undefined && Object.hasOwn(opt.aliases, key) ? opt.aliases[key] : undefined;
         const found = alias ?? opt.choices.find((c) => (opt.caseInsensitive ? c.toLowerCase() === v.toLowerCase() : c === v));
         if (found === undefined) {
           const guess = closestMatch(v, [...opt.choices]);

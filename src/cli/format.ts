@@ -27,11 +27,11 @@ export function painterFor(stream: Output): Painter {
   return { red: withBold(style(31, 39)), yellow: withBold(style(33, 39)), green: style(32, 39), cyan: style(36, 39), bold, dim: style(2, 22) };
 }
 
-/** A file name as the user would type it: relative when it lies under the working directory. */
+/** A file name as the user would type it: relative when it lies under the working directory, control characters escaped (printable). */
 export function displayPath(file: string): string {
-  if (!path.isAbsolute(file)) return file;
+  if (!path.isAbsolute(file)) return printable(file);
   const rel = path.relative(process.cwd(), file);
-  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
+  return printable(rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file);
 }
 
 /**

@@ -24,7 +24,9 @@ export function write(stream: Output, text: string): void {
 
 /** One JSON record on one line; keys with undefined values are left out. */
 export function writeRecord(stream: Output, record: Record<string, unknown>): void {
-  stream.write(`${JSON.stringify(record)}\n`);
+  // JSON escapes C0 controls but not C1 (U+0080-U+009F), which some terminals act on: escaped too.
+  // eslint-disable-next-line no-control-regex
+  stream.write(`${JSON.stringify(record).replace(/[\u0080-\u009f]/g, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`)}\n`);
 }
 
 /** Under --strict a warning counts as an error: the issue says so itself. */
@@ -46,7 +48,7 @@ export function reportIssues(io: Io, issues: SpecIssue[], rep: Reporting): void 
 /** A one-line status message (what the VM did, where a jail is), as a line or a record. */
 export function reportStatus(io: Io, rep: Reporting, event: string, message: string, fields: Record<string, unknown> = {}): void {
   if (rep.jsonLines) writeRecord(io.err, { type: 'status', event, message, ...fields });
-  else write(io.err, painterFor(io.err).dim(`fc-run: ${message}`));
+  else write(io.err, painterFor(io.err).dim(`fc-run: ${printable(message)}`));
 }
 
 /** Turns a failure into its exit code after telling the user what happened. */

@@ -382,7 +382,7 @@ function checkFiles(spec: VmSpec, issues: IssueList, baseDir: string): void {
   checkReadable(boot.kernel_image_path, ['boot-source', 'kernel_image_path'], 'kernel image', issues, baseDir);
   if (boot.initrd_path) checkReadable(boot.initrd_path, ['boot-source', 'initrd_path'], 'initrd', issues, baseDir);
   (spec.drives ?? []).forEach((d, i) => {
-    if (d.path_on_host) checkReadable(d.path_on_host, ['drives', i, 'path_on_host'], `drive "${d.drive_id}" file`, issues, baseDir, d.is_read_only === false, true);
+    if (d.path_on_host) checkReadable(d.path_on_host, ['drives', i, 'path_on_host'], `drive "${d.drive_id}" file`, issues, baseDir, d.is_read_only !== true, true);
   });
   if (typeof spec['cpu-config'] === 'string') checkReadable(spec['cpu-config'], ['cpu-config'], 'CPU template file', issues, baseDir);
   if (spec.vsock) {

@@ -283,6 +283,24 @@ describe('command-line values', () => {
     // eslint-disable-next-line no-control-regex
     expect(r.err).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
     expect(r.err).toContain('x\\x1b]0;pwned\\x07\\x1b[2J');
+    // A file name found in a directory: its result line shows it escaped; a C1 control in an argument is refused.
+    const dir = path.join(ws.dir, 'named');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'a\u001b]0;PWNED\u0007.json'), JSON.stringify(spec()));
+    // (Its kernel path is relative to another directory: FAIL or ok, the line names the file.)
+    const listed = fcRun(['validate', dir]);
+    // eslint-disable-next-line no-control-regex
+    expect(listed.out + listed.err).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/);
+    expect(listed.out).toContain('a\\x1b]0;PWNED\\x07.json');
+    expect(fcRun(['plan', 'c\u009b2J.json']).err).toMatch(/contains a control character/);
+  });
+
+  test('--level takes its choices and Firecracker\'s "warn", not an object\'s own names', () => {
+    for (const name of ['constructor', '__proto__', 'toString']) {
+      const r = fcRun(['x.json', '--level', name]);
+      expect(r.code).toBe(1);
+      expect(r.err).toMatch(/--level must be one of Error, Warning, Info, Debug, Trace, Off/);
+    }
   });
 
   test('--strict makes warnings errors; --json-lines prints one record per line', () => {

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_BOOT_ARGS } from '../../src/config/resolved';
@@ -147,6 +148,18 @@ describe('semantic rules', () => {
     const { spec, warnings } = load(ws, withSpec({ drives: [{ drive_id: 'a', is_root_device: false, path_on_host: 'disk.img' }] }));
     expect(spec.drives[0].is_read_only).toBe(false);
     expect(warnings.map((w) => `${w.code} @ /${w.path.join('/')}`)).toEqual(['read-only-unset @ /drives/0/is_read_only']);
+    // Writable, so its file must be writable too: an immutable file (chattr +i, which even root
+    // cannot write) is refused as it is with "is_read_only": false.
+    const imm = ws.write('immutable.img', Buffer.alloc(4096));
+    if (spawnSync('chattr', ['+i', imm]).status === 0) {
+      try {
+        for (const ro of [undefined, false]) {
+          expect(errorsOf(ws, withSpec({ drives: [{ drive_id: 'a', is_root_device: false, path_on_host: 'immutable.img', ...(ro === undefined ? {} : { is_read_only: ro }) }] }))).toEqual(['file-permission @ /drives/0/path_on_host']);
+        }
+      } finally {
+        spawnSync('chattr', ['-i', imm]);
+      }
+    } else console.warn('SKIPPED: chattr +i is not supported here');
     expect(errorsOf(ws, withSpec({ drives: [drive('a', { socket: '/run/vu.sock' })] }))).toEqual(['vhost-user-conflict @ /drives/0/path_on_host', 'vhost-user-conflict @ /drives/0/is_read_only']);
   });
 

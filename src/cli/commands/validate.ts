@@ -6,7 +6,7 @@ import { checkRunnable } from '../../boot';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../../errors';
 import { CommandSpec, ParsedArgs, UsageError } from '../args';
 import { applyStrict, Io, reportIssues, write, writeRecord } from '../io';
-import { issueJson, painterFor } from '../format';
+import { issueJson, painterFor, printable } from '../format';
 import { loadOptionsOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
 
 export const VALIDATE_SPEC: CommandSpec = {
@@ -90,12 +90,12 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
         ...(r.failure ? { code: r.failure.code, message: r.failure.message } : {}),
       });
     } else if (r.failure) {
-      write(io.out, `${c.red('FAIL')}  ${r.failure.code === 'no-specs' || r.failure.code === 'dir-unreadable' ? r.failure.message : `${r.file}: ${r.failure.message}`}`);
+      write(io.out, `${c.red('FAIL')}  ${printable(r.failure.code === 'no-specs' || r.failure.code === 'dir-unreadable' ? r.failure.message : `${r.file}: ${r.failure.message}`)}`);
     } else if (r.valid) {
-      write(io.out, `${c.green('ok')}    ${r.file}${r.warnings.length ? c.yellow(` (${plural(r.warnings.length, 'warning')})`) : ''}`);
+      write(io.out, `${c.green('ok')}    ${printable(r.file)}${r.warnings.length ? c.yellow(` (${plural(r.warnings.length, 'warning')})`) : ''}`);
       reportIssues(io, r.warnings, rep);
     } else {
-      write(io.out, `${c.red('FAIL')}  ${r.file} (${plural(r.errors.length, 'error')})`);
+      write(io.out, `${c.red('FAIL')}  ${printable(r.file)} (${plural(r.errors.length, 'error')})`);
       reportIssues(io, [...r.errors, ...r.warnings].sort(byPosition), rep);
     }
   }
