@@ -126,19 +126,23 @@ describe('native vCPU threads', () => {
       if (libc.sys.pipe2(fds, 0o4000) < 0) throw new Error('pipe2');
       const [rd, wr] = [fds.readInt32LE(0), fds.readInt32LE(4)];
       const drain = () => { let n = 0; const b = Buffer.alloc(64); for (;;) { try { n += fs.readSync(rd, b); } catch { return n; } } };
+      // The thread bumps the group's sequence before it writes the byte: a byte that is due may
+      // come a moment after the state says so (a busy host), so wait for it, up to 5 s.
+      const pause = new Int32Array(new SharedArrayBuffer(4));
+      const drainDue = () => { const end = Date.now() + 5000; let n = drain(); while (n === 0 && Date.now() < end) { Atomics.wait(pause, 0, 0, 1); n += drain(); } return n; };
       const group = t.VcpuThreadGroup.create(wr);
       const th = new t.NativeVcpuThread(group, 0, libc.sys.eventfd(0, 0), 12);
       until(group, () => th.state() === t.VCPU_THREAD.IDLE);
-      const afterStart = drain();
+      const afterStart = drainDue();
       // Three exits without a rearm: still the one byte (nobody looked yet), so the pipe never fills.
       for (let i = 0; i < 3; i++) { const s = group.seq(); th.run(); until(group, () => th.state() === t.VCPU_THREAD.IDLE && group.seq() !== s); }
       const unarmed = drain();
       group.rearm();
       const s = group.seq(); th.run(); until(group, () => th.state() === t.VCPU_THREAD.IDLE && group.seq() !== s);
-      const rearmed = drain();
+      const rearmed = drainDue();
       group.rearm();
       group.poke();
-      const poked = drain();
+      const poked = drainDue();
       th.quit(); until(group, () => th.state() === t.VCPU_THREAD.DONE); th.join();
       out({ afterStart, unarmed, rearmed, poked });`);
     expect(r.err).toBe('');
