@@ -41,15 +41,17 @@ export function displayPath(file: string): string {
  */
 export function printable(text: string): string {
   // eslint-disable-next-line no-control-regex
-  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (ch) => {
-    const n = ch.charCodeAt(0);
-    return n < 0x80 ? `\\x${n.toString(16).padStart(2, '0')}` : `\\u${n.toString(16).padStart(4, '0')}`;
-  });
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (ch) => (ch < '\x80' ? `\\x${ch.charCodeAt(0).toString(16).padStart(2, '0')}` : unicodeEscape(ch)));
+}
+
+/** `ch` as a \uXXXX escape (valid in JSON too). */
+export function unicodeEscape(ch: string): string {
+  return `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`;
 }
 
 /** One issue as "file:line:col: error: /json/path: message", then an indented fix. */
 export function formatIssue(issue: SpecIssue, c: Painter): string {
-  const where = printable([issue.file ? displayPath(issue.file) : undefined, issue.line, issue.column].filter((x) => x !== undefined).join(':'));
+  const where = [issue.file ? displayPath(issue.file) : undefined, issue.line, issue.column].filter((x) => x !== undefined).join(':');
   const sev = issue.severity === 'error' ? c.red.bold('error') : c.yellow.bold('warning');
   const p = issue.path.length > 0 ? `${c.cyan(printable(pointer(issue.path)))}: ` : '';
   let out = `${c.bold(where)}: ${sev}[${issue.code}]: ${p}${printable(issue.message)}`;

@@ -1,7 +1,7 @@
 import { SpecInvalidError, SpecIssue } from '../config/issues';
 import { EXIT_FAILURE, FcRunError } from '../errors';
 import { UsageError } from './args';
-import { formatIssue, issueJson, painterFor, printable } from './format';
+import { formatIssue, issueJson, painterFor, printable, unicodeEscape } from './format';
 import type { Output } from './output';
 
 export interface Io {
@@ -26,7 +26,7 @@ export function write(stream: Output, text: string): void {
 export function writeRecord(stream: Output, record: Record<string, unknown>): void {
   // JSON escapes C0 controls but not C1 (U+0080-U+009F), which some terminals act on: escaped too.
   // eslint-disable-next-line no-control-regex
-  stream.write(`${JSON.stringify(record).replace(/[\u0080-\u009f]/g, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`)}\n`);
+  stream.write(`${JSON.stringify(record).replace(/[\u0080-\u009f]/g, unicodeEscape)}\n`);
 }
 
 /** Under --strict a warning counts as an error: the issue says so itself. */

@@ -184,8 +184,6 @@ export class MicroVm {
     // Here, before the seccomp filters: it looks for the native library (access) and sets a handler.
     this.quietKicks = installKickHandler(os.constants.signals[VCPU_KICK_SIGNAL]);
     this.stderrFd = nonBlockingDescription(2);
-    // Here too: the CPUs fc-run may run on (sched_getaffinity).
-    this.vcpuNice = this.workerCount < vcpus.length ? vcpuThreadNice(vcpus.length, os.availableParallelism()) : undefined;
     this.stderrIsSerial = ((): boolean => {
       try {
         const err = fstatSync(2);
@@ -216,6 +214,8 @@ export class MicroVm {
         throw err;
       }
     }
+    // Here too, before any filter: the CPUs fc-run may run on (sched_getaffinity).
+    this.vcpuNice = this.native ? vcpuThreadNice(vcpus.length, os.availableParallelism()) : undefined;
   }
 
   /**

@@ -53,14 +53,23 @@ export interface SerialOutput {
 export function openSerialOutput(arg: string | undefined): SerialOutput {
   if (arg === 'none') return { fd: -1, owned: false };
   if (arg !== undefined && arg !== '-') {
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(arg, { throwIfNoEntry: false });
+    } catch {
+      st = undefined; // the open below says why
+    }
     // A socket cannot be opened by its path: /dev/stdout or /proc/self/fd/2 naming a socket
     // stdout or stderr (a child's stdio in Node, journald's stream) is written through that fd.
-    const std = standardSocket(arg);
-    if (std !== undefined) return { fd: nonBlockingDescription(std), owned: false };
+    if (st?.isSocket()) {
+      const std = [1, 2].find((fd) => sameSocket(fd, st));
+      if (std === undefined) throw new FcRunError('serial-out', `cannot open --serial-out ${arg}: a socket (fc-run writes to a regular file, a named pipe, a character device, or its own stdout or stderr)`);
+      return { fd: nonBlockingDescription(std), owned: false };
+    }
     try {
-      const fd = openPath(arg);
-      const st = fs.fstatSync(fd);
-      if (st.isDirectory() || st.isSocket() || st.isBlockDevice()) {
+      const fd = openPath(arg, st?.isFIFO() ?? false);
+      const opened = fs.fstatSync(fd);
+      if (opened.isDirectory() || opened.isSocket() || opened.isBlockDevice()) {
         fs.closeSync(fd);
         throw new FcRunError('serial-out', `cannot open --serial-out ${arg}: not a regular file, named pipe or character device`);
       }
@@ -74,31 +83,19 @@ export function openSerialOutput(arg: string | undefined): SerialOutput {
   return fd < 0 ? { fd: -1, owned: false } : { fd, owned: fd !== 1 };
 }
 
-/** 1 or 2 when `file` is the socket that fc-run's stdout or stderr is. */
-function standardSocket(file: string): number | undefined {
-  let st: fs.Stats | undefined;
+/** Whether `fd` is open on the socket `st` describes. */
+function sameSocket(fd: number, st: fs.Stats): boolean {
   try {
-    st = fs.statSync(file, { throwIfNoEntry: false });
+    const s = fs.fstatSync(fd);
+    return s.isSocket() && s.dev === st.dev && s.ino === st.ino;
   } catch {
-    return undefined; // openPath says why
+    return false; // not open
   }
-  if (!st?.isSocket()) return undefined;
-  for (const fd of [1, 2]) {
-    try {
-      const s = fs.fstatSync(fd);
-      if (s.isSocket() && s.dev === st.dev && s.ino === st.ino) return fd;
-    } catch {
-      // not open
-    }
-  }
-  return undefined;
 }
 
-function openPath(file: string): number {
+function openPath(file: string, fifo: boolean): number {
   const C = fs.constants;
-  const st = fs.statSync(file, { throwIfNoEntry: false });
-  if (st?.isSocket()) throw new FcRunError('serial-out', `cannot open --serial-out ${file}: a socket (fc-run writes to a regular file, a named pipe, a character device, or its own stdout or stderr)`);
-  if (!(st?.isFIFO() ?? false)) {
+  if (!fifo) {
     return fs.openSync(file, C.O_WRONLY | C.O_CREAT | C.O_APPEND | C.O_NOCTTY | C.O_NONBLOCK, 0o600);
   }
   try {

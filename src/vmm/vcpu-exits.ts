@@ -400,7 +400,7 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
  * the main thread, the vCPUs still share the CPU fairly among themselves, and a runnable main
  * thread gets a core at once.
  */
-export const VCPU_THREAD_NICE = 10;
+const VCPU_THREAD_NICE = 10;
 
 /**
  * The nice value for the vCPU threads of a VM with `vcpus` of them on a host where fc-run may run
