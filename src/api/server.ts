@@ -66,7 +66,7 @@ function limiterChange(where: string, value: unknown): LimiterChange {
     }
     if (typeof b !== 'object' || Array.isArray(b)) throw new ApiError(400, `${where}.${key}: expected an object or null`);
     const bucket = b as Bucket;
-    for (const k of Object.keys(bucket)) if (!['size', 'one_time_burst', 'refill_time'].includes(k)) throw new ApiError(400, `${where}.${key}: unknown field "${k}"`);
+    // Other keys in a bucket are ignored, as Firecracker's TokenBucketConfig (no deny_unknown_fields) does.
     const int = (name: string, v: unknown) => {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ApiError(400, `${where}.${key}.${name}: expected an integer >= 0`);
       return v;

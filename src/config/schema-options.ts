@@ -8,4 +8,8 @@ export const AJV_OPTIONS = { allErrors: true, verbose: true, strict: true, allow
  */
 export const STANDALONE_DEFINITIONS = ['CpuConfig'] as const;
 
-export const CUSTOM_KEYWORDS = [{ keyword: 'x-pattern-hint', schemaType: 'string' as const }];
+export const CUSTOM_KEYWORDS = [
+  { keyword: 'x-pattern-hint', schemaType: 'string' as const },
+  // Firecracker ignores unknown properties in this object: fc-run warns and drops them.
+  { keyword: 'x-ignore-unknown-properties', schemaType: 'boolean' as const },
+];

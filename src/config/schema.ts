@@ -61,8 +61,20 @@ function compile(): Compiled {
 export function checkSchema(value: unknown, issues: IssueList, definition?: (typeof STANDALONE_DEFINITIONS)[number], nulled: Set<string> = new Set()): void {
   const validate = compile().validator(definition ?? 'spec');
   if (validate(value)) return;
-  for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues, nulled);
+  const ignored: (string | number)[][] = [];
+  for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues, nulled, ignored);
+  // What Firecracker ignores goes no further than the warning: the plan never sees it.
+  for (const at of ignored) {
+    const owner = valueAt(value, at.slice(0, -1));
+    if (owner !== null && typeof owner === 'object') delete (owner as Record<string | number, unknown>)[at[at.length - 1]];
+  }
 }
+
+/** Issue codes whose path names a key (located at the key, not at its value). */
+export const KEY_ISSUE_CODES: ReadonlySet<string> = new Set(['unknown-property', 'unknown-section', 'unknown-property-ignored']);
+
+/** The schema keyword marking an object whose unknown properties Firecracker ignores. */
+const IGNORE_UNKNOWN = 'x-ignore-unknown-properties';
 
 function segments(instancePath: string): (string | number)[] {
   if (instancePath === '') return [];
@@ -160,7 +172,7 @@ function subschemas(schema: object): Set<string> {
   return set;
 }
 
-function describe(err: ErrorObject, issues: IssueList, nulled: Set<string>): void {
+function describe(err: ErrorObject, issues: IssueList, nulled: Set<string>, ignored: (string | number)[][]): void {
   const at = segments(err.instancePath);
   const data = err.data;
   const parent = (err.parentSchema ?? {}) as Record<string, unknown>;
@@ -186,7 +198,12 @@ function describe(err: ErrorObject, issues: IssueList, nulled: Set<string>): voi
       const known = Object.keys((parent.properties ?? {}) as object);
       const guess = closestMatch(name, known);
       const hint = guess ? `did you mean "${guess}"?` : `known properties here: ${known.join(', ')}`;
-      if (at.length === 0) {
+      if (parent[IGNORE_UNKNOWN] === true) {
+        // Where Firecracker's serde has no deny_unknown_fields (token buckets, metrics, CPUID and
+        // MSR modifiers), its configs may carry extra keys and still run: so do they here.
+        issues.warning('unknown-property-ignored', [...at, name], `unknown property "${name}" is ignored (as Firecracker ignores it)`, guess ? `did you mean "${guess}"?` : `remove it; known properties here: ${known.join(', ')}`);
+        ignored.push([...at, name]);
+      } else if (at.length === 0) {
         // Firecracker ignores unknown top-level sections, so a typo there ("machine_config")
         // silently boots a VM with defaults; fc-run refuses it instead.
         issues.error('unknown-section', [name], `unknown top-level section "${name}"`, hint);

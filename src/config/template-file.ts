@@ -1,5 +1,5 @@
 import { IssueList, SpecIssue } from './issues';
-import { checkSchema } from './schema';
+import { checkSchema, KEY_ISSUE_CODES } from './schema';
 import { checkCpuConfig } from './rules';
 import { SpecSource } from './source';
 import { findOversized, oversizedMessage } from './size-limits';
@@ -31,6 +31,6 @@ export function checkCpuConfigFile(file: string, shown: string, extra: SpecIssue
   if (oversized) issues.error('too-many-items', oversized.at, oversizedMessage(oversized, 'template'), 'shorten the template');
   else checkSchema(source.value, issues, 'CpuConfig');
   if (!issues.hasErrors) checkCpuConfig(source.value as CpuConfig, [], issues);
-  extra.push(...issues.items.map((i) => ({ ...i, file: shown, ...source.locate(i.path, i.code === 'unknown-property' ? 'key' : 'value') })));
+  extra.push(...issues.items.map((i) => ({ ...i, file: shown, ...source.locate(i.path, KEY_ISSUE_CODES.has(i.code) ? 'key' : 'value') })));
   return issues.hasErrors ? undefined : (source.value as CpuConfig);
 }

@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import { IssueList, SpecInvalidError, SpecIssue } from './issues';
-import { checkSchema } from './schema';
+import { checkSchema, KEY_ISSUE_CODES } from './schema';
 import { checkRules } from './rules';
 import { resolveSpec } from './resolve';
 import { SpecSource } from './source';
@@ -98,7 +98,7 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
   const locate = (i: Omit<SpecIssue, 'file' | 'line' | 'column'>): SpecIssue => ({
     ...i,
     file,
-    ...source.locate(i.path, i.code === 'unknown-property' || i.code === 'unknown-section' ? 'key' : 'value'),
+    ...source.locate(i.path, KEY_ISSUE_CODES.has(i.code) ? 'key' : 'value'),
   });
   let all: SpecIssue[] = [...issues.items.map(locate), ...extra];
   all.sort((a, b) => (a.file === b.file ? (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0) : 0));

@@ -320,6 +320,23 @@ describe('command-line values', () => {
     ]);
   });
 
+  test('keys Firecracker ignores (a token bucket\'s, a CPU modifier\'s) pass with a warning through the built CLI, plan the same as without them, and fail --strict', () => {
+    const bucket = { size: 1000, refill_time: 100 };
+    const clean = spec({ 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap0', rx_rate_limiter: { ops: bucket } }], 'cpu-config': { msr_modifiers: [{ addr: '0x10a', bitmap: '0b0' }] } });
+    const extra = spec({ 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap0', rx_rate_limiter: { ops: { ...bucket, unit: 'ops' } } }], 'cpu-config': { msr_modifiers: [{ addr: '0x10a', bitmap: '0b0', comment: 'arch caps' }] } });
+    // One file name for both: the plan names its spec file.
+    const hash = (s: unknown) => JSON.parse(fcRun(['plan', '--json', ws.write('fc-extra.json', s)]).out).hash;
+    const cleanHash = hash(clean);
+    expect(hash(extra)).toBe(cleanHash);
+    const b = ws.write('fc-extra.json', extra);
+    const r = fcRun(['validate', b]);
+    expect(r.code).toBe(0);
+    expect(r.err.match(/warning\[unknown-property-ignored\]/g)).toHaveLength(2);
+    const strict = fcRun(['validate', '--strict', b]);
+    expect(strict.code).toBe(2);
+    expect(strict.err).toContain('error[unknown-property-ignored]: /cpu-config/msr_modifiers/0/comment');
+  });
+
   test('paths are printed as the user gave them', () => {
     const r = spawnSync(process.execPath, [BIN, 'validate', path.basename(ws.write('rel.json', { 'boot-source': {} }))], { cwd: ws.dir, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
     expect(r.status).toBe(2);

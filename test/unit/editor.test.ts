@@ -97,7 +97,7 @@ describe('real errors are flagged, by the editor and the CLI alike', () => {
     ['a misspelt enum value', edit(['drives', 0, 'cache_type'], 'WriteBack'), '"WriteBack"'],
     ['a string for a number', edit(['network-interfaces', 0, 'mtu'], '1500'), '"1500"'],
     ['null for a required field', edit(['vsock', 'uds_path'], null), '"uds_path": null'],
-    ['a typo inside a rate limiter bucket', rename('one_time_burst', 'one_time_bust'), '"one_time_bust"'],
+    ['a typo inside a rate limiter', base.replace('"ops": { "size": 1000', '"opps": { "size": 1000'), '"opps"'],
     ['a typo inside a CPUID modifier', edit(['cpu-config', 'cpuid_modifiers', 0, 'modifiers', 0, 'register'], 'exb'), '"exb"'],
   ];
   test.each(cases)('%s', async (_, text, needle) => {
@@ -107,6 +107,16 @@ describe('real errors are flagged, by the editor and the CLI alike', () => {
     const cli = cliErrors(file, text);
     expect(editor.map((d) => d.range.start.line + 1)).toContain(line);
     expect(cli.map((i) => i.line)).toContain(line);
+  });
+
+  test('a typo inside a token bucket, where Firecracker ignores unknown keys: flagged by the editor, a warning from the CLI', async () => {
+    const file = path.join(FIXTURES, 'mutated.json');
+    const text = rename('one_time_burst', 'one_time_bust');
+    const line = lineOf(text, '"one_time_bust"');
+    expect((await diagnosticsOf(file, text)).map((d) => d.range.start.line + 1)).toContain(line);
+    expect(cliErrors(file, text)).toEqual([]);
+    const { warnings } = loadSpecText(file, text, { skipFiles: true });
+    expect(warnings).toEqual([expect.objectContaining({ code: 'unknown-property-ignored', line, hint: 'did you mean "one_time_burst"?' })]);
   });
 
   test('a config Firecracker refuses (no mem_size_mib) is refused by both, for that reason', async () => {

@@ -202,6 +202,49 @@ describe('semantic rules', () => {
     expect(spec.cpuConfig?.cpuid).toEqual([{ leaf: 1, subleaf: 0, flags: 0, register: 'ecx', filter: { mask: '0x00000001', value: '0x00000000' } }]);
   });
 
+  test('where Firecracker ignores unknown keys (token buckets, metrics, CPUID and MSR modifiers), fc-run warns and drops them', () => {
+    ws.write('m.jsonl', '');
+    const bucket = { size: 100, refill_time: 10, comment: 'burst for boot' };
+    const spec = withSpec({
+      drives: [drive('a', { rate_limiter: { bandwidth: bucket, ops: { ...bucket, refil_time: 5 } } })],
+      metrics: { metrics_path: 'm.jsonl', flush_interval: 5 },
+      'cpu-config': {
+        cpuid_modifiers: [{ leaf: '0x1', subleaf: '0x0', flags: 0, note: 'x', modifiers: [{ register: 'ecx', bitmap: '0bx0', why: 'y' }] }],
+        msr_modifiers: [{ addr: '0x10a', bitmap: '0b0', owner: 'z' }],
+      },
+    });
+    const { spec: resolved, warnings } = load(ws, spec);
+    expect(warnings.map((w) => `${w.code} @ ${w.path.join('/')}`)).toEqual([
+      'unknown-property-ignored @ drives/0/rate_limiter/bandwidth/comment',
+      'unknown-property-ignored @ drives/0/rate_limiter/ops/comment',
+      'unknown-property-ignored @ drives/0/rate_limiter/ops/refil_time',
+      'unknown-property-ignored @ metrics/flush_interval',
+      'unknown-property-ignored @ cpu-config/cpuid_modifiers/0/note',
+      'unknown-property-ignored @ cpu-config/cpuid_modifiers/0/modifiers/0/why',
+      'unknown-property-ignored @ cpu-config/msr_modifiers/0/owner',
+    ]);
+    const typo = warnings.find((w) => w.path.includes('refil_time'))!;
+    expect(typo).toMatchObject({ severity: 'warning', message: 'unknown property "refil_time" is ignored (as Firecracker ignores it)', hint: 'did you mean "refill_time"?' });
+    // Located at the key, as an unknown property is.
+    expect(typo.line).toBe(JSON.stringify(spec, null, 2).split('\n').findIndex((l) => l.includes('"refil_time"')) + 1);
+    // Dropped: nothing of them reaches the resolved spec.
+    expect(resolved.drives[0].rate_limiter).toEqual({ bandwidth: { size: 100, refill_time: 10 }, ops: { size: 100, refill_time: 10 } });
+    expect(Object.keys(resolved.metrics!)).not.toContain('flush_interval');
+    expect(JSON.stringify(resolved.cpuConfig)).not.toMatch(/note|why|owner/);
+    // The objects around them keep refusing unknown keys, as Firecracker's deny_unknown_fields does.
+    expect(errorsOf(ws, withSpec({ drives: [drive('a', { rate_limiter: { bandwidth: { size: 1, refill_time: 1 }, burst: 1 } })] }))).toEqual(['unknown-property @ /drives/0/rate_limiter/burst']);
+    expect(errorsOf(ws, withSpec({ 'cpu-config': { cpuid_modifiers: [], extra: 1 } }))).toEqual(['unknown-property @ /cpu-config/extra']);
+    // A misspelt required key is still an error: the required one is missing.
+    expect(errorsOf(ws, withSpec({ metrics: { metrics_pth: 'm.jsonl' } }))).toEqual(['required @ /metrics/metrics_path']);
+  });
+
+  test('a CPU template file may carry keys Firecracker ignores: warnings located in that file', () => {
+    ws.write('tpl-extra.json', '{\n  "msr_modifiers": [{ "addr": "0x10a", "bitmap": "0b0",\n    "comment": "x" }]\n}\n');
+    const { spec, warnings } = load(ws, withSpec({ 'cpu-config': 'tpl-extra.json' }));
+    expect(warnings).toEqual([expect.objectContaining({ code: 'unknown-property-ignored', severity: 'warning', file: path.join(ws.dir, 'tpl-extra.json'), line: 3, column: 5 })]);
+    expect(JSON.stringify(spec.cpuConfig)).not.toContain('comment');
+  });
+
   test('partuuid on a non-root drive is warned about', () => {
     expect(load(ws, withSpec({ drives: [drive('a', { partuuid: 'abcd-01' })] })).warnings.map((w) => w.code)).toEqual(['partuuid-ignored']);
   });
