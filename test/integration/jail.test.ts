@@ -163,6 +163,18 @@ describeJail('fc-run jail', () => {
     expect(fs.readFileSync(disk).toString('latin1', 512, 545)).toBe('written by the fc-run probe guest');
   });
 
+  test('--metadata over the default MMDS limit, allowed by --mmds-size-limit, is allowed inside the jail too', () => {
+    const meta = ws.write('big-meta.json', { blob: 'm'.repeat(60_000) });
+    const spec = ws.write('meta.json', { 'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 32 } });
+    const run = (extra: string[]) => spawnSync(process.execPath, jailArgs(spec, jid(`meta${extra.length}`), ['--metadata', meta, '--serial-out', 'none', ...extra]), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
+    const refused = run([]);
+    expect(refused.status).toBe(2);
+    expect(refused.stderr).toMatch(/MMDS contents are 60011 bytes \(compact JSON\); the limit is 51200/);
+    const r = run(['--mmds-size-limit', '100000']);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.status).toBe(0);
+  });
+
   test('fds the jailer was given do not reach the jail', async () => {
     const spec = ws.write('fds.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
     const dirFd = fs.openSync('/', 'r');

@@ -90,10 +90,19 @@ async function fcRunFormCommand(io: Io, args: ParsedArgs): Promise<number> {
     baseDir: (o['chroot-base-dir'] as string | undefined) ?? '/srv/jailer',
     netns: o.netns as string | undefined,
     cgroups: (o.cgroup as string[] | undefined) ?? [],
-    runArgs: o['serial-out'] !== undefined ? ['--serial-out', o['serial-out'] as string] : [],
+    runArgs: fcRunFormRunArgs(o),
   });
   reportStatus(io, rep, 'jail', `jail ${jail.root}${jail.vsockHostPath ? `, vsock at ${jail.vsockHostPath}` : ''}`, { root: jail.root, vsock: jail.vsockHostPath });
   return runJail(jail);
+}
+
+/**
+ * What the jailed `fc-run run /vm.json` must be told of this command line: --serial-out, and the
+ * MMDS size limit the contents (inlined into vm.json, --metadata's included) were checked against.
+ */
+function fcRunFormRunArgs(o: Readonly<Record<string, unknown>>): string[] {
+  const limit = mmdsSizeLimitOf(o);
+  return [...(o['serial-out'] !== undefined ? ['--serial-out', o['serial-out'] as string] : []), ...(limit !== undefined ? ['--mmds-size-limit', String(limit)] : [])];
 }
 
 /** The jailer's options and the jailed fc-run's arguments, checked as far as the command line allows. */
