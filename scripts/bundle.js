@@ -25,6 +25,14 @@ const ajvCompilerOutside = {
   },
 };
 
+// jsonc-parser's entry loads its formatter and editor too, which fc-run never calls.
+const jsoncParserParts = {
+  name: 'jsonc-parser-parts',
+  setup(build) {
+    build.onResolve({ filter: /^jsonc-parser$/ }, () => ({ path: path.join(__dirname, 'jsonc-parser-entry.mjs') }));
+  },
+};
+
 async function bundle() {
   fs.rmSync(outdir, { recursive: true, force: true });
   await esbuild.build({
@@ -37,7 +45,7 @@ async function bundle() {
     // jsonc-parser's CommonJS build loads its parts with require calls a bundler cannot follow.
     mainFields: ['module', 'main'],
     external: ['koffi'],
-    plugins: [ajvCompilerOutside],
+    plugins: [ajvCompilerOutside, jsoncParserParts],
     // Whitespace and syntax only: identifiers stay, so an internal error's stack still names the function.
     minifyWhitespace: true,
     minifySyntax: true,

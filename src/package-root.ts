@@ -6,22 +6,27 @@ import * as path from 'node:path';
  * from this file's location upward. The compiled tree (dist/<folder>/x.js), the bundles
  * (dist/bundle/x.js) and the sources under ts-jest (src/x.ts) all sit at different depths.
  */
-function findPackageRoot(from: string): string {
+function findPackageRoot(from: string): { dir: string; version: string } {
   for (let dir = from; ; dir = path.dirname(dir)) {
-    try {
-      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown };
-      if (pkg.name === 'fc-run') return dir;
-    } catch {
-      // not here: look one level up
+    const file = path.join(dir, 'package.json');
+    // existsSync first: a failed read throws, and an exception costs a start more than a stat.
+    if (fs.existsSync(file)) {
+      try {
+        const pkg = JSON.parse(fs.readFileSync(file, 'utf8')) as { name?: unknown; version?: unknown };
+        if (pkg.name === 'fc-run') return { dir, version: String(pkg.version) };
+      } catch {
+        // not fc-run's: look one level up
+      }
     }
     if (path.dirname(dir) === dir) throw new Error(`fc-run: cannot find its package.json above ${from}`);
   }
 }
 
-export const PACKAGE_ROOT = findPackageRoot(__dirname);
+const found = findPackageRoot(__dirname);
+export const PACKAGE_ROOT = found.dir;
 
 /** The package's version, from its package.json. */
-export const PACKAGE_VERSION: string = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+export const PACKAGE_VERSION: string = found.version;
 
 /** Paths inside the package. */
 export const FC_RUN_BIN = path.join(PACKAGE_ROOT, 'bin', 'fc-run');

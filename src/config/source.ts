@@ -1,4 +1,4 @@
-import { findNodeAtLocation, Node, parseTree, ParseError, printParseErrorCode } from 'jsonc-parser';
+import { findNodeAtLocation, Node, parseTree, ParseError } from 'jsonc-parser';
 import { SpecIssue } from './issues';
 import { findDeepNesting, MAX_JSON_DEPTH } from './json-depth';
 
@@ -67,7 +67,7 @@ export class SpecSource {
       path: [],
       file,
       ...probe.position(e.offset),
-      message: `malformed JSON: ${describeParseError(printParseErrorCode(e.error))}`,
+      message: `malformed JSON: ${describeParseError(e.error)}`,
       hint: 'fix the JSON syntax at this position (a spec is strict JSON: no comments, no trailing commas)',
     }));
     if (issues.length > 0 || tree === undefined) return { issues };
@@ -168,24 +168,28 @@ function checkTree(node: Node, text: string, path: (string | number)[], opts: Pa
   }
 }
 
-function describeParseError(code: string): string {
-  const words: Record<string, string> = {
-    InvalidSymbol: 'unexpected character',
-    InvalidNumberFormat: 'invalid number',
-    PropertyNameExpected: 'expected a property name in double quotes',
-    ValueExpected: 'expected a value',
-    ColonExpected: "expected ':'",
-    CommaExpected: "expected ','",
-    CloseBraceExpected: "expected '}'",
-    CloseBracketExpected: "expected ']'",
-    EndOfFileExpected: 'unexpected content after the end of the JSON value',
-    InvalidCommentToken: 'comments are not allowed in JSON',
-    UnexpectedEndOfComment: 'unterminated comment',
-    UnexpectedEndOfString: 'unterminated string',
-    UnexpectedEndOfNumber: 'unterminated number',
-    InvalidUnicode: 'invalid unicode escape',
-    InvalidEscapeCharacter: 'invalid escape character in string',
-    InvalidCharacter: 'invalid character in string (control characters must be escaped)',
-  };
-  return words[code] ?? code;
+/**
+ * A jsonc-parser ParseErrorCode (a const enum, which isolatedModules cannot read: its values, 1 to
+ * 16) in words.
+ */
+function describeParseError(code: number): string {
+  const words = [
+    'unexpected character',
+    'invalid number',
+    'expected a property name in double quotes',
+    'expected a value',
+    "expected ':'",
+    "expected ','",
+    "expected '}'",
+    "expected ']'",
+    'unexpected content after the end of the JSON value',
+    'comments are not allowed in JSON',
+    'unterminated comment',
+    'unterminated string',
+    'unterminated number',
+    'invalid unicode escape',
+    'invalid escape character in string',
+    'invalid character in string (control characters must be escaped)',
+  ];
+  return words[code - 1] ?? `JSON parse error ${code}`;
 }

@@ -1,5 +1,4 @@
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import type { IKoffiLib } from 'koffi';
 import { FcRunError } from '../errors';
 
@@ -181,6 +180,9 @@ export function errno(): number {
 
 /** "EINVAL (Invalid argument)" for an errno value. */
 export function errnoText(code: number): string {
+  // node:os only here, on an error's path: a start that plans a spec never loads it.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const os = require('node:os') as typeof import('node:os');
   const name = Object.entries(os.constants.errno).find(([, v]) => v === code)?.[0] ?? `errno ${code}`;
   return `${name} (${describeErrno(code)})`;
 }

@@ -325,7 +325,7 @@ describe('command-line values', () => {
     const clean = spec({ 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap0', rx_rate_limiter: { ops: bucket } }], 'cpu-config': { msr_modifiers: [{ addr: '0x10a', bitmap: '0b0' }] } });
     const extra = spec({ 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap0', rx_rate_limiter: { ops: { ...bucket, unit: 'ops' } } }], 'cpu-config': { msr_modifiers: [{ addr: '0x10a', bitmap: '0b0', comment: 'arch caps' }] } });
     // One file name for both: the plan names its spec file.
-    const hash = (s: unknown) => JSON.parse(fcRun(['plan', '--json', ws.write('fc-extra.json', s)]).out).hash;
+    const hash = (s: object) => JSON.parse(fcRun(['plan', '--json', ws.write('fc-extra.json', s)]).out).hash;
     const cleanHash = hash(clean);
     expect(hash(extra)).toBe(cleanHash);
     const b = ws.write('fc-extra.json', extra);

@@ -41,3 +41,10 @@ export function loadOptionsOf(args: ParsedArgs, skipFiles = false): LoadOptions 
     mmdsSizeLimit: mmdsSizeLimitOf(args.options),
   };
 }
+
+/** Firecracker's --id rule: 1 to 64 characters, letters, digits and '-'. */
+export function instanceIdProblem(id: string): string | undefined {
+  if (id.length > 64) return `must be at most 64 characters, got ${id.length}`;
+  if (!/^[A-Za-z0-9-]+$/.test(id)) return 'may contain only letters, digits and "-"';
+  return undefined;
+}

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { defaultRunDir, FleetError, readStates, VmState } from '../../fleet';
 import type { OptionSpec, ParsedArgs } from '../args';
 import { UsageError } from '../args';
-import { instanceIdProblem } from './run';
+import { instanceIdProblem } from './common';
 
 /** Options every fleet command takes. */
 export const FLEET_OPTIONS: OptionSpec[] = [

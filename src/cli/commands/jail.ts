@@ -10,8 +10,8 @@ import { JAILER_SUPPLIED_FLAGS, jailLayout, parseResourceLimit, ResourceLimit } 
 import { checkInsideSpec } from '../../jail/inside-spec';
 import { CommandSpec, OptionValue, ParsedArgs, parseArgs, UsageError } from '../args';
 import { handleFailure, Io, reportStatus, Reporting } from '../io';
-import { loadOptionsOf, mmdsSizeLimitOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
-import { instanceIdProblem, RUN_SPEC } from './run';
+import { instanceIdProblem, loadOptionsOf, mmdsSizeLimitOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
+import { RUN_SPEC } from './run';
 
 const problemOf = (parse: (s: string) => unknown) => (s: string) => {
   const r = parse(s);

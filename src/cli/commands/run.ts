@@ -17,7 +17,7 @@ import { painterFor } from '../format';
 import { VERSION } from '../version';
 import { SpecInvalidError } from '../../config/issues';
 import type { LogLevel } from '../../config/resolved';
-import { loadOptionsOf, mmdsSizeLimitOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
+import { instanceIdProblem, loadOptionsOf, mmdsSizeLimitOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
 import { serviceNotify } from '../service-notify';
 import { compileSeccompilerJson } from '../../kvm/seccompiler';
 import type { LaunchOptions, ThreadFilters } from '../../boot/launch';
@@ -27,12 +27,7 @@ import { readText } from '../../config/read';
 /** Firecracker's limit on an API request body (its --http-api-max-payload-size default). */
 export const DEFAULT_API_MAX_PAYLOAD = 51200;
 
-/** Firecracker's --id rule: 1 to 64 characters, letters, digits and '-'. */
-export function instanceIdProblem(id: string): string | undefined {
-  if (id.length > 64) return `must be at most 64 characters, got ${id.length}`;
-  if (!/^[A-Za-z0-9-]+$/.test(id)) return 'may contain only letters, digits and "-"';
-  return undefined;
-}
+export { instanceIdProblem };
 
 export const LOG_LEVELS = ['Error', 'Warning', 'Info', 'Debug', 'Trace', 'Off'] as const;
 

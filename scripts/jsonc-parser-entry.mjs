@@ -1,0 +1,6 @@
+// What the bundles take of jsonc-parser: its scanner and tree parser. The package's entry also
+// loads its formatter and editor, whose module set-up (tables of cached strings) every start paid
+// for; scripts/bundle.js points `jsonc-parser` here. A name fc-run starts to import from
+// jsonc-parser that is missing here fails the build.
+export { createScanner } from 'jsonc-parser/lib/esm/impl/scanner.js';
+export { parseTree, findNodeAtLocation } from 'jsonc-parser/lib/esm/impl/parser.js';
