@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // Bundles the compiled tree (dist/) into one file per entry point: the CLI and the two thread
-// entries. A start then reads one file instead of resolving and reading dozens of modules. After
-// bundling, the CLI is warmed up in this process (plan and validate on an example, whose outcome
-// does not matter) and V8's code cache for what ran is written beside the bundle
-// (dist/bundle/cli.js.cache), which bin/fc-run hands to V8 for the commands that launch nothing;
-// the launching commands get an eager cache of the whole bundle (cli.js.full-cache), and each
-// thread bundle an eager cache of its own (src/vmm/threads.ts loads them).
+// entries. A start then reads one file instead of resolving and reading dozens of modules. The
+// CLI is bundled twice: whole (cli.js), and light (cli-light.js: without the commands that launch
+// a VM and what only they reach), for the commands in LIGHT_COMMANDS (src/code-cache.ts). The
+// light bundle is warmed up in this process (plan and validate on an example, whose outcome does
+// not matter) and V8's code cache for what ran is written beside it (cli-light.js.cache); the
+// whole bundle and each thread bundle get an eager cache of every function in them (cli.js.cache,
+// vcpu-worker.js.cache, vmm-worker.js.cache). bin/fc-run and src/vmm/threads.ts load them.
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
@@ -33,31 +34,63 @@ const jsoncParserParts = {
   },
 };
 
+/**
+ * For the light CLI bundle: the launching commands' modules, required by dist/cli/main.js only
+ * when one of them runs, are replaced by a module that says so (bin/fc-run never starts those
+ * commands from this bundle; a test runs each light command through it).
+ */
+function launchingCommandsOut(names) {
+  const filter = new RegExp(`^\\./commands/(${names.join('|')})$`);
+  return {
+    name: 'launching-commands-out',
+    setup(build) {
+      build.onResolve({ filter }, (args) => ({ path: args.path, namespace: 'not-in-light-bundle' }));
+      build.onLoad({ filter: /.*/, namespace: 'not-in-light-bundle' }, (args) => ({
+        contents: `throw new Error(${JSON.stringify(`${args.path} is not in the light CLI bundle (dist/bundle/cli-light.js): bin/fc-run starts this command from dist/bundle/cli.js`)});`,
+        loader: 'js',
+      }));
+    },
+  };
+}
+
+const COMMON = {
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  // jsonc-parser's CommonJS build loads its parts with require calls a bundler cannot follow.
+  mainFields: ['module', 'main'],
+  external: ['koffi'],
+  // Whitespace and syntax only: identifiers stay, so an internal error's stack still names the function.
+  minifyWhitespace: true,
+  minifySyntax: true,
+  charset: 'ascii',
+  legalComments: 'none',
+  logLevel: 'warning',
+};
+
 async function bundle() {
   fs.rmSync(outdir, { recursive: true, force: true });
   await esbuild.build({
+    ...COMMON,
     entryPoints: Object.fromEntries(Object.entries(ENTRIES).map(([name, file]) => [name, path.join(root, file)])),
     outdir,
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'cjs',
-    // jsonc-parser's CommonJS build loads its parts with require calls a bundler cannot follow.
-    mainFields: ['module', 'main'],
-    external: ['koffi'],
     plugins: [ajvCompilerOutside, jsoncParserParts],
-    // Whitespace and syntax only: identifiers stay, so an internal error's stack still names the function.
-    minifyWhitespace: true,
-    minifySyntax: true,
-    charset: 'ascii',
-    legalComments: 'none',
-    logLevel: 'warning',
+  });
+  const { LIGHT_COMMANDS } = require(path.join(root, 'dist', 'code-cache.js'));
+  const { COMMAND_NAMES } = require(path.join(root, 'dist', 'cli', 'main.js'));
+  const launching = COMMAND_NAMES.filter((n) => !LIGHT_COMMANDS.includes(n));
+  await esbuild.build({
+    ...COMMON,
+    entryPoints: { 'cli-light': path.join(root, ENTRIES.cli) },
+    outdir,
+    plugins: [ajvCompilerOutside, jsoncParserParts, launchingCommandsOut(launching)],
   });
 }
 
 async function warmUpAndCache() {
   const { loadBundle } = require(path.join(root, 'dist', 'code-cache.js'));
-  const file = path.join(outdir, 'cli.js');
+  const file = path.join(outdir, 'cli-light.js');
   const loaded = loadBundle(file, require);
   const sink = { write: () => true, isTTY: false };
   const io = { out: sink, err: sink };
@@ -70,9 +103,9 @@ async function warmUpAndCache() {
 
 /**
  * An eager code cache of `file`: every function of the bundle compiled, which a warm-up cannot
- * reach without KVM. The CLI's second cache (cli.js.full-cache, which bin/fc-run hands to V8 for
- * the commands that launch a VM: a launch runs most of the bundle and would otherwise compile it
- * at every start) and the thread bundles' caches (they run only in launches). Made in a child
+ * reach without KVM. The whole CLI bundle's cache (bin/fc-run starts the commands that launch a VM
+ * from it: a launch runs most of the bundle and would otherwise compile it at every start) and the
+ * thread bundles' caches (they run only in launches). Made in a child
  * Node: V8 compiles eagerly there (--no-lazy, set for the compilation only, so that the cache is
  * stamped with the default flags a start has), and another child checks that V8 takes it.
  */
@@ -95,20 +128,20 @@ function eagerCache(file, out) {
 
 (async () => {
   await bundle();
-  for (const name of Object.keys(ENTRIES)) {
+  const names = [...Object.keys(ENTRIES), 'cli-light'];
+  for (const name of names) {
     const text = fs.readFileSync(path.join(outdir, `${name}.js`));
     if (text.some((b) => b > 0x7f)) throw new Error(`bundle: dist/bundle/${name}.js is not ASCII (bin/fc-run reads it as Latin-1)`);
   }
   // Each bundle is stored already wrapped as Node's loader would wrap it, so V8 compiles the
   // file's own text (no 600 KB concatenation at every start); src/code-cache.ts loads it.
   const { BUNDLE_PREFIX, BUNDLE_SUFFIX } = require(path.join(root, 'dist', 'code-cache.js'));
-  for (const name of Object.keys(ENTRIES)) {
+  for (const name of names) {
     const file = path.join(outdir, `${name}.js`);
     fs.writeFileSync(file, BUNDLE_PREFIX + fs.readFileSync(file, 'latin1') + BUNDLE_SUFFIX, 'latin1');
   }
   await warmUpAndCache();
-  eagerCache(path.join(outdir, 'cli.js'), path.join(outdir, 'cli.js.full-cache'));
-  for (const name of ['vcpu-worker', 'vmm-worker']) eagerCache(path.join(outdir, `${name}.js`), path.join(outdir, `${name}.js.cache`));
+  for (const name of ['cli', 'vcpu-worker', 'vmm-worker']) eagerCache(path.join(outdir, `${name}.js`), path.join(outdir, `${name}.js.cache`));
   const sizes = fs.readdirSync(outdir).map((f) => `${f} ${(fs.statSync(path.join(outdir, f)).size / 1024).toFixed(0)} KiB`);
   console.log(`bundled: ${sizes.join(', ')}`);
 })().catch((err) => {

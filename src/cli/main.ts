@@ -31,6 +31,9 @@ const COMMANDS: Record<string, () => Command> = {
 };
 /* eslint-enable @typescript-eslint/no-require-imports */
 
+/** Every command's name (scripts/bundle.js leaves the launching ones out of the light bundle). */
+export const COMMAND_NAMES: readonly string[] = Object.keys(COMMANDS);
+
 const command = (name: string): Command | undefined => (Object.hasOwn(COMMANDS, name) ? COMMANDS[name]() : undefined);
 
 function overview(): string {

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { BUNDLE_PREFIX } from '../../src/code-cache';
+import { BUNDLE_PREFIX, cliBundleFor, LIGHT_COMMANDS } from '../../src/code-cache';
 import { PACKAGE_ROOT, VCPU_WORKER_SCRIPT, VMM_WORKER_SCRIPT } from '../../src/package-root';
 import { threadLoaderCode } from '../../src/vmm/threads';
 
@@ -20,26 +20,52 @@ function requiresOf(file: string): string[] {
 describe('bundles', () => {
   it('load nothing from the compiled tree: only koffi (and ajv, the schema compiler the CLI never reaches) from node_modules', () => {
     expect(requiresOf(path.join(BUNDLE, 'cli.js')).filter((r) => !r.startsWith('ajv'))).toEqual(['koffi']);
+    expect(requiresOf(path.join(BUNDLE, 'cli-light.js')).filter((r) => !r.startsWith('ajv'))).toEqual(['koffi']);
     expect(requiresOf(VCPU_WORKER_SCRIPT)).toEqual(['koffi']);
     expect(requiresOf(VMM_WORKER_SCRIPT)).toEqual(['koffi']);
   });
 
-  it('the CLI bundle is stored wrapped, in ASCII, with a code cache V8 accepts', () => {
-    const text = fs.readFileSync(path.join(BUNDLE, 'cli.js'));
-    expect(text.subarray(0, BUNDLE_PREFIX.length).toString('latin1')).toBe(BUNDLE_PREFIX);
-    expect(text.every((b) => b < 0x80)).toBe(true);
-    const probe = `const b = require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))}).loadBundle(${JSON.stringify(path.join(BUNDLE, 'cli.js'))}, require); process.stdout.write(String(b.cacheUsed));`;
-    expect(execFileSync(process.execPath, ['-e', probe], { encoding: 'utf8' })).toBe('true');
-    // The launching commands' cache: the whole bundle compiled (bin/fc-run picks it for them).
-    const full = `process.stdout.write(String(require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))}).compileBundle(${JSON.stringify(path.join(BUNDLE, 'cli.js'))}, ${JSON.stringify(path.join(BUNDLE, 'cli.js.full-cache'))}).cacheUsed));`;
-    expect(execFileSync(process.execPath, ['-e', full], { encoding: 'utf8' })).toBe('true');
-    expect(fs.statSync(path.join(BUNDLE, 'cli.js.full-cache')).size).toBeGreaterThan(fs.statSync(path.join(BUNDLE, 'cli.js.cache')).size);
+  const accepted = (bundle: string, cache: string) =>
+    execFileSync(process.execPath, ['-e', `process.stdout.write(String(require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))}).compileBundle(${JSON.stringify(bundle)}, ${JSON.stringify(cache)}).cacheUsed))`], { encoding: 'utf8' });
+
+  it('both CLI bundles are stored wrapped, in ASCII, each with a code cache V8 accepts', () => {
+    for (const name of ['cli.js', 'cli-light.js']) {
+      const text = fs.readFileSync(path.join(BUNDLE, name));
+      expect(text.subarray(0, BUNDLE_PREFIX.length).toString('latin1')).toBe(BUNDLE_PREFIX);
+      expect(text.every((b) => b < 0x80)).toBe(true);
+      expect(accepted(path.join(BUNDLE, name), path.join(BUNDLE, `${name}.cache`))).toBe('true');
+    }
+    // The whole bundle's cache holds every function (a launch runs most of them); the light one's what plan and validate ran.
+    expect(fs.statSync(path.join(BUNDLE, 'cli.js.cache')).size).toBeGreaterThan(fs.statSync(path.join(BUNDLE, 'cli-light.js.cache')).size);
+  });
+
+  it('the light bundle leaves the launching commands out; bin/fc-run starts every other command from it, and each works', () => {
+    const light = fs.readFileSync(path.join(BUNDLE, 'cli-light.js'), 'latin1');
+    const whole = fs.readFileSync(path.join(BUNDLE, 'cli.js'), 'latin1');
+    expect(light.length).toBeLessThan(whole.length * 0.6);
+    for (const mod of ['dist/vmm/microvm.js', 'dist/jail/jail.js', 'dist/cli/commands/run.js', 'dist/kvm/seccompiler.js']) {
+      expect(whole).toContain(`"${mod}"`);
+      expect(light).not.toContain(`"${mod}"`);
+    }
+    expect(cliBundleFor('/d', 'plan')).toEqual({ bundle: path.join('/d', 'bundle', 'cli-light.js'), cache: path.join('/d', 'bundle', 'cli-light.js.cache') });
+    for (const first of ['run', 'vm.json', 'help', '--help', 'jail', undefined]) expect(cliBundleFor('/d', first).bundle).toBe(path.join('/d', 'bundle', 'cli.js'));
+    // Every command bin/fc-run starts from the light bundle runs there (its help, at least).
+    for (const first of LIGHT_COMMANDS) {
+      const r = spawnSync(BIN, first.startsWith('-') ? [first] : [first, '--help'], { encoding: 'utf8' });
+      expect({ first, status: r.status, err: r.stderr }).toEqual({ first, status: 0, err: '' });
+      expect(r.stdout).toMatch(first.startsWith('-') ? /^fc-run v/ : new RegExp(`^Usage: fc-run ${first}`));
+    }
+    // A launching command reached in the light bundle says so instead of failing obscurely.
+    const probe = `require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))}).loadBundle(${JSON.stringify(path.join(BUNDLE, 'cli-light.js'))}, require).exports.main(['help', 'run']).then((c) => process.exit(c))`;
+    const r = spawnSync(process.execPath, ['-e', probe], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/commands\/run is not in the light CLI bundle/);
   });
 
   it('a start loads neither koffi nor the launch path, worker_threads nor node:crypto to plan a spec', () => {
     const probe = `
       const before = new Set(process.moduleLoadList);
-      const b = require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))}).loadBundle(${JSON.stringify(path.join(BUNDLE, 'cli.js'))}, require);
+      const b = require(${JSON.stringify(path.join(PACKAGE_ROOT, 'dist', 'code-cache.js'))}).loadBundle(${JSON.stringify(path.join(BUNDLE, 'cli-light.js'))}, require);
       const sink = { write: () => true, isTTY: false };
       b.exports.main(['plan', ${JSON.stringify(path.join(PACKAGE_ROOT, 'examples', 'hello.json'))}], { out: sink, err: sink }).then((code) => {
         const loaded = process.moduleLoadList.filter((m) => !before.has(m));
@@ -53,8 +79,8 @@ describe('bundles', () => {
     expect(r.code).toBe(0);
     expect(r.native).toEqual([]);
     fs.rmSync(path.dirname(script), { recursive: true, force: true });
-    expect(r.loaded.filter((m) => /\b(worker_threads|crypto|net|tty|http)$/.test(m))).toEqual([]);
-    expect(r.loaded.length).toBeGreaterThan(0); // the probe does see what loads
+    // node:vm compiles the bundle; nothing else of Node's is loaded to plan (node:os was, for errno names).
+    expect(r.loaded).toEqual(['NativeModule vm']);
   });
 
   it('the thread bundles are stored wrapped and their code caches are accepted in a thread', async () => {

@@ -38,6 +38,16 @@ describe('the depth check and comments', () => {
     expect(SpecSource.parse('deep.json', text).issues.map((i) => i.code)).toEqual(['json-too-deep']);
   });
 
+  test('the limit is exact whatever the bracket counts: 128 levels pass, 129 do not, mixed or beside brackets in strings', () => {
+    const nest = (n: number) => Array.from({ length: n }, (_, i) => (i % 2 ? '[' : '{"k":')).join('') + '0' + Array.from({ length: n }, (_, i) => (n - 1 - i) % 2 ? ']' : '}').join('');
+    expect(findDeepNesting(nest(128))).toBeUndefined();
+    expect(findDeepNesting(nest(129))).toMatchObject({ depth: 129 });
+    // Fewer than 129 opening brackets in all (the quick count says no), or more of them but in strings (the scan says no).
+    expect(findDeepNesting(`[${'"{",'.repeat(120)}0]`)).toBeUndefined();
+    expect(findDeepNesting(`[${'"[{",'.repeat(120)}0]`)).toBeUndefined();
+    expect(findDeepNesting(`{"s": "${'{'.repeat(100)}", "t": ${'['.repeat(129)}${']'.repeat(129)}}`)).toMatchObject({ depth: 129 });
+  });
+
   test('brackets inside comments do not count', () => {
     expect(findDeepNesting(`/* ${'['.repeat(500)} */ // ${'{'.repeat(500)}\n[]`)).toBeUndefined();
   });
