@@ -7,10 +7,11 @@ const fs = require('node:fs');
 const path = require('node:path');
 const Ajv = require('ajv').default;
 const standaloneCode = require('ajv/dist/standalone').default;
-const { AJV_OPTIONS, CUSTOM_KEYWORDS, STANDALONE_DEFINITIONS } = require('../dist/config/schema-options');
+const { AJV_OPTIONS, CUSTOM_KEYWORDS, STANDALONE_DEFINITIONS, withoutAnnotations } = require('../dist/config/schema-options');
 
 const root = path.resolve(__dirname, '..');
-const schema = JSON.parse(fs.readFileSync(path.join(root, 'schemas', 'vm.schema.json'), 'utf8'));
+// Without descriptions and titles: the validator never reads them, and every start builds its schema objects.
+const schema = withoutAnnotations(JSON.parse(fs.readFileSync(path.join(root, 'schemas', 'vm.schema.json'), 'utf8')));
 const ajv = new Ajv({ ...AJV_OPTIONS, code: { source: true } });
 for (const k of CUSTOM_KEYWORDS) ajv.addKeyword(k);
 ajv.addSchema(schema);

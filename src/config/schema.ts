@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { AJV_OPTIONS, CUSTOM_KEYWORDS, STANDALONE_DEFINITIONS } from './schema-options';
+import { AJV_OPTIONS, CUSTOM_KEYWORDS, STANDALONE_DEFINITIONS, withoutAnnotations } from './schema-options';
 import { IssueList } from './issues';
 import { closestMatch } from './suggest';
 import { SCHEMA_PATH } from '../package-root';
@@ -134,7 +134,7 @@ function pruneAlternatives(errors: ErrorObject[], root: unknown): ErrorObject[] 
   const branchOf = (c: ErrorObject, branches: Record<string, unknown>[], e: ErrorObject): number => {
     const direct = branches.findIndex((_, k) => e.schemaPath.startsWith(`${c.schemaPath}/${k}/`));
     if (direct >= 0) return direct;
-    return branches.findIndex((b) => typeof b.$ref === 'string' && subschemas(deref(b)).has(JSON.stringify(e.parentSchema)));
+    return branches.findIndex((b) => typeof b.$ref === 'string' && subschemas(deref(b)).has(schemaKey(e.parentSchema)));
   };
   return errors.filter((e) => {
     const parts = e.instancePath.split('/');
@@ -153,6 +153,15 @@ function pruneAlternatives(errors: ErrorObject[], root: unknown): ErrorObject[] 
 }
 
 const subschemaCache = new WeakMap<object, Set<string>>();
+const schemaKeyCache = new WeakMap<object, string>();
+
+/** A schema object serialized without annotations, once per object (ajv shares them between errors). */
+function schemaKey(schema: unknown): string {
+  if (schema === null || typeof schema !== 'object') return JSON.stringify(schema);
+  let key = schemaKeyCache.get(schema);
+  if (key === undefined) schemaKeyCache.set(schema, (key = JSON.stringify(withoutAnnotations(schema))));
+  return key;
+}
 
 /**
  * Every object nested in a schema, serialized, to test whether ajv's `parentSchema` lies inside
@@ -167,7 +176,8 @@ function subschemas(schema: object): Set<string> {
     found.add(JSON.stringify(v));
     for (const child of Object.values(v)) walk(child);
   };
-  walk(schema);
+  // Without annotations, as the precompiled validator's schema objects are (and ajv's parentSchema).
+  walk(withoutAnnotations(schema));
   subschemaCache.set(schema, (set = found));
   return set;
 }

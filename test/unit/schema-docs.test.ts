@@ -1,4 +1,7 @@
 import { loadSchema } from '../../src/config/schema';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { withoutAnnotations } from '../../src/config/schema-options';
 
 type Schema = Record<string, any>;
 
@@ -83,4 +86,27 @@ test('null is admitted exactly where it means "absent": every optional property 
   walk(schema, '$');
   for (const [name, def] of Object.entries<Schema>(schema.definitions)) walk(def, `#${name}`);
   expect(wrong).toEqual([]);
+});
+
+describe('the schema the precompiled validator embeds', () => {
+  test('drops annotations only: a property named like one, and data that holds one, stay', () => {
+    const schema = {
+      title: 'T',
+      description: 'd',
+      type: 'object',
+      properties: { description: { type: 'string', description: 'x', default: 'a' }, title: { $ref: '#/definitions/D' } },
+      definitions: { D: { enum: [{ description: 'kept' }], examples: [{ title: 'kept' }], $comment: 'c', 'x-pattern-hint': 'h' } },
+    };
+    expect(withoutAnnotations(schema)).toEqual({
+      type: 'object',
+      properties: { description: { type: 'string' }, title: { $ref: '#/definitions/D' } },
+      definitions: { D: { enum: [{ description: 'kept' }], examples: [{ title: 'kept' }], 'x-pattern-hint': 'h' } },
+    });
+  });
+
+  test('the built validator carries no description of the schema', () => {
+    const generated = fs.readFileSync(path.join(__dirname, '..', '..', 'dist', 'config', 'schema-validator.generated.js'), 'utf8');
+    expect(generated).not.toContain('"description":');
+    expect(generated).toContain('"x-pattern-hint":');
+  });
 });
