@@ -1,5 +1,9 @@
-/** ajv settings shared by the run-time compiler and the build-time precompiler. */
-export const AJV_OPTIONS = { allErrors: true, verbose: true, strict: true, allowUnionTypes: true } as const;
+/**
+ * ajv settings shared by the run-time compiler and the build-time precompiler. inlineRefs off:
+ * each definition is one function, compiled (or taken from V8's code cache) only when a spec
+ * uses it, instead of a copy inlined at every reference (half the code a small spec's start loads).
+ */
+export const AJV_OPTIONS = { allErrors: true, verbose: true, strict: true, allowUnionTypes: true, inlineRefs: false } as const;
 
 /**
  * The schema's definitions fc-run validates on their own (besides the whole spec): a CPU template
