@@ -2,7 +2,7 @@
 // Bundles the compiled tree (dist/) into one file per entry point: the CLI and the two thread
 // entries. A start then reads one file instead of resolving and reading dozens of modules. The
 // CLI is bundled twice: whole (cli.js), and light (cli-light.js: without the commands that launch
-// a VM and what only they reach), for the commands in LIGHT_COMMANDS (src/code-cache.ts). The
+// a VM and what only they reach), for the commands in bin/fc-run's LIGHT_COMMANDS. The
 // light bundle is warmed up in this process (plan and validate on an example, whose outcome does
 // not matter) and V8's code cache for what ran is written beside it (cli-light.js.cache); the
 // whole bundle and each thread bundle get an eager cache of every function in them (cli.js.cache,
@@ -53,6 +53,13 @@ function launchingCommandsOut(names) {
   };
 }
 
+/** bin/fc-run's LIGHT_COMMANDS: the commands it starts from the light bundle. */
+function lightCommands() {
+  const m = /^const LIGHT_COMMANDS = (\[.*\]);$/m.exec(fs.readFileSync(path.join(root, 'bin', 'fc-run'), 'utf8'));
+  if (!m) throw new Error('bundle: bin/fc-run has no "const LIGHT_COMMANDS = [...];" line');
+  return JSON.parse(m[1]);
+}
+
 const COMMON = {
   bundle: true,
   platform: 'node',
@@ -77,7 +84,7 @@ async function bundle() {
     outdir,
     plugins: [ajvCompilerOutside, jsoncParserParts],
   });
-  const { LIGHT_COMMANDS } = require(path.join(root, 'dist', 'code-cache.js'));
+  const LIGHT_COMMANDS = lightCommands();
   const { COMMAND_NAMES } = require(path.join(root, 'dist', 'cli', 'main.js'));
   const launching = COMMAND_NAMES.filter((n) => !LIGHT_COMMANDS.includes(n));
   await esbuild.build({

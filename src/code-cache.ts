@@ -58,20 +58,3 @@ export function loadBundle(file: string, requireFn: NodeJS.Require, cacheFile?: 
   return { exports, cacheUsed: compiled.cacheUsed, createCache: () => compiled.script.createCachedData() };
 }
 
-/**
- * The commands bin/fc-run starts from the light CLI bundle (dist/bundle/cli-light.js): the ones
- * that launch nothing. It holds every module they reach and none of the launching commands
- * (scripts/bundle.js leaves those out), so a start reads, and takes from V8's code cache, half as
- * much. Everything else (a launch, `help`, a mistyped command) starts from the whole CLI bundle.
- */
-export const LIGHT_COMMANDS: readonly string[] = ['plan', 'validate', 'schema', 'ps', 'logs', 'stop', 'unit', 'manifest', '--version', '-V'];
-
-/**
- * The CLI bundle and code cache to start `fc-run <first> ...` from: the light bundle with the cache
- * of a warmed-up plan and validate, or the whole bundle with the cache of every function in it (a
- * launch runs most of it, and would otherwise compile it at every start).
- */
-export function cliBundleFor(dist: string, first: string | undefined): { bundle: string; cache: string } {
-  const bundle = path.join(dist, 'bundle', first !== undefined && LIGHT_COMMANDS.includes(first) ? 'cli-light.js' : 'cli.js');
-  return { bundle, cache: `${bundle}.cache` };
-}

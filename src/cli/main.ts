@@ -31,7 +31,7 @@ const COMMANDS: Record<string, () => Command> = {
 };
 /* eslint-enable @typescript-eslint/no-require-imports */
 
-/** Every command's name (scripts/bundle.js leaves the launching ones out of the light bundle). */
+/** Every command's name (scripts/bundle.js leaves the launching ones out of the light bundle, bin/fc-run's LIGHT_COMMANDS). */
 export const COMMAND_NAMES: readonly string[] = Object.keys(COMMANDS);
 
 const command = (name: string): Command | undefined => (Object.hasOwn(COMMANDS, name) ? COMMANDS[name]() : undefined);
