@@ -35,7 +35,7 @@ describe('bundles', () => {
       expect(text.every((b) => b < 0x80)).toBe(true);
       expect(accepted(path.join(BUNDLE, name), path.join(BUNDLE, `${name}.cache`))).toBe('true');
     }
-    // The whole bundle's cache holds every function (a launch runs most of them); the light one's what plan and validate ran.
+    // The whole bundle's cache holds what a launch runs (scripts/warm-cache.js), or every function; the light one's what plan and validate ran.
     expect(fs.statSync(path.join(BUNDLE, 'cli.js.cache')).size).toBeGreaterThan(fs.statSync(path.join(BUNDLE, 'cli-light.js.cache')).size);
   });
 
