@@ -26,6 +26,8 @@ export interface FoundSpec {
   abs: string;
   /** The name to print: the argument, or the argument joined with the path under it. */
   display: string;
+  /** A file named on the command line that holds only CPU-template keys: checked as a template. */
+  cpuTemplate?: boolean;
 }
 
 export interface DiscoveryProblem {
@@ -102,7 +104,7 @@ export function discoverSpecs(args: readonly string[], opts: { metadataFile?: st
     if (c.fromDir !== undefined) perDir.set(c.fromDir, (perDir.get(c.fromDir) ?? 0) + 1);
     if (seen.has(key)) continue;
     seen.add(key);
-    specs.push({ abs: c.abs, display: c.display });
+    specs.push({ abs: c.abs, display: c.display, ...(c.explicit && looksLikeCpuTemplate(peeked.get(c.abs)) ? { cpuTemplate: true } : {}) });
   }
 
   for (const arg of args) {

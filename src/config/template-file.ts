@@ -8,10 +8,11 @@ import { FcRunError } from '../errors';
 import type { CpuConfig } from './vm-spec.generated';
 
 /**
- * Validates a CPU template file referenced by "cpu-config". Its issues point into that file.
- * Returns the template when it is valid.
+ * Validates a CPU template file referenced by "cpu-config" (or named to `validate`). Its issues
+ * point into that file; `more` adds checks of the valid template, located there too. Returns the
+ * template when it is valid.
  */
-export function checkCpuConfigFile(file: string, shown: string, extra: SpecIssue[]): CpuConfig | undefined {
+export function checkCpuConfigFile(file: string, shown: string, extra: SpecIssue[], more?: (template: CpuConfig, issues: IssueList) => void): CpuConfig | undefined {
   let text: string;
   try {
     text = readText(file, 'CPU template file');
@@ -31,6 +32,7 @@ export function checkCpuConfigFile(file: string, shown: string, extra: SpecIssue
   if (oversized) issues.error('too-many-items', oversized.at, oversizedMessage(oversized, 'template'), 'shorten the template');
   else checkSchema(source.value, issues, 'CpuConfig');
   if (!issues.hasErrors) checkCpuConfig(source.value as CpuConfig, [], issues);
+  if (!issues.hasErrors && more) more(source.value as CpuConfig, issues);
   extra.push(...issues.items.map((i) => ({ ...i, file: shown, ...source.locate(i.path, KEY_ISSUE_CODES.has(i.code) ? 'key' : 'value') })));
   return issues.hasErrors ? undefined : (source.value as CpuConfig);
 }

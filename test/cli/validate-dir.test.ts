@@ -62,6 +62,35 @@ describe('fc-run validate DIR', () => {
     expect(without.lines[without.lines.length - 1]).toMatch(/^3 specs: 2 ok, 1 invalid \(\d+ errors?, 0 warnings\)$/);
   });
 
+  test('a CPU template file named on the command line is checked as a template: what run refuses in one, validate refuses', () => {
+    write('tpl/ok.json', fs.readFileSync(path.join(ROOT, 'examples', 'cpu-templates', 'no-avx512.json'), 'utf8'));
+    write('tpl/arm.json', { reg_modifiers: [{ addr: '0x0030000000000011', bitmap: '0b1' }] });
+    write('tpl/caps.json', '{\n  "kvm_capabilities": ["171"],\n  "msr_modifiers": [{ "addr": "0x10a", "bitmap": "0b1", "note": "x" }]\n}\n');
+    write('tpl/bad.json', { cpuid_modifiers: [{ leaf: '0x1', subleaf: '0x0', flags: 0, modifiers: [{ register: 'exx', bitmap: '0b1' }] }] });
+    const r = fcRun(['validate', 'tpl/ok.json', 'tpl/arm.json', 'tpl/caps.json', 'tpl/bad.json']);
+    expect(r.code).toBe(2);
+    expect(r.lines).toEqual([
+      'ok    tpl/ok.json (CPU template)',
+      'FAIL  tpl/arm.json (CPU template, 1 error)',
+      'FAIL  tpl/caps.json (CPU template, 1 error)',
+      'FAIL  tpl/bad.json (CPU template, 1 error)',
+      '4 specs: 1 ok, 3 invalid (3 errors, 1 warning)',
+    ]);
+    expect(r.err).toContain(`${posOf('tpl/arm.json', '[')}: error[wrong-architecture]: /reg_modifiers:`);
+    expect(r.err).toContain(`${posOf('tpl/caps.json', '["171"]')}: error[not-supported]: /kvm_capabilities:`);
+    expect(r.err).toContain(`${posOf('tpl/caps.json', '"note"')}: warning[unknown-property-ignored]: /msr_modifiers/0/note:`);
+    expect(r.err).toContain(`${posOf('tpl/bad.json', '"exx"')}: error[enum]: /cpuid_modifiers/0/modifiers/0/register:`);
+    // The same template through a spec's cpu-config is refused by run's plan the same way.
+    write('tpl/spec.json', vm({ 'cpu-config': 'arm.json' }));
+    expect(fcRun(['validate', 'tpl/spec.json']).err).toContain('error[wrong-architecture]: /cpu-config:');
+    const lines = fcRun(['validate', '--json-lines', 'tpl/ok.json']).lines.map((l) => JSON.parse(l));
+    expect(lines[0]).toEqual({ type: 'result', file: 'tpl/ok.json', valid: true, errors: 0, warnings: 0, kind: 'cpu-template' });
+    // In a directory a template no spec names is still skipped, not checked as a spec.
+    const dir = fcRun(['validate', 'tpl']);
+    expect(dir.lines.filter((l) => /^(ok|FAIL) /.test(l))).toEqual(['FAIL  tpl/spec.json (1 error)']);
+    expect(dir.lines[dir.lines.length - 1]).toBe('1 spec: 0 ok, 1 invalid (1 error, 0 warnings)');
+  });
+
   test('files and directories mix; a spec reached twice is checked once', () => {
     write('mix/d/one.json', vm());
     write('mix/two.json', vm());

@@ -1,8 +1,11 @@
+import * as path from 'node:path';
 import { LoadedSpec, loadSpecFile } from '../../config/validate';
+import { checkCpuConfigFile } from '../../config/template-file';
 import { SpecInvalidError, SpecIssue } from '../../config/issues';
 import { discoverSpecs } from '../../config/discover';
 import { checkFleet } from '../../config/fleet';
 import { checkRunnable } from '../../boot';
+import { refuseTemplateParts } from '../../boot/plan';
 import { EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_OK, FcRunError } from '../../errors';
 import { CommandSpec, ParsedArgs, UsageError } from '../args';
 import { applyStrict, Io, reportIssues, write, writeRecord } from '../io';
@@ -28,6 +31,7 @@ export const VALIDATE_SPEC: CommandSpec = {
     ['fc-run validate --skip-files --strict --json-lines specs/', 'CI check of a repository of stored specs whose artifacts live elsewhere'],
   ],
   notes:
+    'A file named on the command line that holds only CPU-template keys (cpuid_modifiers, msr_modifiers, kvm_capabilities, ...) is checked as a CPU template. ' +
     'In a directory, every *.json file is a spec except a CPU template some spec names in "cpu-config", the --metadata file, and a file holding only CPU-template keys; hidden files and directories and node_modules are skipped. ' +
     'A spec that fails the schema or the rules is left out of the checks across specs.\n' +
     'Exit status: 0 all valid, 2 some spec invalid, 1 some file unreadable, a directory without specs, or a usage error.',
@@ -44,6 +48,25 @@ interface Outcome {
   failure?: FcRunError;
   /** Set when the spec loaded far enough for its resources to be known (for the checks across specs). */
   loaded?: LoadedSpec;
+  /** The file was checked as a CPU template, not a spec. */
+  cpuTemplate?: boolean;
+}
+
+/**
+ * A CPU template file named on the command line (only template keys at its top level, as
+ * Firecracker's --cpu-template files and "cpu-config" paths hold): checked as a spec's template is.
+ */
+function checkTemplate(file: string, strict: boolean): Outcome {
+  const extra: SpecIssue[] = [];
+  // What run refuses in a template ("cpu-config" naming this file) is refused here too.
+  checkCpuConfigFile(path.resolve(file), file, extra, (t, issues) =>
+    refuseTemplateParts(t.kvm_capabilities?.length ?? 0, (t.reg_modifiers?.length ?? 0) + (t.vcpu_features?.length ?? 0), (key) => (key === 'aarch64' ? [t.reg_modifiers?.length ? 'reg_modifiers' : 'vcpu_features'] : [key]), (code, at, message, hint) => issues.error(code, at, message, hint)),
+  );
+  const failure = extra.find((i) => i.code === 'file-unreadable' || i.code === 'file-type' || i.code === 'file-too-large');
+  if (failure) return { file, kind: 'spec', valid: false, errors: [], warnings: [], failure: new FcRunError(failure.code, failure.message, EXIT_FAILURE) };
+  const issues = applyStrict(extra, strict);
+  const errors = issues.filter((i) => i.severity === 'error');
+  return { file, kind: 'spec', cpuTemplate: true, valid: errors.length === 0, errors, warnings: issues.filter((i) => i.severity === 'warning') };
 }
 
 function check(file: string, args: ParsedArgs, skipFiles: boolean, strict: boolean): Outcome {
@@ -69,7 +92,7 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
   if (json && rep.jsonLines) throw new UsageError('--json and --json-lines are alternatives: choose one', 'validate');
   const skipFiles = args.options['skip-files'] === true;
   const found = discoverSpecs(args.positionals, { metadataFile: args.options.metadata as string | undefined });
-  const outcomes: Outcome[] = found.specs.map((s) => check(s.display, args, skipFiles, rep.strict));
+  const outcomes: Outcome[] = found.specs.map((s) => (s.cpuTemplate ? checkTemplate(s.display, rep.strict) : check(s.display, args, skipFiles, rep.strict)));
   for (const p of found.problems) {
     outcomes.push({ file: p.display, kind: 'argument', valid: false, errors: [], warnings: [], failure: new FcRunError(p.code, p.message, EXIT_FAILURE) });
   }
@@ -87,15 +110,16 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
         valid: r.valid,
         errors: r.failure ? 1 : r.errors.length,
         warnings: r.warnings.length,
+        ...(r.cpuTemplate ? { kind: 'cpu-template' } : {}),
         ...(r.failure ? { code: r.failure.code, message: r.failure.message } : {}),
       });
     } else if (r.failure) {
       write(io.out, `${c.red('FAIL')}  ${printable(r.failure.code === 'no-specs' || r.failure.code === 'dir-unreadable' ? r.failure.message : `${r.file}: ${r.failure.message}`)}`);
     } else if (r.valid) {
-      write(io.out, `${c.green('ok')}    ${printable(r.file)}${r.warnings.length ? c.yellow(` (${plural(r.warnings.length, 'warning')})`) : ''}`);
+      write(io.out, `${c.green('ok')}    ${printable(r.file)}${r.cpuTemplate ? ' (CPU template)' : ''}${r.warnings.length ? c.yellow(` (${plural(r.warnings.length, 'warning')})`) : ''}`);
       reportIssues(io, r.warnings, rep);
     } else {
-      write(io.out, `${c.red('FAIL')}  ${printable(r.file)} (${plural(r.errors.length, 'error')})`);
+      write(io.out, `${c.red('FAIL')}  ${printable(r.file)} (${r.cpuTemplate ? 'CPU template, ' : ''}${plural(r.errors.length, 'error')})`);
       reportIssues(io, [...r.errors, ...r.warnings].sort(byPosition), rep);
     }
   }
@@ -104,6 +128,7 @@ export function validateCommand(io: Io, args: ParsedArgs): number {
   if (json) {
     const files = outcomes.map((r) => ({
       file: r.file,
+      ...(r.cpuTemplate ? { kind: 'cpu-template' } : {}),
       valid: r.valid,
       errors: r.failure ? [{ severity: 'error', code: r.failure.code, file: r.file, message: r.failure.message }] : r.errors.map(issueJson),
       warnings: r.warnings.map(issueJson),
