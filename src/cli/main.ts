@@ -1,7 +1,6 @@
 import { EXIT_FAILURE, EXIT_OK } from '../errors';
 import { CommandSpec, helpText, ParsedArgs, parseArgs, UsageError } from './args';
 import { handleFailure, Io, Reporting, write } from './io';
-import { VERSION } from './version';
 import { FdOutput } from './output';
 
 interface Command {
@@ -78,7 +77,8 @@ export async function main(argv: string[], io: Io = { out: new FdOutput(1), err:
     const flags = optionArgs(rest);
     const help = flags.includes('--help') || flags.includes('-h');
     if (!help && (flags.includes('--version') || flags.includes('-V'))) {
-      write(io.out, `fc-run v${VERSION}`);
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      write(io.out, `fc-run v${(require('./version') as typeof import('./version')).VERSION}`);
       return EXIT_OK;
     }
     const chosen = named ?? command('run')!;

@@ -3,4 +3,5 @@ export type { LoadOptions, LoadedSpec } from './validate';
 export { SpecInvalidError, pointer } from './issues';
 export type { SpecIssue } from './issues';
 export type { ResolvedSpec } from './resolved';
-export { loadSchema, SCHEMA_PATH } from './schema';
+export { loadSchema } from './schema';
+export { SCHEMA_PATH } from '../package-root';

@@ -3,9 +3,7 @@ import type { ErrorObject, ValidateFunction } from 'ajv';
 import { AJV_OPTIONS, CUSTOM_KEYWORDS, STANDALONE_DEFINITIONS, withoutAnnotations } from './schema-options';
 import { IssueList } from './issues';
 import { closestMatch } from './suggest';
-import { SCHEMA_PATH } from '../package-root';
 
-export { SCHEMA_PATH };
 
 type Entry = 'spec' | (typeof STANDALONE_DEFINITIONS)[number];
 
@@ -18,6 +16,10 @@ let schemaJson: Record<string, unknown> | undefined;
 
 /** The spec schema (schemas/vm.schema.json), read once, when first needed. */
 export function loadSchema(): Record<string, unknown> {
+  // The package root is looked up only here: a start that validates with the precompiled
+  // validator and finds nothing wrong never needs the schema file.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { SCHEMA_PATH } = require('../package-root') as typeof import('../package-root');
   return (schemaJson ??= JSON.parse(fs.readFileSync(SCHEMA_PATH, 'utf8')) as Record<string, unknown>);
 }
 

@@ -16,7 +16,7 @@ import {
   type Hover,
   type LanguageService,
 } from 'vscode-json-languageservice';
-import { SCHEMA_PATH } from '../../src/config/schema';
+import { SCHEMA_PATH } from '../../src/package-root';
 import { loadSpecText } from '../../src/config/validate';
 import { SpecInvalidError, type SpecIssue } from '../../src/config/issues';
 
