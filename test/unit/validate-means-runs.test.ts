@@ -103,6 +103,6 @@ test("every refusal in the planner's source has a case here", () => {
   const covered = new Set(CASES.map((c) => c.code));
   expect([...codes].filter((c) => !covered.has(c))).toEqual([]);
   // Each "not supported" site is its own case.
-  const notYetSites = [...sources.matchAll(/notYet\(\[/g)].length;
+  const notYetSites = [...sources.matchAll(/notYet\(\[/g)].length + [...sources.matchAll(/error\('not-supported', where\(/g)].length;
   expect(CASES.filter((c) => c.code === 'not-supported').length).toBe(notYetSites);
 });
