@@ -141,5 +141,6 @@ function toTemplate(cfg: CpuConfig, source: string): CustomCpuTemplate {
     ),
     msr: (cfg.msr_modifiers ?? []).map((m) => ({ addr: num(m.addr), filter: filter(m.bitmap, 64) })),
     aarch64Entries: (cfg.reg_modifiers?.length ?? 0) + (cfg.vcpu_features?.length ?? 0),
+    template: cfg,
   };
 }

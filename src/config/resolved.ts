@@ -1,4 +1,4 @@
-import type { Balloon, MemoryHotplug, Pmem, RateLimiter, VmSpec } from './vm-spec.generated';
+import type { Balloon, CpuConfig, MemoryHotplug, Pmem, RateLimiter, VmSpec } from './vm-spec.generated';
 
 /** Firecracker's command line when boot_args is absent. */
 export const DEFAULT_BOOT_ARGS =
@@ -27,6 +27,8 @@ export interface CustomCpuTemplate {
   msr: { addr: number; filter: BitFilter }[];
   /** aarch64-only entries; counted so the planner can refuse them. */
   aarch64Entries: number;
+  /** A spec's template as validated (keys Firecracker ignores dropped): what the jail's vm.json holds. Absent for a static template. */
+  template?: CpuConfig;
 }
 
 export interface ResolvedDrive {

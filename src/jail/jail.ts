@@ -397,10 +397,9 @@ function writeInsideSpec(spec: ResolvedSpec, root: string, owner: { uid: number;
   if (spec.metrics) s.metrics = { ...s.metrics, metrics_path: '/files/metrics' };
   delete s.$schema;
   delete s['cpu-config'];
-  if (spec.cpuConfig) {
-    if (spec.cpuConfig.source !== 'inline') s['cpu-config'] = JSON.parse(fs.readFileSync(spec.cpuConfig.source, 'utf8'));
-    else s['cpu-config'] = (spec.raw as unknown as Record<string, unknown>)['cpu-config'];
-  }
+  // The template as validated on the host (not the file read again: it may have changed since, and
+  // keys Firecracker ignores were dropped with a warning the jailed run need not repeat).
+  if (spec.cpuConfig?.template) s['cpu-config'] = spec.cpuConfig.template;
   const specPath = path.join(root, 'vm.json');
   fs.writeFileSync(specPath, JSON.stringify(s, null, 2), { mode: 0o400 });
   fs.chownSync(specPath, owner.uid, owner.gid);

@@ -175,6 +175,22 @@ describeJail('fc-run jail', () => {
     expect(r.status).toBe(0);
   });
 
+  test('a template with keys Firecracker ignores: the host warns once (and --strict refuses); the jail gets the template as validated', () => {
+    const tpl = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples', 'cpu-templates', 'no-avx512.json'), 'utf8')) as { cpuid_modifiers: Record<string, unknown>[] };
+    tpl.cpuid_modifiers[0].note = 'kept out of the jail';
+    const tplFile = ws.write('tpl-note.json', tpl);
+    const spec = ws.write('tpl-jail.json', { 'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 32 }, 'cpu-config': tplFile });
+    const run = (extra: string[]) => spawnSync(process.execPath, jailArgs(spec, jid(`tpl${extra.length}`), ['--serial-out', 'none', ...extra]), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
+    const strict = run(['--strict']);
+    expect(strict.status).toBe(2);
+    expect(strict.stderr).toContain(`${tplFile}:`);
+    expect(strict.stderr).toContain('error[unknown-property-ignored]: /cpuid_modifiers/0/note');
+    const r = run([]);
+    expect(r.status).toBe(0);
+    expect(r.stderr.match(/unknown-property-ignored/g)).toHaveLength(1);
+    expect(r.stderr).not.toContain('vm.json');
+  });
+
   test('fds the jailer was given do not reach the jail', async () => {
     const spec = ws.write('fds.json', { 'boot-source': { kernel_image_path: path.join(ws.dir, 'spin.elf') }, 'machine-config': { vcpu_count: 1, mem_size_mib: 16 } });
     const dirFd = fs.openSync('/', 'r');

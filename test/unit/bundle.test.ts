@@ -58,7 +58,14 @@ describe('bundles', () => {
       expect({ first, status: r.status, err: r.stderr }).toEqual({ first, status: 0, err: 'read cli-light.js\n' });
       expect(r.stdout).toMatch(first.startsWith('-') ? /^fc-run v/ : new RegExp(`^Usage: fc-run ${first}`));
     }
-    for (const args of [['run', '--help'], ['help'], ['--help'], ['jail', '--help'], ['nowhere.json']]) expect(started(args).stderr).toMatch(/^read cli\.js\n/);
+    for (const args of [['run', '--help'], ['help'], ['--help'], ['jail', '--help'], ['nowhere.json'], ['--version', '--help'], ['-V', '-h']]) {
+      const r = started(args);
+      expect(r.stderr).toMatch(/^read cli\.js\n/);
+      expect(r.status).toBe(r.stdout.startsWith('Usage: fc-run') ? 0 : 1);
+    }
+    // --version with --help shows the overview (every command's): whole bundle; after --, --help is no option.
+    expect(started(['--version', '--help']).stdout).toMatch(/^Usage: fc-run <spec>/);
+    expect(started(['--version', '--', '--help'])).toMatchObject({ stderr: 'read cli-light.js\n', stdout: expect.stringMatching(/^fc-run v/) });
     expect(fs.readFileSync(BIN, 'utf8')).toContain(`source.startsWith('${BUNDLE_PREFIX}')`);
     fs.rmSync(path.dirname(hook), { recursive: true, force: true });
     // A launching command reached in the light bundle says so instead of failing obscurely.
@@ -66,6 +73,28 @@ describe('bundles', () => {
     const r = spawnSync(process.execPath, ['-e', probe], { encoding: 'utf8' });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/commands\/run is not in the light CLI bundle/);
+  });
+
+  it('every name fc-run imports from jsonc-parser is one the bundles take of it (a missing one would be undefined at run time)', () => {
+    const entry = fs.readFileSync(path.join(PACKAGE_ROOT, 'scripts', 'jsonc-parser-entry.mjs'), 'utf8');
+    const exported = new Set([...entry.matchAll(/export \{([^}]*)\}/g)].flatMap((m) => m[1].split(',').map((n) => n.trim())));
+    const imported = new Set<string>();
+    const walk = (dir: string) => {
+      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+        const f = path.join(dir, e.name);
+        if (e.isDirectory()) walk(f);
+        else if (f.endsWith('.ts')) {
+          for (const m of fs.readFileSync(f, 'utf8').matchAll(/import \{([^}]*)\} from 'jsonc-parser'/g)) {
+            for (const n of m[1].split(',').map((x) => x.trim()).filter(Boolean)) if (!n.startsWith('type ')) imported.add(n);
+          }
+        }
+      }
+    };
+    walk(path.join(PACKAGE_ROOT, 'src'));
+    // Types and const enums leave nothing behind at run time.
+    const typeOnly = new Set(['Node', 'ParseError', 'SyntaxKind']);
+    expect([...imported].filter((n) => !typeOnly.has(n) && !exported.has(n))).toEqual([]);
+    expect(imported.size).toBeGreaterThan(2);
   });
 
   it('a start loads neither koffi nor the launch path, worker_threads nor node:crypto to plan a spec', () => {
