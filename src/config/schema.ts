@@ -60,11 +60,21 @@ function compile(): Compiled {
  * for a CPU template file) and turns ajv's errors into issues that say what is wrong in words a
  * user can act on.
  */
-export function checkSchema(value: unknown, issues: IssueList, definition?: (typeof STANDALONE_DEFINITIONS)[number], nulled: Set<string> = new Set()): void {
+export function checkSchema(value: unknown, issues: IssueList, definition?: (typeof STANDALONE_DEFINITIONS)[number], nulled: Set<string> = new Set(), withNulls?: unknown): void {
   const validate = compile().validator(definition ?? 'spec');
-  if (validate(value)) return;
   const ignored: (string | number)[][] = [];
-  for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues, nulled, ignored);
+  if (!validate(value)) for (const err of pruneAlternatives(validate.errors ?? [], value)) describe(err, issues, nulled, ignored);
+  // `value` is without the members given as null (`nulled`: absent, as serde reads an optional
+  // field's null). A key serde does not know is refused whatever its value, null included
+  // (deny_unknown_fields): those are looked for in the value as written.
+  if (withNulls !== undefined && nulled.size > 0 && !validate(withNulls)) {
+    for (const err of pruneAlternatives(validate.errors ?? [], withNulls)) {
+      if (err.keyword !== 'additionalProperties') continue;
+      const key = JSON.stringify([...segments(err.instancePath), (err.params as { additionalProperty: string }).additionalProperty]);
+      // Where Firecracker ignores unknown keys this is a warning; the key is absent already.
+      if (nulled.has(key)) describe(err, issues, nulled, []);
+    }
+  }
   // What Firecracker ignores goes no further than the warning: the plan never sees it.
   for (const at of ignored) {
     const owner = valueAt(value, at.slice(0, -1));

@@ -71,7 +71,7 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
       'a microVM has at most 19 virtio devices; shorten the lists',
     );
   } else {
-    checkSchema(value.result, issues, undefined, value.nulled);
+    checkSchema(value.result, issues, undefined, value.nulled, source.value);
   }
   const schemaOk = !issues.hasErrors;
   let resolved: ResolvedSpec | undefined;

@@ -238,6 +238,24 @@ describe('semantic rules', () => {
     expect(errorsOf(ws, withSpec({ metrics: { metrics_pth: 'm.jsonl' } }))).toEqual(['required @ /metrics/metrics_path']);
   });
 
+  test('a null is "absent" for a key the schema knows; an unknown key given as null is still unknown (serde refuses it)', () => {
+    const spec = withSpec({
+      'machine-config': { vcpu_count: 1, mem_size_mib: 128, vcpu_cnt: null, cpu_template: null },
+      machine_config: null,
+      drives: [drive('a', { partuuid: null, rate_limiter: { ops: { size: 1, refill_time: 1, one_time_burst: null, note: null } } })],
+      metrics: null,
+    });
+    const issues = issuesOf(ws, spec);
+    expect(issues.map((i) => `${i.severity} ${i.code} @ ${i.path.join('/')}`)).toEqual([
+      'error unknown-property @ machine-config/vcpu_cnt',
+      'error unknown-section @ machine_config',
+      'warning unknown-property-ignored @ drives/0/rate_limiter/ops/note',
+    ]);
+    expect(issues[0].hint).toBe('did you mean "vcpu_count"?');
+    // Known keys set to null, and nothing else: valid, as before.
+    expect(load(ws, withSpec({ 'machine-config': { vcpu_count: 1, mem_size_mib: 128, cpu_template: null }, metrics: null })).warnings).toEqual([]);
+  });
+
   test('a CPU template file may carry keys Firecracker ignores: warnings located in that file', () => {
     ws.write('tpl-extra.json', '{\n  "msr_modifiers": [{ "addr": "0x10a", "bitmap": "0b0",\n    "comment": "x" }]\n}\n');
     const { spec, warnings } = load(ws, withSpec({ 'cpu-config': 'tpl-extra.json' }));
