@@ -7,7 +7,7 @@ const { spawn, execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { microvmArgs, qemuOrExit } = require('./qemu.js');
+const { microvmArgs, qemuOrExit, workingCpu } = require('./qemu.js');
 const { bin } = require('./node-floor.js');
 
 const root = path.resolve(__dirname, '..');
@@ -23,7 +23,7 @@ fs.writeFileSync(spec, JSON.stringify({ 'boot-source': { kernel_image_path: prob
 const commands = {
   // As a user starts it: bin/fc-run's #! line (bench/node-floor.js).
   'fc-run': [bin, [spec]],
-  'qemu microvm': [qemu, microvmArgs({ kernel: probe, append: 'console=ttyS0', memMib: 64 })],
+  'qemu microvm': [qemu, microvmArgs({ kernel: probe, append: 'console=ttyS0', memMib: 64, cpu: workingCpu(qemu) })],
 };
 
 function firstByte(cmd, args) {

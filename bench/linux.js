@@ -23,7 +23,7 @@ const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { microvmArgs, qemuOrExit } = require('./qemu.js');
+const { microvmArgs, qemuOrExit, workingCpu } = require('./qemu.js');
 const host = require('../guest/linux/host.js');
 
 const root = path.resolve(__dirname, '..');
@@ -78,7 +78,7 @@ function fcRun(image, vcpus) {
 }
 
 function qemuMicrovm(image, vcpus) {
-  const cpu = kind.kind === 'emulating' ? 'host,-kvm-pv-ipi,-kvm-pv-sched-yield' : 'host';
+  const cpu = workingCpu(qemu, kind.kind === 'emulating' ? 'host,-kvm-pv-ipi,-kvm-pv-sched-yield' : 'host');
   return [qemu, microvmArgs({ kernel: path.join(build, image), initrd, append: cmdline, memMib: 256, vcpus, cpu, i8042: true })];
 }
 

@@ -32,4 +32,32 @@ function microvmArgs({ kernel, append, memMib, vcpus = 1, cpu = 'host', initrd, 
   ];
 }
 
-module.exports = { qemuOrExit, microvmArgs };
+/**
+ * The `-cpu` to give QEMU here: `base` if QEMU boots the probe guest with it, else `base` without
+ * the arch-capabilities MSR, which some hosts' KVM refuses to set (QEMU then aborts with "failed to
+ * set MSR 0x10a" before the guest runs, and a bench would time and measure a crash). Exits with
+ * the reason when neither boots.
+ */
+const working = new Map();
+function workingCpu(qemu, base = 'host') {
+  if (!working.has(base)) working.set(base, findWorkingCpu(qemu, base));
+  return working.get(base);
+}
+
+function findWorkingCpu(qemu, base) {
+  const { spawnSync } = require('node:child_process');
+  const probe = require('node:path').join(__dirname, '..', 'guest', 'probe', 'build', 'probe.elf');
+  let last = '';
+  for (const cpu of [base, `${base},-arch-capabilities`]) {
+    const r = spawnSync(qemu, microvmArgs({ kernel: probe, append: 'console=ttyS0 reboot=k panic=1', memMib: 64, cpu, i8042: true }), { encoding: 'utf8', timeout: 60_000 });
+    if (r.status === 0 && r.stdout.includes('# probe done')) {
+      if (cpu !== base) console.log(`(QEMU runs with -cpu ${cpu}: with -cpu ${base} it fails on this host: ${last})`);
+      return cpu;
+    }
+    last = (r.stderr || '').trim().split('\n')[0] || `exit ${r.status ?? r.signal}`;
+  }
+  console.error(`QEMU does not boot the probe guest on this host (${last}): no comparison`);
+  process.exit(1);
+}
+
+module.exports = { qemuOrExit, microvmArgs, workingCpu };

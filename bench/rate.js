@@ -12,7 +12,7 @@
 // Usage: node bench/rate.js [launches=100]
 'use strict';
 const { execFileSync, spawn } = require('node:child_process');
-const { microvmArgs, qemuOrExit } = require('./qemu.js');
+const { microvmArgs, qemuOrExit, workingCpu } = require('./qemu.js');
 const { fcRun, nodeFloor, nodePlain, extraCas } = require('./node-floor.js');
 const fs = require('node:fs');
 const os = require('node:os');
@@ -92,7 +92,7 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
   }
   // QEMU microvm booting the same probe to the same reset, one at a time: its peak RSS and CPU.
   const qemu = qemuOrExit();
-  const qemuArgs = microvmArgs({ kernel: probe, append: 'console=ttyS0 reboot=k panic=1', memMib: 64, i8042: true });
+  const qemuArgs = microvmArgs({ kernel: probe, append: 'console=ttyS0 reboot=k panic=1', memMib: 64, i8042: true, cpu: workingCpu(qemu) });
   const qemuRuns = [];
   for (let i = 0; i < 5; i++) qemuRuns.push(await launch([qemu, ...qemuArgs]));
   const qemuRss = pct(qemuRuns.map((r) => r.rssMiB), 50);
