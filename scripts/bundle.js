@@ -104,7 +104,12 @@ async function warmUpAndCache() {
   // The hot paths only: a bigger cache costs more to read and deserialize at every start than the
   // rarer paths cost to compile when they run.
   const example = path.join(root, 'examples', 'hello.json');
-  for (const argv of [['plan', example], ['validate', example]]) await loaded.exports.main(argv, io);
+  // The example's kernel is the probe guest (npm run setup builds it first): without it the plan
+  // stops at the missing file, and the cache lacks what a plan that succeeds runs.
+  for (const argv of [['plan', example], ['validate', example]]) {
+    const code = await loaded.exports.main(argv, io);
+    if (code !== 0) console.warn(`bundle: the warm-up "fc-run ${argv[0]} examples/hello.json" exited ${code} (is the probe guest built? npm run build:probe): the light bundle's code cache lacks what a successful ${argv[0]} runs`);
+  }
   fs.writeFileSync(`${file}.cache`, loaded.createCache());
 }
 
