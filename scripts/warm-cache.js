@@ -69,10 +69,12 @@ function warm(dir) {
   const check = `process.stdout.write(String(require(${JSON.stringify(path.join(root, 'dist', 'code-cache.js'))}).compileBundle(${JSON.stringify(bundle)}, ${JSON.stringify(out)}).cacheUsed))`;
   if (execFileSync(process.execPath, ['-e', check], { encoding: 'utf8' }) !== 'true') keep('V8 rejects the warm-up cache');
   const before = fs.statSync(cacheFile, { throwIfNoEntry: false })?.size;
-  // Renamed into place: a start reading the cache meanwhile sees the old file or the new, whole.
-  fs.copyFileSync(out, `${cacheFile}.tmp`);
-  fs.renameSync(`${cacheFile}.tmp`, cacheFile);
-  console.log(`warm-cache: dist/bundle/cli.js.cache is now a launch's (${(fs.statSync(cacheFile).size / 1024).toFixed(0)} KiB${before ? `; the eager one was ${(before / 1024).toFixed(0)} KiB` : ''})`);
+  // Renamed into place: a start reading the cache meanwhile sees the old file or the new, whole
+  // (the temporary name is this process's, so two runs at once do not take each other's).
+  const tmp = `${cacheFile}.${process.pid}.tmp`;
+  fs.copyFileSync(out, tmp);
+  fs.renameSync(tmp, cacheFile);
+  console.log(`warm-cache: dist/bundle/cli.js.cache is now a launch's (${(fs.statSync(cacheFile).size / 1024).toFixed(0)} KiB${before ? `; the one it replaced was ${(before / 1024).toFixed(0)} KiB` : ''})`);
 }
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-warm-'));

@@ -62,7 +62,8 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
   const value = withoutNulls(source.value, []);
   // Before the schema: a spec of 300,000 drives would get an error per field of each, gigabytes
   // of them. No section of a real spec comes close to the limit.
-  const oversized = findOversized(value.result, FREE_FORM);
+  // The spec as written: members given as null count too (they are checked for unknown keys).
+  const oversized = findOversized(source.value, FREE_FORM);
   if (oversized) {
     issues.error(
       'too-many-items',

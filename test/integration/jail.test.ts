@@ -179,8 +179,17 @@ describeJail('fc-run jail', () => {
     const tpl = JSON.parse(fs.readFileSync(path.join(ROOT, 'examples', 'cpu-templates', 'no-avx512.json'), 'utf8')) as { cpuid_modifiers: Record<string, unknown>[] };
     tpl.cpuid_modifiers[0].note = 'kept out of the jail';
     const tplFile = ws.write('tpl-note.json', tpl);
-    const spec = ws.write('tpl-jail.json', { 'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 32 }, 'cpu-config': tplFile });
-    const run = (extra: string[]) => spawnSync(process.execPath, jailArgs(spec, jid(`tpl${extra.length}`), ['--serial-out', 'none', ...extra]), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
+    // And a drive without is_read_only: a warning of the spec's own (the jailed run must not repeat it for its copy).
+    const disk = ws.write('tpl-disk.img', Buffer.alloc(64 * 1024));
+    fs.chownSync(disk, UID, GID);
+    const spec = ws.write('tpl-jail.json', {
+      'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' },
+      'machine-config': { vcpu_count: 1, mem_size_mib: 32 },
+      'cpu-config': tplFile,
+      drives: [{ drive_id: 'd', path_on_host: disk, is_root_device: false }],
+    });
+    let runs = 0;
+    const run = (extra: string[]) => spawnSync(process.execPath, jailArgs(spec, jid(`tpl${runs++}`), ['--serial-out', 'none', ...extra]), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
     const strict = run(['--strict']);
     expect(strict.status).toBe(2);
     expect(strict.stderr).toContain(`${tplFile}:`);
@@ -188,7 +197,13 @@ describeJail('fc-run jail', () => {
     const r = run([]);
     expect(r.status).toBe(0);
     expect(r.stderr.match(/unknown-property-ignored/g)).toHaveLength(1);
+    expect(r.stderr.match(/read-only-unset/g)).toHaveLength(1);
     expect(r.stderr).not.toContain('vm.json');
+    // --json-lines reaches the jailed run: every line of the whole output is a record.
+    const lines = run(['--json-lines']);
+    expect(lines.status).toBe(0);
+    const records = lines.stderr.trim().split('\n').map((l) => JSON.parse(l) as { type: string; code?: string });
+    expect(records.filter((x) => x.type === 'issue').map((x) => x.code).sort()).toEqual(['read-only-unset', 'unknown-property-ignored']);
   });
 
   test('fds the jailer was given do not reach the jail', async () => {

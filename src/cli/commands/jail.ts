@@ -96,19 +96,25 @@ async function fcRunFormCommand(io: Io, args: ParsedArgs): Promise<number> {
     baseDir: (o['chroot-base-dir'] as string | undefined) ?? '/srv/jailer',
     netns: o.netns as string | undefined,
     cgroups: (o.cgroup as string[] | undefined) ?? [],
-    runArgs: fcRunFormRunArgs(o),
+    runArgs: fcRunFormRunArgs(o, rep),
   });
   reportStatus(io, rep, 'jail', `jail ${jail.root}${jail.vsockHostPath ? `, vsock at ${jail.vsockHostPath}` : ''}`, { root: jail.root, vsock: jail.vsockHostPath });
   return runJail(jail);
 }
 
 /**
- * What the jailed `fc-run run /vm.json` must be told of this command line: --serial-out, and the
- * MMDS size limit the contents (inlined into vm.json, --metadata's included) were checked against.
+ * What the jailed `fc-run run /vm.json` must be told of this command line: --serial-out, the MMDS
+ * size limit the contents (inlined into vm.json, --metadata's included) were checked against, how
+ * to report (--json-lines), and that the spec's warnings were shown here, for the user's file.
  */
-function fcRunFormRunArgs(o: Readonly<Record<string, unknown>>): string[] {
+function fcRunFormRunArgs(o: Readonly<Record<string, unknown>>, rep: Reporting): string[] {
   const limit = mmdsSizeLimitOf(o);
-  return [...(o['serial-out'] !== undefined ? ['--serial-out', o['serial-out'] as string] : []), ...(limit !== undefined ? ['--mmds-size-limit', String(limit)] : [])];
+  return [
+    ...(o['serial-out'] !== undefined ? ['--serial-out', o['serial-out'] as string] : []),
+    ...(limit !== undefined ? ['--mmds-size-limit', String(limit)] : []),
+    ...(rep.jsonLines ? ['--json-lines'] : []),
+    '--spec-warnings-shown',
+  ];
 }
 
 /** The jailer's options and the jailed fc-run's arguments, checked as far as the command line allows. */

@@ -75,6 +75,7 @@ export const RUN_SPEC: CommandSpec = {
     { name: 'describe-snapshot', kind: 'string', valueName: 'FILE', describe: "Print what a snapshot's state file holds (format version first, as Firecracker does) and exit; exit 2 if it is not a usable snapshot" },
     { name: 'snapshot-version', kind: 'flag', describe: 'Print the snapshot format version this fc-run writes and reads, and exit' },
     { name: 'exit-with-fd', kind: 'integer', min: 3, max: 65535, hidden: true, describe: 'Stop the VM when this inherited socket or pipe reaches end of stream (the jailer uses it)' },
+    { name: 'spec-warnings-shown', kind: 'flag', hidden: true, describe: "The spec's warnings were shown already (by `fc-run jail`, for the user's spec rather than the jail's copy): do not show them again" },
     { name: 'exit-record', kind: 'string', valueName: 'FILE', hidden: true, describe: 'When fc-run exits, write {code, reason, time} as JSON to this file (fc-run up reads it for VMs it cannot wait on)' },
     ...REPORT_OPTIONS,
     ...REFUSED_FIRECRACKER_FLAGS,
@@ -267,7 +268,7 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
     if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(planned.plan.vcpus.count, threadFilters !== undefined);
     const warnings = applyStrict(planned.allWarnings.filter((w) => w.severity === 'warning'), rep.strict);
     if (rep.strict && warnings.length > 0) throw new SpecInvalidError(loaded.displayFile, warnings);
-    reportIssues(io, warnings, rep);
+    if (o['spec-warnings-shown'] !== true) reportIssues(io, warnings, rep);
     return await launchPlanned(io, rep, o, planned.plan, loaded.spec.mmds?.data, threadFilters, startNs, {
       running: () => (running = true),
       apiOpened: (close) => (closeApi = close),
