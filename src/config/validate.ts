@@ -117,6 +117,12 @@ export function loadSpecText(abs: string, text: string, opts: LoadOptions = {}):
 /** Top-level keys holding free-form data (any JSON: null is a value, numbers may be fractional). */
 const FREE_FORM_SECTIONS = ['mmds'];
 const FREE_FORM = new Set(FREE_FORM_SECTIONS);
+/**
+ * Top-level keys whose contents keep their nulls, for the schema to refuse: an inline CPU template
+ * is checked as a template file is (serde refuses null in a template: "expected a sequence").
+ * The key itself may still be null (absent).
+ */
+const NULLS_KEPT = new Set(['cpu-config']);
 
 /**
  * Firecracker (serde) reads `"field": null` as "field absent", and its own example configs use
@@ -138,7 +144,7 @@ export function withoutNulls(value: unknown, at: (string | number)[]): { result:
       // defineProperty, not assignment: a "__proto__" key must stay an own (unknown) key instead
       // of replacing the copy's prototype, whose keys would then pass for members of the spec.
       Object.defineProperty(out, k, {
-        value: path.length === 0 && FREE_FORM.has(k) ? item : walk(item, [...path, k]),
+        value: path.length === 0 && (FREE_FORM.has(k) || NULLS_KEPT.has(k)) ? item : walk(item, [...path, k]),
         enumerable: true,
         writable: true,
         configurable: true,

@@ -261,6 +261,16 @@ describe('semantic rules', () => {
     expect(load(ws, withSpec({ 'machine-config': { vcpu_count: 1, mem_size_mib: 128, cpu_template: null }, metrics: null })).warnings).toEqual([]);
   });
 
+  test('null inside a CPU template is refused, inline as in a file (serde refuses it there); "cpu-config": null is absent', () => {
+    ws.write('tpl-null.json', { cpuid_modifiers: null });
+    expect(errorsOf(ws, withSpec({ 'cpu-config': { cpuid_modifiers: null, msr_modifiers: [{ addr: '0x10a', bitmap: null }] } }))).toEqual([
+      'type @ /cpu-config/cpuid_modifiers',
+      'type @ /cpu-config/msr_modifiers/0/bitmap',
+    ]);
+    expect(issuesOf(ws, withSpec({ 'cpu-config': 'tpl-null.json' })).map((i) => `${i.code} @ ${i.path.join('/')}`)).toEqual(['type @ cpuid_modifiers']);
+    expect(load(ws, withSpec({ 'cpu-config': null })).spec.cpuConfig).toBeUndefined();
+  });
+
   test('a CPU template file may carry keys Firecracker ignores: warnings located in that file', () => {
     ws.write('tpl-extra.json', '{\n  "msr_modifiers": [{ "addr": "0x10a", "bitmap": "0b0",\n    "comment": "x" }]\n}\n');
     const { spec, warnings } = load(ws, withSpec({ 'cpu-config': 'tpl-extra.json' }));
