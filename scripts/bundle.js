@@ -131,8 +131,7 @@ function eagerCache(file, out) {
     v8.setFlagsFromString('--lazy');
     fs.writeFileSync(${JSON.stringify(out)}, script.createCachedData());`;
   execFileSync(process.execPath, ['-e', make], { stdio: 'inherit' });
-  const check = `process.stdout.write(String(require(${JSON.stringify(path.join(root, 'dist', 'code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(out)}).cacheUsed))`;
-  if (execFileSync(process.execPath, ['-e', check], { encoding: 'utf8' }) !== 'true') {
+  if (!require('./cache-accepted.js').cacheAccepted(file, out)) {
     fs.rmSync(out, { force: true });
     console.warn(`bundle: V8 rejects the eager code cache of ${path.relative(root, file)}; launches compile what they run`);
   }

@@ -9,7 +9,8 @@
 // Without /dev/kvm, without the probe, or if the warm-up launch fails for any reason, the eager
 // cache stays and this says why: the cache only makes starts cheaper, it never changes what runs.
 'use strict';
-const { spawnSync, execFileSync } = require('node:child_process');
+const { spawnSync } = require('node:child_process');
+const { cacheAccepted } = require('./cache-accepted.js');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -66,8 +67,7 @@ function warm(dir) {
   delete env.NODE_OPTIONS;
   const r = spawnSync(process.execPath, ['-e', child], { cwd: root, env, encoding: 'utf8', timeout: 120_000 });
   if (r.status !== 0 || !fs.existsSync(out)) keep(`the warm-up launch failed (exit ${r.status ?? r.signal}): ${(r.stderr || '').trim().split('\n').slice(-3).join(' | ')}`);
-  const check = `process.stdout.write(String(require(${JSON.stringify(path.join(root, 'dist', 'code-cache.js'))}).compileBundle(${JSON.stringify(bundle)}, ${JSON.stringify(out)}).cacheUsed))`;
-  if (execFileSync(process.execPath, ['-e', check], { encoding: 'utf8' }) !== 'true') keep('V8 rejects the warm-up cache');
+  if (!cacheAccepted(bundle, out)) keep('V8 rejects the warm-up cache');
   const before = fs.statSync(cacheFile, { throwIfNoEntry: false })?.size;
   // Renamed into place: a start reading the cache meanwhile sees the old file or the new, whole
   // (the temporary name is this process's, so two runs at once do not take each other's).

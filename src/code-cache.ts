@@ -57,4 +57,3 @@ export function loadBundle(file: string, requireFn: NodeJS.Require, cacheFile?: 
   const exports = runBundle(compiled, file, requireFn);
   return { exports, cacheUsed: compiled.cacheUsed, createCache: () => compiled.script.createCachedData() };
 }
-

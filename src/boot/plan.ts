@@ -1,5 +1,5 @@
 import { sha256Hex } from '../sha256';
-import type { RateLimiter } from '../config/vm-spec.generated';
+import type { CpuConfig, RateLimiter } from '../config/vm-spec.generated';
 import type { CustomCpuTemplate, LogLevel, ResolvedSpec } from '../config/resolved';
 import type { KernelImage, KernelSegment } from './kernel-image';
 import * as L from './layout';
@@ -358,7 +358,7 @@ function refuseUnsupported(spec: ResolvedSpec, error: Report): void {
     // Which x86 template suits depends on the host, which a plan does not know: name none.
     error('wrong-architecture', ['machine-config', 'cpu_template'], 'cpu_template "V1N1" is an aarch64 template; fc-run runs x86_64 guests', 'use "None", an x86_64 static template made for the host\'s CPU, or a custom template in "cpu-config"');
   }
-  if (spec.cpuConfig) refuseTemplateParts(spec.cpuConfig.kvm_capabilities.length, spec.cpuConfig.aarch64Entries, () => ['cpu-config'], error);
+  if (spec.cpuConfig?.template) refuseTemplateParts(spec.cpuConfig.template, () => ['cpu-config'], error);
   spec.drives.forEach((d, i) => {
     if (d.socket !== undefined) notYet(['drives', i, 'socket'], `vhost-user block (drive "${d.drive_id}")`, 'give the drive a path_on_host instead of a socket');
     if (d.io_engine === 'Async') notYet(['drives', i, 'io_engine'], `io_engine "Async" (drive "${d.drive_id}")`, 'use "Sync" or remove io_engine');
@@ -369,9 +369,10 @@ function refuseUnsupported(spec: ResolvedSpec, error: Report): void {
  * What fc-run refuses in a custom CPU template, in a spec or in a template file checked on its own
  * (`where` names the template's key, or the spec's "cpu-config").
  */
-export function refuseTemplateParts(kvmCapabilities: number, aarch64Entries: number, where: (key: 'kvm_capabilities' | 'aarch64') => (string | number)[], error: Report): void {
-  if (kvmCapabilities > 0) error('not-supported', where('kvm_capabilities'), 'cpu-config kvm_capabilities is not supported by fc-run yet', 'remove kvm_capabilities from the CPU template');
-  if (aarch64Entries > 0) error('wrong-architecture', where('aarch64'), 'the CPU template has aarch64 reg_modifiers or vcpu_features; fc-run runs x86_64 guests', 'remove them');
+export function refuseTemplateParts(t: Pick<CpuConfig, 'kvm_capabilities' | 'reg_modifiers' | 'vcpu_features'>, where: (key: 'kvm_capabilities' | 'reg_modifiers' | 'vcpu_features') => (string | number)[], error: Report): void {
+  if (t.kvm_capabilities?.length) error('not-supported', where('kvm_capabilities'), 'cpu-config kvm_capabilities is not supported by fc-run yet', 'remove kvm_capabilities from the CPU template');
+  const aarch64 = t.reg_modifiers?.length ? 'reg_modifiers' : t.vcpu_features?.length ? 'vcpu_features' : undefined;
+  if (aarch64) error('wrong-architecture', where(aarch64), 'the CPU template has aarch64 reg_modifiers or vcpu_features; fc-run runs x86_64 guests', 'remove them');
 }
 
 function bucket(b: { size: number; one_time_burst?: number; refill_time: number } | undefined): BucketPlan | undefined {

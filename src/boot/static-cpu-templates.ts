@@ -140,6 +140,5 @@ export function staticCpuTemplate(name: X86StaticTemplate): CustomCpuTemplate {
     kvm_capabilities: [],
     cpuid: d.cpuid.map(([leaf, subleaf, flags, register, mask, value]) => ({ leaf, subleaf, flags, register, filter: filter(BigInt(mask), BigInt(value), 32) })),
     msr: d.msr.map(([addr, mask, value]) => ({ addr, filter: filter(mask, value, 64) })),
-    aarch64Entries: 0,
   };
 }

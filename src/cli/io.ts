@@ -51,6 +51,16 @@ export function reportStatus(io: Io, rep: Reporting, event: string, message: str
   else write(io.err, painterFor(io.err).dim(`fc-run: ${printable(message)}`));
 }
 
+/**
+ * The warnings of a spec about to run (`run`, the jail): refused under --strict, else shown (unless
+ * `show` is false: shown already, for the user's file).
+ */
+export function showSpecWarnings(io: Io, rep: Reporting, file: string, issues: SpecIssue[], show = true): void {
+  const warnings = applyStrict(issues.filter((w) => w.severity === 'warning'), rep.strict);
+  if (rep.strict && warnings.length > 0) throw new SpecInvalidError(file, warnings);
+  if (show) reportIssues(io, warnings, rep);
+}
+
 /** Turns a failure into its exit code after telling the user what happened. */
 export function handleFailure(io: Io, err: unknown, rep: Reporting): number {
   const c = painterFor(io.err);

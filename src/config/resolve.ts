@@ -140,7 +140,6 @@ function toTemplate(cfg: CpuConfig, source: string): CustomCpuTemplate {
       m.modifiers.map((r) => ({ leaf: num(m.leaf), subleaf: num(m.subleaf), flags: m.flags, register: r.register, filter: filter(r.bitmap, 32) })),
     ),
     msr: (cfg.msr_modifiers ?? []).map((m) => ({ addr: num(m.addr), filter: filter(m.bitmap, 64) })),
-    aarch64Entries: (cfg.reg_modifiers?.length ?? 0) + (cfg.vcpu_features?.length ?? 0),
     template: cfg,
   };
 }

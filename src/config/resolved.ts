@@ -25,8 +25,6 @@ export interface CustomCpuTemplate {
   kvm_capabilities: string[];
   cpuid: { leaf: number; subleaf: number; flags: number; register: 'eax' | 'ebx' | 'ecx' | 'edx'; filter: BitFilter }[];
   msr: { addr: number; filter: BitFilter }[];
-  /** aarch64-only entries; counted so the planner can refuse them. */
-  aarch64Entries: number;
   /** A spec's template as validated (keys Firecracker ignores dropped): what the jail's vm.json holds. Absent for a static template. */
   template?: CpuConfig;
 }

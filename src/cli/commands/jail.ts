@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadSpecFile } from '../../config/validate';
-import { SpecInvalidError } from '../../config/issues';
 import { planRunnable } from '../../boot';
 import { checkJailerHost, FC_RUN_BIN, JailerOptions, prepareJail, prepareJailerJail, runJail } from '../../jail/jail';
 import { fcRunChildEnv } from '../../package-root';
@@ -10,7 +9,7 @@ import { parseCgroupSetting, parentCgroupProblem } from '../../jail/cgroups';
 import { JAILER_SUPPLIED_FLAGS, jailLayout, parseResourceLimit, ResourceLimit } from '../../jail/jailer-flags';
 import { checkInsideSpec } from '../../jail/inside-spec';
 import { CommandSpec, OptionValue, ParsedArgs, parseArgs, UsageError } from '../args';
-import { applyStrict, handleFailure, Io, reportIssues, reportStatus, Reporting } from '../io';
+import { handleFailure, Io, reportStatus, Reporting, showSpecWarnings } from '../io';
 import { instanceIdProblem, loadOptionsOf, mmdsSizeLimitOf, REPORT_OPTIONS, reportingOf, SPEC_OPTIONS } from './common';
 import { RUN_SPEC } from './run';
 
@@ -86,9 +85,7 @@ async function fcRunFormCommand(io: Io, args: ParsedArgs): Promise<number> {
   // Warnings are reported (and refused under --strict) here, as `run` does: the jailed run sees
   // the spec as rewritten for the jail, not the user's file.
   const planned = planRunnable(loaded, { sockets: false });
-  const warnings = applyStrict(planned.allWarnings.filter((w) => w.severity === 'warning'), rep.strict);
-  if (rep.strict && warnings.length > 0) throw new SpecInvalidError(loaded.displayFile, warnings);
-  reportIssues(io, warnings, rep);
+  showSpecWarnings(io, rep, loaded.displayFile, planned.allWarnings);
   const jail = prepareJail(loaded.spec, {
     id: o.id as string,
     uid: o.uid as number,

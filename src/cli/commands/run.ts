@@ -12,7 +12,7 @@ import type { MonitorConfig } from '../../monitor/vm-monitor';
 import type { ApiContext } from '../../api/server';
 import { EXIT_FAILURE, EXIT_OK, FcRunError } from '../../errors';
 import { CommandSpec, OptionSpec, ParsedArgs, UsageError } from '../args';
-import { applyStrict, Io, reportIssues, reportStatus, Reporting, write } from '../io';
+import { Io, reportStatus, Reporting, showSpecWarnings, write } from '../io';
 import { painterFor } from '../format';
 import { VERSION } from '../version';
 import { SpecInvalidError } from '../../config/issues';
@@ -27,7 +27,6 @@ import { readText } from '../../config/read';
 /** Firecracker's limit on an API request body (its --http-api-max-payload-size default). */
 export const DEFAULT_API_MAX_PAYLOAD = 51200;
 
-export { instanceIdProblem };
 
 export const LOG_LEVELS = ['Error', 'Warning', 'Info', 'Debug', 'Trace', 'Off'] as const;
 
@@ -266,9 +265,7 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
     // The worker threads its vCPUs will take (if any: see vcpuThreadsMode) load while KVM and
     // guest memory are set up.
     if (fs.existsSync('/dev/kvm')) prewarmVcpuThreads(planned.plan.vcpus.count, threadFilters !== undefined);
-    const warnings = applyStrict(planned.allWarnings.filter((w) => w.severity === 'warning'), rep.strict);
-    if (rep.strict && warnings.length > 0) throw new SpecInvalidError(loaded.displayFile, warnings);
-    if (o['spec-warnings-shown'] !== true) reportIssues(io, warnings, rep);
+    showSpecWarnings(io, rep, loaded.displayFile, planned.allWarnings, o['spec-warnings-shown'] !== true);
     return await launchPlanned(io, rep, o, planned.plan, loaded.spec.mmds?.data, threadFilters, startNs, {
       running: () => (running = true),
       apiOpened: (close) => (closeApi = close),

@@ -5,8 +5,7 @@ import { defaultInstanceName } from '../../deploy/resources';
 import { escapePath, systemdUnit, templateUnit, unitFileName, UnitOptions } from '../../deploy/systemd-unit';
 import { CommandSpec, ParsedArgs, UsageError } from '../args';
 import { Io, reportIssues, reportStatus, write } from '../io';
-import { instanceIdProblem } from './common';
-import { REPORT_OPTIONS, reportingOf } from './common';
+import { instanceIdProblem, REPORT_OPTIONS, reportingOf } from './common';
 import { FC_RUN_BIN } from '../../package-root';
 
 /** bin/fc-run of this installation (the same from src/ under ts-jest and from dist/). */

@@ -60,7 +60,7 @@ function checkTemplate(file: string, strict: boolean): Outcome {
   const extra: SpecIssue[] = [];
   // What run refuses in a template ("cpu-config" naming this file) is refused here too.
   checkCpuConfigFile(path.resolve(file), file, extra, (t, issues) =>
-    refuseTemplateParts(t.kvm_capabilities?.length ?? 0, (t.reg_modifiers?.length ?? 0) + (t.vcpu_features?.length ?? 0), (key) => (key === 'aarch64' ? [t.reg_modifiers?.length ? 'reg_modifiers' : 'vcpu_features'] : [key]), (code, at, message, hint) => issues.error(code, at, message, hint)),
+    refuseTemplateParts(t, (key) => [key], (code, at, message, hint) => issues.error(code, at, message, hint)),
   );
   const failure = extra.find((i) => i.code === 'file-unreadable' || i.code === 'file-type' || i.code === 'file-too-large');
   if (failure) return { file, kind: 'spec', valid: false, errors: [], warnings: [], failure: new FcRunError(failure.code, failure.message, EXIT_FAILURE) };
