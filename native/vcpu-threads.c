@@ -56,6 +56,7 @@ struct fcv_vcpu {
   int filter_error; // errno of a seccomp filter that could not be installed (the thread then ends)
   int nice;         // the thread's nice value (0: unchanged)
   uint64_t *run_ns; // CPU time this thread spent inside KVM_RUN, added to after each (NULL: not kept)
+  struct fcv_fast *fast; // hot exits handled on this thread (NULL: none)
   struct sock_fprog filter;
   pthread_t thread;
 };
@@ -97,6 +98,140 @@ long fcv_kvm_run(int fd, uint64_t *run_ns) {
   return r;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The serial console's hot exits, handled right after KVM_RUN returns, on the thread that made it:
+// a guest printing polls the line status register (LSR) and writes the transmit holding register
+// (THR), two exits per byte, the most frequent exits of a booting guest by far. Handling them here
+// costs no return to JavaScript. Only the common case is handled, where the result is exactly what
+// the JavaScript model (src/devices/legacy/serial.ts, whose shared state this reads and writes under
+// the same spinlock) gives: divisor latch off, no loopback, the transmitter's empty interrupt off,
+// nothing waiting in the transmit buffer and nobody writing it. Anything else (and a write the
+// output does not take at once) is left to JavaScript, with nothing done here.
+
+// Words of the UART's shared state (Serial8250's REG in src/devices/legacy/serial.ts).
+enum { SR_IER = 0, SR_LCR = 1, SR_MCR = 2, SR_THRE_PENDING = 7, SR_RX_HEAD = 8, SR_RX_TAIL = 9, SR_LOCK = 10, SR_TX_HEAD = 11, SR_TX_TAIL = 12, SR_TX_WAIT = 13, SR_DRAINING = 14 };
+// Its transmit buffer and FIFO (SERIAL_TX_CAPACITY, SERIAL_TX_FIFO there).
+#define SERIAL_TX_CAPACITY 65536
+#define SERIAL_TX_FIFO 16
+#define FCV_EXIT_IO 2
+#define FCV_EXIT_IO_IN 0
+#define FCV_EXIT_IO_OUT 1
+
+struct fcv_fast {
+  uint8_t *run;      // the vCPU's kvm_run mapping (any thread's: threads share the address space)
+  uint64_t run_size; // its size (KVM_GET_VCPU_MMAP_SIZE): port I/O data is in its second page
+  int32_t *serial;   // the UART's shared state words
+  int com1;          // its first port
+  int out_fd;        // where transmitted bytes go; -1: discarded (taken, as the JavaScript sink does)
+  double *counts;    // the metrics values (this vCPU's slots are written by its exit handler only)
+  int slot_io_in, slot_io_out, slot_tx_bytes; // an I/O exit counts by its direction only
+};
+
+// Everything is validated by the caller (JavaScript, which knows the sizes); NULL if out of memory.
+struct fcv_fast *fcv_fast_new(void *run, uint64_t run_size, void *serial, int com1, int out_fd, void *counts, int slot_io_in, int slot_io_out, int slot_tx_bytes) {
+  struct fcv_fast *f = calloc(1, sizeof(struct fcv_fast));
+  if (!f) return NULL;
+  f->run = run;
+  f->run_size = run_size;
+  f->serial = serial;
+  f->com1 = com1;
+  f->out_fd = out_fd;
+  f->counts = counts;
+  f->slot_io_in = slot_io_in;
+  f->slot_io_out = slot_io_out;
+  f->slot_tx_bytes = slot_tx_bytes;
+  return f;
+}
+
+void fcv_fast_free(struct fcv_fast *f) {
+  free(f);
+}
+
+static void serial_lock(int32_t *w) {
+  int32_t free_ = 0;
+  while (!__atomic_compare_exchange_n(&w[SR_LOCK], &free_, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) free_ = 0;
+}
+
+static void serial_unlock(int32_t *w) {
+  __atomic_store_n(&w[SR_LOCK], 0, __ATOMIC_SEQ_CST);
+}
+
+// The transmit side is idle and plain: what both fast paths need (lock held).
+static int serial_plain(int32_t *w) {
+  return (w[SR_LCR] & 0x80) == 0 && (w[SR_MCR] & 0x10) == 0 && (w[SR_IER] & 0x02) == 0 && w[SR_TX_HEAD] == w[SR_TX_TAIL] && w[SR_TX_WAIT] == 0;
+}
+
+// Handles the exit KVM_RUN just returned with if it is one of the serial port's hot ones: 1 if it
+// did (the exit is complete: enter the guest again), 0 if JavaScript must handle it.
+int fcv_fast_exit(struct fcv_fast *f) {
+  if (!f) return 0;
+  uint8_t *run = f->run;
+  uint32_t reason;
+  memcpy(&reason, run + 8, 4);
+  if (reason != FCV_EXIT_IO) return 0;
+  uint8_t *io = run + 32; // struct kvm_run's io: direction, size, port, count, data_offset
+  uint16_t port;
+  uint32_t count;
+  uint64_t offset;
+  memcpy(&port, io + 2, 2);
+  memcpy(&count, io + 4, 4);
+  memcpy(&offset, io + 8, 8);
+  if (io[1] != 1 || count != 1 || offset >= f->run_size) return 0;
+  int32_t *w = f->serial;
+  if (io[0] == FCV_EXIT_IO_IN && port == f->com1 + 5) {
+    // LSR: THRE and TEMT while the transmit buffer has room for a FIFO's worth, DR if a received
+    // byte waits. (Without that room, the model first offers the output what waits.)
+    serial_lock(w);
+    int waiting = (w[SR_TX_TAIL] - w[SR_TX_HEAD] + SERIAL_TX_CAPACITY) % SERIAL_TX_CAPACITY;
+    int room = SERIAL_TX_CAPACITY - 1 - waiting >= SERIAL_TX_FIFO;
+    int rx = w[SR_RX_HEAD] != w[SR_RX_TAIL];
+    serial_unlock(w);
+    if (!room) return 0;
+    run[offset] = (uint8_t)(0x60 | (rx ? 0x01 : 0));
+    f->counts[f->slot_io_in] += 1;
+    return 1;
+  }
+  if (io[0] == FCV_EXIT_IO_OUT && port == f->com1) {
+    // THR: the byte goes straight to the output, as the JavaScript model's flush would write it,
+    // with its DRAINING word held so no other thread writes meanwhile.
+    int32_t idle = 0;
+    if (!__atomic_compare_exchange_n(&w[SR_DRAINING], &idle, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return 0;
+    serial_lock(w);
+    int plain = serial_plain(w);
+    serial_unlock(w);
+    int sent = 0;
+    if (plain) {
+      if (f->out_fd < 0) sent = 1;
+      else {
+        ssize_t n;
+        do n = write(f->out_fd, run + offset, 1);
+        while (n < 0 && errno == EINTR);
+        sent = n == 1;
+      }
+    }
+    if (sent) {
+      serial_lock(w);
+      w[SR_THRE_PENDING] = 1; // the transmitter has room: as the model's write leaves it
+      serial_unlock(w);
+    }
+    __atomic_store_n(&w[SR_DRAINING], 0, __ATOMIC_SEQ_CST);
+    if (!sent) return 0; // not plain, or the output did not take it now: JavaScript queues it
+    f->counts[f->slot_io_out] += 1;
+    f->counts[f->slot_tx_bytes] += 1;
+    return 1;
+  }
+  return 0;
+}
+
+// KVM_RUN (as fcv_kvm_run) again and again while the exits it returns with are ones `fast`
+// handles; returns the first result that is not (or -1 with errno set).
+long fcv_kvm_run_fast(int fd, uint64_t *run_ns, struct fcv_fast *fast) {
+  for (;;) {
+    long r = fcv_kvm_run(fd, run_ns);
+    if (r != 0 || !fcv_fast_exit(fast)) return r;
+  }
+}
+
 static void *vcpu_main(void *arg) {
   struct fcv_vcpu *v = arg;
   sigset_t set;
@@ -132,7 +267,7 @@ static void *vcpu_main(void *arg) {
     uint32_t s;
     while ((s = __atomic_load_n(&v->state, __ATOMIC_SEQ_CST)) == FCV_IDLE) futex(&v->state, FUTEX_WAIT_PRIVATE, FCV_IDLE, NULL);
     if (s != FCV_RUNNING) break;
-    long r = fcv_kvm_run(v->fd, v->run_ns);
+    long r = fcv_kvm_run_fast(v->fd, v->run_ns, v->fast);
     v->result = r < 0 ? -(long)errno : r;
     // Only this thread leaves RUNNING; a QUIT set meanwhile is seen at the top of the loop.
     uint32_t running = FCV_RUNNING;
@@ -183,7 +318,8 @@ uint32_t fcv_group_wait(struct fcv_group *g, uint32_t seen, int timeout_us) {
 // array, copied) for the thread's own seccomp filter, or NULL/0. Returns NULL and sets errno if no
 // thread could be made.
 // `run_ns` (or NULL): where the thread adds up its CPU time inside KVM_RUN; it must outlive the thread.
-struct fcv_vcpu *fcv_vcpu_start(struct fcv_group *g, int id, int fd, int kick_signal, const void *filter, int filter_len, int stack_kib, int nice, uint64_t *run_ns) {
+// `fast` (or NULL): the hot exits the thread handles itself (fcv_fast_exit); it must outlive the thread.
+struct fcv_vcpu *fcv_vcpu_start(struct fcv_group *g, int id, int fd, int kick_signal, const void *filter, int filter_len, int stack_kib, int nice, uint64_t *run_ns, struct fcv_fast *fast) {
   struct fcv_vcpu *v = calloc(1, sizeof(struct fcv_vcpu));
   if (!v) return NULL;
   v->group = g;
@@ -192,6 +328,7 @@ struct fcv_vcpu *fcv_vcpu_start(struct fcv_group *g, int id, int fd, int kick_si
   v->id = id;
   v->nice = nice;
   v->run_ns = run_ns;
+  v->fast = fast;
   if (filter && filter_len > 0) {
     v->filter.filter = malloc((size_t)filter_len * sizeof(struct sock_filter));
     if (!v->filter.filter) {
@@ -403,8 +540,9 @@ void fcv_loop_visited(struct fcv_loop_vcpu *w) {
 
 // Enters the guest once on the calling thread (the loop's), with the watcher armed; its time
 // inside KVM_RUN is added to *run_ns (if not NULL). Returns KVM_RUN's value, or -errno: -EINTR
-// also when the loop has work waiting (return to it, then call fcv_loop_visited).
-long fcv_loop_run(struct fcv_loop_vcpu *w, int fd, uint64_t *run_ns) {
+// also when the loop has work waiting (return to it, then call fcv_loop_visited). Exits `fast`
+// handles (or NULL) are handled here, the guest entered again (fcv_kvm_run_fast).
+long fcv_loop_run(struct fcv_loop_vcpu *w, int fd, uint64_t *run_ns, struct fcv_fast *fast) {
   int timeout = uv_backend_timeout(w->loop);
   __atomic_store_n(&w->deadline_ns, timeout < 0 ? -1 : mono_ns() + (int64_t)timeout * 1000000, __ATOMIC_SEQ_CST);
   uint32_t idle = FCL_IDLE;
@@ -418,7 +556,7 @@ long fcv_loop_run(struct fcv_loop_vcpu *w, int fd, uint64_t *run_ns) {
     return r < 0 ? -(long)errno : r;
   }
   if (__atomic_load_n(&w->watcher_waits, __ATOMIC_SEQ_CST)) futex(&w->state, FUTEX_WAKE_PRIVATE, 1, NULL);
-  long r = fcv_kvm_run(fd, run_ns);
+  long r = fcv_kvm_run_fast(fd, run_ns, fast);
   long result = r < 0 ? -(long)errno : r;
   uint32_t armed = FCL_ARMED;
   __atomic_compare_exchange_n(&w->state, &armed, FCL_IDLE, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); // else KICKED: stays so

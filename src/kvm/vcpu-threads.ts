@@ -36,6 +36,9 @@ interface Library {
   loopRun: Fn;
   loopStop: Fn;
   kickHandler: Fn;
+  fastNew: Fn;
+  fastFree: Fn;
+  fastExit: Fn;
 }
 
 let library: Library | undefined;
@@ -54,9 +57,9 @@ function lib(): Library {
     groupSeq: f('uint32_t fcv_group_seq(void *g)'),
     groupPoke: f('void fcv_group_poke(void *g)'),
     groupWait: f('uint32_t fcv_group_wait(void *g, uint32_t seen, int timeoutUs)'),
-    start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib, int nice, void *runNs)'),
+    start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib, int nice, void *runNs, void *fast)'),
     // The counter's address as a number: ~1 µs less per exit than koffi resolving a typed array.
-    kvmRun: f('long fcv_kvm_run(int fd, uintptr_t runNs)'),
+    kvmRun: f('long fcv_kvm_run_fast(int fd, uintptr_t runNs, void *fast)'),
     state: f('int fcv_vcpu_state(void *v)'),
     tid: f('int fcv_vcpu_tid(void *v)'),
     result: f('long fcv_vcpu_result(void *v)'),
@@ -66,9 +69,12 @@ function lib(): Library {
     join: f('void fcv_vcpu_join(void *v)'),
     loopStart: f('void *fcv_loop_vcpu_start(int kickSignal, uintptr_t kvmRun)'),
     loopVisited: f('void fcv_loop_visited(void *w)'),
-    loopRun: f('long fcv_loop_run(void *w, int fd, uintptr_t runNs)'),
+    loopRun: f('long fcv_loop_run(void *w, int fd, uintptr_t runNs, void *fast)'),
     loopStop: f('void fcv_loop_vcpu_stop(void *w)'),
     kickHandler: f('int fcv_kick_handler_install(int signum)'),
+    fastNew: f('void *fcv_fast_new(uintptr_t run, uint64_t runSize, uintptr_t serial, int com1, int outFd, uintptr_t counts, int slotIoIn, int slotIoOut, int slotTxBytes)'),
+    fastFree: f('void fcv_fast_free(void *f)'),
+    fastExit: f('int fcv_fast_exit(void *f)'),
   };
   return library;
 }
@@ -145,10 +151,12 @@ export function preloadNativeVcpuLibrary(): void {
 
 /**
  * KVM_RUN that adds the calling thread's CPU time inside it to the counter at `runNsAddress`
- * ({@link runTimeAddress}; fcv_kvm_run), for a vCPU worker. Only where the library is built.
+ * ({@link runTimeAddress}; 0: not counted) and, with `hot` ({@link HotExits}), handles the exits
+ * that handles itself and enters the guest again (fcv_kvm_run_fast), for a vCPU worker. Only
+ * where the library is built.
  */
-export function timedKvmRun(): (fd: number, runNsAddress: number) => number {
-  return lib().kvmRun as (fd: number, runNsAddress: number) => number;
+export function timedKvmRun(): (fd: number, runNsAddress: number, hot: Pointer | null) => number {
+  return lib().kvmRun as (fd: number, runNsAddress: number, hot: Pointer | null) => number;
 }
 
 /** The address of `runNs[0]`, for {@link timedKvmRun} (shared memory does not move). */
@@ -165,10 +173,10 @@ export class NativeVcpuThread {
    * signal but `kickSignal`, takes nice value `nice` (0: as it is), installs `filter` (a seccomp
    * BPF program) if given, then waits idle.
    */
-  constructor(group: VcpuThreadGroup, id: number, fd: number, kickSignal: number, filter?: Buffer, nice = 0, runNs?: RunTime, stackKib = 256) {
+  constructor(group: VcpuThreadGroup, id: number, fd: number, kickSignal: number, filter?: Buffer, nice = 0, runNs?: RunTime, hot?: HotExits, stackKib = 256) {
     const count = filter ? filter.length / 8 : 0;
     if (!Number.isInteger(count) || count > 4096) throw new FcRunError('native-vcpu', `a seccomp filter is whole 8-byte instructions, at most 4096, not ${filter!.length} bytes`);
-    const ptr = lib().start(group.ptr, id, fd, kickSignal, filter ?? null, count, stackKib, nice, runNs ?? null);
+    const ptr = lib().start(group.ptr, id, fd, kickSignal, filter ?? null, count, stackKib, nice, runNs ?? null, hot?.ptr ?? null);
     if (ptr === null) throw new FcRunError('native-vcpu', `cannot start the thread of vCPU ${id} (errno ${koffiModule().errno()})`);
     this.ptr = ptr;
   }
@@ -230,13 +238,66 @@ export class LoopVcpuRunner {
     lib().loopVisited(this.ptr);
   }
 
-  /** Enters the guest once (vCPU fd `fd`), adding the time inside to the counter at `runNsAddress` (0: none); KVM_RUN's value or -errno. */
-  run(fd: number, runNsAddress: number): number {
-    return Number(lib().loopRun(this.ptr, fd, runNsAddress));
+  /**
+   * Enters the guest (vCPU fd `fd`), adding the time inside to the counter at `runNsAddress` (0:
+   * none), and again after each exit `hot` handles; KVM_RUN's value or -errno.
+   */
+  run(fd: number, runNsAddress: number, hot?: HotExits): number {
+    return Number(lib().loopRun(this.ptr, fd, runNsAddress, hot?.ptr ?? null));
   }
 
   /** Tells the watcher to end, without waiting for it; once, after the last {@link run}. */
   stop(): void {
     lib().loopStop(this.ptr);
+  }
+}
+
+/** Where the serial console's hot exits find the device and its counters (see {@link HotExits}). */
+export interface HotExitsSetup {
+  /** The vCPU's kvm_run mapping (Vcpu.runPageAddress) and its size (Vcpu.mmapSize). */
+  runPageAddress: number;
+  runSize: number;
+  /** The UART's shared state words (Serial8250's state: the C code knows its layout). */
+  serialWords: Int32Array;
+  /** The UART's first port. */
+  com1: number;
+  /** Where transmitted bytes go (-1: discarded). */
+  outFd: number;
+  /** The metrics values, and the slots in them this vCPU's exits count in. */
+  counts: Float64Array;
+  slots: { ioIn: number; ioOut: number; txBytes: number };
+}
+
+/**
+ * The serial console's hot exits (the line status read and the transmit write a printing guest
+ * makes for every byte) handled in C on the thread that entered the guest, which then enters it
+ * again with no return to JavaScript (native/vcpu-threads.c, fcv_fast_exit). Only the plain case
+ * is handled there, with the result the JavaScript model (src/devices/legacy/serial.ts) gives, on
+ * the same shared state; every other exit, and any other state, is left to JavaScript.
+ */
+export class HotExits {
+  private constructor(readonly ptr: Pointer) {}
+
+  /** Undefined where the native library is not built. The memory it names must outlive it. */
+  static create(s: HotExitsSetup): HotExits | undefined {
+    // The library as loaded already (a thread may be under its seccomp filter by now), else looked for.
+    if (!library && !nativeVcpuLibraryBuilt()) return undefined;
+    const { ioIn, ioOut, txBytes } = s.slots;
+    for (const slot of [ioIn, ioOut, txBytes]) if (!Number.isInteger(slot) || slot < 0 || slot >= s.counts.length) throw new RangeError(`metrics slot ${slot} is outside the values`);
+    if (s.serialWords.length < 16) throw new RangeError('the UART state has 16 words');
+    const address = (a: Int32Array | Float64Array) => Number(sys.addressOf(a, a, 0) as bigint);
+    const ptr = lib().fastNew(s.runPageAddress, s.runSize, address(s.serialWords), s.com1, s.outFd, address(s.counts), ioIn, ioOut, txBytes);
+    if (ptr === null) throw new FcRunError('native-vcpu', 'cannot allocate the hot exits state');
+    return new HotExits(ptr);
+  }
+
+  /** Handles the exit in the kvm_run page now if it is a hot one; true if it did (tests call it). */
+  handle(): boolean {
+    return lib().fastExit(this.ptr) === 1;
+  }
+
+  /** Once no thread uses it any more. */
+  free(): void {
+    lib().fastFree(this.ptr);
   }
 }

@@ -14,7 +14,7 @@ import { NativeVcpus, vcpuThreadNice } from './vcpu-exits';
 import type { VcpuWorkerData, VirtioWindows } from './vcpu-exits';
 import type * as Net from 'node:net';
 import { closeSync } from 'node:fs';
-import { takeVcpuThread, workerVcpus } from './threads';
+import { hotExitsWanted, takeVcpuThread, workerVcpus } from './threads';
 import { serialOutputSink } from './serial-output';
 import { writeOnce } from '../monitor/sink';
 import { nonBlockingDescription } from '../nonblocking';
@@ -130,6 +130,8 @@ export class MicroVm {
   private readonly ownTid = gettid();
   /** Whether the vCPU threads count their time inside KVM_RUN: decided before any seccomp filter. */
   private readonly runTimeCounted: boolean;
+  /** Whether vCPU threads handle the serial console's hot exits natively (hotExitsWanted). */
+  private readonly hotExits: boolean;
   /** Whether the kick signal has the native no-op handler (else run() gives it a Node listener). */
   private readonly quietKicks: boolean;
   /** stderr, non-blocking (see stderr()); -1 if closed. Opened before the seccomp filters. */
@@ -181,6 +183,7 @@ export class MicroVm {
     this.workerCount = workerVcpus(opts.vcpuThreads ?? 'worker', vcpus.length);
     this.mainThreadVcpu = opts.vcpuThreads === 'main';
     this.runTimeCounted = (opts.countRunTime ?? true) && nativeVcpuLibraryBuilt();
+    this.hotExits = hotExitsWanted() && nativeVcpuLibraryBuilt();
     // Here, before the seccomp filters: it looks for the native library (access) and sets a handler.
     this.quietKicks = installKickHandler(os.constants.signals[VCPU_KICK_SIGNAL]);
     this.stderrFd = nonBlockingDescription(2);
@@ -541,6 +544,7 @@ export class MicroVm {
         // host ran a 3-vCPU Linux boot at a tenth of its speed while the BSP spun waiting for it.
         nice: this.vcpuNice,
         countRunTime: this.runTimeCounted,
+        hotExits: this.hotExits,
         ...this.opts.monitor.shared(),
       });
       const onMessage = (m: VcpuMessage) => {

@@ -141,6 +141,18 @@ export function takeVcpuThread(): Worker {
 export type VcpuThreadsMode = 'worker' | 'native' | 'mixed' | 'main';
 
 /**
+ * Whether the serial console's hot exits are handled in C right after KVM_RUN (HotExits in
+ * src/kvm/vcpu-threads.ts; where the native library is built): FC_RUN_HOT_EXITS unset, empty or
+ * "native"; "js" handles every exit in JavaScript (for comparisons: the results are the same).
+ */
+export function hotExitsWanted(): boolean {
+  const v = process.env.FC_RUN_HOT_EXITS;
+  if (v === undefined || v === '' || v === 'native') return true;
+  if (v === 'js') return false;
+  throw new FcRunError('bad-environment', `FC_RUN_HOT_EXITS is "${v}": it can be "native" (the serial console's line status reads and transmit writes handled in C, the default) or "js" (every exit handled in JavaScript)`);
+}
+
+/**
  * How the vCPUs of a VM with `count` of them run (MicroVmOptions.vcpuThreads):
  * FC_RUN_VCPU_THREADS=worker|native|mixed|main, or unset or empty: 'main' for one vCPU (no worker
  * thread at all: ~9 MiB and ~25 ms of CPU less per launch) and 'mixed' for more, which keeps vCPU

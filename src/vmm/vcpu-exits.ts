@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { Vcpu } from '../kvm/kvm';
 import { errnoText, gettid } from '../kvm/libc';
-import { LoopVcpuRunner, NativeVcpuThread, RunTime, runTimeAddress, VCPU_THREAD, VcpuThreadGroup } from '../kvm/vcpu-threads';
+import { HotExits, LoopVcpuRunner, NativeVcpuThread, RunTime, runTimeAddress, VCPU_THREAD, VcpuThreadGroup } from '../kvm/vcpu-threads';
 import {
   KVM_EXIT,
   KVM_EXIT_IO_OUT,
@@ -56,6 +56,8 @@ export interface VcpuWorkerData {
    * --seccomp-filter, which need not allow that call.
    */
   countRunTime?: boolean;
+  /** Whether the serial console's hot exits are handled natively (HotExits; where the library is built). */
+  hotExits?: boolean;
   /** This thread's own seccomp filter (--seccomp-filter's vcpu category), installed before KVM_RUN. */
   seccompFilter?: Uint8Array;
   /** What this host's KVM can save (read by the main thread); absent when it cannot snapshot. */
@@ -97,6 +99,10 @@ export interface VcpuContext {
   readonly stopped: boolean;
   /** Says the vCPU's thread (kernel id `tid`, for the kick signal) is about to enter the guest. */
   ready(tid: number): void;
+  /** The exits the thread entering the guest handles itself, if any (see HotExits). */
+  readonly hotExits?: HotExits;
+  /** Frees {@link hotExits} (once no thread enters the guest for this vCPU any more). */
+  release(): void;
 }
 
 /** `vcpu`: the vCPU when this thread has it already (the main thread does), else opened from `data`. */
@@ -279,6 +285,19 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
   }
 
   const page = vcpu.mapRun();
+  // The serial console's line status reads and transmit writes, handled in C on the thread that
+  // entered the guest, on the same shared state and counters as serial below.
+  let hotExits = data.hotExits
+    ? HotExits.create({
+        runPageAddress: vcpu.runPageAddress(),
+        runSize: page.byteLength,
+        serialWords: new Int32Array(data.shared.serial, 0, 16),
+        com1: data.ports.serial,
+        outFd: data.serialOutFd,
+        counts,
+        slots: { ioIn: ioInSlot, ioOut: ioOutSlot, txBytes: slot.serialTxBytes },
+      })
+    : undefined;
   const run = new DataView(page);
   const bytes = new Uint8Array(page);
   const X = KVM_RUN_OFFSETS.exit;
@@ -388,6 +407,13 @@ export function vcpuContext(data: VcpuWorkerData, post: (m: VcpuMessage) => void
       return stopped;
     },
     ready: (tid) => post({ kind: 'ready', vcpu: data.id, tid }),
+    get hotExits() {
+      return hotExits;
+    },
+    release() {
+      hotExits?.free();
+      hotExits = undefined;
+    },
   };
 }
 
@@ -442,6 +468,7 @@ class OnMainThread implements GuestEntrant {
     private readonly runner: LoopVcpuRunner,
     private readonly fd: number,
     runNs: RunTime | undefined,
+    private readonly hot: HotExits | undefined,
   ) {
     this.runNsAddress = runNs ? runTimeAddress(runNs) : 0;
   }
@@ -459,7 +486,7 @@ class OnMainThread implements GuestEntrant {
     return 0;
   }
   run(): boolean {
-    this.last = this.runner.run(this.fd, this.runNsAddress);
+    this.last = this.runner.run(this.fd, this.runNsAddress, this.hot);
     return true;
   }
   /** The loop has run since the last -EINTR. */
@@ -508,12 +535,12 @@ export class NativeVcpus {
         const runNs = data.countRunTime ? runTimeOf(data.shared, data.id) : undefined;
         if (data.id === onMainThread) {
           // No filter or nice value of its own: it is the main thread's (whose filter allows KVM_RUN).
-          this.onMain = { ...entry, thread: new OnMainThread(new LoopVcpuRunner(kickSignal, vcpus[i].runPageAddress()), data.fd, runNs) };
+          this.onMain = { ...entry, thread: new OnMainThread(new LoopVcpuRunner(kickSignal, vcpus[i].runPageAddress()), data.fd, runNs, entry.c.hotExits) };
           return;
         }
         this.vcpus.push(entry);
         const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
-        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, data.nice ?? 0, runNs);
+        entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, data.nice ?? 0, runNs, entry.c.hotExits);
       });
     } catch (err) {
       const detail = `vCPU threads could not start: ${(err as Error).stack ?? err}`;
@@ -562,6 +589,7 @@ export class NativeVcpus {
   private advance(v: NativeEntry): boolean {
     const t = v.thread;
     if (!t) {
+      v.c.release();
       v.phase = 'done';
       return true;
     }
@@ -572,6 +600,7 @@ export class NativeVcpus {
         v.c.stop({ reason: 'vmm-error', detail: e !== 0 ? `vCPU ${v.c.data.id} thread could not install its seccomp filter: ${errnoText(e)}` : `vCPU ${v.c.data.id} thread ended` });
       }
       t.join();
+      v.c.release();
       v.phase = 'done';
       return true;
     }

@@ -18,6 +18,7 @@ function start(data: VcpuWorkerData): void {
   const c = vcpuContext(data, (m) => port.postMessage(m));
   // Its time inside KVM_RUN, counted apart from the VMM's own (the native library, loaded below).
   if (data.countRunTime) c.vcpu.countRunTime(runTimeOf(data.shared, data.id));
+  if (c.hotExits) c.vcpu.useHotExits(c.hotExits);
   const control = new Int32Array(data.shared.control);
 
   /** Pause: the thread waits until resumed (or stopped), answering requests meanwhile. */
@@ -59,6 +60,7 @@ function start(data: VcpuWorkerData): void {
   } catch (err) {
     c.stop({ reason: 'vmm-error', detail: `vCPU ${data.id} thread failed: ${(err as Error).stack ?? err}` });
   }
+  c.release();
   port.close();
 }
 

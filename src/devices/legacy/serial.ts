@@ -11,7 +11,13 @@
 import { spinLock, spinUnlock } from './spinlock';
 import { bool, bytes, int, record } from '../../state-check';
 
-const REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10, TX_HEAD: 11, TX_TAIL: 12, TX_WAIT: 13, DRAINING: 14 } as const;
+/**
+ * The words of the shared state. native/vcpu-threads.c (fcv_fast_exit, the serial console's hot
+ * exits handled in C) reads and writes the same words under the same lock: keep the two in step
+ * (test/unit/hot-exits.test.ts compares them on random states).
+ */
+export const SERIAL_REG = { IER: 0, LCR: 1, MCR: 2, SCR: 3, DLL: 4, DLH: 5, FCR: 6, THRE_PENDING: 7, RX_HEAD: 8, RX_TAIL: 9, LOCK: 10, TX_HEAD: 11, TX_TAIL: 12, TX_WAIT: 13, DRAINING: 14 } as const;
+const REG = SERIAL_REG;
 const WORDS = 16;
 export const SERIAL_RX_CAPACITY = 1024;
 /**
