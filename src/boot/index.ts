@@ -57,7 +57,8 @@ export function planSpec(loaded: LoadedSpec): PlannedSpec {
   }
   try {
     const compiled = compilePlan(spec, kernel, initrd);
-    return { ...compiled, allWarnings: [...loaded.warnings, ...compiled.warnings.map(loaded.locate)] };
+    // Added to the compiled plan itself (not spread into a copy, which would take its hash now).
+    return Object.assign(compiled, { allWarnings: [...loaded.warnings, ...compiled.warnings.map(loaded.locate)] });
   } catch (err) {
     if (err instanceof PlanError) return fail(err.issues);
     throw err;

@@ -64,8 +64,8 @@ export interface LaunchOptions {
   mmdsSizeLimit?: number;
   /** Files this process writes (log, metrics, serial output, API socket): never a snapshot's target. */
   outputPaths?: string[];
-  /** The plan's hash (recorded in snapshots). */
-  planHash?: string;
+  /** The plan's hash (recorded in snapshots), taken when a snapshot needs it. */
+  planHash?: () => string;
 }
 
 /**
@@ -361,7 +361,7 @@ async function runMachine(m: Machine, opts: LaunchOptions): Promise<RunResult> {
     createSnapshot: (req) =>
       noSnapshots !== undefined
         ? Promise.reject(new FcRunError('kvm-snapshot-unsupported', noSnapshots))
-        : micro.whilePaused(() => createSnapshot({ micro, vm, mem, vmmThread: virtio.thread, plan, planHash: opts.planHash ?? '', protectedPaths: protectedPaths(plan, opts), dirty }, req)),
+        : micro.whilePaused(() => createSnapshot({ micro, vm, mem, vmmThread: virtio.thread, plan, planHash: opts.planHash?.() ?? '', protectedPaths: protectedPaths(plan, opts), dirty }, req)),
   });
   return done;
 }

@@ -147,7 +147,8 @@ export interface PlanIssue {
 
 export interface CompiledPlan {
   plan: BootPlan;
-  hash: string;
+  /** The plan's SHA-256 (hex), taken on first use. */
+  readonly hash: string;
   warnings: PlanIssue[];
 }
 
@@ -292,7 +293,16 @@ export function compilePlan(spec: ResolvedSpec, kernel: KernelImage, initrd?: { 
     metrics: spec.metrics && { path: spec.metrics.metrics_path, emitId: spec.metrics.emit_id, properties: spec.metrics.properties },
   };
   const stable = canonicalJson(plan);
-  return { plan: JSON.parse(stable) as BootPlan, hash: sha256Hex(stable), warnings: issues };
+  // The hash is taken when asked for (plan prints it, snapshots record it): a launch that takes no
+  // snapshot never hashes.
+  let hash: string | undefined;
+  return {
+    plan: JSON.parse(stable) as BootPlan,
+    get hash() {
+      return (hash ??= sha256Hex(stable));
+    },
+    warnings: issues,
+  };
 }
 
 /** As Firecracker: a custom template (cpu-config) wins over cpu_template, which is then unused. */

@@ -40,12 +40,19 @@ describeKvm('the serial console handled in C and in JavaScript', () => {
   ])('give the same console and counts with vCPUs in %s mode (%i vCPUs)', (mode, vcpus) => {
     const native = launch(mode as string, 'native', vcpus as number);
     const js = launch(mode as string, 'js', vcpus as number);
-    expect(native.out).toContain('ok - serial-irq');
-    expect(native.out).toBe(js.out);
-    const counts = (m: Record<string, Record<string, number>>) => ({ uart: m.uart, io: [m.vcpu.exit_io_in, m.vcpu.exit_io_out] });
-    expect(counts(native.metrics)).toEqual(counts(js.metrics));
-    // Every byte printed was counted once (the console's lines are all the guest wrote to COM1).
-    expect(native.metrics.uart.write_count).toBe(Buffer.byteLength(native.raw));
+    // The probe's checks, line for line (its "#" lines carry timings and counts that vary with the host's load).
+    const checks = (out: string) => out.split('\n').filter((l) => /^(not )?ok /.test(l));
+    expect(checks(native.out).length).toBeGreaterThanOrEqual(9);
+    expect(checks(native.out).filter((l) => l.startsWith('not ok'))).toEqual([]);
+    expect(checks(native.out)).toEqual(checks(js.out));
+    for (const r of [native, js]) {
+      // Every byte printed was counted once (the console is all the guest wrote to COM1), and each
+      // was a transmit write after a line status read.
+      expect(r.metrics.uart.write_count).toBe(Buffer.byteLength(r.raw));
+      expect(r.metrics.vcpu.exit_io_out).toBeGreaterThanOrEqual(r.metrics.uart.write_count);
+      expect(r.metrics.vcpu.exit_io_in).toBeGreaterThanOrEqual(r.metrics.uart.write_count);
+      expect(r.metrics.uart.missed_write_count).toBe(0);
+    }
   });
 
   it('refuses an FC_RUN_HOT_EXITS it does not know', () => {

@@ -101,7 +101,7 @@ export async function restoreCommand(io: Io, args: ParsedArgs, startNs: bigint):
     return await launchPlanned(io, rep, o, plan, undefined, threadFilters, startNs, {
       running: () => (running = true),
       apiOpened: (close) => (closeApi = close),
-      planHash: snapshot.header.planHash,
+      planHash: () => snapshot.header.planHash,
       start: (opts) => restoreSnapshot(snapshot, path.resolve(memFile), plan, !resume, opts),
     });
   } finally {

@@ -269,7 +269,7 @@ async function runCommandInner(io: Io, args: ParsedArgs, startNs: bigint): Promi
     return await launchPlanned(io, rep, o, planned.plan, loaded.spec.mmds?.data, threadFilters, startNs, {
       running: () => (running = true),
       apiOpened: (close) => (closeApi = close),
-      planHash: planned.hash,
+      planHash: () => planned.hash,
     });
   } finally {
     process.off('SIGTERM', early);
@@ -292,7 +292,7 @@ export async function launchPlanned(
   mmdsData: unknown,
   threadFilters: ThreadFilters | undefined,
   startNs: bigint,
-  hooks: { running: () => void; apiOpened: (close: () => void) => void; planHash: string; start?: MachineStart },
+  hooks: { running: () => void; apiOpened: (close: () => void) => void; planHash: () => string; start?: MachineStart },
 ): Promise<number> {
   // Loaded only now: KVM, the device models and the API are not needed to refuse a spec.
   /* eslint-disable @typescript-eslint/no-require-imports */
