@@ -306,7 +306,7 @@ function enterCommand(e: Enter): string[] {
     'read fcpid rest < /proc/self/stat',
     `echo "$fcpid" >&${LIFELINE_FD}`,
     `exec setsid ${limits}chroot ${q(e.root)} /usr/bin/setpriv --reuid=${e.uid} --regid=${e.gid} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- ` +
-      `/usr/bin/env -i PATH=/usr/bin HOME=/tmp UV_USE_IO_URING=0 NO_COLOR=${q(process.env.NO_COLOR ?? '')} FC_RUN_VCPU_THREADS=${q(process.env.FC_RUN_VCPU_THREADS ?? '')} FC_RUN_SECCOMP_LOG=${q(process.env.FC_RUN_SECCOMP_LOG ?? '')} ${q(process.execPath)} /opt/fc-run/bin/fc-run ${e.args.map(q).join(' ')}`,
+      `/usr/bin/env -i PATH=/usr/bin HOME=/tmp UV_USE_IO_URING=0 NO_COLOR=${q(process.env.NO_COLOR ?? '')} FC_RUN_VCPU_THREADS=${q(process.env.FC_RUN_VCPU_THREADS ?? '')} FC_RUN_SECCOMP_LOG=${q(process.env.FC_RUN_SECCOMP_LOG ?? '')} FC_RUN_HOT_EXITS=${q(process.env.FC_RUN_HOT_EXITS ?? '')} ${q(process.execPath)} /opt/fc-run/bin/fc-run ${e.args.map(q).join(' ')}`,
   ].join('\n');
   const enter = ['unshare', '--mount', '--propagation', 'private', '--pid', '--ipc', ...(e.ownNet ? ['--net'] : []), '--fork', '--kill-child=SIGTERM', '--', 'sh', '-c', inner];
   const joinCgroups = e.cgroupJoin.map((d) => `echo $$ > ${q(path.join(d, 'cgroup.procs'))}`).join('\n');

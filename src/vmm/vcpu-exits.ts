@@ -535,11 +535,19 @@ export class NativeVcpus {
         const runNs = data.countRunTime ? runTimeOf(data.shared, data.id) : undefined;
         if (data.id === onMainThread) {
           // No filter or nice value of its own: it is the main thread's (whose filter allows KVM_RUN).
-          this.onMain = { ...entry, thread: new OnMainThread(new LoopVcpuRunner(kickSignal, vcpus[i].runPageAddress()), data.fd, runNs, entry.c.hotExits) };
+          let runner: LoopVcpuRunner;
+          try {
+            runner = new LoopVcpuRunner(kickSignal, vcpus[i].runPageAddress());
+          } catch (err) {
+            entry.c.release(); // no thread will enter the guest for it
+            throw err;
+          }
+          this.onMain = { ...entry, thread: new OnMainThread(runner, data.fd, runNs, entry.c.hotExits) };
           return;
         }
         this.vcpus.push(entry);
         const filter = data.seccompFilter && Buffer.from(data.seccompFilter.buffer, data.seccompFilter.byteOffset, data.seccompFilter.byteLength);
+        // A thread that cannot start leaves the entry without one: advance() then releases it.
         entry.thread = new NativeVcpuThread(group, data.id, data.fd, kickSignal, filter, data.nice ?? 0, runNs, entry.c.hotExits);
       });
     } catch (err) {

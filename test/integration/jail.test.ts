@@ -163,6 +163,17 @@ describeJail('fc-run jail', () => {
     expect(fs.readFileSync(disk).toString('latin1', 512, 545)).toBe('written by the fc-run probe guest');
   });
 
+  test("the jailed run gets the host's FC_RUN_HOT_EXITS (a bad value is refused inside, as by run)", () => {
+    const spec = ws.write('probe-hot.json', { 'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } });
+    const run = (value: string, n: number) => spawnSync(process.execPath, jailArgs(spec, jid(`hot${n}`)), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1', FC_RUN_HOT_EXITS: value } });
+    const bad = run('bogus', 1);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toContain('FC_RUN_HOT_EXITS is "bogus"');
+    const js = run('js', 2);
+    expect(js.status).toBe(0);
+    expect(js.stdout).toContain('# probe done: 0 failed');
+  });
+
   test('--metadata over the default MMDS limit, allowed by --mmds-size-limit, is allowed inside the jail too', () => {
     const meta = ws.write('big-meta.json', { blob: 'm'.repeat(60_000) });
     const spec = ws.write('meta.json', { 'boot-source': { kernel_image_path: PROBE, boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 32 } });
