@@ -1,0 +1,84 @@
+#!/usr/bin/env node
+// CPU per launch of the 1-vCPU probe guest, A/B: this checkout with the serial console's hot exits
+// handled in C (the default), the same with every exit handled in JavaScript (FC_RUN_HOT_EXITS=js),
+// optionally another built checkout (--compare DIR), and Node's floor (`node -e 0` started as
+// bin/fc-run starts Node, bench/node-floor.js). As bench/rate.js launches them: two at once on
+// this 2-core machine, output on a pipe, the variants alternating round by round. Prints the
+// median whole-process CPU (bench/c/rusage.c) and the VMM's own (less the vCPU time inside
+// KVM_RUN that fc-run reports), and the VMM's own against the floor. Needs /dev/kvm.
+// Usage: node bench/launch-cost.js [rounds=15] [--compare DIR]
+'use strict';
+const { execFileSync, spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { fcRun, nodeFloor } = require('./node-floor.js');
+
+const root = path.resolve(__dirname, '..');
+const args = process.argv.slice(2);
+const at = args.indexOf('--compare');
+const compare = at >= 0 ? path.resolve(args[at + 1] ?? '') : undefined;
+if (at >= 0) args.splice(at, 2);
+const rounds = Number(args[0] ?? 15);
+if (!Number.isInteger(rounds) || rounds < 1 || args.length > 1 || (compare !== undefined && !fs.existsSync(path.join(compare, 'bin', 'fc-run')))) {
+  console.error('usage: node bench/launch-cost.js [rounds=15] [--compare DIR (a built fc-run checkout)]');
+  process.exit(1);
+}
+if (!fs.existsSync('/dev/kvm')) {
+  console.error('bench/launch-cost.js launches microVMs and needs /dev/kvm, which this host does not have');
+  process.exit(1);
+}
+const probe = path.join(root, 'guest', 'probe', 'build', 'probe.elf');
+if (!fs.existsSync(probe)) execFileSync('make', ['-s', '-C', path.join(root, 'guest', 'probe')], { stdio: 'inherit' });
+const tool = path.join(os.tmpdir(), `fc-run-rusage-${process.getuid()}`);
+execFileSync('cc', ['-O2', '-o', tool, path.join(__dirname, 'c', 'rusage.c')]);
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-bench-launch-'));
+const spec = path.join(dir, 'probe.json');
+fs.writeFileSync(spec, JSON.stringify({ 'boot-source': { kernel_image_path: probe, boot_args: 'console=ttyS0 reboot=k panic=1' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } }));
+
+const variants = {
+  "node -e 0 (Node's floor)": { argv: nodeFloor() },
+  'fc-run (hot exits in C)': { argv: fcRun(spec) },
+  'fc-run, FC_RUN_HOT_EXITS=js': { argv: fcRun(spec), env: { FC_RUN_HOT_EXITS: 'js' } },
+  ...(compare ? { [`--compare ${compare}`]: { argv: [path.join(compare, 'bin', 'fc-run'), spec] } } : {}),
+};
+
+/** One process under the rusage tool: its CPU and the vCPU time inside KVM_RUN it reported. */
+function launch({ argv, env }) {
+  return new Promise((resolve) => {
+    const child = spawn(tool, ['--keep-stdout', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let err = '';
+    child.stdout.resume();
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', () => {
+      const [, user, sys, , code] = err.trim().split('\n').pop().split(' ').map(Number);
+      const kvmRun = /([0-9.]+) ms of vCPU time in KVM_RUN/.exec(err);
+      resolve({ cpuMs: (user + sys) / 1000, guestMs: kvmRun ? Number(kvmRun[1]) : 0, code });
+    });
+  });
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+(async () => {
+  const runs = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
+  for (let i = 0; i < rounds; i++) {
+    for (const [name, v] of Object.entries(variants)) runs[name].push(...(await Promise.all([launch(v), launch(v)])));
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+  const failed = Object.entries(runs).flatMap(([name, rs]) => rs.filter((r) => r.code !== 0).map(() => name));
+  const floor = median(runs["node -e 0 (Node's floor)"].map((r) => r.cpuMs));
+  console.log(`1-vCPU probe, ${rounds} rounds of two launches at once, variants alternating (medians of ${rounds * 2})`);
+  for (const [name, rs] of Object.entries(runs)) {
+    const cpu = median(rs.map((r) => r.cpuMs));
+    const own = median(rs.map((r) => r.cpuMs - r.guestMs));
+    console.log(`  ${name.padEnd(34)} CPU ${cpu.toFixed(1).padStart(6)} ms   the VMM's own ${own.toFixed(1).padStart(6)} ms   ${(own / floor).toFixed(2)}x of node -e 0 (target <= 2x)`);
+  }
+  if (failed.length > 0) {
+    console.error(`launches failed: ${failed.join(', ')}`);
+    process.exit(1);
+  }
+})().catch((err) => {
+  console.error(err.stack || err.message);
+  process.exit(1);
+});
