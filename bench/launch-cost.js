@@ -8,13 +8,12 @@
 // KVM_RUN that fc-run reports), and the VMM's own against the floor. Needs /dev/kvm.
 // Usage: node bench/launch-cost.js [rounds=15] [--compare DIR]
 'use strict';
-const { execFileSync, spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { fcRun, nodeFloor } = require('./node-floor.js');
+const { launchMeasured, probeElf, rusageTool } = require('./launch.js');
 
-const root = path.resolve(__dirname, '..');
 const args = process.argv.slice(2);
 const at = args.indexOf('--compare');
 const compare = at >= 0 ? path.resolve(args[at + 1] ?? '') : undefined;
@@ -28,10 +27,8 @@ if (!fs.existsSync('/dev/kvm')) {
   console.error('bench/launch-cost.js launches microVMs and needs /dev/kvm, which this host does not have');
   process.exit(1);
 }
-const probe = path.join(root, 'guest', 'probe', 'build', 'probe.elf');
-if (!fs.existsSync(probe)) execFileSync('make', ['-s', '-C', path.join(root, 'guest', 'probe')], { stdio: 'inherit' });
-const tool = path.join(os.tmpdir(), `fc-run-rusage-${process.getuid()}`);
-execFileSync('cc', ['-O2', '-o', tool, path.join(__dirname, 'c', 'rusage.c')]);
+const probe = probeElf();
+const tool = rusageTool();
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-bench-launch-'));
 const spec = path.join(dir, 'probe.json');
 fs.writeFileSync(spec, JSON.stringify({ 'boot-source': { kernel_image_path: probe, boot_args: 'console=ttyS0 reboot=k panic=1' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } }));
@@ -43,20 +40,7 @@ const variants = {
   ...(compare ? { [`--compare ${compare}`]: { argv: [path.join(compare, 'bin', 'fc-run'), spec] } } : {}),
 };
 
-/** One process under the rusage tool: its CPU and the vCPU time inside KVM_RUN it reported. */
-function launch({ argv, env }) {
-  return new Promise((resolve) => {
-    const child = spawn(tool, ['--keep-stdout', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-    let err = '';
-    child.stdout.resume();
-    child.stderr.on('data', (d) => (err += d));
-    child.on('close', () => {
-      const [, user, sys, , code] = err.trim().split('\n').pop().split(' ').map(Number);
-      const kvmRun = /([0-9.]+) ms of vCPU time in KVM_RUN/.exec(err);
-      resolve({ cpuMs: (user + sys) / 1000, guestMs: kvmRun ? Number(kvmRun[1]) : 0, code });
-    });
-  });
-}
+const launch = ({ argv, env }) => launchMeasured(tool, argv, env);
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 

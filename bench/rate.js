@@ -11,14 +11,13 @@
 // main thread handles. Needs /dev/kvm and qemu-system-x86.
 // Usage: node bench/rate.js [launches=100]
 'use strict';
-const { execFileSync, spawn } = require('node:child_process');
 const { microvmArgs, qemuOrExit, workingCpu } = require('./qemu.js');
 const { fcRun, nodeFloor, nodePlain, extraCas } = require('./node-floor.js');
+const { launchMeasured, probeElf, rusageTool } = require('./launch.js');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
-const root = path.resolve(__dirname, '..');
 const launches = Number(process.argv[2] ?? 100);
 if (!Number.isInteger(launches) || launches < 1 || process.argv.length > 3) {
   console.error('usage: node bench/rate.js [launches=100]');
@@ -28,10 +27,8 @@ if (!fs.existsSync('/dev/kvm')) {
   console.error('bench:rate launches real microVMs and needs /dev/kvm, which this host does not have');
   process.exit(1);
 }
-const probe = path.join(root, 'guest', 'probe', 'build', 'probe.elf');
-if (!fs.existsSync(probe)) execFileSync('make', ['-s', '-C', path.join(root, 'guest', 'probe')], { stdio: 'inherit' });
-const tool = path.join(os.tmpdir(), `fc-run-rusage-${process.getuid()}`);
-execFileSync('cc', ['-O2', '-o', tool, path.join(__dirname, 'c', 'rusage.c')]);
+const probe = probeElf();
+const tool = rusageTool();
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-bench-rate-'));
 function specFile(vcpus) {
@@ -41,27 +38,8 @@ function specFile(vcpus) {
   return file;
 }
 
-/** One process under the rusage tool: first stdout byte (ms after spawn), its cost, its exit. */
-function launch(argv, mode) {
-  return new Promise((resolve) => {
-    const t0 = process.hrtime.bigint();
-    const env = mode === undefined ? process.env : { ...process.env, FC_RUN_VCPU_THREADS: mode };
-    const child = spawn(tool, ['--keep-stdout', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env });
-    let firstByte;
-    let report = '';
-    child.stdout.once('data', () => (firstByte = Number(process.hrtime.bigint() - t0) / 1e6));
-    child.stdout.resume();
-    child.stderr.on('data', (d) => (report += d));
-    child.on('close', () => {
-      const [wall, user, sys, rss, code, guest] = report.trim().split('\n').pop().split(' ').map(Number);
-      // fc-run's own count of its vCPU threads' CPU time inside KVM_RUN (the guest's share, with
-      // KVM's handling of its exits); Linux's guest_time (a part of it, 0 on an emulating KVM) otherwise.
-      const kvmRun = /([0-9.]+) ms of vCPU time in KVM_RUN/.exec(report);
-      const guestMs = kvmRun ? Number(kvmRun[1]) : guest / 1000;
-      resolve({ firstByte, wallMs: wall / 1000, cpuMs: (user + sys) / 1000, guestMs, rssMiB: rss / 1024, code });
-    });
-  });
-}
+/** One process under the rusage tool (bench/launch.js), with FC_RUN_VCPU_THREADS=`mode` if given. */
+const launch = (argv, mode) => launchMeasured(tool, argv, mode === undefined ? undefined : { FC_RUN_VCPU_THREADS: mode });
 
 const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))];
 const sum = (xs) => xs.reduce((a, b) => a + b, 0);

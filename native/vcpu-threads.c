@@ -91,20 +91,6 @@ static int64_t mono_ns(void) {
   return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-// ioctl(KVM_RUN) with the calling thread's CPU time inside it added to *run_ns (if not NULL): the
-// guest's share of fc-run's CPU time, reported apart from the VMM's own (two clock reads, about
-// 0.2 µs each, per exit). Returns KVM_RUN's value, or -1 with errno set. A native thread's loop
-// calls it, and so does a vCPU worker (a JavaScript thread entering the guest itself).
-long fcv_kvm_run(int fd, uint64_t *run_ns) {
-  if (!run_ns) return ioctl(fd, FCV_KVM_RUN, 0);
-  uint64_t before = thread_ns();
-  long r = ioctl(fd, FCV_KVM_RUN, 0);
-  int e = errno;
-  __atomic_add_fetch(run_ns, thread_ns() - before, __ATOMIC_RELAXED);
-  errno = e;
-  return r;
-}
-
 // ---------------------------------------------------------------------------------------------
 // The serial console's hot exits, handled right after KVM_RUN returns, on the thread that made it:
 // a guest printing polls the line status register (LSR) and writes the transmit holding register
@@ -230,23 +216,25 @@ int fcv_fast_exit(struct fcv_fast *f) {
   return 0;
 }
 
-// KVM_RUN (as fcv_kvm_run) again and again while the exits it returns with are ones `fast`
-// handles; returns the first result that is not (or -1 with errno set). The time inside KVM_RUN
-// is the thread's CPU time over the whole stretch less the time spent handling exits here (read
-// on the monotonic clock, which costs no system call: the thread clock is one, ~5 µs here, and
-// reading it around every exit cost a launch of the probe 10 ms). Time the thread was preempted
-// while handling one is taken from the guest's share, never added to it.
-long fcv_kvm_run_fast(int fd, uint64_t *run_ns, struct fcv_fast *fast) {
-  if (!fast) return fcv_kvm_run(fd, run_ns);
+// ioctl(KVM_RUN), and again while the exits it returns with are ones `fast` (or NULL: none)
+// handles; returns the first result that is not one of those: KVM_RUN's value, or -1 with errno
+// set. A native thread's loop, the main thread's (fcv_loop_run) and a vCPU worker (a JavaScript
+// thread entering the guest itself) all enter the guest here.
+//
+// With `run_ns`, the calling thread's CPU time inside KVM_RUN is added to *run_ns: the guest's
+// share of fc-run's CPU time, reported apart from the VMM's own. That is the thread's CPU time
+// over the whole stretch less the time spent handling exits here, read on the monotonic clock
+// (vDSO, no system call; the thread clock is one, ~5 µs here, and reading it around every exit
+// cost a launch of the probe 10 ms). Time the thread was preempted while handling an exit is taken
+// from the guest's share, never added to it.
+long fcv_kvm_run(int fd, uint64_t *run_ns, struct fcv_fast *fast) {
   uint64_t before = run_ns ? thread_ns() : 0;
   uint64_t handling = 0;
   long r;
-  for (;;) {
-    r = ioctl(fd, FCV_KVM_RUN, 0);
-    if (r != 0) break;
-    int64_t t0 = mono_ns();
+  while ((r = ioctl(fd, FCV_KVM_RUN, 0)) == 0 && fast) {
+    int64_t t0 = run_ns ? mono_ns() : 0;
     int done = fcv_fast_exit(fast);
-    handling += (uint64_t)(mono_ns() - t0);
+    if (run_ns) handling += (uint64_t)(mono_ns() - t0);
     if (!done) break;
   }
   if (run_ns) {
@@ -293,7 +281,7 @@ static void *vcpu_main(void *arg) {
     uint32_t s;
     while ((s = __atomic_load_n(&v->state, __ATOMIC_SEQ_CST)) == FCV_IDLE) futex(&v->state, FUTEX_WAIT_PRIVATE, FCV_IDLE, NULL);
     if (s != FCV_RUNNING) break;
-    long r = fcv_kvm_run_fast(v->fd, v->run_ns, v->fast);
+    long r = fcv_kvm_run(v->fd, v->run_ns, v->fast);
     v->result = r < 0 ? -(long)errno : r;
     // Only this thread leaves RUNNING; a QUIT set meanwhile is seen at the top of the loop.
     uint32_t running = FCV_RUNNING;
@@ -344,7 +332,7 @@ uint32_t fcv_group_wait(struct fcv_group *g, uint32_t seen, int timeout_us) {
 // array, copied) for the thread's own seccomp filter, or NULL/0. Returns NULL and sets errno if no
 // thread could be made.
 // `run_ns` (or NULL): where the thread adds up its CPU time inside KVM_RUN; it must outlive the thread.
-// `fast` (or NULL): the hot exits the thread handles itself (fcv_fast_exit); it must outlive the thread.
+// `fast` (or NULL): the hot exits the thread handles itself (fcv_kvm_run); it must outlive the thread.
 struct fcv_vcpu *fcv_vcpu_start(struct fcv_group *g, int id, int fd, int kick_signal, const void *filter, int filter_len, int stack_kib, int nice, uint64_t *run_ns, struct fcv_fast *fast) {
   struct fcv_vcpu *v = calloc(1, sizeof(struct fcv_vcpu));
   if (!v) return NULL;
@@ -561,7 +549,7 @@ void fcv_loop_visited(struct fcv_loop_vcpu *w) {
 // Enters the guest once on the calling thread (the loop's), with the watcher armed; its time
 // inside KVM_RUN is added to *run_ns (if not NULL). Returns KVM_RUN's value, or -errno: -EINTR
 // also when the loop has work waiting (return to it, then call fcv_loop_visited). Exits `fast`
-// handles (or NULL) are handled here, the guest entered again (fcv_kvm_run_fast).
+// handles (or NULL) are handled here, the guest entered again (fcv_kvm_run).
 long fcv_loop_run(struct fcv_loop_vcpu *w, int fd, uint64_t *run_ns, struct fcv_fast *fast) {
   int timeout = uv_backend_timeout(w->loop);
   __atomic_store_n(&w->deadline_ns, timeout < 0 ? -1 : mono_ns() + (int64_t)timeout * 1000000, __ATOMIC_SEQ_CST);
@@ -572,11 +560,11 @@ long fcv_loop_run(struct fcv_loop_vcpu *w, int fd, uint64_t *run_ns, struct fcv_
     // running guest code, which a vCPU about to park needs (else it parks before the I/O is done).
     __atomic_store_n(&w->kicked_exit, 1, __ATOMIC_SEQ_CST);
     __atomic_store_n(w->immediate_exit, 1, __ATOMIC_SEQ_CST);
-    long r = fcv_kvm_run(fd, run_ns);
+    long r = fcv_kvm_run(fd, run_ns, fast);
     return r < 0 ? -(long)errno : r;
   }
   if (__atomic_load_n(&w->watcher_waits, __ATOMIC_SEQ_CST)) futex(&w->state, FUTEX_WAKE_PRIVATE, 1, NULL);
-  long r = fcv_kvm_run_fast(fd, run_ns, fast);
+  long r = fcv_kvm_run(fd, run_ns, fast);
   long result = r < 0 ? -(long)errno : r;
   uint32_t armed = FCL_ARMED;
   __atomic_compare_exchange_n(&w->state, &armed, FCL_IDLE, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); // else KICKED: stays so

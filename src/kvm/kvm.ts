@@ -14,7 +14,7 @@ import {
   SyscallError,
   viewOf,
 } from './libc';
-import { HotExits, RunTime, runTimeAddress, timedKvmRun } from './vcpu-threads';
+import { HotExits, nativeKvmRun, RunTime, runTimeAddress } from './vcpu-threads';
 import { KVM, KVM_CAP, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, KvmIoctl } from './ioctls';
 import {
   kvm_cpuid2,
@@ -267,29 +267,29 @@ export class Vcpu {
     return this.runPageAt;
   }
 
-  /** KVM_RUN through the native library, with the counter it adds to (and its address; 0: none). */
-  private timedRun?: { run: (fd: number, runNsAddress: number, hot: Pointer | null) => number; address: number };
-  /** The exits the native library handles itself ({@link useHotExits}). */
-  private hot: HotExits | undefined;
+  /**
+   * KVM_RUN through the native library (once {@link countRunTime} or {@link useHotExits} asked for
+   * it): the address of the counter it adds to (0: none) and the exits it handles itself.
+   */
+  private native?: { run: (fd: number, runNsAddress: number, hot: Pointer | null) => number; runNsAddress: number; hot: Pointer | null };
 
   /**
    * From now on {@link run} adds this thread's CPU time inside KVM_RUN to `into[0]` (the guest's
    * share of fc-run's CPU time). Only where the native library is built.
    */
   countRunTime(into: RunTime): void {
-    this.timedRun = { run: timedKvmRun(), address: runTimeAddress(into) };
+    this.native = { run: nativeKvmRun(), hot: null, ...this.native, runNsAddress: runTimeAddress(into) };
   }
 
   /** From now on {@link run} lets `hot` handle its exits (and enters the guest again after them). */
   useHotExits(hot: HotExits): void {
-    this.hot = hot;
-    this.timedRun ??= { run: timedKvmRun(), address: 0 };
+    this.native = { run: nativeKvmRun(), runNsAddress: 0, ...this.native, hot: hot.ptr };
   }
 
   /** KVM_RUN; returns false when interrupted by a signal (EINTR), throws on any other failure. */
   run(): boolean {
-    const t = this.timedRun;
-    const r = t ? t.run(this.fd, t.address, this.hot?.ptr ?? null) : sys.ioctlInt(this.fd, KVM.RUN, 0);
+    const n = this.native;
+    const r = n ? n.run(this.fd, n.runNsAddress, n.hot) : sys.ioctlInt(this.fd, KVM.RUN, 0);
     if (r < 0) {
       const e = errno();
       if (e === 4 || e === 11) return false;

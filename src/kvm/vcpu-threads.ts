@@ -59,7 +59,7 @@ function lib(): Library {
     groupWait: f('uint32_t fcv_group_wait(void *g, uint32_t seen, int timeoutUs)'),
     start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib, int nice, void *runNs, void *fast)'),
     // The counter's address as a number: ~1 µs less per exit than koffi resolving a typed array.
-    kvmRun: f('long fcv_kvm_run_fast(int fd, uintptr_t runNs, void *fast)'),
+    kvmRun: f('long fcv_kvm_run(int fd, uintptr_t runNs, void *fast)'),
     state: f('int fcv_vcpu_state(void *v)'),
     tid: f('int fcv_vcpu_tid(void *v)'),
     result: f('long fcv_vcpu_result(void *v)'),
@@ -126,7 +126,7 @@ export class VcpuThreadGroup {
  */
 export type RunTime = BigUint64Array;
 
-/** Whether the native library is built: native vCPU threads, and KVM_RUN time counted ({@link timedKvmRun}). */
+/** Whether the native library is built: native vCPU threads, KVM_RUN time counted and hot exits ({@link nativeKvmRun}). */
 export function nativeVcpuLibraryBuilt(): boolean {
   return fs.existsSync(NATIVE_VCPU_LIBRARY);
 }
@@ -150,16 +150,16 @@ export function preloadNativeVcpuLibrary(): void {
 }
 
 /**
- * KVM_RUN that adds the calling thread's CPU time inside it to the counter at `runNsAddress`
- * ({@link runTimeAddress}; 0: not counted) and, with `hot` ({@link HotExits}), handles the exits
- * that handles itself and enters the guest again (fcv_kvm_run_fast), for a vCPU worker. Only
- * where the library is built.
+ * KVM_RUN through the native library (fcv_kvm_run), for a vCPU worker: adds the calling thread's
+ * CPU time inside it to the counter at `runNsAddress` ({@link runTimeAddress}; 0: not counted)
+ * and, with `hot` ({@link HotExits}), handles those exits and enters the guest again. Only where
+ * the library is built.
  */
-export function timedKvmRun(): (fd: number, runNsAddress: number, hot: Pointer | null) => number {
+export function nativeKvmRun(): (fd: number, runNsAddress: number, hot: Pointer | null) => number {
   return lib().kvmRun as (fd: number, runNsAddress: number, hot: Pointer | null) => number;
 }
 
-/** The address of `runNs[0]`, for {@link timedKvmRun} (shared memory does not move). */
+/** The address of `runNs[0]`, for {@link nativeKvmRun} (shared memory does not move). */
 export function runTimeAddress(runNs: RunTime): number {
   return Number(sys.addressOf(runNs, runNs, 0) as bigint);
 }
@@ -271,17 +271,15 @@ export interface HotExitsSetup {
 /**
  * The serial console's hot exits (the line status read and the transmit write a printing guest
  * makes for every byte) handled in C on the thread that entered the guest, which then enters it
- * again with no return to JavaScript (native/vcpu-threads.c, fcv_fast_exit). Only the plain case
+ * again with no return to JavaScript (native/vcpu-threads.c, fcv_fast_exit and fcv_kvm_run). Only the plain case
  * is handled there, with the result the JavaScript model (src/devices/legacy/serial.ts) gives, on
  * the same shared state; every other exit, and any other state, is left to JavaScript.
  */
 export class HotExits {
   private constructor(readonly ptr: Pointer) {}
 
-  /** Undefined where the native library is not built. The memory it names must outlive it. */
-  static create(s: HotExitsSetup): HotExits | undefined {
-    // The library as loaded already (a thread may be under its seccomp filter by now), else looked for.
-    if (!library && !nativeVcpuLibraryBuilt()) return undefined;
+  /** Where the native library is built (the caller checks). The memory it names must outlive it. */
+  static create(s: HotExitsSetup): HotExits {
     const { ioIn, ioOut, txBytes } = s.slots;
     for (const slot of [ioIn, ioOut, txBytes]) if (!Number.isInteger(slot) || slot < 0 || slot >= s.counts.length) throw new RangeError(`metrics slot ${slot} is outside the values`);
     if (s.serialWords.length < 16) throw new RangeError('the UART state has 16 words');

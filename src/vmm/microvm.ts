@@ -182,8 +182,9 @@ export class MicroVm {
     if (opts.legacy) this.serial.raiseTransmitterInterrupt();
     this.workerCount = workerVcpus(opts.vcpuThreads ?? 'worker', vcpus.length);
     this.mainThreadVcpu = opts.vcpuThreads === 'main';
-    this.runTimeCounted = (opts.countRunTime ?? true) && nativeVcpuLibraryBuilt();
-    this.hotExits = hotExitsWanted() && nativeVcpuLibraryBuilt();
+    const native = nativeVcpuLibraryBuilt();
+    this.runTimeCounted = (opts.countRunTime ?? true) && native;
+    this.hotExits = hotExitsWanted() && native;
     // Here, before the seccomp filters: it looks for the native library (access) and sets a handler.
     this.quietKicks = installKickHandler(os.constants.signals[VCPU_KICK_SIGNAL]);
     this.stderrFd = nonBlockingDescription(2);
