@@ -194,7 +194,7 @@ export async function launch(plan: BootPlan, opts: LaunchOptions): Promise<RunRe
   const mem = GuestMemory.allocate(plan.memory.regions);
   const dirtyLog = registerMemory(kvm, vm, mem, plan);
   try {
-    prepareGuestMemory(mem, plan);
+    prepareGuestMemory(mem, plan, true); // a fresh mapping: all zeros
   } catch (err) {
     if (err instanceof FcRunError) throw err;
     const e = err as NodeJS.ErrnoException;

@@ -212,9 +212,14 @@ export function buildMpTable(vcpus: number, start: number): Buffer {
   return Buffer.concat([fp, table]);
 }
 
-/** Reads a kernel segment from the file straight into guest memory and zeroes its tail. */
-function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fileSize: number; memSize: number; guestAddr: number }, what: string): void {
-  mem.fill(seg.guestAddr, seg.memSize);
+/**
+ * Reads a kernel segment from the file straight into guest memory and zeroes its tail (the part
+ * of memSize beyond fileSize: an ELF kernel's bss), unless `zeroed` says guest memory there is
+ * already zero. Writing zeros to a fresh mapping would only fault in its pages: a kernel's bss is
+ * megabytes, and each page touched for the first time costs a page fault.
+ */
+function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fileSize: number; memSize: number; guestAddr: number }, what: string, zeroed: boolean): void {
+  if (!zeroed && seg.memSize > seg.fileSize) mem.fill(seg.guestAddr + seg.fileSize, seg.memSize - seg.fileSize);
   let done = 0;
   while (done < seg.fileSize) {
     const n = Math.min(seg.fileSize - done, 64 << 20, mem.contiguousFrom(seg.guestAddr + done));
@@ -243,18 +248,22 @@ function openPlanned(file: string, what: string, plannedSize: number): number {
 function readFileInto(file: string, mem: GuestMemory, guestAddr: number, size: number): void {
   const fd = openPlanned(file, 'initrd', size);
   try {
-    loadSegment(fd, mem, { fileOffset: 0, fileSize: size, memSize: size, guestAddr }, 'initrd');
+    loadSegment(fd, mem, { fileOffset: 0, fileSize: size, memSize: size, guestAddr }, 'initrd', false);
   } finally {
     fs.closeSync(fd);
   }
 }
 
-/** Loads kernel and initrd, then writes every boot structure the plan names. */
-export function prepareGuestMemory(mem: GuestMemory, plan: BootPlan): void {
+/**
+ * Loads kernel and initrd, then writes every boot structure the plan names. `memoryIsZero`: guest
+ * memory is a fresh mapping nothing has written yet (GuestMemory.allocate), so a kernel segment's
+ * bss needs no zeroing (the plan refuses overlapping segments, and they are loaded first).
+ */
+export function prepareGuestMemory(mem: GuestMemory, plan: BootPlan, memoryIsZero: boolean): void {
   const fd = openPlanned(plan.kernel.path, 'kernel image', plan.kernel.fileSize);
   let setupHeader: Buffer | undefined;
   try {
-    for (const seg of plan.kernel.segments) loadSegment(fd, mem, seg, 'kernel image');
+    for (const seg of plan.kernel.segments) loadSegment(fd, mem, seg, 'kernel image', memoryIsZero);
     if (plan.kernel.format === 'bzimage') {
       const head = Buffer.alloc(0x280);
       fs.readSync(fd, head, 0, head.length, 0);

@@ -205,11 +205,17 @@ function checkPlan(p: BootPlan, kernelFile: Buffer, initrdSize: number): void {
   }
 }
 
-/** Loads the plan into fresh guest memory and checks each segment holds the file's bytes, then zeros. */
-function checkLoad(p: BootPlan, kernelFile: Buffer, initrd: Buffer | undefined): void {
+/**
+ * Loads the plan into guest memory and checks each segment holds the file's bytes, then zeros.
+ * Fresh memory (all zeros, as a launch has it) is loaded without zeroing the segments' tails; and
+ * memory whose segment ranges hold junk first is loaded with `memoryIsZero` false: their tails
+ * must be zeroed.
+ */
+function checkLoad(p: BootPlan, kernelFile: Buffer, initrd: Buffer | undefined, dirty: boolean): void {
   const mem = GuestMemory.allocate(p.memory.regions);
   try {
-    prepareGuestMemory(mem, p);
+    if (dirty) for (const s of p.kernel.segments) mem.fill(s.guestAddr, s.memSize, 0xa5);
+    prepareGuestMemory(mem, p, !dirty);
     for (const s of p.kernel.segments) {
       const got = Buffer.alloc(s.memSize);
       mem.read(s.guestAddr, got);
@@ -305,7 +311,7 @@ class Bench {
       const touched = p.kernel.segments.reduce((n, s) => n + s.memSize, 0) + (p.initrd?.size ?? 0);
       if (touched <= LOAD_LIMIT && p.memory.sizeMib <= LOAD_MEM_LIMIT_MIB) {
         try {
-          checkLoad(p, image, initrd);
+          checkLoad(p, image, initrd, this.outcome.loaded % 2 === 1);
         } catch (err) {
           const detail = err instanceof FcRunError ? `${err.code}: ${err.message}` : (err as Error).message;
           throw new Error(`${label}: loading the plan failed: ${detail}\n${JSON.stringify(p.kernel)} ${JSON.stringify(p.initrd)}`);

@@ -47,9 +47,9 @@ describe('bundles', () => {
       expect(whole).toContain(`"${mod}"`);
       expect(light).not.toContain(`"${mod}"`);
     }
-    // bin/fc-run reads the bundle it picks (seen through a preloaded hook on fs.readFileSync) and runs the command from it.
+    // bin/fc-run reads the bundle it picks (seen through a preloaded hook on fs.openSync) and runs the command from it.
     const hook = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-hook-')), 'hook.js');
-    fs.writeFileSync(hook, `const fs = require('node:fs'); const read = fs.readFileSync; fs.readFileSync = function (f, ...rest) { if (/bundle\\/cli[^/]*\\.js$/.test(String(f))) process.stderr.write('read ' + require('node:path').basename(String(f)) + '\\n'); return read.call(this, f, ...rest); };`);
+    fs.writeFileSync(hook, `const fs = require('node:fs'); const open = fs.openSync; fs.openSync = function (f, ...rest) { if (/bundle\\/cli[^/]*\\.js$/.test(String(f))) process.stderr.write('read ' + require('node:path').basename(String(f)) + '\\n'); return open.call(this, f, ...rest); };`);
     const started = (args: string[]) => spawnSync(process.execPath, ['-r', hook, BIN, ...args], { encoding: 'utf8' });
     const lightCommands = JSON.parse(/^const LIGHT_COMMANDS = (\[.*\]);$/m.exec(fs.readFileSync(BIN, 'utf8'))![1]) as string[];
     expect(lightCommands).toEqual(expect.arrayContaining(['plan', 'validate', '--version']));

@@ -7,7 +7,7 @@ import { prepareGuestMemory } from '../../src/boot/structures';
 import { FileError, openRegularFile, readRegularFile } from '../../src/config/regular-file';
 import { FcRunError } from '../../src/errors';
 import { GuestMemory } from '../../src/kvm/memory';
-import { buildBzImage } from '../helpers/images';
+import { buildBzImage, buildElf } from '../helpers/images';
 import { load, Workspace } from '../helpers/specs';
 
 /**
@@ -29,7 +29,7 @@ function planFor(kernel: string, initrd?: string): BootPlan {
 function loadError(plan: BootPlan): FcRunError {
   const mem = GuestMemory.allocate(plan.memory.regions);
   try {
-    prepareGuestMemory(mem, plan);
+    prepareGuestMemory(mem, plan, true);
   } catch (err) {
     expect(err).toBeInstanceOf(FcRunError);
     return err as FcRunError;
@@ -74,7 +74,7 @@ test("a bzImage's own ramdisk and setup_data fields never reach the zero page", 
   const plan = planFor('bz-fields');
   const mem = GuestMemory.allocate(plan.memory.regions);
   try {
-    prepareGuestMemory(mem, plan);
+    prepareGuestMemory(mem, plan, true);
     const zp = Buffer.alloc(4096);
     mem.read(plan.boot.zeroPage, zp);
     expect([zp.readUInt32LE(0x218), zp.readUInt32LE(0x21c), zp.readBigUInt64LE(0x250)]).toEqual([0, 0, 0n]);
@@ -82,6 +82,33 @@ test("a bzImage's own ramdisk and setup_data fields never reach the zero page", 
   } finally {
     mem.release();
   }
+});
+
+test("a kernel segment's bss is zeroed unless guest memory is known to be fresh; its file bytes are loaded either way", () => {
+  const text = Buffer.alloc(4096, 0x90);
+  ws.write('k-bss', buildElf({ entry: 0x1000000, segments: [{ paddr: 0x1000000, data: text, memsz: 0x4000 }, { paddr: 0x1004000, data: Buffer.alloc(0), memsz: 0x3000 }] }));
+  const plan = planFor('k-bss');
+  const segs = plan.kernel.segments;
+  expect(segs.map((s) => [s.fileSize, s.memSize])).toEqual([[4096, 0x4000], [0, 0x3000]]);
+  const loaded = (dirty: boolean) => {
+    const mem = GuestMemory.allocate(plan.memory.regions);
+    try {
+      if (dirty) for (const s of segs) mem.fill(s.guestAddr, s.memSize, 0xa5);
+      prepareGuestMemory(mem, plan, !dirty);
+      return segs.map((s) => {
+        const got = Buffer.alloc(s.memSize);
+        mem.read(s.guestAddr, got);
+        return got;
+      });
+    } finally {
+      mem.release();
+    }
+  };
+  const want = [Buffer.concat([text, Buffer.alloc(0x4000 - 4096)]), Buffer.alloc(0x3000)];
+  // Junk where the kernel goes, and memoryIsZero false: the tails are zeroed, the file bytes loaded.
+  expect(loaded(true)).toEqual(want);
+  // A fresh mapping, memoryIsZero true: nothing is zeroed, and the tails are zero all the same.
+  expect(loaded(false)).toEqual(want);
 });
 
 describe('openRegularFile / readRegularFile', () => {
