@@ -314,10 +314,11 @@ describeJail('fc-run jail', () => {
     test('the VMM runs chrooted in the jail root the user populated; its PID is in <root>/fc-run.pid; the root is left as it was', async () => {
       // The log (a file the user put in the root) says when the VM runs: a SIGTERM before that
       // is a stop before the VM ran (exit 1, by design), after it a clean stop (exit 0).
-      const root = populate('fcj-spin', spinSpec, { ...spinFiles(), 'fc-run.log': Buffer.alloc(0) });
+      const id = jid('fcj-spin');
+      const root = populate(id, spinSpec, { ...spinFiles(), 'fc-run.log': Buffer.alloc(0) });
       fs.chownSync(path.join(root, 'fc-run.log'), UID, GID);
       const before = fs.readdirSync(root).sort();
-      const child = spawn(process.execPath, jailer('fcj-spin', ['--cgroup', 'pids.max=64', '--resource-limit', 'no-file=512'], ['--config-file', '/vm.json', '--no-api', '--log-path', '/fc-run.log', '--level', 'Info']), { env: { ...process.env, NO_COLOR: '1' } });
+      const child = spawn(process.execPath, jailer(id, ['--cgroup', 'pids.max=64', '--resource-limit', 'no-file=512'], ['--config-file', '/vm.json', '--no-api', '--log-path', '/fc-run.log', '--level', 'Info']), { env: { ...process.env, NO_COLOR: '1' } });
       let err = '';
       child.stderr.on('data', (d) => (err += d));
       const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
@@ -336,14 +337,14 @@ describeJail('fc-run jail', () => {
         expect(st.Uid.split(/\s+/)).toEqual([String(UID), String(UID), String(UID), String(UID)]);
         expect(st.CapEff).toBe('0000000000000000');
         expect(st.NSpid.split(/\s+/)).toEqual([String(pid), '1']);
-        expect(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8')).toMatch(/:pids:\/fc-run\/fcj-spin$/m);
+        expect(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8')).toMatch(new RegExp(`:pids:/fc-run/${id}$`, 'm'));
         expect(fs.readFileSync(`/proc/${pid}/limits`, 'utf8')).toMatch(/^Max open files\s+512\s+512/m);
         // Firecracker's jailer keeps the host's network namespace unless --netns.
         expect(fs.readlinkSync(`/proc/${pid}/ns/net`)).toBe(fs.readlinkSync('/proc/self/ns/net'));
         expect(fs.readdirSync(`/proc/${pid}/root/dev`).sort()).toEqual(['kvm', 'net', 'null', 'urandom']);
         // The jailer passed the id and start time, then the user's arguments.
         const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-        expect(argv.slice(argv.indexOf('run'), argv.indexOf('run') + 3)).toEqual(['run', '--id', 'fcj-spin']);
+        expect(argv.slice(argv.indexOf('run'), argv.indexOf('run') + 3)).toEqual(['run', '--id', id]);
         expect(argv).toContain('--config-file');
         const runUntil = Date.now() + 30_000;
         while (!/running 1 vCPU/.test(fs.readFileSync(path.join(root, 'fc-run.log'), 'utf8'))) {
@@ -357,17 +358,18 @@ describeJail('fc-run jail', () => {
         child.kill('SIGKILL');
       }
       expect(fs.readdirSync(root).sort()).toEqual(before);
-      expect(fs.existsSync('/sys/fs/cgroup/pids/fc-run/fcj-spin')).toBe(false);
+      expect(fs.existsSync(`/sys/fs/cgroup/pids/fc-run/${id}`)).toBe(false);
     }, 60_000);
 
     test('the probe guest runs from the jail; its writes land in the drive file in the jail', () => {
+      const id = jid('fcj-probe');
       const root = populate(
-        'fcj-probe',
+        id,
         { 'boot-source': { kernel_image_path: '/probe.elf', boot_args: 'console=ttyS0' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 }, drives: [{ drive_id: 'disk0', path_on_host: 'disk.img', is_root_device: false, is_read_only: false }] },
         { 'probe.elf': fs.readFileSync(PROBE), 'disk.img': Buffer.alloc(64 * 1024) },
       );
       fs.chownSync(path.join(root, 'disk.img'), UID, GID);
-      const r = spawnSync(process.execPath, jailer('fcj-probe', [], ['--config-file', '/vm.json']), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
+      const r = spawnSync(process.execPath, jailer(id, [], ['--config-file', '/vm.json']), { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NO_COLOR: '1' } });
       const out = r.stdout.replace(/\r/g, '');
       expect(out).toContain('# probe done: 0 failed');
       expect(r.status).toBe(0);
@@ -375,8 +377,9 @@ describeJail('fc-run jail', () => {
     });
 
     test('--daemonize returns once the VMM runs, in a session of its own with stdio on /dev/null; stopping it cleans up', async () => {
-      const root = populate('fcj-daemon', spinSpec, spinFiles());
-      const r = spawnSync(process.execPath, jailer('fcj-daemon', ['--daemonize'], ['--config-file', '/vm.json']), { encoding: 'utf8', timeout: 30_000 });
+      const id = jid('fcj-daemon');
+      const root = populate(id, spinSpec, spinFiles());
+      const r = spawnSync(process.execPath, jailer(id, ['--daemonize'], ['--config-file', '/vm.json']), { encoding: 'utf8', timeout: 30_000 });
       expect(r.status).toBe(0);
       const pidFile = path.join(root, 'fc-run.pid');
       const pid = Number(fs.readFileSync(pidFile, 'utf8'));
@@ -403,8 +406,9 @@ describeJail('fc-run jail', () => {
     }, 120_000);
 
     test('a jailer killed by SIGKILL leaves its pid file and cgroup; the next start says how to remove them', async () => {
-      const root = populate('fcj-killed', spinSpec, spinFiles());
-      const args = jailer('fcj-killed', ['--cgroup', 'pids.max=64'], ['--config-file', '/vm.json']);
+      const id = jid('fcj-killed');
+      const root = populate(id, spinSpec, spinFiles());
+      const args = jailer(id, ['--cgroup', 'pids.max=64'], ['--config-file', '/vm.json']);
       const child = spawn(process.execPath, args, { stdio: 'ignore' });
       const pid = await jailedPid(root, 30_000);
       expect(pid).toBeDefined();
@@ -412,7 +416,7 @@ describeJail('fc-run jail', () => {
       await exited(pid, 20_000);
       const again = spawnSync(process.execPath, args, { encoding: 'utf8' });
       expect(again.status).toBe(1);
-      expect(again.stderr).toContain(`Remove them with:\n  rm ${path.join(root, 'fc-run.pid')}\n  rmdir /sys/fs/cgroup/pids/fc-run/fcj-killed\nor use another --id`);
+      expect(again.stderr).toContain(`Remove them with:\n  rm ${path.join(root, 'fc-run.pid')}\n  rmdir /sys/fs/cgroup/pids/fc-run/${id}\nor use another --id`);
     }, 90_000);
   });
 });
