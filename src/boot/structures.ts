@@ -214,12 +214,15 @@ export function buildMpTable(vcpus: number, start: number): Buffer {
 
 /**
  * Reads a kernel segment from the file straight into guest memory and zeroes its tail (the part
- * of memSize beyond fileSize: an ELF kernel's bss), unless `zeroed` says guest memory there is
- * already zero. Writing zeros to a fresh mapping would only fault in its pages: a kernel's bss is
- * megabytes, and each page touched for the first time costs a page fault.
+ * of memSize beyond fileSize: an ELF kernel's bss, a bzImage's room to decompress into), unless
+ * `zeroed` says guest memory there is already zero: then the whole segment's pages are faulted in
+ * at once instead (GuestMemory.populate), the read's and the tail's. The guest writes its bss and
+ * decompresses into that room, and a page it touches first costs a page fault inside KVM_RUN
+ * (more than one here, and one per page is what zeroing or reading it page by page costs too).
  */
 function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fileSize: number; memSize: number; guestAddr: number }, what: string, zeroed: boolean): void {
-  if (!zeroed && seg.memSize > seg.fileSize) mem.fill(seg.guestAddr + seg.fileSize, seg.memSize - seg.fileSize);
+  if (zeroed) mem.populate(seg.guestAddr, seg.memSize);
+  else if (seg.memSize > seg.fileSize) mem.fill(seg.guestAddr + seg.fileSize, seg.memSize - seg.fileSize);
   let done = 0;
   while (done < seg.fileSize) {
     const n = Math.min(seg.fileSize - done, 64 << 20, mem.contiguousFrom(seg.guestAddr + done));

@@ -138,6 +138,7 @@ export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MAP_FAILED = -1n;
 export const MADV_DONTFORK = 10;
+export const MADV_POPULATE_WRITE = 23;
 export const EFD_CLOEXEC = 0o2000000;
 export const EPOLL_CLOEXEC = 0o2000000;
 export const EPOLL_CTL_ADD = 1;

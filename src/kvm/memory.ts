@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { FcRunError } from '../errors';
-import { addressOf, errno, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, sys, SyscallError, viewOf } from './libc';
+import { addressOf, errno, MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, sys, SyscallError, viewOf } from './libc';
 
 /** One contiguous range of guest RAM and where it lives in this process. */
 export interface RegionDescriptor {
@@ -206,6 +206,23 @@ export class GuestMemory {
   /** Copies `src` into guest memory. */
   write(gpa: number, src: Uint8Array): void {
     this.copy(gpa, src.length, (chunk, at, done, n) => chunk.set(src.subarray(done, done + n), at));
+  }
+
+  /**
+   * Faults in the pages of [gpa, gpa+len) (rounded out to whole pages) in one system call
+   * (madvise MADV_POPULATE_WRITE, Linux 5.14): as if each page were written, without writing it
+   * and without a page fault per page (each costs ~3 µs on a nested-virtualization host, and one
+   * taken by the guest from inside KVM_RUN costs more). Fresh anonymous memory stays zero. False
+   * if the range is not within one region or the kernel cannot do it (nothing is done then: the
+   * pages fault in when first touched, as without this).
+   */
+  populate(gpa: number, len: number): boolean {
+    if (len <= 0 || !this.contains(gpa, len)) return false;
+    const r = this.regionFor(gpa, len);
+    const start = Math.floor((gpa - r.guestAddr) / PAGE_SIZE) * PAGE_SIZE;
+    const end = Math.min(r.size, Math.ceil((gpa - r.guestAddr + len) / PAGE_SIZE) * PAGE_SIZE);
+    const addr = r.hostAddr + BigInt(start);
+    return sys.madvise(sys.pointerAt(addr, addr, 0), end - start, MADV_POPULATE_WRITE) === 0;
   }
 
   /** Zeroes [gpa, gpa+len). */
