@@ -9,10 +9,9 @@
 // Usage: node bench/launch-cost.js [rounds=15] [--compare DIR]
 'use strict';
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 const { fcRun, nodeFloor } = require('./node-floor.js');
-const { launchMeasured, probeElf, rusageTool } = require('./launch.js');
+const { alternatingRounds, launchMeasured, needKvm, probeSpecs, rusageTool } = require('./launch.js');
 
 const args = process.argv.slice(2);
 const at = args.indexOf('--compare');
@@ -23,15 +22,10 @@ if (!Number.isInteger(rounds) || rounds < 1 || args.length > 1 || (compare !== u
   console.error('usage: node bench/launch-cost.js [rounds=15] [--compare DIR (a built fc-run checkout)]');
   process.exit(1);
 }
-if (!fs.existsSync('/dev/kvm')) {
-  console.error('bench/launch-cost.js launches microVMs and needs /dev/kvm, which this host does not have');
-  process.exit(1);
-}
-const probe = probeElf();
+needKvm('bench/launch-cost.js');
 const tool = rusageTool();
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-bench-launch-'));
-const spec = path.join(dir, 'probe.json');
-fs.writeFileSync(spec, JSON.stringify({ 'boot-source': { kernel_image_path: probe, boot_args: 'console=ttyS0 reboot=k panic=1' }, 'machine-config': { vcpu_count: 1, mem_size_mib: 64 } }));
+const { dir, spec: specFile } = probeSpecs('launch');
+const spec = specFile(1);
 
 const variants = {
   "node -e 0 (Node's floor)": { argv: nodeFloor() },
@@ -45,10 +39,7 @@ const launch = ({ argv, env }) => launchMeasured(tool, argv, env);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 (async () => {
-  const runs = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
-  for (let i = 0; i < rounds; i++) {
-    for (const [name, v] of Object.entries(variants)) runs[name].push(...(await Promise.all([launch(v), launch(v)])));
-  }
+  const runs = await alternatingRounds(rounds, 2, Object.fromEntries(Object.entries(variants).map(([name, v]) => [name, () => launch(v)])));
   fs.rmSync(dir, { recursive: true, force: true });
   const failed = Object.entries(runs).flatMap(([name, rs]) => rs.filter((r) => r.code !== 0).map(() => name));
   const floor = median(runs["node -e 0 (Node's floor)"].map((r) => r.cpuMs));

@@ -1,6 +1,6 @@
 'use strict';
-// What the launch benches (rate.js, launch-cost.js) share: the probe guest, the rusage tool
-// (bench/c/rusage.c) and one measured process.
+// What the launch benches (rate.js, launch-cost.js) share: /dev/kvm's check, the probe guest and
+// its specs, the rusage tool (bench/c/rusage.c), one measured process and alternating rounds.
 const { execFileSync, spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
@@ -46,4 +46,39 @@ function launchMeasured(tool, argv, env) {
   });
 }
 
-module.exports = { probeElf, rusageTool, launchMeasured };
+/** Ends the bench, saying why, where this host has no /dev/kvm. */
+function needKvm(bench) {
+  if (fs.existsSync('/dev/kvm')) return;
+  console.error(`${bench} launches microVMs and needs /dev/kvm, which this host does not have`);
+  process.exit(1);
+}
+
+/**
+ * A temporary directory (named after `bench`) of probe specs: `spec(vcpus)` writes the probe guest
+ * with that many vCPUs and 64 MiB there and returns the file.
+ */
+function probeSpecs(bench) {
+  const probe = probeElf();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `fc-run-bench-${bench}-`));
+  const spec = (vcpus) => {
+    const file = path.join(dir, `probe-${vcpus}.json`);
+    fs.writeFileSync(file, JSON.stringify({ 'boot-source': { kernel_image_path: probe, boot_args: 'console=ttyS0 reboot=k panic=1' }, 'machine-config': { vcpu_count: vcpus, mem_size_mib: 64 } }));
+    return file;
+  };
+  return { probe, dir, spec };
+}
+
+/**
+ * `rounds` rounds, each launching `width` at once of every variant in turn (`variants`: name →
+ * a function starting one measured launch): this host's speed drifts over a run, so what is
+ * compared is measured alternately. The results, by variant.
+ */
+async function alternatingRounds(rounds, width, variants) {
+  const runs = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
+  for (let i = 0; i < rounds; i++) {
+    for (const [name, start] of Object.entries(variants)) runs[name].push(...(await Promise.all(Array.from({ length: width }, start))));
+  }
+  return runs;
+}
+
+module.exports = { probeElf, probeSpecs, rusageTool, launchMeasured, needKvm, alternatingRounds };

@@ -13,30 +13,18 @@
 'use strict';
 const { microvmArgs, qemuOrExit, workingCpu } = require('./qemu.js');
 const { fcRun, nodeFloor, nodePlain, extraCas } = require('./node-floor.js');
-const { launchMeasured, probeElf, rusageTool } = require('./launch.js');
+const { alternatingRounds, launchMeasured, needKvm, probeSpecs, rusageTool } = require('./launch.js');
 const fs = require('node:fs');
 const os = require('node:os');
-const path = require('node:path');
 
 const launches = Number(process.argv[2] ?? 100);
 if (!Number.isInteger(launches) || launches < 1 || process.argv.length > 3) {
   console.error('usage: node bench/rate.js [launches=100]');
   process.exit(1);
 }
-if (!fs.existsSync('/dev/kvm')) {
-  console.error('bench:rate launches real microVMs and needs /dev/kvm, which this host does not have');
-  process.exit(1);
-}
-const probe = probeElf();
+needKvm('bench:rate');
 const tool = rusageTool();
-
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-run-bench-rate-'));
-function specFile(vcpus) {
-  const file = path.join(dir, `probe-${vcpus}.json`);
-  const spec = { 'boot-source': { kernel_image_path: probe, boot_args: 'console=ttyS0 reboot=k panic=1' }, 'machine-config': { vcpu_count: vcpus, mem_size_mib: 64 } };
-  fs.writeFileSync(file, JSON.stringify(spec));
-  return file;
-}
+const { probe, dir, spec: specFile } = probeSpecs('rate');
 
 /** One process under the rusage tool (bench/launch.js), with FC_RUN_VCPU_THREADS=`mode` if given. */
 const launch = (argv, mode) => launchMeasured(tool, argv, mode === undefined ? undefined : { FC_RUN_VCPU_THREADS: mode });
@@ -92,11 +80,7 @@ const sum = (xs) => xs.reduce((a, b) => a + b, 0);
     failed = failed.concat(runs.filter((r) => r.code !== 0 || r.firstByte === undefined).map((r) => `${mode || 'default'}:${r.code}`));
     // CPU against Node's floor: this host's speed drifts over a run, so the ratio comes from a pass
     // of its own, alternating: `cores` launches at once, then `cores` of node -e 0, round by round.
-    const alternating = { fc: [], floor: [] };
-    for (let i = 0; i < cpuRounds; i++) {
-      alternating.fc.push(...(await Promise.all(Array.from({ length: cores }, () => launch(fcRun(one), mode)))));
-      alternating.floor.push(...(await Promise.all(Array.from({ length: cores }, () => launch(nodeFloor())))));
-    }
+    const alternating = await alternatingRounds(cpuRounds, cores, { fc: () => launch(fcRun(one), mode), floor: () => launch(nodeFloor()) });
     const fcOk = alternating.fc.filter((r) => r.code === 0);
     failed = failed.concat(alternating.fc.filter((r) => r.code !== 0).map((r) => `${mode || 'default'}:${r.code}`));
     const floorCpu = pct(alternating.floor.map((r) => r.cpuMs), 50);

@@ -28,20 +28,17 @@ export interface CompiledBundle {
 }
 
 /**
- * Reads what `fd` holds (`size` bytes by fstat, or fewer if it shrank meanwhile) into `into` when
- * that is large enough, else into a new buffer.
+ * A file's bytes (its size by fstat, or fewer if it shrank meanwhile), read into `into` when that
+ * is large enough, else into a new buffer.
  */
-function readInto(fd: number, size: number, into?: Buffer): Buffer {
-  const buf = into !== undefined && into.length >= size ? into : Buffer.allocUnsafeSlow(size);
-  let got = 0;
-  for (let n = -1; got < size && n !== 0; got += n) n = fs.readSync(fd, buf, got, size - got, got);
-  return buf.subarray(0, got);
-}
-
 function readFile(file: string, into?: Buffer): Buffer {
   const fd = fs.openSync(file, 'r');
   try {
-    return readInto(fd, fs.fstatSync(fd).size, into);
+    const size = fs.fstatSync(fd).size;
+    const buf = into !== undefined && into.length >= size ? into : Buffer.allocUnsafeSlow(size);
+    let got = 0;
+    for (let n = -1; got < size && n !== 0; got += n) n = fs.readSync(fd, buf, got, size - got, got);
+    return buf.subarray(0, got);
   } finally {
     fs.closeSync(fd);
   }

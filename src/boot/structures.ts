@@ -213,12 +213,12 @@ export function buildMpTable(vcpus: number, start: number): Buffer {
 }
 
 /**
- * Reads a kernel segment from the file straight into guest memory and zeroes its tail (the part
- * of memSize beyond fileSize: an ELF kernel's bss, a bzImage's room to decompress into), unless
- * `zeroed` says guest memory there is already zero: then the whole segment's pages are faulted in
- * at once instead (GuestMemory.populate), the read's and the tail's. The guest writes its bss and
- * decompresses into that room, and a page it touches first costs a page fault inside KVM_RUN
- * (more than one here, and one per page is what zeroing or reading it page by page costs too).
+ * Reads a segment of a file (a kernel's, an initrd) straight into guest memory and zeroes its tail
+ * (the part of memSize beyond fileSize: an ELF kernel's bss, a bzImage's room to decompress into),
+ * unless `zeroed` says guest memory there is already zero: then the whole segment's pages are
+ * faulted in at once instead (GuestMemory.populate), the read's and the tail's. Reading or zeroing
+ * them faults them in one by one, and a page the guest touches first (its bss, the room it
+ * decompresses into) costs a page fault inside KVM_RUN, more than one here.
  */
 function loadSegment(fd: number, mem: GuestMemory, seg: { fileOffset: number; fileSize: number; memSize: number; guestAddr: number }, what: string, zeroed: boolean): void {
   if (zeroed) mem.populate(seg.guestAddr, seg.memSize);
@@ -248,10 +248,10 @@ function openPlanned(file: string, what: string, plannedSize: number): number {
   return fd;
 }
 
-function readFileInto(file: string, mem: GuestMemory, guestAddr: number, size: number): void {
+function readFileInto(file: string, mem: GuestMemory, guestAddr: number, size: number, zeroed: boolean): void {
   const fd = openPlanned(file, 'initrd', size);
   try {
-    loadSegment(fd, mem, { fileOffset: 0, fileSize: size, memSize: size, guestAddr }, 'initrd', false);
+    loadSegment(fd, mem, { fileOffset: 0, fileSize: size, memSize: size, guestAddr }, 'initrd', zeroed);
   } finally {
     fs.closeSync(fd);
   }
@@ -260,7 +260,8 @@ function readFileInto(file: string, mem: GuestMemory, guestAddr: number, size: n
 /**
  * Loads kernel and initrd, then writes every boot structure the plan names. `memoryIsZero`: guest
  * memory is a fresh mapping nothing has written yet (GuestMemory.allocate), so a kernel segment's
- * bss needs no zeroing (the plan refuses overlapping segments, and they are loaded first).
+ * bss needs no zeroing (the plan refuses overlapping segments, and they are loaded first) and the
+ * kernel's and the initrd's pages are faulted in at once (loadSegment).
  */
 export function prepareGuestMemory(mem: GuestMemory, plan: BootPlan, memoryIsZero: boolean): void {
   const fd = openPlanned(plan.kernel.path, 'kernel image', plan.kernel.fileSize);
@@ -276,7 +277,7 @@ export function prepareGuestMemory(mem: GuestMemory, plan: BootPlan, memoryIsZer
   } finally {
     fs.closeSync(fd);
   }
-  if (plan.initrd) readFileInto(plan.initrd.path, mem, plan.initrd.guestAddr, plan.initrd.size);
+  if (plan.initrd) readFileInto(plan.initrd.path, mem, plan.initrd.guestAddr, plan.initrd.size, memoryIsZero);
 
   writeTable(mem, plan.boot.gdt, plan.kernel.entryMode === 'pvh32' ? GDT_PVH : GDT_LONG);
   writeTable(mem, plan.boot.idt, [0n]);

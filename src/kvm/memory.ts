@@ -217,8 +217,8 @@ export class GuestMemory {
    * pages fault in when first touched, as without this).
    */
   populate(gpa: number, len: number): boolean {
-    if (len <= 0 || !this.contains(gpa, len)) return false;
-    const r = this.regionFor(gpa, len);
+    const r = len > 0 ? this.regions.find((g) => gpa >= g.guestAddr && gpa + len <= g.guestAddr + g.size) : undefined;
+    if (!r) return false;
     const start = Math.floor((gpa - r.guestAddr) / PAGE_SIZE) * PAGE_SIZE;
     const end = Math.min(r.size, Math.ceil((gpa - r.guestAddr + len) / PAGE_SIZE) * PAGE_SIZE);
     const addr = r.hostAddr + BigInt(start);
