@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The cost of one KVM exit round trip, by FFI: a real-mode guest executes `out` N times and the
-// host runs the KVM_RUN loop (1) in C, (2) in Node through koffi, (3) in Node through ffi-rs,
+// host runs the KVM_RUN loop (1) in C, (2) in Node through fc-run's native addon (native/addon.c,
+// the calls fc-run's KVM layer makes), (3) in Node through ffi-rs, a general FFI,
 // (4) in fc-run's own vCPU thread (a long-mode guest doing the same loop, timed against N = 0) and
 // (5) in fc-run with native vCPU threads (FC_RUN_VCPU_THREADS=native: each exit handed to the exit thread).
 // All in the same run, alternating; prints µs per exit and the ratio to C.
@@ -29,7 +30,7 @@ function realModeLoop(n) {
   return code;
 }
 
-/** A VM with no in-kernel irqchip (so HLT exits to user space), set up through koffi. */
+/** A VM with no in-kernel irqchip (so HLT exits to user space), set up through fc-run's KVM layer. */
 function setupVm(kvm, n) {
   const vm = kvm.createVm();
   const mem = GuestMemory.allocate([{ start: 0, size: 0x10000 }]);
@@ -71,7 +72,7 @@ const ffiRs = require('ffi-rs');
 ffiRs.open({ library: 'libc', path: '' });
 const ffiRsRun = (vcpu) =>
   ffiRs.load({ library: 'libc', funcName: 'ioctl', retType: ffiRs.DataType.I32, paramsType: [ffiRs.DataType.I32, ffiRs.DataType.I64, ffiRs.DataType.I64], paramsValue: [vcpu.fd, KVM.RUN, 0] });
-const koffiRun = (vcpu) => sys.ioctlInt(vcpu.fd, KVM.RUN, 0);
+const addonRun = (vcpu) => sys.ioctlInt(vcpu.fd, KVM.RUN, 0);
 
 /** fc-run end to end: a long-mode guest doing the loop then resetting; (t(N) - t(0)) / N. */
 function fcRunLoop(n, mode = 'worker') {
@@ -125,10 +126,10 @@ function elfWithCode(code) {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const kvm = new Kvm();
-const results = { C: [], koffi: [], 'ffi-rs': [], 'fc-run vCPU loop': [], 'fc-run native vCPU': [] };
+const results = { C: [], 'native addon': [], 'ffi-rs': [], 'fc-run vCPU loop': [], 'fc-run native vCPU': [] };
 for (let i = 0; i < rounds; i++) {
   results.C.push(cLoop(N));
-  results.koffi.push(timeLoop(kvm, N, koffiRun));
+  results['native addon'].push(timeLoop(kvm, N, addonRun));
   results['ffi-rs'].push(timeLoop(kvm, N, ffiRsRun));
   results['fc-run vCPU loop'].push(fcRunLoop(N));
   results['fc-run native vCPU'].push(fcRunLoop(N, 'native'));

@@ -18,7 +18,8 @@ const ENTRIES = { cli: 'dist/cli/main.js', 'vcpu-worker': 'dist/vmm/vcpu-worker.
 
 // The spec validator is precompiled (scripts/gen-validator.js); the schema compiler `ajv` is only
 // the fallback for sources run under ts-jest, so it stays out of the bundles (ajv/dist/runtime/*,
-// which the precompiled code uses, is bundled). koffi is a native addon: loaded from node_modules.
+// which the precompiled code uses, is bundled). fc-run's native addon (dist/native/fcrun.node) is
+// loaded by its path with process.dlopen (src/kvm/libc.ts).
 const ajvCompilerOutside = {
   name: 'ajv-compiler-outside',
   setup(build) {
@@ -67,7 +68,6 @@ const COMMON = {
   format: 'cjs',
   // jsonc-parser's CommonJS build loads its parts with require calls a bundler cannot follow.
   mainFields: ['module', 'main'],
-  external: ['koffi'],
   // Whitespace and syntax only: identifiers stay, so an internal error's stack still names the function.
   minifyWhitespace: true,
   minifySyntax: true,

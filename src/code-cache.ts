@@ -72,7 +72,7 @@ export function compileBundle(file: string, cacheFile = `${file}.cache`): Compil
   return { script, cacheUsed: cachedData !== undefined && !script.cachedDataRejected };
 }
 
-/** Runs a compiled bundle as a CommonJS module; `requireFn` resolves its requires (node: built-ins, koffi). */
+/** Runs a compiled bundle as a CommonJS module; `requireFn` resolves its requires (node: built-ins). */
 export function runBundle(compiled: CompiledBundle, file: string, requireFn: NodeJS.Require): Record<string, unknown> {
   const module = { exports: {} as Record<string, unknown> };
   const run = compiled.script.runInThisContext() as (...args: unknown[]) => void;

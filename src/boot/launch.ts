@@ -389,7 +389,7 @@ function seccompPolicy(opts: LaunchOptions, warn: (message: string) => void): Se
   const trial = process.env.FC_RUN_SECCOMP_LOG === '1';
   const trapping = installSigsysHandler(X86_64_SYSCALLS, reportFdFromEnvironment());
   loadSigsysLibrary(); // and what this thread would otherwise load lazily under the filters
-  if (!trapping) warn('seccomp: the SIGSYS handler (dist/native/libfcrun-sigsys.so) is missing: a refused system call kills fc-run without naming it');
+  if (!trapping) warn('seccomp: the SIGSYS handler (in dist/native/fcrun.node) is missing: a refused system call kills fc-run without naming it');
   const action = trapping ? SECCOMP_RET_TRAP : SECCOMP_RET_KILL_PROCESS;
   const custom = opts.threadFilters;
   if (custom) {

@@ -3,7 +3,7 @@ import type { ResolvedSpec } from '../config/resolved';
 import { FcRunError, EXIT_INVALID_SPEC } from '../errors';
 
 /**
- * Memory fc-run itself needs beside the guest's, in MiB. Measured here: Node with koffi and four
+ * Memory fc-run itself needs beside the guest's, in MiB. Measured here: Node with koffi (then its FFI) and four
  * idle worker threads has about 80 MiB resident; each vCPU is one worker thread (its own V8
  * isolate, 10–15 MiB), and the VMM thread, API server and device buffers come on top. Guest
  * memory is mapped MAP_NORESERVE, so only pages the guest touches count, up to mem_size_mib.

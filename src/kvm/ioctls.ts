@@ -12,6 +12,7 @@ import {
   kvm_sregs,
   kvm_userspace_memory_region,
   sizeOf,
+  StructType,
 } from './structs';
 
 /** Linux's _IOC encoding: direction in bits 30-31, size in 16-29, type in 8-15, number in 0-7. */
@@ -24,9 +25,9 @@ function ioc(dir: number, nr: number, size: number): number {
   return ((dir << 30) | (size << 16) | (KVMIO << 8) | nr) >>> 0;
 }
 const io = (nr: number) => ioc(IOC_NONE, nr, 0);
-const ior = (nr: number, t: unknown) => ioc(IOC_READ, nr, sizeOf(t));
-const iow = (nr: number, t: unknown) => ioc(IOC_WRITE, nr, sizeOf(t));
-const iowr = (nr: number, t: unknown) => ioc(IOC_READ | IOC_WRITE, nr, sizeOf(t));
+const ior = (nr: number, t: StructType) => ioc(IOC_READ, nr, sizeOf(t));
+const iow = (nr: number, t: StructType) => ioc(IOC_WRITE, nr, sizeOf(t));
+const iowr = (nr: number, t: StructType) => ioc(IOC_READ | IOC_WRITE, nr, sizeOf(t));
 /** For the state structures (src/kvm/state-abi.ts), whose sizes are fixed by the ABI. */
 const iorN = (nr: number, size: number) => ioc(IOC_READ, nr, size);
 const iowN = (nr: number, size: number) => ioc(IOC_WRITE, nr, size);

@@ -2,7 +2,6 @@ import {
   addressOf,
   Pointer,
   errno,
-  koffiModule,
   MAP_ANONYMOUS,
   MAP_PRIVATE,
   MAP_SHARED,
@@ -30,9 +29,11 @@ import {
   kvm_sregs,
   kvm_userspace_memory_region,
   sizeOf,
+  StructType,
+  encode as encodeStruct,
+  decode,
 } from './structs';
 
-const koffi = koffiModule();
 
 export interface CpuidEntry {
   function: number;
@@ -46,7 +47,7 @@ export interface CpuidEntry {
 
 export type Regs = Record<'rax' | 'rbx' | 'rcx' | 'rdx' | 'rsi' | 'rdi' | 'rsp' | 'rbp' | 'r8' | 'r9' | 'r10' | 'r11' | 'r12' | 'r13' | 'r14' | 'r15' | 'rip' | 'rflags', bigint>;
 
-/** A 64-bit field as koffi decodes it: a number when it fits 2^53, a bigint otherwise. */
+/** A 64-bit field as decoded (structs.ts): a number when it fits 2^53, a bigint otherwise. */
 export type U64 = number | bigint;
 
 export interface Segment {
@@ -78,7 +79,7 @@ export interface Fpu {
   last_ip: U64; last_dp: U64; xmm: number[]; mxcsr: number; pad2: number;
 }
 
-/** koffi decodes 64-bit fields as numbers when they fit; normalize so callers always get bigint. */
+/** 64-bit fields decode as numbers when they fit; normalize so callers always get bigint. */
 function big<T>(v: T): T {
   if (typeof v === 'number') return BigInt(v) as T;
   if (Array.isArray(v)) return v as T;
@@ -90,9 +91,9 @@ function big<T>(v: T): T {
   return v;
 }
 
-function encode(type: unknown, value: unknown): Buffer {
+function encode(type: StructType, value: unknown): Buffer {
   const buf = Buffer.alloc(sizeOf(type));
-  koffi.encode(buf, type as never, value as never);
+  encodeStruct(buf, type, value);
   return buf;
 }
 
@@ -301,7 +302,7 @@ export class Vcpu {
   getRegs(): Regs {
     const buf = Buffer.alloc(sizeOf(kvm_regs));
     ioctl(this.fd, 'GET_REGS', buf);
-    return big(koffi.decode(buf, kvm_regs as never) as Regs);
+    return big(decode(buf, kvm_regs) as unknown as Regs);
   }
 
   setRegs(regs: Regs): void {
@@ -311,7 +312,7 @@ export class Vcpu {
   getSregs(): Sregs {
     const buf = Buffer.alloc(sizeOf(kvm_sregs));
     ioctl(this.fd, 'GET_SREGS', buf);
-    return koffi.decode(buf, kvm_sregs as never) as Sregs;
+    return decode(buf, kvm_sregs) as unknown as Sregs;
   }
 
   setSregs(sregs: Sregs): void {
@@ -321,7 +322,7 @@ export class Vcpu {
   getFpu(): Fpu {
     const buf = Buffer.alloc(sizeOf(kvm_fpu));
     ioctl(this.fd, 'GET_FPU', buf);
-    return koffi.decode(buf, kvm_fpu as never) as Fpu;
+    return decode(buf, kvm_fpu) as unknown as Fpu;
   }
 
   setFpu(fpu: Fpu): void {

@@ -1,127 +1,101 @@
 import * as fs from 'node:fs';
-import type { IKoffiLib } from 'koffi';
+import * as path from 'node:path';
 import { FcRunError } from '../errors';
-
-type Koffi = typeof import('koffi');
-type NativeFunction = ReturnType<IKoffiLib['func']>;
+import { PACKAGE_ROOT } from '../package-root';
 
 /**
- * The libc calls fc-run makes. koffi is the only FFI in the project and this folder the only place
- * that uses it. ioctl is declared non-variadic per argument kind: on x86_64 System V the variadic
- * and fixed calling conventions pass integer and pointer arguments identically.
+ * fc-run's native addon (native/addon.c, built by `npm run build` into dist/native/fcrun.node):
+ * the only way its JavaScript reaches C, and src/kvm/ its only user. It has one function per C
+ * call: the libc calls below, the native vCPU threads (src/kvm/vcpu-threads.ts) and the SIGSYS
+ * handler (src/kvm/sigsys.ts). Arguments are numbers, bigints, booleans, null, strings (passed as
+ * NUL-terminated UTF-8) or buffers and typed arrays (passed as the address of their bytes);
+ * results are numbers, pointers bigints (NULL: null). errno is read with {@link errno}.
  *
- * koffi (a native addon, ~25 ms to load) and libc are loaded on first use, so commands that never
- * touch KVM or a socket (validate, plan, schema, help) do not pay for them. The first use binds
- * every function at once, so no binding happens later (after seccomp, on a vCPU's exit path).
+ * Loaded on first use (~0.2 ms), so commands that never touch KVM or a socket (validate, plan,
+ * schema, help) do not load it. It replaced koffi, a general FFI whose load, declarations and
+ * binding cost every launch ~4 ms of CPU and its threads more.
  */
-const DECLARATIONS = {
-  open: ['int open(const char *path, int flags, int mode)'],
-  close: ['int close(int fd)'],
-  ioctlInt: ['ioctl', 'int', ['int', 'unsigned long', 'unsigned long']],
-  ioctlPtr: ['ioctl', 'int', ['int', 'unsigned long', 'void *']],
-  mmap: ['void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)'],
-  munmap: ['int munmap(void *addr, size_t len)'],
-  madvise: ['int madvise(void *addr, size_t len, int advice)'],
-  lseek: ['int64_t lseek(int fd, int64_t off, int whence)'],
-  eventfd: ['int eventfd(unsigned int initval, int flags)'],
-  write: ['long write(int fd, const void *buf, size_t count)'],
-  read: ['long read(int fd, void *buf, size_t count)'],
-  syscall3: ['syscall', 'long', ['long', 'long', 'long', 'long']],
-  socket: ['int socket(int domain, int type, int protocol)'],
-  bind: ['int bind(int fd, const void *addr, unsigned int len)'],
-  listen: ['int listen(int fd, int backlog)'],
-  accept4: ['int accept4(int fd, void *addr, void *len, int flags)'],
-  connect: ['int connect(int fd, const void *addr, unsigned int len)'],
-  sendto: ['long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, unsigned int addrlen)'],
-  shutdown: ['int shutdown(int fd, int how)'],
-  /** memcpy(buf, buf, 0) returns buf: the address of a Buffer's memory. */
-  addressOf: ['memcpy', 'uintptr_t', ['void *', 'void *', 'size_t']],
-  fcntl: ['int fcntl(int fd, int cmd, int arg)'],
-  flock: ['int flock(int fd, int operation)'],
-  prctl: ['int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)'],
+export const NATIVE_ADDON = path.join(PACKAGE_ROOT, 'dist', 'native', 'fcrun.node');
+
+// A function of the addon: any arguments of the kinds above, its C function's result.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type NativeFunction = (...args: any[]) => any;
+
+export interface NativeAddon {
+  readonly [call: string]: NativeFunction;
+  /** errno as the last call on this thread left it. */
+  errno(): number;
+  /** An ArrayBuffer over `length` bytes of this process's memory at `address`, without a copy. */
+  view(address: bigint | number, length: number): ArrayBuffer;
+}
+
+let addon: NativeAddon | undefined;
+
+/** The addon, loaded on first call (once per thread; the library itself once per process). */
+export function nativeAddon(): NativeAddon {
+  if (addon) return addon;
+  const m = { exports: {} as NativeAddon };
+  try {
+    process.dlopen(m, NATIVE_ADDON);
+  } catch (err) {
+    throw new FcRunError('native-addon', `cannot load ${NATIVE_ADDON} (${(err as Error).message.split('\n')[0]}): build fc-run with "npm run build" (it compiles native/*.c with cc)`);
+  }
+  return (addon = m.exports);
+}
+
+/** The libc calls, by the names fc-run calls them (ioctl twice: with a number, with a buffer). */
+const CALLS = {
+  open: 'open',
+  close: 'close',
+  ioctlInt: 'ioctl',
+  ioctlPtr: 'ioctl',
+  mmap: 'mmap',
+  munmap: 'munmap',
+  madvise: 'madvise',
+  lseek: 'lseek',
+  eventfd: 'eventfd',
+  write: 'write',
+  read: 'read',
+  /** syscall(nr, a, b, c). */
+  syscall3: 'syscall3',
+  socket: 'socket',
+  bind: 'bind',
+  listen: 'listen',
+  accept4: 'accept4',
+  connect: 'connect',
+  sendto: 'sendto',
+  shutdown: 'shutdown',
+  /** addressOf(buffer): the address of a buffer's bytes, as a bigint. */
+  addressOf: 'addressOf',
+  fcntl: 'fcntl',
+  flock: 'flock',
+  prctl: 'prctl',
   /** setpriority(PRIO_PROCESS, 0, n): on Linux, the calling thread's nice value only. */
-  setpriority: ['int setpriority(int which, unsigned int who, int prio)'],
-  seccompFilter: ['syscall', 'long', ['long', 'unsigned int', 'unsigned int', 'void *']],
-  timerfdCreate: ['int timerfd_create(int clockid, int flags)'],
-  timerfdSettime: ['int timerfd_settime(int fd, int flags, const void *newValue, void *oldValue)'],
-  epollCreate1: ['int epoll_create1(int flags)'],
-  epollCtl: ['int epoll_ctl(int epfd, int op, int fd, void *event)'],
-  epollWait: ['int epoll_wait(int epfd, void *events, int maxevents, int timeout)'],
-  exit: ['void _exit(int status)'],
-  pipe2: ['int pipe2(void *fds, int flags)'],
-  /** Identity on the address: turns an address (from another thread) back into a koffi pointer. */
-  pointerAt: ['memcpy', 'void *', ['uintptr_t', 'uintptr_t', 'size_t']],
+  setpriority: 'setpriority',
+  /** syscall(SYS_seccomp, op, flags, program). */
+  seccompFilter: 'seccompFilter',
+  timerfdCreate: 'timerfdCreate',
+  timerfdSettime: 'timerfdSettime',
+  epollCreate1: 'epollCreate1',
+  epollCtl: 'epollCtl',
+  epollWait: 'epollWait',
+  /** _exit(status). */
+  exit: 'exit',
+  pipe2: 'pipe2',
+  /** pointerAt(address): an address (from another thread) as a pointer. */
+  pointerAt: 'pointerAt',
 } as const;
 
-let koffiLoaded: Koffi | undefined;
+export const sys = {} as { readonly [K in keyof typeof CALLS]: NativeFunction };
 
-/** The koffi module, loaded on first call (see loadKoffi). */
-export function koffiModule(): Koffi {
-  return (koffiLoaded ??= loadKoffi());
-}
-
-/**
- * koffi's own entry (index.js) finds its native addon with a build tool's helpers that load
- * node:https, node:crypto and node:zlib, which costs every thread that loads it (the main thread
- * and each vCPU worker) ~8 ms of CPU and ~4 MiB. fc-run runs on x86_64 and arm64 Linux with glibc
- * (it loads libc.so.6), whose addon is at a fixed place in koffi's package: that is loaded
- * directly when its version is the package's. Anything else (another layout, a mismatch) goes
- * through koffi's entry as before. koffi's entry adds only deprecated aliases on top of the addon.
- *
- * Where npm puts koffi for fc-run (node_modules/koffi in fc-run's package root), the addon is
- * loaded with process.dlopen: no module resolution (resolve and require 2.9 ms against dlopen's
- * 1.1 ms in a process of their own; ~0.4 ms less in a launch, where the loader is warm). Elsewhere
- * (koffi hoisted to a parent node_modules), require finds it.
- */
-function loadKoffi(): Koffi {
-  /* eslint-disable @typescript-eslint/no-require-imports */
-  const arch = process.arch === 'x64' || process.arch === 'arm64' ? process.arch : undefined;
-  if (process.platform === 'linux' && arch !== undefined) {
-    const addonIn = (dir: string, load: (file: string) => unknown): Koffi | undefined => {
-      const pkg = JSON.parse(fs.readFileSync(`${dir}/package.json`, 'latin1')) as { version?: string };
-      const addon = load(`${dir}/build/koffi/linux_${arch}/koffi.node`) as Koffi & { version?: string };
-      return addon.version !== undefined && addon.version === pkg.version ? addon : undefined;
-    };
-    try {
-      const { PACKAGE_ROOT } = require('../package-root') as typeof import('../package-root');
-      const addon = addonIn(`${PACKAGE_ROOT}/node_modules/koffi`, (file) => {
-        const m = { exports: {} };
-        process.dlopen(m, file);
-        return m.exports;
-      });
-      if (addon) return addon;
-    } catch {
-      // not there: koffi is elsewhere (found below)
-    }
-    try {
-      const entry = require.resolve('koffi');
-      const addon = addonIn(entry.slice(0, entry.lastIndexOf('/')), (file) => require(file));
-      if (addon) return addon;
-    } catch {
-      // not the layout this expects: koffi's own entry below finds the addon or says why not
-    }
-  }
-  return require('koffi') as Koffi;
-  /* eslint-enable @typescript-eslint/no-require-imports */
-}
-
-export const sys = {} as { readonly [K in keyof typeof DECLARATIONS]: NativeFunction };
-
-function bindAll(): void {
-  const libc = koffiModule().load('libc.so.6');
-  for (const [name, decl] of Object.entries(DECLARATIONS)) {
-    const fn = (libc.func as (...args: unknown[]) => NativeFunction)(...decl);
-    Object.defineProperty(sys, name, { value: fn, enumerable: true, writable: false, configurable: false });
-  }
-}
-
-for (const name of Object.keys(DECLARATIONS)) {
+for (const [name, call] of Object.entries(CALLS)) {
   Object.defineProperty(sys, name, {
     enumerable: true,
     configurable: true,
     get() {
-      bindAll();
-      return (sys as Record<string, NativeFunction>)[name];
+      const fn = nativeAddon()[call];
+      Object.defineProperty(sys, name, { value: fn, enumerable: true, writable: false, configurable: false });
+      return fn;
     },
   });
 }
@@ -155,7 +129,8 @@ export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 
-export type Pointer = unknown;
+/** A C pointer: its address (NULL is null). */
+export type Pointer = bigint;
 
 const SYS_gettid = 186;
 const SYS_tgkill = 234;
@@ -195,7 +170,7 @@ export function tgkill(tid: number, signal: number): void {
 }
 
 export function errno(): number {
-  return koffiModule().errno();
+  return nativeAddon().errno();
 }
 
 /** "EINVAL (Invalid argument)" for an errno value. */
@@ -237,13 +212,13 @@ export class SyscallError extends FcRunError {
   }
 }
 
-/** Address of a koffi pointer as a bigint, for handing to another thread. */
-export function addressOf(ptr: Pointer): bigint {
-  return koffiModule().address(ptr) as bigint;
+/** A pointer's address (0 for NULL), for handing to another thread. */
+export function addressOf(ptr: Pointer | null): bigint {
+  return ptr ?? 0n;
 }
 
 /** An ArrayBuffer over native memory (no copy). */
 export function viewOf(ptr: Pointer, length: number): ArrayBuffer {
-  return koffiModule().view(ptr as never, length) as ArrayBuffer;
+  return nativeAddon().view(ptr, length);
 }
 

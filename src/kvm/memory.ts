@@ -77,7 +77,7 @@ export class GuestMemory {
       const ptr = sys.mmap(null, r.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, offset);
       const hostAddr = addressOf(ptr);
       if (hostAddr === 0xffffffffffffffffn) {
-        for (const done of regions) sys.munmap(sys.pointerAt(done.hostAddr, done.hostAddr, 0), done.size);
+        for (const done of regions) sys.munmap(sys.pointerAt(done.hostAddr), done.size);
         throw new SyscallError('mmap(memory file)', errno(), `${r.size} bytes at file offset ${offset}`);
       }
       regions.push({ guestAddr: r.start, size: r.size, hostAddr, chunks: [] });
@@ -110,7 +110,7 @@ export class GuestMemory {
     if (this.released) throw new GuestMemoryError('guest memory was released');
     const off = i * CHUNK;
     const addr = r.hostAddr + BigInt(off);
-    const view = new Uint8Array(viewOf(sys.pointerAt(addr, addr, 0), Math.min(CHUNK, r.size - off)));
+    const view = new Uint8Array(viewOf(sys.pointerAt(addr), Math.min(CHUNK, r.size - off)));
     r.chunks[i] = view;
     return view;
   }
@@ -222,7 +222,7 @@ export class GuestMemory {
     const start = Math.floor((gpa - r.guestAddr) / PAGE_SIZE) * PAGE_SIZE;
     const end = Math.min(r.size, Math.ceil((gpa - r.guestAddr + len) / PAGE_SIZE) * PAGE_SIZE);
     const addr = r.hostAddr + BigInt(start);
-    return sys.madvise(sys.pointerAt(addr, addr, 0), end - start, MADV_POPULATE_WRITE) === 0;
+    return sys.madvise(sys.pointerAt(addr), end - start, MADV_POPULATE_WRITE) === 0;
   }
 
   /** Zeroes [gpa, gpa+len). */
@@ -300,7 +300,7 @@ export class GuestMemory {
     this.released = true;
     for (const r of this.regions) {
       const addr = r.hostAddr;
-      sys.munmap(sys.pointerAt(addr, addr, 0), r.size);
+      sys.munmap(sys.pointerAt(addr), r.size);
       r.chunks = [];
     }
   }

@@ -216,7 +216,7 @@ function loadFilter(filter: Buffer, flags: number): void {
   if (sys.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) !== 0) throw new SyscallError('prctl(PR_SET_NO_NEW_PRIVS)', errno());
   const fprog = Buffer.alloc(16); // struct sock_fprog: u16 len, (padding), pointer
   fprog.writeUInt16LE(filter.length / 8, 0);
-  fprog.writeBigUInt64LE(BigInt(sys.addressOf(filter, filter, 0)), 8);
+  fprog.writeBigUInt64LE(BigInt(sys.addressOf(filter)), 8);
   const r = Number(sys.seccompFilter(SYS.seccomp, SECCOMP_SET_MODE_FILTER, flags, fprog));
   // With TSYNC, a positive result is the id of a thread that could not take the filter.
   if (r !== 0) throw new SyscallError('seccomp(SECCOMP_SET_MODE_FILTER)', r > 0 ? 16 : errno(), r > 0 ? `thread ${r} could not take the filter` : undefined);

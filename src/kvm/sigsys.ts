@@ -1,23 +1,19 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { PACKAGE_ROOT } from '../package-root';
-import { gettid, koffiModule } from './libc';
+import { gettid, NATIVE_ADDON, nativeAddon, NativeFunction } from './libc';
 
 /**
- * fc-run's SIGSYS handler (native/sigsys.c, built by `npm run build` into dist/native/): when a
+ * fc-run's SIGSYS handler (native/sigsys.c, linked into fc-run's native addon): when a
  * seccomp filter traps a call (SECCOMP_RET_TRAP), it writes
  *   fc-run: killed by SIGSYS (seccomp): syscall 59 (execve) is not on the seccomp filter of thread …
  * to stderr (and to FC_RUN_SECCOMP_REPORT's file, when that is set) and ends the process by
  * SIGSYS, as SECCOMP_RET_KILL_PROCESS would. Everything here runs before the filters are installed:
- * loading the library needs open and mmap, which the filters may not allow.
+ * loading the addon needs open and mmap, which the filters may not allow.
  */
-export const SIGSYS_LIBRARY = path.join(PACKAGE_ROOT, 'dist', 'native', 'libfcrun-sigsys.so');
 
 /** The start of the handler's line, for whoever reads stderr (the tests, `fc-run up`'s logs). */
 export const SIGSYS_LINE_PREFIX = 'fc-run: killed by SIGSYS (seccomp): ';
 
-type Fn = (...args: unknown[]) => unknown;
-let lib: { setNames: Fn; install: Fn; register: Fn } | undefined;
+let lib: { setNames: NativeFunction; install: NativeFunction; register: NativeFunction } | undefined;
 
 /**
  * Loads the library (once per process; a thread's call after the first finds it loaded). Threads
@@ -25,7 +21,7 @@ let lib: { setNames: Fn; install: Fn; register: Fn } | undefined;
  */
 export function loadSigsysLibrary(): void {
   load();
-  gettid(); // binds libc's functions too (koffi binds them on first use)
+  gettid(); // loads the addon on this thread too
   // V8 finds the local time zone on first use of local time, per thread: it opens /etc/localtime
   // and, where that is missing (a jail), reads the /usr/share/zoneinfo directory.
   new Date(0).getTimezoneOffset();
@@ -33,12 +29,12 @@ export function loadSigsysLibrary(): void {
 
 function load(): typeof lib {
   if (lib) return lib;
-  if (!fs.existsSync(SIGSYS_LIBRARY)) return undefined;
-  const l = koffiModule().load(SIGSYS_LIBRARY);
+  if (!fs.existsSync(NATIVE_ADDON)) return undefined;
+  const n = nativeAddon();
   lib = {
-    setNames: l.func('void fcs_set_names(const void *list, int count)') as Fn,
-    install: l.func('int fcs_install(int fd)') as Fn,
-    register: l.func('int fcs_register_thread(int tid, const char *label)') as Fn,
+    setNames: n.fcs_set_names, // (list, count)
+    install: n.fcs_install, // (fd) -> 0 or -1
+    register: n.fcs_register_thread, // (tid, label)
   };
   return lib;
 }

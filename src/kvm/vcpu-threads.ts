@@ -1,80 +1,78 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { FcRunError } from '../errors';
-import { PACKAGE_ROOT } from '../package-root';
-import { koffiModule, Pointer, sys, SyscallError } from './libc';
+import { errno, NATIVE_ADDON, nativeAddon, NativeFunction, Pointer, sys, SyscallError } from './libc';
 
 /**
- * Native vCPU threads (native/vcpu-threads.c, built by `npm run build` into dist/native/): a
- * plain pthread per vCPU that only runs KVM_RUN, while one JavaScript thread handles every vCPU's
- * exits. A vCPU then costs a thread stack, not a V8 isolate. See the C file for the handshake.
+ * Native vCPU threads (native/vcpu-threads.c, linked into fc-run's native addon, dist/native/
+ * fcrun.node): a plain pthread per vCPU that only runs KVM_RUN, while one JavaScript thread
+ * handles every vCPU's exits. A vCPU then costs a thread stack, not a V8 isolate. See the C file
+ * for the handshake.
  */
-export const NATIVE_VCPU_LIBRARY = path.join(PACKAGE_ROOT, 'dist', 'native', 'libfcrun-vcpu.so');
 
 /** A native vCPU thread's state word (native/vcpu-threads.c). */
 export const VCPU_THREAD = { STARTING: 0, IDLE: 1, RUNNING: 2, QUIT: 3, DONE: 4 } as const;
 
-type Fn = (...args: unknown[]) => unknown;
 interface Library {
-  groupNew: Fn;
-  groupRearm: Fn;
-  groupFree: Fn;
-  groupSeq: Fn;
-  groupPoke: Fn;
-  groupWait: Fn;
-  start: Fn;
-  state: Fn;
-  tid: Fn;
-  result: Fn;
-  filterError: Fn;
-  run: Fn;
-  quit: Fn;
-  join: Fn;
-  kvmRun: Fn;
-  loopStart: Fn;
-  loopVisited: Fn;
-  loopRun: Fn;
-  loopStop: Fn;
-  kickHandler: Fn;
-  fastNew: Fn;
-  fastFree: Fn;
-  fastExit: Fn;
+  groupNew: NativeFunction;
+  groupRearm: NativeFunction;
+  groupFree: NativeFunction;
+  groupSeq: NativeFunction;
+  groupPoke: NativeFunction;
+  groupWait: NativeFunction;
+  start: NativeFunction;
+  state: NativeFunction;
+  tid: NativeFunction;
+  result: NativeFunction;
+  filterError: NativeFunction;
+  run: NativeFunction;
+  quit: NativeFunction;
+  join: NativeFunction;
+  kvmRun: NativeFunction;
+  loopStart: NativeFunction;
+  loopVisited: NativeFunction;
+  loopRun: NativeFunction;
+  loopStop: NativeFunction;
+  kickHandler: NativeFunction;
+  fastNew: NativeFunction;
+  fastFree: NativeFunction;
+  fastExit: NativeFunction;
 }
 
 let library: Library | undefined;
 
 function lib(): Library {
   if (library) return library;
-  if (!fs.existsSync(NATIVE_VCPU_LIBRARY)) {
-    throw new FcRunError('native-vcpu-missing', `${NATIVE_VCPU_LIBRARY} does not exist: build fc-run with "npm run build" (it compiles native/vcpu-threads.c with cc)`);
+  if (!fs.existsSync(NATIVE_ADDON)) {
+    throw new FcRunError('native-vcpu-missing', `${NATIVE_ADDON} does not exist: build fc-run with "npm run build" (it compiles native/*.c with cc)`);
   }
-  const l = koffiModule().load(NATIVE_VCPU_LIBRARY);
-  const f = (decl: string) => l.func(decl) as Fn;
+  const n = nativeAddon();
   library = {
-    groupNew: f('void *fcv_group_new(int notifyFd)'),
-    groupRearm: f('void fcv_group_rearm(void *g)'),
-    groupFree: f('void fcv_group_free(void *g)'),
-    groupSeq: f('uint32_t fcv_group_seq(void *g)'),
-    groupPoke: f('void fcv_group_poke(void *g)'),
-    groupWait: f('uint32_t fcv_group_wait(void *g, uint32_t seen, int timeoutUs)'),
-    start: f('void *fcv_vcpu_start(void *g, int id, int fd, int kickSignal, const void *filter, int filterLen, int stackKib, int nice, void *runNs, void *fast)'),
-    // The counter's address as a number: ~1 µs less per exit than koffi resolving a typed array.
-    kvmRun: f('long fcv_kvm_run(int fd, uintptr_t runNs, void *fast)'),
-    state: f('int fcv_vcpu_state(void *v)'),
-    tid: f('int fcv_vcpu_tid(void *v)'),
-    result: f('long fcv_vcpu_result(void *v)'),
-    filterError: f('int fcv_vcpu_filter_error(void *v)'),
-    run: f('int fcv_vcpu_run(void *v)'),
-    quit: f('void fcv_vcpu_quit(void *v)'),
-    join: f('void fcv_vcpu_join(void *v)'),
-    loopStart: f('void *fcv_loop_vcpu_start(int kickSignal, uintptr_t kvmRun)'),
-    loopVisited: f('void fcv_loop_visited(void *w)'),
-    loopRun: f('long fcv_loop_run(void *w, int fd, uintptr_t runNs, void *fast)'),
-    loopStop: f('void fcv_loop_vcpu_stop(void *w)'),
-    kickHandler: f('int fcv_kick_handler_install(int signum)'),
-    fastNew: f('void *fcv_fast_new(uintptr_t run, uint64_t runSize, uintptr_t serial, int com1, int outFd, uintptr_t counts, int slotIoIn, int slotIoOut, int slotTxBytes)'),
-    fastFree: f('void fcv_fast_free(void *f)'),
-    fastExit: f('int fcv_fast_exit(void *f)'),
+    groupNew: n.fcv_group_new, // (notifyFd) -> group
+    groupRearm: n.fcv_group_rearm,
+    groupFree: n.fcv_group_free,
+    groupSeq: n.fcv_group_seq,
+    groupPoke: n.fcv_group_poke,
+    groupWait: n.fcv_group_wait, // (group, seen, timeoutUs) -> seq
+    // (group, id, fd, kickSignal, filter, filterLen, stackKib, nice, runNs, fast) -> vcpu
+    start: n.fcv_vcpu_start,
+    // (fd, runNs address, fast): the counter's address as a number, ~1 µs less per exit than a typed array.
+    kvmRun: n.fcv_kvm_run,
+    state: n.fcv_vcpu_state,
+    tid: n.fcv_vcpu_tid,
+    result: n.fcv_vcpu_result,
+    filterError: n.fcv_vcpu_filter_error,
+    run: n.fcv_vcpu_run,
+    quit: n.fcv_vcpu_quit,
+    join: n.fcv_vcpu_join,
+    loopStart: n.fcv_loop_vcpu_start, // (kickSignal, kvm_run address) -> runner
+    loopVisited: n.fcv_loop_visited,
+    loopRun: n.fcv_loop_run, // (runner, fd, runNs address, fast)
+    loopStop: n.fcv_loop_vcpu_stop,
+    kickHandler: n.fcv_kick_handler_install,
+    // (run, runSize, serial, com1, outFd, counts, slotIoIn, slotIoOut, slotTxBytes) -> fast
+    fastNew: n.fcv_fast_new,
+    fastFree: n.fcv_fast_free,
+    fastExit: n.fcv_fast_exit,
   };
   return library;
 }
@@ -128,7 +126,7 @@ export type RunTime = BigUint64Array;
 
 /** Whether the native library is built: native vCPU threads, KVM_RUN time counted and hot exits ({@link nativeKvmRun}). */
 export function nativeVcpuLibraryBuilt(): boolean {
-  return fs.existsSync(NATIVE_VCPU_LIBRARY);
+  return fs.existsSync(NATIVE_ADDON);
 }
 
 /**
@@ -161,7 +159,7 @@ export function nativeKvmRun(): (fd: number, runNsAddress: number, hot: Pointer 
 
 /** The address of `runNs[0]`, for {@link nativeKvmRun} (shared memory does not move). */
 export function runTimeAddress(runNs: RunTime): number {
-  return Number(sys.addressOf(runNs, runNs, 0) as bigint);
+  return Number(sys.addressOf(runNs));
 }
 
 /** One native vCPU thread. */
@@ -177,7 +175,7 @@ export class NativeVcpuThread {
     const count = filter ? filter.length / 8 : 0;
     if (!Number.isInteger(count) || count > 4096) throw new FcRunError('native-vcpu', `a seccomp filter is whole 8-byte instructions, at most 4096, not ${filter!.length} bytes`);
     const ptr = lib().start(group.ptr, id, fd, kickSignal, filter ?? null, count, stackKib, nice, runNs ?? null, hot?.ptr ?? null);
-    if (ptr === null) throw new FcRunError('native-vcpu', `cannot start the thread of vCPU ${id} (errno ${koffiModule().errno()})`);
+    if (ptr === null) throw new FcRunError('native-vcpu', `cannot start the thread of vCPU ${id} (errno ${errno()})`);
     this.ptr = ptr;
   }
 
@@ -229,7 +227,7 @@ export class LoopVcpuRunner {
   /** `runPageAddress`: the vCPU's kvm_run page as mapped on this thread; `kickSignal` gets it out of the guest. */
   constructor(kickSignal: number, runPageAddress: number) {
     const ptr = lib().loopStart(kickSignal, runPageAddress);
-    if (ptr === null) throw new FcRunError('native-vcpu', `cannot watch the event loop for a vCPU on the main thread (errno ${koffiModule().errno()})`);
+    if (ptr === null) throw new FcRunError('native-vcpu', `cannot watch the event loop for a vCPU on the main thread (errno ${errno()})`);
     this.ptr = ptr;
   }
 
@@ -283,7 +281,7 @@ export class HotExits {
     const { ioIn, ioOut, txBytes } = s.slots;
     for (const slot of [ioIn, ioOut, txBytes]) if (!Number.isInteger(slot) || slot < 0 || slot >= s.counts.length) throw new RangeError(`metrics slot ${slot} is outside the values`);
     if (s.serialWords.length < 16) throw new RangeError('the UART state has 16 words');
-    const address = (a: Int32Array | Float64Array) => Number(sys.addressOf(a, a, 0) as bigint);
+    const address = (a: Int32Array | Float64Array) => Number(sys.addressOf(a));
     const ptr = lib().fastNew(s.runPageAddress, s.runSize, address(s.serialWords), s.com1, s.outFd, address(s.counts), ioIn, ioOut, txBytes);
     if (ptr === null) throw new FcRunError('native-vcpu', 'cannot allocate the hot exits state');
     return new HotExits(ptr);

@@ -9,7 +9,7 @@ import { FcRunError } from '../errors';
 /**
  * What a thread runs (`new Worker(code, { eval: true })`) to load its bundle (dist/bundle/, one
  * file) compiled from V8's code cache, as bin/fc-run loads the CLI's; the bundle's own requires
- * (node: built-ins, koffi) resolve from the package. Tests running TypeScript sources start the
+ * (node: built-ins) resolve from the package. Tests running TypeScript sources start the
  * built bundles too.
  */
 export function threadLoaderCode(bundle: string): string {
@@ -48,10 +48,10 @@ let hardExitInstalled = false;
  * From the first thread on, process.exit ends the process as before ('exit' listeners run: the
  * exit record, the last metrics line) but without Node's teardown of the threads. That teardown
  * stops each thread by terminating its JavaScript and then joins it. A thread stopped that way
- * while it is inside a koffi call (loading koffi itself, defining its structs, setting up a vCPU)
- * aborts the whole process with a fatal error (SIGABRT) instead of giving the exit code: seen when
- * a spec was refused or a signal came while a vCPU thread started ahead of need was still loading,
- * and reproduced by exiting at random moments after starting threads. A thread blocked in a system
+ * while it was inside a koffi call (koffi was fc-run's FFI before its own addon) aborted the whole
+ * process with a fatal error (SIGABRT) instead of giving the exit code: seen when a spec was refused
+ * or a signal came while a vCPU thread started ahead of need was still loading, and reproduced by
+ * exiting at random moments after starting threads. A thread blocked in a system
  * call (KVM_RUN, epoll_wait) also holds up the join. So Node's last step, `process.reallyExit`,
  * becomes libc's `_exit`: the kernel ends every thread at once, and nothing is lost, since fc-run
  * writes its output and files synchronously. Every process.exit is covered, wherever it is called.
@@ -72,7 +72,7 @@ function exitWithoutThreadTeardown(): void {
     try {
       hardExit(c ?? 0);
     } catch {
-      nodeExit(c); // koffi could not be loaded: Node's own way out
+      nodeExit(c); // the native addon could not be loaded: Node's own way out
     }
   };
 }

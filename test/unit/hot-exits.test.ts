@@ -114,7 +114,7 @@ describeNative('hot exits handled in C (fcv_fast_exit)', () => {
       const outFd = discard ? -1 : fs.openSync(outFile, 'a');
       const counts = new Float64Array(new SharedArrayBuffer(8 * 8));
       const before = { state: copy(state), page: Buffer.from(page) };
-      const hot = HotExits.create({ runPageAddress: Number(sys.addressOf(page, page, 0) as bigint), runSize: RUN_SIZE, serialWords: new Int32Array(state, 0, 16), com1: COM1, outFd, counts, slots: SLOTS })!;
+      const hot = HotExits.create({ runPageAddress: Number(sys.addressOf(page) as bigint), runSize: RUN_SIZE, serialWords: new Int32Array(state, 0, 16), com1: COM1, outFd, counts, slots: SLOTS })!;
       let took: boolean;
       try {
         took = hot.handle();
@@ -194,7 +194,7 @@ describeNative('hot exits handled in C (fcv_fast_exit)', () => {
       page[PIO_DATA] = 0x41;
       const before = copy(state);
       const counts = new Float64Array(new SharedArrayBuffer(64));
-      const hot = HotExits.create({ runPageAddress: Number(sys.addressOf(page, page, 0) as bigint), runSize: RUN_SIZE, serialWords: new Int32Array(state, 0, 16), com1: COM1, outFd: fds[1], counts, slots: SLOTS })!;
+      const hot = HotExits.create({ runPageAddress: Number(sys.addressOf(page) as bigint), runSize: RUN_SIZE, serialWords: new Int32Array(state, 0, 16), com1: COM1, outFd: fds[1], counts, slots: SLOTS })!;
       expect(hot.handle()).toBe(false);
       hot.free();
       expect(Buffer.from(state).equals(Buffer.from(before))).toBe(true);
@@ -202,7 +202,7 @@ describeNative('hot exits handled in C (fcv_fast_exit)', () => {
       // The line status read still answers at once: the transmit buffer has room.
       page.writeUInt8(0, 32);
       page.writeUInt16LE(COM1 + 5, 34);
-      const hot2 = HotExits.create({ runPageAddress: Number(sys.addressOf(page, page, 0) as bigint), runSize: RUN_SIZE, serialWords: new Int32Array(state, 0, 16), com1: COM1, outFd: fds[1], counts, slots: SLOTS })!;
+      const hot2 = HotExits.create({ runPageAddress: Number(sys.addressOf(page) as bigint), runSize: RUN_SIZE, serialWords: new Int32Array(state, 0, 16), com1: COM1, outFd: fds[1], counts, slots: SLOTS })!;
       expect(hot2.handle()).toBe(true);
       hot2.free();
       expect(page[PIO_DATA]).toBe(0x60);
@@ -217,7 +217,7 @@ describeNative('hot exits handled in C (fcv_fast_exit)', () => {
     const page = Buffer.alloc(RUN_SIZE);
     const counts = new Float64Array(new SharedArrayBuffer(32));
     expect(() =>
-      HotExits.create({ runPageAddress: Number(sys.addressOf(page, page, 0) as bigint), runSize: RUN_SIZE, serialWords: new Int32Array(new SharedArrayBuffer(SERIAL_STATE_BYTES), 0, 16), com1: COM1, outFd: -1, counts, slots: { ioIn: 1, ioOut: 2, txBytes: 4 } }),
+      HotExits.create({ runPageAddress: Number(sys.addressOf(page) as bigint), runSize: RUN_SIZE, serialWords: new Int32Array(new SharedArrayBuffer(SERIAL_STATE_BYTES), 0, 16), com1: COM1, outFd: -1, counts, slots: { ioIn: 1, ioOut: 2, txBytes: 4 } }),
     ).toThrow(/slot 4/);
   });
 });

@@ -7,11 +7,11 @@ import * as S from '../../src/kvm/structs';
 import { STATE_SIZES, XSAVE_MIN } from '../../src/kvm/state-abi';
 
 /**
- * The koffi struct declarations must match the kernel's C layout exactly, or every ioctl passes
+ * The struct layouts (src/kvm/structs.ts) must match the kernel's C layout exactly, or every ioctl passes
  * garbage. This compiles a program against <linux/kvm.h> and compares sizes, offsets and ioctl
  * numbers with what fc-run computes.
  */
-const structs: [string, unknown, string[]][] = [
+const structs: [string, S.StructType, string[]][] = [
   ['kvm_userspace_memory_region', S.kvm_userspace_memory_region, ['slot', 'flags', 'guest_phys_addr', 'memory_size', 'userspace_addr']],
   ['kvm_regs', S.kvm_regs, ['rax', 'rsi', 'rsp', 'r8', 'r15', 'rip', 'rflags']],
   ['kvm_segment', S.kvm_segment, ['base', 'limit', 'selector', 'type', 'present', 'dpl', 'db', 's', 'l', 'g', 'avl', 'unusable']],

@@ -30,8 +30,8 @@ const WAIT = `
   }`;
 
 describe('native vCPU threads', () => {
-  it('are built by npm run build', () => {
-    expect(fs.existsSync(path.join(DIST, 'native', 'libfcrun-vcpu.so'))).toBe(true);
+  it('are built by npm run build (into the native addon)', () => {
+    expect(fs.existsSync(path.join(DIST, 'native', 'fcrun.node'))).toBe(true);
   });
 
   it('start idle with a name, an id and a nice value of their own, enter KVM_RUN once per run(), report its result, and end when told', () => {
